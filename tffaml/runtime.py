@@ -1,0 +1,111 @@
+"""The local TFF runtime, with a worker process that never outlives us.
+
+TFF 0.87 executes computations in a `worker_binary` child process that it
+only stops from a `__del__` that does not run at interpreter exit. The orphan
+keeps our stdout open, so `python scripts/train.py | tail` never returns.
+
+`local_runtime()` installs TFF's local C++ execution context and guarantees
+the worker is stopped:
+  * on leaving the `with` block, on exceptions, and on SIGTERM/SIGHUP (turned
+    into `SystemExit` so `finally` blocks and checkpoints unwind normally);
+  * on SIGKILL of this process, by a small watchdog process that waits for our
+    end (EOF on a pipe only we hold) and then stops the workers we started.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from typing import Iterator
+
+import psutil
+
+_WORKER_NAME = 'worker_binary'
+_WATCHDOG_POLL_SECONDS = 0.5
+_STOP_TIMEOUT_SECONDS = 5.0
+
+# Runs in its own process, with no handle on our stdout/stderr. It records the
+# workers among our children while we live, and stops them once we are gone.
+_WATCHDOG_SOURCE = f"""
+import select, sys, psutil
+parent = psutil.Process({{parent_pid}})
+workers = {{{{}}}}
+while True:
+  ready, _, _ = select.select([sys.stdin], [], [], {_WATCHDOG_POLL_SECONDS})
+  if ready and not sys.stdin.buffer.read1(1):
+    break
+  try:
+    for child in parent.children(recursive=True):
+      if child.name() == {_WORKER_NAME!r}:
+        workers[child.pid] = child
+  except psutil.Error:
+    break
+alive = [w for w in workers.values() if w.is_running()]
+for w in alive:
+  w.terminate()
+_, alive = psutil.wait_procs(alive, timeout={_STOP_TIMEOUT_SECONDS})
+for w in alive:
+  w.kill()
+"""
+
+
+def worker_processes(parent_pid: int | None = None) -> list[psutil.Process]:
+  """The TFF worker processes started (transitively) by `parent_pid`."""
+  parent = psutil.Process(parent_pid or os.getpid())
+  return [
+      child
+      for child in parent.children(recursive=True)
+      if child.name() == _WORKER_NAME
+  ]
+
+
+def stop_workers() -> None:
+  """Stops every TFF worker process this process started; waits for them."""
+  workers = worker_processes()
+  for worker in workers:
+    worker.send_signal(signal.SIGINT)  # TFF's own way of stopping it.
+  _, alive = psutil.wait_procs(workers, timeout=_STOP_TIMEOUT_SECONDS)
+  for worker in alive:
+    worker.kill()
+  psutil.wait_procs(alive, timeout=_STOP_TIMEOUT_SECONDS)
+
+
+def _start_watchdog() -> subprocess.Popen:
+  return subprocess.Popen(
+      [sys.executable, '-c', _WATCHDOG_SOURCE.format(parent_pid=os.getpid())],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      start_new_session=True,  # A Ctrl-C aimed at us must not kill it first.
+  )
+
+
+def _raise_system_exit(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def local_runtime() -> Iterator[None]:
+  """Runs TFF computations in this block on the local C++ runtime.
+
+  Yields:
+    Nothing; TFF computations invoked inside the block use the runtime.
+  """
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+
+  watchdog = _start_watchdog()
+  previous_handlers = {
+      sig: signal.signal(sig, _raise_system_exit)
+      for sig in (signal.SIGTERM, signal.SIGHUP)
+  }
+  tff.backends.native.set_sync_local_cpp_execution_context()
+  try:
+    yield
+  finally:
+    stop_workers()
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
+    watchdog.stdin.close()
+    watchdog.wait()
