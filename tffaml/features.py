@@ -1,0 +1,209 @@
+"""Feature statistics computed without pooling, baked into Keras layers.
+
+Each institution summarises its own training rows: per numeric column the
+count, sum and sum of squares; per categorical column the count of each
+value. Only these summaries leave the institution, summed across
+institutions by a TFF `federated_sum` (the aggregation a secure-sum platform
+would run; in simulation TFF executes it as a plain sum). Means and variances
+follow from the sums; a categorical value enters the vocabulary when it is
+seen at least `min_category_count` times in the federation.
+
+Which values exist must be known before their counts can be summed: each
+institution proposes the values it holds at least `min_category_count` times
+(a k-anonymity threshold), and the union of the proposals is what is counted.
+
+The resulting `FeatureSpace` becomes Keras preprocessing layers
+(`Normalization`, `StringLookup`), so models, and the exported SavedModel,
+take raw feature values.
+"""
+
+import collections
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpace:
+  """What preprocessing needs to know of every feature.
+
+  Attributes:
+    schema: The table's schema.
+    mean: Numeric column -> mean over all institutions' training rows.
+    variance: Numeric column -> population variance over the same rows.
+    vocabulary: Categorical column -> known values, sorted.
+  """
+
+  schema: schema_lib.Schema
+  mean: dict[str, float]
+  variance: dict[str, float]
+  vocabulary: dict[str, tuple[str, ...]]
+
+  def to_dict(self) -> dict:
+    return {
+        'mean': self.mean,
+        'variance': self.variance,
+        'vocabulary': {k: list(v) for k, v in self.vocabulary.items()},
+    }
+
+  @classmethod
+  def from_dict(cls, value: dict, schema: schema_lib.Schema) -> 'FeatureSpace':
+    return cls(
+        schema=schema,
+        mean=dict(value['mean']),
+        variance=dict(value['variance']),
+        vocabulary={k: tuple(v) for k, v in value['vocabulary'].items()},
+    )
+
+
+def _candidate_values(
+    frame: pd.DataFrame, column: str, min_count: int
+) -> set[str]:
+  counts = frame[column].value_counts()
+  return set(counts[counts >= min_count].index)
+
+
+def local_statistics(
+    frame: pd.DataFrame,
+    schema: schema_lib.Schema,
+    candidates: dict[str, list[str]],
+) -> collections.OrderedDict:
+  """One institution's summary of its rows: the only thing it sends."""
+  numeric = frame[list(schema.numeric)].to_numpy(np.float64)
+  counts = [
+      frame[c].value_counts().reindex(candidates[c], fill_value=0).to_numpy()
+      for c in schema.categorical
+  ]
+  return collections.OrderedDict(
+      count=np.full(len(schema.numeric), len(frame), np.float64),
+      sum=numeric.sum(axis=0),
+      sum_of_squares=np.square(numeric).sum(axis=0),
+      category_counts=np.concatenate(counts).astype(np.float64)
+      if counts else np.zeros(0, np.float64),
+  )
+
+
+def build_federated_sum(
+    client_statistics_type: tff.types.StructType,
+) -> tff.Computation:
+  """`({statistics}@CLIENTS -> statistics@SERVER)`: sums client summaries."""
+
+  @tff.federated_computation(
+      tff.FederatedType(client_statistics_type, tff.CLIENTS)
+  )
+  def federated_sum(statistics):
+    return tff.federated_sum(statistics)
+
+  return federated_sum
+
+
+def compute_feature_space(
+    data: federated_data.FederatedData, *, min_category_count: int
+) -> FeatureSpace:
+  """Federated means, variances and vocabularies of the training rows."""
+  schema = data.schema
+  if min_category_count < 1:
+    raise ValueError(f'min_category_count must be >= 1, got {min_category_count}.')
+  candidates = {
+      c: sorted(set().union(*(
+          _candidate_values(i.train, c, min_category_count)
+          for i in data.institutions
+      )))
+      for c in schema.categorical
+  }
+  client_stats = [
+      local_statistics(i.train, schema, candidates) for i in data.institutions
+  ]
+  stats_type = tff.types.to_type(
+      collections.OrderedDict(
+          (k, tff.TensorType(np.float64, v.shape))
+          for k, v in client_stats[0].items()
+      )
+  )
+  total = build_federated_sum(stats_type)(client_stats)
+
+  count = total['count']
+  mean = total['sum'] / count
+  variance = np.maximum(total['sum_of_squares'] / count - np.square(mean), 0.0)
+  vocabulary, offset = {}, 0
+  for column in schema.categorical:
+    size = len(candidates[column])
+    column_counts = total['category_counts'][offset:offset + size]
+    offset += size
+    vocabulary[column] = tuple(
+        v for v, n in zip(candidates[column], column_counts)
+        if n >= min_category_count
+    )
+    if not vocabulary[column]:
+      raise schema_lib.DataError(
+          f'column {column!r}: no value is seen {min_category_count} times at'
+          ' any institution; lower config.features.min_category_count.'
+      )
+  return FeatureSpace(
+      schema=schema,
+      mean=dict(zip(schema.numeric, mean.tolist())),
+      variance=dict(zip(schema.numeric, variance.tolist())),
+      vocabulary=vocabulary,
+  )
+
+
+def keras_inputs(schema: schema_lib.Schema) -> dict[str, tf.keras.Input]:
+  """One scalar input per raw feature: float32 numeric, string categorical."""
+  inputs = {c: tf.keras.Input(shape=(), dtype=tf.float32, name=c) for c in schema.numeric}
+  inputs.update(
+      {c: tf.keras.Input(shape=(), dtype=tf.string, name=c) for c in schema.categorical}
+  )
+  return inputs
+
+
+def encode(
+    inputs: dict[str, tf.Tensor],
+    space: FeatureSpace,
+    *,
+    embedding_dim: int,
+) -> tf.Tensor:
+  """Raw features -> one dense vector per row.
+
+  Numeric columns are standardised with the federated mean and variance.
+  Categorical columns are looked up in the federated vocabulary (unseen values
+  share one out-of-vocabulary index) and embedded in `embedding_dim`
+  dimensions, or one-hot encoded when `embedding_dim` is 0.
+
+  Args:
+    inputs: The tensors of `keras_inputs(space.schema)`.
+    space: Statistics of the features.
+    embedding_dim: Size of categorical embeddings; 0 for one-hot.
+
+  Returns:
+    A float32 tensor of shape [batch, encoded width].
+  """
+  parts = []
+  for column in space.schema.numeric:
+    normalise = tf.keras.layers.Normalization(
+        axis=None,
+        mean=space.mean[column],
+        variance=space.variance[column],
+        name=f'normalise_{column}',
+    )
+    parts.append(tf.expand_dims(normalise(inputs[column]), -1))
+  for column in space.schema.categorical:
+    vocabulary = list(space.vocabulary[column])
+    ids = tf.keras.layers.StringLookup(
+        vocabulary=vocabulary, num_oov_indices=1, name=f'lookup_{column}'
+    )(inputs[column])
+    if embedding_dim:
+      embedded = tf.keras.layers.Embedding(
+          len(vocabulary) + 1, embedding_dim, name=f'embed_{column}'
+      )(ids)
+    else:
+      embedded = tf.keras.layers.CategoryEncoding(
+          len(vocabulary) + 1, output_mode='one_hot', name=f'one_hot_{column}'
+      )(ids)
+    parts.append(embedded)
+  return tf.keras.layers.Concatenate(name='encoded_features')(parts)

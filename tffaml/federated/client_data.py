@@ -1,0 +1,56 @@
+"""Institutions' rows as the `tf.data` datasets TFF clients train on."""
+
+import collections
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tffaml.data import schema as schema_lib
+
+
+def feature_tensors(frame: pd.DataFrame, schema: schema_lib.Schema) -> collections.OrderedDict:
+  """Raw feature columns as arrays: float32 numeric, bytes categorical."""
+  columns = collections.OrderedDict(
+      (c, frame[c].to_numpy(np.float32)) for c in schema.numeric
+  )
+  columns.update((c, frame[c].to_numpy(str).astype(object)) for c in schema.categorical)
+  return columns
+
+
+def to_dataset(
+    frame: pd.DataFrame,
+    schema: schema_lib.Schema,
+    *,
+    batch_size: int,
+    epochs: int = 1,
+    shuffle_seed: Optional[int] = None,
+) -> tf.data.Dataset:
+  """(features, label[batch, 1]) batches; `epochs` passes, each reshuffled.
+
+  The order is drawn here in NumPy from `shuffle_seed`, not by `tf.data`, so
+  the same seed gives the same batches wherever the dataset runs.
+
+  Args:
+    frame: Validated rows (`schema.validate_frame`), with labels.
+    schema: Their schema.
+    batch_size: Rows per batch.
+    epochs: Passes over the rows.
+    shuffle_seed: Seed of the order; None keeps the rows in order.
+
+  Returns:
+    A batched dataset.
+  """
+  if batch_size < 1 or epochs < 1:
+    raise ValueError(f'batch_size and epochs must be >= 1, got {batch_size}, {epochs}.')
+  if shuffle_seed is None:
+    order = np.tile(np.arange(len(frame)), epochs)
+  else:
+    rng = np.random.default_rng(shuffle_seed)
+    order = np.concatenate([rng.permutation(len(frame)) for _ in range(epochs)])
+  rows = frame.iloc[order]
+  labels = rows[schema_lib.LABEL_COLUMN].to_numpy(np.float32)[:, None]
+  return tf.data.Dataset.from_tensor_slices(
+      (feature_tensors(rows, schema), labels)
+  ).batch(batch_size)

@@ -1,0 +1,147 @@
+"""Federated learning and evaluation processes over Keras models.
+
+`build_train_process` covers the algorithms of the federated optimisation
+literature as choices of TFF builder and optimizers:
+
+* FedAvg (McMahan et al. 2017, arXiv:1602.05629): local SGD, averaged
+  updates applied by a server optimizer; weighted by examples or uniform.
+* FedProx (Li et al. 2020, arXiv:1812.06127): FedAvg with a proximal term
+  `proximal_strength / 2 * ||w - w_server||^2` in the local objective.
+* FedAdam / FedYogi (Reddi et al. 2021, arXiv:2003.00295): FedAvg with an
+  Adam or Yogi server optimizer (`server_optimizer`).
+* FedSGD: one gradient per institution per round over its local data,
+  averaged by example count.
+"""
+
+import enum
+from typing import Callable
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tffaml.federated import aggregators
+from tffaml.models import metrics as metrics_lib
+
+
+class Algorithm(enum.Enum):
+  FEDAVG = 'fedavg'
+  FEDPROX = 'fedprox'
+  FEDSGD = 'fedsgd'
+
+
+class Weighting(enum.Enum):
+  EXAMPLES = 'examples'  # Institutions weighted by their number of examples.
+  UNIFORM = 'uniform'  # Every institution counts the same (needed for DP).
+
+
+class OptimizerType(enum.Enum):
+  SGD = 'sgd'
+  ADAM = 'adam'
+  YOGI = 'yogi'
+
+
+def build_optimizer(
+    optimizer_type: OptimizerType, *, learning_rate: float, momentum: float = 0.0
+) -> tff.learning.optimizers.Optimizer:
+  """A TFF optimizer (`tff.learning` no longer takes Keras optimizers)."""
+  if not learning_rate > 0:
+    raise ValueError(f'learning_rate must be > 0, got {learning_rate}.')
+  if optimizer_type is OptimizerType.SGD:
+    return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate, momentum=momentum or None)
+  if optimizer_type is OptimizerType.ADAM:
+    return tff.learning.optimizers.build_adam(learning_rate=learning_rate)
+  return tff.learning.optimizers.build_yogi(learning_rate=learning_rate)
+
+
+def build_model_fn(
+    *,
+    keras_model_fn: Callable[[], tf.keras.Model],
+    element_spec,
+    threshold: float,
+) -> Callable[[], tff.learning.models.VariableModel]:
+  """A TFF model constructor: binary cross-entropy and evaluation metrics."""
+
+  def model_fn() -> tff.learning.models.VariableModel:
+    return tff.learning.models.from_keras_model(
+        keras_model_fn(),
+        loss=tf.keras.losses.BinaryCrossentropy(),
+        input_spec=element_spec,
+        metrics=metrics_lib.evaluation_metrics(threshold),
+    )
+
+  return model_fn
+
+
+def build_train_process(
+    *,
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    algorithm: Algorithm,
+    weighting: Weighting,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+    aggregator: aggregators.Factory,
+    proximal_strength: float = 0.0,
+) -> tff.learning.templates.LearningProcess:
+  """Builds the training process.
+
+  Type signature of `next`:
+  `(<state@SERVER, {tf.data.Dataset}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`.
+
+  Args:
+    model_fn: Constructs the TFF model (see `build_model_fn`).
+    algorithm: FedAvg, FedProx or FedSGD.
+    weighting: How institutions are weighted; must match `aggregator`.
+    client_optimizer: Local optimizer (ignored by FedSGD).
+    server_optimizer: Applies the aggregated update (Adam/Yogi = FedAdam/Yogi).
+    aggregator: From `aggregators.configure_aggregator`.
+    proximal_strength: FedProx's mu (> 0 for FedProx).
+
+  Returns:
+    A `tff.learning.templates.LearningProcess`.
+  """
+  weighted = weighting is Weighting.EXAMPLES
+  if weighted != isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
+    raise ValueError(
+        f'weighting={weighting.value!r} needs a'
+        f' {"weighted" if weighted else "unweighted"} aggregator, got'
+        f' {type(aggregator).__name__}.'
+    )
+  if algorithm is Algorithm.FEDSGD:
+    if not weighted:
+      raise ValueError(
+          "algorithm='fedsgd' averages by example count: it needs"
+          " weighting='examples' and a non-DP aggregator; use 'fedavg' with one"
+          ' local step for DP-FedSGD.'
+      )
+    return tff.learning.algorithms.build_fed_sgd(
+        model_fn, server_optimizer_fn=server_optimizer, model_aggregator=aggregator
+    )
+  if algorithm is Algorithm.FEDPROX:
+    if not proximal_strength > 0:
+      raise ValueError(f'fedprox needs proximal_strength > 0, got {proximal_strength}.')
+    build = (tff.learning.algorithms.build_weighted_fed_prox if weighted
+             else tff.learning.algorithms.build_unweighted_fed_prox)
+    return build(
+        model_fn, proximal_strength=proximal_strength,
+        client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
+        model_aggregator=aggregator,
+    )
+  if proximal_strength:
+    raise ValueError(f'proximal_strength={proximal_strength} is only for fedprox.')
+  build = (tff.learning.algorithms.build_weighted_fed_avg if weighted
+           else tff.learning.algorithms.build_unweighted_fed_avg)
+  return build(
+      model_fn, client_optimizer_fn=client_optimizer,
+      server_optimizer_fn=server_optimizer, model_aggregator=aggregator,
+  )
+
+
+def build_eval_process(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+) -> tff.learning.templates.LearningProcess:
+  """Federated evaluation: metric states summed over institutions, then finalised.
+
+  Type signature of `next`:
+  `(<state@SERVER, {tf.data.Dataset}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`.
+  """
+  return tff.learning.algorithms.build_fed_eval(model_fn)

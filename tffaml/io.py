@@ -1,0 +1,58 @@
+"""Atomic file output: a reader never sees a half-written file."""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, *, directory: bool = False) -> Iterator[str]:
+  """Yields a temporary path beside `path`, renamed onto it on success.
+
+  On an exception the temporary file (or directory) is removed and `path` is
+  left as it was.
+
+  Args:
+    path: The final file or directory path.
+    directory: Whether the output is a directory (replaced as a whole).
+
+  Yields:
+    The temporary path to write to.
+  """
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  prefix = f'.{os.path.basename(path)}.tmp-'
+  if directory:
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    os.rmdir(tmp)  # The writer creates it (tf.saved_model.save insists).
+  else:
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=prefix)
+    os.close(fd)
+  try:
+    yield tmp
+    if directory and os.path.isdir(path):
+      old = tempfile.mkdtemp(dir=parent, prefix=prefix)
+      os.replace(path, os.path.join(old, 'old'))
+      os.replace(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp)
+    elif os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, 'w') as f:
+      f.write(text)
+
+
+def write_json(path: str, value: Any) -> None:
+  write_text(path, json.dumps(value, indent=2, sort_keys=False) + '\n')

@@ -1,0 +1,39 @@
+"""Keras metrics for credit scoring, all aggregatable across institutions.
+
+Every metric's state is a set of sums (confusion counts at fixed thresholds,
+totals), so TFF's `sum_then_finalize` gives the exact pooled value from
+per-institution states, and the same metric objects serve centralized
+evaluation.
+"""
+
+import tensorflow as tf
+
+NUM_THRESHOLDS = 1000
+
+
+class KolmogorovSmirnov(tf.keras.metrics.AUC):
+  """KS statistic: max over thresholds of TPR - FPR.
+
+  The largest gap between the score distributions of the two classes, the
+  separation measure of credit scorecards. Shares `AUC`'s confusion counts.
+  """
+
+  def __init__(self, num_thresholds: int = NUM_THRESHOLDS, name: str = 'ks', **kwargs):
+    super().__init__(num_thresholds=num_thresholds, name=name, **kwargs)
+
+  def result(self):
+    tpr = tf.math.divide_no_nan(
+        self.true_positives, self.true_positives + self.false_negatives)
+    fpr = tf.math.divide_no_nan(
+        self.false_positives, self.false_positives + self.true_negatives)
+    return tf.reduce_max(tpr - fpr)
+
+
+def evaluation_metrics(threshold: float) -> list[tf.keras.metrics.Metric]:
+  """AUC, accuracy at `threshold`, Brier score (MSE of probabilities), KS."""
+  return [
+      tf.keras.metrics.AUC(num_thresholds=NUM_THRESHOLDS, name='auc'),
+      tf.keras.metrics.BinaryAccuracy(threshold=threshold, name='accuracy'),
+      tf.keras.metrics.MeanSquaredError(name='brier'),
+      KolmogorovSmirnov(),
+  ]
