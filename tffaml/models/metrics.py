@@ -21,6 +21,10 @@ class KolmogorovSmirnov(tf.keras.metrics.AUC):
   def __init__(self, num_thresholds: int = NUM_THRESHOLDS, name: str = 'ks', **kwargs):
     super().__init__(num_thresholds=num_thresholds, name=name, **kwargs)
 
+  def update_state(self, *args, **kwargs):
+    # AUC returns an Operation, which TFF's dataset.reduce rejects.
+    super().update_state(*args, **kwargs)
+
   def result(self):
     tpr = tf.math.divide_no_nan(
         self.true_positives, self.true_positives + self.false_negatives)

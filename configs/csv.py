@@ -1,0 +1,24 @@
+"""Your own federation: <dir>/<institution>/{train,test}.csv plus schema.json.
+
+Run:
+  python scripts/train.py --config=configs/csv.py \
+      --config.data.dir=DIR --config.data.schema_file=DIR/schema.json --workdir=OUT
+Presets: `:smoke` (few rounds, for tests).
+"""
+
+import ml_collections
+
+from configs import loan_risk
+
+
+def get_config(preset: str = '') -> ml_collections.ConfigDict:
+  config = loan_risk.get_config()
+  config.data.source = 'csv_dir'
+  config.reference.centralized_epochs = 0  # Banks cannot pool rows.
+  if preset == 'smoke':
+    config.model.hidden_units = (8,)
+    config.federated.rounds = 3
+    config.features.min_category_count = 1
+  elif preset:
+    raise ValueError(f'unknown preset {preset!r}; presets: smoke.')
+  return config

@@ -1,0 +1,40 @@
+"""Federated training: maps flags onto tffaml.training.program.run.
+
+  python scripts/train.py --config=configs/loan_risk.py --workdir=runs/loan_risk
+  python scripts/train.py --config=configs/loan_risk.py:smoke --workdir=/tmp/x \
+      --config.aggregator.noise_multiplier=1.0
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from tffaml import runtime
+from tffaml.training import program
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  with runtime.local_runtime():
+    result = program.run(_CONFIG.value, _WORKDIR.value)
+  paths = result.paths
+  print(f'\nmodel:   {paths.export} (SavedModel, serving_default)')
+  print(f'metrics: {paths.metrics}  (per round: {paths.metrics_csv}, {paths.curves})')
+  print(f'privacy: {paths.privacy}')
+  with open(paths.privacy) as f:
+    print('  ' + f.read().strip())
+
+
+if __name__ == '__main__':
+  app.run(main)
