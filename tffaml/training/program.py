@@ -141,6 +141,7 @@ class RunResult:
   paths: Paths
   metrics: Optional[dict]  # None when stopped early.
   rounds_completed: int
+  model: Optional[tf.keras.Model] = None  # The exported Keras model.
 
 
 def run(
@@ -289,4 +290,4 @@ def run(
           'metrics': metrics,
           'privacy': statement.to_dict(),
       })
-  return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds)
+  return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds, model=model)

@@ -1,0 +1,94 @@
+import json
+import os
+
+from absl.testing import parameterized
+import pandas as pd
+import tensorflow as tf
+
+from tests import helpers
+from tffaml.data import csv_dir
+from tffaml.data import schema as schema_lib
+
+SCHEMA = schema_lib.Schema.from_dict(helpers.SCHEMA)
+
+
+class CsvDirValidationTest(tf.test.TestCase, parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.data_dir, _ = helpers.write_federation(self.root)
+    self.train_b = os.path.join(self.data_dir, 'bank_b', 'train.csv')
+
+  def _edit(self, path, edit):
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(frame)
+    frame.to_csv(path, index=False)
+
+  def test_valid_federation_loads(self):
+    data = csv_dir.load(self.data_dir, SCHEMA)
+    self.assertEqual(data.names, ['bank_a', 'bank_b', 'bank_c'])
+    self.assertNotIn('note', data.institutions[0].train.columns)
+    self.assertEqual(data.institutions[0].train['amount'].dtype, float)
+
+  @parameterized.named_parameters(
+      ('missing_column', lambda f: f.drop(columns=['rate'], inplace=True),
+       r"bank_b/train.csv: missing column\(s\) \['rate'\]"),
+      ('not_a_number', lambda f: f.loc.__setitem__((4, 'amount'), 'abc'),
+       r"bank_b/train.csv: line 6, column 'amount': 'abc' is not a number"),
+      ('nan', lambda f: f.loc.__setitem__((2, 'rate'), 'nan'),
+       r"bank_b/train.csv: line 4, column 'rate': 'nan' is not a number"),
+      ('inf', lambda f: f.loc.__setitem__((3, 'rate'), 'inf'),
+       r"bank_b/train.csv: line 5, column 'rate': 'inf' is not finite"),
+      ('empty_cell', lambda f: f.loc.__setitem__((7, 'grade'), ''),
+       r"bank_b/train.csv: line 9, column 'grade': missing value"),
+      ('label_not_binary', lambda f: f.loc.__setitem__((5, 'default'), '2'),
+       r"bank_b/train.csv: label column 'default' is not binary"),
+      ('one_class', lambda f: f.__setitem__('default', '0'),
+       r"institution 'bank_b' train split: holds only negative examples"),
+      ('no_rows', lambda f: f.drop(index=f.index, inplace=True),
+       r'bank_b/train.csv: has a header but no rows'),
+  )
+  def test_bad_input_names_file_row_and_column(self, edit, message):
+    self._edit(self.train_b, edit)
+    with self.assertRaisesRegex(schema_lib.DataError, message):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_extra_fields_in_a_row(self):
+    with open(self.train_b, 'a') as f:
+      f.write('1,2,A,x,0,surplus\n')
+    with self.assertRaisesRegex(schema_lib.DataError, r'bank_b/train.csv: malformed CSV.*line 62'):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_missing_test_file(self):
+    os.remove(os.path.join(self.data_dir, 'bank_c', 'test.csv'))
+    with self.assertRaisesRegex(schema_lib.DataError, r'bank_c/test.csv: file not found'):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_labels_compare_as_numbers(self):
+    self._edit(self.train_b, lambda f: f.__setitem__('default', f['default'].map({'0': '0.0', '1': '1.0'})))
+    data = csv_dir.load(self.data_dir, SCHEMA)
+    self.assertGreater(data.institutions[1].train['__label__'].sum(), 0)
+
+
+class SchemaFileTest(tf.test.TestCase):
+
+  def _write(self, value):
+    path = os.path.join(self.create_tempdir().full_path, 'schema.json')
+    with open(path, 'w') as f:
+      json.dump(value, f)
+    return path
+
+  def test_unknown_key(self):
+    path = self._write(dict(helpers.SCHEMA, numerics=['x']))
+    with self.assertRaisesRegex(schema_lib.DataError, r"schema.json: unknown key\(s\) \['numerics'\]"):
+      schema_lib.Schema.from_json(path)
+
+  def test_label_as_feature(self):
+    path = self._write(dict(helpers.SCHEMA, numeric=['amount', 'default']))
+    with self.assertRaisesRegex(schema_lib.DataError, r"schema.json: label column 'default' is also named"):
+      schema_lib.Schema.from_json(path)
+
+
+if __name__ == '__main__':
+  tf.test.main()

@@ -1,0 +1,92 @@
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tffaml.federated import aggregators
+
+VECTOR = tff.TensorType(np.float32, [2])
+
+
+def _fixed(noise=0.0, clip=1.0, clients=1, seed=0):
+  return aggregators.gaussian_fixed(
+      noise_multiplier=noise, clients_per_round=clients, clip=clip, noise_seed=seed)
+
+
+class TypeSignatureTest(tf.test.TestCase):
+
+  def test_gaussian_fixed_next_signature(self):
+    process = _fixed().create(VECTOR)
+    signature = process.next.type_signature
+    self.assertEqual(str(signature.parameter[1]), '{float32[2]}@CLIENTS')
+    self.assertEqual(str(signature.result.result), 'float32[2]@SERVER')
+
+  def test_dp_with_weighting_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "'gaussian_fixed' gives client-level DP only with uniform"):
+      aggregators.configure_aggregator(
+          aggregator_type=aggregators.AggregatorType.GAUSSIAN_FIXED, weighted=True,
+          clients_per_round=3, noise_multiplier=1.0)
+
+  def test_bad_clip_is_named(self):
+    with self.assertRaisesRegex(ValueError, 'clip must be > 0, got -1'):
+      _fixed(clip=-1.0)
+
+
+class ExecutionTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_clip_to_unit_norm(self):
+    process = _fixed().create(VECTOR)
+    output = process.next(process.initialize(), [np.array([3.0, 4.0], np.float32)])
+    self.assertAllClose(output.result, [0.6, 0.8])
+
+  def test_clip_then_average_two_institutions(self):
+    process = _fixed(clients=2).create(VECTOR)
+    output = process.next(process.initialize(), [
+        np.array([3.0, 4.0], np.float32), np.array([0.3, 0.4], np.float32)])
+    self.assertAllClose(output.result, [0.45, 0.6])  # ([.6, .8] + [.3, .4]) / 2
+
+  def test_noise_is_seeded_and_fresh_every_round(self):
+    zeros = [np.zeros(2, np.float32)]
+    first, second = _fixed(noise=1.0, seed=7).create(VECTOR), _fixed(noise=1.0, seed=7).create(VECTOR)
+    a1 = first.next(first.initialize(), zeros)
+    b1 = second.next(second.initialize(), zeros)
+    self.assertAllEqual(a1.result, b1.result)
+    a2 = first.next(a1.state, zeros)
+    self.assertNotAllClose(a1.result, a2.result)
+    other = _fixed(noise=1.0, seed=8).create(VECTOR)
+    self.assertNotAllClose(a1.result, other.next(other.initialize(), zeros).result)
+
+  def test_noise_standard_deviation(self):
+    size = 40000
+    process = _fixed(noise=2.0, clip=0.5, seed=1).create(tff.TensorType(np.float32, [size]))
+    noise = process.next(process.initialize(), [np.zeros(size, np.float32)]).result
+    # stddev = noise_multiplier * clip = 1; the sample stddev's error is ~1/sqrt(2n).
+    self.assertAllClose(np.std(noise), 1.0, atol=4 / np.sqrt(2 * size))
+    self.assertAllClose(np.mean(noise), 0.0, atol=4 / np.sqrt(size))
+
+  def test_adaptive_works_with_few_institutions(self):
+    with self.assertRaises(ValueError):  # What TFF's default does.
+      tff.learning.dp_aggregator(noise_multiplier=1.0, clients_per_round=5)
+    factory = aggregators.gaussian_adaptive(
+        noise_multiplier=1.0, clients_per_round=5, initial_clip=1.0,
+        target_unclipped_quantile=0.5, clip_learning_rate=0.2, noise_seed=3)
+    process = factory.create(VECTOR)
+    state = process.initialize()
+    values = [np.array([3.0, 4.0], np.float32)] * 5
+    first = process.next(state, values)
+    again = factory.create(VECTOR).next(factory.create(VECTOR).initialize(), values)
+    self.assertAllEqual(first.result, again.result)
+    self.assertTrue(np.all(np.isfinite(first.result)))
+
+  @parameterized.parameters(True, False)
+  def test_mean_and_robust(self, weighted):
+    for kind in (aggregators.AggregatorType.MEAN, aggregators.AggregatorType.ROBUST):
+      factory = aggregators.configure_aggregator(
+          aggregator_type=kind, weighted=weighted, clients_per_round=2)
+      self.assertIsInstance(
+          factory, tff.aggregators.WeightedAggregationFactory if weighted
+          else tff.aggregators.UnweightedAggregationFactory)
+
+
+if __name__ == '__main__':
+  tf.test.main()

@@ -1,0 +1,36 @@
+"""Small federations written to disk by tests."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+SCHEMA = {'label': 'default', 'positive': '1', 'numeric': ['amount', 'rate'], 'categorical': ['grade']}
+
+
+def institution_frame(rows: int, seed: int) -> pd.DataFrame:
+  rng = np.random.default_rng(seed)
+  rate = rng.uniform(5, 25, rows)
+  default = (rng.random(rows) < (rate - 3) / 40).astype(int)
+  default[:2] = [0, 1]  # Both classes, always.
+  return pd.DataFrame({
+      'amount': rng.integers(1000, 30000, rows),
+      'rate': rate.round(2),
+      'grade': rng.choice(['A', 'B', 'C'], rows),
+      'note': 'ignored column',
+      'default': default,
+  })
+
+
+def write_federation(root: str, institutions=('bank_a', 'bank_b', 'bank_c'), rows=60) -> tuple[str, str]:
+  """Writes <root>/data/<institution>/{train,test}.csv and schema.json."""
+  data_dir = os.path.join(root, 'data')
+  for i, name in enumerate(institutions):
+    os.makedirs(os.path.join(data_dir, name), exist_ok=True)
+    institution_frame(rows, seed=2 * i).to_csv(os.path.join(data_dir, name, 'train.csv'), index=False)
+    institution_frame(rows // 2, seed=2 * i + 1).to_csv(os.path.join(data_dir, name, 'test.csv'), index=False)
+  schema_file = os.path.join(root, 'schema.json')
+  with open(schema_file, 'w') as f:
+    json.dump(SCHEMA, f)
+  return data_dir, schema_file
