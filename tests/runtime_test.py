@@ -1,0 +1,46 @@
+"""The TFF worker process never outlives the program that started it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CHILD = """
+import sys, time
+sys.path.insert(0, {root!r})
+import tensorflow as tf, tensorflow_federated as tff
+from tffaml import runtime
+with runtime.local_runtime():
+  @tff.tensorflow.computation(tf.int32)
+  def add_one(x):
+    return x + 1
+  assert add_one(1) == 2
+  print(runtime.worker_processes()[0].pid, flush=True)
+  time.sleep(600)
+"""
+
+
+class RuntimeTest(tf.test.TestCase):
+
+  def test_worker_is_stopped_when_its_parent_is_killed(self):
+    child = subprocess.Popen(
+        [sys.executable, '-c', _CHILD.format(root=ROOT)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    worker = psutil.Process(int(child.stdout.readline()))
+    self.assertEqual(worker.name(), 'worker_binary')
+    child.send_signal(signal.SIGKILL)  # No handler, no atexit: the watchdog's case.
+    child.wait()
+    deadline = time.monotonic() + 15
+    while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
+      self.assertLess(time.monotonic(), deadline, 'worker_binary outlived its parent')
+      time.sleep(0.2)
+
+
+if __name__ == '__main__':
+  tf.test.main()

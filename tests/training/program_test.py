@@ -1,0 +1,167 @@
+"""End-to-end runs of the training program on a tiny on-disk federation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import psutil
+import tensorflow as tf
+
+from configs import csv as csv_config
+from tests import helpers
+from tffaml.export import scoring
+from tffaml.training import program
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(data_dir, schema_file, **federated):
+  config = csv_config.get_config('smoke')
+  config.data.dir, config.data.schema_file = data_dir, schema_file
+  config.aggregator.type = 'gaussian_fixed'
+  config.aggregator.noise_multiplier = 0.3
+  config.privacy.noise_seed = 11
+  config.federated.update(federated)
+  return config
+
+
+def _serve(model_dir, frame, schema):
+  """Scores in a fresh process that imports only TensorFlow."""
+  inputs = {c: frame[c].astype(float).tolist() for c in schema['numeric']}
+  inputs.update({c: frame[c].astype(str).tolist() for c in schema['categorical']})
+  code = (
+      'import json, sys, tensorflow as tf\n'
+      'inputs = json.load(sys.stdin)\n'
+      f'serve = tf.saved_model.load({model_dir!r}).signatures["serving_default"]\n'
+      'args = {k: tf.constant(v, tf.float32 if isinstance(v[0], float) else tf.string) for k, v in inputs.items()}\n'
+      'out = serve(**args)\n'
+      'assert not any(m.startswith(("tffaml", "tensorflow_federated")) for m in sys.modules)\n'
+      'print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n')
+  done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
+                        capture_output=True, text=True, check=True, timeout=300)
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class ProgramTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'tffaml_program_test_{os.getpid()}')
+    cls.data_dir, cls.schema_file = helpers.write_federation(cls.root)
+    cls.config = _config(cls.data_dir, cls.schema_file, rounds=4)
+    cls.result = program.run(cls.config, os.path.join(cls.root, 'full'), log=lambda _: None)
+
+  def test_outputs_and_metrics(self):
+    paths, metrics = self.result.paths, self.result.metrics
+    for path in (paths.metrics, paths.privacy, paths.curves, paths.hyperparameters,
+                 os.path.join(paths.export, 'saved_model.pb'),
+                 os.path.join(paths.export, 'metadata.json')):
+      self.assertTrue(os.path.isfile(path), path)
+    self.assertEqual(sorted(metrics['federated']['institutions']), ['bank_a', 'bank_b', 'bank_c'])
+    for values in [metrics['federated']['pooled'], *metrics['federated']['institutions'].values()]:
+      self.assertBetween(values['auc'], 0.0, 1.0)
+      self.assertBetween(values['brier'], 0.0, 1.0)
+      self.assertBetween(values['ks'], 0.0, 1.0)
+    pooled_examples = sum(v['num_examples'] for v in metrics['federated']['institutions'].values())
+    self.assertEqual(metrics['federated']['pooled']['num_examples'], pooled_examples)
+    rows = pd.read_csv(paths.metrics_csv)
+    self.assertEqual(rows['round'].tolist(), [1, 2, 3, 4])
+    self.assertTrue((np.diff(rows['privacy/epsilon']) > 0).all())
+    self.assertAlmostEqual(metrics['privacy']['epsilon'], rows['privacy/epsilon'].iloc[-1])
+    with open(os.path.join(paths.export, 'metadata.json')) as f:
+      metadata = json.load(f)
+    self.assertEqual(metadata['privacy']['delta'], 1e-5)
+    self.assertEqual(metadata['config']['privacy']['noise_seed'], 'redacted')
+
+  def test_resumed_run_equals_uninterrupted_run(self):
+    workdir = os.path.join(self.root, 'resumed')
+    stopped = program.run(self.config, workdir, stop_after_round=2, log=lambda _: None)
+    self.assertEqual(stopped.rounds_completed, 2)
+    self.assertFalse(os.path.exists(stopped.paths.export))
+    lines = []
+    resumed = program.run(self.config, workdir, log=lines.append)
+    self.assertTrue(any('resuming' in line and 'after round 2' in line for line in lines))
+    for a, b in zip(self.result.model.get_weights(), resumed.model.get_weights()):
+      self.assertAllEqual(a, b)
+    self.assertEqual(self.result.metrics['privacy']['epsilon'], resumed.metrics['privacy']['epsilon'])
+    self.assertEqual(pd.read_csv(resumed.paths.metrics_csv)['round'].tolist(), [1, 2, 3, 4])
+
+  def test_resume_with_another_config_is_refused(self):
+    workdir = os.path.join(self.root, 'changed')
+    program.run(self.config, workdir, stop_after_round=1, log=lambda _: None)
+    changed = _config(self.data_dir, self.schema_file, rounds=4, client_learning_rate=0.5)
+    with self.assertRaisesRegex(ValueError, 'holds a run with a different config'):
+      program.run(changed, workdir, log=lambda _: None)
+
+  def test_export_round_trip_without_tffaml_or_tff(self):
+    test_rows = pd.read_csv(os.path.join(self.data_dir, 'bank_a', 'test.csv'))
+    served = _serve(self.result.paths.export, test_rows, helpers.SCHEMA)
+    inputs = {c: tf.constant(test_rows[c].to_numpy(np.float32)) for c in ('amount', 'rate')}
+    inputs['grade'] = tf.constant(test_rows['grade'].to_numpy(str))
+    keras = self.result.model(inputs).numpy()[:, 0]
+    self.assertAllClose(served['probability'], keras, atol=1e-6)
+    self.assertAllEqual(served['label'], (keras >= 0.5).astype(int))
+
+  def test_saved_model_cli_runs_it(self):
+    cli = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')
+    done = subprocess.run(
+        [cli, 'run', '--dir', self.result.paths.export, '--tag_set', 'serve',
+         '--signature_def', 'serving_default', '--input_exprs',
+         'amount=[12000.0];rate=[14.5];grade=["B"]'],
+        capture_output=True, text=True, timeout=300)
+    self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+    self.assertIn("Result for output key probability", done.stdout)
+
+  def test_score_csv(self):
+    source = os.path.join(self.data_dir, 'bank_b', 'test.csv')
+    output = os.path.join(self.root, 'scored.csv')
+    count = scoring.score_csv(self.result.paths.export, source, output)
+    scored = pd.read_csv(output)
+    self.assertEqual(count, len(pd.read_csv(source)))
+    self.assertTrue(scored['probability'].between(0, 1).all())
+
+  def test_score_rejects_bad_input_and_writes_nothing(self):
+    bad = os.path.join(self.root, 'bad.csv')
+    pd.DataFrame({'amount': [1.0, 'x'], 'rate': [1, 2], 'grade': ['A', 'B']}).to_csv(bad, index=False)
+    output = os.path.join(self.root, 'never.csv')
+    with self.assertRaisesRegex(ValueError, r"bad.csv: line 3, column 'amount': 'x' is not a number"):
+      scoring.score_csv(self.result.paths.export, bad, output)
+    self.assertFalse(os.path.exists(output))
+
+
+class ScriptHygieneTest(tf.test.TestCase):
+
+  def _orphan_workers(self):
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    return [p for p in psutil.process_iter(['name'])
+            if p.info['name'] == 'worker_binary' and p.pid not in mine]
+
+  def test_piped_train_returns_and_leaves_no_worker(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    before = {p.pid for p in self._orphan_workers()}
+    done = subprocess.run(
+        f'{sys.executable} scripts/train.py --config=configs/csv.py:smoke'
+        f' --config.data.dir={data_dir} --config.data.schema_file={schema_file}'
+        f' --config.federated.rounds=1 --workdir={root}/run 2>&1 | cat',
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    self.assertEqual(done.returncode, 0, done.stdout[-3000:])
+    self.assertIn('privacy:', done.stdout)
+    self.assertEqual({p.pid for p in self._orphan_workers()} - before, set())
+
+  def test_unknown_config_key_fails_before_work(self):
+    done = subprocess.run(
+        [sys.executable, 'scripts/train.py', '--config=configs/loan_risk.py:smoke',
+         '--config.federated.roundz=3', '--workdir=/nonexistent/never'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    self.assertNotEqual(done.returncode, 0)
+    self.assertIn('roundz', done.stderr)
+    self.assertFalse(os.path.exists('/nonexistent/never'))
+
+
+if __name__ == '__main__':
+  tf.test.main()
