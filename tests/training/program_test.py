@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,7 @@ class ProgramTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.root = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'tffaml_program_test_{os.getpid()}')
+    cls.root = tempfile.mkdtemp()
     cls.data_dir, cls.schema_file = helpers.write_federation(cls.root)
     cls.config = _config(cls.data_dir, cls.schema_file, rounds=4)
     cls.result = program.run(cls.config, os.path.join(cls.root, 'full'), log=lambda _: None)

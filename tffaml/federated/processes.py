@@ -116,23 +116,20 @@ def build_train_process(
     return tff.learning.algorithms.build_fed_sgd(
         model_fn, server_optimizer_fn=server_optimizer, model_aggregator=aggregator
     )
+  algorithms = tff.learning.algorithms
   if algorithm is Algorithm.FEDPROX:
     if not proximal_strength > 0:
       raise ValueError(f'fedprox needs proximal_strength > 0, got {proximal_strength}.')
-    build = (tff.learning.algorithms.build_weighted_fed_prox if weighted
-             else tff.learning.algorithms.build_unweighted_fed_prox)
-    return build(
-        model_fn, proximal_strength=proximal_strength,
-        client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
-        model_aggregator=aggregator,
-    )
-  if proximal_strength:
-    raise ValueError(f'proximal_strength={proximal_strength} is only for fedprox.')
-  build = (tff.learning.algorithms.build_weighted_fed_avg if weighted
-           else tff.learning.algorithms.build_unweighted_fed_avg)
+    build = algorithms.build_weighted_fed_prox if weighted else algorithms.build_unweighted_fed_prox
+    extra = {'proximal_strength': proximal_strength}
+  else:
+    if proximal_strength:
+      raise ValueError(f'proximal_strength={proximal_strength} is only for fedprox.')
+    build = algorithms.build_weighted_fed_avg if weighted else algorithms.build_unweighted_fed_avg
+    extra = {}
   return build(
       model_fn, client_optimizer_fn=client_optimizer,
-      server_optimizer_fn=server_optimizer, model_aggregator=aggregator,
+      server_optimizer_fn=server_optimizer, model_aggregator=aggregator, **extra,
   )
 
 

@@ -1,0 +1,77 @@
+import tempfile
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from tests import helpers
+from tffaml import features
+from tffaml.data import csv_dir
+from tffaml.data import schema as schema_lib
+from tffaml.federated import aggregators
+from tffaml.federated import client_data
+from tffaml.federated import processes
+from tffaml.models import tabular
+
+P = processes
+
+
+class ProcessesTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    data_dir, _ = helpers.write_federation(tempfile.mkdtemp())
+    cls.data = csv_dir.load(data_dir, schema_lib.Schema.from_dict(helpers.SCHEMA))
+    space = features.compute_feature_space(cls.data, min_category_count=1)
+    cls.datasets = [client_data.to_dataset(i.train, cls.data.schema, batch_size=16, shuffle_seed=0)
+                    for i in cls.data.institutions]
+    cls.model_fn = staticmethod(processes.build_model_fn(
+        keras_model_fn=lambda: tabular.build_model(
+            model_type=tabular.ModelType.LOGISTIC, feature_space=space),
+        element_spec=cls.datasets[0].element_spec, threshold=0.5))
+
+  def _build(self, algorithm, weighting, server=P.OptimizerType.SGD, aggregator=None, mu=0.0):
+    aggregator = aggregator or aggregators.configure_aggregator(
+        aggregator_type=aggregators.AggregatorType.MEAN,
+        weighted=weighting is P.Weighting.EXAMPLES, clients_per_round=3)
+    return P.build_train_process(
+        model_fn=self.model_fn, algorithm=algorithm, weighting=weighting,
+        client_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=0.1),
+        server_optimizer=P.build_optimizer(server, learning_rate=0.5),
+        aggregator=aggregator, proximal_strength=mu)
+
+  @parameterized.named_parameters(
+      ('fedavg_weighted', P.Algorithm.FEDAVG, P.Weighting.EXAMPLES, P.OptimizerType.SGD, 0.0),
+      ('fedavg_uniform', P.Algorithm.FEDAVG, P.Weighting.UNIFORM, P.OptimizerType.SGD, 0.0),
+      ('fedprox', P.Algorithm.FEDPROX, P.Weighting.UNIFORM, P.OptimizerType.SGD, 0.1),
+      ('fedadam', P.Algorithm.FEDAVG, P.Weighting.EXAMPLES, P.OptimizerType.ADAM, 0.0),
+      ('fedyogi', P.Algorithm.FEDAVG, P.Weighting.UNIFORM, P.OptimizerType.YOGI, 0.0),
+      ('fedsgd', P.Algorithm.FEDSGD, P.Weighting.EXAMPLES, P.OptimizerType.SGD, 0.0),
+  )
+  def test_round_runs_and_moves_the_model(self, algorithm, weighting, server, mu):
+    process = self._build(algorithm, weighting, server, mu=mu)
+    self.assertEqual(str(process.next.type_signature.parameter[1]).split('@')[-1], 'CLIENTS')
+    state = process.initialize()
+    before = process.get_model_weights(state).trainable
+    output = process.next(state, self.datasets)
+    after = process.get_model_weights(output.state).trainable
+    self.assertGreater(max(np.abs(a - b).max() for a, b in zip(after, before)), 0)
+    self.assertEqual(output.metrics['client_work']['train']['num_examples'], 180)
+
+  def test_weighting_must_match_aggregator(self):
+    with self.assertRaisesRegex(ValueError, "weighting='examples' needs a weighted aggregator"):
+      self._build(P.Algorithm.FEDAVG, P.Weighting.EXAMPLES, aggregator=aggregators.configure_aggregator(
+          aggregator_type=aggregators.AggregatorType.MEAN, weighted=False, clients_per_round=3))
+
+  def test_fedsgd_refuses_uniform_weighting(self):
+    with self.assertRaisesRegex(ValueError, "algorithm='fedsgd' averages by example count"):
+      self._build(P.Algorithm.FEDSGD, P.Weighting.UNIFORM)
+
+  def test_fedprox_needs_mu(self):
+    with self.assertRaisesRegex(ValueError, 'fedprox needs proximal_strength > 0, got 0.0'):
+      self._build(P.Algorithm.FEDPROX, P.Weighting.UNIFORM)
+
+
+if __name__ == '__main__':
+  tf.test.main()
