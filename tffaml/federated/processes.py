@@ -16,10 +16,12 @@ literature as choices of TFF builder and optimizers:
 import enum
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffaml.federated import aggregators
+from tffaml.federated import dp_sgd
 from tffaml.models import metrics as metrics_lib
 
 
@@ -72,6 +74,16 @@ def build_model_fn(
   return model_fn
 
 
+def _check_weighting(weighting: Weighting, aggregator: aggregators.Factory) -> None:
+  weighted = weighting is Weighting.EXAMPLES
+  if weighted != isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
+    raise ValueError(
+        f'weighting={weighting.value!r} needs a'
+        f' {"weighted" if weighted else "unweighted"} aggregator, got'
+        f' {type(aggregator).__name__}.'
+    )
+
+
 def build_train_process(
     *,
     model_fn: Callable[[], tff.learning.models.VariableModel],
@@ -100,12 +112,7 @@ def build_train_process(
     A `tff.learning.templates.LearningProcess`.
   """
   weighted = weighting is Weighting.EXAMPLES
-  if weighted != isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
-    raise ValueError(
-        f'weighting={weighting.value!r} needs a'
-        f' {"weighted" if weighted else "unweighted"} aggregator, got'
-        f' {type(aggregator).__name__}.'
-    )
+  _check_weighting(weighting, aggregator)
   if algorithm is Algorithm.FEDSGD:
     if not weighted:
       raise ValueError(
@@ -142,3 +149,47 @@ def build_eval_process(
   `(<state@SERVER, {tf.data.Dataset}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`.
   """
   return tff.learning.algorithms.build_fed_eval(model_fn)
+
+
+def build_dp_sgd_train_process(
+    *,
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    weighting: Weighting,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+    aggregator: aggregators.Factory,
+    l2_norm_clip: float,
+    noise_multiplier: float,
+    expected_batch_size: int,
+) -> tff.learning.templates.LearningProcess:
+  """FedAvg whose institutions train with record-level DP-SGD.
+
+  The process is TFF's FedAvg composition (broadcast, client work, aggregator,
+  server optimizer) with `dp_sgd.build_dp_sgd_client_work` as the client
+  work; `aggregator` may itself be client-level DP.
+
+  Type signature of `next`:
+  `(<state@SERVER, {<x, y, seed>*}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`,
+  client data from `dp_sgd.poisson_batches`.
+  """
+  weighted = weighting is Weighting.EXAMPLES
+  _check_weighting(weighting, aggregator)
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights.from_model(model_fn())
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  if not weighted:  # The composer takes weighted aggregators only.
+    aggregator = tff.aggregators.as_weighted_aggregator(aggregator)
+  aggregation = aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
+  return tff.learning.templates.compose_learning_process(
+      initial_model_weights_fn,
+      tff.learning.templates.build_broadcast_process(weights_type),
+      dp_sgd.build_dp_sgd_client_work(
+          model_fn=model_fn, optimizer=client_optimizer, l2_norm_clip=l2_norm_clip,
+          noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size,
+          weighted=weighted),
+      aggregation,
+      tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+  )

@@ -1,0 +1,170 @@
+import tempfile
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tests import helpers
+from tffaml import features
+from tffaml.data import csv_dir
+from tffaml.data import schema as schema_lib
+from tffaml.federated import aggregators
+from tffaml.federated import client_data
+from tffaml.federated import dp_sgd
+from tffaml.federated import processes
+from tffaml.models import tabular
+
+P = processes
+
+
+def _noised_mean(grads, **kwargs):
+  return [t.numpy() for t in dp_sgd._clipped_noised_mean_gradient(
+      [tf.constant(g, tf.float32) for g in grads], seed=tf.constant([1, 2], tf.int64), **kwargs)]
+
+
+class ClippingAndNoiseTest(tf.test.TestCase):
+
+  def test_clip_hand_computed(self):
+    # Record 1: [3, 4] has norm 5 -> [0.6, 0.8]; record 2: [0.3, 0.4] is kept.
+    (mean,) = _noised_mean([[[3.0, 4.0], [0.3, 0.4]]], l2_norm_clip=1.0,
+                           noise_multiplier=0.0, expected_batch_size=2.0)
+    self.assertAllClose(mean, [0.45, 0.6])
+
+  def test_clip_uses_the_norm_across_all_variables(self):
+    # Record: kernel [3] and bias [4]: joint norm 5, each scaled by 1/5.
+    kernel, bias = _noised_mean([[[3.0]], [[4.0]]], l2_norm_clip=1.0,
+                                noise_multiplier=0.0, expected_batch_size=1.0)
+    self.assertAllClose(kernel, [0.6])
+    self.assertAllClose(bias, [0.8])
+
+  def test_noise_standard_deviation(self):
+    # σ = 2, C = 0.5: noise std 1.0 on the sum, / B = 4 -> 0.25.
+    (mean,) = _noised_mean([np.zeros([3, 50_000])], l2_norm_clip=0.5,
+                           noise_multiplier=2.0, expected_batch_size=4.0)
+    # The sample std of 50,000 normals is within 2% of the truth w.p. > 0.999.
+    self.assertAllClose(np.std(mean), 0.25, rtol=0.02)
+    self.assertAllClose(np.mean(mean), 0.0, atol=0.005)
+
+  def test_empty_batch_gives_pure_noise(self):
+    (mean,) = _noised_mean([np.zeros([0, 4])], l2_norm_clip=1.0,
+                           noise_multiplier=1.0, expected_batch_size=1.0)
+    self.assertEqual(mean.shape, (4,))
+    self.assertGreater(np.abs(mean).sum(), 0)
+
+
+class PoissonBatchesTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.schema = schema_lib.Schema.from_dict(helpers.SCHEMA)
+    cls.frame = schema_lib.validate_frame(helpers.institution_frame(400, seed=0), cls.schema, source='x.csv')
+
+  def _batches(self, seed, batch=20, epochs=3):
+    return list(dp_sgd.poisson_batches(
+        self.frame, self.schema, expected_batch_size=batch, epochs=epochs, seed=seed))
+
+  def test_steps_and_expected_batch_size(self):
+    batches = self._batches(seed=0)
+    self.assertLen(batches, 60)  # 3 epochs * 400 rows / 20.
+    sizes = np.array([b[1].shape[0] for b in batches])
+    # Binomial(400, 0.05) per step: mean 20, and the sizes vary.
+    self.assertAllClose(sizes.mean(), 20.0, atol=2.0)
+    self.assertGreater(sizes.std(), 1.0)
+    x, y, seed = batches[0]
+    self.assertEqual(x['amount'].shape[0], y.shape[0])
+    self.assertEqual(seed.shape, (2,))
+
+  def test_deterministic_given_seed(self):
+    a, b, c = self._batches(seed=5), self._batches(seed=5), self._batches(seed=6)
+    self.assertAllEqual(a[3][0]['amount'], b[3][0]['amount'])
+    self.assertAllEqual(a[3][2], b[3][2])
+    self.assertNotAllEqual(a[3][2], c[3][2])
+
+  def test_batch_larger_than_institution_is_refused(self):
+    with self.assertRaisesRegex(ValueError, r'expected_batch_size must be in \[1, 400\].*got 401'):
+      self._batches(seed=0, batch=401)
+
+
+class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    data_dir, _ = helpers.write_federation(tempfile.mkdtemp())
+    cls.data = csv_dir.load(data_dir, schema_lib.Schema.from_dict(helpers.SCHEMA))
+    cls.space = features.compute_feature_space(cls.data, min_category_count=1)
+    element_spec = client_data.to_dataset(
+        cls.data.institutions[0].train, cls.data.schema, batch_size=8).element_spec
+    cls.keras_model_fn = staticmethod(lambda: tabular.build_model(
+        model_type=tabular.ModelType.LOGISTIC, feature_space=cls.space))
+    cls.model_fn = staticmethod(processes.build_model_fn(
+        keras_model_fn=cls.keras_model_fn, element_spec=element_spec, threshold=0.5))
+
+  def _datasets(self, seed=0):
+    return [dp_sgd.poisson_batches(i.train, self.data.schema, expected_batch_size=8,
+                                   epochs=1, seed=seed + k)
+            for k, i in enumerate(self.data.institutions)]
+
+  def _client_work(self, clip=1.0, noise=0.0, lr=0.1):
+    return dp_sgd.build_dp_sgd_client_work(
+        model_fn=self.model_fn, optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=lr),
+        l2_norm_clip=clip, noise_multiplier=noise, expected_batch_size=8, weighted=False)
+
+  def test_client_work_type_signature(self):
+    signature = self._client_work().next.type_signature
+    self.assertEqual(signature.parameter[2].placement.uri, 'clients')
+    self.assertIn('int64[2]', str(signature.parameter[2].member))
+    self.assertEqual(
+        str(signature.result[2].member), '<train=<steps=int64,sampled_examples=int64>>')
+
+  def test_one_step_without_noise_or_binding_clip_is_sgd_on_the_sampled_sum(self):
+    batch = next(iter(self._datasets()[0]))
+    x, y, _ = batch
+    model = self.keras_model_fn()
+    with tf.GradientTape() as tape:
+      loss_sum = tf.reduce_sum(tf.keras.losses.binary_crossentropy(y, model(x)))
+    expected = [0.1 * g.numpy() / 8 for g in tape.gradient(loss_sum, model.trainable_variables)]
+    process = self._client_work(clip=1e6)
+    weights = tff_weights(model)
+    one_step = tf.data.Dataset.from_tensors(batch)
+    output = process.next(process.initialize(), [weights], [one_step])
+    (result,) = output.result
+    self.assertAllClose(result.update, expected, atol=1e-6)
+    self.assertEqual(output.measurements['train']['steps'], 1)
+    self.assertEqual(output.measurements['train']['sampled_examples'], y.shape[0])
+
+  @parameterized.named_parameters(
+      ('record_dp_only', aggregators.AggregatorType.MEAN),
+      ('record_and_client_dp', aggregators.AggregatorType.GAUSSIAN_FIXED),
+  )
+  def test_round_runs_and_is_deterministic(self, aggregator_type):
+    def run_round():
+      process = processes.build_dp_sgd_train_process(
+          model_fn=self.model_fn, weighting=P.Weighting.UNIFORM,
+          client_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=0.1),
+          server_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=1.0),
+          aggregator=aggregators.configure_aggregator(
+              aggregator_type=aggregator_type, weighted=False, clients_per_round=3,
+              noise_multiplier=0.5, clip=1.0, noise_seed=3),
+          l2_norm_clip=1.0, noise_multiplier=1.0, expected_batch_size=8)
+      state = process.initialize()
+      state = process.set_model_weights(state, tff_weights(self.keras_model_fn()))
+      output = process.next(state, self._datasets())
+      return process.get_model_weights(output.state).trainable, output.metrics
+
+    first, metrics = run_round()
+    second, _ = run_round()
+    self.assertAllClose(first, second)
+    initial = tff_weights(self.keras_model_fn()).trainable
+    self.assertGreater(max(np.abs(a - b).max() for a, b in zip(first, initial)), 0)
+    self.assertEqual(metrics['client_work']['train']['steps'], 3 * 8)  # ceil(60 / 8) each.
+
+
+def tff_weights(keras_model):
+  return tff.learning.models.ModelWeights.from_model(keras_model)
+
+
+if __name__ == '__main__':
+  tf.test.main()
