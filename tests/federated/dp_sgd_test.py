@@ -110,7 +110,7 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
   def _client_work(self, clip=1.0, noise=0.0, lr=0.1):
     return dp_sgd.build_dp_sgd_client_work(
         model_fn=self.model_fn, optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=lr),
-        l2_norm_clip=clip, noise_multiplier=noise, expected_batch_size=8, weighted=False)
+        l2_norm_clip=clip, noise_multiplier=noise, expected_batch_size=8)
 
   def test_client_work_type_signature(self):
     signature = self._client_work().next.type_signature
@@ -142,7 +142,7 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
   def test_round_runs_and_is_deterministic(self, aggregator_type):
     def run_round():
       process = processes.build_dp_sgd_train_process(
-          model_fn=self.model_fn, weighting=P.Weighting.UNIFORM,
+          model_fn=self.model_fn,
           client_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=0.1),
           server_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=1.0),
           aggregator=aggregators.configure_aggregator(

@@ -3,10 +3,13 @@ import math
 from absl.testing import parameterized
 import dp_accounting
 import numpy as np
+from scipy import optimize
 from scipy import stats
 import tensorflow as tf
 
 from tffaml.privacy import accounting
+
+A = accounting
 
 
 def _analytic_gaussian_delta(epsilon, sigma):
@@ -15,54 +18,124 @@ def _analytic_gaussian_delta(epsilon, sigma):
           - math.exp(epsilon) * stats.norm.cdf(-1 / (2 * sigma) - epsilon * sigma))
 
 
-class AccountingTest(tf.test.TestCase, parameterized.TestCase):
+def _dp_sgd(q, z, steps):
+  return dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps)
+
+
+def _client(z=1.0, n=12, m=12, sampling=A.Sampling.FULL):
+  return A.ClientLevelDp(noise_multiplier=z, institutions=n, clients_per_round=m,
+                         sampling=sampling, clipping='fixed clip 1')
+
+
+def _record(z=1.0, rows=(400, 993, 384), batch=32):
+  return A.RecordLevelDp(noise_multiplier=z, clip=1.0, expected_batch_size=batch, epochs=1,
+                         rows=rows)
+
+
+class EpsilonTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters(
-      (0.0025, 1.3, 6000, 1e-5, 0.7242),  # Abadi et al. 2016 setting.
-      (0.001, 1.0, 30000, 1e-7, 1.4155),
+      (0.0025, 1.3, 6000, 1e-5, A.Accountant.RDP, 0.7242),  # Abadi et al. 2016 setting.
+      (0.001, 1.0, 30000, 1e-7, A.Accountant.RDP, 1.4155),
+      (0.0025, 1.3, 6000, 1e-5, A.Accountant.PLD, 0.6506),
+      (0.001, 1.0, 30000, 1e-7, A.Accountant.PLD, 1.1521),
   )
-  def test_poisson_gaussian_known_values(self, q, z, steps, delta, expected):
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps)
-    self.assertAlmostEqual(accounting.rdp_epsilon(event, delta), expected, places=4)
+  def test_poisson_gaussian_known_values(self, q, z, steps, delta, accountant, expected):
+    self.assertAlmostEqual(
+        A.epsilon(_dp_sgd(q, z, steps), delta, accountant=accountant), expected, places=4)
 
   def test_full_participation_between_exact_and_classic_rdp_bounds(self):
     z, rounds, delta = 1.0, 100, 1e-5
-    epsilon = accounting.statement(
-        noise_multiplier=z, institutions=12, clients_per_round=12,
-        sampling=accounting.Sampling.FULL, rounds=rounds, delta=delta,
-        clipping='fixed').epsilon
-    # T Gaussian rounds = one Gaussian with multiplier z / sqrt(T).
+    rdp = A.epsilon(_client(z).event(rounds), delta)
+    pld = A.epsilon(_client(z).event(rounds), delta, accountant=A.Accountant.PLD)
+    # T Gaussian rounds = one Gaussian with multiplier z / sqrt(T): exact ε known.
     sigma = z / math.sqrt(rounds)
-    self.assertLess(_analytic_gaussian_delta(epsilon, sigma), delta)  # exact eps <= RDP eps
+    exact = optimize.brentq(lambda e: _analytic_gaussian_delta(e, sigma) - delta, 1.0, 200.0)
+    self.assertBetween(pld, exact - 1e-3, exact * 1.001)  # PLD is tight here.
+    self.assertLess(pld, rdp)
     orders = np.linspace(1.01, 200, 20000)
     classic = np.min(rounds * orders / (2 * z**2) + math.log(1 / delta) / (orders - 1))
-    self.assertLessEqual(epsilon, classic)  # Mironov 2017, Prop. 3.
-    self.assertAlmostEqual(epsilon, 96.1163, places=3)
+    self.assertLessEqual(rdp, classic)  # Mironov 2017, Prop. 3.
+    self.assertAlmostEqual(rdp, 96.1163, places=3)
 
   def test_sampling_amplifies(self):
     def eps(sampling, m):
-      return accounting.statement(
-          noise_multiplier=1.0, institutions=50, clients_per_round=m,
-          sampling=sampling, rounds=100, delta=1e-5, clipping='fixed').epsilon
-    self.assertLess(eps(accounting.Sampling.POISSON, 5), eps(accounting.Sampling.FULL, 50))
-    self.assertLess(eps(accounting.Sampling.FIXED_SIZE, 5), eps(accounting.Sampling.FULL, 50))
+      return A.epsilon(_client(n=50, m=m, sampling=sampling).event(100), 1e-5,
+                       relation=_client(n=50, m=m, sampling=sampling).relation)
+    self.assertLess(eps(A.Sampling.POISSON, 5), eps(A.Sampling.FULL, 50))
+    self.assertLess(eps(A.Sampling.FIXED_SIZE, 5), eps(A.Sampling.FULL, 50))
 
-  def test_statement_without_noise_is_not_private(self):
-    statement = accounting.statement(
-        noise_multiplier=0.0, institutions=3, clients_per_round=3,
-        sampling=accounting.Sampling.FULL, rounds=5, delta=1e-5, clipping='none')
+  def test_pld_refuses_what_it_cannot_compose(self):
+    client = _client(n=50, m=5, sampling=A.Sampling.FIXED_SIZE)
+    with self.assertRaisesRegex(ValueError, 'the pld accountant cannot compose SelfComposedDpEvent'):
+      A.epsilon(client.event(10), 1e-5, accountant=A.Accountant.PLD, relation=client.relation)
+
+  def test_bad_delta(self):
+    with self.assertRaisesRegex(ValueError, r'delta must be in \(0, 1\), got 0'):
+      A.epsilon(_client().event(1), 0)
+
+
+class CalibrationTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_recovers_the_known_noise(self):
+    noise = A.noise_for_epsilon(
+        lambda z: _dp_sgd(0.0025, z, 6000), target_epsilon=0.7242, delta=1e-5,
+        accountant=A.Accountant.RDP)
+    self.assertAlmostEqual(noise, 1.3, delta=0.003)
+
+  @parameterized.parameters(A.Accountant.RDP, A.Accountant.PLD)
+  def test_record_noise_meets_target_at_the_worst_institution(self, accountant):
+    record = _record()
+    noise = A.calibrate_record_noise(record, rounds=20, target_epsilon=3.0, delta=1e-5,
+                                     accountant=accountant)
+    calibrated = A.PrivacyPlan(client=None, record=_record(z=noise), delta=1e-5,
+                               accountant=accountant)
+    eps = calibrated.statement(rounds=20, participation=[20, 20, 20]).epsilon
+    self.assertBetween(eps, 2.97, 3.0)
+    # The smallest institution (384 rows: the largest sampling rate) is the worst.
+    self.assertIn('384 rows', calibrated.statement(rounds=20, participation=[20] * 3).text())
+
+  def test_client_noise(self):
+    noise = A.calibrate_client_noise(_client(), rounds=100, target_epsilon=96.1163, delta=1e-5,
+                                     accountant=A.Accountant.RDP)
+    self.assertAlmostEqual(noise, 1.0, delta=0.002)
+
+
+class StatementTest(tf.test.TestCase):
+
+  def test_no_mechanism_is_not_private(self):
+    statement = A.PrivacyPlan(client=None, record=None, delta=1e-5).statement(
+        rounds=5, participation=[5, 5, 5])
     self.assertFalse(statement.is_private)
     self.assertEqual(statement.to_dict()['epsilon'], 'inf')
     self.assertIn('No differential privacy guarantee', statement.text())
 
-  def test_statement_names_unit_epsilon_delta_accountant(self):
-    text = accounting.statement(
-        noise_multiplier=1.0, institutions=10, clients_per_round=4,
-        sampling=accounting.Sampling.POISSON, rounds=10, delta=1e-6,
-        clipping='fixed clip 1').text()
-    for part in ('institution', '1e-06', 'RDP', 'Poisson sampling', 'q = 4/10', '10 rounds'):
+  def test_record_guarantee_first_and_uses_the_ledger(self):
+    plan = A.PrivacyPlan(client=_client(n=3, m=3), record=_record(), delta=1e-5)
+    statement = plan.statement(rounds=10, participation=[10, 10, 4])
+    self.assertLen(statement.guarantees, 2)
+    self.assertStartsWith(statement.guarantees[0].unit, 'record')
+    self.assertEqual(statement.epsilon, statement.guarantees[0].epsilon)
+    expected = max(A.epsilon(_record().event(i, r), 1e-5) for i, r in enumerate([10, 10, 4]))
+    self.assertAlmostEqual(statement.epsilon, expected)
+    every_round = plan.statement(rounds=10, participation=[10, 10, 10]).epsilon
+    self.assertLess(statement.epsilon, every_round)
+    self.assertAlmostEqual(statement.epsilon_for('institution'),
+                           A.epsilon(_client(n=3, m=3).event(10), 1e-5))
+
+  def test_text_names_unit_epsilon_delta_accountant(self):
+    plan = A.PrivacyPlan(client=_client(n=10, m=4, sampling=A.Sampling.POISSON),
+                         record=None, delta=1e-6, accountant=A.Accountant.PLD)
+    text = plan.statement(rounds=10, participation=[4] * 10).text()
+    for part in ('institution', '1e-06', 'PLD', 'Poisson sampling', 'q = 4/10', '10 rounds',
+                 'simulated as a plain sum'):
       self.assertIn(part, text)
+
+  def test_batch_larger_than_smallest_institution_is_refused(self):
+    with self.assertRaisesRegex(ValueError, 'expected_batch_size=500 exceeds the smallest'
+                                ' institution \\(384 training rows\\)'):
+      _record(batch=500)
 
 
 if __name__ == '__main__':

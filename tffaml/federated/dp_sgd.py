@@ -106,7 +106,7 @@ def _clipped_noised_mean_gradient(
   return result
 
 
-def _build_client_update(model, optimizer, *, l2_norm_clip, noise_multiplier, expected_batch_size, weighted):
+def _build_client_update(model, optimizer, *, l2_norm_clip, noise_multiplier, expected_batch_size):
   """DP-SGD over an institution's `poisson_batches`; returns (ClientResult, counts)."""
 
   @tf.function
@@ -135,9 +135,8 @@ def _build_client_update(model, optimizer, *, l2_norm_clip, noise_multiplier, ex
     _, steps, sampled = dataset.reduce(
         (optimizer_state, tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
     update = tf.nest.map_structure(tf.subtract, initial_weights.trainable, weights.trainable)
-    weight = tf.cast(sampled, tf.float32) if weighted else tf.constant(1.0)
     return (
-        tff.learning.templates.ClientResult(update=update, update_weight=weight),
+        tff.learning.templates.ClientResult(update=update, update_weight=tf.constant(1.0)),
         collections.OrderedDict(steps=steps, sampled_examples=sampled),
     )
 
@@ -151,7 +150,6 @@ def build_dp_sgd_client_work(
     l2_norm_clip: float,
     noise_multiplier: float,
     expected_batch_size: int,
-    weighted: bool,
 ) -> tff.learning.templates.ClientWorkProcess:
   """A client work process training each institution with DP-SGD.
 
@@ -160,8 +158,10 @@ def build_dp_sgd_client_work(
   <state@SERVER, ClientResult@CLIENTS, <train=<steps, sampled_examples>>@SERVER>)`
   where the client data comes from `poisson_batches`.
 
-  The measurements are the number of steps and of sampled rows, summed over
-  institutions; no unprotected training loss leaves an institution.
+  Every institution's update has weight 1: a weight by sampled rows would
+  leak the sample. The measurements are the numbers of steps and of sampled
+  rows, summed over institutions; no unprotected training loss leaves an
+  institution.
 
   Args:
     model_fn: Constructs the TFF model from a Keras model whose output is the
@@ -170,8 +170,6 @@ def build_dp_sgd_client_work(
     l2_norm_clip: Per-record gradient clip C (> 0).
     noise_multiplier: σ (>= 0; 0 trains with clipping only, no DP).
     expected_batch_size: B, the divisor of the noised sum.
-    weighted: Weight updates by sampled rows (not with client-level DP) or
-      uniformly.
 
   Returns:
     A `tff.learning.templates.ClientWorkProcess`.
@@ -195,7 +193,7 @@ def build_dp_sgd_client_work(
     # tf.function orders the variable updates (TFF traces in plain graph mode).
     return _build_client_update(
         model_fn(), optimizer, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-        expected_batch_size=expected_batch_size, weighted=weighted)(initial_weights, dataset)
+        expected_batch_size=expected_batch_size)(initial_weights, dataset)
 
   @tff.federated_computation()
   def init_fn():

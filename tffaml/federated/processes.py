@@ -154,10 +154,9 @@ def build_eval_process(
 def build_dp_sgd_train_process(
     *,
     model_fn: Callable[[], tff.learning.models.VariableModel],
-    weighting: Weighting,
     client_optimizer: tff.learning.optimizers.Optimizer,
     server_optimizer: tff.learning.optimizers.Optimizer,
-    aggregator: aggregators.Factory,
+    aggregator: tff.aggregators.UnweightedAggregationFactory,
     l2_norm_clip: float,
     noise_multiplier: float,
     expected_batch_size: int,
@@ -166,30 +165,29 @@ def build_dp_sgd_train_process(
 
   The process is TFF's FedAvg composition (broadcast, client work, aggregator,
   server optimizer) with `dp_sgd.build_dp_sgd_client_work` as the client
-  work; `aggregator` may itself be client-level DP.
+  work; `aggregator` (unweighted: institutions count the same) may itself
+  be client-level DP.
 
   Type signature of `next`:
   `(<state@SERVER, {<x, y, seed>*}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`,
   client data from `dp_sgd.poisson_batches`.
   """
-  weighted = weighting is Weighting.EXAMPLES
-  _check_weighting(weighting, aggregator)
+  _check_weighting(Weighting.UNIFORM, aggregator)
 
   @tff.tensorflow.computation
   def initial_model_weights_fn():
     return tff.learning.models.ModelWeights.from_model(model_fn())
 
   weights_type = initial_model_weights_fn.type_signature.result
-  if not weighted:  # The composer takes weighted aggregators only.
-    aggregator = tff.aggregators.as_weighted_aggregator(aggregator)
-  aggregation = aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
+  # The composer takes weighted aggregators; every weight here is 1.
+  aggregation = tff.aggregators.as_weighted_aggregator(aggregator).create(
+      weights_type.trainable, tff.TensorType(np.float32))
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn,
       tff.learning.templates.build_broadcast_process(weights_type),
       dp_sgd.build_dp_sgd_client_work(
           model_fn=model_fn, optimizer=client_optimizer, l2_norm_clip=l2_norm_clip,
-          noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size,
-          weighted=weighted),
+          noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size),
       aggregation,
       tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
   )

@@ -5,7 +5,7 @@ Every error names the config key (as its flag, `config.x.y`) and the value.
 
 import dataclasses
 import enum
-from typing import TypeVar
+from typing import Sequence, TypeVar
 
 import ml_collections
 
@@ -37,6 +37,7 @@ class Choices:
   server_optimizer: processes.OptimizerType
   aggregator: aggregators.AggregatorType
   sampling: accounting.Sampling
+  accountant: accounting.Accountant
 
 
 def parse_choices(config: ml_collections.ConfigDict) -> Choices:
@@ -49,6 +50,7 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
       server_optimizer=parse_enum(processes.OptimizerType, f.server_optimizer, 'federated.server_optimizer'),
       aggregator=parse_enum(aggregators.AggregatorType, config.aggregator.type, 'aggregator.type'),
       sampling=parse_enum(accounting.Sampling, f.sampling, 'federated.sampling'),
+      accountant=parse_enum(accounting.Accountant, config.privacy.accountant, 'privacy.accountant'),
   )
   for key in ('rounds', 'client_epochs', 'batch_size'):
     if f[key] < 1:
@@ -60,7 +62,68 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
     )
   if not 0.0 < config.privacy.delta < 1.0:
     raise ValueError(f'config.privacy.delta must be in (0, 1), got {config.privacy.delta}.')
+  _check_record_dp(config, choices)
   return choices
+
+
+def _check_record_dp(config, choices: Choices) -> None:
+  r, p = config.record_dp, config.privacy
+  if p.target_epsilon is not None:
+    if not p.target_epsilon > 0:
+      raise ValueError(f'config.privacy.target_epsilon must be > 0, got {p.target_epsilon}.')
+    if not (r.enabled or choices.aggregator.is_dp):
+      raise ValueError(
+          f'config.privacy.target_epsilon={p.target_epsilon} needs a DP mechanism to'
+          ' calibrate: config.record_dp.enabled=True or a DP config.aggregator.type.')
+  if not r.enabled:
+    return
+  if not r.clip > 0:
+    raise ValueError(f'config.record_dp.clip must be > 0, got {r.clip}.')
+  if p.target_epsilon is None and not r.noise_multiplier > 0:
+    raise ValueError(
+        f'config.record_dp.noise_multiplier must be > 0, got {r.noise_multiplier}'
+        ' (or set config.privacy.target_epsilon).')
+  if choices.algorithm is not processes.Algorithm.FEDAVG:
+    raise ValueError(
+        f'config.record_dp.enabled=True trains locally with DP-SGD under FedAvg;'
+        f" config.federated.algorithm={config.federated.algorithm!r} must be 'fedavg'.")
+  if choices.weighting is not processes.Weighting.UNIFORM:
+    raise ValueError(
+        "config.record_dp.enabled=True needs config.federated.weighting='uniform'"
+        ' (a weight by sampled rows would leak the sample).')
+
+
+def privacy_plan(
+    config, choices: Choices, *, institution_rows: Sequence[int], cohort: int
+) -> accounting.PrivacyPlan:
+  """The run's DP mechanisms, with the noise calibrated to any target ε."""
+  a, r, p, f = config.aggregator, config.record_dp, config.privacy, config.federated
+  calibrating = p.target_epsilon is not None
+  client = record = None
+  if choices.aggregator.is_dp:
+    client = accounting.ClientLevelDp(
+        noise_multiplier=a.noise_multiplier, institutions=len(institution_rows),
+        clients_per_round=cohort, sampling=choices.sampling,
+        clipping=clipping_description(config, choices))
+  if r.enabled:
+    if f.batch_size > min(institution_rows):
+      raise ValueError(
+          f'config.federated.batch_size={f.batch_size} is DP-SGD\'s expected batch'
+          f' and exceeds the smallest institution ({min(institution_rows)} training rows).')
+    record = accounting.RecordLevelDp(
+        noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
+        clip=r.clip, expected_batch_size=f.batch_size, epochs=f.client_epochs,
+        rows=tuple(int(n) for n in institution_rows))
+  target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
+                accountant=choices.accountant)
+  if calibrating and record is not None:
+    record = dataclasses.replace(
+        record, noise_multiplier=accounting.calibrate_record_noise(record, **target))
+  elif calibrating:
+    client = dataclasses.replace(
+        client, noise_multiplier=accounting.calibrate_client_noise(client, **target))
+  return accounting.PrivacyPlan(client=client, record=record, delta=p.delta,
+                                accountant=choices.accountant)
 
 
 def clients_per_round(config: ml_collections.ConfigDict, sampling: accounting.Sampling, num_institutions: int) -> int:
@@ -77,13 +140,15 @@ def clients_per_round(config: ml_collections.ConfigDict, sampling: accounting.Sa
   return requested
 
 
-def build_aggregator(config, choices: Choices, *, cohort: int, noise_seed: int) -> aggregators.Factory:
+def build_aggregator(
+    config, choices: Choices, plan: accounting.PrivacyPlan, *, cohort: int, noise_seed: int
+) -> aggregators.Factory:
   a = config.aggregator
   return aggregators.configure_aggregator(
       aggregator_type=choices.aggregator,
       weighted=choices.weighting is processes.Weighting.EXAMPLES,
       clients_per_round=cohort,
-      noise_multiplier=a.noise_multiplier,
+      noise_multiplier=plan.client.noise_multiplier if plan.client else a.noise_multiplier,
       clip=a.clip,
       target_unclipped_quantile=a.target_unclipped_quantile,
       clip_learning_rate=a.clip_learning_rate,
@@ -92,20 +157,28 @@ def build_aggregator(config, choices: Choices, *, cohort: int, noise_seed: int) 
   )
 
 
-def build_train_process(config, choices: Choices, *, model_fn, aggregator):
+def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, model_fn, aggregator):
   f = config.federated
-  return processes.build_train_process(
-      model_fn=model_fn,
-      algorithm=choices.algorithm,
-      weighting=choices.weighting,
+  optimizers = dict(
       client_optimizer=processes.build_optimizer(
           choices.client_optimizer, learning_rate=f.client_learning_rate,
           momentum=f.client_momentum),
       server_optimizer=processes.build_optimizer(
           choices.server_optimizer, learning_rate=f.server_learning_rate,
           momentum=f.server_momentum),
+  )
+  if plan.record is not None:
+    return processes.build_dp_sgd_train_process(
+        model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,
+        noise_multiplier=plan.record.noise_multiplier,
+        expected_batch_size=plan.record.expected_batch_size, **optimizers)
+  return processes.build_train_process(
+      model_fn=model_fn,
+      algorithm=choices.algorithm,
+      weighting=choices.weighting,
       aggregator=aggregator,
       proximal_strength=f.proximal_strength,
+      **optimizers,
   )
 
 

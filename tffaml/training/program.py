@@ -15,7 +15,8 @@ A run killed at any point resumes from its last checkpoint and ends with the
 same model as an uninterrupted run: the model's initial weights, the cohort
 and the batch order of every round derive from `config.seed` and the round
 number, and the DP noise generator's position is part of the checkpointed
-aggregator state.
+aggregator state. The privacy ledger (rounds each institution joined) is
+part of every checkpoint, so a resumed run reports the same ε.
 """
 
 import asyncio
@@ -38,6 +39,7 @@ from tffaml import io
 from tffaml.data import loading
 from tffaml.export import saved_model
 from tffaml.federated import client_data
+from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.models import tabular
 from tffaml.privacy import accounting
@@ -191,20 +193,29 @@ def run(
       threshold=config.model.threshold)
   n = len(data.institutions)
   cohort = experiment.clients_per_round(config, choices.sampling, n)
+  plan = experiment.privacy_plan(
+      config, choices, institution_rows=[len(i.train) for i in data.institutions], cohort=cohort)
+  if config.privacy.target_epsilon is not None:
+    calibrated = plan.record or plan.client
+    log(f'noise multiplier {calibrated.noise_multiplier:.4f} for ε = {config.privacy.target_epsilon:g}'
+        f' at δ = {config.privacy.delta:g} over {f.rounds} rounds ({choices.accountant.value})')
   noise_seed = config.privacy.noise_seed
   if noise_seed is None:  # Secret by default: see tffaml.federated.dp_queries.
     noise_seed = secrets.randbits(62)
-  aggregator = experiment.build_aggregator(config, choices, cohort=cohort, noise_seed=noise_seed)
-  process = experiment.build_train_process(config, choices, model_fn=model_fn, aggregator=aggregator)
+  aggregator = experiment.build_aggregator(config, choices, plan, cohort=cohort, noise_seed=noise_seed)
+  process = experiment.build_train_process(
+      config, choices, plan, model_fn=model_fn, aggregator=aggregator)
 
   state = process.initialize()
   # TFF's initialize() runs Keras initializers unseeded; start from ours.
   state = process.set_model_weights(
       state, tff.learning.models.ModelWeights.from_model(keras_model_fn()))
   state_manager = tff.program.FileProgramStateManager(paths.checkpoints, keep_total=2, keep_first=False)
-  loaded, first_round = asyncio.run(state_manager.load_latest([state, 0]))
+  participation = np.zeros(n, np.int64)  # The privacy ledger.
+  loaded, first_round = asyncio.run(state_manager.load_latest([state, 0, participation]))
   if loaded is not None:
-    state = loaded[0]
+    state, _, participation = loaded
+    participation = np.asarray(participation, np.int64)
     log(f'resuming {paths.root} after round {first_round}')
   else:
     first_round = 0
@@ -218,12 +229,15 @@ def run(
       for i in data.institutions
   }
 
-  def privacy_after(rounds: int) -> accounting.PrivacyStatement:
-    return accounting.statement(
-        noise_multiplier=config.aggregator.noise_multiplier if choices.aggregator.is_dp else 0.0,
-        institutions=n, clients_per_round=cohort, sampling=choices.sampling,
-        rounds=rounds, delta=config.privacy.delta,
-        clipping=experiment.clipping_description(config, choices))
+  def train_dataset(i: int, round_num: int) -> tf.data.Dataset:
+    frame = data.institutions[i].train
+    if plan.record is not None:  # Secret sample and noise: from the noise seed.
+      return dp_sgd.poisson_batches(
+          frame, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
+          seed=_stable_seed(noise_seed, round_num, i))
+    return client_data.to_dataset(
+        frame, schema, batch_size=f.batch_size, epochs=f.client_epochs,
+        shuffle_seed=_stable_seed(config.seed, round_num, i))
 
   last_round = f.rounds if stop_after_round is None else min(f.rounds, stop_after_round)
   progress = _Progress(f.rounds, first_round, log)
@@ -231,12 +245,8 @@ def run(
   for round_num in range(first_round + 1, last_round + 1):
     members = sample_cohort(choices.sampling, num_institutions=n, cohort=cohort,
                             seed=config.seed, round_num=round_num)
-    datasets = [
-        client_data.to_dataset(
-            data.institutions[i].train, schema, batch_size=f.batch_size,
-            epochs=f.client_epochs, shuffle_seed=_stable_seed(config.seed, round_num, i))
-        for i in members
-    ]
+    datasets = [train_dataset(i, round_num) for i in members]
+    participation[members] += 1
     values = {}
     if datasets:  # A Poisson round may draw nobody: the model stays as it is.
       output = process.next(state, datasets)
@@ -244,8 +254,10 @@ def run(
       values.update(_flatten(output.metrics['client_work']['train'], 'train/'))
       values.update(_flatten(output.metrics['aggregator'], 'aggregator/'))
     values['institutions_in_round'] = float(len(members))
-    epsilon = privacy_after(round_num).epsilon
-    values['privacy/epsilon'] = epsilon
+    privacy = plan.statement(rounds=round_num, participation=participation)
+    values['privacy/epsilon'] = privacy.epsilon
+    if plan.record and plan.client:
+      values['privacy/institution_epsilon'] = privacy.epsilon_for('institution')
     if f.eval_every and round_num % f.eval_every == 0 or round_num == f.rounds:
       pooled = evaluation.evaluate(
           eval_process, process.get_model_weights(state), test_sets, per_institution=False)
@@ -256,7 +268,7 @@ def run(
                    ('train/loss', 'eval/auc', 'privacy/epsilon') if k in values))
     values['round_seconds'] = per_round
     asyncio.run(releaser.release(values, key=round_num))
-    asyncio.run(state_manager.save([state, round_num], round_num))
+    asyncio.run(state_manager.save([state, round_num, participation], round_num))
   if last_round < f.rounds:
     return RunResult(paths=paths, metrics=None, rounds_completed=last_round)
 
@@ -277,7 +289,7 @@ def run(
         seed=config.seed)
     metrics['centralized_reference'] = evaluation.evaluate(
         eval_process, tff.learning.models.ModelWeights.from_model(reference), test_sets)
-  statement = privacy_after(f.rounds)
+  statement = plan.statement(rounds=f.rounds, participation=participation)
   metrics['privacy'] = statement.to_dict()
   io.write_json(paths.metrics, metrics)
   io.write_text(paths.privacy, statement.text() + '\n')
