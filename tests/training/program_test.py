@@ -134,6 +134,41 @@ class ProgramTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(output))
 
 
+class RecordLevelDpProgramTest(tf.test.TestCase):
+  """DP-SGD in each institution plus client-level DP, noise set by a target ε."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    data_dir, schema_file = helpers.write_federation(cls.root)
+    cls.config = _config(data_dir, schema_file, rounds=3, batch_size=16)
+    cls.config.record_dp.enabled = True
+    cls.config.privacy.target_epsilon = 4.0
+    cls.lines = []
+    cls.result = program.run(cls.config, os.path.join(cls.root, 'full'), log=cls.lines.append)
+
+  def test_epsilon_meets_target_and_statement_has_both_units(self):
+    privacy = self.result.metrics['privacy']
+    self.assertBetween(privacy['epsilon'], 3.95, 4.0)  # Every institution joined every round.
+    self.assertEqual([g['unit'].split()[0] for g in privacy['guarantees']], ['record', 'institution'])
+    self.assertTrue(any(line.startswith('noise multiplier') and 'ε = 4' in line for line in self.lines))
+    rows = pd.read_csv(self.result.paths.metrics_csv)
+    self.assertTrue((np.diff(rows['privacy/epsilon']) > 0).all())
+    self.assertTrue((rows['privacy/institution_epsilon'] > 0).all())
+    self.assertEqual(rows['train/steps'].tolist(), [12] * 3)  # ceil(60 / 16) at 3 banks.
+    with open(self.result.paths.privacy) as f:
+      self.assertIn('record-level DP', f.read())
+
+  def test_resumed_run_has_same_model_and_ledger(self):
+    workdir = os.path.join(self.root, 'resumed')
+    program.run(self.config, workdir, stop_after_round=1, log=lambda _: None)
+    resumed = program.run(self.config, workdir, log=lambda _: None)
+    for a, b in zip(self.result.model.get_weights(), resumed.model.get_weights()):
+      self.assertAllEqual(a, b)
+    self.assertEqual(resumed.metrics['privacy'], self.result.metrics['privacy'])
+
+
 class ScriptHygieneTest(tf.test.TestCase):
 
   def _orphan_workers(self):

@@ -85,6 +85,16 @@ def epsilon(
   return float(composer.get_epsilon(delta))
 
 
+def poisson_gaussian_event(
+    *, sampling_rate: float, noise_multiplier: float, steps: int
+) -> dp_accounting.DpEvent:
+  """`steps` compositions of the Poisson-sampled Gaussian mechanism (DP-SGD)."""
+  step = dp_accounting.GaussianDpEvent(noise_multiplier)
+  if sampling_rate < 1:
+    step = dp_accounting.PoissonSampledDpEvent(sampling_rate, step)
+  return dp_accounting.SelfComposedDpEvent(step, int(steps))
+
+
 def noise_for_epsilon(
     make_event: Callable[[float], dp_accounting.DpEvent],
     *,
@@ -174,10 +184,10 @@ class RecordLevelDp:
 
   def event(self, institution: int, rounds: int) -> dp_accounting.DpEvent:
     """The DP-SGD steps of `rounds` rounds at one institution."""
-    step = dp_accounting.PoissonSampledDpEvent(
-        self.expected_batch_size / self.rows[institution],
-        dp_accounting.GaussianDpEvent(self.noise_multiplier))
-    return dp_accounting.SelfComposedDpEvent(step, rounds * self.steps_per_round(institution))
+    return poisson_gaussian_event(
+        sampling_rate=self.expected_batch_size / self.rows[institution],
+        noise_multiplier=self.noise_multiplier,
+        steps=int(rounds) * self.steps_per_round(institution))
 
 
 def calibrate_client_noise(
@@ -315,10 +325,11 @@ class PrivacyPlan:
     if self.client is not None:
       guarantees.append(self._client_guarantee(rounds))
     return PrivacyStatement(
-        guarantees=tuple(guarantees), rounds=rounds, institutions=len(participation))
+        guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation))
 
   def _record_guarantee(self, participation: Sequence[int]) -> Guarantee:
     record = self.record
+    participation = [int(r) for r in participation]
     per_institution = [
         epsilon(record.event(i, r), self.delta, accountant=self.accountant) if r else 0.0
         for i, r in enumerate(participation)

@@ -9,6 +9,7 @@ from typing import Sequence, TypeVar
 
 import ml_collections
 
+from tffaml.data import loading
 from tffaml.federated import aggregators
 from tffaml.federated import processes
 from tffaml.models import tabular
@@ -190,3 +191,19 @@ def clipping_description(config, choices: Choices) -> str:
     return (f'adaptive clip from {a.clip:g} to the'
             f' {a.target_unclipped_quantile:g} quantile of update norms')
   return f'aggregator {choices.aggregator.value}'
+
+
+def plan_for_config(config) -> tuple[accounting.PrivacyPlan, accounting.PrivacyStatement]:
+  """The privacy plan of a config and its statement if it ran to the end.
+
+  Loads the data only for the institutions' sizes. The statement assumes
+  every institution joins every round: the worst case of any cohort
+  sampling for the record-level guarantee.
+  """
+  choices = parse_choices(config)
+  data = loading.load(config.data, seed=config.seed)
+  rows = [len(i.train) for i in data.institutions]
+  cohort = clients_per_round(config, choices.sampling, len(rows))
+  plan = privacy_plan(config, choices, institution_rows=rows, cohort=cohort)
+  rounds = config.federated.rounds
+  return plan, plan.statement(rounds=rounds, participation=[rounds] * len(rows))

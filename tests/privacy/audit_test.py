@@ -1,0 +1,86 @@
+import os
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tests import helpers
+from tffaml import features
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+from tffaml.export import saved_model
+from tffaml.privacy import audit
+
+SCHEMA = schema_lib.Schema.from_dict(helpers.SCHEMA)
+
+
+def _frame(rate, default):
+  n = len(rate)
+  return schema_lib.validate_frame(pd.DataFrame({
+      'amount': np.full(n, 1000.0), 'rate': rate, 'grade': ['A'] * n, 'default': default,
+  }), SCHEMA, source='test')
+
+
+def _leaky_federation(rows=300):
+  """Members are confidently right, non-members confidently wrong."""
+  rng = np.random.default_rng(0)
+  def institution(name):
+    rate = rng.uniform(20, 25, rows)
+    train = _frame(rate, np.r_[np.ones(rows - 1, int), 0])
+    test = _frame(rate, np.r_[np.zeros(rows - 1, int), 1])
+    return federated_data.Institution(name, train, test)
+  return federated_data.FederatedData(SCHEMA, (institution('bank_a'), institution('bank_b')))
+
+
+def _export_rate_model(model_dir, claimed_epsilon):
+  """p(default) = sigmoid(rate - 15): near 1 on every row above."""
+  inputs = features.keras_inputs(SCHEMA)
+  probability = tf.keras.layers.Lambda(lambda r: tf.sigmoid(r - 15.0)[:, None])(inputs['rate'])
+  model = tf.keras.Model(inputs, probability)
+  guarantees = [] if claimed_epsilon is None else [
+      {'unit': 'record (one row)', 'epsilon': claimed_epsilon, 'delta': 1e-5}]
+  saved_model.export(model, model_dir, schema=SCHEMA, threshold=0.5,
+                     metadata={'privacy': {'guarantees': guarantees}})
+
+
+class AuditTest(tf.test.TestCase):
+
+  def test_tpr_at_fpr(self):
+    fpr = np.array([0.0, 0.0005, 0.001, 0.01, 1.0])
+    tpr = np.array([0.0, 0.2, 0.3, 0.6, 1.0])
+    self.assertEqual(audit.tpr_at_fpr(fpr, tpr, 0.001), 0.3)
+    self.assertEqual(audit.tpr_at_fpr(fpr[3:], tpr[3:], 0.001), 0.0)
+
+  def test_epsilon_bound_zero_at_chance_and_large_when_separable(self):
+    rng = np.random.default_rng(1)
+    same = audit.epsilon_lower_bound(rng.normal(size=2000), rng.normal(size=2000), alpha=0.05)
+    self.assertEqual(same, 0.0)
+    separable = audit.epsilon_lower_bound(rng.normal(10, 1, 2000), rng.normal(size=2000), alpha=0.05)
+    # At the median threshold TNR ~ 1 while FNR = 0: TNR / FNR is unbounded.
+    self.assertGreater(separable, 3.0)
+
+  def test_flags_a_model_whose_claim_its_leak_contradicts(self):
+    model_dir = os.path.join(self.create_tempdir().full_path, 'export')
+    _export_rate_model(model_dir, claimed_epsilon=0.5)
+    report = audit.audit(model_dir, _leaky_federation())
+    self.assertLen(report.outcomes, 4)  # 2 institutions x 2 attacks.
+    self.assertEqual({o.attack for o in report.outcomes}, {'threshold', 'logistic_regression'})
+    threshold = [o for o in report.outcomes if o.attack == 'threshold']
+    for o in threshold:
+      self.assertGreater(o.auc, 0.99)
+      self.assertGreater(o.advantage, 0.95)
+      self.assertGreater(o.epsilon_lower_bound, 0.5)
+    self.assertTrue(report.violations)
+    self.assertIn('FLAGGED', report.summary())
+    self.assertTrue(report.to_dict()['flagged'])
+
+  def test_no_record_claim_is_never_flagged(self):
+    model_dir = os.path.join(self.create_tempdir().full_path, 'export')
+    _export_rate_model(model_dir, claimed_epsilon=None)
+    report = audit.audit(model_dir, _leaky_federation())
+    self.assertEqual(report.violations, [])
+    self.assertIn('no record-level DP claim', report.summary())
+
+
+if __name__ == '__main__':
+  tf.test.main()
