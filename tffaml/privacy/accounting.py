@@ -229,6 +229,7 @@ class Guarantee:
   delta: float
   accountant: str
   neighboring_relation: str
+  noise_multiplier: float
   mechanism: str
 
   @property
@@ -339,6 +340,7 @@ class PrivacyPlan:
         unit='record (one row of an institution; record-level DP)',
         epsilon=per_institution[worst], delta=self.delta,
         accountant=self.accountant.description, neighboring_relation='add_or_remove_one',
+        noise_multiplier=record.noise_multiplier,
         mechanism=(
             f'DP-SGD in each institution, per-record clip {record.clip:g}, noise'
             f' multiplier {record.noise_multiplier:.4g}, Poisson-sampled batches of'
@@ -356,6 +358,7 @@ class PrivacyPlan:
         unit='institution (with all of its records; client-level DP)',
         epsilon=value, delta=self.delta, accountant=self.accountant.description,
         neighboring_relation=client.relation.name.lower(),
+        noise_multiplier=client.noise_multiplier,
         mechanism=(
             f'Gaussian noise multiplier {client.noise_multiplier:.4g} on updates clipped'
             f' to an L2 norm ({client.clipping}), {rounds} rounds, {client.cohort()}'))

@@ -11,7 +11,7 @@ from tffaml import io
 _PANELS = (
     ('train/loss', 'training loss (institutions, mean)'),
     ('eval/auc', 'test AUC (pooled over institutions)'),
-    ('privacy/epsilon', 'ε spent (client-level)'),
+    ('privacy/epsilon', 'ε spent (unit: see privacy.txt)'),
 )
 
 
