@@ -63,7 +63,8 @@ class AuditTest(tf.test.TestCase):
     model_dir = os.path.join(self.create_tempdir().full_path, 'export')
     _export_rate_model(model_dir, claimed_epsilon=0.5)
     report = audit.audit(model_dir, _leaky_federation())
-    self.assertLen(report.outcomes, 4)  # 2 institutions x 2 attacks.
+    self.assertLen(report.outcomes, 6)  # (2 institutions + pooled) x 2 attacks.
+    self.assertGreater(report.pooled_auc(), 0.99)
     self.assertEqual({o.attack for o in report.outcomes}, {'threshold', 'logistic_regression'})
     threshold = [o for o in report.outcomes if o.attack == 'threshold']
     for o in threshold:
