@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(PYTHON) -m uv
 
-.PHONY: train test venv clean
+.PHONY: train train-record-dp test venv clean
 
 $(PY): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv \
@@ -16,6 +16,9 @@ venv: $(PY)
 
 train: $(PY)
 	$(PY) scripts/train.py --config=configs/loan_risk.py --workdir=runs/loan_risk
+
+train-record-dp: $(PY)
+	$(PY) scripts/train.py --config=configs/loan_risk.py:record_dp --workdir=runs/loan_risk_record_dp
 
 test: $(PY)
 	$(PY) -m pytest -q

@@ -72,7 +72,10 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.record_dp = ml_collections.ConfigDict()
   config.record_dp.enabled = False
   config.record_dp.noise_multiplier = 1.0
-  config.record_dp.clip = 1.0  # Per-record gradient L2 norm.
+  config.record_dp.clip = 1.0  # Per-unit gradient L2 norm.
+  # With a schema `unit` column (e.g. an account id) the unit is all rows
+  # sharing a value, of which at most this many train per round (0: all).
+  config.record_dp.max_rows_per_unit = 0
 
   config.privacy = ml_collections.ConfigDict()
   config.privacy.delta = 1e-5

@@ -19,6 +19,7 @@ def institution_frame(rows: int, seed: int) -> pd.DataFrame:
       'rate': rate.round(2),
       'grade': rng.choice(['A', 'B', 'C'], rows),
       'note': 'ignored column',
+      'account': [f'acct{i % 12}' for i in range(rows)],  # A privacy unit, if named.
       'default': default,
   })
 

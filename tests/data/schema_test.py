@@ -90,5 +90,31 @@ class SchemaFileTest(tf.test.TestCase):
       schema_lib.Schema.from_json(path)
 
 
+class UnitColumnTest(tf.test.TestCase):
+
+  def _schema(self, **extra):
+    return schema_lib.Schema.from_dict(dict(helpers.SCHEMA, **extra))
+
+  def test_unit_is_kept_for_training_and_not_needed_for_scoring(self):
+    schema = self._schema(unit='note')
+    frame = helpers.institution_frame(10, seed=0)
+    train = schema_lib.validate_frame(frame, schema, source='t.csv')
+    self.assertAllEqual(train[schema_lib.UNIT_COLUMN], ['ignored column'] * 10)
+    scoring = schema_lib.validate_frame(frame.drop(columns=['note', 'default']), schema,
+                                        source='s.csv', require_label=False)
+    self.assertNotIn(schema_lib.UNIT_COLUMN, scoring)
+    self.assertEqual(schema.to_dict()['unit'], 'note')
+
+  def test_missing_unit_value_is_named(self):
+    frame = helpers.institution_frame(10, seed=0).astype(str)
+    frame.loc[3, 'note'] = ''
+    with self.assertRaisesRegex(schema_lib.DataError, "t.csv: line 5, column 'note': missing value"):
+      schema_lib.validate_frame(frame, self._schema(unit='note'), source='t.csv')
+
+  def test_unit_cannot_be_a_feature(self):
+    with self.assertRaisesRegex(schema_lib.DataError, "unit column 'rate' is also the label or a feature"):
+      self._schema(unit='rate')
+
+
 if __name__ == '__main__':
   tf.test.main()

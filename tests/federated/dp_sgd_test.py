@@ -18,9 +18,12 @@ from tffaml.models import tabular
 P = processes
 
 
-def _noised_mean(grads, **kwargs):
+def _noised_mean(grads, segments=None, **kwargs):
+  if segments is not None:
+    segments = tf.constant(segments, tf.int32)
   return [t.numpy() for t in dp_sgd._clipped_noised_mean_gradient(
-      [tf.constant(g, tf.float32) for g in grads], seed=tf.constant([1, 2], tf.int64), **kwargs)]
+      [tf.constant(g, tf.float32) for g in grads], seed=tf.constant([1, 2], tf.int64),
+      segments=segments, **kwargs)]
 
 
 class ClippingAndNoiseTest(tf.test.TestCase):
@@ -37,6 +40,12 @@ class ClippingAndNoiseTest(tf.test.TestCase):
                                 noise_multiplier=0.0, expected_batch_size=1.0)
     self.assertAllClose(kernel, [0.6])
     self.assertAllClose(bias, [0.8])
+
+  def test_unit_gradient_is_the_sum_of_its_rows_then_clipped(self):
+    # Unit 0 = rows [3, 0] + [0, 4] = [3, 4] -> [0.6, 0.8]; unit 1 = [0.1, 0] kept.
+    (mean,) = _noised_mean([[[3.0, 0.0], [0.1, 0.0], [0.0, 4.0]]], segments=[0, 1, 0],
+                           l2_norm_clip=1.0, noise_multiplier=0.0, expected_batch_size=1.0)
+    self.assertAllClose(mean, [0.7, 0.8])
 
   def test_noise_standard_deviation(self):
     # σ = 2, C = 0.5: noise std 1.0 on the sum, / B = 4 -> 0.25.
@@ -72,19 +81,34 @@ class PoissonBatchesTest(tf.test.TestCase):
     # Binomial(400, 0.05) per step: mean 20, and the sizes vary.
     self.assertAllClose(sizes.mean(), 20.0, atol=2.0)
     self.assertGreater(sizes.std(), 1.0)
-    x, y, seed = batches[0]
+    x, y, segments, seed = batches[0]
     self.assertEqual(x['amount'].shape[0], y.shape[0])
+    self.assertAllEqual(segments, np.arange(y.shape[0]))  # Every row its own unit.
     self.assertEqual(seed.shape, (2,))
 
   def test_deterministic_given_seed(self):
     a, b, c = self._batches(seed=5), self._batches(seed=5), self._batches(seed=6)
     self.assertAllEqual(a[3][0]['amount'], b[3][0]['amount'])
-    self.assertAllEqual(a[3][2], b[3][2])
-    self.assertNotAllEqual(a[3][2], c[3][2])
+    self.assertAllEqual(a[3][3], b[3][3])
+    self.assertNotAllEqual(a[3][3], c[3][3])
 
   def test_batch_larger_than_institution_is_refused(self):
     with self.assertRaisesRegex(ValueError, r'expected_batch_size must be in \[1, 400\].*got 401'):
       self._batches(seed=0, batch=401)
+
+  def test_units_are_sampled_whole_and_capped(self):
+    frame = self.frame.assign(**{schema_lib.UNIT_COLUMN: [f'acct{i % 40}' for i in range(400)]})
+    batches = list(dp_sgd.poisson_batches(frame, self.schema, expected_batch_size=4, epochs=1,
+                                          seed=1, max_rows_per_unit=3))
+    self.assertLen(batches, 10)  # 40 units / 4.
+    for x, _, segments, _ in batches:
+      segments = segments.numpy()
+      # Each sampled unit contributes exactly min(10 rows, cap 3) = 3 consecutive rows.
+      self.assertAllEqual(np.bincount(segments), np.full(segments.max() + 1 if len(segments) else 0, 3))
+      self.assertTrue((np.diff(segments) >= 0).all())
+    uncapped = next(iter(dp_sgd.poisson_batches(frame, self.schema, expected_batch_size=4,
+                                                epochs=1, seed=1)))
+    self.assertAllEqual(np.unique(np.bincount(uncapped[2].numpy())), [10])
 
 
 class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
@@ -121,7 +145,7 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_one_step_without_noise_or_binding_clip_is_sgd_on_the_sampled_sum(self):
     batch = next(iter(self._datasets()[0]))
-    x, y, _ = batch
+    x, y, _, _ = batch
     model = self.keras_model_fn()
     with tf.GradientTape() as tape:
       loss_sum = tf.reduce_sum(tf.keras.losses.binary_crossentropy(y, model(x)))

@@ -28,9 +28,9 @@ def _client(z=1.0, n=12, m=12, sampling=A.Sampling.FULL):
                          sampling=sampling, clipping='fixed clip 1')
 
 
-def _record(z=1.0, rows=(400, 993, 384), batch=32):
+def _record(z=1.0, units=(400, 993, 384), batch=32):
   return A.RecordLevelDp(noise_multiplier=z, clip=1.0, expected_batch_size=batch, epochs=1,
-                         rows=rows)
+                         units=units)
 
 
 class EpsilonTest(tf.test.TestCase, parameterized.TestCase):
@@ -94,7 +94,7 @@ class CalibrationTest(tf.test.TestCase, parameterized.TestCase):
     eps = calibrated.statement(rounds=20, participation=[20, 20, 20]).epsilon
     self.assertBetween(eps, 2.97, 3.0)
     # The smallest institution (384 rows: the largest sampling rate) is the worst.
-    self.assertIn('384 rows', calibrated.statement(rounds=20, participation=[20] * 3).text())
+    self.assertIn('384 units', calibrated.statement(rounds=20, participation=[20] * 3).text())
 
   def test_client_noise(self):
     noise = A.calibrate_client_noise(_client(), rounds=100, target_epsilon=96.1163, delta=1e-5,
@@ -134,7 +134,7 @@ class StatementTest(tf.test.TestCase):
 
   def test_batch_larger_than_smallest_institution_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'expected_batch_size=500 exceeds the smallest'
-                                ' institution \\(384 training rows\\)'):
+                                ' institution \\(384 privacy units\\)'):
       _record(batch=500)
 
 

@@ -151,7 +151,7 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
   def test_epsilon_meets_target_and_statement_has_both_units(self):
     privacy = self.result.metrics['privacy']
     self.assertBetween(privacy['epsilon'], 3.95, 4.0)  # Every institution joined every round.
-    self.assertEqual([g['unit'].split()[0] for g in privacy['guarantees']], ['record', 'institution'])
+    self.assertEqual([g['level'] for g in privacy['guarantees']], ['record', 'institution'])
     self.assertTrue(any(line.startswith('noise multiplier') and 'ε = 4' in line for line in self.lines))
     rows = pd.read_csv(self.result.paths.metrics_csv)
     self.assertTrue((np.diff(rows['privacy/epsilon']) > 0).all())
@@ -167,6 +167,23 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
     for a, b in zip(self.result.model.get_weights(), resumed.model.get_weights()):
       self.assertAllEqual(a, b)
     self.assertEqual(resumed.metrics['privacy'], self.result.metrics['privacy'])
+
+
+  def test_account_level_dp(self):
+    schema_file = os.path.join(self.root, 'schema_with_unit.json')
+    with open(schema_file, 'w') as f:
+      json.dump(dict(helpers.SCHEMA, unit='account'), f)
+    config = _config(self.config.data.dir, schema_file, rounds=2, batch_size=4)
+    config.record_dp.enabled, config.record_dp.max_rows_per_unit = True, 2
+    config.privacy.target_epsilon = 4.0
+    result = program.run(config, os.path.join(self.root, 'account'), log=lambda _: None)
+    record = result.metrics['privacy']['guarantees'][0]
+    self.assertStartsWith(record['unit'], "account (all rows sharing one 'account' value,"
+                          ' at most 2 rows a round')
+    self.assertBetween(record['epsilon'], 3.95, 4.0)
+    self.assertIn('(12 units, 2 rounds)', record['mechanism'])
+    rows = pd.read_csv(result.paths.metrics_csv)
+    self.assertEqual(rows['train/steps'].tolist(), [9, 9])  # ceil(12 / 4) at 3 banks.
 
 
 class ScriptHygieneTest(tf.test.TestCase):

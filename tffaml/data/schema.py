@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 LABEL_COLUMN = '__label__'  # The parsed 0/1 label inside validated frames.
-_SCHEMA_KEYS = ('label', 'positive', 'numeric', 'categorical')
+UNIT_COLUMN = '__unit__'  # The privacy unit (e.g. account) inside validated frames.
+_SCHEMA_KEYS = ('label', 'positive', 'numeric', 'categorical', 'unit')
 
 
 class DataError(ValueError):
@@ -38,12 +39,16 @@ class Schema:
       class; every other value of a two-valued label column is negative.
     numeric: Names of numeric feature columns (parsed as float).
     categorical: Names of categorical feature columns (kept as text).
+    unit: Optional column identifying the privacy unit (e.g. an account):
+      with record-level DP all rows sharing a value are protected together.
+      Not a feature; needed in training and test files only.
   """
 
   label: str
   positive: str
   numeric: tuple[str, ...]
   categorical: tuple[str, ...]
+  unit: str = ''
 
   def __post_init__(self):
     features = self.numeric + self.categorical
@@ -58,6 +63,10 @@ class Schema:
       raise DataError(
           f'schema: label column {self.label!r} is also named as a feature.'
       )
+    if self.unit and self.unit in seen | {self.label}:
+      raise DataError(
+          f'schema: unit column {self.unit!r} is also the label or a feature.'
+      )
 
   @property
   def features(self) -> tuple[str, ...]:
@@ -65,15 +74,19 @@ class Schema:
 
   @property
   def columns(self) -> tuple[str, ...]:
-    return self.features + (self.label,)
+    """Every column a training or test file needs."""
+    return self.features + (self.label,) + ((self.unit,) if self.unit else ())
 
   def to_dict(self) -> dict:
-    return {
+    value = {
         'label': self.label,
         'positive': self.positive,
         'numeric': list(self.numeric),
         'categorical': list(self.categorical),
     }
+    if self.unit:
+      value['unit'] = self.unit
+    return value
 
   @classmethod
   def from_dict(cls, value: dict, *, source: str = 'schema') -> 'Schema':
@@ -99,6 +112,7 @@ class Schema:
           positive=str(value['positive']),
           numeric=tuple(value.get('numeric', [])),
           categorical=tuple(value.get('categorical', [])),
+          unit=str(value.get('unit', '')),
       )
     except DataError as e:
       raise DataError(str(e).replace('schema', source, 1)) from None
@@ -152,8 +166,8 @@ def validate_frame(
 
   Returns:
     A new frame with the feature columns (numeric as float64, categorical as
-    str) and, when `require_label`, `LABEL_COLUMN` with 0/1 ints; other
-    columns are dropped.
+    str) and, when `require_label`, `LABEL_COLUMN` with 0/1 ints and (if the
+    schema names one) `UNIT_COLUMN` as str; other columns are dropped.
 
   Raises:
     DataError: naming the source, line and column of the first problem.
@@ -201,7 +215,10 @@ def validate_frame(
           ' finite.'
       )
     out[column] = values
-  for column in schema.categorical:
+  text_columns = {c: c for c in schema.categorical}
+  if require_label and schema.unit:
+    text_columns[UNIT_COLUMN] = schema.unit
+  for name, column in text_columns.items():
     raw = frame[column].reset_index(drop=True)
     empty = raw.isna().to_numpy() | (raw.astype(str).str.strip() == '').to_numpy()
     if empty.any():
@@ -209,7 +226,7 @@ def validate_frame(
       raise DataError(
           f'{source}: {where(row)}, column {column!r}: missing value.'
       )
-    out[column] = raw.astype(str).to_numpy()
+    out[name] = raw.astype(str).to_numpy()
   if require_label:
     out[LABEL_COLUMN] = _parse_labels(
         frame[schema.label].reset_index(drop=True), schema, source, where

@@ -1,16 +1,22 @@
-"""Record-level DP-SGD inside each institution, as a TFF client work process.
+"""Record- and unit-level DP-SGD inside each institution, as a TFF client work.
 
 Each institution trains its local steps with DP-SGD (Abadi et al. 2016,
 "Deep Learning with Differential Privacy", arXiv:1607.00133, Algorithm 1):
-every step takes a Poisson sample of the institution's records (each record
-independently with probability q = expected_batch_size / rows), clips each
-record's gradient to L2 norm `l2_norm_clip`, sums, adds Gaussian noise of
+every step takes a Poisson sample of the institution's privacy units (each
+independently with probability q = expected_batch_size / units), clips each
+unit's gradient to L2 norm `l2_norm_clip`, sums, adds Gaussian noise of
 standard deviation `noise_multiplier * l2_norm_clip` and divides by the
-expected batch size. Per-record gradients are computed in one vectorised
-Jacobian (`tf.GradientTape.jacobian` with pfor), not a loop over records.
+expected batch size. Per-row gradients are computed in one vectorised
+Jacobian (`tf.GradientTape.jacobian` with pfor), not a loop over rows.
+
+The unit is a row (record-level DP), or, when the schema names a `unit`
+column such as an account id, all rows sharing its value (user-level
+DP-SGD, McMahan et al. 2018, arXiv:1710.06963): a unit's gradient is the sum
+of its rows' gradients, at most `max_rows_per_unit` of them per round (the
+cap bounds the work; the clip alone bounds the sensitivity).
 
 The institution's update is then a post-processing of DP-SGD outputs, so
-every record has (ε, δ)-DP with respect to the update it sends (and to
+every unit has (ε, δ)-DP with respect to the update it sends (and to
 everything computed from it: the aggregate, the model). A client-level DP
 aggregator on top adds institution-level protection; see
 `tffaml.privacy.accounting` for both guarantees.
@@ -34,9 +40,16 @@ from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
 
 
-def steps_per_round(*, rows: int, expected_batch_size: int, epochs: int) -> int:
+def steps_per_round(*, units: int, expected_batch_size: int, epochs: int) -> int:
   """DP-SGD steps an institution takes per round: `epochs` expected passes."""
-  return int(np.ceil(epochs * rows / expected_batch_size))
+  return int(np.ceil(epochs * units / expected_batch_size))
+
+
+def unit_codes(frame: pd.DataFrame) -> np.ndarray:
+  """Each row's privacy unit as 0..units-1: its `UNIT_COLUMN`, or the row."""
+  if schema_lib.UNIT_COLUMN in frame:
+    return pd.factorize(frame[schema_lib.UNIT_COLUMN])[0]
+  return np.arange(len(frame))
 
 
 def poisson_batches(
@@ -46,48 +59,76 @@ def poisson_batches(
     expected_batch_size: int,
     epochs: int,
     seed: int,
+    max_rows_per_unit: int = 0,
 ) -> tf.data.Dataset:
-  """Poisson-sampled batches of `frame` and the seed of each step's noise.
+  """Poisson-sampled batches of units, and the seed of each step's noise.
 
-  Elements are `(features, labels, step_seed)`: the rows sampled for the
-  step (each with probability expected_batch_size / len(frame); a batch may
-  be empty), their labels [batch, 1], and an int64[2] stateless seed.
+  Elements are `(features, labels, segments, step_seed)`: the rows of the
+  units sampled for the step (each unit with probability
+  expected_batch_size / units; a batch may be empty), their labels
+  [batch, 1], each row's unit as an index into the step's sampled units,
+  and an int64[2] stateless seed.
 
   Args:
     frame: One institution's validated training rows.
     schema: Their schema.
-    expected_batch_size: Expected rows per step (>= 1, <= len(frame)).
-    epochs: Expected passes over the rows per round.
+    expected_batch_size: Expected units per step (>= 1, <= units).
+    epochs: Expected passes over the units per round.
     seed: Secret seed of this institution's round (sampling and noise).
+    max_rows_per_unit: Rows of a unit used in the round (a random subset);
+      0 uses all.
 
   Returns:
     A dataset of `steps_per_round(...)` elements.
   """
-  if not 1 <= expected_batch_size <= len(frame):
+  codes = unit_codes(frame)
+  units = int(codes.max()) + 1
+  if not 1 <= expected_batch_size <= units:
     raise ValueError(
-        f'expected_batch_size must be in [1, {len(frame)}] (the institution'
-        f' rows), got {expected_batch_size}.'
+        f'expected_batch_size must be in [1, {units}] (the institution\'s'
+        f' privacy units), got {expected_batch_size}.'
     )
-  steps = steps_per_round(rows=len(frame), expected_batch_size=expected_batch_size, epochs=epochs)
+  steps = steps_per_round(units=units, expected_batch_size=expected_batch_size, epochs=epochs)
   rng = np.random.default_rng(seed)
-  sampled = rng.random((steps, len(frame))) < expected_batch_size / len(frame)
-  lengths = sampled.sum(axis=1)
-  rows = frame.iloc[np.nonzero(sampled)[1]]
+  # Rows grouped by unit, in a random order within each unit, then capped.
+  order = np.lexsort((rng.random(len(codes)), codes))
+  sizes = np.bincount(codes, minlength=units)
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  kept = np.minimum(sizes, max_rows_per_unit) if max_rows_per_unit else sizes
+  sampled = rng.random((steps, units)) < expected_batch_size / units
+  step_rows, step_segments = [], []
+  for step_units in sampled:
+    chosen = np.flatnonzero(step_units)
+    step_rows.append(np.concatenate(
+        [order[starts[u]:starts[u] + kept[u]] for u in chosen] or [np.zeros(0, int)]))
+    step_segments.append(np.repeat(np.arange(len(chosen), dtype=np.int32), kept[chosen]))
+  lengths = [len(r) for r in step_rows]
+  rows = frame.iloc[np.concatenate(step_rows)]
   ragged = lambda values: tf.RaggedTensor.from_row_lengths(values, lengths)
   batch_features = collections.OrderedDict(
       (name, ragged(values)) for name, values in client_data.feature_tensors(rows, schema).items()
   )
   labels = ragged(rows[schema_lib.LABEL_COLUMN].to_numpy(np.float32)[:, None])
+  segments = ragged(np.concatenate(step_segments))
   step_seeds = rng.integers(0, np.iinfo(np.int64).max, (steps, 2), dtype=np.int64)
   # Slices of a ragged tensor are dense; the identity map makes tf.data say so.
-  return tf.data.Dataset.from_tensor_slices((batch_features, labels, step_seeds)).map(
-      lambda *element: element)
+  return tf.data.Dataset.from_tensor_slices(
+      (batch_features, labels, segments, step_seeds)).map(lambda *element: element)
 
 
 def _clipped_noised_mean_gradient(
-    per_example_grads, *, l2_norm_clip, noise_multiplier, expected_batch_size, seed
+    per_example_grads, *, l2_norm_clip, noise_multiplier, expected_batch_size, seed,
+    segments=None,
 ):
-  """(Σ_i clip(g_i) + N(0, σ²C² I)) / B, for g_i the rows' gradients."""
+  """(Σ_u clip(g_u) + N(0, σ²C² I)) / B, for g_u the units' gradients.
+
+  A unit's gradient is the sum of its rows' (`segments` gives each row's
+  unit; None: every row is its own unit).
+  """
+  if segments is not None:
+    units = tf.reduce_max(tf.concat([segments, [-1]], axis=0)) + 1  # 0 for an empty batch.
+    per_example_grads = [
+        tf.math.unsorted_segment_sum(g, segments, units) for g in per_example_grads]
   squares = [
       tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1)
       for g in per_example_grads
@@ -119,14 +160,14 @@ def _build_client_update(model, optimizer, *, l2_norm_clip, noise_multiplier, ex
 
     def step(carry, batch):
       optimizer_state, steps, sampled = carry
-      x, y, seed = batch
+      x, y, segments, seed = batch
       with tf.GradientTape() as tape:
         probability = model.predict_on_batch(x, training=True)
         losses = tf.keras.losses.binary_crossentropy(y, probability)
       per_example = tape.jacobian(losses, trainable, experimental_use_pfor=True)
       gradients = _clipped_noised_mean_gradient(
           per_example, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-          expected_batch_size=float(expected_batch_size), seed=seed)
+          expected_batch_size=float(expected_batch_size), seed=seed, segments=segments)
       optimizer_state, updated = optimizer.next(optimizer_state, trainable, tuple(gradients))
       for variable, value in zip(trainable, updated):
         variable.assign(value)
@@ -154,7 +195,7 @@ def build_dp_sgd_client_work(
   """A client work process training each institution with DP-SGD.
 
   Type signature of `next`:
-  `(<state@SERVER, ModelWeights@CLIENTS, {<x, y, seed>*}@CLIENTS> ->
+  `(<state@SERVER, ModelWeights@CLIENTS, {<x, y, segments, seed>*}@CLIENTS> ->
   <state@SERVER, ClientResult@CLIENTS, <train=<steps, sampled_examples>>@SERVER>)`
   where the client data comes from `poisson_batches`.
 
@@ -167,7 +208,7 @@ def build_dp_sgd_client_work(
     model_fn: Constructs the TFF model from a Keras model whose output is the
       positive-class probability (`processes.build_model_fn`).
     optimizer: The local optimizer applied to the noised gradients.
-    l2_norm_clip: Per-record gradient clip C (> 0).
+    l2_norm_clip: Per-unit gradient clip C (> 0).
     noise_multiplier: σ (>= 0; 0 trains with clipping only, no DP).
     expected_batch_size: B, the divisor of the noised sum.
 
@@ -184,8 +225,10 @@ def build_dp_sgd_client_work(
   with tf.Graph().as_default():
     model = model_fn()
   x_spec, y_spec = model.input_spec
+  segments_spec = tf.TensorSpec([None], tf.int32)
   seed_spec = tf.TensorSpec([2], tf.int64)
-  data_type = tff.SequenceType(tff.types.tensorflow_to_type((x_spec, y_spec, seed_spec)))
+  data_type = tff.SequenceType(
+      tff.types.tensorflow_to_type((x_spec, y_spec, segments_spec, seed_spec)))
   weights_type = tff.learning.models.weights_type_from_model(model)
 
   @tff.tensorflow.computation(weights_type, data_type)

@@ -14,14 +14,15 @@ Two mechanisms, each a composition of Gaussian mechanisms:
     replace-one relation (Wang et al. 2019, arXiv:1808.00087).
   A run is `rounds` self-composed rounds.
 
-* **Record-level DP-SGD** inside each institution (unit: one record). Each
-  local step is a Poisson-sampled Gaussian mechanism with q = B / n_i for an
-  institution of n_i rows and expected batch B (Abadi et al. 2016,
+* **Record-level DP-SGD** inside each institution (unit: one record, or all
+  records of one account when the schema names a unit column). Each local
+  step is a Poisson-sampled Gaussian mechanism with q = B / n_i for an
+  institution of n_i units and expected batch B (Abadi et al. 2016,
   arXiv:1607.00133); the institution takes ceil(epochs * n_i / B) steps in
-  each round it joins. A record lives in one institution, so its loss is
-  that institution's composition over the rounds it joined; the run's
-  record-level ε is the worst institution's. The client-level noise applied
-  afterwards is post-processing and only helps; it is not counted.
+  each round it joins. A unit lives in one institution, so its loss is that
+  institution's composition over the rounds it joined; the run's ε is the
+  worst institution's. The client-level noise applied afterwards is
+  post-processing and only helps; it is not counted.
 
 Both compose by `dp_accounting`: the RDP accountant (with the conversion of
 Canonne et al. 2020, arXiv:2004.00010, Prop. 12) or the PLD accountant
@@ -169,23 +170,24 @@ class RecordLevelDp:
   clip: float
   expected_batch_size: int
   epochs: int
-  rows: tuple[int, ...]  # Training rows of each institution.
+  units: tuple[int, ...]  # Privacy units in each institution's training rows.
+  unit: str = 'record (one row of an institution)'
 
   def __post_init__(self):
     if not self.noise_multiplier > 0:
       raise ValueError(f'noise_multiplier must be > 0, got {self.noise_multiplier}.')
-    if self.expected_batch_size > min(self.rows):
+    if self.expected_batch_size > min(self.units):
       raise ValueError(
           f'expected_batch_size={self.expected_batch_size} exceeds the smallest'
-          f' institution ({min(self.rows)} training rows).')
+          f' institution ({min(self.units)} privacy units).')
 
   def steps_per_round(self, institution: int) -> int:
-    return math.ceil(self.epochs * self.rows[institution] / self.expected_batch_size)
+    return math.ceil(self.epochs * self.units[institution] / self.expected_batch_size)
 
   def event(self, institution: int, rounds: int) -> dp_accounting.DpEvent:
     """The DP-SGD steps of `rounds` rounds at one institution."""
     return poisson_gaussian_event(
-        sampling_rate=self.expected_batch_size / self.rows[institution],
+        sampling_rate=self.expected_batch_size / self.units[institution],
         noise_multiplier=self.noise_multiplier,
         steps=int(rounds) * self.steps_per_round(institution))
 
@@ -216,7 +218,7 @@ def calibrate_record_noise(
         lambda z: dataclasses.replace(record, noise_multiplier=z).event(institution, rounds),
         target_epsilon=target_epsilon, delta=delta, accountant=accountant)
 
-  distinct_sizes = {rows: i for i, rows in enumerate(record.rows)}
+  distinct_sizes = {units: i for i, units in enumerate(record.units)}
   return max(noise_for(i) for i in distinct_sizes.values())
 
 
@@ -224,6 +226,7 @@ def calibrate_record_noise(
 class Guarantee:
   """One (ε, δ)-DP guarantee and what it protects."""
 
+  level: str  # 'record' (inside institutions) or 'institution'.
   unit: str
   epsilon: float
   delta: float
@@ -263,9 +266,9 @@ class PrivacyStatement:
   def is_private(self) -> bool:
     return math.isfinite(self.epsilon)
 
-  def epsilon_for(self, unit_prefix: str) -> float:
+  def epsilon_for(self, level: str) -> float:
     for g in self.guarantees:
-      if g.unit.startswith(unit_prefix):
+      if g.level == level:
         return g.epsilon
     return math.inf
 
@@ -337,16 +340,16 @@ class PrivacyPlan:
     ]
     worst = max(range(len(participation)), key=per_institution.__getitem__)
     return Guarantee(
-        unit='record (one row of an institution; record-level DP)',
+        level='record', unit=f'{record.unit}; record-level DP',
         epsilon=per_institution[worst], delta=self.delta,
         accountant=self.accountant.description, neighboring_relation='add_or_remove_one',
         noise_multiplier=record.noise_multiplier,
         mechanism=(
-            f'DP-SGD in each institution, per-record clip {record.clip:g}, noise'
+            f'DP-SGD in each institution, per-unit clip {record.clip:g}, noise'
             f' multiplier {record.noise_multiplier:.4g}, Poisson-sampled batches of'
             f' expected size {record.expected_batch_size}, {record.epochs} epoch(s)'
             f' per round; the worst of {len(participation)} institutions'
-            f' ({record.rows[worst]} rows, {participation[worst]} rounds)'))
+            f' ({record.units[worst]} units, {participation[worst]} rounds)'))
 
   def _client_guarantee(self, rounds: int) -> Guarantee:
     client = self.client
@@ -355,7 +358,7 @@ class PrivacyPlan:
       value = epsilon(client.event(rounds), self.delta, accountant=self.accountant,
                       relation=client.relation)
     return Guarantee(
-        unit='institution (with all of its records; client-level DP)',
+        level='institution', unit='institution (with all of its records; client-level DP)',
         epsilon=value, delta=self.delta, accountant=self.accountant.description,
         neighboring_relation=client.relation.name.lower(),
         noise_multiplier=client.noise_multiplier,

@@ -189,6 +189,8 @@ class AuditReport:
 def claimed_record_privacy(metadata: Mapping) -> tuple[Optional[float], Optional[float]]:
   """(ε, δ) of the model's record-level guarantee, or (None, None)."""
   for guarantee in metadata.get('privacy', {}).get('guarantees', []):
+    # A single row is the attack's unit; a per-account claim covers a row
+    # only through group privacy, so it is not checked here.
     if guarantee['unit'].startswith('record') and guarantee['epsilon'] != 'inf':
       return float(guarantee['epsilon']), float(guarantee['delta'])
   return None, None

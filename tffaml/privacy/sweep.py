@@ -95,7 +95,7 @@ def configure(base: ml_collections.ConfigDict, point: Point) -> ml_collections.C
 
 def _row(point: Point, metrics: dict, report: audit.AuditReport) -> dict:
   privacy = metrics['privacy']
-  guarantees = {g['unit'].split()[0]: g for g in privacy['guarantees']}
+  guarantees = {g['level']: g for g in privacy['guarantees']}
   headline = guarantees.get(point.unit.value)
   epsilon = float(headline['epsilon']) if headline else math.inf
   strongest = max(report.outcomes, key=lambda o: o.auc)

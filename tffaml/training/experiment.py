@@ -11,6 +11,7 @@ import ml_collections
 
 from tffaml.data import loading
 from tffaml.federated import aggregators
+from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.models import tabular
 from tffaml.privacy import accounting
@@ -95,26 +96,42 @@ def _check_record_dp(config, choices: Choices) -> None:
 
 
 def privacy_plan(
-    config, choices: Choices, *, institution_rows: Sequence[int], cohort: int
+    config, choices: Choices, *, institution_units: Sequence[int], cohort: int, unit_column: str = '',
 ) -> accounting.PrivacyPlan:
-  """The run's DP mechanisms, with the noise calibrated to any target ε."""
+  """The run's DP mechanisms, with the noise calibrated to any target ε.
+
+  Args:
+    config: The experiment config.
+    choices: Its parsed choices.
+    institution_units: Privacy units (rows, or distinct `unit_column`
+      values) in each institution's training rows.
+    cohort: Institutions per round.
+    unit_column: The schema's unit column; '' when the unit is a row.
+
+  Returns:
+    The plan.
+  """
   a, r, p, f = config.aggregator, config.record_dp, config.privacy, config.federated
   calibrating = p.target_epsilon is not None
   client = record = None
   if choices.aggregator.is_dp:
     client = accounting.ClientLevelDp(
-        noise_multiplier=a.noise_multiplier, institutions=len(institution_rows),
+        noise_multiplier=a.noise_multiplier, institutions=len(institution_units),
         clients_per_round=cohort, sampling=choices.sampling,
         clipping=clipping_description(config, choices))
   if r.enabled:
-    if f.batch_size > min(institution_rows):
+    if f.batch_size > min(institution_units):
       raise ValueError(
           f'config.federated.batch_size={f.batch_size} is DP-SGD\'s expected batch'
-          f' and exceeds the smallest institution ({min(institution_rows)} training rows).')
+          f' and exceeds the smallest institution ({min(institution_units)} privacy units).')
+    unit = 'record (one row of an institution)'
+    if unit_column:
+      cap = f', at most {r.max_rows_per_unit} rows a round' if r.max_rows_per_unit else ''
+      unit = f'{unit_column} (all rows sharing one {unit_column!r} value{cap})'
     record = accounting.RecordLevelDp(
         noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
         clip=r.clip, expected_batch_size=f.batch_size, epochs=f.client_epochs,
-        rows=tuple(int(n) for n in institution_rows))
+        units=tuple(int(n) for n in institution_units), unit=unit)
   target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
                 accountant=choices.accountant)
   if calibrating and record is not None:
@@ -202,8 +219,14 @@ def plan_for_config(config) -> tuple[accounting.PrivacyPlan, accounting.PrivacyS
   """
   choices = parse_choices(config)
   data = loading.load(config.data, seed=config.seed)
-  rows = [len(i.train) for i in data.institutions]
-  cohort = clients_per_round(config, choices.sampling, len(rows))
-  plan = privacy_plan(config, choices, institution_rows=rows, cohort=cohort)
+  cohort = clients_per_round(config, choices.sampling, len(data.institutions))
+  plan = privacy_plan_for_data(config, choices, data, cohort=cohort)
   rounds = config.federated.rounds
-  return plan, plan.statement(rounds=rounds, participation=[rounds] * len(rows))
+  return plan, plan.statement(rounds=rounds, participation=[rounds] * len(data.institutions))
+
+
+def privacy_plan_for_data(config, choices: Choices, data, *, cohort: int) -> accounting.PrivacyPlan:
+  """`privacy_plan` with the units counted in `data`'s training rows."""
+  return privacy_plan(
+      config, choices, cohort=cohort, unit_column=data.schema.unit,
+      institution_units=[int(dp_sgd.unit_codes(i.train).max()) + 1 for i in data.institutions])

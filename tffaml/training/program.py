@@ -193,8 +193,7 @@ def run(
       threshold=config.model.threshold)
   n = len(data.institutions)
   cohort = experiment.clients_per_round(config, choices.sampling, n)
-  plan = experiment.privacy_plan(
-      config, choices, institution_rows=[len(i.train) for i in data.institutions], cohort=cohort)
+  plan = experiment.privacy_plan_for_data(config, choices, data, cohort=cohort)
   if config.privacy.target_epsilon is not None:
     calibrated = plan.record or plan.client
     log(f'noise multiplier {calibrated.noise_multiplier:.4f} for ε = {config.privacy.target_epsilon:g}'
@@ -234,7 +233,8 @@ def run(
     if plan.record is not None:  # Secret sample and noise: from the noise seed.
       return dp_sgd.poisson_batches(
           frame, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
-          seed=_stable_seed(noise_seed, round_num, i))
+          seed=_stable_seed(noise_seed, round_num, i),
+          max_rows_per_unit=config.record_dp.max_rows_per_unit)
     return client_data.to_dataset(
         frame, schema, batch_size=f.batch_size, epochs=f.client_epochs,
         shuffle_seed=_stable_seed(config.seed, round_num, i))
