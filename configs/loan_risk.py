@@ -112,6 +112,8 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     config.aggregator.noise_multiplier = 0.0
     if preset == 'sweep':  # scripts/privacy_sweep.py sets the DP mechanism.
       config.reference.centralized_epochs = 0
+      # A research sweep must repeat: a known noise seed (never for release).
+      config.privacy.noise_seed = 0
     else:
       config.record_dp.enabled = True
       config.privacy.target_epsilon = 3.0
