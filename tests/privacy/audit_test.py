@@ -55,6 +55,15 @@ class AuditTest(tf.test.TestCase):
     rng = np.random.default_rng(1)
     same = audit.epsilon_lower_bound(rng.normal(size=2000), rng.normal(size=2000), alpha=0.05)
     self.assertEqual(same, 0.0)
+    # A saturated model: 22% of losses exactly 0 in both groups. Thresholds
+    # equal to tied scores made the library's unstable sort report ε ≈ 1.5.
+    def tied(n, zeros):
+      scores = -rng.exponential(size=n)
+      scores[:zeros] = 0.0
+      return rng.permutation(scores)
+    for _ in range(3):
+      self.assertEqual(
+          audit.epsilon_lower_bound(tied(799, 179), tied(267, 59), alpha=0.05 / 2000), 0.0)
     separable = audit.epsilon_lower_bound(rng.normal(10, 1, 2000), rng.normal(size=2000), alpha=0.05)
     # At the median threshold TNR ~ 1 while FNR = 0: TNR / FNR is unbounded.
     self.assertGreater(separable, 3.0)

@@ -80,14 +80,29 @@ def _scores(serve, frame, schema: schema_lib.Schema) -> tuple[np.ndarray, np.nda
   return probs, labels, loss
 
 
+def _thresholds_between_scores(scores: np.ndarray) -> np.ndarray:
+  """Thresholds near the score quantiles, each strictly between two scores.
+
+  The library breaks ties between a score and a threshold equal to it
+  arbitrarily (an unstable sort), which on saturated models (many losses of
+  exactly 0) makes identical distributions look separable.
+  """
+  distinct = np.unique(scores)
+  if len(distinct) < 2:
+    return distinct[:0]
+  below = np.searchsorted(distinct, np.quantile(scores, THRESHOLD_QUANTILES), side='right') - 1
+  below = np.unique(np.clip(below, 0, len(distinct) - 2))
+  return (distinct[below] + distinct[below + 1]) / 2
+
+
 def epsilon_lower_bound(member_scores: np.ndarray, non_member_scores: np.ndarray,
                         alpha: float) -> float:
   """A bound on ε holding with probability 1 - alpha over all thresholds tried."""
-  scores = np.concatenate([member_scores, non_member_scores])
   bound = elb.EpsilonLowerBound(
       pos_scores=member_scores, neg_scores=non_member_scores,
       alpha=alpha / (len(THRESHOLD_QUANTILES) * RATIOS_PER_THRESHOLD),
-      two_sided_threshold=True, thresholds=np.quantile(scores, THRESHOLD_QUANTILES),
+      two_sided_threshold=True,
+      thresholds=_thresholds_between_scores(np.concatenate([member_scores, non_member_scores])),
   ).compute_epsilon_lower_bound(elb.BoundMethod.CLOPPER_PEARSON, k=1)
   return max(float(bound.max()), 0.0) if bound.size else 0.0
 
