@@ -56,7 +56,7 @@ class CsvDirValidationTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_extra_fields_in_a_row(self):
     with open(self.train_b, 'a') as f:
-      f.write('1,2,A,x,0,surplus\n')
+      f.write('1,2,A,x,acct0,0,surplus\n')
     with self.assertRaisesRegex(schema_lib.DataError, r'bank_b/train.csv: malformed CSV.*line 62'):
       csv_dir.load(self.data_dir, SCHEMA)
 
