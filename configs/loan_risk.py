@@ -9,6 +9,8 @@ Presets (`--config=configs/loan_risk.py:NAME`):
             no client-level noise; logistic regression, 20 rounds.
   sweep     record_dp's training settings without DP, the base of
             scripts/privacy_sweep.py (which adds each DP mechanism).
+  compare   the same, the base of scripts/compare.py (record-level DP at
+            ε = 3 where a method uses it).
 """
 
 import ml_collections
@@ -101,7 +103,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   elif preset == 'no_dp':
     config.aggregator.type = 'mean'
     config.aggregator.noise_multiplier = 0.0
-  elif preset in ('sweep', 'record_dp'):
+  elif preset in ('sweep', 'record_dp', 'compare'):
     # Settings that train well under DP-SGD's clipping and noise: logistic
     # regression, larger local steps, no server momentum (it amplifies noise).
     config.model.name = 'logistic'
@@ -112,11 +114,14 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     config.aggregator.noise_multiplier = 0.0
     if preset == 'sweep':  # scripts/privacy_sweep.py sets the DP mechanism.
       config.reference.centralized_epochs = 0
-      # A research sweep must repeat: a known noise seed (never for release).
+    if preset in ('sweep', 'compare'):
+      # Research runs must repeat: a known noise seed (never for release).
       config.privacy.noise_seed = 0
+    if preset == 'compare':  # scripts/compare.py sets each method's DP.
+      config.privacy.target_epsilon = 3.0  # For fedavg_record_dp.
     else:
       config.record_dp.enabled = True
       config.privacy.target_epsilon = 3.0
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, record_dp, sweep.')
+    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, record_dp, sweep, compare.')
   return config

@@ -1,0 +1,65 @@
+import os
+import tempfile
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from configs import csv as csv_config
+from tests import helpers
+from tffaml.training import compare
+
+M = compare.Method
+
+
+class CombineAndSummaryTest(tf.test.TestCase):
+
+  def test_average_and_vote(self):
+    per_model = [{'a': np.array([0.2, 0.7])}, {'a': np.array([0.6, 0.9])}]
+    self.assertAllClose(compare._combine(per_model, vote=False, threshold=0.5)['a'], [0.4, 0.8])
+    self.assertAllClose(compare._combine(per_model, vote=True, threshold=0.5)['a'], [0.5, 1.0])
+
+  def test_summary_over_seeds(self):
+    rows = []
+    for seed, (a, b, pooled) in enumerate([(0.6, 0.8, 0.7), (0.7, 0.9, 0.8)]):
+      rows += [{'method': 'fedavg', 'seed': seed, 'institution': 'x', 'train_rows': 10, 'auc': a},
+               {'method': 'fedavg', 'seed': seed, 'institution': 'y', 'train_rows': 20, 'auc': b},
+               {'method': 'fedavg', 'seed': seed, 'institution': 'all test rows',
+                'train_rows': 30, 'auc': pooled}]
+    summary = compare.summarize(pd.DataFrame(rows)).iloc[0]
+    self.assertAlmostEqual(summary['pooled_auc_mean'], 0.75)
+    self.assertAlmostEqual(summary['pooled_auc_std'], np.std([0.7, 0.8], ddof=1))
+    self.assertAlmostEqual(summary['median_institution_auc_mean'], 0.75)  # (0.7 + 0.8) / 2
+    self.assertAlmostEqual(summary['worst_institution_auc_mean'], 0.65)
+    self.assertEqual(summary['seeds'], 2)
+
+
+class CompareRunTest(tf.test.TestCase):
+
+  def test_smoke_compare_every_method(self):
+    root = tempfile.mkdtemp()
+    data_dir, schema_file = helpers.write_federation(root)
+    base = csv_config.get_config('smoke')
+    base.data.dir, base.data.schema_file = data_dir, schema_file
+    base.federated.rounds, base.federated.batch_size = 2, 16
+    base.reference.centralized_epochs = 1
+    out = os.path.join(root, 'compare')
+    summary, per_institution = compare.run(base, seeds=[0], methods=list(M), output_dir=out,
+                                           log=lambda _: None)
+    self.assertEqual(summary['method'].tolist(), [m.value for m in M])
+    self.assertLen(per_institution, len(M) * 4)  # 3 banks + all test rows.
+    self.assertTrue(per_institution['auc'].between(0, 1).all())
+    for name in ('compare.csv', 'compare_institutions.csv', 'compare.md', 'compare.png'):
+      self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
+    record = os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'privacy.txt')
+    with open(record) as f:
+      self.assertIn('record-level DP', f.read())
+
+  def test_local_models_need_epochs(self):
+    base = csv_config.get_config('smoke')
+    with self.assertRaisesRegex(ValueError, 'config.reference.centralized_epochs must be >= 1'):
+      compare.run(base, seeds=[0], methods=[M.LOCAL_ONLY], output_dir='/tmp/never')
+
+
+if __name__ == '__main__':
+  tf.test.main()

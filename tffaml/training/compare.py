@@ -1,0 +1,260 @@
+"""Does federation pay off? Every alternative an institution has, same splits.
+
+For each seed, on the same institutions and the same per-institution test
+splits, trains and scores:
+
+* `centralized`: the model on pooled rows (the non-private upper bound);
+* `local_only`: each institution's own model on its own test split;
+* `fedavg`, `fedavg_client_dp`, `fedavg_record_dp`: the training program
+  without DP, with client-level DP, and with record-level DP-SGD;
+* `ensemble_average`, `ensemble_vote`: every institution's local model
+  applied everywhere, probabilities averaged or labels voted (the score is
+  the fraction of positive votes) - sharing models instead of updates;
+* `forest_average`, `forest_vote`: the same with a scikit-learn random
+  forest per institution.
+
+AUCs are exact (scikit-learn, from each method's scores), per institution
+and over all test rows. Over seeds (each seed draws new splits and
+initialisations) the summary gives means and standard deviations.
+"""
+
+import enum
+import os
+from typing import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import ml_collections
+import numpy as np
+import pandas as pd
+from sklearn import ensemble
+from sklearn import metrics as sk_metrics
+
+from tffaml import features
+from tffaml import io
+from tffaml.data import federated_data
+from tffaml.data import loading
+from tffaml.data import schema as schema_lib
+from tffaml.federated import client_data
+from tffaml.models import tabular
+from tffaml.training import centralized
+from tffaml.training import experiment
+from tffaml.training import program
+
+
+class Method(enum.Enum):
+  CENTRALIZED = 'centralized'
+  LOCAL_ONLY = 'local_only'
+  FEDAVG = 'fedavg'
+  FEDAVG_CLIENT_DP = 'fedavg_client_dp'
+  FEDAVG_RECORD_DP = 'fedavg_record_dp'
+  ENSEMBLE_AVERAGE = 'ensemble_average'
+  ENSEMBLE_VOTE = 'ensemble_vote'
+  FOREST_AVERAGE = 'forest_average'
+  FOREST_VOTE = 'forest_vote'
+
+
+Scores = dict[str, np.ndarray]  # Institution -> probability of each test row.
+
+
+def federated_config(base: ml_collections.ConfigDict, method: Method) -> ml_collections.ConfigDict:
+  """`base` with the method's aggregation and DP switched on."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.reference.centralized_epochs = 0  # Trained once, as its own method.
+  config.record_dp.enabled = method is Method.FEDAVG_RECORD_DP
+  if method is Method.FEDAVG_CLIENT_DP:
+    if not experiment.parse_choices(base).aggregator.is_dp:
+      config.aggregator.type, config.aggregator.noise_multiplier = 'gaussian_adaptive', 0.5
+  else:
+    config.aggregator.type, config.aggregator.noise_multiplier = 'mean', 0.0
+  if method is Method.FEDAVG_RECORD_DP and config.privacy.target_epsilon is None:
+    config.privacy.target_epsilon = 3.0
+  if method is Method.FEDAVG:
+    config.privacy.target_epsilon = None
+  return config
+
+
+def _keras_scores(model, data: federated_data.FederatedData) -> Scores:
+  return {
+      i.name: model.predict(client_data.feature_tensors(i.test, data.schema),
+                            batch_size=4096, verbose=0)[:, 0]
+      for i in data.institutions
+  }
+
+
+def _forest_inputs(frame: pd.DataFrame, space: features.FeatureSpace) -> np.ndarray:
+  """Numerics as they are, categoricals as their index in the federated vocabulary."""
+  columns = [frame[c].to_numpy(np.float64) for c in space.schema.numeric]
+  for c in space.schema.categorical:
+    index = {v: k for k, v in enumerate(space.vocabulary[c])}
+    columns.append(frame[c].map(index).fillna(-1).to_numpy(np.float64))
+  return np.stack(columns, axis=1)
+
+
+def _combine(per_model: list[Scores], *, vote: bool, threshold: float) -> Scores:
+  """Average of the models' probabilities, or the fraction voting positive."""
+  return {
+      name: np.mean([(s[name] >= threshold) if vote else s[name] for s in per_model], axis=0)
+      for name in per_model[0]
+  }
+
+
+def _local_models(data, space, config, seed):
+  """Each institution's Keras model and random forest, trained on its rows only."""
+  keras_models, forests = [], []
+  for institution in data.institutions:
+    alone = federated_data.FederatedData(data.schema, (institution,))
+    keras_models.append(centralized.train(
+        lambda: _build_model(config, space), alone,
+        epochs=config.reference.centralized_epochs, batch_size=config.federated.batch_size,
+        learning_rate=config.reference.learning_rate, seed=seed))
+    forest = ensemble.RandomForestClassifier(
+        n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed)
+    forests.append(forest.fit(_forest_inputs(institution.train, space),
+                              institution.train[schema_lib.LABEL_COLUMN]))
+  return keras_models, forests
+
+
+def _build_model(config, space):
+  return tabular.build_model(
+      model_type=tabular.ModelType(config.model.name), feature_space=space,
+      hidden_units=tuple(config.model.hidden_units), embedding_dim=config.model.embedding_dim,
+      seed=config.seed)
+
+
+def method_scores(
+    base: ml_collections.ConfigDict, methods: Sequence[Method], workdir: str,
+    *, log: Callable[[str], None],
+) -> tuple[federated_data.FederatedData, dict[Method, Scores]]:
+  """Every method's test scores for one seed (`base.seed`)."""
+  data = loading.load(base.data, seed=base.seed)
+  space = features.compute_feature_space(data, min_category_count=base.features.min_category_count)
+  threshold = base.model.threshold
+  scores = {}
+  if Method.CENTRALIZED in methods:
+    log('centralized')
+    scores[Method.CENTRALIZED] = _keras_scores(centralized.train(
+        lambda: _build_model(base, space), data, epochs=base.reference.centralized_epochs,
+        batch_size=base.federated.batch_size, learning_rate=base.reference.learning_rate,
+        seed=base.seed), data)
+  local = {Method.LOCAL_ONLY, Method.ENSEMBLE_AVERAGE, Method.ENSEMBLE_VOTE,
+           Method.FOREST_AVERAGE, Method.FOREST_VOTE}
+  if local & set(methods):
+    log('local models (Keras and random forest per institution)')
+    keras_models, forests = _local_models(data, space, base, base.seed)
+    keras_scores = [_keras_scores(m, data) for m in keras_models]
+    forest_scores = [
+        {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
+        for f in forests]
+    scores[Method.LOCAL_ONLY] = {
+        i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
+    scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores, vote=False, threshold=threshold)
+    scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, vote=True, threshold=threshold)
+    scores[Method.FOREST_AVERAGE] = _combine(forest_scores, vote=False, threshold=threshold)
+    scores[Method.FOREST_VOTE] = _combine(forest_scores, vote=True, threshold=threshold)
+  for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP):
+    if method in methods:
+      log(method.value)
+      result = program.run(federated_config(base, method),
+                           os.path.join(workdir, f'seed{base.seed}', method.value),
+                           log=lambda line: log(f'  {line}'))
+      scores[method] = _keras_scores(result.model, data)
+  return data, {m: scores[m] for m in methods}
+
+
+def _auc(labels, scores) -> float:
+  return float(sk_metrics.roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float('nan')
+
+
+def run(
+    base: ml_collections.ConfigDict, *, seeds: Sequence[int], methods: Sequence[Method],
+    output_dir: str, log: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """Scores every method for every seed; writes and returns (summary, per institution).
+
+  Call inside `tffaml.runtime.local_runtime()`.
+  """
+  if base.reference.centralized_epochs < 1:
+    raise ValueError(
+        'config.reference.centralized_epochs must be >= 1: it is the epochs of the'
+        f' centralized and local-only Keras models, got {base.reference.centralized_epochs}.')
+  rows = []
+  for seed in seeds:
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.seed = seed
+    log(f'seed {seed}')
+    data, scores = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log)
+    for method, by_institution in scores.items():
+      for i in data.institutions:
+        rows.append({'method': method.value, 'seed': seed, 'institution': i.name,
+                     'train_rows': len(i.train),
+                     'auc': _auc(i.test[schema_lib.LABEL_COLUMN], by_institution[i.name])})
+      rows.append({'method': method.value, 'seed': seed, 'institution': 'all test rows',
+                   'train_rows': sum(len(i.train) for i in data.institutions),
+                   'auc': _auc(np.concatenate([i.test[schema_lib.LABEL_COLUMN] for i in data.institutions]),
+                               np.concatenate([by_institution[i.name] for i in data.institutions]))})
+  per_institution = pd.DataFrame(rows)
+  summary = summarize(per_institution)
+  write_outputs(summary, per_institution, output_dir)
+  return summary, per_institution
+
+
+def summarize(per_institution: pd.DataFrame) -> pd.DataFrame:
+  """Per method: pooled AUC, median and worst institution AUC; mean and std over seeds."""
+  pooled = per_institution['institution'] == 'all test rows'
+  per_seed = per_institution[~pooled].groupby(['method', 'seed'], sort=False)['auc'].agg(
+      median_institution_auc='median', worst_institution_auc='min')
+  per_seed['pooled_auc'] = per_institution[pooled].set_index(['method', 'seed'])['auc']
+  stats = per_seed.groupby('method', sort=False).agg(['mean', 'std'])
+  stats.columns = [f'{a}_{b}' for a, b in stats.columns]
+  stats['seeds'] = per_seed.groupby('method', sort=False).size()
+  return stats.reset_index()
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+  def cell(mean, std):
+    return f'{mean:.4f}' if np.isnan(std) else f'{mean:.4f} ± {std:.4f}'
+  lines = ['| method | AUC, all test rows | median institution AUC | worst institution AUC | seeds |',
+           '|---|---|---|---|---|']
+  for _, r in summary.iterrows():
+    lines.append(
+        f'| {r["method"]} | {cell(r["pooled_auc_mean"], r["pooled_auc_std"])} |'
+        f' {cell(r["median_institution_auc_mean"], r["median_institution_auc_std"])} |'
+        f' {cell(r["worst_institution_auc_mean"], r["worst_institution_auc_std"])} | {r["seeds"]} |')
+  return '\n'.join(lines) + '\n'
+
+
+def _plot(summary: pd.DataFrame, per_institution: pd.DataFrame, output_png: str) -> None:
+  fig, (bars, gains) = plt.subplots(1, 2, figsize=(12, 4.2))
+  bars.barh(summary['method'], summary['pooled_auc_mean'],
+            xerr=summary['pooled_auc_std'].fillna(0), color='tab:blue', alpha=0.8)
+  bars.set_xlim(0.45, 1.0)
+  bars.invert_yaxis()
+  bars.set_xlabel('AUC on all test rows (mean ± std over seeds)')
+  bars.grid(axis='x', alpha=0.3)
+  by = per_institution[per_institution['institution'] != 'all test rows'].groupby(
+      ['method', 'institution', 'train_rows'])['auc'].mean().unstack('method').reset_index()
+  if {'fedavg', 'local_only'} <= set(by.columns):
+    gains.scatter(by['train_rows'], by['fedavg'] - by['local_only'], color='tab:green')
+    gains.axhline(0, color='black', linewidth=0.8)
+    gains.set_xlabel('institution training rows')
+    gains.set_ylabel('AUC gain of FedAvg over local-only')
+    gains.set_title('does federation help the small lenders most?', fontsize=10)
+    gains.grid(alpha=0.3)
+  else:
+    gains.axis('off')
+  fig.tight_layout()
+  with io.atomic_path(output_png) as tmp:
+    fig.savefig(tmp, format='png', dpi=110)
+  plt.close(fig)
+
+
+def write_outputs(summary: pd.DataFrame, per_institution: pd.DataFrame, output_dir: str) -> None:
+  os.makedirs(output_dir, exist_ok=True)
+  for name, table in (('compare.csv', summary), ('compare_institutions.csv', per_institution)):
+    with io.atomic_path(os.path.join(output_dir, name)) as tmp:
+      table.to_csv(tmp, index=False)
+  io.write_text(os.path.join(output_dir, 'compare.md'), _markdown(summary))
+  _plot(summary, per_institution, os.path.join(output_dir, 'compare.png'))
