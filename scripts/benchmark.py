@@ -1,0 +1,55 @@
+"""Federated round time and memory against Keras on the same data and model.
+
+  python scripts/benchmark.py --institutions=10,100,1000 --examples=20000 \
+      --output=runs/benchmark.json
+
+Writes the JSON records (one per setting; see tffaml.training.benchmark) and a
+markdown table beside them (same path, .md). Several --examples values give
+growing data per institution at each institution count.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+from tffaml import io
+from tffaml import runtime
+from tffaml.training import benchmark
+
+_INSTITUTIONS = flags.DEFINE_list('institutions', ['10', '100', '1000'], 'Institution counts.')
+_EXAMPLES = flags.DEFINE_list('examples', ['20000'], 'Total training rows (constant over counts).')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions after a warm-up.', lower_bound=1)
+_OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (.md written beside it).', required=True)
+
+
+def _ints(flag) -> list[int]:
+  try:
+    values = [int(v) for v in flag.value]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    raise app.UsageError(f'--{flag.name} must be positive integers, got {",".join(flag.value)}.')
+  return values
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  institutions, examples = _ints(_INSTITUTIONS), _ints(_EXAMPLES)
+  with runtime.local_runtime():
+    records = benchmark.records_for(institutions, examples=examples, repeats=_REPEATS.value)
+  machine = benchmark.machine_description()
+  io.write_json(_OUTPUT.value, {'machine': machine, 'records': records})
+  table = benchmark.markdown(records, machine)
+  io.write_text(os.path.splitext(_OUTPUT.value)[0] + '.md', table)
+  print(table)
+
+
+if __name__ == '__main__':
+  app.run(main)
