@@ -64,6 +64,12 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
     )
   if not 0.0 < config.privacy.delta < 1.0:
     raise ValueError(f'config.privacy.delta must be in (0, 1), got {config.privacy.delta}.')
+  if (choices.accountant is accounting.Accountant.PLD and choices.aggregator.is_dp
+      and choices.sampling is accounting.Sampling.FIXED_SIZE):
+    raise ValueError(
+        "config.privacy.accountant='pld' cannot account for"
+        " config.federated.sampling='fixed_size' (sampling without replacement);"
+        " use accountant='rdp' or sampling='poisson'.")
   _check_record_dp(config, choices)
   return choices
 

@@ -1,0 +1,46 @@
+from absl.testing import parameterized
+import tensorflow as tf
+
+from configs import loan_risk
+from tffaml.training import experiment
+
+
+def _config(**overrides):
+  config = loan_risk.get_config('smoke')
+  for key, value in overrides.items():
+    section, name = key.split('__')
+    config[section][name] = value
+  return config
+
+
+class ParseChoicesTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('pld_fixed_size', dict(privacy__accountant='pld', federated__sampling='fixed_size',
+                              federated__clients_per_round=3),
+       "accountant='pld' cannot account for config.federated.sampling='fixed_size'"),
+      ('record_dp_fedprox', dict(record_dp__enabled=True, federated__algorithm='fedprox',
+                                 federated__proximal_strength=0.1),
+       "config.federated.algorithm='fedprox' must be 'fedavg'"),
+      ('record_dp_weighted', dict(record_dp__enabled=True, aggregator__type='mean',
+                                  federated__weighting='examples'),
+       "needs config.federated.weighting='uniform'"),
+      ('record_dp_clip', dict(record_dp__enabled=True, record_dp__clip=0.0),
+       'config.record_dp.clip must be > 0, got 0.0'),
+      ('target_without_mechanism', dict(aggregator__type='mean', aggregator__noise_multiplier=0.0,
+                                        privacy__target_epsilon=3.0),
+       'config.privacy.target_epsilon=3.0 needs a DP mechanism'),
+      ('bad_accountant', dict(privacy__accountant='moments'),
+       "config.privacy.accountant='moments' is not one of \\['rdp', 'pld'\\]"),
+  )
+  def test_bad_privacy_config_is_named(self, overrides, message):
+    with self.assertRaisesRegex(ValueError, message):
+      experiment.parse_choices(_config(**overrides))
+
+  def test_good_record_dp_config(self):
+    choices = experiment.parse_choices(loan_risk.get_config('record_dp'))
+    self.assertEqual(choices.aggregator.value, 'mean')
+
+
+if __name__ == '__main__':
+  tf.test.main()
