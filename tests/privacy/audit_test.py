@@ -84,6 +84,21 @@ class AuditTest(tf.test.TestCase):
     self.assertIn('FLAGGED', report.summary())
     self.assertTrue(report.to_dict()['flagged'])
 
+  def test_trained_attack_is_at_chance_when_members_look_like_non_members(self):
+    rng = np.random.default_rng(3)
+    def rows(n):
+      rate = rng.uniform(5, 25, n)
+      return _frame(rate, (rng.random(n) < (rate - 3) / 40).astype(int))
+    same = federated_data.FederatedData(
+        SCHEMA, (federated_data.Institution('bank', rows(1500), rows(500)),))
+    model_dir = os.path.join(self.create_tempdir().full_path, 'export')
+    _export_rate_model(model_dir, claimed_epsilon=1.0)
+    report = audit.audit(model_dir, same)
+    trained = [o for o in report.outcomes if o.attack == 'logistic_regression']
+    for o in trained:  # 3:1 members used to give AUC 0.63 here.
+      self.assertBetween(o.auc, 0.44, 0.56)
+    self.assertEqual(report.violations, [])
+
   def test_no_record_claim_is_never_flagged(self):
     model_dir = os.path.join(self.create_tempdir().full_path, 'export')
     _export_rate_model(model_dir, claimed_epsilon=None)
