@@ -43,6 +43,7 @@ class CompareRunTest(tf.test.TestCase):
     base.data.dir, base.data.schema_file = data_dir, schema_file
     base.federated.rounds, base.federated.batch_size = 2, 16
     base.reference.centralized_epochs = 1
+    base.privacy.target_epsilon = 5.0  # For record-level DP only.
     out = os.path.join(root, 'compare')
     summary, per_institution = compare.run(base, seeds=[0], methods=list(M), output_dir=out,
                                            log=lambda _: None)
@@ -53,7 +54,10 @@ class CompareRunTest(tf.test.TestCase):
       self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
     record = os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'privacy.txt')
     with open(record) as f:
-      self.assertIn('record-level DP', f.read())
+      self.assertIn('(4.999, 1e-05)-differential privacy for each record', f.read())
+    client = os.path.join(out, 'runs', 'seed0', 'fedavg_client_dp', 'privacy.txt')
+    with open(client) as f:
+      self.assertIn('Gaussian noise multiplier 0.5 on updates', f.read())
 
   def test_local_models_need_epochs(self):
     base = csv_config.get_config('smoke')

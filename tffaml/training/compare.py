@@ -37,10 +37,10 @@ from tffaml import io
 from tffaml.data import federated_data
 from tffaml.data import loading
 from tffaml.data import schema as schema_lib
+from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.models import tabular
 from tffaml.training import centralized
-from tffaml.training import experiment
 from tffaml.training import program
 
 
@@ -65,13 +65,14 @@ def federated_config(base: ml_collections.ConfigDict, method: Method) -> ml_coll
   config.reference.centralized_epochs = 0  # Trained once, as its own method.
   config.record_dp.enabled = method is Method.FEDAVG_RECORD_DP
   if method is Method.FEDAVG_CLIENT_DP:
-    if not experiment.parse_choices(base).aggregator.is_dp:
+    if not aggregators.AggregatorType(base.aggregator.type).is_dp:
       config.aggregator.type, config.aggregator.noise_multiplier = 'gaussian_adaptive', 0.5
   else:
     config.aggregator.type, config.aggregator.noise_multiplier = 'mean', 0.0
-  if method is Method.FEDAVG_RECORD_DP and config.privacy.target_epsilon is None:
-    config.privacy.target_epsilon = 3.0
-  if method is Method.FEDAVG:
+  # The target ε (default 3) is record-level DP's; client-level DP keeps its noise.
+  if method is Method.FEDAVG_RECORD_DP:
+    config.privacy.target_epsilon = config.privacy.target_epsilon or 3.0
+  else:
     config.privacy.target_epsilon = None
   return config
 
