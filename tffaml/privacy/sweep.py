@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import ml_collections
 import pandas as pd
 
@@ -164,10 +165,14 @@ def _plot(table: pd.DataFrame, output_png: str) -> None:
     for _, row in table[~table['epsilon'].apply(math.isfinite)].iterrows():
       ax.axhline(row[key], color='grey', linestyle='--', label='no DP (ε = ∞)')
     ax.set_xscale('log')
+    ax.set_xticks(sorted(set(private['epsilon'].round(2))))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel('ε (δ from the config)')
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
   axes[1].axhline(0.5, color='black', linewidth=0.8, label='chance')
+  axes[1].set_ylim(0.4, 0.8)  # Keep chance-level noise from looking like a trend.
   axes[1].legend(fontsize=8)
   fig.tight_layout()
   with io.atomic_path(output_png) as tmp:
