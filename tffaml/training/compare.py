@@ -9,7 +9,9 @@ splits, trains and scores:
   without DP, with client-level DP, and with record-level DP-SGD;
 * `ensemble_average`, `ensemble_vote`: every institution's local model
   applied everywhere, probabilities averaged or labels voted (the score is
-  the fraction of positive votes) - sharing models instead of updates;
+  the fraction of positive votes at `config.model.threshold`; with rare
+  positives few models ever vote positive) - sharing models instead of
+  updates;
 * `forest_average`, `forest_vote`: the same with a scikit-learn random
   forest per institution.
 
@@ -19,6 +21,7 @@ initialisations) the summary gives means and standard deviations.
 """
 
 import enum
+import math
 import os
 from typing import Callable, Sequence
 
@@ -103,13 +106,19 @@ def _combine(per_model: list[Scores], *, vote: bool, threshold: float) -> Scores
 
 
 def _local_models(data, space, config, seed):
-  """Each institution's Keras model and random forest, trained on its rows only."""
+  """Each institution's Keras model and random forest, trained on its rows only.
+
+  A Keras model gets as many optimizer steps as the centralized one (more
+  epochs over fewer rows), so local-only is not handicapped by undertraining.
+  """
   keras_models, forests = [], []
+  pooled_rows = sum(len(i.train) for i in data.institutions)
   for institution in data.institutions:
     alone = federated_data.FederatedData(data.schema, (institution,))
+    epochs = math.ceil(config.reference.centralized_epochs * pooled_rows / len(institution.train))
     keras_models.append(centralized.train(
         lambda: _build_model(config, space), alone,
-        epochs=config.reference.centralized_epochs, batch_size=config.federated.batch_size,
+        epochs=epochs, batch_size=config.federated.batch_size,
         learning_rate=config.reference.learning_rate, seed=seed))
     forest = ensemble.RandomForestClassifier(
         n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed)
