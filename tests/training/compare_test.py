@@ -16,8 +16,15 @@ class CombineAndSummaryTest(tf.test.TestCase):
 
   def test_average_and_vote(self):
     per_model = [{'a': np.array([0.2, 0.7])}, {'a': np.array([0.6, 0.9])}]
-    self.assertAllClose(compare._combine(per_model, vote=False, threshold=0.5)['a'], [0.4, 0.8])
-    self.assertAllClose(compare._combine(per_model, vote=True, threshold=0.5)['a'], [0.5, 1.0])
+    self.assertAllClose(compare._combine(per_model)['a'], [0.4, 0.8])
+    # Model 1 votes at 0.5: [0, 1]; model 2 at 0.95: [0, 0].
+    self.assertAllClose(compare._combine(per_model, [0.5, 0.95])['a'], [0.0, 0.5])
+
+  def test_vote_threshold_flags_the_positive_rate(self):
+    scores = np.linspace(0, 1, 101)
+    labels = np.r_[np.zeros(91), np.ones(10)]
+    threshold = compare._vote_threshold(scores, labels)
+    self.assertEqual((scores >= threshold).sum(), 10)
 
   def test_summary_over_seeds(self):
     rows = []

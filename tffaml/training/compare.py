@@ -9,9 +9,11 @@ splits, trains and scores:
   without DP, with client-level DP, and with record-level DP-SGD;
 * `ensemble_average`, `ensemble_vote`: every institution's local model
   applied everywhere, probabilities averaged or labels voted (the score is
-  the fraction of positive votes at `config.model.threshold`; with rare
-  positives few models ever vote positive) - sharing models instead of
-  updates;
+  the fraction of positive votes) - sharing models instead of updates. A
+  model votes positive on the share of rows its institution's positive rate
+  predicts (its threshold is that quantile of its scores on its own
+  training rows; out-of-bag scores for forests): a fixed 0.5 threshold
+  would almost never vote positive with rare defaults;
 * `forest_average`, `forest_vote`: the same with a scikit-learn random
   forest per institution.
 
@@ -23,7 +25,7 @@ initialisations) the summary gives means and standard deviations.
 import enum
 import math
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import matplotlib
 
@@ -97,12 +99,18 @@ def _forest_inputs(frame: pd.DataFrame, space: features.FeatureSpace) -> np.ndar
   return np.stack(columns, axis=1)
 
 
-def _combine(per_model: list[Scores], *, vote: bool, threshold: float) -> Scores:
-  """Average of the models' probabilities, or the fraction voting positive."""
-  return {
-      name: np.mean([(s[name] >= threshold) if vote else s[name] for s in per_model], axis=0)
-      for name in per_model[0]
-  }
+def _combine(per_model: list[Scores], thresholds: Optional[Sequence[float]] = None) -> Scores:
+  """Average of the models' probabilities, or the fraction of models whose
+  score reaches their own threshold."""
+  if thresholds is not None:
+    per_model = [{k: (v >= t).astype(float) for k, v in s.items()}
+                 for s, t in zip(per_model, thresholds)]
+  return {name: np.mean([s[name] for s in per_model], axis=0) for name in per_model[0]}
+
+
+def _vote_threshold(train_scores: np.ndarray, labels: np.ndarray) -> float:
+  """The score above which the institution's positive rate of rows lies."""
+  return float(np.quantile(train_scores, 1.0 - labels.mean()))
 
 
 def _local_models(data, space, config, seed):
@@ -111,20 +119,26 @@ def _local_models(data, space, config, seed):
   A Keras model gets as many optimizer steps as the centralized one (more
   epochs over fewer rows), so local-only is not handicapped by undertraining.
   """
-  keras_models, forests = [], []
+  keras_models, forests, thresholds = [], [], {'keras': [], 'forest': []}
   pooled_rows = sum(len(i.train) for i in data.institutions)
   for institution in data.institutions:
     alone = federated_data.FederatedData(data.schema, (institution,))
     epochs = math.ceil(config.reference.centralized_epochs * pooled_rows / len(institution.train))
-    keras_models.append(centralized.train(
+    model = centralized.train(
         lambda: _build_model(config, space), alone,
         epochs=epochs, batch_size=config.federated.batch_size,
-        learning_rate=config.reference.learning_rate, seed=seed))
+        learning_rate=config.reference.learning_rate, seed=seed)
+    labels = institution.train[schema_lib.LABEL_COLUMN].to_numpy()
+    own = model.predict(client_data.feature_tensors(institution.train, data.schema),
+                        batch_size=4096, verbose=0)[:, 0]
+    keras_models.append(model)
+    thresholds['keras'].append(_vote_threshold(own, labels))
     forest = ensemble.RandomForestClassifier(
-        n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed)
-    forests.append(forest.fit(_forest_inputs(institution.train, space),
-                              institution.train[schema_lib.LABEL_COLUMN]))
-  return keras_models, forests
+        n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed, oob_score=True)
+    forests.append(forest.fit(_forest_inputs(institution.train, space), labels))
+    oob = np.nan_to_num(forest.oob_decision_function_[:, 1], nan=labels.mean())
+    thresholds['forest'].append(_vote_threshold(oob, labels))
+  return keras_models, forests, thresholds
 
 
 def _build_model(config, space):
@@ -141,7 +155,6 @@ def method_scores(
   """Every method's test scores for one seed (`base.seed`)."""
   data = loading.load(base.data, seed=base.seed)
   space = features.compute_feature_space(data, min_category_count=base.features.min_category_count)
-  threshold = base.model.threshold
   scores = {}
   if Method.CENTRALIZED in methods:
     log('centralized')
@@ -153,17 +166,17 @@ def method_scores(
            Method.FOREST_AVERAGE, Method.FOREST_VOTE}
   if local & set(methods):
     log('local models (Keras and random forest per institution)')
-    keras_models, forests = _local_models(data, space, base, base.seed)
+    keras_models, forests, thresholds = _local_models(data, space, base, base.seed)
     keras_scores = [_keras_scores(m, data) for m in keras_models]
     forest_scores = [
         {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
         for f in forests]
     scores[Method.LOCAL_ONLY] = {
         i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
-    scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores, vote=False, threshold=threshold)
-    scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, vote=True, threshold=threshold)
-    scores[Method.FOREST_AVERAGE] = _combine(forest_scores, vote=False, threshold=threshold)
-    scores[Method.FOREST_VOTE] = _combine(forest_scores, vote=True, threshold=threshold)
+    scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
+    scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
+    scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
+    scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP):
     if method in methods:
       log(method.value)
