@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -35,3 +36,21 @@ def write_federation(root: str, institutions=('bank_a', 'bank_b', 'bank_c'), row
   with open(schema_file, 'w') as f:
     json.dump(SCHEMA, f)
   return data_dir, schema_file
+
+
+def load_federation():
+  """A written federation, loaded and validated."""
+  from tffaml.data import csv_dir  # pylint: disable=g-import-not-at-top
+  from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+  data_dir, _ = write_federation(tempfile.mkdtemp())
+  return csv_dir.load(data_dir, schema_lib.Schema.from_dict(SCHEMA))
+
+
+def smoke_config(root: str, *, rounds: int = 2, batch_size: int = 16):
+  """configs/csv.py:smoke on a federation written under `root`."""
+  from configs import csv as csv_config  # pylint: disable=g-import-not-at-top
+  data_dir, schema_file = write_federation(root)
+  config = csv_config.get_config('smoke')
+  config.data.dir, config.data.schema_file = data_dir, schema_file
+  config.federated.rounds, config.federated.batch_size = rounds, batch_size
+  return config

@@ -1,4 +1,3 @@
-import tempfile
 
 from absl.testing import parameterized
 import numpy as np
@@ -7,7 +6,6 @@ import tensorflow_federated as tff
 
 from tests import helpers
 from tffaml import features
-from tffaml.data import csv_dir
 from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
 from tffaml.federated import client_data
@@ -116,8 +114,7 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    data_dir, _ = helpers.write_federation(tempfile.mkdtemp())
-    cls.data = csv_dir.load(data_dir, schema_lib.Schema.from_dict(helpers.SCHEMA))
+    cls.data = helpers.load_federation()
     cls.space = features.compute_feature_space(cls.data, min_category_count=1)
     element_spec = client_data.to_dataset(
         cls.data.institutions[0].train, cls.data.schema, batch_size=8).element_spec

@@ -1,4 +1,3 @@
-import tempfile
 
 from absl.testing import parameterized
 import numpy as np
@@ -6,8 +5,6 @@ import tensorflow as tf
 
 from tests import helpers
 from tffaml import features
-from tffaml.data import csv_dir
-from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.federated import processes
@@ -21,8 +18,7 @@ class ProcessesTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    data_dir, _ = helpers.write_federation(tempfile.mkdtemp())
-    cls.data = csv_dir.load(data_dir, schema_lib.Schema.from_dict(helpers.SCHEMA))
+    cls.data = helpers.load_federation()
     space = features.compute_feature_space(cls.data, min_category_count=1)
     cls.datasets = [client_data.to_dataset(i.train, cls.data.schema, batch_size=16, shuffle_seed=0)
                     for i in cls.data.institutions]

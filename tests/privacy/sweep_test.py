@@ -7,7 +7,6 @@ from absl.testing import parameterized
 import pandas as pd
 import tensorflow as tf
 
-from configs import csv as csv_config
 from configs import loan_risk
 from tests import helpers
 from tffaml.privacy import sweep
@@ -47,10 +46,7 @@ class SweepRunTest(tf.test.TestCase):
 
   def test_smoke_sweep_writes_table_markdown_and_plot(self):
     root = tempfile.mkdtemp()
-    data_dir, schema_file = helpers.write_federation(root)
-    base = csv_config.get_config('smoke')
-    base.data.dir, base.data.schema_file = data_dir, schema_file
-    base.federated.rounds, base.federated.batch_size = 2, 16
+    base = helpers.smoke_config(root)
     out = os.path.join(root, 'sweep')
     table = sweep.run(base, [sweep.Point(U.NONE), sweep.Point(U.RECORD, target_epsilon=5.0)],
                       out, log=lambda _: None)

@@ -45,10 +45,7 @@ class CompareRunTest(tf.test.TestCase):
 
   def test_smoke_compare_every_method(self):
     root = tempfile.mkdtemp()
-    data_dir, schema_file = helpers.write_federation(root)
-    base = csv_config.get_config('smoke')
-    base.data.dir, base.data.schema_file = data_dir, schema_file
-    base.federated.rounds, base.federated.batch_size = 2, 16
+    base = helpers.smoke_config(root)
     base.reference.centralized_epochs = 1
     base.privacy.target_epsilon = 5.0  # For record-level DP only.
     out = os.path.join(root, 'compare')
