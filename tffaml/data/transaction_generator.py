@@ -1,0 +1,353 @@
+"""Synthetic bank transactions with injected money laundering, AMLworld format.
+
+The population: `num_banks` banks of Zipf-distributed sizes (the largest
+holds several times the median's accounts), each with people and businesses
+(8%) holding accounts in the bank's currency (a few in a foreign one).
+
+Normal behaviour, drawn day by day:
+
+* purchases and bills (people to businesses; popular businesses get most),
+  card, ACH and cheque payments;
+* person-to-person transfers (ACH, wire, cheque, cash; some round amounts);
+* salaries (businesses to people, early on weekdays, most on Fridays);
+* business-to-business payments (Pareto-tailed amounts, office hours);
+* reinvestments (an account paying itself, as in AMLworld).
+
+Amounts are log-normal per kind (Pareto for business payments); people pay
+during the day, fewer at night; weekends carry 60% of a weekday's traffic.
+About 60% of payments stay within the payer's bank.
+
+Laundering is injected as the AMLworld typologies (Altman et al. 2023,
+arXiv:2306.16424, fig. 2) - fan-out, fan-in, cycle, scatter-gather,
+gather-scatter, bipartite, stack, random - plus structuring (several
+payments just under the 10,000 USD reporting threshold). A pattern's
+accounts are drawn from the whole population, so it crosses banks; its
+payments spread over up to a few days at any hour, with formats, amounts
+and currencies of their own. Patterns rotate through the typologies, so
+every typology appears once there are nine patterns.
+
+The file is written a day at a time (the patterns, a small fraction, are
+planned first), so memory is bounded by one day's transactions whatever
+the total.
+"""
+
+import dataclasses
+import datetime
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from tffaml import io
+from tffaml.data import amlworld
+
+TYPOLOGIES = ('fan_out', 'fan_in', 'cycle', 'scatter_gather', 'gather_scatter',
+              'bipartite', 'stack', 'random', 'structuring')
+REPORTING_THRESHOLD = 10_000.0  # USD.
+START = datetime.datetime(2022, 9, 1)
+# USD per unit.
+CURRENCIES = {'US Dollar': 1.0, 'Euro': 1.0, 'UK Pound': 1.15, 'Yuan': 0.14,
+              'Canadian Dollar': 0.74, 'Swiss Franc': 1.03, 'Yen': 0.0069, 'Bitcoin': 20000.0}
+_FOREIGN = ('Euro', 'UK Pound', 'Yuan', 'Canadian Dollar', 'Swiss Franc', 'Yen')
+_FORMATS = ('ACH', 'Cheque', 'Credit Card', 'Cash', 'Wire', 'Reinvestment', 'Bitcoin')
+# Hour-of-day weights of people's payments: quiet at night, peaks at noon and evening.
+_PERSON_HOURS = np.array([1, 0.5, 0.3, 0.3, 0.3, 0.6, 1.5, 3, 5, 6, 7, 8,
+                          9, 8, 7, 7, 7, 8, 9, 9, 7, 5, 3, 2], np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+  """A kind of normal payment."""
+
+  name: str
+  weekday_share: float
+  weekend_share: float
+  payer: str  # person | business | self
+  payee: str  # person | business | self
+  formats: dict[str, float]
+  hours: np.ndarray  # Weights over 24 hours.
+
+_OFFICE = np.array([0] * 8 + [1] * 10 + [0] * 6, np.float64)
+_MORNING = np.array([0] * 5 + [1] * 4 + [0] * 15, np.float64)
+_KINDS = (
+    _Kind('purchase', 0.40, 0.50, 'person', 'business', {'Credit Card': 0.85, 'Cash': 0.15}, _PERSON_HOURS),
+    _Kind('bill', 0.15, 0.10, 'person', 'business', {'ACH': 0.7, 'Cheque': 0.2, 'Credit Card': 0.1}, _PERSON_HOURS),
+    _Kind('transfer', 0.20, 0.30, 'person', 'person',
+          {'ACH': 0.45, 'Wire': 0.18, 'Cheque': 0.2, 'Cash': 0.15, 'Bitcoin': 0.02}, _PERSON_HOURS),
+    _Kind('salary', 0.05, 0.0, 'business', 'person', {'ACH': 0.9, 'Wire': 0.1}, _MORNING),
+    _Kind('b2b', 0.12, 0.03, 'business', 'business', {'Wire': 0.5, 'ACH': 0.3, 'Cheque': 0.2}, _OFFICE),
+    _Kind('reinvestment', 0.08, 0.07, 'self', 'self', {'Reinvestment': 1.0}, _PERSON_HOURS),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Population:
+  """Banks and accounts; accounts sorted by (bank, is_business)."""
+
+  bank_codes: np.ndarray  # str, per bank.
+  account_bank: np.ndarray  # Bank index per account.
+  account_codes: np.ndarray  # str, per account.
+  is_business: np.ndarray
+  currency: np.ndarray  # str, per account.
+  activity: np.ndarray  # Relative rate of paying, per account.
+  popularity: np.ndarray  # Relative rate of being paid (businesses), per account.
+  bank_start: np.ndarray  # [bank, type]: first account of the bank's people / businesses.
+  bank_count: np.ndarray  # [bank, type]: how many.
+
+
+def make_population(*, num_banks: int, num_accounts: int, rng: np.random.Generator) -> Population:
+  sizes = 1.0 / np.arange(1, num_banks + 1) ** 0.8
+  per_bank = np.maximum(rng.multinomial(num_accounts - 4 * num_banks, sizes / sizes.sum()) + 4, 4)
+  account_bank = np.repeat(np.arange(num_banks), per_bank)
+  is_business = np.zeros(len(account_bank), bool)
+  bank_start, bank_count, offset = np.zeros((num_banks, 2), int), np.zeros((num_banks, 2), int), 0
+  for b, n in enumerate(per_bank):
+    businesses = max(1, int(round(0.08 * n)))
+    is_business[offset + n - businesses:offset + n] = True
+    bank_start[b] = offset, offset + n - businesses
+    bank_count[b] = n - businesses, businesses
+    offset += n
+  home = np.where(rng.random(num_banks) < 0.75, 'US Dollar', rng.choice(_FOREIGN, num_banks))
+  currency = np.where(rng.random(len(account_bank)) < 0.03,
+                      rng.choice(_FOREIGN, len(account_bank)), home[account_bank])
+  codes = rng.choice(np.arange(1, 40_000), num_banks, replace=False)
+  account_ids = rng.permutation(len(account_bank)) + 0x800000000
+  return Population(
+      bank_codes=np.array([f'{c:03d}' for c in codes]),
+      account_bank=account_bank,
+      account_codes=np.array([f'{a:09X}' for a in account_ids]),
+      is_business=is_business,
+      currency=currency,
+      activity=rng.lognormal(0.0, 1.0, len(account_bank)),
+      popularity=np.where(is_business, rng.pareto(1.2, len(account_bank)) + 0.05, 0.0),
+      bank_start=bank_start, bank_count=bank_count)
+
+
+def _pick(weights: np.ndarray, n: int, rng) -> np.ndarray:
+  cumulative = np.cumsum(weights)
+  return np.searchsorted(cumulative, rng.random(n) * cumulative[-1], 'right')
+
+
+def _same_bank(population: Population, banks: np.ndarray, kind: int, rng) -> np.ndarray:
+  """A uniform account of type `kind` (0 people, 1 businesses) in each of `banks`."""
+  start, count = population.bank_start[banks, kind], population.bank_count[banks, kind]
+  return start + np.minimum((rng.random(len(banks)) * count).astype(int), count - 1)
+
+
+def _normal_payments(population: Population, n: int, weekday: int, rng) -> dict:
+  """`n` normal payments of one day: payer, payee, USD amount, format, minute of day."""
+  shares = np.array([k.weekend_share if weekday >= 5 else k.weekday_share for k in _KINDS])
+  if weekday == 4:  # Payday Friday.
+    shares[[k.name for k in _KINDS].index('salary')] *= 3
+  kinds = rng.choice(len(_KINDS), n, p=shares / shares.sum())
+  payer, payee = np.zeros(n, int), np.zeros(n, int)
+  usd, formats, minutes = np.zeros(n), np.empty(n, object), np.zeros(n, int)
+  person_activity = np.where(population.is_business, 0.0, population.activity)
+  business_activity = np.where(population.is_business, population.activity, 0.0)
+  for k, kind in enumerate(_KINDS):
+    rows = np.flatnonzero(kinds == k)
+    if not len(rows):
+      continue
+    m = len(rows)
+    payer[rows] = _pick(business_activity if kind.payer == 'business' else person_activity, m, rng)
+    if kind.payee == 'self':
+      payee[rows] = payer[rows]
+    else:
+      kind_index = int(kind.payee == 'business')
+      anywhere = (_pick(population.popularity, m, rng) if kind_index
+                  else _pick(person_activity, m, rng))
+      local = _same_bank(population, population.account_bank[payer[rows]], kind_index, rng)
+      payee[rows] = np.where(rng.random(m) < 0.6, local, anywhere)
+    usd[rows] = {
+        'purchase': lambda: rng.lognormal(3.5, 1.0, m),
+        'bill': lambda: rng.lognormal(4.5, 0.6, m),
+        'transfer': lambda: np.where(rng.random(m) < 0.3, np.round(rng.lognormal(5.5, 1.3, m), -2) + 100,
+                                     rng.lognormal(5.5, 1.3, m)),
+        'salary': lambda: rng.lognormal(7.8, 0.4, m),
+        'b2b': lambda: 800.0 * (1.0 + rng.pareto(1.6, m)),
+        'reinvestment': lambda: rng.lognormal(6.0, 1.5, m),
+    }[kind.name]()
+    names = list(kind.formats)
+    formats[rows] = np.array(names, object)[rng.choice(len(names), m, p=list(kind.formats.values()))]
+    minutes[rows] = _pick(kind.hours, m, rng) * 60 + rng.integers(0, 60, m)
+  return dict(payer=payer, payee=payee, usd=usd, payment_format=formats, minute=minutes)
+
+
+def _pattern(typology: str, population: Population, rng) -> dict:
+  """One laundering pattern: its payments' payer, payee, USD amount and minute offset."""
+  accounts = lambda k: rng.choice(len(population.account_bank), k, replace=False)
+  base = rng.lognormal(8.3, 0.9)
+  edges = []  # (payer, payee, hop): hop orders the payments along the pattern.
+  if typology in ('fan_out', 'fan_in'):
+    hub, spokes = accounts(1)[0], accounts(int(rng.integers(4, 13)))
+    edges = [(hub, s, 0) if typology == 'fan_out' else (s, hub, 0) for s in spokes]
+  elif typology == 'cycle':
+    ring = accounts(int(rng.integers(3, 9)))
+    edges = [(ring[i], ring[(i + 1) % len(ring)], i) for i in range(len(ring))]
+  elif typology in ('scatter_gather', 'gather_scatter'):
+    ends, middle = accounts(2), accounts(int(rng.integers(3, 9)))
+    if typology == 'scatter_gather':
+      edges = [(ends[0], m, 0) for m in middle] + [(m, ends[1], 1) for m in middle]
+    else:
+      hub = ends[0]
+      outer = accounts(int(rng.integers(3, 9)))
+      edges = [(m, hub, 0) for m in middle] + [(hub, o, 1) for o in outer]
+  elif typology in ('bipartite', 'stack'):
+    layers = [accounts(int(rng.integers(2, 6))) for _ in range(2 if typology == 'bipartite' else 3)]
+    for hop, (left, right) in enumerate(zip(layers, layers[1:])):
+      edges += [(a, b, hop) for a in left for b in right if rng.random() < 0.7]
+  elif typology == 'random':
+    group = accounts(int(rng.integers(3, 7)))
+    walk = [group[0]] + [group[i] for i in rng.integers(0, len(group), int(rng.integers(4, 10)))]
+    edges = [(a, b, i) for i, (a, b) in enumerate(zip(walk, walk[1:]))]
+  else:  # structuring: just under the reporting threshold, to a few accounts.
+    smurf, targets = accounts(1)[0], accounts(int(rng.integers(1, 4)))
+    edges = [(smurf, t, 0) for t in rng.choice(targets, int(rng.integers(3, 9)))]
+  edges = [e for e in edges if e[0] != e[1]] or [tuple(accounts(2)) + (0,)]
+  payer, payee, hop = (np.array(x) for x in zip(*edges))
+  n = len(edges)
+  if typology == 'structuring':
+    usd = REPORTING_THRESHOLD * rng.uniform(0.9, 0.999, n)
+  else:  # Fees shave each hop; amounts vary around the pattern's base.
+    usd = base * 0.98 ** hop * rng.uniform(0.85, 1.15, n)
+  minute = np.sort(hop * 6 * 60 + rng.integers(0, 3 * 24 * 60, n)) if typology != 'cycle' else \
+      np.cumsum(rng.integers(30, 12 * 60, n))
+  formats = np.array(['Wire', 'ACH', 'Cash', 'Cheque', 'Bitcoin', 'Credit Card'], object)[
+      rng.choice(6, n, p=[0.3, 0.3, 0.15, 0.1, 0.1, 0.05])]
+  if typology == 'structuring':
+    formats = np.array(['Cash', 'ACH', 'Wire'], object)[rng.choice(3, n, p=[0.5, 0.3, 0.2])]
+  return dict(payer=payer, payee=payee, usd=usd, payment_format=formats, minute=minute)
+
+
+def _rows(population: Population, payments: dict, start_minute: np.ndarray, label: int) -> pd.DataFrame:
+  """AMLworld columns (plus `minute`) of payments starting at `start_minute`."""
+  payer, payee, formats = payments['payer'], payments['payee'], payments['payment_format']
+  bitcoin = formats == 'Bitcoin'
+  pay_currency = np.where(bitcoin, 'Bitcoin', population.currency[payer])
+  receive_currency = np.where(bitcoin, 'Bitcoin', population.currency[payee])
+  rate = np.vectorize(CURRENCIES.get, otypes=[float])
+  paid = payments['usd'] / rate(pay_currency)
+  received = payments['usd'] / rate(receive_currency)
+  return pd.DataFrame({
+      'minute': start_minute + payments['minute'],
+      'from_bank': population.bank_codes[population.account_bank[payer]],
+      'from_account': population.account_codes[payer],
+      'to_bank': population.bank_codes[population.account_bank[payee]],
+      'to_account': population.account_codes[payee],
+      'amount_received': np.round(received, 2),
+      'receiving_currency': receive_currency,
+      'amount_paid': np.round(paid, 2),
+      'payment_currency': pay_currency,
+      'payment_format': formats,
+      'is_laundering': label,
+  })
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  transactions: int
+  laundering: int
+  patterns: dict[str, int]  # Typology -> patterns injected.
+  laundering_by_typology: dict[str, int]  # Typology -> laundering transactions.
+  banks: int
+  accounts: int
+  seconds: float
+
+  @property
+  def transactions_per_second(self) -> float:
+    return self.transactions / self.seconds
+
+
+def _timestamps(minutes: np.ndarray) -> np.ndarray:
+  days, minute = np.divmod(minutes, 24 * 60)
+  day_text = {d: (START + datetime.timedelta(days=int(d))).strftime('%Y/%m/%d ') for d in np.unique(days)}
+  prefix = np.array([day_text[d] for d in days], object)
+  clock = np.array([f'{h:02d}:{m:02d}' for h in range(24) for m in range(60)], object)
+  return prefix + clock[minute]
+
+
+def generate(
+    output: str,
+    *,
+    num_banks: int,
+    num_transactions: int,
+    seed: int,
+    laundering_rate: float = 0.001,
+    days: int = 30,
+    accounts_per_transaction: float = 0.05,
+    patterns_output: Optional[str] = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Report:
+  """Writes `num_transactions` transactions to `output` (AMLworld CSV), atomically.
+
+  Args:
+    output: The CSV to write.
+    num_banks: Banks in the population (>= 2).
+    num_transactions: Transactions in the file, laundering included.
+    seed: Everything derives from it: the same seed writes the same bytes.
+    laundering_rate: Target fraction of laundering transactions (patterns
+      are whole, so the count is at least this and at most one pattern more).
+    days: Days the file spans, from 2022/09/01.
+    accounts_per_transaction: Accounts in the population per transaction.
+    patterns_output: Optional CSV of the laundering payments with their
+      pattern id and typology (AMLworld ships such a file too).
+    log: Progress lines.
+
+  Returns:
+    Counts and the time taken.
+  """
+  if num_banks < 2:
+    raise ValueError(f'--num_banks must be >= 2, got {num_banks}.')
+  if not 0.0 < laundering_rate < 0.5:
+    raise ValueError(f'--laundering_rate must be in (0, 0.5), got {laundering_rate}.')
+  if days < 1:
+    raise ValueError(f'--days must be >= 1, got {days}.')
+  num_accounts = max(20 * num_banks, int(accounts_per_transaction * num_transactions))
+  target = max(1, int(round(laundering_rate * num_transactions)))
+  if num_transactions < 2 * target or num_transactions < days:
+    raise ValueError(f'--num_transactions={num_transactions} is too few for {days} days and'
+                     f' a laundering rate of {laundering_rate}.')
+  started = time.monotonic()
+  rng = np.random.default_rng(seed)
+  population = make_population(num_banks=num_banks, num_accounts=num_accounts, rng=rng)
+
+  frames, count, pattern_id = [], 0, 0
+  while count < target:
+    typology = TYPOLOGIES[pattern_id % len(TYPOLOGIES)]
+    payments = _pattern(typology, population, rng)
+    start = int(rng.integers(0, max(1, days - 3) * 24 * 60))
+    frame = _rows(population, payments, start, label=1)
+    frames.append(frame.assign(pattern=pattern_id, typology=typology))
+    count += len(frame)
+    pattern_id += 1
+  laundering = pd.concat(frames, ignore_index=True)
+  laundering = laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
+  if len(laundering) > num_transactions // 2:
+    raise ValueError(f'--num_transactions={num_transactions} is too few for the patterns.')
+
+  weekdays = [(START + datetime.timedelta(days=d)).weekday() for d in range(days)]
+  weights = np.array([0.6 if w >= 5 else 1.0 for w in weekdays])
+  per_day = rng.multinomial(num_transactions - len(laundering), weights / weights.sum())
+  laundering_day = laundering['minute'].to_numpy() // (24 * 60)
+  columns = [c for c in amlworld.COLUMNS]
+  with io.atomic_path(output) as tmp, open(tmp, 'w', newline='') as f:
+    f.write(','.join(amlworld.HEADER) + '\n')
+    for day in range(days):
+      normal = _rows(population, _normal_payments(population, int(per_day[day]), weekdays[day], rng),
+                     day * 24 * 60, label=0)
+      rows = pd.concat([normal, laundering[laundering_day == day][normal.columns]], ignore_index=True)
+      rows = rows.sort_values('minute', kind='stable')
+      rows.insert(0, 'timestamp', _timestamps(rows.pop('minute').to_numpy()))
+      rows[columns].to_csv(f, header=False, index=False, float_format='%.2f')
+      log(f'day {day + 1}/{days}: {len(rows):,} transactions')
+  if patterns_output:
+    patterns = laundering.assign(timestamp=_timestamps(laundering['minute'].to_numpy()))
+    with io.atomic_path(patterns_output) as tmp:
+      patterns[['pattern', 'typology'] + columns].to_csv(tmp, index=False, float_format='%.2f')
+  by_typology = laundering.groupby('typology')
+  return Report(
+      transactions=num_transactions, laundering=len(laundering),
+      patterns={t: int(n) for t, n in by_typology['pattern'].nunique().items()},
+      laundering_by_typology={t: int(n) for t, n in by_typology.size().items()},
+      banks=num_banks, accounts=num_accounts, seconds=time.monotonic() - started)

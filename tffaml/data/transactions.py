@@ -1,0 +1,142 @@
+"""The anti-money-laundering task: banks' transactions as a federation.
+
+From an AMLworld file (`amlworld`), each bank that joins the federation
+gets the transactions it sees (`amlworld.bank_view`), their account
+aggregates computed from its own rows only (`account_aggregates`), and a
+temporal split: transactions in the last `test_fraction` of the file's time
+span are its test rows, so models are judged on a later period, as AML
+teams deploy them. Banks with fewer than `min_rows` training transactions or
+`min_positives` laundering ones among them do not join (their customers'
+payments still appear, as counterparties, at the banks that do).
+
+A model sees each transaction through `derive`, TensorFlow ops from the raw
+fields (the `RAW_*` columns) to the model's features (`SCHEMA`). Training
+applies it to whole columns; the export runs the same ops inside the
+SavedModel, so a bank scores raw transactions plus their aggregates.
+"""
+
+import math
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tffaml.data import account_aggregates
+from tffaml.data import amlworld
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+
+RAW_TEXT = ('timestamp', 'payment_currency', 'receiving_currency', 'payment_format', 'direction')
+RAW_NUMERIC = ('amount_paid', 'amount_received') + account_aggregates.AGGREGATES
+NEAR_THRESHOLD = (9_000.0, 10_000.0)  # Just under the 10,000 reporting threshold.
+SCHEMA = schema_lib.Schema(
+    label='is_laundering',
+    positive='1',
+    numeric=('log_amount_paid', 'log_amount_received', 'currency_mismatch', 'round_amount',
+             'near_threshold', 'hour_sin', 'hour_cos')
+    + tuple(f'log1p_{a}' for a in account_aggregates.AGGREGATES),
+    categorical=('payment_format', 'payment_currency', 'receiving_currency', 'weekday', 'direction'),
+    unit='customer',
+)
+
+
+def _days_since_epoch(year, month, day):
+  """Days from 1970-01-01 of a proleptic Gregorian date (Hinnant's days_from_civil)."""
+  year = year - tf.cast(month <= 2, tf.int64)
+  era = tf.math.floordiv(year, 400)
+  year_of_era = year - era * 400
+  day_of_year = (153 * (month + tf.where(month > 2, tf.constant(-3, tf.int64), 9)) + 2) // 5 + day - 1
+  day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+  return era * 146097 + day_of_era - 719468
+
+
+def derive(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """Model features (`SCHEMA`) from raw fields; 1-D tensors in and out.
+
+  `timestamp` is 'YYYY/MM/DD HH:MM' (`amlworld.TIMESTAMP_FORMAT`); weekday
+  0 is Monday. `round_amount`: the amount paid is a positive multiple of
+  100; `near_threshold`: it lies in `NEAR_THRESHOLD`, in the payment's own
+  currency (the file carries no exchange rates).
+  """
+  timestamp = raw['timestamp']
+  number = lambda start, length: tf.strings.to_number(
+      tf.strings.substr(timestamp, start, length), tf.int64)
+  hour = tf.cast(number(11, 2), tf.float32)
+  weekday = (_days_since_epoch(number(0, 4), number(5, 2), number(8, 2)) + 3) % 7
+  paid, received = raw['amount_paid'], raw['amount_received']
+  as_float = lambda condition: tf.cast(condition, tf.float32)
+  features = {
+      'log_amount_paid': tf.math.log1p(paid),
+      'log_amount_received': tf.math.log1p(received),
+      'currency_mismatch': as_float(raw['payment_currency'] != raw['receiving_currency']),
+      'round_amount': as_float((paid > 0) & (tf.math.floormod(paid, 100.0) == 0)),
+      'near_threshold': as_float((paid >= NEAR_THRESHOLD[0]) & (paid < NEAR_THRESHOLD[1])),
+      'hour_sin': tf.sin(2 * math.pi * hour / 24),
+      'hour_cos': tf.cos(2 * math.pi * hour / 24),
+  }
+  features.update({f'log1p_{a}': tf.math.log1p(raw[a]) for a in account_aggregates.AGGREGATES})
+  features.update({c: raw[c] for c in ('payment_format', 'payment_currency', 'receiving_currency', 'direction')})
+  features['weekday'] = tf.strings.as_string(weekday)
+  return features
+
+
+def raw_specs() -> dict[str, tf.TensorSpec]:
+  specs = {c: tf.TensorSpec([None], tf.string, name=c) for c in RAW_TEXT}
+  specs.update({c: tf.TensorSpec([None], tf.float32, name=c) for c in RAW_NUMERIC})
+  return specs
+
+
+def raw_fields(view: amlworld.BankView) -> dict[str, np.ndarray]:
+  """A bank's transactions as `derive`'s inputs, aggregates computed from its rows."""
+  rows = view.rows
+  fields = {c: rows[c].to_numpy(str) for c in RAW_TEXT}
+  fields['amount_paid'] = rows['amount_paid'].to_numpy(np.float32)
+  fields['amount_received'] = rows['amount_received'].to_numpy(np.float32)
+  aggregates = account_aggregates.compute(rows)
+  fields.update({a: aggregates[a].to_numpy(np.float32) for a in account_aggregates.AGGREGATES})
+  return fields
+
+
+def model_frame(view: amlworld.BankView) -> pd.DataFrame:
+  """A bank's rows as validated frames are: `SCHEMA` features, label and unit."""
+  derived = derive({k: tf.constant(v) for k, v in raw_fields(view).items()})
+  frame = pd.DataFrame({c: derived[c].numpy().astype(np.float64) for c in SCHEMA.numeric})
+  for c in SCHEMA.categorical:
+    frame[c] = derived[c].numpy().astype(str)
+  frame[schema_lib.LABEL_COLUMN] = view.rows['is_laundering'].to_numpy(np.int64)
+  frame[schema_lib.UNIT_COLUMN] = view.rows['customer'].to_numpy(str)
+  frame['minute'] = view.rows['minute'].to_numpy()
+  return frame
+
+
+def load(config: ml_collections.ConfigDict, *, log=print) -> federated_data.FederatedData:
+  """The federation of the banks in `config.path` (see the module docstring)."""
+  if not config.path:
+    raise ValueError('config.data.path must name an AMLworld transactions CSV.')
+  if not 0.0 < config.test_fraction < 1.0:
+    raise ValueError(f'config.data.test_fraction must be in (0, 1), got {config.test_fraction}.')
+  transactions = amlworld.read(config.path)
+  first, last = transactions['minute'].min(), transactions['minute'].max()
+  cutoff = first + (1.0 - config.test_fraction) * (last - first)
+  banks = amlworld.banks(transactions[transactions['minute'] < cutoff])
+  joins = (banks['transactions'] >= config.min_rows) & (banks['laundering'] >= config.min_positives)
+  members = banks[joins].sort_values('transactions', ascending=False)
+  if config.max_banks:
+    members = members.head(config.max_banks)
+  if members.empty:
+    raise schema_lib.DataError(
+        f'{config.path}: no bank has {config.min_rows} training transactions and'
+        f' {config.min_positives} laundering ones among them; lower'
+        ' config.data.min_rows or config.data.min_positives.')
+  log(f'{config.path}: {len(transactions):,} transactions, {len(banks)} banks;'
+      f' {len(members)} join (>= {config.min_rows} training transactions,'
+      f' >= {config.min_positives} laundering)')
+  institutions = []
+  for bank in members['bank']:
+    frame = model_frame(amlworld.bank_view(transactions, bank))
+    test = (frame.pop('minute') >= cutoff).to_numpy()
+    institutions.append(federated_data.Institution(
+        name=f'bank_{bank}', train=frame[~test].reset_index(drop=True),
+        test=frame[test].reset_index(drop=True)))
+  return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
