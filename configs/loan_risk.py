@@ -42,6 +42,16 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.model.hidden_units = (64, 32)
   config.model.embedding_dim = 4
   config.model.threshold = 0.5  # Probability at which `label` is 1.
+  config.model.loss = 'bce'  # bce | focal | weighted_bce | reconstruction (autoencoder)
+  config.model.positive_weight = 1.0  # weighted_bce: weight of a positive row.
+  config.model.focal_gamma = 2.0  # focal: down-weights easy rows.
+  # > 0: the exported threshold flags this fraction of training rows instead,
+  # found from federated score quantiles (tffaml.federated.quantiles).
+  config.model.alert_budget = 0.0
+
+  config.evaluation = ml_collections.ConfigDict()
+  # Recall and precision when flagging these fractions of test rows (top scores).
+  config.evaluation.alert_budgets = ()
 
   config.federated = ml_collections.ConfigDict()
   config.federated.algorithm = 'fedavg'  # fedavg | fedprox | fedsgd

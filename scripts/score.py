@@ -1,6 +1,11 @@
 """Scores a CSV with an exported model; the output is written atomically.
 
   python scripts/score.py --model_dir=runs/loan_risk/export --input=x.csv --output=y.csv
+  python scripts/score.py --model_dir=runs/aml/export --input=bank.csv --output=alerts.csv \
+      --bank=011
+
+A transaction model reads an AMLworld file holding the bank's transactions
+(with enough history for the account aggregates) and adds `score`, `alert`.
 """
 
 import os
@@ -17,13 +22,15 @@ from tffaml.export import scoring
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Exported model directory.', required=True)
 _INPUT = flags.DEFINE_string('input', None, 'CSV with the schema\'s feature columns.', required=True)
-_OUTPUT = flags.DEFINE_string('output', None, 'Output CSV: input plus probability, label.', required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'Output CSV: input plus the model\'s outputs.', required=True)
+_BANK = flags.DEFINE_string('bank', None, 'Transaction models: the scoring bank\'s code (inferred'
+                            ' when every row touches one bank).')
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  rows = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value)
+  rows = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, bank=_BANK.value)
   print(f'scored {rows} rows -> {_OUTPUT.value}')
 
 

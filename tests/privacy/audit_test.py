@@ -39,7 +39,7 @@ def _export_rate_model(model_dir, claimed_epsilon):
   model = tf.keras.Model(inputs, probability)
   guarantees = [] if claimed_epsilon is None else [
       {'unit': 'record (one row)', 'epsilon': claimed_epsilon, 'delta': 1e-5}]
-  saved_model.export(model, model_dir, schema=SCHEMA, threshold=0.5,
+  saved_model.export(model, model_dir, schema=SCHEMA, interface=saved_model.table_interface(SCHEMA), threshold=0.5,
                      metadata={'privacy': {'guarantees': guarantees}})
 
 

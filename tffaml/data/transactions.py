@@ -16,6 +16,7 @@ SavedModel, so a bank scores raw transactions plus their aggregates.
 """
 
 import math
+from typing import Optional
 
 import ml_collections
 import numpy as np
@@ -26,6 +27,7 @@ from tffaml.data import account_aggregates
 from tffaml.data import amlworld
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
+from tffaml.export import saved_model
 
 RAW_TEXT = ('timestamp', 'payment_currency', 'receiving_currency', 'payment_format', 'direction')
 RAW_NUMERIC = ('amount_paid', 'amount_received') + account_aggregates.AGGREGATES
@@ -140,3 +142,46 @@ def load(config: ml_collections.ConfigDict, *, log=print) -> federated_data.Fede
         name=f'bank_{bank}', train=frame[~test].reset_index(drop=True),
         test=frame[test].reset_index(drop=True)))
   return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
+
+
+def interface() -> saved_model.Interface:
+  """The export's signature: raw fields and aggregates in, `score` and `alert` out."""
+  return saved_model.Interface(
+      inputs=raw_specs(), preprocess=derive, input_format='amlworld', score='score', decision='alert')
+
+
+def _only_bank(transactions: pd.DataFrame, path: str) -> str:
+  """The bank every transaction touches, when there is exactly one."""
+  candidates = set(transactions['from_bank'].iloc[:1]) | set(transactions['to_bank'].iloc[:1])
+  every_row = [b for b in sorted(candidates)
+               if ((transactions['from_bank'] == b) | (transactions['to_bank'] == b)).all()]
+  if len(every_row) != 1:
+    raise schema_lib.DataError(
+        f'{path}: cannot tell which bank is scoring (candidates: {every_row or "none"});'
+        ' pass --bank=<your bank code>.')
+  return every_row[0]
+
+
+def serving_inputs(path: str, *, bank: Optional[str] = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+  """A bank's AMLworld file as the export's inputs, aggregates computed from the file.
+
+  Every row must touch `bank` (inferred when only one bank does); the
+  aggregates see only the file's rows, so it should hold the bank's recent
+  history as well as the transactions to score.
+
+  Returns:
+    The file's rows (AMLworld header, file order) and the signature's
+    inputs in the same order.
+  """
+  transactions = amlworld.read(path)
+  bank = bank or _only_bank(transactions, path)
+  foreign = ((transactions['from_bank'] != bank) & (transactions['to_bank'] != bank)).to_numpy()
+  if foreign.any():
+    raise schema_lib.DataError(
+        f'{path}: line {int(np.flatnonzero(foreign)[0]) + 2}: neither sender nor receiver is at'
+        f' bank {bank!r} ({int(foreign.sum())} such rows); a bank scores its own transactions.')
+  view = amlworld.bank_view(transactions, bank)
+  file_order = np.argsort(view.rows.index.to_numpy(), kind='stable')
+  inputs = {k: v[file_order] for k, v in raw_fields(view).items()}
+  rows = transactions[list(amlworld.COLUMNS)].set_axis(list(amlworld.HEADER), axis=1)
+  return rows, inputs

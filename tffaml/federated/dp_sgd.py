@@ -147,7 +147,7 @@ def _clipped_noised_mean_gradient(
   return result
 
 
-def _build_client_update(model, optimizer, *, l2_norm_clip, noise_multiplier, expected_batch_size):
+def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multiplier, expected_batch_size):
   """DP-SGD over an institution's `poisson_batches`; returns (ClientResult, counts)."""
 
   @tf.function
@@ -162,8 +162,7 @@ def _build_client_update(model, optimizer, *, l2_norm_clip, noise_multiplier, ex
       optimizer_state, steps, sampled = carry
       x, y, segments, seed = batch
       with tf.GradientTape() as tape:
-        probability = model.predict_on_batch(x, training=True)
-        losses = tf.keras.losses.binary_crossentropy(y, probability)
+        losses = loss_fn(y, model.predict_on_batch(x, training=True))
       per_example = tape.jacobian(losses, trainable, experimental_use_pfor=True)
       gradients = _clipped_noised_mean_gradient(
           per_example, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
@@ -191,6 +190,7 @@ def build_dp_sgd_client_work(
     l2_norm_clip: float,
     noise_multiplier: float,
     expected_batch_size: int,
+    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = tf.keras.losses.binary_crossentropy,
 ) -> tff.learning.templates.ClientWorkProcess:
   """A client work process training each institution with DP-SGD.
 
@@ -205,12 +205,12 @@ def build_dp_sgd_client_work(
   institution.
 
   Args:
-    model_fn: Constructs the TFF model from a Keras model whose output is the
-      positive-class probability (`processes.build_model_fn`).
+    model_fn: Constructs the TFF model (`processes.build_model_fn`).
     optimizer: The local optimizer applied to the noised gradients.
     l2_norm_clip: Per-unit gradient clip C (> 0).
     noise_multiplier: σ (>= 0; 0 trains with clipping only, no DP).
     expected_batch_size: B, the divisor of the noised sum.
+    loss_fn: `(labels, scores) -> per-row losses` (`tabular.per_example_loss`).
 
   Returns:
     A `tff.learning.templates.ClientWorkProcess`.
@@ -235,7 +235,7 @@ def build_dp_sgd_client_work(
   def client_update(initial_weights, dataset):
     # tf.function orders the variable updates (TFF traces in plain graph mode).
     return _build_client_update(
-        model_fn(), optimizer, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+        model_fn(), optimizer, loss_fn=loss_fn, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
         expected_batch_size=expected_batch_size)(initial_weights, dataset)
 
   @tff.federated_computation()

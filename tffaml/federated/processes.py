@@ -14,7 +14,7 @@ literature as choices of TFF builder and optimizers:
 """
 
 import enum
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +23,7 @@ import tensorflow_federated as tff
 from tffaml.federated import aggregators
 from tffaml.federated import dp_sgd
 from tffaml.models import metrics as metrics_lib
+from tffaml.models import tabular
 
 
 class Algorithm(enum.Enum):
@@ -59,16 +60,25 @@ def build_model_fn(
     *,
     keras_model_fn: Callable[[], tf.keras.Model],
     element_spec,
-    threshold: float,
+    loss_fn: tabular.PerExampleLoss = tf.keras.losses.binary_crossentropy,
+    threshold: Optional[float] = 0.5,
 ) -> Callable[[], tff.learning.models.VariableModel]:
-  """A TFF model constructor: binary cross-entropy and evaluation metrics."""
+  """A TFF model constructor.
+
+  Args:
+    keras_model_fn: Builds the Keras model (one score per row).
+    element_spec: Of the client datasets' (features, labels) batches.
+    loss_fn: The per-row loss (`tabular.per_example_loss`), averaged.
+    threshold: For a classifier, where accuracy counts a positive; None for
+      a model whose score is not a probability (no classification metrics).
+  """
 
   def model_fn() -> tff.learning.models.VariableModel:
     return tff.learning.models.from_keras_model(
         keras_model_fn(),
-        loss=tf.keras.losses.BinaryCrossentropy(),
+        loss=tabular.keras_loss(loss_fn),
         input_spec=element_spec,
-        metrics=metrics_lib.evaluation_metrics(threshold),
+        metrics=[] if threshold is None else metrics_lib.evaluation_metrics(threshold),
     )
 
   return model_fn
@@ -160,6 +170,7 @@ def build_dp_sgd_train_process(
     l2_norm_clip: float,
     noise_multiplier: float,
     expected_batch_size: int,
+    loss_fn: tabular.PerExampleLoss = tf.keras.losses.binary_crossentropy,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg whose institutions train with record-level DP-SGD.
 
@@ -187,7 +198,8 @@ def build_dp_sgd_train_process(
       tff.learning.templates.build_broadcast_process(weights_type),
       dp_sgd.build_dp_sgd_client_work(
           model_fn=model_fn, optimizer=client_optimizer, l2_norm_clip=l2_norm_clip,
-          noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size),
+          noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size,
+          loss_fn=loss_fn),
       aggregation,
       tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
   )

@@ -34,9 +34,10 @@ class KolmogorovSmirnov(tf.keras.metrics.AUC):
 
 
 def evaluation_metrics(threshold: float) -> list[tf.keras.metrics.Metric]:
-  """AUC, accuracy at `threshold`, Brier score (MSE of probabilities), KS."""
+  """AUC, AUPRC, accuracy at `threshold`, Brier score (MSE of probabilities), KS."""
   return [
       tf.keras.metrics.AUC(num_thresholds=NUM_THRESHOLDS, name='auc'),
+      tf.keras.metrics.AUC(num_thresholds=NUM_THRESHOLDS, curve='PR', name='auprc'),
       tf.keras.metrics.BinaryAccuracy(threshold=threshold, name='accuracy'),
       tf.keras.metrics.MeanSquaredError(name='brier'),
       KolmogorovSmirnov(),

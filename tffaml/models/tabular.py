@@ -1,15 +1,21 @@
-"""Keras models for tabular binary classification (loan risk).
+"""Keras models for tabular data: classifiers and an anomaly autoencoder.
 
-Both take the raw named features (see `features.keras_inputs`) and return the
-probability of the positive class, shape [batch, 1]:
+All take the raw named features (see `features.keras_inputs`) and return one
+score per row, shape [batch, 1]:
 
-* `mlp`: categorical embeddings and standardised numerics, then ReLU layers.
+* `mlp`: categorical embeddings and standardised numerics, then ReLU layers;
+  the score is the probability of the positive class.
 * `logistic`: one-hot categoricals and standardised numerics, then a single
   sigmoid unit: the research baseline.
+* `autoencoder`: the one-hot and standardised feature vector through a
+  bottleneck and back; the score is the mean squared reconstruction error,
+  an anomaly score that needs no labels (Hawkins et al. 2002, "Outlier
+  Detection Using Replicator Neural Networks"). Trained on unlabeled rows with
+  the `reconstruction` loss, which is the score itself.
 """
 
 import enum
-from typing import Sequence
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -19,6 +25,54 @@ from tffaml import features
 class ModelType(enum.Enum):
   MLP = 'mlp'
   LOGISTIC = 'logistic'
+  AUTOENCODER = 'autoencoder'
+
+  @property
+  def is_classifier(self) -> bool:
+    return self is not ModelType.AUTOENCODER
+
+
+class LossType(enum.Enum):
+  BCE = 'bce'  # Binary cross-entropy.
+  FOCAL = 'focal'  # Focal loss (Lin et al. 2017, arXiv:1708.02002): rare positives.
+  WEIGHTED_BCE = 'weighted_bce'  # Cross-entropy with positives weighted up.
+  RECONSTRUCTION = 'reconstruction'  # The autoencoder's score, labels unused.
+
+
+PerExampleLoss = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def per_example_loss(
+    loss_type: LossType, *, positive_weight: float = 1.0, focal_gamma: float = 2.0
+) -> PerExampleLoss:
+  """`(labels [batch, 1], scores [batch, 1]) -> losses [batch]`."""
+  if loss_type is LossType.BCE:
+    return tf.keras.losses.binary_crossentropy
+  if loss_type is LossType.FOCAL:
+    if not focal_gamma >= 0:
+      raise ValueError(f'focal_gamma must be >= 0, got {focal_gamma}.')
+    return lambda y, p: tf.keras.losses.binary_focal_crossentropy(y, p, gamma=focal_gamma)
+  if loss_type is LossType.WEIGHTED_BCE:
+    if not positive_weight > 0:
+      raise ValueError(f'positive_weight must be > 0, got {positive_weight}.')
+    return lambda y, p: tf.keras.losses.binary_crossentropy(y, p) * (
+        1.0 + (positive_weight - 1.0) * tf.cast(y[:, 0], p.dtype))
+  return lambda y, score: score[:, 0]
+
+
+class _MeanLoss(tf.keras.losses.Loss):
+
+  def __init__(self, loss_fn: PerExampleLoss):
+    super().__init__(name='loss')  # Reduced by the batch mean.
+    self._loss_fn = loss_fn
+
+  def call(self, y_true, y_pred):
+    return self._loss_fn(y_true, y_pred)
+
+
+def keras_loss(loss_fn: PerExampleLoss) -> tf.keras.losses.Loss:
+  """The batch mean of `per_example_loss`, as Keras and TFF take a loss."""
+  return _MeanLoss(loss_fn)
 
 
 def build_model(
@@ -34,18 +88,19 @@ def build_model(
   Args:
     model_type: Which architecture.
     feature_space: Federated feature statistics, baked into the model.
-    hidden_units: Widths of the MLP's hidden layers (ignored for logistic).
+    hidden_units: Widths of the MLP's hidden layers, or of the autoencoder's
+      encoder (the last is the bottleneck; the decoder mirrors it); ignored
+      for logistic.
     embedding_dim: Categorical embedding size of the MLP (must be >= 1).
     seed: Seed of the initial weights.
 
   Returns:
     A `tf.keras.Model` from raw feature dict to probability.
   """
-  if model_type is ModelType.MLP:
-    if embedding_dim < 1:
-      raise ValueError(f'embedding_dim must be >= 1 for mlp, got {embedding_dim}.')
-    if not hidden_units or min(hidden_units) < 1:
-      raise ValueError(f'hidden_units must be positive widths, got {hidden_units}.')
+  if model_type is ModelType.MLP and embedding_dim < 1:
+    raise ValueError(f'embedding_dim must be >= 1 for mlp, got {embedding_dim}.')
+  if model_type is not ModelType.LOGISTIC and (not hidden_units or min(hidden_units) < 1):
+    raise ValueError(f'hidden_units must be positive widths, got {hidden_units}.')
   tf.keras.utils.set_random_seed(seed)
   inputs = features.keras_inputs(feature_space.schema)
   encoded = features.encode(
@@ -53,9 +108,24 @@ def build_model(
       feature_space,
       embedding_dim=embedding_dim if model_type is ModelType.MLP else 0,
   )
+  if model_type is ModelType.AUTOENCODER:
+    return _autoencoder(inputs, encoded, hidden_units)
   hidden = encoded
   if model_type is ModelType.MLP:
     for i, units in enumerate(hidden_units):
       hidden = tf.keras.layers.Dense(units, activation='relu', name=f'hidden_{i}')(hidden)
   probability = tf.keras.layers.Dense(1, activation='sigmoid', name='probability')(hidden)
   return tf.keras.Model(inputs, probability, name=model_type.value)
+
+
+def _autoencoder(inputs, encoded: tf.Tensor, hidden_units: Sequence[int]) -> tf.keras.Model:
+  """Score: mean squared error of reconstructing the (fixed) encoded features."""
+  widths = list(hidden_units) + list(reversed(hidden_units[:-1]))
+  hidden = encoded
+  for i, units in enumerate(widths):
+    hidden = tf.keras.layers.Dense(units, activation='relu', name=f'autoencoder_{i}')(hidden)
+  reconstruction = tf.keras.layers.Dense(encoded.shape[-1], name='reconstruction')(hidden)
+  error = tf.keras.layers.Lambda(
+      lambda t: tf.reduce_mean(tf.square(t[0] - t[1]), axis=-1, keepdims=True),
+      name='reconstruction_error')([reconstruction, encoded])
+  return tf.keras.Model(inputs, error, name='autoencoder')

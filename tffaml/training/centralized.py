@@ -16,6 +16,7 @@ def train(
     keras_model_fn: Callable[[], tf.keras.Model],
     data: federated_data.FederatedData,
     *,
+    loss: tf.keras.losses.Loss,
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -23,10 +24,7 @@ def train(
 ) -> tf.keras.Model:
   """Adam on all institutions' training rows, pooled and shuffled."""
   model = keras_model_fn()
-  model.compile(
-      optimizer=tf.keras.optimizers.Adam(learning_rate),
-      loss=tf.keras.losses.BinaryCrossentropy(),
-  )
+  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate), loss=loss)
   pooled = client_data.to_dataset(
       data.pooled('train'), data.schema, batch_size=batch_size, epochs=epochs,
       shuffle_seed=seed)

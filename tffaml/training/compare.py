@@ -17,9 +17,13 @@ splits, trains and scores:
 * `forest_average`, `forest_vote`: the same with a scikit-learn random
   forest per institution.
 
-AUCs are exact (scikit-learn, from each method's scores), per institution
-and over all test rows. Over seeds (each seed draws new splits and
-initialisations) the summary gives means and standard deviations.
+Metrics are exact (scikit-learn, from each method's scores), per institution
+and over all test rows: AUC, AUPRC, and, for each of
+`config.evaluation.alert_budgets`, the recall of that fraction of highest
+scores (`evaluation.ranking_metrics`). Over seeds (each seed draws new
+splits and initialisations) the summary gives means and standard deviations.
+The ensembles and forests are classifiers: an autoencoder config compares
+centralized, local-only and the federated methods.
 """
 
 import enum
@@ -46,6 +50,8 @@ from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.models import tabular
 from tffaml.training import centralized
+from tffaml.training import evaluation
+from tffaml.training import experiment
 from tffaml.training import program
 
 
@@ -83,11 +89,7 @@ def federated_config(base: ml_collections.ConfigDict, method: Method) -> ml_coll
 
 
 def _keras_scores(model, data: federated_data.FederatedData) -> Scores:
-  return {
-      i.name: model.predict(client_data.feature_tensors(i.test, data.schema),
-                            batch_size=4096, verbose=0)[:, 0]
-      for i in data.institutions
-  }
+  return {i.name: client_data.predict(model, i.test, data.schema) for i in data.institutions}
 
 
 def _forest_inputs(frame: pd.DataFrame, space: features.FeatureSpace) -> np.ndarray:
@@ -113,39 +115,39 @@ def _vote_threshold(train_scores: np.ndarray, labels: np.ndarray) -> float:
   return float(np.quantile(train_scores, 1.0 - labels.mean()))
 
 
-def _local_models(data, space, config, seed):
+def _local_models(data, space, config, seed, *, forests: bool):
   """Each institution's Keras model and random forest, trained on its rows only.
 
   A Keras model gets as many optimizer steps as the centralized one (more
   epochs over fewer rows), so local-only is not handicapped by undertraining.
   """
-  keras_models, forests, thresholds = [], [], {'keras': [], 'forest': []}
+  keras_models, forest_models, thresholds = [], [], {'keras': [], 'forest': []}
   pooled_rows = sum(len(i.train) for i in data.institutions)
   for institution in data.institutions:
     alone = federated_data.FederatedData(data.schema, (institution,))
     epochs = math.ceil(config.reference.centralized_epochs * pooled_rows / len(institution.train))
-    model = centralized.train(
-        lambda: _build_model(config, space), alone,
-        epochs=epochs, batch_size=config.federated.batch_size,
-        learning_rate=config.reference.learning_rate, seed=seed)
+    model = _centralized(config, space, alone, epochs=epochs, seed=seed)
     labels = institution.train[schema_lib.LABEL_COLUMN].to_numpy()
-    own = model.predict(client_data.feature_tensors(institution.train, data.schema),
-                        batch_size=4096, verbose=0)[:, 0]
     keras_models.append(model)
-    thresholds['keras'].append(_vote_threshold(own, labels))
-    forest = ensemble.RandomForestClassifier(
-        n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed, oob_score=True)
-    forests.append(forest.fit(_forest_inputs(institution.train, space), labels))
-    oob = np.nan_to_num(forest.oob_decision_function_[:, 1], nan=labels.mean())
-    thresholds['forest'].append(_vote_threshold(oob, labels))
-  return keras_models, forests, thresholds
+    thresholds['keras'].append(
+        _vote_threshold(client_data.predict(model, institution.train, data.schema), labels))
+    if forests:
+      forest = ensemble.RandomForestClassifier(
+          n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed, oob_score=True)
+      forest_models.append(forest.fit(_forest_inputs(institution.train, space), labels))
+      oob = np.nan_to_num(forest.oob_decision_function_[:, 1], nan=labels.mean())
+      thresholds['forest'].append(_vote_threshold(oob, labels))
+  return keras_models, forest_models, thresholds
 
 
-def _build_model(config, space):
-  return tabular.build_model(
-      model_type=tabular.ModelType(config.model.name), feature_space=space,
-      hidden_units=tuple(config.model.hidden_units), embedding_dim=config.model.embedding_dim,
-      seed=config.seed)
+def _centralized(config, space, data, *, epochs: int, seed: int):
+  """The config's Keras model and loss, trained by Keras on `data`'s pooled rows."""
+  choices = experiment.parse_choices(config)
+  return centralized.train(
+      experiment.keras_model_fn(config, choices, space), data,
+      loss=tabular.keras_loss(experiment.loss_fn(config, choices)), epochs=epochs,
+      batch_size=config.federated.batch_size, learning_rate=config.reference.learning_rate,
+      seed=seed)
 
 
 def method_scores(
@@ -153,30 +155,30 @@ def method_scores(
     *, log: Callable[[str], None],
 ) -> tuple[federated_data.FederatedData, dict[Method, Scores]]:
   """Every method's test scores for one seed (`base.seed`)."""
-  data = loading.load(base.data, seed=base.seed)
+  data = loading.load(base.data, seed=base.seed, log=log)
   space = features.compute_feature_space(data, min_category_count=base.features.min_category_count)
   scores = {}
   if Method.CENTRALIZED in methods:
     log('centralized')
-    scores[Method.CENTRALIZED] = _keras_scores(centralized.train(
-        lambda: _build_model(base, space), data, epochs=base.reference.centralized_epochs,
-        batch_size=base.federated.batch_size, learning_rate=base.reference.learning_rate,
-        seed=base.seed), data)
+    scores[Method.CENTRALIZED] = _keras_scores(_centralized(
+        base, space, data, epochs=base.reference.centralized_epochs, seed=base.seed), data)
   local = {Method.LOCAL_ONLY, Method.ENSEMBLE_AVERAGE, Method.ENSEMBLE_VOTE,
            Method.FOREST_AVERAGE, Method.FOREST_VOTE}
   if local & set(methods):
-    log('local models (Keras and random forest per institution)')
-    keras_models, forests, thresholds = _local_models(data, space, base, base.seed)
+    with_forests = bool({Method.FOREST_AVERAGE, Method.FOREST_VOTE} & set(methods))
+    log('local models (Keras' + (' and random forest' if with_forests else '') + ' per institution)')
+    keras_models, forests, thresholds = _local_models(data, space, base, base.seed, forests=with_forests)
     keras_scores = [_keras_scores(m, data) for m in keras_models]
-    forest_scores = [
-        {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
-        for f in forests]
     scores[Method.LOCAL_ONLY] = {
         i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
     scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
     scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
-    scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
-    scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
+    if with_forests:
+      forest_scores = [
+          {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
+          for f in forests]
+      scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
+      scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP):
     if method in methods:
       log(method.value)
@@ -204,66 +206,93 @@ def run(
         'config.reference.centralized_epochs must be >= 1: it is the epochs of the'
         f' centralized and local-only Keras models, got {base.reference.centralized_epochs}.')
   rows = []
+  budgets = tuple(base.evaluation.alert_budgets)
   for seed in seeds:
     config = ml_collections.ConfigDict(base.to_dict())
     config.seed = seed
     log(f'seed {seed}')
     data, scores = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log)
+    labels = {i.name: i.test[schema_lib.LABEL_COLUMN].to_numpy() for i in data.institutions}
     for method, by_institution in scores.items():
-      for i in data.institutions:
-        rows.append({'method': method.value, 'seed': seed, 'institution': i.name,
-                     'train_rows': len(i.train),
-                     'auc': _auc(i.test[schema_lib.LABEL_COLUMN], by_institution[i.name])})
-      rows.append({'method': method.value, 'seed': seed, 'institution': 'all test rows',
-                   'train_rows': sum(len(i.train) for i in data.institutions),
-                   'auc': _auc(np.concatenate([i.test[schema_lib.LABEL_COLUMN] for i in data.institutions]),
-                               np.concatenate([by_institution[i.name] for i in data.institutions]))})
+      groups = [(name, len(i.train), [name]) for name, i in zip(data.names, data.institutions)]
+      groups.append(('all test rows', sum(len(i.train) for i in data.institutions), data.names))
+      for name, train_rows, members in groups:
+        rows.append({'method': method.value, 'seed': seed, 'institution': name, 'train_rows': train_rows,
+                     **_metrics(np.concatenate([labels[m] for m in members]),
+                                np.concatenate([by_institution[m] for m in members]), budgets)})
   per_institution = pd.DataFrame(rows)
   summary = summarize(per_institution)
   write_outputs(summary, per_institution, output_dir)
   return summary, per_institution
 
 
+def _metrics(labels: np.ndarray, scores: np.ndarray, budgets) -> dict[str, float]:
+  ranking = evaluation.ranking_metrics(labels, scores, budgets=budgets)
+  return {'auc': _auc(labels, scores), 'auprc': ranking['auprc'],
+          **{k: v for k, v in ranking.items() if k.startswith('recall_at_')}}
+
+
+def _metric_names(per_institution: pd.DataFrame) -> list[str]:
+  return [c for c in per_institution.columns if c not in ('method', 'seed', 'institution', 'train_rows')]
+
+
 def summarize(per_institution: pd.DataFrame) -> pd.DataFrame:
-  """Per method: pooled AUC, median and worst institution AUC; mean and std over seeds."""
+  """Per method and metric: all test rows, median and worst institution; mean and std over seeds."""
   pooled = per_institution['institution'] == 'all test rows'
-  per_seed = per_institution[~pooled].groupby(['method', 'seed'], sort=False)['auc'].agg(
-      median_institution_auc='median', worst_institution_auc='min')
-  per_seed['pooled_auc'] = per_institution[pooled].set_index(['method', 'seed'])['auc']
+  by_seed = per_institution[~pooled].groupby(['method', 'seed'], sort=False)
+  pooled_rows = per_institution[pooled].set_index(['method', 'seed'])
+  per_seed = pd.concat({name: pd.DataFrame({
+      f'pooled_{name}': pooled_rows[name],
+      f'median_institution_{name}': by_seed[name].median(),
+      f'worst_institution_{name}': by_seed[name].min(),
+  }) for name in _metric_names(per_institution)}, axis=1).droplevel(0, axis=1)
   stats = per_seed.groupby('method', sort=False).agg(['mean', 'std'])
   stats.columns = [f'{a}_{b}' for a, b in stats.columns]
   stats['seeds'] = per_seed.groupby('method', sort=False).size()
   return stats.reset_index()
 
 
+_TITLES = {'auc': 'AUC', 'auprc': 'AUPRC'}
+
+
+def _title(metric: str) -> str:
+  return _TITLES.get(metric, metric.replace('recall_at_', 'recall at ') + ' alert budget')
+
+
 def _markdown(summary: pd.DataFrame) -> str:
-  def cell(mean, std):
+  def cell(r, column):
+    mean, std = r[f'{column}_mean'], r[f'{column}_std']
     return f'{mean:.4f}' if np.isnan(std) else f'{mean:.4f} ± {std:.4f}'
-  lines = ['| method | AUC, all test rows | median institution AUC | worst institution AUC | seeds |',
-           '|---|---|---|---|---|']
-  for _, r in summary.iterrows():
-    lines.append(
-        f'| {r["method"]} | {cell(r["pooled_auc_mean"], r["pooled_auc_std"])} |'
-        f' {cell(r["median_institution_auc_mean"], r["median_institution_auc_std"])} |'
-        f' {cell(r["worst_institution_auc_mean"], r["worst_institution_auc_std"])} | {r["seeds"]} |')
-  return '\n'.join(lines) + '\n'
+  metrics = [c[len('pooled_'):-len('_mean')] for c in summary.columns
+             if c.startswith('pooled_') and c.endswith('_mean')]
+  lines = []
+  for metric in metrics:
+    name = _title(metric)
+    lines += [f'{name}:', '', f'| method | {name}, all test rows | median institution | worst institution | seeds |',
+              '|---|---|---|---|---|']
+    lines += [f'| {r["method"]} | {cell(r, f"pooled_{metric}")} | {cell(r, f"median_institution_{metric}")} |'
+              f' {cell(r, f"worst_institution_{metric}")} | {r["seeds"]} |' for _, r in summary.iterrows()]
+    lines.append('')
+  return '\n'.join(lines)
 
 
 def _plot(summary: pd.DataFrame, per_institution: pd.DataFrame, output_png: str) -> None:
+  # Rare positives (alert budgets measured): AUPRC says more than AUC.
+  metric = 'auprc' if any(c.startswith('recall_at_') for c in per_institution) else 'auc'
   fig, (bars, gains) = plt.subplots(1, 2, figsize=(12, 4.2))
-  bars.barh(summary['method'], summary['pooled_auc_mean'],
-            xerr=summary['pooled_auc_std'].fillna(0), color='tab:blue', alpha=0.8)
-  bars.set_xlim(0.45, 1.0)
+  bars.barh(summary['method'], summary[f'pooled_{metric}_mean'],
+            xerr=summary[f'pooled_{metric}_std'].fillna(0), color='tab:blue', alpha=0.8)
+  bars.set_xlim(0.45 if metric == 'auc' else 0.0, 1.0)
   bars.invert_yaxis()
-  bars.set_xlabel('AUC on all test rows (mean ± std over seeds)')
+  bars.set_xlabel(f'{_title(metric)} on all test rows (mean ± std over seeds)')
   bars.grid(axis='x', alpha=0.3)
   by = per_institution[per_institution['institution'] != 'all test rows'].groupby(
-      ['method', 'institution', 'train_rows'])['auc'].mean().unstack('method').reset_index()
+      ['method', 'institution', 'train_rows'])[metric].mean().unstack('method').reset_index()
   if {'fedavg', 'local_only'} <= set(by.columns):
     gains.scatter(by['train_rows'], by['fedavg'] - by['local_only'], color='tab:green')
     gains.axhline(0, color='black', linewidth=0.8)
     gains.set_xlabel('institution training rows')
-    gains.set_ylabel('AUC gain of FedAvg over local-only')
+    gains.set_ylabel(f'{_title(metric)} gain of FedAvg over local-only')
     gains.set_title('does federation help the small lenders most?', fontsize=10)
     gains.grid(alpha=0.3)
   else:

@@ -5,17 +5,20 @@ counts, totals), not from pooling rows: the same numbers a federation can
 compute without moving data.
 """
 
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
+import numpy as np
+from sklearn import metrics as sk_metrics
 import tensorflow as tf
 import tensorflow_federated as tff
 
-METRICS = ('auc', 'accuracy', 'brier', 'ks', 'loss', 'num_examples')
+METRICS = ('auc', 'auprc', 'accuracy', 'brier', 'ks', 'loss', 'num_examples')
 
 
 def _metrics(output) -> dict[str, float]:
+  """The model's metrics (classifiers have all of `METRICS`, an autoencoder its loss)."""
   values = output.metrics['client_work']['eval']['current_round_metrics']
-  return {k: float(values[k]) for k in METRICS}
+  return {k: float(values[k]) for k in METRICS if k in values}
 
 
 def evaluate(
@@ -34,3 +37,62 @@ def evaluate(
         for name, dataset in test_sets.items()
     }
   return result
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+  return float(numerator / denominator) if denominator else float('nan')
+
+
+def budget_name(budget: float) -> str:
+  return f'{100 * budget:g}%'
+
+
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray, *, budgets: Sequence[float],
+                    threshold: Optional[float] = None) -> dict[str, float]:
+  """How AML teams judge alerts on one set of rows.
+
+  `auprc` (average precision); for each budget b, recall and precision of
+  the round(b * rows) highest scores (`recall_at_1%`); and, given the
+  model's threshold, the fraction of rows alerted, precision, recall and F1 of the
+  positive (minority) class.
+  """
+  labels = np.asarray(labels).astype(bool)
+  positives, rows = int(labels.sum()), len(labels)
+  out = {'rows': rows, 'positives': positives,
+         'auprc': float(sk_metrics.average_precision_score(labels, scores)) if positives else float('nan')}
+  order = np.argsort(-np.asarray(scores), kind='stable')
+  for budget in budgets:
+    flagged = max(1, int(round(budget * rows)))
+    hits = int(labels[order[:flagged]].sum())
+    out[f'recall_at_{budget_name(budget)}'] = _ratio(hits, positives)
+    out[f'precision_at_{budget_name(budget)}'] = _ratio(hits, flagged)
+  if threshold is None:
+    return out
+  alerts = np.asarray(scores) >= threshold
+  hits = int((alerts & labels).sum())
+  precision, recall = _ratio(hits, alerts.sum()), _ratio(hits, positives)
+  out.update(alert_rate=_ratio(alerts.sum(), rows), alert_precision=precision, alert_recall=recall,
+             alert_f1=_ratio(2 * precision * recall, precision + recall) if hits else 0.0)
+  return out
+
+
+def alert_metrics(by_institution: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
+                  budgets: Sequence[float], threshold: float) -> dict:
+  """`ranking_metrics` per institution and over all institutions' test rows.
+
+  Args:
+    by_institution: Institution -> (0/1 labels, scores) of its test rows.
+    budgets: Fractions of rows flagged.
+    threshold: The exported model's alert threshold.
+
+  Returns:
+    {'pooled': metrics, 'institutions': {name: metrics}}. Pooled rows are
+    every institution's rows: a payment between two member banks counts at
+    each (each bank alerts on its own side).
+  """
+  labels = np.concatenate([l for l, _ in by_institution.values()])
+  scores = np.concatenate([s for _, s in by_institution.values()])
+  kwargs = dict(budgets=budgets, threshold=threshold)
+  return {'pooled': ranking_metrics(labels, scores, **kwargs),
+          'institutions': {name: ranking_metrics(l, s, **kwargs)
+                           for name, (l, s) in by_institution.items()}}

@@ -5,9 +5,10 @@ Every error names the config key (as its flag, `config.x.y`) and the value.
 
 import dataclasses
 import enum
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import ml_collections
+import tensorflow as tf
 
 from tffaml.data import loading
 from tffaml.federated import aggregators
@@ -33,6 +34,7 @@ class Choices:
   """The config's enumerated choices, parsed."""
 
   model: tabular.ModelType
+  loss: tabular.LossType
   algorithm: processes.Algorithm
   weighting: processes.Weighting
   client_optimizer: processes.OptimizerType
@@ -46,6 +48,7 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
   f = config.federated
   choices = Choices(
       model=parse_enum(tabular.ModelType, config.model.name, 'model.name'),
+      loss=parse_enum(tabular.LossType, config.model.loss, 'model.loss'),
       algorithm=parse_enum(processes.Algorithm, f.algorithm, 'federated.algorithm'),
       weighting=parse_enum(processes.Weighting, f.weighting, 'federated.weighting'),
       client_optimizer=parse_enum(processes.OptimizerType, f.client_optimizer, 'federated.client_optimizer'),
@@ -54,6 +57,20 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
       sampling=parse_enum(accounting.Sampling, f.sampling, 'federated.sampling'),
       accountant=parse_enum(accounting.Accountant, config.privacy.accountant, 'privacy.accountant'),
   )
+  if (choices.loss is tabular.LossType.RECONSTRUCTION) == choices.model.is_classifier:
+    raise ValueError(
+        f"config.model.loss={config.model.loss!r} does not fit config.model.name={config.model.name!r}:"
+        " the autoencoder trains with loss='reconstruction', classifiers with bce, focal or weighted_bce.")
+  budget = config.model.alert_budget
+  if not 0.0 <= budget < 1.0:
+    raise ValueError(f'config.model.alert_budget must be in [0, 1), got {budget}.')
+  if not budget and not choices.model.is_classifier:
+    raise ValueError(
+        'config.model.name=\'autoencoder\' scores are not probabilities: set'
+        ' config.model.alert_budget (the fraction of transactions to flag) to place its threshold.')
+  if any(not 0.0 < b < 1.0 for b in config.evaluation.alert_budgets):
+    raise ValueError(
+        f'config.evaluation.alert_budgets must lie in (0, 1), got {config.evaluation.alert_budgets}.')
   for key in ('rounds', 'client_epochs', 'batch_size'):
     if f[key] < 1:
       raise ValueError(f'config.federated.{key} must be >= 1, got {f[key]}.')
@@ -181,6 +198,26 @@ def build_aggregator(
   )
 
 
+def loss_fn(config, choices: Choices) -> tabular.PerExampleLoss:
+  return tabular.per_example_loss(
+      choices.loss, positive_weight=config.model.positive_weight, focal_gamma=config.model.focal_gamma)
+
+
+def keras_model_fn(config, choices: Choices, space) -> Callable[[], tf.keras.Model]:
+  """Builds the config's Keras model on the federated feature statistics `space`."""
+  return lambda: tabular.build_model(
+      model_type=choices.model, feature_space=space,
+      hidden_units=tuple(config.model.hidden_units),
+      embedding_dim=config.model.embedding_dim, seed=config.seed)
+
+
+def model_fn(config, choices: Choices, keras_model: Callable[[], tf.keras.Model], element_spec):
+  """The TFF model: the config's loss, and classification metrics for classifiers."""
+  return processes.build_model_fn(
+      keras_model_fn=keras_model, element_spec=element_spec, loss_fn=loss_fn(config, choices),
+      threshold=config.model.threshold if choices.model.is_classifier else None)
+
+
 def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, model_fn, aggregator):
   f = config.federated
   optimizers = dict(
@@ -195,7 +232,8 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
     return processes.build_dp_sgd_train_process(
         model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,
         noise_multiplier=plan.record.noise_multiplier,
-        expected_batch_size=plan.record.expected_batch_size, **optimizers)
+        expected_batch_size=plan.record.expected_batch_size, loss_fn=loss_fn(config, choices),
+        **optimizers)
   return processes.build_train_process(
       model_fn=model_fn,
       algorithm=choices.algorithm,

@@ -37,10 +37,12 @@ import tensorflow_federated as tff
 from tffaml import features
 from tffaml import io
 from tffaml.data import loading
+from tffaml.data import schema as schema_lib
 from tffaml.export import saved_model
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
+from tffaml.federated import quantiles
 from tffaml.models import tabular
 from tffaml.privacy import accounting
 from tffaml.training import centralized
@@ -168,7 +170,7 @@ def run(
     The paths written and the final metrics.
   """
   choices = experiment.parse_choices(config)
-  data = loading.load(config.data, seed=config.seed)
+  data = loading.load(config.data, seed=config.seed, log=log)
   paths = Paths(os.path.abspath(workdir))
   os.makedirs(paths.results, exist_ok=True)
   _check_or_write_hyperparameters(config, paths)
@@ -179,18 +181,11 @@ def run(
       data, min_category_count=config.features.min_category_count)
   schema = data.schema
 
-  def keras_model_fn() -> tf.keras.Model:
-    return tabular.build_model(
-        model_type=choices.model, feature_space=space,
-        hidden_units=tuple(config.model.hidden_units),
-        embedding_dim=config.model.embedding_dim, seed=config.seed)
-
+  keras_model_fn = experiment.keras_model_fn(config, choices, space)
   f = config.federated
   element_spec = client_data.to_dataset(
       data.institutions[0].train.iloc[:1], schema, batch_size=f.batch_size).element_spec
-  model_fn = processes.build_model_fn(
-      keras_model_fn=keras_model_fn, element_spec=element_spec,
-      threshold=config.model.threshold)
+  model_fn = experiment.model_fn(config, choices, keras_model_fn, element_spec)
   n = len(data.institutions)
   cohort = experiment.clients_per_round(config, choices.sampling, n)
   plan = experiment.privacy_plan_for_data(config, choices, data, cohort=cohort)
@@ -281,10 +276,23 @@ def run(
       'seconds_per_round_this_session': per_round,
       'institutions': data.summary(),
   }
+  threshold = config.model.threshold
+  if config.model.alert_budget:
+    threshold = quantiles.federated_quantile(
+        [client_data.predict(model, i.train, schema) for i in data.institutions],
+        1.0 - config.model.alert_budget)
+    log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
+        ' (federated quantile)')
+  if config.evaluation.alert_budgets or config.model.alert_budget:
+    metrics['alerts'] = evaluation.alert_metrics(
+        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
+         for i in data.institutions},
+        budgets=tuple(config.evaluation.alert_budgets), threshold=threshold)
   if config.reference.centralized_epochs:
     log('training the centralized reference (pooled data, same model)...')
     reference = centralized.train(
-        keras_model_fn, data, epochs=config.reference.centralized_epochs,
+        keras_model_fn, data, loss=tabular.keras_loss(experiment.loss_fn(config, choices)),
+        epochs=config.reference.centralized_epochs,
         batch_size=f.batch_size, learning_rate=config.reference.learning_rate,
         seed=config.seed)
     metrics['centralized_reference'] = evaluation.evaluate(
@@ -295,7 +303,8 @@ def run(
   io.write_text(paths.privacy, statement.text() + '\n')
   report.plot_training_curves(paths.metrics_csv, paths.curves)
   saved_model.export(
-      model, paths.export, schema=schema, threshold=config.model.threshold,
+      model, paths.export, schema=schema, interface=loading.interface(config.data, schema),
+      threshold=threshold,
       metadata={
           'feature_space': space.to_dict(),
           'config': _public_config(config),

@@ -1,0 +1,66 @@
+"""Anti-money-laundering classifier on banks' transactions, federated, client-level DP.
+
+Data: an AMLworld-format CSV (IBM's HI-Small_Trans.csv as published, or one
+written by scripts/generate_transactions.py). Every bank with enough
+training transactions joins with the transactions it sees.
+
+Run:
+  python scripts/generate_transactions.py --num_banks=20 --num_transactions=1000000 \
+      --seed=0 --output=data/transactions.csv
+  python scripts/train.py --config=configs/aml.py \
+      --config.data.path=data/transactions.csv --workdir=runs/aml
+Presets (`--config=configs/aml.py:NAME`):
+  smoke   tiny and fast, for tests.
+  no_dp   the same federation without noise.
+"""
+
+import ml_collections
+
+from configs import loan_risk
+
+
+def get_config(preset: str = '') -> ml_collections.ConfigDict:
+  config = loan_risk.get_config()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'amlworld'
+  config.data.path = ''  # The AMLworld transactions CSV.
+  config.data.test_fraction = 0.25  # The last quarter of the time span is held out.
+  config.data.min_rows = 1000  # A bank joins with this many training transactions...
+  config.data.min_positives = 5  # ...of which this many laundering.
+  config.data.max_banks = 0  # Only the largest this many banks; 0: every bank that qualifies.
+
+  # Rare positives (about 0.1%): focal loss, and alerts placed by budget.
+  config.model.loss = 'focal'
+  config.model.alert_budget = 0.01  # The export alerts on 1% of transactions.
+  config.evaluation.alert_budgets = (0.001, 0.01)
+
+  f = config.federated
+  f.rounds = 30
+  f.batch_size = 256
+  f.eval_batch_size = 8192
+  f.client_optimizer = 'adam'
+  f.client_learning_rate = 0.002
+  f.server_momentum = 0.0
+  f.eval_every = 5
+
+  config.aggregator.type = 'gaussian_fixed'
+  config.aggregator.noise_multiplier = 0.3
+  config.aggregator.clip = 1.0
+
+  config.reference.centralized_epochs = 2
+
+  if preset == 'smoke':
+    config.data.min_rows = 200
+    config.data.min_positives = 2
+    config.model.hidden_units = (8,)
+    config.federated.rounds = 2
+    config.federated.eval_every = 1
+    config.features.min_category_count = 1
+    config.reference.centralized_epochs = 1
+  elif preset == 'no_dp':
+    config.aggregator.type = 'mean'
+    config.aggregator.noise_multiplier = 0.0
+  elif preset:
+    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp.')
+  return config
