@@ -12,6 +12,8 @@ Run:
 Presets (`--config=configs/aml.py:NAME`):
   smoke   tiny and fast, for tests.
   no_dp   the same federation without noise.
+  compare the base of scripts/compare.py: 15 rounds, one centralized epoch
+          (local-only models get as many steps each).
 """
 
 import ml_collections
@@ -58,9 +60,12 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     config.federated.eval_every = 1
     config.features.min_category_count = 1
     config.reference.centralized_epochs = 1
-  elif preset == 'no_dp':
+  elif preset in ('no_dp', 'compare'):
     config.aggregator.type = 'mean'
     config.aggregator.noise_multiplier = 0.0
+    if preset == 'compare':
+      config.federated.rounds = 15
+      config.reference.centralized_epochs = 1
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp.')
+    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, compare.')
   return config

@@ -8,7 +8,7 @@ evaluate (AUPRC, recall at the alert budgets).
 Run:
   python scripts/train.py --config=configs/aml_autoencoder.py \
       --config.data.path=data/transactions.csv --workdir=runs/aml_autoencoder
-Presets: `:smoke` (tiny, for tests), `:no_dp`.
+Presets: `:smoke` (tiny, for tests), `:no_dp`, `:compare` (as in configs/aml.py).
 """
 
 import ml_collections

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -54,3 +56,21 @@ def smoke_config(root: str, *, rounds: int = 2, batch_size: int = 16):
   config.data.dir, config.data.schema_file = data_dir, schema_file
   config.federated.rounds, config.federated.batch_size = rounds, batch_size
   return config
+
+
+def serve_in_fresh_process(model_dir: str, inputs: dict[str, list]) -> dict[str, list]:
+  """Calls the export's signature in a process that imports only TensorFlow.
+
+  `inputs`: column -> values (floats become float32 tensors, text strings).
+  """
+  code = (
+      'import json, sys, tensorflow as tf\n'
+      'inputs = json.load(sys.stdin)\n'
+      f'serve = tf.saved_model.load({model_dir!r}).signatures["serving_default"]\n'
+      'args = {k: tf.constant(v, tf.float32 if isinstance(v[0], float) else tf.string) for k, v in inputs.items()}\n'
+      'out = serve(**args)\n'
+      'assert not any(m.startswith(("tffaml", "tensorflow_federated")) for m in sys.modules)\n'
+      'print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n')
+  done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
+                        capture_output=True, text=True, check=True, timeout=300)
+  return json.loads(done.stdout.strip().splitlines()[-1])

@@ -18,7 +18,8 @@ class MetricsTest(tf.test.TestCase):
     self.assertAllClose(ks.result(), 1.0)
 
   def test_brier_and_accuracy(self):
-    brier, accuracy = metrics.evaluation_metrics(threshold=0.5)[2:0:-1]
+    by_name = {m.name: m for m in metrics.evaluation_metrics(threshold=0.5)}
+    brier, accuracy = by_name['brier'], by_name['accuracy']
     y, p = [[0.0], [1.0]], [[0.2], [0.4]]
     brier.update_state(y, p)
     accuracy.update_state(y, p)

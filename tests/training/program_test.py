@@ -30,20 +30,9 @@ def _config(data_dir, schema_file, **federated):
 
 
 def _serve(model_dir, frame, schema):
-  """Scores in a fresh process that imports only TensorFlow."""
   inputs = {c: frame[c].astype(float).tolist() for c in schema['numeric']}
   inputs.update({c: frame[c].astype(str).tolist() for c in schema['categorical']})
-  code = (
-      'import json, sys, tensorflow as tf\n'
-      'inputs = json.load(sys.stdin)\n'
-      f'serve = tf.saved_model.load({model_dir!r}).signatures["serving_default"]\n'
-      'args = {k: tf.constant(v, tf.float32 if isinstance(v[0], float) else tf.string) for k, v in inputs.items()}\n'
-      'out = serve(**args)\n'
-      'assert not any(m.startswith(("tffaml", "tensorflow_federated")) for m in sys.modules)\n'
-      'print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n')
-  done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
-                        capture_output=True, text=True, check=True, timeout=300)
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  return helpers.serve_in_fresh_process(model_dir, inputs)
 
 
 class ProgramTest(tf.test.TestCase):

@@ -1,0 +1,95 @@
+"""Smoke runs of the AML configs on a generated federation, export round trips."""
+
+import os
+import tempfile
+
+from absl.testing import parameterized
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from configs import aml
+from configs import aml_autoencoder
+from tests import helpers
+from tffaml.data import transaction_generator
+from tffaml.data import transactions
+from tffaml.export import scoring
+from tffaml.federated import client_data
+from tffaml.training import program
+
+CONFIGS = {'classifier': aml, 'autoencoder': aml_autoencoder}
+
+
+class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.path = os.path.join(cls.root, 'transactions.csv')
+    transaction_generator.generate(cls.path, num_banks=10, num_transactions=20_000, seed=1,
+                                   laundering_rate=0.01, days=10)
+    cls.results = {}
+    for name, module in CONFIGS.items():
+      config = module.get_config('smoke')
+      config.data.path = cls.path
+      config.privacy.noise_seed = 0  # Runs to compare need the same DP noise.
+      cls.results[name] = program.run(config, os.path.join(cls.root, name), log=lambda _: None)
+    cls.data = transactions.load(config.data, log=lambda _: None)
+
+  @parameterized.parameters('classifier', 'autoencoder')
+  def test_metrics_as_aml_teams_measure(self, name):
+    metrics = self.results[name].metrics
+    self.assertGreaterEqual(len(metrics['institutions']), 10)
+    pooled = metrics['alerts']['pooled']
+    for key in ('auprc', 'recall_at_0.1%', 'recall_at_1%', 'precision_at_1%', 'alert_f1'):
+      self.assertBetween(pooled[key], 0.0, 1.0)
+    self.assertEqual(pooled['rows'], sum(len(i.test) for i in self.data.institutions))
+    self.assertCountEqual(metrics['alerts']['institutions'], self.data.names)
+
+  @parameterized.parameters('classifier', 'autoencoder')
+  def test_threshold_flags_the_alert_budget_of_training_rows(self, name):
+    result = self.results[name]
+    threshold = program.saved_model.read_metadata(result.paths.export)['threshold']
+    scores = np.concatenate([client_data.predict(result.model, i.train, self.data.schema)
+                             for i in self.data.institutions])
+    self.assertBetween(np.mean(scores >= threshold), 0.009, 0.01)
+
+  @parameterized.parameters('classifier', 'autoencoder')
+  def test_a_bank_scores_raw_transactions_as_training_saw_them(self, name):
+    result = self.results[name]
+    institution = self.data.institutions[1]
+    bank = institution.name.removeprefix('bank_')
+    table = pd.read_csv(self.path, dtype=str)
+    own = table[(table['From Bank'] == bank) | (table['To Bank'] == bank)]
+    bank_file = os.path.join(self.root, f'{name}_{bank}.csv')
+    own.to_csv(bank_file, index=False, header=list(transactions.amlworld.HEADER))
+    output = os.path.join(self.root, f'{name}_{bank}_scored.csv')
+    self.assertEqual(scoring.score_csv(result.paths.export, bank_file, output), len(own))
+    scored = pd.read_csv(output)
+    self.assertEqual(list(scored.columns[-2:]), ['score', 'alert'])
+    # The same rows, in the same (time) order, as the institution's train then test rows.
+    rows = pd.concat([institution.train, institution.test], ignore_index=True)
+    expected = client_data.predict(result.model, rows, self.data.schema)
+    self.assertAllClose(scored['score'], expected, rtol=1e-4, atol=1e-6)
+
+    # Plain TensorFlow in a fresh process: raw fields plus aggregates in.
+    _, inputs = transactions.serving_inputs(bank_file)
+    served = helpers.serve_in_fresh_process(
+        result.paths.export, {k: v[:50].tolist() for k, v in inputs.items()})
+    self.assertAllClose(served['score'], expected[:50], rtol=1e-4, atol=1e-6)
+    self.assertEqual(served['alert'], scored['alert'][:50].tolist())
+
+  def test_labels_do_not_train_the_autoencoder(self):
+    # Flipping every label leaves the trained autoencoder exactly as it was.
+    flipped = os.path.join(self.root, 'flipped.csv')
+    table = pd.read_csv(self.path, dtype=str)
+    table['Is Laundering'] = np.where(table['Is Laundering'] == '1', '0', '1')
+    table.to_csv(flipped, index=False, header=list(transactions.amlworld.HEADER))
+    config = aml_autoencoder.get_config('smoke')
+    config.data.path, config.privacy.noise_seed = flipped, 0
+    result = program.run(config, os.path.join(self.root, 'flipped'), log=lambda _: None)
+    self.assertEqual(result.metrics['institutions'][0]['institution'], self.data.names[0])
+    rows = self.data.institutions[0].test
+    self.assertAllEqual(client_data.predict(result.model, rows, self.data.schema),
+                        client_data.predict(self.results['autoencoder'].model, rows, self.data.schema))

@@ -1,0 +1,33 @@
+import numpy as np
+import tensorflow as tf
+
+from tffaml.training import evaluation
+
+
+class RankingMetricsTest(tf.test.TestCase):
+
+  def test_hand_computed(self):
+    # Ten rows, two positives ranked 1st and 4th.
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    m = evaluation.ranking_metrics(labels, scores, budgets=(0.1, 0.3), threshold=0.55)
+    self.assertAllClose(m['auprc'], (1 / 1 + 2 / 4) / 2)  # Precision at each positive, averaged.
+    self.assertEqual(m['recall_at_10%'], 0.5)  # The top row.
+    self.assertAllClose(m['precision_at_30%'], 1 / 3)
+    self.assertEqual(m['alert_rate'], 0.4)  # Scores >= 0.55: four rows, both positives.
+    self.assertEqual(m['alert_recall'], 1.0)
+    self.assertEqual(m['alert_precision'], 0.5)
+    self.assertAllClose(m['alert_f1'], 2 / 3)
+
+  def test_no_threshold_no_alert_metrics_and_no_positives_is_nan(self):
+    m = evaluation.ranking_metrics(np.zeros(4), np.arange(4.0), budgets=(0.5,))
+    self.assertTrue(np.isnan(m['auprc']) and np.isnan(m['recall_at_50%']))
+    self.assertNotIn('alert_rate', m)
+
+  def test_pooled_and_per_institution(self):
+    result = evaluation.alert_metrics(
+        {'a': (np.array([1, 0]), np.array([0.9, 0.1])), 'b': (np.array([0, 1]), np.array([0.8, 0.2]))},
+        budgets=(0.25,), threshold=0.5)
+    self.assertEqual(result['institutions']['a']['auprc'], 1.0)
+    self.assertEqual(result['pooled']['rows'], 4)
+    self.assertEqual(result['pooled']['recall_at_25%'], 0.5)  # Top row of four: a's positive.
