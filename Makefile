@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(PYTHON) -m uv
 
-.PHONY: train train-record-dp test venv clean
+.PHONY: train train-record-dp train-aml test venv clean
 
 $(PY): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv \
@@ -19,6 +19,13 @@ train: $(PY)
 
 train-record-dp: $(PY)
 	$(PY) scripts/train.py --config=configs/loan_risk.py:record_dp --workdir=runs/loan_risk_record_dp
+
+# 1M synthetic transactions across 20 banks (written once), then the AML classifier.
+data/transactions.csv: | $(PY)
+	$(PY) scripts/generate_transactions.py --num_banks=20 --num_transactions=1000000 --seed=0 --output=$@
+
+train-aml: data/transactions.csv
+	$(PY) scripts/train.py --config=configs/aml.py --config.data.path=data/transactions.csv --workdir=runs/aml
 
 test: $(PY)
 	$(PY) -m pytest -q
