@@ -19,10 +19,15 @@ from absl import flags
 from absl import logging
 
 from tffaml.export import scoring
+from tffaml.export import signing
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Exported model directory.', required=True)
 _INPUT = flags.DEFINE_string('input', None, 'CSV with the schema\'s feature columns.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'Output CSV: input plus the model\'s outputs.', required=True)
+_PUBLIC_KEY = flags.DEFINE_string('public_key', None, 'The publisher\'s public key: the package'
+                                  ' must verify against it (scripts/verify.py).')
+_VERIFY = flags.DEFINE_bool('verify', True, 'Refuse a package that does not verify; --noverify'
+                            ' scores an unverified package (not for production).')
 _BANK = flags.DEFINE_string('bank', None, 'Transaction models: the scoring bank\'s code (inferred'
                             ' when every row touches one bank).')
 
@@ -30,7 +35,14 @@ _BANK = flags.DEFINE_string('bank', None, 'Transaction models: the scoring bank\
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  rows = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, bank=_BANK.value)
+  if _VERIFY.value and not _PUBLIC_KEY.value:
+    raise app.UsageError('pass --public_key=<publisher\'s public key> to verify the package'
+                         ' (or --noverify to score it unverified).')
+  try:
+    rows = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, bank=_BANK.value,
+                             public_key=_PUBLIC_KEY.value if _VERIFY.value else None)
+  except signing.VerificationError as e:
+    sys.exit(f'refused: {e}')
   print(f'scored {rows} rows -> {_OUTPUT.value}')
 
 

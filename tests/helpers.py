@@ -74,3 +74,17 @@ def serve_in_fresh_process(model_dir: str, inputs: dict[str, list]) -> dict[str,
   done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
                         capture_output=True, text=True, check=True, timeout=300)
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export_rate_model(model_dir: str, *, metadata: dict = None) -> None:
+  """Exports p(default) = sigmoid(rate - 15) on the test schema (no training)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tffaml import features  # pylint: disable=g-import-not-at-top
+  from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+  from tffaml.export import saved_model  # pylint: disable=g-import-not-at-top
+  schema = schema_lib.Schema.from_dict(SCHEMA)
+  inputs = features.keras_inputs(schema)
+  probability = tf.keras.layers.Lambda(lambda r: tf.sigmoid(r - 15.0)[:, None])(inputs['rate'])
+  saved_model.export(tf.keras.Model(inputs, probability), model_dir, schema=schema,
+                     interface=saved_model.table_interface(schema), threshold=0.5,
+                     metadata=metadata or {})

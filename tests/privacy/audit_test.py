@@ -5,10 +5,8 @@ import pandas as pd
 import tensorflow as tf
 
 from tests import helpers
-from tffaml import features
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
-from tffaml.export import saved_model
 from tffaml.privacy import audit
 
 SCHEMA = schema_lib.Schema.from_dict(helpers.SCHEMA)
@@ -34,13 +32,9 @@ def _leaky_federation(rows=300):
 
 def _export_rate_model(model_dir, claimed_epsilon):
   """p(default) = sigmoid(rate - 15): near 1 on every row above."""
-  inputs = features.keras_inputs(SCHEMA)
-  probability = tf.keras.layers.Lambda(lambda r: tf.sigmoid(r - 15.0)[:, None])(inputs['rate'])
-  model = tf.keras.Model(inputs, probability)
   guarantees = [] if claimed_epsilon is None else [
       {'unit': 'record (one row)', 'epsilon': claimed_epsilon, 'delta': 1e-5}]
-  saved_model.export(model, model_dir, schema=SCHEMA, interface=saved_model.table_interface(SCHEMA), threshold=0.5,
-                     metadata={'privacy': {'guarantees': guarantees}})
+  helpers.export_rate_model(model_dir, metadata={'privacy': {'guarantees': guarantees}})
 
 
 class AuditTest(tf.test.TestCase):

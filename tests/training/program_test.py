@@ -109,7 +109,7 @@ class ProgramTest(tf.test.TestCase):
   def test_score_csv(self):
     source = os.path.join(self.data_dir, 'bank_b', 'test.csv')
     output = os.path.join(self.root, 'scored.csv')
-    count = scoring.score_csv(self.result.paths.export, source, output)
+    count = scoring.score_csv(self.result.paths.export, source, output, public_key=None)
     scored = pd.read_csv(output)
     self.assertEqual(count, len(pd.read_csv(source)))
     self.assertTrue(scored['probability'].between(0, 1).all())
@@ -119,7 +119,7 @@ class ProgramTest(tf.test.TestCase):
     pd.DataFrame({'amount': [1.0, 'x'], 'rate': [1, 2], 'grade': ['A', 'B']}).to_csv(bad, index=False)
     output = os.path.join(self.root, 'never.csv')
     with self.assertRaisesRegex(ValueError, r"bad.csv: line 3, column 'amount': 'x' is not a number"):
-      scoring.score_csv(self.result.paths.export, bad, output)
+      scoring.score_csv(self.result.paths.export, bad, output, public_key=None)
     self.assertFalse(os.path.exists(output))
 
 

@@ -10,6 +10,7 @@ from tffaml import io
 from tffaml.data import schema as schema_lib
 from tffaml.data import transactions
 from tffaml.export import saved_model
+from tffaml.export import signing
 
 
 def _table_inputs(path: str, schema: schema_lib.Schema) -> tuple[pd.DataFrame, dict]:
@@ -21,19 +22,23 @@ def _table_inputs(path: str, schema: schema_lib.Schema) -> tuple[pd.DataFrame, d
 
 
 def score_csv(
-    model_dir: str, input_path: str, output_path: str, *,
+    model_dir: str, input_path: str, output_path: str, *, public_key: Optional[str],
     bank: Optional[str] = None, batch_size: int = 4096,
 ) -> int:
   """Writes `input_path`'s rows plus the model's score and decision columns.
 
-  The input is validated before anything is scored; the output appears only
-  when complete. A tabular model reads the schema's columns; a transaction
-  model reads an AMLworld file and scores the transactions of `bank` (see
-  `transactions.serving_inputs`).
+  The package is verified against `public_key` (its publisher's, see
+  `signing`) before anything of it is read; None skips that, which the
+  caller must choose explicitly. The input is validated before anything is
+  scored; the output appears only when complete. A tabular model reads the
+  schema's columns; a transaction model reads an AMLworld file and scores
+  the transactions of `bank` (see `transactions.serving_inputs`).
 
   Returns:
     The number of rows scored.
   """
+  if public_key is not None:
+    signing.verify(model_dir, public_key)
   metadata = saved_model.read_metadata(model_dir)
   serving = metadata.get('serving', {'input_format': 'table', 'score': 'probability', 'decision': 'label'})
   if serving['input_format'] == 'amlworld':

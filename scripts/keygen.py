@@ -1,0 +1,39 @@
+"""Writes a package-signing key pair (Ed25519), and optionally an encryption key.
+
+  python scripts/keygen.py --out_dir=keys
+  python scripts/keygen.py --out_dir=keys --encryption_key
+
+Writes keys/signing_key.pem (private: keep it with the publisher, mode 0600),
+keys/signing_key.pub.pem (give it to every bank that loads the models) and,
+with --encryption_key, keys/package.key (AES-256, base64; share it only with
+the parties that may read packages). Existing keys are never overwritten.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+from tffaml.export import encryption
+from tffaml.export import signing
+
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the keys go.', required=True)
+_ENCRYPTION_KEY = flags.DEFINE_bool('encryption_key', False, 'Also write an AES-256 key.')
+
+
+def main(argv):
+  del argv
+  try:
+    private, public = signing.generate_keys(_OUT_DIR.value)
+    print(f'signing key:  {private} (secret)\npublic key:   {public}')
+    if _ENCRYPTION_KEY.value:
+      print(f'package key:  {encryption.generate_key(os.path.join(_OUT_DIR.value, "package.key"))} (secret)')
+  except FileExistsError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

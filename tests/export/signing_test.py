@@ -1,0 +1,136 @@
+import os
+import shutil
+import subprocess
+import sys
+
+from absl.testing import parameterized
+import tensorflow as tf
+
+from tests import helpers
+from tffaml.export import encryption
+from tffaml.export import scoring
+from tffaml.export import signing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _flip_a_bit(package):
+  path = os.path.join(package, 'variables', 'variables.data-00000-of-00001')
+  with open(path, 'r+b') as f:
+    byte = f.read(1)
+    f.seek(0)
+    f.write(bytes([byte[0] ^ 1]))
+
+
+class SigningTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tf.compat.v1.test.get_temp_dir()
+    cls.package = os.path.join(cls.root, 'signed_export')
+    helpers.export_rate_model(cls.package)
+    cls.private, cls.public = signing.generate_keys(os.path.join(cls.root, 'keys'))
+    _, cls.other_public = signing.generate_keys(os.path.join(cls.root, 'other_keys'))
+    signing.sign(cls.package, cls.private)
+    cls.loans = os.path.join(cls.root, 'loans.csv')
+    helpers.institution_frame(20, seed=0).to_csv(cls.loans, index=False)
+
+  def copy(self):
+    target = os.path.join(self.create_tempdir().full_path, 'export')
+    shutil.copytree(self.package, target)
+    return target
+
+  def test_signed_package_verifies_and_scores(self):
+    self.assertIn('saved_model.pb', signing.verify(self.package, self.public))
+    output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
+    self.assertEqual(scoring.score_csv(self.package, self.loans, output, public_key=self.public), 20)
+
+  @parameterized.named_parameters(
+      ('flipped_bit', _flip_a_bit, None,
+       r"file 'variables/variables.data-00000-of-00001' was modified"),
+      ('added_file', lambda p: open(os.path.join(p, 'assets', 'extra.txt'), 'w').close(), None,
+       r"file\(s\) \['assets/extra.txt'\] are not in the signed manifest"),
+      ('missing_file', lambda p: os.remove(os.path.join(p, 'metadata.json')), None,
+       r"signed file 'metadata.json' is missing"),
+      ('wrong_key', lambda p: None, 'other',
+       r'the signature does not verify with .*other_keys/signing_key.pub.pem'),
+      ('unsigned', lambda p: os.remove(os.path.join(p, signing.SIGNATURE_FILE)), None,
+       r'not signed \(no tffaml-signature.json\); refusing to load it'),
+  )
+  def test_tampered_package_is_refused(self, tamper, key, message):
+    package = self.copy()
+    os.makedirs(os.path.join(package, 'assets'), exist_ok=True)
+    tamper(package)
+    public = self.other_public if key == 'other' else self.public
+    with self.assertRaisesRegex(signing.VerificationError, message):
+      signing.verify(package, public)
+    output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
+    with self.assertRaisesRegex(signing.VerificationError, message):
+      scoring.score_csv(package, self.loans, output, public_key=public)
+    self.assertFalse(os.path.exists(output))
+    # The command line: verify.py fails, score.py refuses.
+    verify = subprocess.run([sys.executable, 'scripts/verify.py', f'--model_dir={package}',
+                             f'--public_key={public}'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    self.assertEqual(verify.returncode, 1)
+    self.assertRegex(verify.stderr, 'REFUSED: .*' + message)
+
+  def test_score_py_requires_a_key_or_an_explicit_opt_out(self):
+    output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
+    done = subprocess.run([sys.executable, 'scripts/score.py', f'--model_dir={self.package}',
+                           f'--input={self.loans}', f'--output={output}'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    self.assertNotEqual(done.returncode, 0)
+    self.assertIn('pass --public_key', done.stderr)
+    self.assertFalse(os.path.exists(output))
+
+  def test_keys_are_never_overwritten(self):
+    with self.assertRaisesRegex(FileExistsError, 'never overwritten'):
+      signing.generate_keys(os.path.dirname(self.private))
+    self.assertEqual(os.stat(self.private).st_mode & 0o777, 0o600)
+
+
+class EncryptionTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.package = os.path.join(self.root, 'package')
+    os.makedirs(os.path.join(self.package, 'variables'))
+    for name, text in (('saved_model.pb', 'graph'), ('variables/v', 'weights')):
+      with open(os.path.join(self.package, name), 'w') as f:
+        f.write(text)
+    self.key = encryption.load_key(key_file=encryption.generate_key(os.path.join(self.root, 'k')))
+    self.sealed = os.path.join(self.root, 'package.enc')
+    encryption.encrypt_package(self.package, self.sealed, self.key)
+
+  def test_round_trip(self):
+    out = os.path.join(self.root, 'out')
+    encryption.decrypt_package(self.sealed, out, self.key)
+    with open(os.path.join(out, 'variables', 'v')) as f:
+      self.assertEqual(f.read(), 'weights')
+    with open(self.sealed, 'rb') as f:
+      self.assertNotIn(b'weights', f.read())
+
+  def test_wrong_key_or_altered_file_fails_loudly_and_writes_nothing(self):
+    out = os.path.join(self.root, 'out')
+    other = encryption.load_key(key_file=encryption.generate_key(os.path.join(self.root, 'k2')))
+    with self.assertRaisesRegex(encryption.DecryptionError, 'wrong key, or the file was altered'):
+      encryption.decrypt_package(self.sealed, out, other)
+    with open(self.sealed, 'r+b') as f:
+      f.seek(-5, os.SEEK_END)
+      byte = f.read(1)
+      f.seek(-5, os.SEEK_END)
+      f.write(bytes([byte[0] ^ 0x80]))
+    with self.assertRaisesRegex(encryption.DecryptionError, 'wrong key, or the file was altered'):
+      encryption.decrypt_package(self.sealed, out, self.key)
+    self.assertFalse(os.path.exists(out))
+
+  def test_key_from_environment(self):
+    with open(os.path.join(self.root, 'k')) as f:
+      os.environ['TFFAML_TEST_KEY'] = f.read()
+    self.assertEqual(encryption.load_key(key_env='TFFAML_TEST_KEY'), self.key)
+    os.environ['TFFAML_TEST_KEY'] = 'c2hvcnQ='
+    with self.assertRaisesRegex(ValueError, r'\$TFFAML_TEST_KEY: an AES-256 key is 32 bytes, got 5'):
+      encryption.load_key(key_env='TFFAML_TEST_KEY')

@@ -1,0 +1,101 @@
+"""Encrypted model packages for transfer and storage: AES-256-GCM.
+
+A package directory is archived (tar) and sealed with AES-256-GCM
+(`cryptography`'s AESGCM; a random 96-bit nonce per file, the format header
+as associated data), so a wrong key or any altered byte fails
+authentication before anything is extracted. Signing (`signing`) says who
+published a package; encryption keeps it unreadable on the way.
+
+File layout: MAGIC | nonce (12 bytes) | ciphertext with its 16-byte tag.
+The key is 32 random bytes, kept base64-encoded in a file or an environment
+variable (`generate_key`).
+"""
+
+import base64
+import binascii
+import io as stdlib_io
+import os
+import secrets
+import tarfile
+from typing import Optional
+
+from cryptography import exceptions as crypto_exceptions
+from cryptography.hazmat.primitives.ciphers import aead
+
+from tffaml import io
+
+MAGIC = b'TFFAML-AESGCM-1\n'
+_NONCE_BYTES = 12
+
+
+class DecryptionError(ValueError):
+  """Ciphertext that does not authenticate under the key."""
+
+
+def generate_key(path: str) -> str:
+  """Writes a new random AES-256 key (base64) readable by its owner only."""
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} exists; keys are never overwritten.')
+  with io.atomic_path(path) as tmp:
+    os.chmod(tmp, 0o600)
+    with open(tmp, 'w') as f:
+      f.write(base64.b64encode(secrets.token_bytes(32)).decode() + '\n')
+  return path
+
+
+def load_key(*, key_file: Optional[str] = None, key_env: Optional[str] = None) -> bytes:
+  """The 32-byte key from a file or an environment variable (base64)."""
+  if (key_file is None) == (key_env is None):
+    raise ValueError('give exactly one of --key_file and --key_env.')
+  if key_file is not None:
+    if not os.path.isfile(key_file):
+      raise FileNotFoundError(f'{key_file}: key file not found.')
+    with open(key_file) as f:
+      text, source = f.read().strip(), key_file
+  else:
+    if key_env not in os.environ:
+      raise ValueError(f'environment variable {key_env} is not set.')
+    text, source = os.environ[key_env].strip(), f'${key_env}'
+  try:
+    key = base64.b64decode(text, validate=True)
+  except binascii.Error:
+    raise ValueError(f'{source}: not base64.') from None
+  if len(key) != 32:
+    raise ValueError(f'{source}: an AES-256 key is 32 bytes, got {len(key)}.')
+  return key
+
+
+def encrypt_package(package_dir: str, output: str, key: bytes) -> None:
+  """Archives and seals `package_dir` into the file `output` (written atomically)."""
+  if not os.path.isdir(package_dir):
+    raise FileNotFoundError(f'{package_dir}: package directory not found.')
+  archive = stdlib_io.BytesIO()
+  with tarfile.open(fileobj=archive, mode='w') as tar:
+    tar.add(package_dir, arcname='.')
+  nonce = secrets.token_bytes(_NONCE_BYTES)
+  sealed = aead.AESGCM(key).encrypt(nonce, archive.getvalue(), MAGIC)
+  with io.atomic_path(output) as tmp:
+    with open(tmp, 'wb') as f:
+      f.write(MAGIC + nonce + sealed)
+
+
+def decrypt_package(encrypted: str, output_dir: str, key: bytes) -> None:
+  """Authenticates and unpacks `encrypted` into `output_dir` (atomically).
+
+  Raises:
+    DecryptionError: wrong key, altered or truncated file, not our format.
+  """
+  with open(encrypted, 'rb') as f:
+    data = f.read()
+  if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _NONCE_BYTES + 16:
+    raise DecryptionError(f'{encrypted}: not a tffaml encrypted package.')
+  nonce = data[len(MAGIC):len(MAGIC) + _NONCE_BYTES]
+  try:
+    plain = aead.AESGCM(key).decrypt(nonce, data[len(MAGIC) + _NONCE_BYTES:], MAGIC)
+  except crypto_exceptions.InvalidTag:
+    raise DecryptionError(
+        f'{encrypted}: does not authenticate: wrong key, or the file was altered.') from None
+  with io.atomic_path(output_dir, directory=True) as tmp:
+    os.makedirs(tmp)
+    with tarfile.open(fileobj=stdlib_io.BytesIO(plain)) as tar:
+      tar.extractall(tmp, filter='data')  # Refuses absolute paths, '..', devices.
