@@ -72,7 +72,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.federated.eval_every = 1  # Pooled test metrics every k rounds.
 
   config.aggregator = ml_collections.ConfigDict()
-  config.aggregator.type = 'gaussian_adaptive'  # mean | gaussian_fixed | gaussian_adaptive | robust
+  config.aggregator.type = 'gaussian_adaptive'  # mean | gaussian_fixed | gaussian_adaptive | robust | secure
   config.aggregator.noise_multiplier = 0.5  # Total, incl. adaptive clipping's share.
   config.aggregator.clip = 0.5  # Fixed clip, or adaptive clip's start.
   config.aggregator.target_unclipped_quantile = 0.5

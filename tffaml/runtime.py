@@ -100,7 +100,10 @@ def local_runtime() -> Iterator[None]:
       sig: signal.signal(sig, _raise_system_exit)
       for sig in (signal.SIGTERM, signal.SIGHUP)
   }
-  tff.backends.native.set_sync_local_cpp_execution_context()
+  # TFF's local C++ runtime, compiling secure-sum intrinsics (secure
+  # aggregation) into the plain sums they compute: the C++ runtime has no
+  # secure aggregation protocol, so the simulation runs them in the clear.
+  tff.backends.test.set_sync_test_cpp_execution_context()
   try:
     yield
   finally:

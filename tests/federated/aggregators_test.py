@@ -79,6 +79,29 @@ class ExecutionTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(first.result)))
 
   @parameterized.parameters(True, False)
+  def test_secure_matches_plain_mean_within_quantization(self, weighted):
+    values = [np.array([0.1, -0.2], np.float32), np.array([0.05, 0.4], np.float32),
+              np.array([-0.3, 0.25], np.float32)]
+    weights = [1.0, 2.0, 1.0] if weighted else None
+    results = {}
+    for kind in (aggregators.AggregatorType.SECURE, aggregators.AggregatorType.MEAN):
+      factory = aggregators.configure_aggregator(aggregator_type=kind, weighted=weighted, clients_per_round=3)
+      process = factory.create(VECTOR, tff.TensorType(np.float32)) if weighted else factory.create(VECTOR)
+      args = (process.initialize(), values) + ((weights,) if weighted else ())
+      results[kind] = process.next(*args).result
+    # The secure sum quantizes to 2**20 levels over the clip range: errors ~1e-6.
+    self.assertAllClose(results[aggregators.AggregatorType.SECURE],
+                        results[aggregators.AggregatorType.MEAN], atol=1e-5)
+    expected = np.average(values, axis=0, weights=weights)
+    self.assertAllClose(results[aggregators.AggregatorType.MEAN], expected, atol=1e-6)
+
+  def test_secure_signature_is_a_server_mean(self):
+    process = aggregators.configure_aggregator(
+        aggregator_type=aggregators.AggregatorType.SECURE, weighted=False, clients_per_round=3).create(VECTOR)
+    self.assertEqual(str(process.next.type_signature.parameter[1]), '{float32[2]}@CLIENTS')
+    self.assertEqual(str(process.next.type_signature.result.result), 'float32[2]@SERVER')
+
+  @parameterized.parameters(True, False)
   def test_mean_and_robust(self, weighted):
     for kind in (aggregators.AggregatorType.MEAN, aggregators.AggregatorType.ROBUST):
       factory = aggregators.configure_aggregator(

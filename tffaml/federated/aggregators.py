@@ -29,6 +29,11 @@ class AggregatorType(enum.Enum):
   GAUSSIAN_FIXED = 'gaussian_fixed'
   GAUSSIAN_ADAPTIVE = 'gaussian_adaptive'
   ROBUST = 'robust'  # Adaptive norm clipping and zeroing, no noise.
+  # tff.learning.secure_aggregator: the robust aggregator's clipping and
+  # zeroing, summed with secure-sum intrinsics. Simulation runs those as
+  # plain sums (see tffaml.runtime); a platform with secure aggregation would
+  # show the coordinator only the sum.
+  SECURE = 'secure'
 
   @property
   def is_dp(self) -> bool:
@@ -197,6 +202,8 @@ def configure_aggregator(
     return tff.aggregators.MeanFactory() if weighted else tff.aggregators.UnweightedMeanFactory()
   if aggregator_type is AggregatorType.ROBUST:
     return tff.learning.robust_aggregator(zeroing=True, clipping=True, weighted=weighted)
+  if aggregator_type is AggregatorType.SECURE:
+    return tff.learning.secure_aggregator(zeroing=True, clipping=True, weighted=weighted)
   if aggregator_type is AggregatorType.GAUSSIAN_FIXED:
     return gaussian_fixed(
         noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
