@@ -99,6 +99,12 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   # bit-identical DP reruns in research; whoever knows it can remove the noise.
   config.privacy.noise_seed = config_dict.placeholder(int)
 
+  # What the served model reveals (tffaml.export.saved_model.Hardening).
+  config.export = ml_collections.ConfigDict()
+  config.export.score_decimals = config_dict.placeholder(int)  # None: full precision.
+  config.export.decision_only = False  # Return only the label / alert.
+  config.export.input_rounding = ''  # e.g. 'annual_inc=1000,revol_util=5': granularity.
+
   config.reference = ml_collections.ConfigDict()
   config.reference.centralized_epochs = 10  # Pooled Keras reference; 0 skips.
   config.reference.learning_rate = 1e-3

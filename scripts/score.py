@@ -39,11 +39,14 @@ def main(argv):
     raise app.UsageError('pass --public_key=<publisher\'s public key> to verify the package'
                          ' (or --noverify to score it unverified).')
   try:
-    rows = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, bank=_BANK.value,
-                             public_key=_PUBLIC_KEY.value if _VERIFY.value else None)
+    result = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, bank=_BANK.value,
+                               public_key=_PUBLIC_KEY.value if _VERIFY.value else None)
   except signing.VerificationError as e:
     sys.exit(f'refused: {e}')
-  print(f'scored {rows} rows -> {_OUTPUT.value}')
+  print(f'scored {result.scored} rows -> {_OUTPUT.value} ({result.flagged} flagged: see its'
+        f' {scoring.FLAGS_COLUMN!r} column)')
+  if result.rejected:
+    print(f'rejected {result.rejected} rows, not scored -> {result.rejected_path}')
 
 
 if __name__ == '__main__':

@@ -76,8 +76,11 @@ def serve_in_fresh_process(model_dir: str, inputs: dict[str, list]) -> dict[str,
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def export_rate_model(model_dir: str, *, metadata: dict = None) -> None:
-  """Exports p(default) = sigmoid(rate - 15) on the test schema (no training)."""
+def export_rate_model(model_dir: str, *, metadata: dict = None, hardening=None) -> None:
+  """Exports p(default) = sigmoid(rate - 15) on the test schema (no training).
+
+  Its feature space is the test federation's, so scoring can check inputs.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tffaml import features  # pylint: disable=g-import-not-at-top
   from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
@@ -85,6 +88,8 @@ def export_rate_model(model_dir: str, *, metadata: dict = None) -> None:
   schema = schema_lib.Schema.from_dict(SCHEMA)
   inputs = features.keras_inputs(schema)
   probability = tf.keras.layers.Lambda(lambda r: tf.sigmoid(r - 15.0)[:, None])(inputs['rate'])
+  space = features.compute_feature_space(load_federation(), min_category_count=1)
   saved_model.export(tf.keras.Model(inputs, probability), model_dir, schema=schema,
                      interface=saved_model.table_interface(schema), threshold=0.5,
-                     metadata=metadata or {})
+                     metadata=dict(metadata or {}, feature_space=space.to_dict()),
+                     hardening=hardening or saved_model.Hardening())

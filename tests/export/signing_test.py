@@ -44,7 +44,7 @@ class SigningTest(tf.test.TestCase, parameterized.TestCase):
   def test_signed_package_verifies_and_scores(self):
     self.assertIn('saved_model.pb', signing.verify(self.package, self.public))
     output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
-    self.assertEqual(scoring.score_csv(self.package, self.loans, output, public_key=self.public), 20)
+    self.assertEqual(scoring.score_csv(self.package, self.loans, output, public_key=self.public).scored, 20)
 
   @parameterized.named_parameters(
       ('flipped_bit', _flip_a_bit, None,

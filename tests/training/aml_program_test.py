@@ -65,7 +65,8 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     bank_file = os.path.join(self.root, f'{name}_{bank}.csv')
     own.to_csv(bank_file, index=False, header=list(transactions.amlworld.HEADER))
     output = os.path.join(self.root, f'{name}_{bank}_scored.csv')
-    self.assertEqual(scoring.score_csv(result.paths.export, bank_file, output, public_key=None), len(own))
+    self.assertEqual(scoring.score_csv(result.paths.export, bank_file, output, public_key=None).scored,
+                     len(own))
     scored = pd.read_csv(output)
     self.assertEqual(list(scored.columns[-2:]), ['score', 'alert'])
     # The same rows, in the same (time) order, as the institution's train then test rows.

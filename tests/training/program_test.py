@@ -109,16 +109,35 @@ class ProgramTest(tf.test.TestCase):
   def test_score_csv(self):
     source = os.path.join(self.data_dir, 'bank_b', 'test.csv')
     output = os.path.join(self.root, 'scored.csv')
-    count = scoring.score_csv(self.result.paths.export, source, output, public_key=None)
-    scored = pd.read_csv(output)
-    self.assertEqual(count, len(pd.read_csv(source)))
+    result = scoring.score_csv(self.result.paths.export, source, output, public_key=None)
+    scored = pd.read_csv(output, keep_default_na=False)
+    self.assertEqual((result.scored, result.rejected), (len(pd.read_csv(source)), 0))
     self.assertTrue(scored['probability'].between(0, 1).all())
+    self.assertTrue((scored['flags'] == '').all())
 
-  def test_score_rejects_bad_input_and_writes_nothing(self):
+  def test_score_rejects_bad_rows_with_reasons_and_flags_odd_ones(self):
     bad = os.path.join(self.root, 'bad.csv')
-    pd.DataFrame({'amount': [1.0, 'x'], 'rate': [1, 2], 'grade': ['A', 'B']}).to_csv(bad, index=False)
+    pd.DataFrame({
+        'amount': [5000, 'x', 5000, 5000, 5000, 1e12],
+        'rate': [10, 10, 'inf', 10, 10, 10],
+        'grade': ['A', 'A', 'A', '', 'Z', 'B'],
+    }).to_csv(bad, index=False)
+    output = os.path.join(self.root, 'bad_scored.csv')
+    result = scoring.score_csv(self.result.paths.export, bad, output, public_key=None)
+    self.assertEqual((result.scored, result.rejected, result.flagged), (3, 3, 2))
+    rejected = pd.read_csv(result.rejected_path)
+    self.assertEqual(rejected['line'].tolist(), [3, 4, 5])
+    self.assertEqual(rejected['reasons'].tolist(), [
+        "amount: 'x' is not a number", "rate: 'inf' is not finite", 'grade: missing'])
+    flags = pd.read_csv(output, keep_default_na=False)['flags'].tolist()
+    self.assertEqual(flags, ['', "grade='Z' unknown (scored as out-of-vocabulary)",
+                             'amount=1e+12 outside the training range'])
+
+  def test_score_refuses_a_file_without_the_model_columns(self):
+    bad = os.path.join(self.root, 'no_rate.csv')
+    pd.DataFrame({'amount': [1.0], 'grade': ['A']}).to_csv(bad, index=False)
     output = os.path.join(self.root, 'never.csv')
-    with self.assertRaisesRegex(ValueError, r"bad.csv: line 3, column 'amount': 'x' is not a number"):
+    with self.assertRaisesRegex(ValueError, r"no_rate.csv: missing column\(s\) \['rate'\] the model needs"):
       scoring.score_csv(self.result.paths.export, bad, output, public_key=None)
     self.assertFalse(os.path.exists(output))
 

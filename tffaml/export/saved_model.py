@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import tensorflow as tf
 
@@ -57,17 +57,62 @@ def table_interface(schema: schema_lib.Schema) -> Interface:
   return Interface(inputs=specs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Hardening:
+  """What the served model reveals, against model inversion and extraction.
+
+  Attributes:
+    score_decimals: Round the returned score to this many decimals (None:
+      full precision). Coarse confidences give an attacker probing the
+      model far less to fit (Fredrikson et al. 2015, "Model Inversion
+      Attacks that Exploit Confidence Information").
+    decision_only: Return only the 0/1 decision, no score.
+    input_steps: Numeric input -> granularity it is rounded to before the
+      model sees it (e.g. income to the nearest 1,000).
+  """
+
+  score_decimals: Optional[int] = None
+  decision_only: bool = False
+  input_steps: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.score_decimals is not None and not 0 <= self.score_decimals <= 8:
+      raise ValueError(f'score_decimals must be in [0, 8], got {self.score_decimals}.')
+    for column, step in self.input_steps.items():
+      if not step > 0:
+        raise ValueError(f'input rounding step of {column!r} must be > 0, got {step}.')
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self) | {'input_steps': dict(self.input_steps)}
+
+
+def check_hardening(interface: Interface, hardening: Hardening) -> None:
+  """Input rounding must name numeric inputs of the signature."""
+  numeric = [c for c, spec in interface.inputs.items() if spec.dtype == tf.float32]
+  unknown = sorted(set(hardening.input_steps) - set(numeric))
+  if unknown:
+    raise ValueError(f'input rounding names {unknown}, not numeric inputs of the model ({numeric}).')
+
+
 class _ServingModule(tf.Module):
 
-  def __init__(self, model: tf.keras.Model, interface: Interface, threshold: float):
+  def __init__(self, model: tf.keras.Model, interface: Interface, threshold: float, hardening: Hardening):
     super().__init__()
     self.model = model
 
     @tf.function(input_signature=[dict(interface.inputs)])
     def serve(inputs):
+      inputs = dict(inputs)
+      for column, step in hardening.input_steps.items():
+        inputs[column] = tf.round(inputs[column] / step) * step
       score = tf.squeeze(self.model(interface.preprocess(inputs), training=False), axis=-1)
-      return {interface.score: score,
-              interface.decision: tf.cast(score >= threshold, tf.int64)}
+      outputs = {interface.decision: tf.cast(score >= threshold, tf.int64)}
+      if not hardening.decision_only:
+        if hardening.score_decimals is not None:
+          scale = 10.0 ** hardening.score_decimals
+          score = tf.round(score * scale) / scale
+        outputs[interface.score] = score
+      return outputs
 
     self.serve = serve
 
@@ -80,15 +125,19 @@ def export(
     interface: Interface,
     threshold: float,
     metadata: dict,
+    hardening: Hardening = Hardening(),
 ) -> None:
   """Writes the SavedModel and its metadata to `export_dir`, atomically."""
   if not math.isfinite(threshold):
     raise ValueError(f'threshold must be finite, got {threshold}.')
-  module = _ServingModule(model, interface, threshold)
+  check_hardening(interface, hardening)
+  module = _ServingModule(model, interface, threshold, hardening)
   with io.atomic_path(export_dir, directory=True) as tmp:
     tf.saved_model.save(module, tmp, signatures={SIGNATURE: module.serve})
-    metadata = dict(metadata, schema=schema.to_dict(), serving=interface.to_dict(),
-                    threshold=threshold)
+    serving = interface.to_dict() | {'hardening': hardening.to_dict()}
+    if hardening.decision_only:
+      del serving['score']
+    metadata = dict(metadata, schema=schema.to_dict(), serving=serving, threshold=threshold)
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       json.dump(metadata, f, indent=2)
 

@@ -11,6 +11,7 @@ import ml_collections
 import tensorflow as tf
 
 from tffaml.data import loading
+from tffaml.export import saved_model
 from tffaml.federated import aggregators
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
@@ -88,6 +89,7 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
         " config.federated.sampling='fixed_size' (sampling without replacement);"
         " use accountant='rdp' or sampling='poisson'.")
   _check_record_dp(config, choices)
+  hardening(config)
   return choices
 
 
@@ -196,6 +198,22 @@ def build_aggregator(
       clipped_count_stddev=a.clipped_count_stddev,
       noise_seed=noise_seed,
   )
+
+
+def hardening(config) -> saved_model.Hardening:
+  """`config.export` as the export's hardening options."""
+  steps = {}
+  for item in filter(None, (part.strip() for part in config.export.input_rounding.split(','))):
+    column, _, step = item.partition('=')
+    try:
+      steps[column.strip()] = float(step)
+    except ValueError:
+      raise ValueError(f'config.export.input_rounding: {item!r} is not column=step.') from None
+  try:
+    return saved_model.Hardening(score_decimals=config.export.score_decimals,
+                                 decision_only=config.export.decision_only, input_steps=steps)
+  except ValueError as e:
+    raise ValueError(f'config.export: {e}') from None
 
 
 def loss_fn(config, choices: Choices) -> tabular.PerExampleLoss:

@@ -180,6 +180,11 @@ def run(
   space = features.compute_feature_space(
       data, min_category_count=config.features.min_category_count)
   schema = data.schema
+  interface, hardening = loading.interface(config.data, schema), experiment.hardening(config)
+  try:
+    saved_model.check_hardening(interface, hardening)
+  except ValueError as e:
+    raise ValueError(f'config.export.input_rounding: {e}') from None
 
   keras_model_fn = experiment.keras_model_fn(config, choices, space)
   f = config.federated
@@ -303,8 +308,8 @@ def run(
   io.write_text(paths.privacy, statement.text() + '\n')
   report.plot_training_curves(paths.metrics_csv, paths.curves)
   saved_model.export(
-      model, paths.export, schema=schema, interface=loading.interface(config.data, schema),
-      threshold=threshold,
+      model, paths.export, schema=schema, interface=interface, threshold=threshold,
+      hardening=hardening,
       metadata={
           'feature_space': space.to_dict(),
           'config': _public_config(config),
