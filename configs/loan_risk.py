@@ -11,6 +11,8 @@ Presets (`--config=configs/loan_risk.py:NAME`):
             scripts/privacy_sweep.py (which adds each DP mechanism).
   compare   the same, the base of scripts/compare.py (record-level DP at
             ε = 3 where a method uses it).
+  attack    sweep's training settings, 10 rounds: the base of
+            scripts/attack_eval.py (which sets attacks and defences).
 """
 
 import ml_collections
@@ -72,12 +74,16 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.federated.eval_every = 1  # Pooled test metrics every k rounds.
 
   config.aggregator = ml_collections.ConfigDict()
-  config.aggregator.type = 'gaussian_adaptive'  # mean | gaussian_fixed | gaussian_adaptive | robust | secure
+  # mean | gaussian_fixed | gaussian_adaptive | secure, or a poisoning defence:
+  # robust (adaptive clipping + zeroing) | clipping (fixed) | median | trimmed_mean
+  config.aggregator.type = 'gaussian_adaptive'
   config.aggregator.noise_multiplier = 0.5  # Total, incl. adaptive clipping's share.
   config.aggregator.clip = 0.5  # Fixed clip, or adaptive clip's start.
   config.aggregator.target_unclipped_quantile = 0.5
   config.aggregator.clip_learning_rate = 0.2
   config.aggregator.clipped_count_stddev = config_dict.placeholder(float)  # None: max(0.05 * cohort, noise)
+  config.aggregator.zeroing_norm = config_dict.placeholder(float)  # clipping: None = 10 * clip.
+  config.aggregator.trim_fraction = 0.2  # trimmed_mean: trimmed at each end.
 
   # Record-level DP: DP-SGD inside each institution (expected batch =
   # federated.batch_size, federated.client_epochs expected passes per round).
@@ -105,6 +111,14 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.export.decision_only = False  # Return only the label / alert.
   config.export.input_rounding = ''  # e.g. 'annual_inc=1000,revol_util=5': granularity.
 
+  # Simulated poisoning (tffaml.training.poisoning), to measure defences.
+  config.attack = ml_collections.ConfigDict()
+  config.attack.type = 'none'  # none | label_flip | boost | backdoor
+  config.attack.institutions = ''  # Comma-separated names; or:
+  config.attack.count = 0  # this many drawn from config.seed.
+  config.attack.boost_factor = 0.0  # boost: update multiplier; 0 = number of institutions.
+  config.attack.trigger = ''  # backdoor: 'column=value,...'; '' = first numeric at 10x its max.
+
   config.reference = ml_collections.ConfigDict()
   config.reference.centralized_epochs = 10  # Pooled Keras reference; 0 skips.
   config.reference.learning_rate = 1e-3
@@ -119,7 +133,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   elif preset == 'no_dp':
     config.aggregator.type = 'mean'
     config.aggregator.noise_multiplier = 0.0
-  elif preset in ('sweep', 'record_dp', 'compare'):
+  elif preset in ('sweep', 'record_dp', 'compare', 'attack'):
     # Settings that train well under DP-SGD's clipping and noise: logistic
     # regression, larger local steps, no server momentum (it amplifies noise).
     config.model.name = 'logistic'
@@ -128,16 +142,19 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     config.federated.server_momentum = 0.0
     config.aggregator.type = 'mean'
     config.aggregator.noise_multiplier = 0.0
-    if preset == 'sweep':  # scripts/privacy_sweep.py sets the DP mechanism.
+    if preset in ('sweep', 'attack'):  # The scripts set the mechanism.
       config.reference.centralized_epochs = 0
+    if preset == 'attack':
+      config.federated.rounds = 10
+      config.federated.eval_every = 0  # Measured once, at the end.
     if preset in ('sweep', 'compare'):
       # Research runs must repeat: a known noise seed (never for release).
       config.privacy.noise_seed = 0
     if preset == 'compare':  # scripts/compare.py sets each method's DP.
       config.privacy.target_epsilon = 3.0  # For fedavg_record_dp.
-    else:
+    elif preset != 'attack':
       config.record_dp.enabled = True
       config.privacy.target_epsilon = 3.0
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, record_dp, sweep, compare.')
+    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, record_dp, sweep, compare, attack.')
   return config

@@ -55,6 +55,33 @@ class ProcessesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertGreater(max(np.abs(a - b).max() for a, b in zip(after, before)), 0)
     self.assertEqual(output.metrics['client_work']['train']['num_examples'], 180)
 
+  def test_scaled_updates(self):
+    # Scale 1 everywhere is FedAvg; scale 3 at one institution of three, with
+    # uniform weighting and server learning rate 1, moves the model by
+    # (u_a + u_b + 3 u_c) / 3 instead of (u_a + u_b + u_c) / 3.
+    def build(scaled):
+      kwargs = dict(model_fn=self.model_fn, weighting=P.Weighting.UNIFORM,
+                    client_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=0.1),
+                    server_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=1.0),
+                    aggregator=aggregators.configure_aggregator(
+                        aggregator_type=aggregators.AggregatorType.MEAN, weighted=False, clients_per_round=3))
+      if scaled:
+        return P.build_scaled_update_train_process(**kwargs)
+      return P.build_train_process(algorithm=P.Algorithm.FEDAVG, **kwargs)
+
+    def moved(process, data):
+      state = process.initialize()
+      before = process.get_model_weights(state).trainable
+      after = process.get_model_weights(process.next(state, data).state).trainable
+      return [a - b for a, b in zip(after, before)]
+
+    plain = moved(build(False), self.datasets)
+    ones = moved(build(True), [P.scaled_client_data(d, 1.0) for d in self.datasets])
+    self.assertAllClose(ones, plain, atol=1e-6)
+    boosted = moved(build(True), [P.scaled_client_data(d, s) for d, s in zip(self.datasets, (1.0, 1.0, 3.0))])
+    alone = moved(build(False), self.datasets[2:])  # u_c: the third institution's update alone.
+    self.assertAllClose(boosted, [p + 2 * a / 3 for p, a in zip(plain, alone)], atol=1e-5)
+
   def test_weighting_must_match_aggregator(self):
     with self.assertRaisesRegex(ValueError, "weighting='examples' needs a weighted aggregator"):
       self._build(P.Algorithm.FEDAVG, P.Weighting.EXAMPLES, aggregator=aggregators.configure_aggregator(

@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
 from tffaml.federated import dp_queries
+from tffaml.federated import robust
 
 Factory = Union[
     tff.aggregators.UnweightedAggregationFactory,
@@ -34,6 +35,11 @@ class AggregatorType(enum.Enum):
   # plain sums (see tffaml.runtime); a platform with secure aggregation would
   # show the coordinator only the sum.
   SECURE = 'secure'
+  # Poisoning defences (tffaml.federated.robust): fixed clipping and zeroing,
+  # coordinate-wise median and trimmed mean.
+  CLIPPING = 'clipping'
+  MEDIAN = 'median'
+  TRIMMED_MEAN = 'trimmed_mean'
 
   @property
   def is_dp(self) -> bool:
@@ -174,6 +180,8 @@ def configure_aggregator(
     clip_learning_rate: float = 0.2,
     clipped_count_stddev: Optional[float] = None,
     noise_seed: int = 0,
+    zeroing_norm: Optional[float] = None,
+    trim_fraction: float = 0.2,
 ) -> Factory:
   """The aggregation factory for `aggregator_type`.
 
@@ -189,6 +197,9 @@ def configure_aggregator(
     clipped_count_stddev: Adaptive clipping's count noise (default: see
       `default_clipped_count_stddev`).
     noise_seed: Key of the DP noise generator.
+    zeroing_norm: `clipping`: updates above this norm are dropped (default
+      10 * clip).
+    trim_fraction: `trimmed_mean`: fraction trimmed at each end.
 
   Returns:
     A weighted factory when `weighted`, else an unweighted one.
@@ -204,6 +215,14 @@ def configure_aggregator(
     return tff.learning.robust_aggregator(zeroing=True, clipping=True, weighted=weighted)
   if aggregator_type is AggregatorType.SECURE:
     return tff.learning.secure_aggregator(zeroing=True, clipping=True, weighted=weighted)
+  if aggregator_type is AggregatorType.CLIPPING:
+    return robust.fixed_clipping_and_zeroing(
+        clip=clip, zeroing_norm=zeroing_norm or 10 * clip, weighted=weighted)
+  if aggregator_type in (AggregatorType.MEDIAN, AggregatorType.TRIMMED_MEAN):
+    if weighted:
+      raise ValueError(f"aggregator {aggregator_type.value!r} counts every institution once; set"
+                       " config.federated.weighting='uniform'.")
+    return robust.median() if aggregator_type is AggregatorType.MEDIAN else robust.trimmed_mean(trim_fraction)
   if aggregator_type is AggregatorType.GAUSSIAN_FIXED:
     return gaussian_fixed(
         noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,

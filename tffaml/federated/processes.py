@@ -13,6 +13,7 @@ literature as choices of TFF builder and optimizers:
   averaged by example count.
 """
 
+import collections
 import enum
 from typing import Callable, Optional
 
@@ -201,5 +202,80 @@ def build_dp_sgd_train_process(
           noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size,
           loss_fn=loss_fn),
       aggregation,
+      tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+  )
+
+
+def _scaled_updates(inner: tff.learning.templates.ClientWorkProcess) -> tff.learning.templates.ClientWorkProcess:
+  """`inner`, each institution's update multiplied by the scale sent with its data.
+
+  Client data: `<data=inner's data, scale=float32*>` (a one-element sequence:
+  TFF client data must be sequences).
+  """
+  state_type = inner.initialize.type_signature.result
+  _, weights_type, data_type = inner.next.type_signature.parameter
+  result_type = inner.next.type_signature.result.result.member
+  scaled_data_type = tff.FederatedType(
+      tff.StructType([('data', data_type.member), ('scale', tff.SequenceType(np.float32))]), tff.CLIENTS)
+
+  @tff.tensorflow.computation(result_type, tff.SequenceType(np.float32))
+  def scale_update(result, scale):
+    factor = scale.reduce(0.0, lambda total, x: total + x)
+    return tff.learning.templates.ClientResult(
+        update=tf.nest.map_structure(lambda u: u * factor, result.update),
+        update_weight=result.update_weight)
+
+  @tff.federated_computation(state_type, weights_type, scaled_data_type)
+  def next_fn(state, weights, client_data):
+    output = inner.next(state, weights, client_data.data)
+    return tff.templates.MeasuredProcessOutput(
+        output.state, tff.federated_map(scale_update, (output.result, client_data.scale)),
+        output.measurements)
+
+  return tff.learning.templates.ClientWorkProcess(inner.initialize, next_fn)
+
+
+def scaled_client_data(dataset: tf.data.Dataset, scale: float) -> collections.OrderedDict:
+  """An institution's data for `build_scaled_update_train_process`."""
+  return collections.OrderedDict(data=dataset, scale=tf.data.Dataset.from_tensors(np.float32(scale)))
+
+
+def build_scaled_update_train_process(
+    *,
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    weighting: Weighting,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+    aggregator: aggregators.Factory,
+) -> tff.learning.templates.LearningProcess:
+  """FedAvg in which an institution's update is multiplied by a scale it sends.
+
+  The simulation of model replacement (Bagdasaryan et al. 2020, "How To
+  Backdoor Federated Learning", arXiv:1807.00459): a malicious institution
+  boosts its update so that it survives averaging; honest ones send scale 1,
+  which is plain FedAvg.
+
+  Type signature of `next`:
+  `(<state@SERVER, {<data=<x, y>*, scale=float32*>}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`,
+  client data from `scaled_client_data`.
+  """
+  _check_weighting(weighting, aggregator)
+  from tensorflow_federated.python.learning.templates import model_delta_client_work  # pylint: disable=g-import-not-at-top
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights.from_model(model_fn())
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  client_weighting = (tff.learning.ClientWeighting.NUM_EXAMPLES if weighting is Weighting.EXAMPLES
+                      else tff.learning.ClientWeighting.UNIFORM)
+  if not isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
+    aggregator = tff.aggregators.as_weighted_aggregator(aggregator)
+  return tff.learning.templates.compose_learning_process(
+      initial_model_weights_fn,
+      tff.learning.templates.build_broadcast_process(weights_type),
+      _scaled_updates(model_delta_client_work.build_model_delta_client_work(
+          model_fn, client_optimizer, client_weighting)),
+      aggregator.create(weights_type.trainable, tff.TensorType(np.float32)),
       tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
   )

@@ -89,6 +89,9 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
         " config.federated.sampling='fixed_size' (sampling without replacement);"
         " use accountant='rdp' or sampling='poisson'.")
   _check_record_dp(config, choices)
+  if config.record_dp.enabled and config.attack.type != 'none':
+    raise ValueError('config.attack simulates attacks on FedAvg without record-level DP;'
+                     ' set config.record_dp.enabled=False.')
   hardening(config)
   return choices
 
@@ -197,6 +200,8 @@ def build_aggregator(
       clip_learning_rate=a.clip_learning_rate,
       clipped_count_stddev=a.clipped_count_stddev,
       noise_seed=noise_seed,
+      zeroing_norm=a.zeroing_norm,
+      trim_fraction=a.trim_fraction,
   )
 
 
@@ -236,7 +241,9 @@ def model_fn(config, choices: Choices, keras_model: Callable[[], tf.keras.Model]
       threshold=config.model.threshold if choices.model.is_classifier else None)
 
 
-def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, model_fn, aggregator):
+def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, model_fn, aggregator,
+                        scaled_updates: bool = False):
+  """The training process; `scaled_updates`: institutions scale their updates (a boosting attack)."""
   f = config.federated
   optimizers = dict(
       client_optimizer=processes.build_optimizer(
@@ -246,6 +253,12 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
           choices.server_optimizer, learning_rate=f.server_learning_rate,
           momentum=f.server_momentum),
   )
+  if scaled_updates:
+    if choices.algorithm is not processes.Algorithm.FEDAVG:
+      raise ValueError(f"config.attack.type='boost' simulates FedAvg; config.federated.algorithm="
+                       f'{config.federated.algorithm!r} must be \'fedavg\'.')
+    return processes.build_scaled_update_train_process(
+        model_fn=model_fn, weighting=choices.weighting, aggregator=aggregator, **optimizers)
   if plan.record is not None:
     return processes.build_dp_sgd_train_process(
         model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,

@@ -48,6 +48,7 @@ from tffaml.privacy import accounting
 from tffaml.training import centralized
 from tffaml.training import evaluation
 from tffaml.training import experiment
+from tffaml.training import poisoning
 from tffaml.training import report
 
 
@@ -171,6 +172,10 @@ def run(
   """
   choices = experiment.parse_choices(config)
   data = loading.load(config.data, seed=config.seed, log=log)
+  attack = poisoning.from_config(config, data, seed=config.seed)
+  if attack.type is not poisoning.AttackType.NONE:
+    log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
+    data = poisoning.poison(data, attack)
   paths = Paths(os.path.abspath(workdir))
   os.makedirs(paths.results, exist_ok=True)
   _check_or_write_hyperparameters(config, paths)
@@ -202,8 +207,9 @@ def run(
   if noise_seed is None:  # Secret by default: see tffaml.federated.dp_queries.
     noise_seed = secrets.randbits(62)
   aggregator = experiment.build_aggregator(config, choices, plan, cohort=cohort, noise_seed=noise_seed)
+  boosting = attack.type is poisoning.AttackType.BOOST
   process = experiment.build_train_process(
-      config, choices, plan, model_fn=model_fn, aggregator=aggregator)
+      config, choices, plan, model_fn=model_fn, aggregator=aggregator, scaled_updates=boosting)
 
   state = process.initialize()
   # TFF's initialize() runs Keras initializers unseeded; start from ours.
@@ -235,9 +241,12 @@ def run(
           frame, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
           seed=_stable_seed(noise_seed, round_num, i),
           max_rows_per_unit=config.record_dp.max_rows_per_unit)
-    return client_data.to_dataset(
+    dataset = client_data.to_dataset(
         frame, schema, batch_size=f.batch_size, epochs=f.client_epochs,
         shuffle_seed=_stable_seed(config.seed, round_num, i))
+    if boosting:
+      return processes.scaled_client_data(dataset, attack.scale(data.institutions[i].name))
+    return dataset
 
   last_round = f.rounds if stop_after_round is None else min(f.rounds, stop_after_round)
   progress = _Progress(f.rounds, first_round, log)
@@ -293,6 +302,8 @@ def run(
         {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
          for i in data.institutions},
         budgets=tuple(config.evaluation.alert_budgets), threshold=threshold)
+  if attack.type is not poisoning.AttackType.NONE:
+    metrics['attack'] = poisoning.measure(attack, model, data)
   if config.reference.centralized_epochs:
     log('training the centralized reference (pooled data, same model)...')
     reference = centralized.train(
