@@ -3,8 +3,9 @@
   python scripts/compare.py --config=configs/loan_risk.py:compare --seeds=0,1,2 \
       --output_dir=runs/compare
 
-Writes <output_dir>/compare.csv (per method: AUC on all test rows, median and
-worst institution AUC, mean and std over seeds), compare_institutions.csv,
+Writes <output_dir>/compare.csv (per method and metric - AUC, AUPRC, recall
+at each config.evaluation.alert_budgets - on all test rows, median and worst
+institution, mean and std over seeds), compare_institutions.csv,
 compare.md and compare.png. See tffaml.training.compare for the methods.
 """
 
@@ -38,10 +39,11 @@ def main(argv):
     raise app.UsageError(f'--seeds must be integers and --methods of'
                          f' {[m.value for m in compare.Method]}: {e}') from None
   with runtime.local_runtime():
-    summary, _ = compare.run(_CONFIG.value, seeds=seeds, methods=methods,
-                             output_dir=_OUTPUT_DIR.value)
-  print(summary.to_string(index=False))
-  print(f'\nresults: {os.path.join(_OUTPUT_DIR.value, "compare.md")}, compare.csv,'
+    compare.run(_CONFIG.value, seeds=seeds, methods=methods,
+                output_dir=_OUTPUT_DIR.value)
+  with open(os.path.join(_OUTPUT_DIR.value, 'compare.md')) as f:
+    print(f.read())
+  print(f'results: {os.path.join(_OUTPUT_DIR.value, "compare.md")}, compare.csv,'
         ' compare_institutions.csv, compare.png')
 
 
