@@ -19,13 +19,29 @@ import tensorflow_federated as tff
 from tffaml import features
 
 
-def _histogram(scaled: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
-  """[below low, `bins` equal bins of [low, high), at or above high]."""
-  inside = (scaled >= low) & (scaled < high)
-  counts = np.bincount(
-      np.minimum(((scaled[inside] - low) / (high - low) * bins).astype(np.int64), bins - 1),
-      minlength=bins)
-  return np.concatenate([[np.sum(scaled < low)], counts, [np.sum(scaled >= high)]]).astype(np.float64)
+def _histogram(scaled: np.ndarray, edges: np.ndarray) -> np.ndarray:
+  """[below edges[0], one count per [edges[i], edges[i+1]), at or above edges[-1]].
+
+  Bins are found by comparison with the edges themselves, so the next
+  pass's interval [edges[b], edges[b+1]) holds exactly the rows counted in b.
+  """
+  counts = np.bincount(np.searchsorted(edges, scaled, 'right'), minlength=len(edges) + 1)
+  return counts.astype(np.float64)
+
+
+def _smallest_score_at_or_above(scaled_threshold: float) -> float:
+  """The smallest float32 score s with s / (1 + s) >= the threshold.
+
+  Served models compare float32 scores, so the threshold is one of them.
+  """
+  score = np.float32(scaled_threshold / (1.0 - scaled_threshold))
+  while np.float64(score) / (1.0 + np.float64(score)) < scaled_threshold:
+    score = np.nextafter(score, np.float32(np.inf))
+  while True:
+    below = np.nextafter(score, np.float32(0))
+    if np.float64(below) / (1.0 + np.float64(below)) < scaled_threshold:
+      return float(score)
+    score = below
 
 
 def federated_quantile(
@@ -34,8 +50,9 @@ def federated_quantile(
   """A threshold t with at most a (1 - q) fraction of all scores >= t.
 
   t is the upper edge of the final bin holding the k-th smallest score,
-  k = ceil(q * n), so the rows flagged by `score >= t` never exceed
-  n - k (ties aside) and fall short of it only by the rows in that bin.
+  k = ceil(q * n) (as the smallest float32 at or above it), so the rows
+  flagged by `score >= t` never exceed n - k and fall short of it only by
+  the rows in that bin.
 
   Args:
     client_scores: Each institution's scores (>= 0); never pooled.
@@ -59,11 +76,10 @@ def federated_quantile(
   summed = features.build_federated_sum(tff.TensorType(np.float64, [bins + 2]))
   low, high = 0.0, 1.0
   for _ in range(passes):
-    counts = np.asarray(summed([_histogram(s, low, high, bins) for s in scaled]))
-    rank = int(np.ceil(q * counts.sum()))  # The k-th smallest score.
+    edges = np.linspace(low, high, bins + 1)  # Exact at both ends.
+    counts = np.asarray(summed([_histogram(s, edges) for s in scaled]))
+    rank = int(np.ceil(q * counts.sum()))  # The k-th smallest score lies in [low, high).
     below_bin_end = counts[0] + np.cumsum(counts[1:-1])
-    # Rounding may put a score at a bin edge on either side: stay inside.
-    b = min(int(np.searchsorted(below_bin_end, rank, 'left')), bins - 1)
-    width = (high - low) / bins
-    low, high = low + b * width, low + (b + 1) * width
-  return high / (1.0 - high) if high < 1.0 else float('inf')
+    b = int(np.searchsorted(below_bin_end, rank, 'left'))
+    low, high = edges[b], edges[b + 1]
+  return _smallest_score_at_or_above(high)
