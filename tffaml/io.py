@@ -8,6 +8,12 @@ import tempfile
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, *, directory: bool = False) -> Iterator[str]:
   """Yields a temporary path beside `path`, renamed onto it on success.
@@ -31,6 +37,7 @@ def atomic_path(path: str, *, directory: bool = False) -> Iterator[str]:
   else:
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=prefix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # As open() would create it; mkstemp makes it private.
   try:
     yield tmp
     if directory and os.path.isdir(path):
