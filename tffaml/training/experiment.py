@@ -205,15 +205,21 @@ def build_aggregator(
   )
 
 
+def column_numbers(text: str, *, key: str, number: str = 'value') -> dict[str, float]:
+  """'col=1.5,other=2' -> {'col': 1.5, 'other': 2.0}; errors name `config.<key>`."""
+  values = {}
+  for item in filter(None, (part.strip() for part in text.split(','))):
+    column, _, value = item.partition('=')
+    try:
+      values[column.strip()] = float(value)
+    except ValueError:
+      raise ValueError(f'config.{key}: {item!r} is not column={number}.') from None
+  return values
+
+
 def hardening(config) -> saved_model.Hardening:
   """`config.export` as the export's hardening options."""
-  steps = {}
-  for item in filter(None, (part.strip() for part in config.export.input_rounding.split(','))):
-    column, _, step = item.partition('=')
-    try:
-      steps[column.strip()] = float(step)
-    except ValueError:
-      raise ValueError(f'config.export.input_rounding: {item!r} is not column=step.') from None
+  steps = column_numbers(config.export.input_rounding, key='export.input_rounding', number='step')
   try:
     return saved_model.Hardening(score_decimals=config.export.score_decimals,
                                  decision_only=config.export.decision_only, input_steps=steps)

@@ -29,6 +29,7 @@ from sklearn import metrics as sk_metrics
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
+from tffaml.training import experiment
 
 LABEL = schema_lib.LABEL_COLUMN
 
@@ -53,16 +54,10 @@ class Attack:
 
 
 def _parse_trigger(text: str, schema: schema_lib.Schema) -> dict[str, float]:
-  trigger = {}
-  for item in filter(None, (p.strip() for p in text.split(','))):
-    column, _, value = item.partition('=')
-    column = column.strip()
+  trigger = experiment.column_numbers(text, key='attack.trigger')
+  for column in trigger:
     if column not in schema.numeric:
       raise ValueError(f'config.attack.trigger: {column!r} is not a numeric feature ({list(schema.numeric)}).')
-    try:
-      trigger[column] = float(value)
-    except ValueError:
-      raise ValueError(f'config.attack.trigger: {item!r} is not column=value.') from None
   return trigger
 
 
