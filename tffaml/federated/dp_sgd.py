@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.learning import loop_builder  # pylint: disable=g-direct-tensorflow-import
 
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
@@ -112,8 +113,8 @@ def poisson_batches(
   segments = ragged(np.concatenate(step_segments))
   step_seeds = rng.integers(0, np.iinfo(np.int64).max, (steps, 2), dtype=np.int64)
   # Slices of a ragged tensor are dense; the identity map makes tf.data say so.
-  return tf.data.Dataset.from_tensor_slices(
-      (batch_features, labels, segments, step_seeds)).map(lambda *element: element)
+  return client_data.lean(tf.data.Dataset.from_tensor_slices(
+      (batch_features, labels, segments, step_seeds)).map(lambda *element: element))
 
 
 def _clipped_noised_mean_gradient(
@@ -147,7 +148,8 @@ def _clipped_noised_mean_gradient(
   return result
 
 
-def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multiplier, expected_batch_size):
+def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multiplier, expected_batch_size,
+                         loop_implementation):
   """DP-SGD over an institution's `poisson_batches`; returns (ClientResult, counts)."""
 
   @tf.function
@@ -172,8 +174,9 @@ def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multi
         variable.assign(value)
       return optimizer_state, steps + 1, sampled + tf.shape(y, out_type=tf.int64)[0]
 
-    _, steps, sampled = dataset.reduce(
-        (optimizer_state, tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
+    _, steps, sampled = loop_builder.build_training_loop(loop_implementation)(
+        step, dataset,
+        lambda: (optimizer_state, tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
     update = tf.nest.map_structure(tf.subtract, initial_weights.trainable, weights.trainable)
     return (
         tff.learning.templates.ClientResult(update=update, update_weight=tf.constant(1.0)),
@@ -191,6 +194,7 @@ def build_dp_sgd_client_work(
     noise_multiplier: float,
     expected_batch_size: int,
     loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = tf.keras.losses.binary_crossentropy,
+    loop_implementation: tff.learning.LoopImplementation = tff.learning.LoopImplementation.DATASET_REDUCE,
 ) -> tff.learning.templates.ClientWorkProcess:
   """A client work process training each institution with DP-SGD.
 
@@ -211,6 +215,8 @@ def build_dp_sgd_client_work(
     noise_multiplier: σ (>= 0; 0 trains with clipping only, no DP).
     expected_batch_size: B, the divisor of the noised sum.
     loss_fn: `(labels, scores) -> per-row losses` (`tabular.per_example_loss`).
+    loop_implementation: How the local loop iterates the batches, as in TFF's
+      builders (`processes.LOOP` is the fast choice in simulation).
 
   Returns:
     A `tff.learning.templates.ClientWorkProcess`.
@@ -236,7 +242,8 @@ def build_dp_sgd_client_work(
     # tf.function orders the variable updates (TFF traces in plain graph mode).
     return _build_client_update(
         model_fn(), optimizer, loss_fn=loss_fn, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-        expected_batch_size=expected_batch_size)(initial_weights, dataset)
+        expected_batch_size=expected_batch_size, loop_implementation=loop_implementation,
+    )(initial_weights, dataset)
 
   @tff.federated_computation()
   def init_fn():
