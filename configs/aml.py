@@ -14,6 +14,12 @@ Presets (`--config=configs/aml.py:NAME`):
   no_dp   the same federation without noise.
   compare the base of scripts/compare.py: 15 rounds, one centralized epoch
           (local-only models get as many steps each).
+  stream  rows streamed from per-bank files, no pooled reference: 10M
+          transactions across 100 banks train in under 8 GB, e.g.
+            python scripts/generate_transactions.py --num_banks=100 \
+                --num_transactions=10000000 --seed=0 --output=data/transactions_10m.csv
+            python scripts/train.py --config=configs/aml.py:stream \
+                --config.data.path=data/transactions_10m.csv --workdir=runs/aml_10m
 """
 
 import ml_collections
@@ -31,6 +37,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.data.min_rows = 1000  # A bank joins with this many training transactions...
   config.data.min_positives = 5  # ...of which this many laundering.
   config.data.max_banks = 0  # Only the largest this many banks; 0: every bank that qualifies.
+  # Store each bank's rows under {workdir}/shards and stream them from there
+  # (tf.data), one bank in memory at a time: for files larger than memory.
+  config.data.stream = False
 
   # Rare positives (about 0.1%): focal loss, and alerts placed by budget.
   config.model.loss = 'focal'
@@ -66,6 +75,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     if preset == 'compare':
       config.federated.rounds = 15
       config.reference.centralized_epochs = 1
+  elif preset == 'stream':
+    config.data.stream = True
+    config.reference.centralized_epochs = 0
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, compare.')
+    raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, compare, stream.')
   return config

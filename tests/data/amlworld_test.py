@@ -47,8 +47,18 @@ class ReadTest(tf.test.TestCase, parameterized.TestCase):
     rows[row][column] = value
     path = write(self.create_tempdir().full_path,
                  [','.join(f'"{c}"' if ',' in c else c for c in r) for r in rows])
-    with self.assertRaisesRegex(schema_lib.DataError, f'{path}: {message}'):
-      amlworld.read(path)
+    for chunk_rows in (amlworld.CHUNK_ROWS, 1, 3):  # The line is the file's, in any chunk.
+      with self.assertRaisesRegex(schema_lib.DataError, f'{path}: {message}'):
+        amlworld.read(path, chunk_rows=chunk_rows)
+
+  @parameterized.parameters(1, 3)
+  def test_chunks_read_as_one(self, chunk_rows):
+    path = write(self.create_tempdir().full_path)
+    whole, chunked = amlworld.read(path), amlworld.read(path, chunk_rows=chunk_rows)
+    self.assertEqual(whole.astype(str).values.tolist(), chunked.astype(str).values.tolist())
+    # Text columns are categorical, with every chunk's values among the categories.
+    self.assertEqual(chunked['from_bank'].dtype, 'category')
+    self.assertEqual(chunked['to_account'].tolist(), ['A2', 'B1', 'A2', 'C1'])
 
   def test_wrong_columns(self):
     header = HEADER.replace('Payment Format', 'Format')

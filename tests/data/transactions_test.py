@@ -3,10 +3,12 @@ import os
 
 import ml_collections
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tests.data import amlworld_test
 from tffaml.data import schema as schema_lib
+from tffaml.data import shards
 from tffaml.data import transaction_generator
 from tffaml.data import transactions
 
@@ -77,6 +79,24 @@ class LoadTest(tf.test.TestCase):
     bank = data.names[0].removeprefix('bank_')
     touching = ((table['from_bank'] == bank) | (table['to_bank'] == bank)).sum()
     self.assertEqual(len(data.institutions[0].train) + len(data.institutions[0].test), touching)
+
+  def test_stored_banks_equal_in_memory_ones_and_are_reused(self):
+    in_memory = transactions.load(self.config(), log=lambda _: None)
+    shard_dir, logged = self.create_tempdir().full_path, []
+    stored = transactions.load(self.config(), shard_dir=shard_dir, log=logged.append)
+    self.assertEqual(stored.names, in_memory.names)
+    self.assertEqual(stored.summary(), in_memory.summary())
+    for a, b in zip(stored.institutions, in_memory.institutions):
+      self.assertIsInstance(a, shards.StoredInstitution)
+      pd.testing.assert_frame_equal(a.train, b.train)
+      pd.testing.assert_frame_equal(a.test, b.test)
+    self.assertIn(f'stored {len(stored.names)} banks', logged[-1])
+    again = transactions.load(self.config(), shard_dir=shard_dir, log=logged.append)
+    self.assertEqual(again.institutions, stored.institutions)
+    self.assertIn('reusing', logged[-1])
+    # Other settings: made afresh.
+    transactions.load(self.config(max_banks=2), shard_dir=shard_dir, log=logged.append)
+    self.assertIn('stored 2 banks', logged[-1])
 
   def test_test_rows_are_later(self):
     table = transactions.amlworld.read(self.path)

@@ -36,6 +36,26 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
       config.privacy.noise_seed = 0  # Runs to compare need the same DP noise.
       cls.results[name] = program.run(config, os.path.join(cls.root, name), log=lambda _: None)
     cls.data = transactions.load(config.data, log=lambda _: None)
+    config = aml.get_config('smoke')
+    config.data.path, config.data.stream, config.reference.centralized_epochs = cls.path, True, 0
+    cls.streamed = program.run(config, os.path.join(cls.root, 'streamed'), log=lambda _: None)
+
+  def test_streamed_banks_train_from_their_files(self):
+    metrics = self.streamed.metrics
+    self.assertEqual(metrics['institutions'], self.data.summary())
+    self.assertEqual(metrics['alerts']['pooled']['rows'], sum(len(i.test) for i in self.data.institutions))
+    for name in self.data.names:
+      self.assertTrue(os.path.isfile(os.path.join(self.streamed.paths.shards, f'{name}.train.csv')))
+    # Trained, and about as well as from memory (a different batch order).
+    self.assertGreater(metrics['alerts']['pooled']['auprc'], 0.02)  # The laundering rate is 0.01.
+    self.assertNear(metrics['alerts']['pooled']['auprc'],
+                    self.results['classifier'].metrics['alerts']['pooled']['auprc'], 0.25)
+
+  def test_streaming_refuses_a_pooled_reference(self):
+    config = aml.get_config('smoke')
+    config.data.path, config.data.stream = self.path, True
+    with self.assertRaisesRegex(ValueError, 'centralized_epochs pools every row'):
+      program.run(config, os.path.join(self.root, 'refused'), log=lambda _: None)
 
   @parameterized.parameters('classifier', 'autoencoder')
   def test_metrics_as_aml_teams_measure(self, name):

@@ -7,7 +7,7 @@ before any work starts.
 """
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,12 +26,47 @@ class Institution:
   test: pd.DataFrame
 
 
+class InstitutionLike(Protocol):
+  """An `Institution`, or one whose rows are stored (`shards.StoredInstitution`)."""
+
+  name: str
+
+  @property
+  def train(self) -> pd.DataFrame: ...
+
+  @property
+  def test(self) -> pd.DataFrame: ...
+
+
+def split_counts(institution: InstitutionLike) -> dict:
+  """Rows and positives per split (stored institutions keep theirs)."""
+  counts = getattr(institution, 'counts', None)
+  if counts is not None:
+    return counts
+  counts = {}
+  for split in ('train', 'test'):
+    labels = getattr(institution, split)[LABEL]
+    counts[f'{split}_rows'], counts[f'{split}_positives'] = len(labels), int(labels.sum())
+  return counts
+
+
+def check_institution(institution: InstitutionLike) -> None:
+  """Rows in both splits and both classes in train, or DataError."""
+  counts = split_counts(institution)
+  for split in ('train', 'test'):
+    if not counts[f'{split}_rows']:
+      raise schema_lib.DataError(f'institution {institution.name!r}: {split} split has no rows.')
+  schema_lib.check_class_counts(
+      positives=counts['train_positives'], rows=counts['train_rows'],
+      source=f'institution {institution.name!r} train split')
+
+
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
   """The institutions of a federation and the schema they share."""
 
   schema: schema_lib.Schema
-  institutions: tuple[Institution, ...]
+  institutions: tuple[InstitutionLike, ...]
 
   def __post_init__(self):
     if not self.institutions:
@@ -41,15 +76,7 @@ class FederatedData:
     if duplicated:
       raise schema_lib.DataError(f'institution name(s) {duplicated} repeat.')
     for institution in self.institutions:
-      for split in ('train', 'test'):
-        if getattr(institution, split).empty:
-          raise schema_lib.DataError(
-              f'institution {institution.name!r}: {split} split has no rows.'
-          )
-      schema_lib.check_binary_classes(
-          institution.train[LABEL],
-          source=f'institution {institution.name!r} train split',
-      )
+      check_institution(institution)
 
   @property
   def names(self) -> list[str]:
@@ -62,16 +89,7 @@ class FederatedData:
     )
 
   def summary(self) -> list[dict]:
-    return [
-        {
-            'institution': i.name,
-            'train_rows': len(i.train),
-            'test_rows': len(i.test),
-            'train_positives': int(i.train[LABEL].sum()),
-            'test_positives': int(i.test[LABEL].sum()),
-        }
-        for i in self.institutions
-    ]
+    return [{'institution': i.name, **split_counts(i)} for i in self.institutions]
 
 
 def stratified_split(

@@ -1,6 +1,7 @@
 """Builds a federation from the `data` section of a config."""
 
 import enum
+from typing import Optional
 
 import ml_collections
 import numpy as np
@@ -35,11 +36,21 @@ def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> s
   return saved_model.table_interface(schema)
 
 
-def load(config: ml_collections.ConfigDict, *, seed: int, log=print) -> federated_data.FederatedData:
-  """Loads, validates and partitions the data named by `config` (`data.*`)."""
+def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[str] = None,
+         log=print) -> federated_data.FederatedData:
+  """Loads, validates and partitions the data named by `config` (`data.*`).
+
+  With `config.stream`, institutions' rows are stored under `shard_dir` and
+  streamed from there in training (`shards`); the AMLworld source only.
+  """
   source = _enum_value(Source, config.source, 'config.data.source')
+  if config.get('stream'):
+    if source is not Source.AMLWORLD:
+      raise ValueError(f'config.data.stream is for config.data.source=amlworld, not {source.value!r}.')
+    if not shard_dir:
+      raise ValueError('config.data.stream needs a directory for the stored rows (a training run).')
   if source is Source.AMLWORLD:
-    return transactions.load(config, log=log)
+    return transactions.load(config, shard_dir=shard_dir if config.get('stream') else None, log=log)
   if source is Source.CSV_DIR:
     if not config.dir or not config.schema_file:
       raise ValueError(

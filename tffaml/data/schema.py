@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -133,12 +133,32 @@ def _first_bad_row(mask: np.ndarray) -> int:
   return int(np.flatnonzero(mask)[0])
 
 
-def read_csv(path: str) -> pd.DataFrame:
-  """Reads a CSV as text cells, so validation sees values as written."""
+def read_csv(path: str, *, chunk_rows: Optional[int] = None):
+  """Reads a CSV as text cells, so validation sees values as written.
+
+  With `chunk_rows`, returns an iterator of frames of at most that many rows
+  (one empty frame for a file with a header only).
+  """
   if not os.path.isfile(path):
     raise DataError(f'{path}: file not found.')
+  chunks = _read_chunks(path, chunk_rows or 0)
+  return chunks if chunk_rows else next(chunks)
+
+
+def _read_chunks(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+  """Frames of `chunk_rows` rows (0: one frame), CSV problems as DataError."""
+  read = lambda **kw: pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
   try:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not chunk_rows:
+      yield read()
+      return
+    with read(chunksize=chunk_rows) as reader:
+      header_only = True
+      for chunk in reader:
+        header_only = False
+        yield chunk
+    if header_only:  # pandas yields no chunk for a header without rows.
+      yield read()
   except pd.errors.EmptyDataError:
     raise DataError(f'{path}: file is empty (no header row).') from None
   except pd.errors.ParserError as e:
@@ -269,10 +289,15 @@ def _normalise_label(value: str) -> str:
 
 
 def check_binary_classes(labels: Sequence[int], *, source: str) -> None:
-  """Requires both classes among `labels` (training needs both)."""
-  present = set(np.unique(np.asarray(labels)).tolist())
-  if present != {0, 1}:
-    only = 'positive' if present == {1} else 'negative'
+  """Requires both classes among 0/1 `labels` (training needs both)."""
+  labels = np.asarray(labels)
+  check_class_counts(positives=int(labels.sum()), rows=len(labels), source=source)
+
+
+def check_class_counts(*, positives: int, rows: int, source: str) -> None:
+  """Requires 0 < positives < rows (training needs both classes)."""
+  if not 0 < positives < rows:
+    only = 'positive' if positives else 'negative'
     raise DataError(
         f'{source}: holds only {only} examples; training needs both classes.'
     )

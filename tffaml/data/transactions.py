@@ -16,6 +16,7 @@ SavedModel, so a bank scores raw transactions plus their aggregates.
 """
 
 import math
+import os
 from typing import Optional
 
 import ml_collections
@@ -27,6 +28,7 @@ from tffaml.data import account_aggregates
 from tffaml.data import amlworld
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
+from tffaml.data import shards
 from tffaml.export import saved_model
 
 RAW_TEXT = ('timestamp', 'payment_currency', 'receiving_currency', 'payment_format', 'direction')
@@ -112,12 +114,33 @@ def model_frame(view: amlworld.BankView) -> pd.DataFrame:
   return frame
 
 
-def load(config: ml_collections.ConfigDict, *, log=print) -> federated_data.FederatedData:
-  """The federation of the banks in `config.path` (see the module docstring)."""
+def _shard_key(config: ml_collections.ConfigDict) -> dict:
+  """What stored banks were made from: the file as it was, and the split settings."""
+  info = os.stat(config.path)
+  return {'path': os.path.abspath(config.path), 'bytes': info.st_size, 'mtime_ns': info.st_mtime_ns,
+          **{k: config[k] for k in ('test_fraction', 'min_rows', 'min_positives', 'max_banks')}}
+
+
+def load(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
+         log=print) -> federated_data.FederatedData:
+  """The federation of the banks in `config.path` (see the module docstring).
+
+  With `shard_dir`, each bank's rows are written there as soon as they are
+  made (`shards.store`) and only one bank's are in memory at a time; the
+  banks then stream their files in training. A later call with the same
+  file and settings reuses them.
+  """
   if not config.path:
     raise ValueError('config.data.path must name an AMLworld transactions CSV.')
   if not 0.0 < config.test_fraction < 1.0:
     raise ValueError(f'config.data.test_fraction must be in (0, 1), got {config.test_fraction}.')
+  if not os.path.isfile(config.path):
+    raise schema_lib.DataError(f'{config.path}: file not found.')
+  if shard_dir:
+    stored = shards.read_manifest(shard_dir, _shard_key(config))
+    if stored:
+      log(f'{config.path}: reusing the {len(stored)} banks stored in {shard_dir}')
+      return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(stored))
   transactions = amlworld.read(config.path)
   first, last = transactions['minute'].min(), transactions['minute'].max()
   cutoff = first + (1.0 - config.test_fraction) * (last - first)
@@ -138,9 +161,16 @@ def load(config: ml_collections.ConfigDict, *, log=print) -> federated_data.Fede
   for bank in members['bank']:
     frame = model_frame(amlworld.bank_view(transactions, bank))
     test = (frame.pop('minute') >= cutoff).to_numpy()
-    institutions.append(federated_data.Institution(
+    institution = federated_data.Institution(
         name=f'bank_{bank}', train=frame[~test].reset_index(drop=True),
-        test=frame[test].reset_index(drop=True)))
+        test=frame[test].reset_index(drop=True))
+    if shard_dir:
+      federated_data.check_institution(institution)
+      institution = shards.store(institution, SCHEMA, shard_dir)
+    institutions.append(institution)
+  if shard_dir:
+    shards.write_manifest(shard_dir, _shard_key(config), institutions)
+    log(f'stored {len(institutions)} banks\' rows in {shard_dir}')
   return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
 
 

@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
+from tffaml.data import shards
 
 
 def feature_tensors(frame: pd.DataFrame, schema: schema_lib.Schema) -> collections.OrderedDict:
@@ -69,6 +71,24 @@ def to_dataset(
   return lean(tf.data.Dataset.from_tensor_slices(
       (feature_tensors(rows, schema), labels)
   ).batch(batch_size))
+
+
+def institution_dataset(
+    institution: federated_data.InstitutionLike,
+    split: str,
+    schema: schema_lib.Schema,
+    *,
+    batch_size: int,
+    epochs: int = 1,
+    shuffle_seed: Optional[int] = None,
+) -> tf.data.Dataset:
+  """An institution's `split` as `to_dataset` batches; streamed from its file if stored."""
+  if isinstance(institution, shards.StoredInstitution):
+    path = institution.train_path if split == 'train' else institution.test_path
+    return lean(shards.dataset(
+        path, schema, batch_size=batch_size, epochs=epochs, shuffle_seed=shuffle_seed))
+  return to_dataset(getattr(institution, split), schema, batch_size=batch_size, epochs=epochs,
+                    shuffle_seed=shuffle_seed)
 
 
 def predict(model: tf.keras.Model, frame: pd.DataFrame, schema: schema_lib.Schema) -> np.ndarray:

@@ -62,6 +62,7 @@ class Paths:
         'results': 'results', 'metrics_csv': 'results/metrics.csv',
         'curves': 'results/training_curves.png', 'logdir': 'logdir',
         'metrics': 'metrics.json', 'privacy': 'privacy.txt', 'export': 'export',
+        'shards': 'shards',  # Institutions' rows, with config.data.stream.
     }
     if name not in files:
       raise AttributeError(name)
@@ -171,12 +172,15 @@ def run(
     The paths written and the final metrics.
   """
   choices = experiment.parse_choices(config)
-  data = loading.load(config.data, seed=config.seed, log=log)
+  if config.data.get('stream') and config.reference.centralized_epochs:
+    raise ValueError('config.reference.centralized_epochs pools every row in memory;'
+                     ' set it to 0 with config.data.stream.')
+  paths = Paths(os.path.abspath(workdir))
+  data = loading.load(config.data, seed=config.seed, shard_dir=paths.shards, log=log)
   attack = poisoning.from_config(config, data, seed=config.seed)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
     data = poisoning.poison(data, attack)
-  paths = Paths(os.path.abspath(workdir))
   os.makedirs(paths.results, exist_ok=True)
   _check_or_write_hyperparameters(config, paths)
   log(f'{len(data.institutions)} institutions: ' + ', '.join(
@@ -193,8 +197,8 @@ def run(
 
   keras_model_fn = experiment.keras_model_fn(config, choices, space)
   f = config.federated
-  element_spec = client_data.to_dataset(
-      data.institutions[0].train.iloc[:1], schema, batch_size=f.batch_size).element_spec
+  element_spec = client_data.institution_dataset(
+      data.institutions[0], 'train', schema, batch_size=f.batch_size).element_spec
   model_fn = experiment.model_fn(config, choices, keras_model_fn, element_spec)
   n = len(data.institutions)
   cohort = experiment.clients_per_round(config, choices.sampling, n)
@@ -230,19 +234,19 @@ def run(
   ])
   eval_process = processes.build_eval_process(model_fn)
   test_sets = {
-      i.name: client_data.to_dataset(i.test, schema, batch_size=f.eval_batch_size)
+      i.name: client_data.institution_dataset(i, 'test', schema, batch_size=f.eval_batch_size)
       for i in data.institutions
   }
 
   def train_dataset(i: int, round_num: int) -> tf.data.Dataset:
-    frame = data.institutions[i].train
+    institution = data.institutions[i]
     if plan.record is not None:  # Secret sample and noise: from the noise seed.
       return dp_sgd.poisson_batches(
-          frame, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
+          institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
           seed=_stable_seed(noise_seed, round_num, i),
           max_rows_per_unit=config.record_dp.max_rows_per_unit)
-    dataset = client_data.to_dataset(
-        frame, schema, batch_size=f.batch_size, epochs=f.client_epochs,
+    dataset = client_data.institution_dataset(
+        institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
         shuffle_seed=_stable_seed(config.seed, round_num, i))
     if boosting:
       return processes.scaled_client_data(dataset, attack.scale(data.institutions[i].name))

@@ -1,0 +1,144 @@
+"""Institutions whose rows live in files: federations larger than memory.
+
+`store` writes an institution's validated train and test rows to one CSV
+per split (`{directory}/{name}.{split}.csv`) and returns a
+`StoredInstitution`, which `FederatedData` accepts in place of an
+`Institution`. Its `train`/`test` frames are read from the files when asked
+for (one institution at a time, e.g. for feature statistics), and `dataset`
+streams a split to a TFF client with `tf.data`: the dataset's graph holds the
+file name, not the rows, so the TFF worker reads each institution's file
+itself and nothing the size of the federation is held in memory.
+
+A `manifest.json` beside the files records the institutions in order and
+what the files were made from (`key`), so a resumed run reuses them.
+"""
+
+import collections
+import dataclasses
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tffaml import io
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+
+LABEL = schema_lib.LABEL_COLUMN
+UNIT = schema_lib.UNIT_COLUMN
+MANIFEST = 'manifest.json'
+# Rows in a streamed dataset's shuffle buffer: the whole split up to this
+# many (a uniform shuffle), a window of the file beyond it.
+SHUFFLE_BUFFER_ROWS = 1 << 18
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredInstitution:
+  """An institution whose validated rows are in `train_path` and `test_path`."""
+
+  name: str
+  schema: schema_lib.Schema
+  train_path: str
+  test_path: str
+  counts: dict  # federated_data.split_counts of the rows stored.
+
+  @property
+  def train(self) -> pd.DataFrame:
+    return read_frame(self.train_path, self.schema)
+
+  @property
+  def test(self) -> pd.DataFrame:
+    return read_frame(self.test_path, self.schema)
+
+
+def _columns(schema: schema_lib.Schema) -> list[str]:
+  return list(schema.numeric) + list(schema.categorical) + [LABEL] + ([UNIT] if schema.unit else [])
+
+
+def read_frame(path: str, schema: schema_lib.Schema) -> pd.DataFrame:
+  """A stored split as a validated frame (see `schema.validate_frame`)."""
+  dtypes = {c: np.float64 for c in schema.numeric}
+  dtypes.update({c: str for c in schema.categorical + ((UNIT,) if schema.unit else ())})
+  dtypes[LABEL] = np.int64
+  return pd.read_csv(path, dtype=dtypes, keep_default_na=False)[_columns(schema)]
+
+
+def store(institution: federated_data.Institution, schema: schema_lib.Schema,
+          directory: str) -> StoredInstitution:
+  """Writes `institution`'s splits under `directory` (atomically) and returns its handle."""
+  paths = {}
+  for split in ('train', 'test'):
+    paths[split] = os.path.join(directory, f'{institution.name}.{split}.csv')
+    with io.atomic_path(paths[split]) as tmp:
+      # float64 text round-trips exactly, so stored rows equal the originals.
+      getattr(institution, split)[_columns(schema)].to_csv(tmp, index=False, float_format='%.17g')
+  return StoredInstitution(institution.name, schema, paths['train'], paths['test'],
+                           federated_data.split_counts(institution))
+
+
+def write_manifest(directory: str, key: dict, institutions: Sequence[StoredInstitution]) -> None:
+  io.write_json(os.path.join(directory, MANIFEST), {
+      'key': key,
+      'schema': institutions[0].schema.to_dict() if institutions else None,
+      'institutions': [
+          {'name': i.name, 'train': os.path.basename(i.train_path),
+           'test': os.path.basename(i.test_path), 'counts': i.counts}
+          for i in institutions],
+  })
+
+
+def read_manifest(directory: str, key: dict) -> Optional[list[StoredInstitution]]:
+  """The institutions stored in `directory` from the same `key`, or None."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get('key') != key or not manifest.get('institutions'):
+    return None
+  schema = schema_lib.Schema.from_dict(manifest['schema'], source=path)
+  stored = [StoredInstitution(i['name'], schema, os.path.join(directory, i['train']),
+                              os.path.join(directory, i['test']), i['counts'])
+            for i in manifest['institutions']]
+  if not all(os.path.isfile(p) for i in stored for p in (i.train_path, i.test_path)):
+    return None
+  return stored
+
+
+def dataset(
+    path: str,
+    schema: schema_lib.Schema,
+    *,
+    batch_size: int,
+    epochs: int = 1,
+    shuffle_seed: Optional[int] = None,
+) -> tf.data.Dataset:
+  """A stored split streamed as `client_data.to_dataset`'s batches.
+
+  Clients get it through `client_data.institution_dataset`.
+
+  Same element structure as `to_dataset`: (features, label[batch, 1]). The
+  order comes from `shuffle_seed` through `tf.data`'s seeded shuffle (each
+  epoch reshuffled), so the same seed gives the same batches; it is not the
+  order `to_dataset` draws for the in-memory rows.
+  """
+  if batch_size < 1 or epochs < 1:
+    raise ValueError(f'batch_size and epochs must be >= 1, got {batch_size}, {epochs}.')
+  columns = _columns(schema)
+  defaults = ([tf.constant([], tf.float32)] * len(schema.numeric)
+              + [tf.constant([], tf.string)] * len(schema.categorical)
+              + [tf.constant([], tf.float32)])
+  rows = tf.data.experimental.CsvDataset(
+      path, defaults, header=True, select_cols=list(range(len(defaults))))
+  if shuffle_seed is not None:
+    rows = rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=shuffle_seed, reshuffle_each_iteration=True)
+  rows = rows.repeat(epochs).batch(batch_size)
+
+  def to_element(*values):
+    features = collections.OrderedDict(zip(columns, values[:-1]))
+    return features, values[-1][:, None]
+
+  return rows.map(to_element)
