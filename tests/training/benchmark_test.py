@@ -29,6 +29,20 @@ class BenchmarkTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, '10 examples cannot give 6 institutions both classes'):
       benchmark.records_for([6], examples=[10], repeats=1)
 
+  def test_peak_rss_script_measures_the_process_tree(self):
+    output = os.path.join(self.create_tempdir().full_path, 'rss.json')
+    # A child that holds 300 MB for a second inside a child of the command.
+    child = 'import time; x = bytearray(300 << 20); time.sleep(1)'
+    command = f'import subprocess, sys; sys.exit(subprocess.run([sys.executable, "-c", {child!r}]).returncode + 3)'
+    done = subprocess.run(
+        [sys.executable, 'scripts/peak_rss.py', f'--output={output}', '--', sys.executable, '-c', command],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    self.assertEqual(done.returncode, 3, done.stderr[-3000:])  # The command's status.
+    with open(output) as f:
+      report = json.load(f)
+    self.assertBetween(report['peak_rss_mb'], 300, 400)
+    self.assertIn('peak RSS', done.stdout)
+
   def test_script_writes_json_and_markdown(self):
     output = os.path.join(self.create_tempdir().full_path, 'bench.json')
     done = subprocess.run(

@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,16 +79,17 @@ def synthetic_federation(*, institutions: int, examples: int, seed: int) -> fede
   return federated_data.FederatedData(SCHEMA, tuple(members))
 
 
-class _PeakRss:
-  """Largest RSS of this process and its children, sampled in a thread."""
+class PeakRss:
+  """Largest RSS of a process (default: this one) and its descendants, sampled in a thread."""
 
-  def __init__(self):
+  def __init__(self, pid: Optional[int] = None):
+    self._pid = pid
     self.peak = self.current = 0.0
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._sample, daemon=True)
 
   def _sample(self):
-    me = psutil.Process()
+    me = psutil.Process(self._pid)
     while not self._stop.wait(0.05):
       try:
         rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
@@ -167,7 +168,7 @@ def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0
   test_sets = [client_data.to_dataset(i.test, SCHEMA, batch_size=1024) for i in data.institutions]
   pooled = client_data.to_dataset(data.pooled('train'), SCHEMA, batch_size=BATCH_SIZE, shuffle_seed=0)
 
-  with _PeakRss() as rss, tempfile.TemporaryDirectory() as checkpoint_dir:
+  with PeakRss() as rss, tempfile.TemporaryDirectory() as checkpoint_dir:
     state = [process.initialize()]
     round_num = [0]
     rss_after_round = []
