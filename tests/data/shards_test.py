@@ -17,8 +17,8 @@ LABEL, UNIT = schema_lib.LABEL_COLUMN, schema_lib.UNIT_COLUMN
 def frame(rows: int, offset: int = 0) -> pd.DataFrame:
   i = np.arange(offset, offset + rows)
   return pd.DataFrame({
-      'x': i / 3.0,  # Not exact in decimal: the round trip must still be exact.
-      'z': np.float64(np.float32(i * 0.1)),
+      'x': np.float64(np.float32(i / 3.0)),  # float32 values, as models see them...
+      'z': i * 1e-3,  # ...and float64 ones, stored as float32.
       'c': np.where(i % 3 == 0, 'a, quoted "one"', 'NA'),  # A comma, quotes, pandas' NA word.
       LABEL: (i % 4 == 0).astype(np.int64),
       UNIT: [f'acct{k % 5}' for k in i],
@@ -38,9 +38,11 @@ class ShardsTest(tf.test.TestCase, parameterized.TestCase):
     self.bank = federated_data.Institution('bank_1', frame(40), frame(8, offset=100))
     self.stored = shards.store(self.bank, SCHEMA, self.dir)
 
-  def test_stored_rows_read_back_unchanged(self):
-    pd.testing.assert_frame_equal(self.stored.train, self.bank.train)
-    pd.testing.assert_frame_equal(self.stored.test, self.bank.test)
+  def test_stored_rows_read_back_as_float32_exactly(self):
+    as_float32 = lambda f: f.astype({'z': np.float32}).astype({'z': np.float64})
+    pd.testing.assert_frame_equal(self.stored.train, as_float32(self.bank.train))
+    pd.testing.assert_frame_equal(self.stored.test, as_float32(self.bank.test))
+    self.assertNotEqual(self.stored.train['z'][1], self.bank.train['z'][1])  # 1e-3 is not a float32.
     self.assertEqual(self.stored.counts, {'train_rows': 40, 'train_positives': 10,
                                           'test_rows': 8, 'test_positives': 2})
 
