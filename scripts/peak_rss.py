@@ -22,7 +22,8 @@ from absl import flags
 from tffaml import io
 from tffaml.training import benchmark
 
-_OUTPUT = flags.DEFINE_string('output', None, 'Optional JSON with the peak and the wall time.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'Optional JSON: the peak, the wall time and RSS every 5 s.')
 
 
 def main(argv):
@@ -37,7 +38,8 @@ def main(argv):
   print(f'peak RSS {rss.peak:.0f} MB (process tree), {seconds:.0f} s, exit status {status}')
   if _OUTPUT.value:
     io.write_json(_OUTPUT.value, {'command': command, 'peak_rss_mb': rss.peak,
-                                  'seconds': seconds, 'status': status})
+                                  'seconds': seconds, 'status': status,
+                                  'timeline_seconds_mb': rss.timeline})
   sys.exit(status)
 
 

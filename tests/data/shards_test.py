@@ -40,15 +40,21 @@ class ShardsTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_stored_rows_read_back_as_float32_exactly(self):
     as_float32 = lambda f: f.astype({'z': np.float32}).astype({'z': np.float64})
-    pd.testing.assert_frame_equal(self.stored.train, as_float32(self.bank.train))
-    pd.testing.assert_frame_equal(self.stored.test, as_float32(self.bank.test))
-    self.assertNotEqual(self.stored.train['z'][1], self.bank.train['z'][1])  # 1e-3 is not a float32.
+    pd.testing.assert_frame_equal(self.stored.test, as_float32(self.bank.test))  # In order.
+    self.assertNotEqual(self.stored.test['z'][1], self.bank.test['z'][1])  # 1e-3 is not a float32.
+    # Training rows in a random order, the same at every store.
+    stored_train = self.stored.train
+    self.assertNotEqual(stored_train['x'].tolist(), self.bank.train['x'].tolist())
+    order = np.argsort(stored_train['x'].to_numpy())
+    pd.testing.assert_frame_equal(stored_train.iloc[order].reset_index(drop=True), as_float32(self.bank.train))
+    again = shards.store(self.bank, SCHEMA, self.create_tempdir().full_path)
+    pd.testing.assert_frame_equal(again.train, stored_train)
     self.assertEqual(self.stored.counts, {'train_rows': 40, 'train_positives': 10,
                                           'test_rows': 8, 'test_positives': 2})
 
   def test_stream_has_the_in_memory_batches_structure_and_rows(self):
     streamed = client_data.institution_dataset(self.stored, 'train', SCHEMA, batch_size=16)
-    in_memory = client_data.institution_dataset(self.bank, 'train', SCHEMA, batch_size=16)
+    in_memory = client_data.to_dataset(self.stored.train, SCHEMA, batch_size=16)
     self.assertEqual(streamed.element_spec, in_memory.element_spec)
     self.assertEqual(as_rows(streamed), as_rows(in_memory))  # Unshuffled: file order.
     self.assertEqual([len(y) for _, y in as_rows(streamed)], [16, 16, 8])

@@ -117,7 +117,7 @@ def model_frame(view: amlworld.BankView) -> pd.DataFrame:
 def _shard_key(config: ml_collections.ConfigDict) -> dict:
   """What stored banks were made from: the file as it was, and the split settings."""
   info = os.stat(config.path)
-  return {'path': os.path.abspath(config.path), 'bytes': info.st_size, 'mtime_ns': info.st_mtime_ns,
+  return {'layout': 2, 'path': os.path.abspath(config.path), 'bytes': info.st_size, 'mtime_ns': info.st_mtime_ns,
           **{k: config[k] for k in ('test_fraction', 'min_rows', 'min_positives', 'max_banks')}}
 
 
