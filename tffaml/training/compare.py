@@ -142,7 +142,8 @@ def _local_models(data, space, config, seed, *, forests: bool):
 
 def _centralized(config, space, data, *, epochs: int, seed: int):
   """The config's Keras model and loss, trained by Keras on `data`'s pooled rows."""
-  choices = experiment.parse_choices(config)
+  # Parsed as the non-private run: the base may carry record-level DP's target ε.
+  choices = experiment.parse_choices(federated_config(config, Method.FEDAVG))
   return centralized.train(
       experiment.keras_model_fn(config, choices, space), data,
       loss=tabular.keras_loss(experiment.loss_fn(config, choices)), epochs=epochs,
