@@ -38,6 +38,7 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     cls.data = transactions.load(config.data, log=lambda _: None)
     config = aml.get_config('smoke')
     config.data.path, config.data.stream, config.reference.centralized_epochs = cls.path, True, 0
+    config.privacy.noise_seed = 0
     cls.streamed = program.run(config, os.path.join(cls.root, 'streamed'), log=lambda _: None)
 
   def test_streamed_banks_train_from_their_files(self):
@@ -46,10 +47,11 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(metrics['alerts']['pooled']['rows'], sum(len(i.test) for i in self.data.institutions))
     for name in self.data.names:
       self.assertTrue(os.path.isfile(os.path.join(self.streamed.paths.shards, f'{name}.train.csv')))
-    # Trained, and about as well as from memory (a different batch order).
-    self.assertGreater(metrics['alerts']['pooled']['auprc'], 0.02)  # The laundering rate is 0.01.
+    # Trained (two smoke rounds: 0.0247 here, against a laundering rate of 0.01), and
+    # about as well as from memory (0.0246, with a different batch order).
+    self.assertGreater(metrics['alerts']['pooled']['auprc'], 0.015)
     self.assertNear(metrics['alerts']['pooled']['auprc'],
-                    self.results['classifier'].metrics['alerts']['pooled']['auprc'], 0.25)
+                    self.results['classifier'].metrics['alerts']['pooled']['auprc'], 0.005)
 
   def test_streaming_refuses_a_pooled_reference(self):
     config = aml.get_config('smoke')
