@@ -21,6 +21,13 @@ def feature_tensors(frame: pd.DataFrame, schema: schema_lib.Schema) -> collectio
   return columns
 
 
+def element_spec(schema: schema_lib.Schema) -> tuple[collections.OrderedDict, tf.TensorSpec]:
+  """The (features, label[batch, 1]) spec of every client dataset built here."""
+  features = collections.OrderedDict((c, tf.TensorSpec([None], tf.float32)) for c in schema.numeric)
+  features.update((c, tf.TensorSpec([None], tf.string)) for c in schema.categorical)
+  return features, tf.TensorSpec([None, 1], tf.float32)
+
+
 def lean(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """`dataset` without tf.data's static rewrites and autotuning.
 

@@ -197,9 +197,7 @@ def run(
 
   keras_model_fn = experiment.keras_model_fn(config, choices, space)
   f = config.federated
-  element_spec = client_data.institution_dataset(
-      data.institutions[0], 'train', schema, batch_size=f.batch_size).element_spec
-  model_fn = experiment.model_fn(config, choices, keras_model_fn, element_spec)
+  model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
   n = len(data.institutions)
   cohort = experiment.clients_per_round(config, choices.sampling, n)
   plan = experiment.privacy_plan_for_data(config, choices, data, cohort=cohort)
