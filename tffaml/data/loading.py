@@ -6,6 +6,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
+from tffaml import errors
 from tffaml.data import csv_dir
 from tffaml.data import federated_data
 from tffaml.data import lending_club
@@ -26,7 +27,7 @@ def _enum_value(enum_cls, value: str, flag: str):
     return enum_cls(value)
   except ValueError:
     choices = [m.value for m in enum_cls]
-    raise ValueError(f'{flag}={value!r} is not one of {choices}.') from None
+    raise errors.ConfigError(f'{flag}={value!r} is not one of {choices}.') from None
 
 
 def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> saved_model.Interface:
@@ -46,14 +47,14 @@ def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[st
   source = _enum_value(Source, config.source, 'config.data.source')
   if config.get('stream'):
     if source is not Source.AMLWORLD:
-      raise ValueError(f'config.data.stream is for config.data.source=amlworld, not {source.value!r}.')
+      raise errors.ConfigError(f'config.data.stream is for config.data.source=amlworld, not {source.value!r}.')
     if not shard_dir:
-      raise ValueError('config.data.stream needs a directory for the stored rows (a training run).')
+      raise errors.ConfigError('config.data.stream needs a directory for the stored rows (a training run).')
   if source is Source.AMLWORLD:
     return transactions.load(config, shard_dir=shard_dir if config.get('stream') else None, log=log)
   if source is Source.CSV_DIR:
     if not config.dir or not config.schema_file:
-      raise ValueError(
+      raise errors.ConfigError(
           'config.data.source=csv_dir needs --config.data.dir and'
           ' --config.data.schema_file.'
       )
@@ -72,7 +73,7 @@ def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[st
   if method is partition.Method.COLUMN:
     column = config.column or lending_club.STATE_COLUMN
     if column not in raw.columns:
-      raise ValueError(f'config.data.column={column!r} is not a column of the table.')
+      raise errors.ConfigError(f'config.data.column={column!r} is not a column of the table.')
     assignment = partition.by_column(
         raw[column].to_numpy(), labels,
         min_rows=config.min_rows, min_positives=config.min_positives,

@@ -20,12 +20,14 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from tffaml import errors
+
 LABEL_COLUMN = '__label__'  # The parsed 0/1 label inside validated frames.
 UNIT_COLUMN = '__unit__'  # The privacy unit (e.g. account) inside validated frames.
 _SCHEMA_KEYS = ('label', 'positive', 'numeric', 'categorical', 'unit')
 
 
-class DataError(ValueError):
+class DataError(errors.InputError):
   """Input data or schema that cannot be used, with where and why."""
 
 

@@ -37,6 +37,8 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
+
+from tffaml import errors
 import pandas as pd
 
 from tffaml import io
@@ -298,15 +300,15 @@ def generate(
     Counts and the time taken.
   """
   if num_banks < 2:
-    raise ValueError(f'--num_banks must be >= 2, got {num_banks}.')
+    raise errors.InputError(f'--num_banks must be >= 2, got {num_banks}.')
   if not 0.0 < laundering_rate < 0.5:
-    raise ValueError(f'--laundering_rate must be in (0, 0.5), got {laundering_rate}.')
+    raise errors.InputError(f'--laundering_rate must be in (0, 0.5), got {laundering_rate}.')
   if days < 1:
-    raise ValueError(f'--days must be >= 1, got {days}.')
+    raise errors.InputError(f'--days must be >= 1, got {days}.')
   num_accounts = max(20 * num_banks, int(accounts_per_transaction * num_transactions))
   target = max(1, int(round(laundering_rate * num_transactions)))
   if num_transactions < 2 * target or num_transactions < days:
-    raise ValueError(f'--num_transactions={num_transactions} is too few for {days} days and'
+    raise errors.InputError(f'--num_transactions={num_transactions} is too few for {days} days and'
                      f' a laundering rate of {laundering_rate}.')
   started = time.monotonic()
   rng = np.random.default_rng(seed)
@@ -324,7 +326,7 @@ def generate(
   laundering = pd.concat(frames, ignore_index=True)
   laundering = laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
   if len(laundering) > num_transactions // 2:
-    raise ValueError(f'--num_transactions={num_transactions} is too few for the patterns.')
+    raise errors.InputError(f'--num_transactions={num_transactions} is too few for the patterns.')
 
   weekdays = [(START + datetime.timedelta(days=d)).weekday() for d in range(days)]
   weights = np.array([0.6 if w >= 5 else 1.0 for w in weekdays])

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tffaml import errors
 from tffaml.data import account_aggregates
 from tffaml.data import amlworld
 from tffaml.data import federated_data
@@ -131,9 +132,9 @@ def load(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
   file and settings reuses them.
   """
   if not config.path:
-    raise ValueError('config.data.path must name an AMLworld transactions CSV.')
+    raise errors.ConfigError('config.data.path must name an AMLworld transactions CSV.')
   if not 0.0 < config.test_fraction < 1.0:
-    raise ValueError(f'config.data.test_fraction must be in (0, 1), got {config.test_fraction}.')
+    raise errors.ConfigError(f'config.data.test_fraction must be in (0, 1), got {config.test_fraction}.')
   if not os.path.isfile(config.path):
     raise schema_lib.DataError(f'{config.path}: file not found.')
   if shard_dir:

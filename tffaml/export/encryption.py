@@ -22,13 +22,14 @@ from typing import Optional
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives.ciphers import aead
 
+from tffaml import errors
 from tffaml import io
 
 MAGIC = b'TFFAML-AESGCM-1\n'
 _NONCE_BYTES = 12
 
 
-class DecryptionError(ValueError):
+class DecryptionError(errors.InputError):
   """Ciphertext that does not authenticate under the key."""
 
 
@@ -46,7 +47,7 @@ def generate_key(path: str) -> str:
 def load_key(*, key_file: Optional[str] = None, key_env: Optional[str] = None) -> bytes:
   """The 32-byte key from a file or an environment variable (base64)."""
   if (key_file is None) == (key_env is None):
-    raise ValueError('give exactly one of --key_file and --key_env.')
+    raise errors.InputError('give exactly one of --key_file and --key_env.')
   if key_file is not None:
     if not os.path.isfile(key_file):
       raise FileNotFoundError(f'{key_file}: key file not found.')
@@ -54,14 +55,14 @@ def load_key(*, key_file: Optional[str] = None, key_env: Optional[str] = None) -
       text, source = f.read().strip(), key_file
   else:
     if key_env not in os.environ:
-      raise ValueError(f'environment variable {key_env} is not set.')
+      raise errors.InputError(f'environment variable {key_env} is not set.')
     text, source = os.environ[key_env].strip(), f'${key_env}'
   try:
     key = base64.b64decode(text, validate=True)
   except binascii.Error:
-    raise ValueError(f'{source}: not base64.') from None
+    raise errors.InputError(f'{source}: not base64.') from None
   if len(key) != 32:
-    raise ValueError(f'{source}: an AES-256 key is 32 bytes, got {len(key)}.')
+    raise errors.InputError(f'{source}: an AES-256 key is 32 bytes, got {len(key)}.')
   return key
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tffaml import errors
 from tffaml import io
 from tffaml.data import schema as schema_lib
 from tffaml.data import transactions
@@ -107,7 +108,7 @@ def score_csv(
     rows, inputs = transactions.serving_inputs(input_path, bank=bank)
   else:
     if bank is not None:
-      raise ValueError('--bank is for transaction models; this model scores tables.')
+      raise errors.InputError('--bank is for transaction models; this model scores tables.')
     raw = schema_lib.read_csv(input_path)
     inputs, accepted, reasons, flags = check_rows(
         raw, schema_lib.Schema.from_dict(metadata['schema']), metadata['feature_space'],

@@ -22,6 +22,7 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from tffaml import errors
 from tffaml import io
 
 SIGNATURE_FILE = 'tffaml-signature.json'
@@ -30,7 +31,7 @@ PRIVATE_KEY_FILE = 'signing_key.pem'
 PUBLIC_KEY_FILE = 'signing_key.pub.pem'
 
 
-class VerificationError(ValueError):
+class VerificationError(errors.InputError):
   """A package that is not exactly what its publisher signed."""
 
 
@@ -67,10 +68,10 @@ def _load_key(path: str, *, private: bool):
     key = (serialization.load_pem_private_key(data, password=None) if private
            else serialization.load_pem_public_key(data))
   except ValueError as e:
-    raise ValueError(f'{path}: not a PEM {"private" if private else "public"} key: {e}') from None
+    raise errors.InputError(f'{path}: not a PEM {"private" if private else "public"} key: {e}') from None
   expected = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
   if not isinstance(key, expected):
-    raise ValueError(f'{path}: not an Ed25519 key (scripts/keygen.py writes one).')
+    raise errors.InputError(f'{path}: not an Ed25519 key (scripts/keygen.py writes one).')
   return key
 
 
@@ -111,7 +112,7 @@ def sign(package_dir: str, private_key_file: str) -> str:
   key = _load_key(private_key_file, private=True)
   files = manifest(package_dir)
   if not files:
-    raise ValueError(f'{package_dir}: no files to sign.')
+    raise errors.InputError(f'{package_dir}: no files to sign.')
   signature = {
       'algorithm': ALGORITHM,
       'public_key_fingerprint': fingerprint(key.public_key()),

@@ -313,6 +313,10 @@ class PrivacyPlan:
   delta: float
   accountant: Accountant = Accountant.RDP
 
+  @property
+  def is_private(self) -> bool:
+    return self.client is not None or self.record is not None
+
   def statement(self, *, rounds: int, participation: Sequence[int]) -> PrivacyStatement:
     """The privacy statement after `rounds` rounds.
 

@@ -10,6 +10,7 @@ from typing import Callable, Sequence, TypeVar
 import ml_collections
 import tensorflow as tf
 
+from tffaml import errors
 from tffaml.data import loading
 from tffaml.export import saved_model
 from tffaml.federated import aggregators
@@ -25,7 +26,7 @@ def parse_enum(enum_cls: type[E], value: str, key: str) -> E:
   try:
     return enum_cls(value)
   except ValueError:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.{key}={value!r} is not one of {[m.value for m in enum_cls]}.'
     ) from None
 
@@ -45,7 +46,73 @@ class Choices:
   accountant: accounting.Accountant
 
 
+_POSITIVE = ('> 0', lambda v: v > 0)
+_NON_NEGATIVE = ('>= 0', lambda v: v >= 0)
+_AT_LEAST_ONE = ('>= 1', lambda v: v >= 1)
+_FRACTION = ('in (0, 1)', lambda v: 0 < v < 1)
+_PROBABILITY = ('in [0, 1]', lambda v: 0 <= v <= 1)
+_MOMENTUM = ('in [0, 1)', lambda v: 0 <= v < 1)
+_TRIM = ('in [0, 0.5)', lambda v: 0 <= v < 0.5)
+
+# Every numeric config value with a range, checked before a run writes
+# anything. Keys a config does not have (configs/aml.py has its own data
+# section) are skipped; None is allowed where the config's default is a
+# placeholder (e.g. aggregator.zeroing_norm).
+_RANGES = {
+    'data.max_rows': _NON_NEGATIVE, 'data.min_rows': _NON_NEGATIVE,
+    'data.min_positives': _NON_NEGATIVE, 'data.num_institutions': _AT_LEAST_ONE,
+    'data.alpha': _POSITIVE, 'data.test_fraction': _FRACTION, 'data.max_banks': _NON_NEGATIVE,
+    'features.min_category_count': _AT_LEAST_ONE,
+    'model.embedding_dim': _NON_NEGATIVE, 'model.threshold': _PROBABILITY,
+    'model.positive_weight': _POSITIVE, 'model.focal_gamma': _NON_NEGATIVE,
+    'federated.rounds': _AT_LEAST_ONE, 'federated.client_epochs': _AT_LEAST_ONE,
+    'federated.batch_size': _AT_LEAST_ONE, 'federated.eval_batch_size': _AT_LEAST_ONE,
+    'federated.clients_per_round': _NON_NEGATIVE, 'federated.eval_every': _NON_NEGATIVE,
+    'federated.client_learning_rate': _POSITIVE, 'federated.server_learning_rate': _POSITIVE,
+    'federated.client_momentum': _MOMENTUM, 'federated.server_momentum': _MOMENTUM,
+    'federated.proximal_strength': _NON_NEGATIVE,
+    'aggregator.noise_multiplier': _NON_NEGATIVE, 'aggregator.clip': _POSITIVE,
+    'aggregator.target_unclipped_quantile': _FRACTION, 'aggregator.clip_learning_rate': _NON_NEGATIVE,
+    'aggregator.clipped_count_stddev': _NON_NEGATIVE, 'aggregator.zeroing_norm': _POSITIVE,
+    'aggregator.trim_fraction': _TRIM,
+    'record_dp.noise_multiplier': _NON_NEGATIVE, 'record_dp.clip': _POSITIVE,
+    'record_dp.max_rows_per_unit': _NON_NEGATIVE,
+    'privacy.delta': _FRACTION, 'privacy.target_epsilon': _POSITIVE,
+    'export.score_decimals': _NON_NEGATIVE,
+    'attack.count': _NON_NEGATIVE, 'attack.boost_factor': _NON_NEGATIVE,
+    'reference.centralized_epochs': _NON_NEGATIVE, 'reference.learning_rate': _POSITIVE,
+}
+_MISSING = object()
+
+
+def _lookup(config, key: str):
+  value = config
+  for part in key.split('.'):
+    if part not in value:
+      return _MISSING
+    value = value[part]
+  return value
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Checks every ranged config value, naming the first bad one as `config.x.y`."""
+  for key, (expected, ok) in _RANGES.items():
+    value = _lookup(config, key)
+    if value is _MISSING or value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+      raise errors.ConfigError(f'config.{key} must be {expected}, got {value!r}.')
+  units = tuple(config.model.hidden_units)
+  if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in units):
+    raise errors.ConfigError(
+        f'config.model.hidden_units must be positive integers (e.g. 64,32), got {units!r}.')
+  if config.data.get('stream') and config.reference.centralized_epochs:
+    raise errors.ConfigError('config.reference.centralized_epochs pools every row in memory;'
+                             ' set it to 0 with config.data.stream.')
+
+
 def parse_choices(config: ml_collections.ConfigDict) -> Choices:
+  check_values(config)
   f = config.federated
   choices = Choices(
       model=parse_enum(tabular.ModelType, config.model.name, 'model.name'),
@@ -59,38 +126,33 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
       accountant=parse_enum(accounting.Accountant, config.privacy.accountant, 'privacy.accountant'),
   )
   if (choices.loss is tabular.LossType.RECONSTRUCTION) == choices.model.is_classifier:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.model.loss={config.model.loss!r} does not fit config.model.name={config.model.name!r}:"
         " the autoencoder trains with loss='reconstruction', classifiers with bce, focal or weighted_bce.")
   budget = config.model.alert_budget
   if not 0.0 <= budget < 1.0:
-    raise ValueError(f'config.model.alert_budget must be in [0, 1), got {budget}.')
+    raise errors.ConfigError(f'config.model.alert_budget must be in [0, 1), got {budget}.')
   if not budget and not choices.model.is_classifier:
-    raise ValueError(
+    raise errors.ConfigError(
         'config.model.name=\'autoencoder\' scores are not probabilities: set'
         ' config.model.alert_budget (the fraction of transactions to flag) to place its threshold.')
   if any(not 0.0 < b < 1.0 for b in config.evaluation.alert_budgets):
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.evaluation.alert_budgets must lie in (0, 1), got {config.evaluation.alert_budgets}.')
-  for key in ('rounds', 'client_epochs', 'batch_size'):
-    if f[key] < 1:
-      raise ValueError(f'config.federated.{key} must be >= 1, got {f[key]}.')
   if choices.aggregator.is_dp and not config.aggregator.noise_multiplier > 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.aggregator.type={config.aggregator.type!r} needs'
         f' config.aggregator.noise_multiplier > 0, got {config.aggregator.noise_multiplier}.'
     )
-  if not 0.0 < config.privacy.delta < 1.0:
-    raise ValueError(f'config.privacy.delta must be in (0, 1), got {config.privacy.delta}.')
   if (choices.accountant is accounting.Accountant.PLD and choices.aggregator.is_dp
       and choices.sampling is accounting.Sampling.FIXED_SIZE):
-    raise ValueError(
+    raise errors.ConfigError(
         "config.privacy.accountant='pld' cannot account for"
         " config.federated.sampling='fixed_size' (sampling without replacement);"
         " use accountant='rdp' or sampling='poisson'.")
   _check_record_dp(config, choices)
   if config.record_dp.enabled and config.attack.type != 'none':
-    raise ValueError('config.attack simulates attacks on FedAvg without record-level DP;'
+    raise errors.ConfigError('config.attack simulates attacks on FedAvg without record-level DP;'
                      ' set config.record_dp.enabled=False.')
   hardening(config)
   return choices
@@ -99,26 +161,22 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
 def _check_record_dp(config, choices: Choices) -> None:
   r, p = config.record_dp, config.privacy
   if p.target_epsilon is not None:
-    if not p.target_epsilon > 0:
-      raise ValueError(f'config.privacy.target_epsilon must be > 0, got {p.target_epsilon}.')
     if not (r.enabled or choices.aggregator.is_dp):
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.privacy.target_epsilon={p.target_epsilon} needs a DP mechanism to'
           ' calibrate: config.record_dp.enabled=True or a DP config.aggregator.type.')
   if not r.enabled:
     return
-  if not r.clip > 0:
-    raise ValueError(f'config.record_dp.clip must be > 0, got {r.clip}.')
   if p.target_epsilon is None and not r.noise_multiplier > 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.record_dp.noise_multiplier must be > 0, got {r.noise_multiplier}'
         ' (or set config.privacy.target_epsilon).')
   if choices.algorithm is not processes.Algorithm.FEDAVG:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.record_dp.enabled=True trains locally with DP-SGD under FedAvg;'
         f" config.federated.algorithm={config.federated.algorithm!r} must be 'fedavg'.")
   if choices.weighting is not processes.Weighting.UNIFORM:
-    raise ValueError(
+    raise errors.ConfigError(
         "config.record_dp.enabled=True needs config.federated.weighting='uniform'"
         ' (a weight by sampled rows would leak the sample).')
 
@@ -149,7 +207,7 @@ def privacy_plan(
         clipping=clipping_description(config, choices))
   if r.enabled:
     if f.batch_size > min(institution_units):
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.federated.batch_size={f.batch_size} is DP-SGD\'s expected batch'
           f' and exceeds the smallest institution ({min(institution_units)} privacy units).')
     unit = 'record (one row of an institution)'
@@ -178,7 +236,7 @@ def clients_per_round(config: ml_collections.ConfigDict, sampling: accounting.Sa
     return num_institutions
   requested = config.federated.clients_per_round
   if not 1 <= requested <= num_institutions:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.federated.clients_per_round={requested} must be in'
         f' [1, {num_institutions}] (the number of institutions) with'
         f' sampling={sampling.value!r}.'
@@ -213,7 +271,7 @@ def column_numbers(text: str, *, key: str, number: str = 'value') -> dict[str, f
     try:
       values[column.strip()] = float(value)
     except ValueError:
-      raise ValueError(f'config.{key}: {item!r} is not column={number}.') from None
+      raise errors.ConfigError(f'config.{key}: {item!r} is not column={number}.') from None
   return values
 
 
@@ -224,7 +282,7 @@ def hardening(config) -> saved_model.Hardening:
     return saved_model.Hardening(score_decimals=config.export.score_decimals,
                                  decision_only=config.export.decision_only, input_steps=steps)
   except ValueError as e:
-    raise ValueError(f'config.export: {e}') from None
+    raise errors.ConfigError(f'config.export: {e}') from None
 
 
 def loss_fn(config, choices: Choices) -> tabular.PerExampleLoss:
@@ -261,7 +319,7 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
   )
   if scaled_updates:
     if choices.algorithm is not processes.Algorithm.FEDAVG:
-      raise ValueError(f"config.attack.type='boost' simulates FedAvg; config.federated.algorithm="
+      raise errors.ConfigError(f"config.attack.type='boost' simulates FedAvg; config.federated.algorithm="
                        f'{config.federated.algorithm!r} must be \'fedavg\'.')
     return processes.build_scaled_update_train_process(
         model_fn=model_fn, weighting=choices.weighting, aggregator=aggregator, **optimizers)

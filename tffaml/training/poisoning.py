@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
+from tffaml import errors
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
@@ -57,7 +58,7 @@ def _parse_trigger(text: str, schema: schema_lib.Schema) -> dict[str, float]:
   trigger = experiment.column_numbers(text, key='attack.trigger')
   for column in trigger:
     if column not in schema.numeric:
-      raise ValueError(f'config.attack.trigger: {column!r} is not a numeric feature ({list(schema.numeric)}).')
+      raise errors.ConfigError(f'config.attack.trigger: {column!r} is not a numeric feature ({list(schema.numeric)}).')
   return trigger
 
 
@@ -67,16 +68,16 @@ def from_config(config: ml_collections.ConfigDict, data: federated_data.Federate
   try:
     attack_type = AttackType(a.type)
   except ValueError:
-    raise ValueError(f'config.attack.type={a.type!r} is not one of {[t.value for t in AttackType]}.') from None
+    raise errors.ConfigError(f'config.attack.type={a.type!r} is not one of {[t.value for t in AttackType]}.') from None
   if attack_type is AttackType.NONE:
     return Attack(AttackType.NONE)
   names = [n.strip() for n in a.institutions.split(',') if n.strip()]
   unknown = sorted(set(names) - set(data.names))
   if unknown:
-    raise ValueError(f'config.attack.institutions names {unknown}, not institutions ({data.names}).')
+    raise errors.ConfigError(f'config.attack.institutions names {unknown}, not institutions ({data.names}).')
   if not names:
     if not 1 <= a.count < len(data.names):
-      raise ValueError(f'config.attack.count={a.count} must be in [1, {len(data.names) - 1}]'
+      raise errors.ConfigError(f'config.attack.count={a.count} must be in [1, {len(data.names) - 1}]'
                        ' (or name config.attack.institutions).')
     names = sorted(np.random.default_rng([seed, 7]).choice(data.names, a.count, replace=False).tolist())
   trigger = {}
@@ -84,7 +85,7 @@ def from_config(config: ml_collections.ConfigDict, data: federated_data.Federate
     trigger = _parse_trigger(a.trigger, data.schema) or default_trigger(data, names)
   boost = a.boost_factor or float(len(data.names))
   if not boost > 0:
-    raise ValueError(f'config.attack.boost_factor must be > 0, got {a.boost_factor}.')
+    raise errors.ConfigError(f'config.attack.boost_factor must be > 0, got {a.boost_factor}.')
   return Attack(attack_type, tuple(names), boost, trigger)
 
 

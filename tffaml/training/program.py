@@ -26,14 +26,16 @@ import json
 import math
 import os
 import secrets
+import shutil
 import time
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tffaml import errors
 from tffaml import features
 from tffaml import io
 from tffaml.data import loading
@@ -50,23 +52,28 @@ from tffaml.training import evaluation
 from tffaml.training import experiment
 from tffaml.training import poisoning
 from tffaml.training import report
+from tffaml.training import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Paths:
+  """Where a run's outputs live, under `root` (see the module docstring)."""
+
   root: str
 
-  def __getattr__(self, name):
-    files = {
-        'hyperparameters': 'hyperparameters.json', 'checkpoints': 'checkpoints',
-        'results': 'results', 'metrics_csv': 'results/metrics.csv',
-        'curves': 'results/training_curves.png', 'logdir': 'logdir',
-        'metrics': 'metrics.json', 'privacy': 'privacy.txt', 'export': 'export',
-        'shards': 'shards',  # Institutions' rows, with config.data.stream.
-    }
-    if name not in files:
-      raise AttributeError(name)
-    return os.path.join(self.root, files[name])
+  def _join(self, name: str) -> str:
+    return os.path.join(self.root, name)
+
+  hyperparameters = property(lambda self: self._join('hyperparameters.json'))
+  checkpoints = property(lambda self: self._join('checkpoints'))
+  results = property(lambda self: self._join('results'))
+  metrics_csv = property(lambda self: self._join('results/metrics.csv'))
+  curves = property(lambda self: self._join('results/training_curves.png'))
+  logdir = property(lambda self: self._join('logdir'))
+  metrics = property(lambda self: self._join('metrics.json'))
+  privacy = property(lambda self: self._join('privacy.txt'))
+  export = property(lambda self: self._join('export'))
+  shards = property(lambda self: self._join('shards'))  # Institutions' rows, with config.data.stream.
 
 
 def _stable_seed(*parts: int) -> int:
@@ -110,18 +117,36 @@ def _config_for_comparison(config_dict: dict) -> dict:
   return config_dict
 
 
-def _check_or_write_hyperparameters(config: ml_collections.ConfigDict, paths: Paths) -> None:
+def _claim_workdir(config: ml_collections.ConfigDict, paths: Paths, identity: workdir_lib.Identity,
+                   checkpoint_round: Optional[int]) -> None:
+  """Checks that the checkpoints in `paths` belong to this run, or starts a new run there.
+
+  Without a checkpoint nothing of a previous attempt is kept: its
+  hyperparameters are replaced, so a corrected config can be rerun.
+  """
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(paths.hyperparameters):
-    with open(paths.hyperparameters) as f:
-      previous = json.load(f)
-    if _config_for_comparison(previous) != _config_for_comparison(current):
-      raise ValueError(
-          f'{paths.root} holds a run with a different config'
-          f' ({paths.hyperparameters}); resume it with the same config or use'
-          ' a new --workdir.'
-      )
+  if checkpoint_round is None:
+    io.write_json(paths.hyperparameters, current)
+    workdir_lib.write_identity(paths.root, identity)
+    return
+  with open(paths.hyperparameters) as f:
+    previous = json.load(f)
+  if _config_for_comparison(previous) != _config_for_comparison(current):
+    changed = _changed_keys(_config_for_comparison(previous), _config_for_comparison(current))
+    raise workdir_lib.WorkdirError(
+        f'{paths.root} holds a run with a different config ({paths.hyperparameters}; changed:'
+        f' {", ".join(changed)}); resume it with the same config or use a new --workdir.')
+  workdir_lib.check_identity(paths.root, identity, checkpoint_round=checkpoint_round,
+                             rounds=config.federated.rounds,
+                             target_epsilon=config.privacy.target_epsilon)
   io.write_json(paths.hyperparameters, current)
+
+
+def _changed_keys(before, after, prefix: str = 'config') -> list[str]:
+  if isinstance(before, dict) and isinstance(after, dict):
+    return [k for key in sorted(set(before) | set(after))
+            for k in _changed_keys(before.get(key), after.get(key), f'{prefix}.{key}')]
+  return [] if before == after else [prefix]
 
 
 class _Progress:
@@ -150,6 +175,27 @@ class RunResult:
   model: Optional[tf.keras.Model] = None  # The exported Keras model.
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """What the config and the data fix before any training: the run's inputs."""
+
+  data: Any  # federated_data.FederatedData, poisoned when an attack is simulated.
+  attack: poisoning.Attack
+  interface: saved_model.Interface
+  hardening: saved_model.Hardening
+  cohort: int
+  plan: accounting.PrivacyPlan
+
+  @property
+  def identity(self) -> workdir_lib.Identity:
+    return workdir_lib.Identity(
+        institutions=tuple((s['institution'], s['train_rows'], s['test_rows'])
+                           for s in self.data.summary()),
+        record_noise_multiplier=self.plan.record.noise_multiplier if self.plan.record else None,
+        client_noise_multiplier=self.plan.client.noise_multiplier if self.plan.client else None,
+        rounds=None)
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -159,7 +205,9 @@ def run(
 ) -> RunResult:
   """Trains, evaluates and exports; resumes from `workdir` if it holds a run.
 
-  Call inside `tffaml.runtime.local_runtime()`.
+  Call inside `tffaml.runtime.local_runtime()`. Every config check, the
+  data's validation and the check that `workdir`'s checkpoints belong to this
+  run come before anything is written; one run at a time holds `workdir`.
 
   Args:
     config: The experiment config (see configs/).
@@ -170,74 +218,113 @@ def run(
 
   Returns:
     The paths written and the final metrics.
+
+  Raises:
+    errors.Refusal: bad config, data or workdir (before any work), or a
+      round whose loss, model or metrics are not finite (nothing exported).
   """
   choices = experiment.parse_choices(config)
-  if config.data.get('stream') and config.reference.centralized_epochs:
-    raise ValueError('config.reference.centralized_epochs pools every row in memory;'
-                     ' set it to 0 with config.data.stream.')
   paths = Paths(os.path.abspath(workdir))
+  if config.data.source == loading.Source.CSV_DIR.value and config.data.dir:
+    workdir_lib.check_outside(paths.root, config.data.dir)
+  created = not os.path.exists(paths.root)
+  try:
+    with workdir_lib.lock(paths.root):
+      return _run_locked(config, choices, paths, stop_after_round=stop_after_round, log=log)
+  except BaseException:
+    if created and os.path.isdir(paths.root) and set(os.listdir(paths.root)) <= {'.lock'}:
+      shutil.rmtree(paths.root, ignore_errors=True)  # Refused before any work: leave nothing.
+    raise
+
+
+def _prepare(config, choices: experiment.Choices, paths: Paths, log) -> _Setup:
+  """Loads and checks the data, the attack, the export's interface and the privacy plan."""
   data = loading.load(config.data, seed=config.seed, shard_dir=paths.shards, log=log)
   attack = poisoning.from_config(config, data, seed=config.seed)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
     data = poisoning.poison(data, attack)
-  os.makedirs(paths.results, exist_ok=True)
-  _check_or_write_hyperparameters(config, paths)
-  log(f'{len(data.institutions)} institutions: ' + ', '.join(
-      f'{s["institution"]} ({s["train_rows"]} train rows)' for s in data.summary()))
-
-  space = features.compute_feature_space(
-      data, min_category_count=config.features.min_category_count)
-  schema = data.schema
-  interface, hardening = loading.interface(config.data, schema), experiment.hardening(config)
+  interface = loading.interface(config.data, data.schema)
+  hardening = experiment.hardening(config)
   try:
     saved_model.check_hardening(interface, hardening)
   except ValueError as e:
-    raise ValueError(f'config.export.input_rounding: {e}') from None
-
-  keras_model_fn = experiment.keras_model_fn(config, choices, space)
-  f = config.federated
-  model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
-  n = len(data.institutions)
-  cohort = experiment.clients_per_round(config, choices.sampling, n)
+    raise errors.ConfigError(f'config.export.input_rounding: {e}') from None
+  cohort = experiment.clients_per_round(config, choices.sampling, len(data.institutions))
   plan = experiment.privacy_plan_for_data(config, choices, data, cohort=cohort)
+  return _Setup(data=data, attack=attack, interface=interface, hardening=hardening,
+                cohort=cohort, plan=plan)
+
+
+def _latest_round(state_manager: tff.program.FileProgramStateManager) -> Optional[int]:
+  versions = asyncio.run(state_manager.get_versions())
+  return max(versions) if versions else None
+
+
+def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after_round, log) -> RunResult:
+  removed = workdir_lib.remove_stale_temporaries(paths.root)
+  if removed:
+    log(f'removed what a killed run left half-written: {", ".join(removed)}')
+  setup = _prepare(config, choices, paths, log)
+  state_manager = tff.program.FileProgramStateManager(paths.checkpoints, keep_total=2, keep_first=False)
+  checkpoint_round = _latest_round(state_manager)
+  identity = dataclasses.replace(
+      setup.identity, rounds=config.federated.rounds if config.privacy.target_epsilon else None)
+  _claim_workdir(config, paths, identity, checkpoint_round)
+  os.makedirs(paths.results, exist_ok=True)
+  data = setup.data
+  log(f'{len(data.institutions)} institutions: ' + ', '.join(
+      f'{s["institution"]} ({s["train_rows"]} train rows)' for s in data.summary()))
   if config.privacy.target_epsilon is not None:
-    calibrated = plan.record or plan.client
+    calibrated = setup.plan.record or setup.plan.client
     log(f'noise multiplier {calibrated.noise_multiplier:.4f} for ε = {config.privacy.target_epsilon:g}'
-        f' at δ = {config.privacy.delta:g} over {f.rounds} rounds ({choices.accountant.value})')
-  noise_seed = config.privacy.noise_seed
-  if noise_seed is None:  # Secret by default: see tffaml.federated.dp_queries.
-    noise_seed = secrets.randbits(62)
-  aggregator = experiment.build_aggregator(config, choices, plan, cohort=cohort, noise_seed=noise_seed)
-  boosting = attack.type is poisoning.AttackType.BOOST
+        f' at δ = {config.privacy.delta:g} over {config.federated.rounds} rounds'
+        f' ({choices.accountant.value})')
+  noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
+  space = features.compute_feature_space(data, min_category_count=config.features.min_category_count)
+  built = _build(config, choices, setup, space, noise_seed)
+  state, participation, first_round = _restore(built.process, state_manager, built.initial_model(),
+                                               noise_seed, len(data.institutions))
+  if first_round:
+    log(f'resuming {paths.root} after round {first_round}')
+  last_round = config.federated.rounds if stop_after_round is None else min(config.federated.rounds,
+                                                                            stop_after_round)
+  state, per_round = _train_rounds(
+      config, choices, setup, built, state_manager, paths, state=state, participation=participation,
+      rounds=range(first_round + 1, last_round + 1), noise_seed=noise_seed, log=log)
+  if last_round < config.federated.rounds:
+    return RunResult(paths=paths, metrics=None, rounds_completed=last_round)
+  return _finish(config, choices, setup, built, paths, state=state, participation=participation,
+                 space=space, per_round=per_round, log=log)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+  """The run's TFF processes and how its clients' data are made."""
+
+  keras_model_fn: Callable[[], tf.keras.Model]
+  process: Any  # tff.learning.templates.LearningProcess
+  eval_process: Any
+  train_dataset: Callable[[int, int], tf.data.Dataset]  # (institution index, round) -> dataset.
+  test_sets: dict
+
+  def initial_model(self) -> tff.learning.models.ModelWeights:
+    return tff.learning.models.ModelWeights.from_model(self.keras_model_fn())
+
+
+def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> _Built:
+  schema, plan, f = setup.data.schema, setup.plan, config.federated
+  keras_model_fn = experiment.keras_model_fn(config, choices, space)
+  model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
+  aggregator = experiment.build_aggregator(config, choices, plan, cohort=setup.cohort,
+                                           noise_seed=noise_seed)
+  boosting = setup.attack.type is poisoning.AttackType.BOOST
   process = experiment.build_train_process(
       config, choices, plan, model_fn=model_fn, aggregator=aggregator, scaled_updates=boosting)
-
-  state = process.initialize()
-  # TFF's initialize() runs Keras initializers unseeded; start from ours.
-  state = process.set_model_weights(
-      state, tff.learning.models.ModelWeights.from_model(keras_model_fn()))
-  state_manager = tff.program.FileProgramStateManager(paths.checkpoints, keep_total=2, keep_first=False)
-  participation = np.zeros(n, np.int64)  # The privacy ledger.
-  loaded, first_round = asyncio.run(state_manager.load_latest([state, 0, participation]))
-  if loaded is not None:
-    state, _, participation = loaded
-    participation = np.asarray(participation, np.int64)
-    log(f'resuming {paths.root} after round {first_round}')
-  else:
-    first_round = 0
-  releaser = tff.program.GroupingReleaseManager([
-      tff.program.CSVFileReleaseManager(paths.metrics_csv, key_fieldname='round'),
-      tff.program.TensorBoardReleaseManager(paths.logdir),
-  ])
-  eval_process = processes.build_eval_process(model_fn)
-  test_sets = {
-      i.name: client_data.institution_dataset(i, 'test', schema, batch_size=f.eval_batch_size)
-      for i in data.institutions
-  }
+  institutions = setup.data.institutions
 
   def train_dataset(i: int, round_num: int) -> tf.data.Dataset:
-    institution = data.institutions[i]
+    institution = institutions[i]
     if plan.record is not None:  # Secret sample and noise: from the noise seed.
       return dp_sgd.poisson_batches(
           institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
@@ -247,47 +334,108 @@ def run(
         institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
         shuffle_seed=_stable_seed(config.seed, round_num, i))
     if boosting:
-      return processes.scaled_client_data(dataset, attack.scale(data.institutions[i].name))
+      return processes.scaled_client_data(dataset, setup.attack.scale(institution.name))
     return dataset
 
-  last_round = f.rounds if stop_after_round is None else min(f.rounds, stop_after_round)
-  progress = _Progress(f.rounds, first_round, log)
-  per_round = math.nan
-  for round_num in range(first_round + 1, last_round + 1):
-    members = sample_cohort(choices.sampling, num_institutions=n, cohort=cohort,
+  test_sets = {
+      i.name: client_data.institution_dataset(i, 'test', schema, batch_size=f.eval_batch_size)
+      for i in institutions
+  }
+  return _Built(keras_model_fn=keras_model_fn, process=process,
+                eval_process=processes.build_eval_process(model_fn),
+                train_dataset=train_dataset, test_sets=test_sets)
+
+
+def _restore(process, state_manager, initial_model, noise_seed: int, institutions: int):
+  """(state, privacy ledger, last completed round) from the latest checkpoint, or a fresh start."""
+  state = process.initialize()
+  # TFF's initialize() runs Keras initializers unseeded; start from ours.
+  state = process.set_model_weights(state, initial_model)
+  participation = np.zeros(institutions, np.int64)  # The privacy ledger.
+  loaded, round_num = asyncio.run(
+      state_manager.load_latest([workdir_lib.redact(state), 0, participation]))
+  if loaded is None:
+    return state, participation, 0
+  saved_state, _, participation = loaded
+  return workdir_lib.restore(saved_state, noise_seed), np.asarray(participation, np.int64), round_num
+
+
+def _check_finite(round_num: int, values: Mapping[str, float], weights) -> None:
+  """Fails the run, naming the round, when its loss, metrics or model are not finite."""
+  bad = [k for k, v in values.items()
+         if k.startswith(('train/', 'eval/')) and v is not None and not math.isfinite(v)]
+  arrays = list(weights.trainable) + list(weights.non_trainable)
+  if not all(np.all(np.isfinite(np.asarray(w))) for w in arrays):
+    bad.append('model weights')
+  if bad:
+    raise errors.RunFailed(
+        f'round {round_num}: {", ".join(bad)} not finite; the run stopped and exported nothing'
+        f' (its last checkpoint is round {round_num - 1}). Likely causes: a learning rate too'
+        ' large for the data, or extreme feature values; lower config.federated.client_learning_rate'
+        ' or check the data, then rerun in a new --workdir.')
+
+
+def _train_rounds(config, choices, setup: _Setup, built: _Built, state_manager, paths: Paths, *,
+                  state, participation: np.ndarray, rounds: range, noise_seed: int, log):
+  """Runs `rounds`, checkpointing each (noise seed redacted); returns (state, seconds per round)."""
+  f, n = config.federated, len(setup.data.institutions)
+  releaser = tff.program.GroupingReleaseManager([
+      tff.program.CSVFileReleaseManager(paths.metrics_csv, key_fieldname='round'),
+      tff.program.TensorBoardReleaseManager(paths.logdir),
+  ])
+  progress = _Progress(f.rounds, rounds.start - 1, log)
+  per_round = None
+  for round_num in rounds:
+    members = sample_cohort(choices.sampling, num_institutions=n, cohort=setup.cohort,
                             seed=config.seed, round_num=round_num)
-    datasets = [train_dataset(i, round_num) for i in members]
-    participation[members] += 1
     values = {}
-    if datasets:  # A Poisson round may draw nobody: the model stays as it is.
-      output = process.next(state, datasets)
+    if members:  # A Poisson round may draw nobody: the model stays as it is.
+      output = built.process.next(state, [built.train_dataset(i, round_num) for i in members])
       state = output.state
       values.update(_flatten(output.metrics['client_work']['train'], 'train/'))
       values.update(_flatten(output.metrics['aggregator'], 'aggregator/'))
+    participation[members] += 1
     values['institutions_in_round'] = float(len(members))
-    privacy = plan.statement(rounds=round_num, participation=participation)
-    values['privacy/epsilon'] = privacy.epsilon
-    if plan.record and plan.client:
-      values['privacy/institution_epsilon'] = privacy.epsilon_for('institution')
+    values.update(_privacy_values(setup.plan, round_num, participation))
+    weights = built.process.get_model_weights(state)
     if f.eval_every and round_num % f.eval_every == 0 or round_num == f.rounds:
-      pooled = evaluation.evaluate(
-          eval_process, process.get_model_weights(state), test_sets, per_institution=False)
+      pooled = evaluation.evaluate(built.eval_process, weights, built.test_sets, per_institution=False)
       values.update(_flatten(pooled['pooled'], 'eval/'))
-    per_round = progress.round_done(
-        round_num,
-        ' | '.join(f'{k.split("/")[-1]} {values[k]:.4g}' for k in
-                   ('train/loss', 'eval/auc', 'privacy/epsilon') if k in values))
+    _check_finite(round_num, values, weights)
+    per_round = progress.round_done(round_num, _summary(values))
     values['round_seconds'] = per_round
     asyncio.run(releaser.release(values, key=round_num))
-    asyncio.run(state_manager.save([state, round_num, participation], round_num))
-  if last_round < f.rounds:
-    return RunResult(paths=paths, metrics=None, rounds_completed=last_round)
+    asyncio.run(state_manager.save([workdir_lib.redact(state), round_num, participation], round_num))
+  return state, per_round
 
-  model = keras_model_fn()
-  process.get_model_weights(state).assign_weights_to(model)
-  weights = process.get_model_weights(state)
+
+def _privacy_values(plan: accounting.PrivacyPlan, round_num: int, participation) -> dict[str, float]:
+  """ε so far for each DP unit, as metrics: `privacy/epsilon` is the headline unit's."""
+  if not plan.is_private:
+    return {}
+  statement = plan.statement(rounds=round_num, participation=participation)
+  values = {'privacy/epsilon': statement.epsilon}
+  if plan.record and plan.client:
+    values['privacy/institution_epsilon'] = statement.epsilon_for('institution')
+  return values
+
+
+def _summary(values: Mapping[str, float]) -> str:
+  """The progress line's metrics; ε with its unit, and only under DP."""
+  names = {'train/loss': 'loss', 'eval/auc': 'auc', 'privacy/epsilon': 'ε'}
+  return ' | '.join(f'{name} {values[k]:.4g}' for k, name in names.items()
+                    if values.get(k) is not None)
+
+
+def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, state, participation,
+            space, per_round, log) -> RunResult:
+  """Final evaluation, thresholds, reference, statement and export of a completed run."""
+  data, schema, f = setup.data, setup.data.schema, config.federated
+  model = built.keras_model_fn()
+  weights = built.process.get_model_weights(state)
+  weights.assign_weights_to(model)
   metrics = {
-      'federated': evaluation.evaluate(eval_process, weights, test_sets),
+      'federated': evaluation.evaluate(built.eval_process, weights, built.test_sets),
       'rounds': f.rounds,
       'seconds_per_round_this_session': per_round,
       'institutions': data.summary(),
@@ -304,25 +452,19 @@ def run(
         {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
          for i in data.institutions},
         budgets=tuple(config.evaluation.alert_budgets), threshold=threshold)
-  if attack.type is not poisoning.AttackType.NONE:
-    metrics['attack'] = poisoning.measure(attack, model, data)
+  if setup.attack.type is not poisoning.AttackType.NONE:
+    metrics['attack'] = poisoning.measure(setup.attack, model, data)
   if config.reference.centralized_epochs:
-    log('training the centralized reference (pooled data, same model)...')
-    reference = centralized.train(
-        keras_model_fn, data, loss=tabular.keras_loss(experiment.loss_fn(config, choices)),
-        epochs=config.reference.centralized_epochs,
-        batch_size=f.batch_size, learning_rate=config.reference.learning_rate,
-        seed=config.seed)
-    metrics['centralized_reference'] = evaluation.evaluate(
-        eval_process, tff.learning.models.ModelWeights.from_model(reference), test_sets)
-  statement = plan.statement(rounds=f.rounds, participation=participation)
+    metrics['centralized_reference'] = _centralized_reference(config, choices, built, data, log)
+  _check_finite(f.rounds, _flatten(metrics['federated']['pooled'], 'eval/'), weights)
+  statement = setup.plan.statement(rounds=f.rounds, participation=participation)
   metrics['privacy'] = statement.to_dict()
   io.write_json(paths.metrics, metrics)
   io.write_text(paths.privacy, statement.text() + '\n')
   report.plot_training_curves(paths.metrics_csv, paths.curves)
   saved_model.export(
-      model, paths.export, schema=schema, interface=interface, threshold=threshold,
-      hardening=hardening,
+      model, paths.export, schema=schema, interface=setup.interface, threshold=threshold,
+      hardening=setup.hardening,
       metadata={
           'feature_space': space.to_dict(),
           'config': _public_config(config),
@@ -330,3 +472,13 @@ def run(
           'privacy': statement.to_dict(),
       })
   return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds, model=model)
+
+
+def _centralized_reference(config, choices, built: _Built, data, log) -> dict:
+  log('training the centralized reference (pooled data, same model)...')
+  reference = centralized.train(
+      built.keras_model_fn, data, loss=tabular.keras_loss(experiment.loss_fn(config, choices)),
+      epochs=config.reference.centralized_epochs, batch_size=config.federated.batch_size,
+      learning_rate=config.reference.learning_rate, seed=config.seed)
+  return evaluation.evaluate(
+      built.eval_process, tff.learning.models.ModelWeights.from_model(reference), built.test_sets)
