@@ -18,6 +18,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+from tffaml import cli
 from tffaml import io
 from tffaml import runtime
 from tffaml.training import benchmark
@@ -52,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from tffaml import cli
 from tffaml.export import encryption
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Package directory (read, or written with --decrypt).',
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from tffaml import cli
 from tffaml.data import transaction_generator
 
 _NUM_BANKS = flags.DEFINE_integer('num_banks', 20, 'Banks in the population.')
@@ -42,7 +43,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  try:
-    app.run(main)
-  except ValueError as e:  # Flag values the generator refuses.
-    sys.exit(f'error: {e}')
+  cli.run(main)

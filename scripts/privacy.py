@@ -20,6 +20,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
+from tffaml import cli
 from tffaml.privacy import accounting
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A training config to account for.')
@@ -75,4 +76,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

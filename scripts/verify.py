@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from tffaml import cli
 from tffaml.export import signing
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Package directory to verify.', required=True)
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -41,6 +41,26 @@ class RuntimeTest(tf.test.TestCase):
       self.assertLess(time.monotonic(), deadline, 'worker_binary outlived its parent')
       time.sleep(0.2)
 
+  def test_worker_is_stopped_when_its_parent_is_killed_as_it_starts(self):
+    # Killed the moment its worker exists: before the watchdog's next poll
+    # could see the worker among its descendants.
+    child = subprocess.Popen([sys.executable, '-c', _CHILD.format(root=ROOT)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(child.pid)
+    deadline = time.monotonic() + 120
+    workers = []
+    while not workers:
+      self.assertLess(time.monotonic(), deadline, 'no worker_binary started')
+      workers = [p for p in parent.children(recursive=True) if p.name() == 'worker_binary']
+      time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    worker = workers[0]
+    deadline = time.monotonic() + 15
+    while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
+      self.assertLess(time.monotonic(), deadline, 'worker_binary outlived its parent')
+      time.sleep(0.2)
+
 
 if __name__ == '__main__':
   tf.test.main()

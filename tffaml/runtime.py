@@ -9,10 +9,13 @@ the worker is stopped:
   * on leaving the `with` block, on exceptions, and on SIGTERM/SIGHUP (turned
     into `SystemExit` so `finally` blocks and checkpoints unwind normally);
   * on SIGKILL of this process, by a small watchdog process that waits for our
-    end (EOF on a pipe only we hold) and then stops the workers we started.
+    end (EOF on a pipe only we hold) and then stops the workers we started,
+    found as our descendants while we live and, for one started just before
+    the kill, by the owner mark in its environment.
 """
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -22,6 +25,7 @@ from typing import Iterator
 import psutil
 
 _WORKER_NAME = 'worker_binary'
+OWNER_ENV = 'TFFAML_RUNTIME_OWNER'  # Set for the workers we start: whose they are.
 _WATCHDOG_POLL_SECONDS = 0.5
 _STOP_TIMEOUT_SECONDS = 5.0
 
@@ -29,9 +33,12 @@ _STOP_TIMEOUT_SECONDS = 5.0
 # workers among our children while we live, and stops them once we are gone.
 _WATCHDOG_SOURCE = f"""
 import select, sys, psutil
-parent = psutil.Process({{parent_pid}})
 workers = {{{{}}}}
-while True:
+try:
+  parent = psutil.Process({{parent_pid}})
+except psutil.Error:  # We died before this process got going: only the scan below can help.
+  parent = None
+while parent is not None:
   ready, _, _ = select.select([sys.stdin], [], [], {_WATCHDOG_POLL_SECONDS})
   if ready and not sys.stdin.buffer.read1(1):
     break
@@ -41,6 +48,15 @@ while True:
         workers[child.pid] = child
   except psutil.Error:
     break
+# A worker started within the last poll is not among them yet: every worker
+# inherits our OWNER_ENV, so find the rest by it (reparented, they are not our
+# descendants any more).
+for proc in psutil.process_iter(['name']):
+  try:
+    if proc.info['name'] == {_WORKER_NAME!r} and proc.environ().get({OWNER_ENV!r}) == '{{parent_pid}}':
+      workers[proc.pid] = proc
+  except psutil.Error:
+    pass
 alive = [w for w in workers.values() if w.is_running()]
 for w in alive:
   w.terminate()
@@ -71,6 +87,19 @@ def stop_workers() -> None:
   psutil.wait_procs(alive, timeout=_STOP_TIMEOUT_SECONDS)
 
 
+def _disarm_tff_service_managers() -> None:
+  """Stops TFF's worker managers from acting at interpreter exit: we stopped their workers.
+
+  Their `__del__` would otherwise run during interpreter teardown, when the
+  `subprocess` module is already gone, and print an ignored AttributeError
+  after every run (or refusal) of ours.
+  """
+  for obj in gc.get_objects():
+    cls = type(obj)
+    if cls.__name__ == 'ServiceManager' and cls.__module__.endswith('executor_factory'):
+      cls.__del__ = lambda self: None
+
+
 def _start_watchdog() -> subprocess.Popen:
   return subprocess.Popen(
       [sys.executable, '-c', _WATCHDOG_SOURCE.format(parent_pid=os.getpid())],
@@ -95,6 +124,7 @@ def local_runtime() -> Iterator[None]:
   """
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
+  os.environ[OWNER_ENV] = str(os.getpid())  # Inherited by TFF's worker_binary.
   watchdog = _start_watchdog()
   previous_handlers = {
       sig: signal.signal(sig, _raise_system_exit)
@@ -108,6 +138,7 @@ def local_runtime() -> Iterator[None]:
     yield
   finally:
     stop_workers()
+    _disarm_tff_service_managers()
     for sig, handler in previous_handlers.items():
       signal.signal(sig, handler)
     watchdog.stdin.close()

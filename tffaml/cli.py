@@ -1,0 +1,57 @@
+"""The scripts' entry point: bad input is one message and a non-zero exit, never a traceback.
+
+`run(main)` is `absl.app.run(main)` with two differences:
+  * flag errors, including an unknown `--config.x.y` key (which
+    ml_collections raises as a garbled AttributeError), are one line naming
+    the flag and the nearest known key;
+  * an `errors.Refusal` raised by `main` (bad data, config, workdir, or a
+    diverged run) prints `error: <message>` and exits with status 2.
+Anything else is our bug and keeps its traceback.
+"""
+
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+
+from tffaml import errors
+
+EXIT_REFUSED = 2
+
+
+def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:
+  while error.args and isinstance(error.args[0], BaseException):  # AttributeError(KeyError(text)).
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+  names = re.findall(r"'([^']+)'", text)
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  bad = names[0] if names else '?'
+  flag = next((a.split('=')[0] for a in argv[1:] if re.search(rf'\.{re.escape(bad)}(=|$)', a)), f'--{bad}')
+  suggestion = f'; did you mean {hint.group(1)!r}?' if hint else ''
+  return f'{flag}: unknown config key {bad!r}{suggestion} (see the config file for every key).'
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing with one-line errors (for `app.run`'s `flags_parser`)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}\nPass --help for the flags.')
+  except (AttributeError, KeyError) as e:  # ml_collections: an unknown --config.x.y key.
+    sys.exit(f'error: {_unknown_key_message(e, argv)}')
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """Runs `main` as `app.run` does, reporting refusals as one message."""
+
+  def guarded(argv):
+    try:
+      main(argv)
+    except (errors.Refusal, FileNotFoundError, FileExistsError, IsADirectoryError,
+            NotADirectoryError, PermissionError) as e:  # Our messages, or the OS's on a path given.
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(EXIT_REFUSED)
+
+  app.run(guarded, flags_parser=parse_flags)
