@@ -12,6 +12,14 @@ Which values exist must be known before their counts can be summed: each
 institution proposes the values it holds at least `min_category_count` times
 (a k-anonymity threshold), and the union of the proposals is what is counted.
 
+One participant's extreme values (a data error, or a hostile participant)
+must not set everyone's scale: numeric statistics are computed on values
+clipped to a range found first from a federated histogram (fixed bins on a
+signed log scale, summed like the statistics). The range drops the
+max(`MIN_TRIMMED`, `TRIM_FRACTION` of the rows) most extreme values at each
+end, to the edge of the next bin; the model clips its inputs to the same
+range, so no served or trained value lies outside what the statistics saw.
+
 The resulting `FeatureSpace` becomes Keras preprocessing layers
 (`Normalization`, `StringLookup`), so models, and the exported SavedModel,
 take raw feature values.
@@ -19,6 +27,8 @@ take raw feature values.
 
 import collections
 import dataclasses
+import math
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -27,6 +37,13 @@ import tensorflow_federated as tff
 
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
+
+
+TRIM_FRACTION = 0.001  # Of the federation's rows, clipped at each end...
+MIN_TRIMMED = 3  # ...and at least this many.
+# Bin edges: 0 and ±10^(k/8), from 1e-30 to beyond float32's largest number.
+_MAGNITUDES = 10.0 ** (np.arange(-30 * 8, 39 * 8 + 1) / 8)
+HISTOGRAM_EDGES = np.concatenate([-_MAGNITUDES[::-1], _MAGNITUDES])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,18 +55,25 @@ class FeatureSpace:
     mean: Numeric column -> mean over all institutions' training rows.
     variance: Numeric column -> population variance over the same rows.
     vocabulary: Categorical column -> known values, sorted.
+    lower: Numeric column -> the value below which inputs are clipped
+      (None: not clipped); see the module docstring.
+    upper: Numeric column -> the value above which inputs are clipped.
   """
 
   schema: schema_lib.Schema
   mean: dict[str, float]
   variance: dict[str, float]
   vocabulary: dict[str, tuple[str, ...]]
+  lower: dict[str, Optional[float]] = dataclasses.field(default_factory=dict)
+  upper: dict[str, Optional[float]] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
     return {
         'mean': self.mean,
         'variance': self.variance,
         'vocabulary': {k: list(v) for k, v in self.vocabulary.items()},
+        'lower': self.lower,
+        'upper': self.upper,
     }
 
   @classmethod
@@ -59,6 +83,8 @@ class FeatureSpace:
         mean=dict(value['mean']),
         variance=dict(value['variance']),
         vocabulary={k: tuple(v) for k, v in value['vocabulary'].items()},
+        lower=dict(value.get('lower', {})),  # Exports before clipping have none.
+        upper=dict(value.get('upper', {})),
     )
 
 
@@ -69,13 +95,45 @@ def _candidate_values(
   return set(counts[counts >= min_count].index)
 
 
+def local_histograms(frame: pd.DataFrame, schema: schema_lib.Schema) -> np.ndarray:
+  """Counts of one institution's numeric values in `HISTOGRAM_EDGES`' bins: [columns, bins]."""
+  bins = len(HISTOGRAM_EDGES) + 1
+  return np.stack([
+      np.bincount(np.searchsorted(HISTOGRAM_EDGES, frame[c].to_numpy(np.float64), side='right'),
+                  minlength=bins).astype(np.float64)
+      for c in schema.numeric]) if schema.numeric else np.zeros((0, bins))
+
+
+def clip_range(counts: np.ndarray) -> tuple[Optional[float], Optional[float]]:
+  """(lower, upper) clip of one column from its federated histogram; None: unbounded.
+
+  Drops max(MIN_TRIMMED, TRIM_FRACTION * rows) values at each end: each
+  bound is the outer edge of the bin holding the next value in.
+  """
+  rows = int(counts.sum())
+  trimmed = max(MIN_TRIMMED, math.ceil(TRIM_FRACTION * rows))
+  if rows - 1 - trimmed <= trimmed:
+    return None, None  # Too few rows to tell an extreme from the rest.
+  cumulative = np.cumsum(counts)
+  low_bin, high_bin = np.searchsorted(cumulative, [trimmed, rows - 1 - trimmed], side='right')
+  edges = HISTOGRAM_EDGES
+  lower = float(edges[low_bin - 1]) if low_bin > 0 else None
+  upper = float(edges[high_bin]) if high_bin < len(edges) else None
+  return lower, upper
+
+
 def local_statistics(
     frame: pd.DataFrame,
     schema: schema_lib.Schema,
     candidates: dict[str, list[str]],
+    *,
+    lower: Optional[np.ndarray] = None,
+    upper: Optional[np.ndarray] = None,
 ) -> collections.OrderedDict:
-  """One institution's summary of its rows: the only thing it sends."""
+  """One institution's summary of its rows (numeric values clipped): the only thing it sends."""
   numeric = frame[list(schema.numeric)].to_numpy(np.float64)
+  if lower is not None:
+    numeric = np.clip(numeric, lower, upper)
   counts = [
       frame[c].value_counts().reindex(candidates[c], fill_value=0).to_numpy()
       for c in schema.categorical
@@ -117,16 +175,13 @@ def compute_feature_space(
       )))
       for c in schema.categorical
   }
+  lower, upper = _federated_clip_ranges(data)
+  bounds = dict(lower=np.array([-np.inf if v is None else v for v in lower]),
+                upper=np.array([np.inf if v is None else v for v in upper]))
   client_stats = [
-      local_statistics(i.train, schema, candidates) for i in data.institutions
+      local_statistics(i.train, schema, candidates, **bounds) for i in data.institutions
   ]
-  stats_type = tff.types.to_type(
-      collections.OrderedDict(
-          (k, tff.TensorType(np.float64, v.shape))
-          for k, v in client_stats[0].items()
-      )
-  )
-  total = build_federated_sum(stats_type)(client_stats)
+  total = _federated_total(client_stats)
 
   count = total['count']
   mean = total['sum'] / count
@@ -150,7 +205,27 @@ def compute_feature_space(
       mean=dict(zip(schema.numeric, mean.tolist())),
       variance=dict(zip(schema.numeric, variance.tolist())),
       vocabulary=vocabulary,
+      lower=dict(zip(schema.numeric, lower)),
+      upper=dict(zip(schema.numeric, upper)),
   )
+
+
+def _federated_total(client_values: list) -> collections.OrderedDict:
+  """The sum over institutions of their summaries (a TFF `federated_sum`)."""
+  value_type = tff.types.to_type(collections.OrderedDict(
+      (k, tff.TensorType(np.float64, v.shape)) for k, v in client_values[0].items()))
+  return build_federated_sum(value_type)(client_values)
+
+
+def _federated_clip_ranges(data: federated_data.FederatedData) -> tuple[list, list]:
+  """Per numeric column, (lowers, uppers) from the summed histograms (see `clip_range`)."""
+  if not data.schema.numeric:
+    return [], []
+  histograms = [collections.OrderedDict(counts=local_histograms(i.train, data.schema))
+                for i in data.institutions]
+  total = _federated_total(histograms)['counts']
+  ranges = [clip_range(counts) for counts in total]
+  return [lo for lo, _ in ranges], [hi for _, hi in ranges]
 
 
 def keras_inputs(schema: schema_lib.Schema) -> dict[str, tf.keras.Input]:
@@ -185,13 +260,18 @@ def encode(
   """
   parts = []
   for column in space.schema.numeric:
+    value = inputs[column]
+    lower, upper = space.lower.get(column), space.upper.get(column)
+    if lower is not None or upper is not None:  # The range the statistics were computed on.
+      value = tf.clip_by_value(value, -schema_lib.FLOAT32_MAX if lower is None else lower,
+                               schema_lib.FLOAT32_MAX if upper is None else upper)
     normalise = tf.keras.layers.Normalization(
         axis=None,
         mean=space.mean[column],
         variance=space.variance[column],
         name=f'normalise_{column}',
     )
-    parts.append(tf.expand_dims(normalise(inputs[column]), -1))
+    parts.append(tf.expand_dims(normalise(value), -1))
   for column in space.schema.categorical:
     vocabulary = list(space.vocabulary[column])
     ids = tf.keras.layers.StringLookup(

@@ -47,6 +47,9 @@ DIRECTIONS = ('outgoing', 'incoming', 'internal')
 
 # Rows parsed at a time: bounds the text form of the file held in memory.
 CHUNK_ROWS = 500_000
+# Refused above this: no payment is this large in any currency, and account
+# aggregates sum many amounts in float32, where a few such would be inf.
+MAX_AMOUNT = 1e18
 # Columns kept as pandas categoricals: few distinct values (accounts repeat
 # across their transactions), so 10M transactions take ~1 GB, not ~6 GB of text.
 _CATEGORICAL = ('timestamp', 'from_bank', 'from_account', 'to_bank', 'to_account',
@@ -67,7 +70,7 @@ def read(path: str, *, chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
   """
   expected = list(HEADER[:4]) + ['Account.1'] + list(HEADER[5:])  # pandas renames the 2nd.
   chunks, first_line = [], 2
-  for raw in schema_lib.read_csv(path, chunk_rows=chunk_rows):
+  for raw in schema_lib.read_csv(path, chunk_rows=chunk_rows, unique_header=False):
     if list(raw.columns) != expected:
       got = [c.replace('Account.1', 'Account') for c in raw.columns]
       raise schema_lib.DataError(
@@ -101,7 +104,10 @@ def parse(raw: pd.DataFrame, *, source: str, first_line: Optional[int] = 2) -> p
 
   def fail(mask, column, problem):
     row = int(np.flatnonzero(mask)[0])
-    where = f'line {row + first_line}' if first_line is not None else f'row {row}'
+    if raw.attrs.get('csv_path'):  # Right even after quoted cells spanning lines.
+      where = schema_lib.line_of(raw, row)
+    else:
+      where = f'line {row + first_line}' if first_line is not None else f'row {row}'
     name = HEADER[COLUMNS.index(column)]
     raise schema_lib.DataError(
         f'{source}: {where}, column {name!r}: {raw[column].iloc[row]!r} {problem}.')
@@ -122,6 +128,8 @@ def parse(raw: pd.DataFrame, *, source: str, first_line: Optional[int] = 2) -> p
     amount = pd.to_numeric(out[column], errors='coerce').to_numpy(np.float64)
     if not np.isfinite(amount).all():
       fail(~np.isfinite(amount), column, 'is not a finite number')
+    if (amount > MAX_AMOUNT).any():
+      fail(amount > MAX_AMOUNT, column, f'exceeds {MAX_AMOUNT:g}, beyond any payment (a data error)')
     if (amount < 0).any():
       fail(amount < 0, column, 'is negative')
     out[column] = amount

@@ -14,6 +14,24 @@ from tffaml.data import schema as schema_lib
 SPLITS = ('train', 'test')
 
 
+def _check_distinct(data_dir: str, names: list[str]) -> None:
+  """Refuses two institution folders (or their files) that resolve to the same data.
+
+  A symlinked folder would otherwise count one institution's rows twice, in
+  training and in the privacy statement.
+  """
+  seen = {}
+  for name in names:
+    for path in [os.path.join(data_dir, name)] + [
+        os.path.join(data_dir, name, f'{split}.csv') for split in SPLITS]:
+      real = os.path.realpath(path)
+      if real in seen:
+        raise schema_lib.DataError(
+            f'{path} and {seen[real]} are the same data ({real}); each institution needs its own'
+            ' folder and files. Remove the link or copy.')
+      seen[real] = path
+
+
 def load(data_dir: str, schema: schema_lib.Schema) -> federated_data.FederatedData:
   """Loads and validates every institution under `data_dir`."""
   if not os.path.isdir(data_dir):
@@ -27,6 +45,7 @@ def load(data_dir: str, schema: schema_lib.Schema) -> federated_data.FederatedDa
         f'{data_dir}: no institution folders; expected'
         f' {data_dir}/<institution>/train.csv and test.csv.'
     )
+  _check_distinct(data_dir, names)
   institutions = []
   for name in names:
     frames = {}

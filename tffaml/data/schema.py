@@ -11,6 +11,7 @@ names the source (file), the line or column, and what is wrong, so a bank's
 engineer can fix the file without reading our code.
 """
 
+import csv
 import dataclasses
 import json
 import math
@@ -25,6 +26,8 @@ from tffaml import errors
 LABEL_COLUMN = '__label__'  # The parsed 0/1 label inside validated frames.
 UNIT_COLUMN = '__unit__'  # The privacy unit (e.g. account) inside validated frames.
 _SCHEMA_KEYS = ('label', 'positive', 'numeric', 'categorical', 'unit')
+# Models compute in float32: a larger number would become inf inside them.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DataError(errors.InputError):
@@ -135,16 +138,54 @@ def _first_bad_row(mask: np.ndarray) -> int:
   return int(np.flatnonzero(mask)[0])
 
 
-def read_csv(path: str, *, chunk_rows: Optional[int] = None):
+def read_csv(path: str, *, chunk_rows: Optional[int] = None, unique_header: bool = True):
   """Reads a CSV as text cells, so validation sees values as written.
 
   With `chunk_rows`, returns an iterator of frames of at most that many rows
-  (one empty frame for a file with a header only).
+  (one empty frame for a file with a header only). Each frame's `attrs`
+  name its file and its first record, so errors can name the file's line
+  even after quoted cells that span lines (`record_lines`).
+
+  Args:
+    path: The CSV file.
+    chunk_rows: Rows per frame; None reads the whole file as one frame.
+    unique_header: Refuse a header that names a column twice (pandas would
+      silently rename the second, `amount.1`). AMLworld files repeat
+      `Account` by design and pass False.
   """
   if not os.path.isfile(path):
     raise DataError(f'{path}: file not found.')
+  if unique_header:
+    _check_unique_header(path)
   chunks = _read_chunks(path, chunk_rows or 0)
   return chunks if chunk_rows else next(chunks)
+
+
+def _check_unique_header(path: str) -> None:
+  with open(path, newline='') as f:
+    header = next(csv.reader(f), [])
+  duplicated = sorted({c for c in header if header.count(c) > 1})
+  if duplicated:
+    raise DataError(f'{path}: line 1: column(s) {duplicated} appear more than once in the header;'
+                    ' give every column its own name.')
+
+
+def record_lines(path: str) -> np.ndarray:
+  """The file line on which each data record starts (after the header).
+
+  A quoted cell may span lines, so record i need not be on line i + 2.
+  Blank lines are skipped, as pandas skips them.
+  """
+  lines = []
+  with open(path, newline='') as f:
+    reader = csv.reader(f)
+    next(reader, None)
+    start = reader.line_num + 1
+    for record in reader:
+      if record:
+        lines.append(start)
+      start = reader.line_num + 1
+  return np.asarray(lines, np.int64)
 
 
 def _read_chunks(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -152,20 +193,33 @@ def _read_chunks(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
   read = lambda **kw: pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
   try:
     if not chunk_rows:
-      yield read()
+      yield _mark(read(), path, 0)
       return
     with read(chunksize=chunk_rows) as reader:
-      header_only = True
+      first = 0
       for chunk in reader:
-        header_only = False
-        yield chunk
-    if header_only:  # pandas yields no chunk for a header without rows.
-      yield read()
+        yield _mark(chunk, path, first)
+        first += len(chunk)
+    if not first:  # pandas yields no chunk for a header without rows.
+      yield _mark(read(), path, 0)
   except pd.errors.EmptyDataError:
     raise DataError(f'{path}: file is empty (no header row).') from None
   except pd.errors.ParserError as e:
     # pandas says e.g. "Expected 5 fields in line 7, saw 6".
     raise DataError(f'{path}: malformed CSV: {e}'.strip()) from None
+
+
+def _mark(frame: pd.DataFrame, path: str, first_record: int) -> pd.DataFrame:
+  frame.attrs.update(csv_path=path, first_record=first_record)
+  return frame
+
+
+def line_of(frame: pd.DataFrame, row: int, *, header_lines: int = 1) -> str:
+  """'line N' of `frame`'s row in its file ('row N' for an in-memory table)."""
+  path = frame.attrs.get('csv_path')
+  if path:
+    return f'line {record_lines(path)[frame.attrs["first_record"] + row]}'
+  return f'line {row + 1 + header_lines}' if header_lines else f'row {row}'
 
 
 def validate_frame(
@@ -196,7 +250,7 @@ def validate_frame(
   """
 
   def where(row: int) -> str:
-    return f'line {row + 1 + header_lines}' if header_lines else f'row {row}'
+    return line_of(frame, row, header_lines=header_lines)
 
   duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
   if duplicated:
@@ -235,6 +289,13 @@ def validate_frame(
       raise DataError(
           f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is not'
           ' finite.'
+      )
+    huge = np.abs(values) > FLOAT32_MAX
+    if huge.any():
+      row = _first_bad_row(huge)
+      raise DataError(
+          f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is beyond'
+          f' ±{FLOAT32_MAX:.3g}, the largest number the model (float32) can hold.'
       )
     out[column] = values
   text_columns = {c: c for c in schema.categorical}
