@@ -62,4 +62,5 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, value: Any) -> None:
-  write_text(path, json.dumps(value, indent=2, sort_keys=False) + '\n')
+  # allow_nan=False: NaN and Infinity are not JSON; an undefined value is null.
+  write_text(path, json.dumps(value, indent=2, sort_keys=False, allow_nan=False) + '\n')

@@ -19,9 +19,10 @@ class RankingMetricsTest(tf.test.TestCase):
     self.assertEqual(m['alert_precision'], 0.5)
     self.assertAllClose(m['alert_f1'], 2 / 3)
 
-  def test_no_threshold_no_alert_metrics_and_no_positives_is_nan(self):
+  def test_no_threshold_no_alert_metrics_and_no_positives_is_undefined(self):
     m = evaluation.ranking_metrics(np.zeros(4), np.arange(4.0), budgets=(0.5,))
-    self.assertTrue(np.isnan(m['auprc']) and np.isnan(m['recall_at_50%']))
+    self.assertIsNone(m['auprc'])  # Undefined: JSON null, never NaN.
+    self.assertIsNone(m['recall_at_50%'])
     self.assertNotIn('alert_rate', m)
 
   def test_pooled_and_per_institution(self):

@@ -139,7 +139,7 @@ def export(
       del serving['score']
     metadata = dict(metadata, schema=schema.to_dict(), serving=serving, threshold=threshold)
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
-      json.dump(metadata, f, indent=2)
+      json.dump(metadata, f, indent=2, allow_nan=False)
 
 
 def read_metadata(model_dir: str) -> dict:

@@ -33,9 +33,21 @@ class KolmogorovSmirnov(tf.keras.metrics.AUC):
     return tf.reduce_max(tpr - fpr)
 
 
+class Positives(tf.keras.metrics.Sum):
+  """Rows of the positive class: with `num_examples`, tells when ranking metrics are undefined."""
+
+  def __init__(self, name: str = 'positives', **kwargs):
+    super().__init__(name=name, **kwargs)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del y_pred
+    super().update_state(tf.cast(tf.reshape(y_true, [-1]), self.dtype), sample_weight)
+
+
 def evaluation_metrics(threshold: float) -> list[tf.keras.metrics.Metric]:
-  """AUC, AUPRC, accuracy at `threshold`, Brier score (MSE of probabilities), KS."""
+  """AUC, AUPRC, accuracy at `threshold`, Brier score (MSE of probabilities), KS, positives."""
   return [
+      Positives(),
       tf.keras.metrics.AUC(num_thresholds=NUM_THRESHOLDS, name='auc'),
       tf.keras.metrics.AUC(num_thresholds=NUM_THRESHOLDS, curve='PR', name='auprc'),
       tf.keras.metrics.BinaryAccuracy(threshold=threshold, name='accuracy'),

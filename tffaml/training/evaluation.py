@@ -12,13 +12,19 @@ from sklearn import metrics as sk_metrics
 import tensorflow as tf
 import tensorflow_federated as tff
 
-METRICS = ('auc', 'auprc', 'accuracy', 'brier', 'ks', 'loss', 'num_examples')
+METRICS = ('auc', 'auprc', 'accuracy', 'brier', 'ks', 'loss', 'num_examples', 'positives')
+RANKING = ('auc', 'auprc', 'ks')  # Undefined (None) on rows of one class.
 
 
-def _metrics(output) -> dict[str, float]:
+def _metrics(output) -> dict:
   """The model's metrics (classifiers have all of `METRICS`, an autoencoder its loss)."""
   values = output.metrics['client_work']['eval']['current_round_metrics']
-  return {k: float(values[k]) for k in METRICS if k in values}
+  out = {k: float(values[k]) for k in METRICS if k in values}
+  if 'positives' in out and out['positives'] in (0, out['num_examples']):
+    out.update({k: None for k in RANKING})
+    out['undefined'] = ('AUC, AUPRC and KS need test rows of both classes; these hold only'
+                        f' {"negatives" if out["positives"] == 0 else "positives"}.')
+  return out
 
 
 def evaluate(
@@ -39,8 +45,9 @@ def evaluate(
   return result
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-  return float(numerator / denominator) if denominator else float('nan')
+def _ratio(numerator: float, denominator: float) -> Optional[float]:
+  """numerator / denominator; None (undefined, JSON null) when the denominator is 0."""
+  return float(numerator / denominator) if denominator else None
 
 
 def budget_name(budget: float) -> str:
@@ -59,7 +66,7 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, *, budgets: Sequence
   labels = np.asarray(labels).astype(bool)
   positives, rows = int(labels.sum()), len(labels)
   out = {'rows': rows, 'positives': positives,
-         'auprc': float(sk_metrics.average_precision_score(labels, scores)) if positives else float('nan')}
+         'auprc': float(sk_metrics.average_precision_score(labels, scores)) if positives else None}
   order = np.argsort(-np.asarray(scores), kind='stable')
   for budget in budgets:
     flagged = max(1, int(round(budget * rows)))
