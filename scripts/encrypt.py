@@ -26,6 +26,8 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Encrypted file to write.')
 _INPUT = flags.DEFINE_string('input', None, 'Encrypted file to read (--decrypt).')
 _DECRYPT = flags.DEFINE_bool('decrypt', False, 'Decrypt --input into --model_dir.')
 _KEY_FILE = flags.DEFINE_string('key_file', None, 'File holding the base64 AES-256 key.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, '--decrypt: replace a non-empty --model_dir'
+                                ' (deleting what it holds).')
 _KEY_ENV = flags.DEFINE_string('key_env', None, 'Environment variable holding the key.')
 
 
@@ -36,7 +38,7 @@ def main(argv):
   try:
     key = encryption.load_key(key_file=_KEY_FILE.value, key_env=_KEY_ENV.value)
     if _DECRYPT.value:
-      encryption.decrypt_package(_INPUT.value, _MODEL_DIR.value, key)
+      encryption.decrypt_package(_INPUT.value, _MODEL_DIR.value, key, overwrite=_OVERWRITE.value)
       print(f'decrypted {_INPUT.value} -> {_MODEL_DIR.value}')
     else:
       encryption.encrypt_package(_MODEL_DIR.value, _OUTPUT.value, key)

@@ -27,13 +27,16 @@ _ENCRYPTION_KEY = flags.DEFINE_bool('encryption_key', False, 'Also write an AES-
 
 def main(argv):
   del argv
-  try:
-    private, public = signing.generate_keys(_OUT_DIR.value)
-    print(f'signing key:  {private} (secret)\npublic key:   {public}')
-    if _ENCRYPTION_KEY.value:
-      print(f'package key:  {encryption.generate_key(os.path.join(_OUT_DIR.value, "package.key"))} (secret)')
-  except FileExistsError as e:
-    sys.exit(f'error: {e}')
+  package_key = os.path.join(_OUT_DIR.value, 'package.key')
+  wanted = [os.path.join(_OUT_DIR.value, n) for n in (signing.PRIVATE_KEY_FILE, signing.PUBLIC_KEY_FILE)]
+  wanted += [package_key] if _ENCRYPTION_KEY.value else []
+  existing = [p for p in wanted if os.path.exists(p)]
+  if existing:  # Checked for all before any is written: never half a key set.
+    sys.exit(f'error: {", ".join(existing)} exist(s); keys are never overwritten, and none was written.')
+  private, public = signing.generate_keys(_OUT_DIR.value)
+  print(f'signing key:  {private} (secret)\npublic key:   {public}')
+  if _ENCRYPTION_KEY.value:
+    print(f'package key:  {encryption.generate_key(package_key)} (secret)')
 
 
 if __name__ == '__main__':

@@ -24,7 +24,8 @@ def main(argv):
     path = signing.sign(_MODEL_DIR.value, _PRIVATE_KEY.value)
   except (OSError, ValueError) as e:
     sys.exit(f'error: {e}')
-  print(f'signed {len(signing.manifest(_MODEL_DIR.value))} files -> {path}')
+  files, _ = signing.tree(_MODEL_DIR.value)
+  print(f'signed {len(files) - 1} files -> {path}')
 
 
 if __name__ == '__main__':

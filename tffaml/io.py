@@ -15,7 +15,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, *, directory: bool = False) -> Iterator[str]:
+def atomic_path(path: str, *, directory: bool = False, replace: bool = False) -> Iterator[str]:
   """Yields a temporary path beside `path`, renamed onto it on success.
 
   On an exception the temporary file (or directory) is removed and `path` is
@@ -24,10 +24,19 @@ def atomic_path(path: str, *, directory: bool = False) -> Iterator[str]:
   Args:
     path: The final file or directory path.
     directory: Whether the output is a directory (replaced as a whole).
+    replace: For a directory: whether a non-empty one at `path` may be
+      replaced (and so everything in it deleted). Only for directories we
+      made, or the user named for overwriting.
 
   Yields:
     The temporary path to write to.
+
+  Raises:
+    FileExistsError: `path` is a non-empty directory and `replace` is False.
   """
+  if directory and not replace and os.path.isdir(path) and os.listdir(path):
+    raise FileExistsError(f'{path} exists and is not empty; refusing to replace what it holds.'
+                          ' Name a new directory (or pass --overwrite where offered).')
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   prefix = f'.{os.path.basename(path)}.tmp-'

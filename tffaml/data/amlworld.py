@@ -56,8 +56,12 @@ _CATEGORICAL = ('timestamp', 'from_bank', 'from_account', 'to_bank', 'to_account
                 'receiving_currency', 'payment_currency', 'payment_format')
 
 
-def read(path: str, *, chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
+def read(path: str, *, chunk_rows: int = CHUNK_ROWS, require_label: bool = True) -> pd.DataFrame:
   """Reads and validates an AMLworld file, `chunk_rows` lines at a time.
+
+  With `require_label=False` (scoring new transactions, not yet labelled) the
+  `Is Laundering` column may be absent; `is_laundering` is then 0 and the
+  frame's `attrs['labelled']` False.
 
   Returns:
     One row per transaction, in file order, with `COLUMNS`: amounts as
@@ -69,18 +73,24 @@ def read(path: str, *, chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
     DataError: naming the file, line and column of the first problem.
   """
   expected = list(HEADER[:4]) + ['Account.1'] + list(HEADER[5:])  # pandas renames the 2nd.
-  chunks, first_line = [], 2
+  chunks, first_line, labelled = [], 2, True
   for raw in schema_lib.read_csv(path, chunk_rows=chunk_rows, unique_header=False):
+    if not require_label and list(raw.columns) == expected[:-1]:
+      raw = raw.assign(**{HEADER[-1]: '0'})
+      labelled = False
     if list(raw.columns) != expected:
       got = [c.replace('Account.1', 'Account') for c in raw.columns]
       raise schema_lib.DataError(
-          f'{path}: header is {got}; an AMLworld transactions file has {list(HEADER)}.')
+          f'{path}: header is {got}; an AMLworld transactions file has {list(HEADER)}'
+          + ('' if require_label else f' (the last, {HEADER[-1]!r}, may be left out)') + '.')
     raw.columns = list(COLUMNS)
     chunks.append(parse(raw, source=path, first_line=first_line))
     first_line += len(raw)
   if not chunks or sum(map(len, chunks)) == 0:
     raise schema_lib.DataError(f'{path}: has a header but no transactions.')
-  return _concat(chunks)
+  transactions = _concat(chunks)
+  transactions.attrs['labelled'] = labelled
+  return transactions
 
 
 def _concat(chunks: list[pd.DataFrame]) -> pd.DataFrame:

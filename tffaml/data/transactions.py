@@ -204,7 +204,7 @@ def serving_inputs(path: str, *, bank: Optional[str] = None) -> tuple[pd.DataFra
     The file's rows (AMLworld header, file order) and the signature's
     inputs in the same order.
   """
-  transactions = amlworld.read(path)
+  transactions = amlworld.read(path, require_label=False)  # New transactions have no label yet.
   bank = bank or _only_bank(transactions, path)
   foreign = ((transactions['from_bank'] != bank) & (transactions['to_bank'] != bank)).to_numpy()
   if foreign.any():
@@ -215,4 +215,6 @@ def serving_inputs(path: str, *, bank: Optional[str] = None) -> tuple[pd.DataFra
   file_order = np.argsort(view.rows.index.to_numpy(), kind='stable')
   inputs = {k: v[file_order] for k, v in raw_fields(view).items()}
   rows = transactions[list(amlworld.COLUMNS)].set_axis(list(amlworld.HEADER), axis=1)
+  if not transactions.attrs['labelled']:
+    rows = rows.drop(columns=[amlworld.HEADER[-1]])
   return rows, inputs

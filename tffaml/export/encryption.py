@@ -80,12 +80,15 @@ def encrypt_package(package_dir: str, output: str, key: bytes) -> None:
       f.write(MAGIC + nonce + sealed)
 
 
-def decrypt_package(encrypted: str, output_dir: str, key: bytes) -> None:
+def decrypt_package(encrypted: str, output_dir: str, key: bytes, *, overwrite: bool = False) -> None:
   """Authenticates and unpacks `encrypted` into `output_dir` (atomically).
 
   Raises:
     DecryptionError: wrong key, altered or truncated file, not our format.
   """
+  if not overwrite and os.path.isdir(output_dir) and os.listdir(output_dir):
+    raise FileExistsError(f'{output_dir} exists and is not empty; refusing to replace what it'
+                          ' holds. Name a new directory, or pass --overwrite to replace it.')
   with open(encrypted, 'rb') as f:
     data = f.read()
   if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _NONCE_BYTES + 16:
@@ -96,7 +99,7 @@ def decrypt_package(encrypted: str, output_dir: str, key: bytes) -> None:
   except crypto_exceptions.InvalidTag:
     raise DecryptionError(
         f'{encrypted}: does not authenticate: wrong key, or the file was altered.') from None
-  with io.atomic_path(output_dir, directory=True) as tmp:
+  with io.atomic_path(output_dir, directory=True, replace=overwrite) as tmp:
     os.makedirs(tmp)
     with tarfile.open(fileobj=stdlib_io.BytesIO(plain)) as tar:
       tar.extractall(tmp, filter='data')  # Refuses absolute paths, '..', devices.

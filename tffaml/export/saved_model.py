@@ -126,13 +126,18 @@ def export(
     threshold: float,
     metadata: dict,
     hardening: Hardening = Hardening(),
+    replace: bool = False,
 ) -> None:
-  """Writes the SavedModel and its metadata to `export_dir`, atomically."""
+  """Writes the SavedModel and its metadata to `export_dir`, atomically.
+
+  `replace`: whether an existing non-empty `export_dir` may be replaced (a
+  run's own export, re-made when the run is re-run).
+  """
   if not math.isfinite(threshold):
     raise ValueError(f'threshold must be finite, got {threshold}.')
   check_hardening(interface, hardening)
   module = _ServingModule(model, interface, threshold, hardening)
-  with io.atomic_path(export_dir, directory=True) as tmp:
+  with io.atomic_path(export_dir, directory=True, replace=replace) as tmp:
     tf.saved_model.save(module, tmp, signatures={SIGNATURE: module.serve})
     serving = interface.to_dict() | {'hardening': hardening.to_dict()}
     if hardening.decision_only:

@@ -10,6 +10,7 @@ as a whole (`amlworld.read`).
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 import numpy as np
@@ -67,6 +68,8 @@ def check_rows(raw: pd.DataFrame, schema: schema_lib.Schema, feature_space: dict
     note(rejects, empty, lambda r, c=c: f'{c}: missing')
     note(rejects, ~empty & np.isnan(values), lambda r, c=c, t=text: f'{c}: {t.iloc[r]!r} is not a number')
     note(rejects, np.isinf(values), lambda r, c=c, t=text: f'{c}: {t.iloc[r]!r} is not finite')
+    note(rejects, np.isfinite(values) & (np.abs(values) > schema_lib.FLOAT32_MAX),
+         lambda r, c=c, t=text: f'{c}: {t.iloc[r]!r} is beyond the model\'s float32 range')
     mean, sd = feature_space['mean'][c], np.sqrt(feature_space['variance'][c])
     far = np.isfinite(values) & (np.abs(values - mean) > RANGE_SDS * sd)
     note(flags, far, lambda r, c=c, v=values: f'{c}={v[r]:g} outside the training range')
@@ -85,6 +88,65 @@ def check_rows(raw: pd.DataFrame, schema: schema_lib.Schema, feature_space: dict
   return inputs, accepted, rejects, flags
 
 
+def _check_outputs_apart(input_path: str, *outputs: str) -> None:
+  """Refuses an output that is the input (by any spelling or link): scoring would destroy it."""
+  source = os.path.realpath(input_path)
+  for output in outputs:
+    if os.path.realpath(output) == source or (
+        os.path.exists(output) and os.path.exists(input_path) and os.path.samefile(output, input_path)):
+      raise errors.InputError(f'--output {output} is the input file {input_path}; scoring would'
+                              ' overwrite it. Write the output to another file.')
+
+
+def _check_no_clash(input_path: str, columns, added: list[str]) -> None:
+  clash = sorted(set(columns) & set(added + [FLAGS_COLUMN]))
+  if clash:
+    raise errors.InputError(
+        f'{input_path}: has column(s) {clash}, which the output adds; rename them in the input'
+        ' (the output would silently replace them).')
+
+
+def _rejected_frame(path: str, reasons: list[list[str]]) -> pd.DataFrame:
+  bad = [i for i, r in enumerate(reasons) if r]
+  if not bad:
+    return pd.DataFrame()
+  return pd.DataFrame({'line': schema_lib.record_lines(path)[bad],
+                       'reasons': ['; '.join(reasons[i]) for i in bad]})
+
+
+def _table_inputs(input_path: str, metadata: dict, outputs: list[str]):
+  """(rows to score with their flags, the model's inputs, rejected rows) of a table."""
+  raw = schema_lib.read_csv(input_path)
+  _check_no_clash(input_path, raw.columns, outputs)
+  inputs, accepted, reasons, flags = check_rows(
+      raw, schema_lib.Schema.from_dict(metadata['schema']), metadata['feature_space'],
+      source=input_path)
+  rows = raw[accepted].assign(**{FLAGS_COLUMN: ['; '.join(f) for f, a in zip(flags, accepted) if a]})
+  return rows, inputs, _rejected_frame(input_path, reasons)
+
+
+def _reject_non_finite(rows: pd.DataFrame, inputs: dict, input_path: str):
+  """Drops rows whose derived numeric inputs (e.g. account aggregates) are not finite float32."""
+  reasons = _reasons(len(rows))
+  for name, values in inputs.items():
+    if values.dtype.kind == 'f':
+      for row in np.flatnonzero(~np.isfinite(values.astype(np.float32))):
+        reasons[row].append(f'{name}: not a finite float32 (derived from extreme amounts)')
+  keep = np.array([not r for r in reasons], bool)
+  return rows[keep], {k: v[keep] for k, v in inputs.items()}, _rejected_frame(input_path, reasons)
+
+
+def _serve(model_dir: str, inputs: dict, names: list[str], batch_size: int, *, rows: int) -> dict:
+  """The export's `names` outputs for `inputs`, in batches."""
+  serve = tf.saved_model.load(model_dir).signatures[saved_model.SIGNATURE]
+  outputs = {name: [np.zeros(0)] for name in names}
+  for start in range(0, rows, batch_size):
+    result = serve(**{k: tf.constant(v[start:start + batch_size]) for k, v in inputs.items()})
+    for name in names:
+      outputs[name].append(result[name].numpy())
+  return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
 def score_csv(
     model_dir: str, input_path: str, output_path: str, *, public_key: Optional[str],
     bank: Optional[str] = None, batch_size: int = 4096,
@@ -99,32 +161,27 @@ def score_csv(
   an AMLworld file and scores the transactions of `bank` (see
   `transactions.serving_inputs`). Outputs appear only when complete.
   """
+  rejected_path = f'{output_path}.rejected.csv'
+  _check_outputs_apart(input_path, output_path, rejected_path)
   if public_key is not None:
     signing.verify(model_dir, public_key)
   metadata = saved_model.read_metadata(model_dir)
   serving = metadata['serving']
-  rejected = pd.DataFrame()
+  names = [n for n in (serving.get('score'), serving['decision']) if n]
   if serving['input_format'] == 'amlworld':
     rows, inputs = transactions.serving_inputs(input_path, bank=bank)
+    _check_no_clash(input_path, rows.columns, names)
+    rows, inputs, rejected = _reject_non_finite(rows, inputs, input_path)
   else:
     if bank is not None:
       raise errors.InputError('--bank is for transaction models; this model scores tables.')
-    raw = schema_lib.read_csv(input_path)
-    inputs, accepted, reasons, flags = check_rows(
-        raw, schema_lib.Schema.from_dict(metadata['schema']), metadata['feature_space'],
-        source=input_path)
-    rows = raw[accepted].assign(**{FLAGS_COLUMN: ['; '.join(f) for f, a in zip(flags, accepted) if a]})
-    rejected = pd.DataFrame({'line': np.flatnonzero(~accepted) + 2,
-                             'reasons': ['; '.join(r) for r in reasons if r]})
-  serve = tf.saved_model.load(model_dir).signatures[saved_model.SIGNATURE]
-  names = [n for n in (serving.get('score'), serving['decision']) if n]
-  outputs = {name: [np.zeros(0)] for name in names}
-  for start in range(0, len(rows), batch_size):
-    result = serve(**{k: tf.constant(v[start:start + batch_size]) for k, v in inputs.items()})
-    for name in names:
-      outputs[name].append(result[name].numpy())
-  scored = rows.assign(**{name: np.concatenate(parts) for name, parts in outputs.items()})
-  rejected_path = f'{output_path}.rejected.csv' if len(rejected) else None
+    rows, inputs, rejected = _table_inputs(input_path, metadata, names)
+  scored = rows.assign(**_serve(model_dir, inputs, names, batch_size, rows=len(rows)))
+  rows_ok = np.ones(len(scored), bool) if not serving.get('score') else np.isfinite(scored[serving['score']])
+  if not rows_ok.all():  # A model must never turn a bad row into a silent "no alert".
+    raise errors.RunFailed(f'{model_dir}: the model scored {int((~rows_ok).sum())} checked row(s) of'
+                           f' {input_path} as non-finite; nothing was written.')
+  rejected_path = rejected_path if len(rejected) else None
   if rejected_path:
     with io.atomic_path(rejected_path) as tmp:
       rejected.to_csv(tmp, index=False)

@@ -2,11 +2,14 @@
 
 A package is a directory (an exported SavedModel, a checkpoint). Signing
 writes `SIGNATURE_FILE` inside it: the manifest (every other file's relative
-path and SHA-256 digest) and an Ed25519 signature (RFC 8032, via
-`cryptography`) over the manifest's canonical JSON. Verification checks the
-signature with the publisher's public key, then every file on disk against
-the manifest: a modified, missing or added file, or the wrong key, is
-refused with what is wrong. No file escapes the manifest.
+path and SHA-256 digest, and every directory) and an Ed25519 signature (RFC
+8032, via `cryptography`) over the manifest's canonical JSON. Verification
+checks the whole tree against the manifest: a modified, missing or added
+file or directory, or the wrong key, is refused with what is wrong. A
+package holds only regular files and directories: a symlink (which could
+point outside the package), a FIFO or a device anywhere in it is refused
+from its directory entry, before anything is read (reading a FIFO would
+hang). No entry escapes the manifest.
 
 The `model-signing` package (Sigstore bundles) would be preferred, but its
 releases that work need typing-extensions >= 4.14 while TFF 0.87 pins
@@ -17,6 +20,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 
 from cryptography import exceptions as crypto_exceptions
 from cryptography.hazmat.primitives import serialization
@@ -26,7 +30,7 @@ from tffaml import errors
 from tffaml import io
 
 SIGNATURE_FILE = 'tffaml-signature.json'
-ALGORITHM = 'ed25519-sha256-manifest-v1'
+ALGORITHM = 'ed25519-sha256-manifest-v2'  # v2: directories too; only files and directories.
 PRIVATE_KEY_FILE = 'signing_key.pem'
 PUBLIC_KEY_FILE = 'signing_key.pub.pem'
 
@@ -88,36 +92,67 @@ def _digest(path: str) -> str:
   return digest.hexdigest()
 
 
-def manifest(package_dir: str) -> dict[str, str]:
-  """Relative path -> SHA-256 of every file in the package but the signature."""
-  if not os.path.isdir(package_dir):
+def _kind(mode: int) -> str:
+  for test, name in ((stat.S_ISLNK, 'symbolic link'), (stat.S_ISFIFO, 'FIFO'),
+                     (stat.S_ISCHR, 'character device'), (stat.S_ISBLK, 'block device'),
+                     (stat.S_ISSOCK, 'socket')):
+    if test(mode):
+      return name
+  return 'special file'
+
+
+def tree(package_dir: str) -> tuple[list[str], list[str]]:
+  """(files, directories) under `package_dir`, relative, sorted; reads no file.
+
+  Raises:
+    VerificationError: on any entry that is neither a regular file nor a
+      directory (symlinks are not followed).
+  """
+  if not os.path.isdir(package_dir) or os.path.islink(package_dir):
     raise FileNotFoundError(f'{package_dir}: package directory not found.')
-  files = {}
-  for root, _, names in os.walk(package_dir):
-    for name in names:
-      path = os.path.join(root, name)
-      relative = os.path.relpath(path, package_dir).replace(os.sep, '/')
-      if relative != SIGNATURE_FILE:
-        files[relative] = _digest(path)
-  return dict(sorted(files.items()))
+  files, directories, pending = [], [], ['']
+  while pending:
+    relative = pending.pop()
+    with os.scandir(os.path.join(package_dir, relative)) as entries:
+      for entry in entries:
+        name = f'{relative}/{entry.name}' if relative else entry.name
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if stat.S_ISDIR(mode):
+          directories.append(name)
+          pending.append(name)
+        elif stat.S_ISREG(mode):
+          files.append(name)
+        else:
+          raise VerificationError(
+              f'{package_dir}: {name!r} is a {_kind(mode)}; a package holds only regular files'
+              ' and directories. Refusing it without reading it.')
+  return sorted(files), sorted(directories)
 
 
-def _canonical(files: dict[str, str]) -> bytes:
-  return json.dumps({'algorithm': ALGORITHM, 'files': files}, sort_keys=True,
+def manifest(package_dir: str) -> dict:
+  """{'files': relative path -> SHA-256 (all but the signature), 'directories': [relative path]}."""
+  files, directories = tree(package_dir)
+  return {'files': {name: _digest(os.path.join(package_dir, name))
+                    for name in files if name != SIGNATURE_FILE},
+          'directories': directories}
+
+
+def _canonical(entries: dict) -> bytes:
+  return json.dumps({'algorithm': ALGORITHM, **entries}, sort_keys=True,
                     separators=(',', ':')).encode()
 
 
 def sign(package_dir: str, private_key_file: str) -> str:
   """Signs every file of `package_dir`; returns the signature file's path."""
   key = _load_key(private_key_file, private=True)
-  files = manifest(package_dir)
-  if not files:
+  entries = manifest(package_dir)
+  if not entries['files']:
     raise errors.InputError(f'{package_dir}: no files to sign.')
   signature = {
       'algorithm': ALGORITHM,
       'public_key_fingerprint': fingerprint(key.public_key()),
-      'files': files,
-      'signature': base64.b64encode(key.sign(_canonical(files))).decode(),
+      **entries,
+      'signature': base64.b64encode(key.sign(_canonical(entries))).decode(),
   }
   path = os.path.join(package_dir, SIGNATURE_FILE)
   io.write_json(path, signature)
@@ -132,33 +167,42 @@ def verify(package_dir: str, public_key_file: str) -> dict[str, str]:
       manifest, modified / missing / unsigned file).
   """
   key = _load_key(public_key_file, private=False)
+  files_on_disk, directories_on_disk = tree(package_dir)  # Refuses links and special files first.
   path = os.path.join(package_dir, SIGNATURE_FILE)
-  if not os.path.isfile(path):
+  if SIGNATURE_FILE not in files_on_disk:
     raise VerificationError(f'{package_dir}: not signed (no {SIGNATURE_FILE}); refusing to load it.')
   try:
     with open(path) as f:
       signed = json.load(f)
-    files, signature = signed['files'], base64.b64decode(signed['signature'])
     if signed['algorithm'] != ALGORITHM:
-      raise VerificationError(f'{path}: unknown algorithm {signed["algorithm"]!r}.')
+      raise VerificationError(
+          f'{path}: algorithm {signed["algorithm"]!r} is not {ALGORITHM!r} (v1 did not cover'
+          ' directories); have the publisher re-sign the package with scripts/sign.py.')
+    entries = {'files': signed['files'], 'directories': signed['directories']}
+    files, signature = entries['files'], base64.b64decode(signed['signature'])
   except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
     raise VerificationError(f'{path}: unreadable signature file ({e}).') from None
   try:
-    key.verify(signature, _canonical(files))
+    key.verify(signature, _canonical(entries))
   except crypto_exceptions.InvalidSignature:
     raise VerificationError(
         f'{package_dir}: the signature does not verify with {public_key_file} (key'
         f' {fingerprint(key)}; signed by key {signed.get("public_key_fingerprint")}): wrong key,'
         ' or the manifest was altered.') from None
-  on_disk = manifest(package_dir)
+  on_disk = set(files_on_disk) - {SIGNATURE_FILE}
   for name, digest in files.items():
     if name not in on_disk:
       raise VerificationError(f'{package_dir}: signed file {name!r} is missing.')
-    if on_disk[name] != digest:
+    actual = _digest(os.path.join(package_dir, name))
+    if actual != digest:
       raise VerificationError(
-          f'{package_dir}: file {name!r} was modified (SHA-256 {on_disk[name][:16]}..., signed'
+          f'{package_dir}: file {name!r} was modified (SHA-256 {actual[:16]}..., signed'
           f' {digest[:16]}...).')
-  added = sorted(set(on_disk) - set(files))
+  added = sorted(on_disk - set(files))
   if added:
     raise VerificationError(f'{package_dir}: file(s) {added} are not in the signed manifest.')
+  for problem, names in (('are not in the signed manifest', set(directories_on_disk) - set(entries['directories'])),
+                         ('are signed but missing', set(entries['directories']) - set(directories_on_disk))):
+    if names:
+      raise VerificationError(f'{package_dir}: directories {sorted(names)} {problem}.')
   return files

@@ -464,7 +464,7 @@ def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, stat
   report.plot_training_curves(paths.metrics_csv, paths.curves)
   saved_model.export(
       model, paths.export, schema=schema, interface=setup.interface, threshold=threshold,
-      hardening=setup.hardening,
+      hardening=setup.hardening, replace=True,
       metadata={
           'feature_space': space.to_dict(),
           'config': _public_config(config),
