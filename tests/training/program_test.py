@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,8 +14,10 @@ import tensorflow as tf
 
 from configs import csv as csv_config
 from tests import helpers
+from tffaml import errors
 from tffaml.export import scoring
 from tffaml.training import program
+from tffaml.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -194,6 +197,108 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
     self.assertEqual(rows['train/steps'].tolist(), [9, 9])  # ceil(12 / 4) at 3 banks.
 
 
+class IntegrityTest(tf.test.TestCase):
+  """Faults and hostile inputs: nothing lost, no privacy claim wrong."""
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.data_dir, self.schema_file = helpers.write_federation(self.root)
+
+  def _secret_config(self, **federated):
+    config = _config(self.data_dir, self.schema_file, **federated)
+    config.privacy.noise_seed = None  # Secret: drawn from the OS, kept in the workdir.
+    return config
+
+  def test_secret_noise_seed_never_in_checkpoints_and_fixed_noise_may_extend(self):
+    # One participant's absurd (but float32) value, and a test split of one class.
+    train = os.path.join(self.data_dir, 'bank_b', 'train.csv')
+    pd.read_csv(train).assign(amount=lambda f: f['amount'].astype(float).mask(f.index == 7, 1e30)).to_csv(
+        train, index=False)
+    test = os.path.join(self.data_dir, 'bank_c', 'test.csv')
+    pd.read_csv(test).assign(default=0).to_csv(test, index=False)
+    workdir = os.path.join(self.root, 'run')
+    program.run(self._secret_config(rounds=2), workdir, stop_after_round=1, log=lambda _: None)
+    secret = os.path.join(workdir, 'secret', 'noise_seed')
+    self.assertEqual(os.stat(secret).st_mode & 0o777, 0o600)
+    with open(secret) as f:
+      seed = int(f.read())
+    for root, _, names in os.walk(os.path.join(workdir, 'checkpoints')):
+      for name in names:
+        with open(os.path.join(root, name), 'rb') as f:
+          self.assertNotIn(seed.to_bytes(8, 'little', signed=True), f.read(), name)
+    os.makedirs(os.path.join(workdir, '.export.tmp-killed'))  # What a killed export leaves.
+    result = program.run(self._secret_config(rounds=3), workdir, log=lambda _: None)  # Fixed noise: may extend.
+    self.assertFalse(os.path.exists(os.path.join(workdir, '.export.tmp-killed')))
+    self.assertEqual(result.metrics['privacy']['rounds'], 3)
+    epsilons = pd.read_csv(result.paths.metrics_csv)['privacy/epsilon']
+    self.assertEqual(len(epsilons), 3)
+    self.assertTrue((np.diff(epsilons) > 0).all())
+    self.assertAlmostEqual(result.metrics['privacy']['epsilon'], epsilons.iloc[-1])
+    bank_c = result.metrics['federated']['institutions']['bank_c']
+    self.assertIsNone(bank_c['auc'])
+    self.assertIn('both classes', bank_c['undefined'])
+    with open(result.paths.metrics) as f:
+      json.loads(f.read(), parse_constant=lambda c: self.fail(f'{c} in metrics.json'))
+    with open(os.path.join(result.paths.export, 'metadata.json')) as f:
+      space = json.load(f)['feature_space']
+    self.assertLess(space['upper']['amount'], 1e6)  # 1e30 did not set the scale.
+    self.assertLess(space['mean']['amount'], 1e5)
+    with self.assertRaisesRegex(ValueError, r'config.federated.rounds=2 is fewer than the 3 rounds'):
+      program.run(self._secret_config(rounds=2), workdir, log=lambda _: None)
+
+  def test_recalibration_and_changed_data_are_refused_before_any_work(self):
+    config = _config(self.data_dir, self.schema_file, rounds=2)
+    config.privacy.target_epsilon = 5.0
+    workdir = os.path.join(self.root, 'calibrated')
+    program.run(config, workdir, stop_after_round=1, log=lambda _: None)
+    longer = _config(self.data_dir, self.schema_file, rounds=6)
+    longer.privacy.target_epsilon = 5.0
+    with self.assertRaisesRegex(ValueError, r'config.federated.rounds=6: the noise .* calibrated for'
+                                r' config.privacy.target_epsilon=5.0 over 2 rounds'):
+      program.run(longer, workdir, log=lambda _: None)
+    self.assertEqual(len(pd.read_csv(os.path.join(workdir, 'results', 'metrics.csv'))), 1)
+    with open(os.path.join(workdir, 'hyperparameters.json')) as f:
+      self.assertEqual(json.load(f)['federated']['rounds'], 2)
+    shutil.copytree(os.path.join(self.data_dir, 'bank_a'), os.path.join(self.data_dir, 'bank_d'))
+    with self.assertRaisesRegex(ValueError, r'the data changed .*\(bank_d added\)'):
+      program.run(config, workdir, log=lambda _: None)
+
+  def test_a_diverging_run_fails_naming_the_round_and_exports_nothing(self):
+    config = _config(self.data_dir, self.schema_file, rounds=3, client_learning_rate=1e30)
+    config.aggregator.type = 'mean'
+    workdir = os.path.join(self.root, 'diverged')
+    with self.assertRaisesRegex(errors.RunFailed, r'round 1: .*not finite; the run stopped and exported nothing'):
+      program.run(config, workdir, log=lambda _: None)
+    for output in ('export', 'metrics.json', 'privacy.txt', 'checkpoints/program_state_1'):
+      self.assertFalse(os.path.exists(os.path.join(workdir, output)), output)
+
+  def test_bad_config_values_are_refused_before_anything_is_written(self):
+    for key, value, message in (
+        ('model.threshold', 1.5, r'config.model.threshold must be in \[0, 1\], got 1.5'),
+        ('aggregator.clip', -1.0, r'config.aggregator.clip must be > 0'),
+        ('aggregator.trim_fraction', 0.7, r'config.aggregator.trim_fraction must be in \[0, 0.5\)'),
+        ('federated.client_learning_rate', -0.1, r'config.federated.client_learning_rate must be > 0'),
+        ('features.min_category_count', 0, r'config.features.min_category_count must be >= 1'),
+        ('model.hidden_units', (8, 0), r'config.model.hidden_units must be positive integers')):
+      config = _config(self.data_dir, self.schema_file, rounds=1)
+      config.update_from_flattened_dict({key: value})
+      workdir = os.path.join(self.root, f'bad_{key}')
+      with self.assertRaisesRegex(errors.ConfigError, message):
+        program.run(config, workdir, log=lambda _: None)
+      self.assertFalse(os.path.exists(workdir), key)
+
+  def test_busy_workdir_and_workdir_in_the_data_are_refused(self):
+    config = _config(self.data_dir, self.schema_file, rounds=1)
+    workdir = os.path.join(self.root, 'busy')
+    with workdir_lib.lock(workdir):
+      with self.assertRaisesRegex(ValueError, rf'in use by another run \(pid {os.getpid()}\)'):
+        program.run(config, workdir, log=lambda _: None)
+    with self.assertRaisesRegex(ValueError, 'inside config.data.dir'):
+      program.run(config, os.path.join(self.data_dir, 'run'), log=lambda _: None)
+    self.assertFalse(os.path.exists(os.path.join(self.data_dir, 'run')))
+
+
 class ScriptHygieneTest(tf.test.TestCase):
 
   def _orphan_workers(self):
@@ -220,8 +325,26 @@ class ScriptHygieneTest(tf.test.TestCase):
          '--config.federated.roundz=3', '--workdir=/nonexistent/never'],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     self.assertNotEqual(done.returncode, 0)
-    self.assertIn('roundz', done.stderr)
+    self.assertIn("--config.federated.roundz: unknown config key 'roundz'; did you mean 'rounds'?",
+                  done.stderr)
+    self.assertNotIn('Traceback', done.stderr)
     self.assertFalse(os.path.exists('/nonexistent/never'))
+
+  def test_refusals_are_one_message_without_traceback(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    with open(os.path.join(data_dir, 'bank_b', 'train.csv'), 'a') as f:
+      f.write('1e200,10.0,A,x,acct1,0\n')
+    done = subprocess.run(
+        [sys.executable, 'scripts/train.py', '--config=configs/csv.py:smoke',
+         f'--config.data.dir={data_dir}', f'--config.data.schema_file={schema_file}',
+         f'--workdir={root}/run'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    self.assertEqual(done.returncode, 2, done.stderr[-3000:])
+    self.assertRegex(done.stderr, r"error: .*bank_b/train.csv: line 62, column 'amount': '1e200' is"
+                     r' beyond .*float32')
+    self.assertNotIn('Traceback', done.stderr)
+    self.assertNotIn('Exception ignored', done.stderr)
+    self.assertFalse(os.path.exists(f'{root}/run'))
 
 
 if __name__ == '__main__':

@@ -367,6 +367,10 @@ def _check_finite(round_num: int, values: Mapping[str, float], weights) -> None:
   arrays = list(weights.trainable) + list(weights.non_trainable)
   if not all(np.all(np.isfinite(np.asarray(w))) for w in arrays):
     bad.append('model weights')
+  if values.get('institutions_in_round') and values.get('train/num_examples') == 0:
+    # TFF drops a client whose update is not finite (weight 0, metrics reset):
+    # when all are dropped the round trains nothing, and reports a loss of 0.
+    bad.append("every institution's update (TFF dropped them all, so the model did not train)")
   if bad:
     raise errors.RunFailed(
         f'round {round_num}: {", ".join(bad)} not finite; the run stopped and exported nothing'
