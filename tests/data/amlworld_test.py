@@ -41,6 +41,7 @@ class ReadTest(tf.test.TestCase, parameterized.TestCase):
       ('negative', 3, 5, '-7.50', r"line 5, column 'Amount Received': '-7.50' is negative"),
       ('empty_bank', 1, 3, '', r"line 3, column 'To Bank': '' is empty"),
       ('label', 0, 10, 'yes', r"line 2, column 'Is Laundering': 'yes' is not 0 or 1"),
+      ('huge_amount', 3, 7, '1e200', r"line 5, column 'Amount Paid': '1e200' exceeds 1e\+18"),
   )
   def test_bad_cell_is_named(self, row, column, value, message):
     rows = [r.split(',') for r in ROWS]
@@ -50,6 +51,16 @@ class ReadTest(tf.test.TestCase, parameterized.TestCase):
     for chunk_rows in (amlworld.CHUNK_ROWS, 1, 3):  # The line is the file's, in any chunk.
       with self.assertRaisesRegex(schema_lib.DataError, f'{path}: {message}'):
         amlworld.read(path, chunk_rows=chunk_rows)
+
+  def test_label_column_optional_only_when_scoring(self):
+    path = write(self.create_tempdir().full_path, [r.rsplit(',', 1)[0] for r in ROWS],
+                 header=','.join(amlworld.HEADER[:-1]))
+    with self.assertRaisesRegex(schema_lib.DataError, 'an AMLworld transactions file has'):
+      amlworld.read(path)
+    table = amlworld.read(path, require_label=False)
+    self.assertFalse(table.attrs['labelled'])
+    self.assertEqual(table['is_laundering'].tolist(), [0] * 4)
+    self.assertTrue(amlworld.read(write(self.create_tempdir().full_path), require_label=False).attrs['labelled'])
 
   @parameterized.parameters(1, 3)
   def test_chunks_read_as_one(self, chunk_rows):

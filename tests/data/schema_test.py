@@ -48,6 +48,11 @@ class CsvDirValidationTest(tf.test.TestCase, parameterized.TestCase):
        r"institution 'bank_b' train split: holds only negative examples"),
       ('no_rows', lambda f: f.drop(index=f.index, inplace=True),
        r'bank_b/train.csv: has a header but no rows'),
+      ('beyond_float32', lambda f: f.loc.__setitem__((6, 'amount'), '1e200'),
+       r"bank_b/train.csv: line 8, column 'amount': '1e200' is beyond ±3.4e\+38, the largest number"
+       r' the model \(float32\) can hold'),
+      ('beyond_float32_negative', lambda f: f.loc.__setitem__((0, 'rate'), '-4e38'),
+       r"bank_b/train.csv: line 2, column 'rate': '-4e38' is beyond"),
   )
   def test_bad_input_names_file_row_and_column(self, edit, message):
     self._edit(self.train_b, edit)
@@ -58,6 +63,35 @@ class CsvDirValidationTest(tf.test.TestCase, parameterized.TestCase):
     with open(self.train_b, 'a') as f:
       f.write('1,2,A,x,acct0,0,surplus\n')
     with self.assertRaisesRegex(schema_lib.DataError, r'bank_b/train.csv: malformed CSV.*line 62'):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_duplicate_header_names_are_refused_not_renamed(self):
+    with open(self.train_b) as f:
+      lines = f.read().splitlines()
+    lines[0] = lines[0].replace('note', 'amount')  # pandas would read the second as 'amount.1'.
+    with open(self.train_b, 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+    with self.assertRaisesRegex(schema_lib.DataError,
+                                r"bank_b/train.csv: line 1: column\(s\) \['amount'\] appear more than once"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_line_numbers_count_quoted_cells_that_span_lines(self):
+    self._edit(self.train_b, lambda f: f.loc.__setitem__((1, 'note'), 'two\nthree\nfour\nlines'))
+    self._edit(self.train_b, lambda f: f.loc.__setitem__((4, 'amount'), 'abc'))
+    # Row 4 is on line 9: the header, rows 0-3 (row 1 takes four lines), then it.
+    with self.assertRaisesRegex(schema_lib.DataError, r"bank_b/train.csv: line 9, column 'amount'"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_institution_linked_to_another_is_refused(self):
+    os.symlink(os.path.join(self.data_dir, 'bank_a'), os.path.join(self.data_dir, 'bank_z'))
+    with self.assertRaisesRegex(schema_lib.DataError, r'bank_z and .*bank_a are the same data'):
+      csv_dir.load(self.data_dir, SCHEMA)
+    os.remove(os.path.join(self.data_dir, 'bank_z'))
+    os.makedirs(os.path.join(self.data_dir, 'bank_z'))
+    for split in ('train', 'test'):
+      os.symlink(os.path.join(self.data_dir, 'bank_c', f'{split}.csv'),
+                 os.path.join(self.data_dir, 'bank_z', f'{split}.csv'))
+    with self.assertRaisesRegex(schema_lib.DataError, r'bank_z/train.csv and .*bank_c/train.csv are the same'):
       csv_dir.load(self.data_dir, SCHEMA)
 
   def test_missing_test_file(self):

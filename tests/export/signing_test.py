@@ -76,6 +76,44 @@ class SigningTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(verify.returncode, 1)
     self.assertRegex(verify.stderr, 'REFUSED: .*' + message)
 
+  @parameterized.named_parameters(
+      ('directory_link_outside', lambda p, out: os.symlink(out, os.path.join(p, 'assets.extra')),
+       r"'assets.extra' is a symbolic link"),
+      ('file_link_to_a_device', lambda p, out: os.symlink('/dev/zero', os.path.join(p, 'variables', 'z')),
+       r"'variables/z' is a symbolic link"),
+      ('fifo', lambda p, out: os.mkfifo(os.path.join(p, 'variables', 'pipe')), r"'variables/pipe' is a FIFO"),
+      ('signature_replaced_by_a_link', lambda p, out: (
+          os.replace(os.path.join(p, signing.SIGNATURE_FILE), os.path.join(out, 'sig.json')),
+          os.symlink(os.path.join(out, 'sig.json'), os.path.join(p, signing.SIGNATURE_FILE))),
+       r"'tffaml-signature.json' is a symbolic link"),
+      ('extra_empty_directory', lambda p, out: os.makedirs(os.path.join(p, 'extra', 'deeper')),
+       r"directories \['extra', 'extra/deeper'\] are not in the signed manifest"),
+  )
+  def test_whole_tree_is_covered_and_special_entries_are_refused_unread(self, tamper, message):
+    package = self.copy()
+    outside = self.create_tempdir().full_path
+    tamper(package, outside)
+    # In a child process with a deadline: reading a FIFO would block forever.
+    verify = subprocess.run([sys.executable, 'scripts/verify.py', f'--model_dir={package}',
+                             f'--public_key={self.public}'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    self.assertEqual(verify.returncode, 1)
+    self.assertRegex(verify.stderr, 'REFUSED: .*' + message)
+    output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
+    with self.assertRaisesRegex(signing.VerificationError, message):
+      scoring.score_csv(package, self.loans, output, public_key=self.public)
+    self.assertFalse(os.path.exists(output))
+
+  def test_keygen_writes_no_key_when_any_exists(self):
+    out_dir = self.create_tempdir().full_path
+    with open(os.path.join(out_dir, 'package.key'), 'w') as f:
+      f.write('precious')
+    done = subprocess.run([sys.executable, 'scripts/keygen.py', f'--out_dir={out_dir}', '--encryption_key'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    self.assertNotEqual(done.returncode, 0)
+    self.assertIn('package.key exist(s); keys are never overwritten, and none was written', done.stderr)
+    self.assertEqual(os.listdir(out_dir), ['package.key'])
+
   def test_score_py_requires_a_key_or_an_explicit_opt_out(self):
     output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
     done = subprocess.run([sys.executable, 'scripts/score.py', f'--model_dir={self.package}',
@@ -126,6 +164,28 @@ class EncryptionTest(tf.test.TestCase):
     with self.assertRaisesRegex(encryption.DecryptionError, 'wrong key, or the file was altered'):
       encryption.decrypt_package(self.sealed, out, self.key)
     self.assertFalse(os.path.exists(out))
+
+  def test_decrypt_never_replaces_a_directory_unasked(self):
+    out = os.path.join(self.root, 'bank_files')
+    os.makedirs(out)
+    with open(os.path.join(out, 'ledger.xlsx'), 'w') as f:
+      f.write('irreplaceable')
+    with self.assertRaisesRegex(FileExistsError, 'exists and is not empty.*--overwrite'):
+      encryption.decrypt_package(self.sealed, out, self.key)
+    self.assertEqual(os.listdir(out), ['ledger.xlsx'])
+    key_file = os.path.join(self.root, 'k')
+    done = subprocess.run([sys.executable, 'scripts/encrypt.py', '--decrypt', f'--input={self.sealed}',
+                           f'--model_dir={out}', f'--key_file={key_file}'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    self.assertEqual(done.returncode, 1)
+    self.assertIn('exists and is not empty', done.stderr)
+    self.assertEqual(os.listdir(out), ['ledger.xlsx'])
+    encryption.decrypt_package(self.sealed, out, self.key, overwrite=True)  # Asked for: replaced.
+    self.assertEqual(sorted(os.listdir(out)), ['saved_model.pb', 'variables'])
+    empty = os.path.join(self.root, 'empty')
+    os.makedirs(empty)
+    encryption.decrypt_package(self.sealed, empty, self.key)  # An empty directory loses nothing.
+    self.assertEqual(sorted(os.listdir(empty)), ['saved_model.pb', 'variables'])
 
   def test_key_from_environment(self):
     with open(os.path.join(self.root, 'k')) as f:

@@ -95,6 +95,13 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     rows = pd.concat([institution.train, institution.test], ignore_index=True)
     expected = client_data.predict(result.model, rows, self.data.schema)
     self.assertAllClose(scored['score'], expected, rtol=1e-4, atol=1e-6)
+    # New transactions have no label yet: the same scores without the column.
+    unlabelled = os.path.join(self.root, f'{name}_{bank}_unlabelled.csv')
+    own.iloc[:, :-1].to_csv(unlabelled, index=False, header=list(transactions.amlworld.HEADER[:-1]))
+    scoring.score_csv(result.paths.export, unlabelled, output, public_key=None)
+    without_label = pd.read_csv(output)
+    self.assertNotIn('Is Laundering', without_label.columns)
+    self.assertAllClose(without_label['score'], scored['score'])
 
     # Plain TensorFlow in a fresh process: raw fields plus aggregates in.
     _, inputs = transactions.serving_inputs(bank_file)

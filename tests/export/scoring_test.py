@@ -1,0 +1,67 @@
+"""score_csv never destroys its input, never hides a column, and names rejected rows' lines."""
+
+import os
+
+import pandas as pd
+import tensorflow as tf
+
+from tests import helpers
+from tffaml import errors
+from tffaml.export import scoring
+
+
+class ScoringTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model = os.path.join(tf.compat.v1.test.get_temp_dir(), 'rate_model')
+    helpers.export_rate_model(cls.model)
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.loans = os.path.join(self.root, 'loans.csv')
+    helpers.institution_frame(20, seed=0).to_csv(self.loans, index=False)
+    with open(self.loans) as f:
+      self.original = f.read()
+
+  def _assert_input_intact(self):
+    with open(self.loans) as f:
+      self.assertEqual(f.read(), self.original)
+
+  def test_output_that_is_the_input_is_refused_however_spelled(self):
+    link = os.path.join(self.root, 'link.csv')
+    os.symlink(self.loans, link)
+    hard = os.path.join(self.root, 'hard.csv')
+    os.link(self.loans, hard)
+    for output in (self.loans, os.path.join(self.root, '.', 'loans.csv'), link, hard):
+      with self.assertRaisesRegex(errors.InputError, 'is the input file .* would overwrite it'):
+        scoring.score_csv(self.model, self.loans, output, public_key=None)
+      self._assert_input_intact()
+
+  def test_input_columns_named_like_outputs_are_refused(self):
+    for column in ('probability', 'label', 'flags'):
+      clashing = os.path.join(self.root, f'{column}.csv')
+      pd.read_csv(self.loans).assign(**{column: 1}).to_csv(clashing, index=False)
+      output = os.path.join(self.root, 'scored.csv')
+      with self.assertRaisesRegex(errors.InputError, rf"has column\(s\) \['{column}'\], which the output adds"):
+        scoring.score_csv(self.model, clashing, output, public_key=None)
+      self.assertFalse(os.path.exists(output))
+
+  def test_rejected_rows_keep_their_file_lines_and_float32_overflow_is_rejected(self):
+    frame = pd.read_csv(self.loans, dtype=str)
+    frame.loc[2, 'note'] = 'a note\nover\nthree lines'
+    frame.loc[5, 'rate'] = '1e39'  # Beyond float32.
+    frame.to_csv(self.loans, index=False)
+    output = os.path.join(self.root, 'scored.csv')
+    result = scoring.score_csv(self.model, self.loans, output, public_key=None)
+    self.assertEqual((result.scored, result.rejected), (19, 1))
+    rejected = pd.read_csv(result.rejected_path)
+    self.assertEqual(rejected['line'].tolist(), [9])  # Header, rows 0-4 (row 2 on three lines).
+    self.assertIn("rate: '1e39' is beyond the model's float32 range", rejected['reasons'][0])
+    self.assertTrue(pd.read_csv(output)['probability'].notna().all())
+
+
+if __name__ == '__main__':
+  tf.test.main()
