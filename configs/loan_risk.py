@@ -101,7 +101,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   # Set: calibrate the noise to this ε before training (record_dp's noise if
   # enabled, else the DP aggregator's), planned for every round.
   config.privacy.target_epsilon = config_dict.placeholder(float)
-  # None draws a secret seed (kept in checkpoints only). Set it for
+  # None draws a secret seed (kept in <workdir>/secret/, never in checkpoints). Set it for
   # bit-identical DP reruns in research; whoever knows it can remove the noise.
   config.privacy.noise_seed = config_dict.placeholder(int)
 
