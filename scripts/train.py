@@ -20,6 +20,7 @@ from tffaml import cli
 from tffaml import runtime
 from tffaml.training import program
 
+EXIT_WARNING = 3  # Trained and exported, but the model is not usable as it is.
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
 
@@ -35,6 +36,10 @@ def main(argv):
   print(f'privacy: {paths.privacy}')
   with open(paths.privacy) as f:
     print('  ' + f.read().strip())
+  for warning in result.warnings:
+    print(f'\nWARNING: {warning}', file=sys.stderr)
+  if result.warnings:
+    sys.exit(EXIT_WARNING)
 
 
 if __name__ == '__main__':

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 from absl.testing import parameterized
@@ -131,6 +132,17 @@ class StatementTest(tf.test.TestCase):
     for part in ('institution', '1e-06', 'PLD', 'Poisson sampling', 'q = 4/10', '10 rounds',
                  'simulated as a plain sum'):
       self.assertIn(part, text)
+
+  def test_a_weak_guarantee_says_so_in_the_statement(self):
+    client = _client(n=10, m=10)
+    weak = A.PrivacyPlan(client=dataclasses.replace(client, noise_multiplier=0.3), record=None, delta=1e-5)
+    strong = A.PrivacyPlan(client=dataclasses.replace(client, noise_multiplier=20.0), record=None, delta=1e-5)
+    weak_statement = weak.statement(rounds=50, participation=[50] * 10)
+    self.assertGreater(weak_statement.epsilon, A.WEAK_EPSILON)
+    self.assertIn('This guarantee is weak: at ε > 10', weak_statement.text())
+    strong_statement = strong.statement(rounds=5, participation=[5] * 10)
+    self.assertLess(strong_statement.epsilon, A.WEAK_EPSILON)
+    self.assertNotIn('weak', strong_statement.text())
 
   def test_batch_larger_than_smallest_institution_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'expected_batch_size=500 exceeds the smallest'

@@ -25,6 +25,18 @@ class RankingMetricsTest(tf.test.TestCase):
     self.assertIsNone(m['recall_at_50%'])
     self.assertNotIn('alert_rate', m)
 
+  def test_chance_level_by_hand(self):
+    # 100 positives, 300 negatives: two null standard errors of the AUC are
+    # 2 * sqrt(401 / (12 * 100 * 300)) = 0.06675.
+    pooled = {'auc': 0.56, 'ks': 0.1, 'positives': 100.0, 'num_examples': 400.0}
+    self.assertRegex(evaluation.chance_level(pooled), r'AUC 0.560 is within 0.067 .* of chance')
+    self.assertIsNone(evaluation.chance_level(dict(pooled, auc=0.57)))
+    self.assertIsNone(evaluation.chance_level(dict(pooled, auc=0.90)))
+    self.assertRegex(evaluation.chance_level(dict(pooled, auc=0.44)), 'within')  # Below 0.5 too.
+    self.assertIn('same score', evaluation.chance_level(dict(pooled, auc=0.9, ks=0.0)))
+    self.assertIsNone(evaluation.chance_level(dict(pooled, auc=None)))  # One class: undefined.
+    self.assertIsNone(evaluation.chance_level({'loss': 0.1, 'num_examples': 4.0}))  # An autoencoder.
+
   def test_pooled_and_per_institution(self):
     result = evaluation.alert_metrics(
         {'a': (np.array([1, 0]), np.array([0.9, 0.1])), 'b': (np.array([0, 1]), np.array([0.8, 0.2]))},

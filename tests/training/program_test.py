@@ -164,6 +164,8 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
     self.assertBetween(privacy['epsilon'], 3.95, 4.0)  # Every institution joined every round.
     self.assertEqual([g['level'] for g in privacy['guarantees']], ['record', 'institution'])
     self.assertTrue(any(line.startswith('noise multiplier') and 'ε = 4' in line for line in self.lines))
+    progress = [line for line in self.lines if line.startswith('round ')]
+    self.assertRegex(progress[-1], r'\| ε\(record\)=3\.9\d* \| ε\(institution\)=[\d.]+ \|')
     rows = pd.read_csv(self.result.paths.metrics_csv)
     self.assertTrue((np.diff(rows['privacy/epsilon']) > 0).all())
     self.assertTrue((rows['privacy/institution_epsilon'] > 0).all())
@@ -315,8 +317,11 @@ class ScriptHygieneTest(tf.test.TestCase):
         f' --config.data.dir={data_dir} --config.data.schema_file={schema_file}'
         f' --config.federated.rounds=1 --workdir={root}/run 2>&1 | cat',
         shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    self.assertEqual(done.returncode, 0, done.stdout[-3000:])
+    # 0, or 3 when one round on 90 test rows leaves the model at chance (it says so).
+    self.assertIn(done.returncode, (0, 3), done.stdout[-3000:])
     self.assertIn('privacy:', done.stdout)
+    if done.returncode == 3:
+      self.assertIn('WARNING: the model is no better than chance', done.stdout)
     self.assertEqual({p.pid for p in self._orphan_workers()} - before, set())
 
   def test_unknown_config_key_fails_before_work(self):

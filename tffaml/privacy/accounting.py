@@ -44,6 +44,7 @@ NeighborRel = dp_accounting.NeighboringRelation
 # Coarser than dp_accounting's 1e-4 default: ten times faster, still an upper
 # bound (pessimistic discretisation), and within 2% of it on our tests.
 PLD_DISCRETIZATION = 1e-3
+WEAK_EPSILON = 10.0  # Statements above this say, in the statement, that they are weak.
 # Calibration searches noise multipliers from here up: below it, ε is
 # meaningless for any run worth accounting and the PLD accountant is slow.
 MIN_NOISE_MULTIPLIER = 0.2
@@ -172,6 +173,7 @@ class RecordLevelDp:
   epochs: int
   units: tuple[int, ...]  # Privacy units in each institution's training rows.
   unit: str = 'record (one row of an institution)'
+  unit_name: str = 'record'  # Short, for progress lines: 'record', or the unit column ('account').
 
   def __post_init__(self):
     if not self.noise_multiplier > 0:
@@ -294,6 +296,8 @@ class PrivacyStatement:
         f'({g.epsilon:.4g}, {g.delta:g})-differential privacy for each {g.unit}.'
         f' Mechanism: {g.mechanism}. Accountant: {g.accountant}, neighbouring'
         f' relation {g.neighboring_relation}.'
+        + (f' This guarantee is weak: at ε > {WEAK_EPSILON:g} it bounds little of what'
+           ' the model reveals.' if g.epsilon > WEAK_EPSILON else '')
         for g in self.guarantees
     ]
     return ' '.join(parts) + (
@@ -316,6 +320,11 @@ class PrivacyPlan:
   @property
   def is_private(self) -> bool:
     return self.client is not None or self.record is not None
+
+  @property
+  def headline_unit(self) -> str:
+    """The unit of the statement's first guarantee ('record', a unit column, or 'institution')."""
+    return self.record.unit_name if self.record is not None else 'institution'
 
   def statement(self, *, rounds: int, participation: Sequence[int]) -> PrivacyStatement:
     """The privacy statement after `rounds` rounds.

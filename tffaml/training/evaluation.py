@@ -5,6 +5,7 @@ counts, totals), not from pooling rows: the same numbers a federation can
 compute without moving data.
 """
 
+import math
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -43,6 +44,26 @@ def evaluate(
         for name, dataset in test_sets.items()
     }
   return result
+
+
+def chance_level(pooled: Mapping[str, Optional[float]]) -> Optional[str]:
+  """Why a classifier's pooled test metrics are no better than chance, or None.
+
+  Chance: a constant score (KS 0: no threshold separates the classes), or an
+  AUC within two standard errors of 0.5 under the null (Hanley and McNeil
+  1982: Var = (n+ + n- + 1) / (12 n+ n-)).
+  """
+  if 'auc' not in pooled or pooled.get('auc') is None:
+    return None  # An autoencoder, or test rows of one class: nothing to judge.
+  positives, rows = pooled['positives'], pooled['num_examples']
+  negatives = rows - positives
+  if pooled['ks'] == 0:
+    return 'it gives every test row the same score'
+  margin = 2 * math.sqrt((rows + 1) / (12 * positives * negatives))
+  if abs(pooled['auc'] - 0.5) <= margin:
+    return (f'its pooled test AUC {pooled["auc"]:.3f} is within {margin:.3f} (two standard errors'
+            f' for {int(positives)} positives and {int(negatives)} negatives) of chance, 0.5')
+  return None
 
 
 def _ratio(numerator: float, denominator: float) -> Optional[float]:

@@ -217,7 +217,7 @@ def privacy_plan(
     record = accounting.RecordLevelDp(
         noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
         clip=r.clip, expected_batch_size=f.batch_size, epochs=f.client_epochs,
-        units=tuple(int(n) for n in institution_units), unit=unit)
+        units=tuple(int(n) for n in institution_units), unit=unit, unit_name=unit_column or 'record')
   target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
                 accountant=choices.accountant)
   if calibrating and record is not None:

@@ -173,6 +173,7 @@ class RunResult:
   metrics: Optional[dict]  # None when stopped early.
   rounds_completed: int
   model: Optional[tf.keras.Model] = None  # The exported Keras model.
+  warnings: tuple[str, ...] = ()  # E.g. a model no better than chance (scripts exit non-zero).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,7 +407,7 @@ def _train_rounds(config, choices, setup: _Setup, built: _Built, state_manager, 
       pooled = evaluation.evaluate(built.eval_process, weights, built.test_sets, per_institution=False)
       values.update(_flatten(pooled['pooled'], 'eval/'))
     _check_finite(round_num, values, weights)
-    per_round = progress.round_done(round_num, _summary(values))
+    per_round = progress.round_done(round_num, _summary(values, setup.plan))
     values['round_seconds'] = per_round
     asyncio.run(releaser.release(values, key=round_num))
     asyncio.run(state_manager.save([workdir_lib.redact(state), round_num, participation], round_num))
@@ -424,11 +425,15 @@ def _privacy_values(plan: accounting.PrivacyPlan, round_num: int, participation)
   return values
 
 
-def _summary(values: Mapping[str, float]) -> str:
-  """The progress line's metrics; ε with its unit, and only under DP."""
-  names = {'train/loss': 'loss', 'eval/auc': 'auc', 'privacy/epsilon': 'ε'}
-  return ' | '.join(f'{name} {values[k]:.4g}' for k, name in names.items()
-                    if values.get(k) is not None)
+def _summary(values: Mapping[str, float], plan: accounting.PrivacyPlan) -> str:
+  """The progress line's metrics; ε with its unit (`ε(record)=0.42`), and only under DP."""
+  parts = [f'{name} {values[k]:.4g}' for k, name in (('train/loss', 'loss'), ('eval/auc', 'auc'))
+           if values.get(k) is not None]
+  if 'privacy/epsilon' in values:
+    parts.append(f'ε({plan.headline_unit})={values["privacy/epsilon"]:.4g}')
+  if 'privacy/institution_epsilon' in values:
+    parts.append(f'ε(institution)={values["privacy/institution_epsilon"]:.4g}')
+  return ' | '.join(parts)
 
 
 def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, state, participation,
@@ -461,6 +466,11 @@ def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, stat
   if config.reference.centralized_epochs:
     metrics['centralized_reference'] = _centralized_reference(config, choices, built, data, log)
   _check_finite(f.rounds, _flatten(metrics['federated']['pooled'], 'eval/'), weights)
+  warnings = _warnings(metrics['federated']['pooled'], setup.plan)
+  if warnings:
+    metrics['warnings'] = list(warnings)
+    for warning in warnings:
+      log(f'WARNING: {warning}')
   statement = setup.plan.statement(rounds=f.rounds, participation=participation)
   metrics['privacy'] = statement.to_dict()
   io.write_json(paths.metrics, metrics)
@@ -475,7 +485,19 @@ def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, stat
           'metrics': metrics,
           'privacy': statement.to_dict(),
       })
-  return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds, model=model)
+  return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds, model=model,
+                   warnings=warnings)
+
+
+def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
+  why = evaluation.chance_level(pooled)
+  if why is None:
+    return ()
+  cause = ('the DP noise may be too large for the data: try a larger privacy.target_epsilon, more'
+           ' rows per institution, or a larger batch' if plan.is_private else
+           'the model may not have learned: check the training loss in results/metrics.csv, try'
+           ' more rounds or another federated.client_learning_rate')
+  return (f'the model is no better than chance: {why}. Likely cause: {cause}.',)
 
 
 def _centralized_reference(config, choices, built: _Built, data, log) -> dict:
