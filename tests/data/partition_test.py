@@ -45,5 +45,18 @@ class PartitionTest(tf.test.TestCase, parameterized.TestCase):
       partition.iid(5, 6, np.random.default_rng(0))
 
 
+
+class LoadingDispatchTest(tf.test.TestCase):
+
+  def test_every_partition_method_gives_a_federation(self):
+    from configs import loan_risk  # pylint: disable=g-import-not-at-top
+    from tffaml.data import loading  # pylint: disable=g-import-not-at-top
+    for method in partition.Method:
+      config = loan_risk.get_config('smoke').data
+      config.partition, config.num_institutions, config.max_rows = method.value, 4, 3000
+      data = loading.load(config, seed=0)
+      self.assertGreaterEqual(len(data.institutions), 2, method)
+      self.assertEqual(sum(s['train_rows'] + s['test_rows'] for s in data.summary()), 3000, method)
+
 if __name__ == '__main__':
   tf.test.main()

@@ -111,5 +111,16 @@ class ExecutionTest(tf.test.TestCase, parameterized.TestCase):
           else tff.aggregators.UnweightedAggregationFactory)
 
 
+
+class DispatchTest(tf.test.TestCase):
+
+  def test_every_aggregator_type_builds_one_that_aggregates_a_vector(self):
+    for aggregator_type in aggregators.AggregatorType:
+      factory = aggregators.configure_aggregator(
+          aggregator_type=aggregator_type, weighted=False, clients_per_round=3, noise_multiplier=0.5)
+      process = factory.create(VECTOR)
+      self.assertEqual(str(process.next.type_signature.result[1].member), 'float32[2]', aggregator_type)
+
+
 if __name__ == '__main__':
   tf.test.main()

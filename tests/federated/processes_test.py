@@ -9,6 +9,7 @@ from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.federated import processes
 from tffaml.models import tabular
+import tensorflow_federated as tff
 
 P = processes
 
@@ -94,6 +95,15 @@ class ProcessesTest(tf.test.TestCase, parameterized.TestCase):
   def test_fedprox_needs_mu(self):
     with self.assertRaisesRegex(ValueError, 'fedprox needs proximal_strength > 0, got 0.0'):
       self._build(P.Algorithm.FEDPROX, P.Weighting.UNIFORM)
+
+
+
+class OptimizerDispatchTest(tf.test.TestCase):
+
+  def test_every_optimizer_type_builds_a_tff_optimizer(self):
+    for optimizer_type in processes.OptimizerType:
+      optimizer = processes.build_optimizer(optimizer_type, learning_rate=0.1, momentum=0.5)
+      self.assertIsInstance(optimizer, tff.learning.optimizers.Optimizer, optimizer_type)
 
 
 if __name__ == '__main__':

@@ -57,3 +57,19 @@ class AutoencoderTest(tf.test.TestCase):
     # Bottleneck of 2, mirrored decoder of 4: widths 4, 2, 4, then the encoded width.
     widths = [l.units for l in model.layers if isinstance(l, tf.keras.layers.Dense)]
     self.assertEqual(widths, [4, 2, 4, encoded.shape[1]])
+
+
+class DispatchTest(tf.test.TestCase):
+
+  def test_every_loss_type_gives_one_loss_per_row(self):
+    for loss_type in tabular.LossType:
+      losses = tabular.per_example_loss(loss_type)(Y, P)
+      self.assertEqual(losses.shape, [2], loss_type)
+
+  def test_every_model_type_builds_a_model_with_one_score_per_row(self):
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    inputs = {'amount': tf.constant([1000.0, 20000.0]), 'rate': tf.constant([5.0, 20.0]),
+              'grade': tf.constant(['A', 'Z'])}
+    for model_type in tabular.ModelType:
+      model = tabular.build_model(model_type=model_type, feature_space=space, hidden_units=(4,))
+      self.assertEqual(model(inputs).shape, [2, 1], model_type)

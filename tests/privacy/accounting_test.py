@@ -150,5 +150,19 @@ class StatementTest(tf.test.TestCase):
       _record(batch=500)
 
 
+
+class DispatchTest(tf.test.TestCase):
+
+  def test_every_accountant_gives_a_finite_epsilon(self):
+    event = A.poisson_gaussian_event(sampling_rate=0.01, noise_multiplier=1.0, steps=100)
+    for accountant in A.Accountant:
+      self.assertBetween(A.epsilon(event, 1e-5, accountant=accountant), 0.1, 10.0, accountant)
+
+  def test_every_sampling_has_an_event_and_a_description(self):
+    for sampling in A.Sampling:
+      client = _client(n=10, m=4, sampling=sampling)
+      self.assertTrue(math.isfinite(A.epsilon(client.event(5), 1e-5, relation=client.relation)), sampling)
+      self.assertIn('10', client.cohort())
+
 if __name__ == '__main__':
   tf.test.main()

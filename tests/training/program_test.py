@@ -16,6 +16,7 @@ from configs import csv as csv_config
 from tests import helpers
 from tffaml import errors
 from tffaml.export import scoring
+from tffaml.privacy import accounting
 from tffaml.training import program
 from tffaml.training import workdir as workdir_lib
 
@@ -197,6 +198,20 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
     self.assertIn('(12 units, 2 rounds)', record['mechanism'])
     rows = pd.read_csv(result.paths.metrics_csv)
     self.assertEqual(rows['train/steps'].tolist(), [9, 9])  # ceil(12 / 4) at 3 banks.
+
+
+class SampleCohortTest(tf.test.TestCase):
+
+  def test_every_sampling_draws_a_sorted_cohort_of_the_right_size(self):
+    for sampling in accounting.Sampling:
+      cohorts = [program.sample_cohort(sampling, num_institutions=50, cohort=10, seed=0, round_num=r)
+                 for r in range(1, 41)]
+      for cohort in cohorts:
+        self.assertEqual(cohort, sorted(set(cohort)), sampling)
+        self.assertTrue(all(0 <= i < 50 for i in cohort), sampling)
+      sizes = [len(c) for c in cohorts]
+      expected = {accounting.Sampling.FULL: 50}.get(sampling, 10)
+      self.assertAllClose(np.mean(sizes), expected, rtol=0.2, msg=str(sampling))
 
 
 class IntegrityTest(tf.test.TestCase):

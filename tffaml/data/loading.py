@@ -84,9 +84,11 @@ def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[st
   elif method is partition.Method.DIRICHLET:
     assignment = partition.dirichlet_label_skew(
         labels, config.num_institutions, config.alpha, rng)
-  else:
+  elif method is partition.Method.QUANTITY:
     assignment = partition.quantity_skew(
         len(table), config.num_institutions, config.alpha, rng)
+  else:
+    raise ValueError(f'no partition for {method!r}.')
   return federated_data.from_pooled_table(
       table, schema, assignment, test_fraction=config.test_fraction, seed=seed
   )

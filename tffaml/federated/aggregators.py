@@ -228,9 +228,11 @@ def configure_aggregator(
         noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
         clip=clip, noise_seed=noise_seed,
     )
-  return gaussian_adaptive(
-      noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
-      initial_clip=clip, target_unclipped_quantile=target_unclipped_quantile,
-      clip_learning_rate=clip_learning_rate,
-      clipped_count_stddev=clipped_count_stddev, noise_seed=noise_seed,
-  )
+  if aggregator_type is AggregatorType.GAUSSIAN_ADAPTIVE:
+    return gaussian_adaptive(
+        noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
+        initial_clip=clip, target_unclipped_quantile=target_unclipped_quantile,
+        clip_learning_rate=clip_learning_rate,
+        clipped_count_stddev=clipped_count_stddev, noise_seed=noise_seed,
+    )
+  raise ValueError(f'no aggregator for {aggregator_type!r}.')

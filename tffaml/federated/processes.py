@@ -61,7 +61,9 @@ def build_optimizer(
     return tff.learning.optimizers.build_sgdm(learning_rate=learning_rate, momentum=momentum or None)
   if optimizer_type is OptimizerType.ADAM:
     return tff.learning.optimizers.build_adam(learning_rate=learning_rate)
-  return tff.learning.optimizers.build_yogi(learning_rate=learning_rate)
+  if optimizer_type is OptimizerType.YOGI:
+    return tff.learning.optimizers.build_yogi(learning_rate=learning_rate)
+  raise ValueError(f'no optimizer for {optimizer_type!r}.')
 
 
 def build_model_fn(

@@ -57,7 +57,9 @@ def per_example_loss(
       raise ValueError(f'positive_weight must be > 0, got {positive_weight}.')
     return lambda y, p: tf.keras.losses.binary_crossentropy(y, p) * (
         1.0 + (positive_weight - 1.0) * tf.cast(y[:, 0], p.dtype))
-  return lambda y, score: score[:, 0]
+  if loss_type is LossType.RECONSTRUCTION:  # The model's output is already the loss.
+    return lambda y, score: score[:, 0]
+  raise ValueError(f'no loss for {loss_type!r}.')
 
 
 class _MeanLoss(tf.keras.losses.Loss):
@@ -114,6 +116,8 @@ def build_model(
   if model_type is ModelType.MLP:
     for i, units in enumerate(hidden_units):
       hidden = tf.keras.layers.Dense(units, activation='relu', name=f'hidden_{i}')(hidden)
+  elif model_type is not ModelType.LOGISTIC:
+    raise ValueError(f'no model for {model_type!r}.')
   probability = tf.keras.layers.Dense(1, activation='sigmoid', name='probability')(hidden)
   return tf.keras.Model(inputs, probability, name=model_type.value)
 

@@ -77,8 +77,10 @@ def epsilon(
     raise ValueError(f'delta must be in (0, 1), got {delta}.')
   if accountant is Accountant.RDP:
     composer = rdp.RdpAccountant(neighboring_relation=relation)
-  else:
+  elif accountant is Accountant.PLD:
     composer = pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
+  else:
+    raise ValueError(f'no accountant for {accountant!r}.')
   if not composer.supports(event):
     raise ValueError(
         f'the {accountant.value} accountant cannot compose {type(event).__name__}'
@@ -150,8 +152,10 @@ class ClientLevelDp:
       per_round = gaussian
     elif self.sampling is Sampling.POISSON:
       per_round = dp_accounting.PoissonSampledDpEvent(m / n, gaussian)
-    else:
+    elif self.sampling is Sampling.FIXED_SIZE:
       per_round = dp_accounting.SampledWithoutReplacementDpEvent(n, m, gaussian)
+    else:
+      raise ValueError(f'no DP event for {self.sampling!r}.')
     return dp_accounting.SelfComposedDpEvent(per_round, rounds)
 
   def cohort(self) -> str:
@@ -160,7 +164,9 @@ class ClientLevelDp:
       return f'all {n} institutions every round'
     if self.sampling is Sampling.POISSON:
       return f'Poisson sampling of institutions with q = {m}/{n}'
-    return f'{m} of {n} institutions per round, sampled without replacement'
+    if self.sampling is Sampling.FIXED_SIZE:
+      return f'{m} of {n} institutions per round, sampled without replacement'
+    raise ValueError(f'no description for {self.sampling!r}.')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,7 +89,9 @@ def sample_cohort(
     return list(range(num_institutions))
   if sampling is accounting.Sampling.POISSON:
     return np.flatnonzero(rng.random(num_institutions) < cohort / num_institutions).tolist()
-  return sorted(rng.choice(num_institutions, cohort, replace=False).tolist())
+  if sampling is accounting.Sampling.FIXED_SIZE:
+    return sorted(rng.choice(num_institutions, cohort, replace=False).tolist())
+  raise ValueError(f'no cohort sampling for {sampling!r}.')
 
 
 def _flatten(value, prefix: str = '') -> dict[str, float]:
