@@ -42,7 +42,6 @@ COLUMNS = (
 )
 TIMESTAMP_FORMAT = '%Y/%m/%d %H:%M'
 _TIMESTAMP_PATTERN = r'\d{4}/\d{2}/\d{2} \d{2}:\d{2}'
-DIRECTIONS = ('outgoing', 'incoming', 'internal')
 
 
 # Rows parsed at a time: bounds the text form of the file held in memory.

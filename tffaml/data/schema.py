@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -349,12 +349,6 @@ def _normalise_label(value: str) -> str:
   except ValueError:
     return value.strip()
   return repr(number) if math.isfinite(number) else value.strip()
-
-
-def check_binary_classes(labels: Sequence[int], *, source: str) -> None:
-  """Requires both classes among 0/1 `labels` (training needs both)."""
-  labels = np.asarray(labels)
-  check_class_counts(positives=int(labels.sum()), rows=len(labels), source=source)
 
 
 def check_class_counts(*, positives: int, rows: int, source: str) -> None:

@@ -52,7 +52,6 @@ START = datetime.datetime(2022, 9, 1)
 CURRENCIES = {'US Dollar': 1.0, 'Euro': 1.0, 'UK Pound': 1.15, 'Yuan': 0.14,
               'Canadian Dollar': 0.74, 'Swiss Franc': 1.03, 'Yen': 0.0069, 'Bitcoin': 20000.0}
 _FOREIGN = ('Euro', 'UK Pound', 'Yuan', 'Canadian Dollar', 'Swiss Franc', 'Yen')
-_FORMATS = ('ACH', 'Cheque', 'Credit Card', 'Cash', 'Wire', 'Reinvestment', 'Bitcoin')
 # Hour-of-day weights of people's payments: quiet at night, peaks at noon and evening.
 _PERSON_HOURS = np.array([1, 0.5, 0.3, 0.3, 0.3, 0.6, 1.5, 3, 5, 6, 7, 8,
                           9, 8, 7, 7, 7, 8, 9, 9, 7, 5, 3, 2], np.float64)

@@ -309,7 +309,8 @@ class PrivacyStatement:
     return ' '.join(parts) + (
         ' Covered: the model updates and everything computed from them (the'
         ' aggregate, the released model). Not covered: the federated feature'
-        ' statistics (exact sums) and per-round evaluation metrics on the test'
+        ' statistics (exact sums, and the histograms that set their clipping'
+        ' ranges, shipped in the model\'s metadata) and per-round evaluation metrics on the test'
         ' splits. Client-level DP assumes a trusted aggregator: secure'
         ' aggregation is simulated as a plain sum here.')
 
