@@ -267,54 +267,41 @@ def validate_frame(
 
   out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
   for column in schema.numeric:
-    raw = frame[column].reset_index(drop=True)
-    text = raw.astype(str).str.strip()
-    empty = raw.isna().to_numpy() | (text == '').to_numpy()
-    if empty.any():
-      row = _first_bad_row(empty)
-      raise DataError(
-          f'{source}: {where(row)}, column {column!r}: missing value.'
-      )
-    values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
-    bad = np.isnan(values)
-    if bad.any():
-      row = _first_bad_row(bad)
-      raise DataError(
-          f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is not a'
-          ' number.'
-      )
-    infinite = ~np.isfinite(values)
-    if infinite.any():
-      row = _first_bad_row(infinite)
-      raise DataError(
-          f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is not'
-          ' finite.'
-      )
-    huge = np.abs(values) > FLOAT32_MAX
-    if huge.any():
-      row = _first_bad_row(huge)
-      raise DataError(
-          f'{source}: {where(row)}, column {column!r}: {raw[row]!r} is beyond'
-          f' ±{FLOAT32_MAX:.3g}, the largest number the model (float32) can hold.'
-      )
-    out[column] = values
+    out[column] = _parse_numbers(frame[column].reset_index(drop=True), column, source, where)
   text_columns = {c: c for c in schema.categorical}
   if require_label and schema.unit:
     text_columns[UNIT_COLUMN] = schema.unit
   for name, column in text_columns.items():
     raw = frame[column].reset_index(drop=True)
-    empty = raw.isna().to_numpy() | (raw.astype(str).str.strip() == '').to_numpy()
-    if empty.any():
-      row = _first_bad_row(empty)
-      raise DataError(
-          f'{source}: {where(row)}, column {column!r}: missing value.'
-      )
+    _refuse_first(raw.isna().to_numpy() | (raw.astype(str).str.strip() == '').to_numpy(),
+                  lambda row: f'{source}: {where(row)}, column {column!r}: missing value.')
     out[name] = raw.astype(str).to_numpy()
   if require_label:
     out[LABEL_COLUMN] = _parse_labels(
         frame[schema.label].reset_index(drop=True), schema, source, where
     )
   return out
+
+
+def _refuse_first(mask: np.ndarray, message) -> None:
+  """DataError(message(first row in `mask`)) when any row is in `mask`."""
+  if mask.any():
+    raise DataError(message(_first_bad_row(mask)))
+
+
+def _parse_numbers(raw: pd.Series, column: str, source: str, where) -> np.ndarray:
+  """A numeric column as float64, refusing empty, non-numeric, non-finite and beyond-float32 cells."""
+  text = raw.astype(str).str.strip()
+  cell = lambda row: f'{source}: {where(row)}, column {column!r}'
+  _refuse_first(raw.isna().to_numpy() | (text == '').to_numpy(),
+                lambda row: f'{cell(row)}: missing value.')
+  values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
+  _refuse_first(np.isnan(values), lambda row: f'{cell(row)}: {raw[row]!r} is not a number.')
+  _refuse_first(~np.isfinite(values), lambda row: f'{cell(row)}: {raw[row]!r} is not finite.')
+  _refuse_first(np.abs(values) > FLOAT32_MAX,
+                lambda row: f'{cell(row)}: {raw[row]!r} is beyond ±{FLOAT32_MAX:.3g}, the largest'
+                ' number the model (float32) can hold.')
+  return values
 
 
 def _parse_labels(labels, schema, source, where) -> np.ndarray:
