@@ -63,5 +63,17 @@ class ScoringTest(tf.test.TestCase):
     self.assertTrue(pd.read_csv(output)['probability'].notna().all())
 
 
+  def test_rows_with_non_finite_derived_inputs_are_rejected_not_scored(self):
+    # E.g. account aggregates that overflowed float32: they would score as NaN, "no alert".
+    rows = pd.read_csv(self.loans)
+    inputs = {'amount': rows['amount'].to_numpy(float), 'grade': rows['grade'].to_numpy(str)}
+    inputs['amount'][[3, 11]] = [float('inf'), 1e39]
+    kept, kept_inputs, rejected = scoring._reject_non_finite(rows, inputs, self.loans)
+    self.assertLen(kept, 18)
+    self.assertLen(kept_inputs['grade'], 18)
+    self.assertEqual(rejected['line'].tolist(), [5, 13])
+    self.assertIn('amount: not a finite float32', rejected['reasons'][0])
+
+
 if __name__ == '__main__':
   tf.test.main()
