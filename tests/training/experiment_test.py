@@ -55,5 +55,32 @@ class ParseChoicesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(choices.aggregator.value, 'mean')
 
 
+
+class ClientWorkTest(tf.test.TestCase):
+
+  def test_one_choice_of_client_work_and_every_one_builds_its_process(self):
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    from tffaml import features  # pylint: disable=g-import-not-at-top
+    from tffaml.federated import client_data  # pylint: disable=g-import-not-at-top
+    data = helpers.load_federation()
+    config = _config(aggregator__type='mean', record_dp__enabled=True)
+    choices = experiment.parse_choices(config)
+    record = experiment.privacy_plan_for_data(config, choices, data, cohort=3)
+    config.record_dp.enabled = False
+    plain = experiment.privacy_plan_for_data(config, choices, data, cohort=3)
+    self.assertIs(experiment.client_work(plain, boosting=False), experiment.ClientWork.FEDERATED)
+    self.assertIs(experiment.client_work(record, boosting=False), experiment.ClientWork.DP_SGD)
+    self.assertIs(experiment.client_work(plain, boosting=True), experiment.ClientWork.SCALED_UPDATES)
+    space = features.compute_feature_space(data, min_category_count=1)
+    keras_model = experiment.keras_model_fn(config, choices, space)
+    model_fn = experiment.model_fn(config, choices, keras_model, client_data.element_spec(data.schema))
+    aggregator = experiment.build_aggregator(config, choices, plain, cohort=3, noise_seed=0)
+    for work in experiment.ClientWork:
+      plan = record if work is experiment.ClientWork.DP_SGD else plain
+      process = experiment.build_train_process(config, choices, plan, work=work, model_fn=model_fn,
+                                               aggregator=aggregator)
+      self.assertIn('next', dir(process), work)
+
+
 if __name__ == '__main__':
   tf.test.main()

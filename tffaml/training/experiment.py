@@ -305,9 +305,26 @@ def model_fn(config, choices: Choices, keras_model: Callable[[], tf.keras.Model]
       threshold=config.model.threshold if choices.model.is_classifier else None)
 
 
-def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, model_fn, aggregator,
-                        scaled_updates: bool = False):
-  """The training process; `scaled_updates`: institutions scale their updates (a boosting attack)."""
+class ClientWork(enum.Enum):
+  """What each institution runs in a round: one choice for the process and its client data."""
+
+  FEDERATED = 'federated'  # The algorithm's client work on shuffled batches.
+  DP_SGD = 'dp_sgd'  # Record-level DP-SGD on secretly Poisson-sampled batches.
+  SCALED_UPDATES = 'scaled_updates'  # FedAvg whose clients scale their updates (a boosting attack).
+
+
+def client_work(plan: accounting.PrivacyPlan, *, boosting: bool) -> ClientWork:
+  """The run's client work (`parse_choices` refuses attacks together with record-level DP)."""
+  if boosting:
+    return ClientWork.SCALED_UPDATES
+  if plan.record is not None:
+    return ClientWork.DP_SGD
+  return ClientWork.FEDERATED
+
+
+def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, work: ClientWork,
+                        model_fn, aggregator):
+  """The training process running `work` at each institution."""
   f = config.federated
   optimizers = dict(
       client_optimizer=processes.build_optimizer(
@@ -317,26 +334,28 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
           choices.server_optimizer, learning_rate=f.server_learning_rate,
           momentum=f.server_momentum),
   )
-  if scaled_updates:
+  if work is ClientWork.SCALED_UPDATES:
     if choices.algorithm is not processes.Algorithm.FEDAVG:
       raise errors.ConfigError(f"config.attack.type='boost' simulates FedAvg; config.federated.algorithm="
                        f'{config.federated.algorithm!r} must be \'fedavg\'.')
     return processes.build_scaled_update_train_process(
         model_fn=model_fn, weighting=choices.weighting, aggregator=aggregator, **optimizers)
-  if plan.record is not None:
+  if work is ClientWork.DP_SGD:
     return processes.build_dp_sgd_train_process(
         model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,
         noise_multiplier=plan.record.noise_multiplier,
         expected_batch_size=plan.record.expected_batch_size, loss_fn=loss_fn(config, choices),
         **optimizers)
-  return processes.build_train_process(
-      model_fn=model_fn,
-      algorithm=choices.algorithm,
-      weighting=choices.weighting,
-      aggregator=aggregator,
-      proximal_strength=f.proximal_strength,
-      **optimizers,
-  )
+  if work is ClientWork.FEDERATED:
+    return processes.build_train_process(
+        model_fn=model_fn,
+        algorithm=choices.algorithm,
+        weighting=choices.weighting,
+        aggregator=aggregator,
+        proximal_strength=f.proximal_strength,
+        **optimizers,
+    )
+  raise ValueError(f'no training process for {work!r}.')
 
 
 def clipping_description(config, choices: Choices) -> str:

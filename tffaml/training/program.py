@@ -321,14 +321,14 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
   model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
   aggregator = experiment.build_aggregator(config, choices, plan, cohort=setup.cohort,
                                            noise_seed=noise_seed)
-  boosting = setup.attack.type is poisoning.AttackType.BOOST
+  work = experiment.client_work(plan, boosting=setup.attack.type is poisoning.AttackType.BOOST)
   process = experiment.build_train_process(
-      config, choices, plan, model_fn=model_fn, aggregator=aggregator, scaled_updates=boosting)
+      config, choices, plan, work=work, model_fn=model_fn, aggregator=aggregator)
   institutions = setup.data.institutions
 
   def train_dataset(i: int, round_num: int) -> tf.data.Dataset:
     institution = institutions[i]
-    if plan.record is not None:  # Secret sample and noise: from the noise seed.
+    if work is experiment.ClientWork.DP_SGD:  # Secret sample and noise: from the noise seed.
       return dp_sgd.poisson_batches(
           institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
           seed=_stable_seed(noise_seed, round_num, i),
@@ -336,9 +336,11 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
     dataset = client_data.institution_dataset(
         institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
         shuffle_seed=_stable_seed(config.seed, round_num, i))
-    if boosting:
+    if work is experiment.ClientWork.SCALED_UPDATES:
       return processes.scaled_client_data(dataset, setup.attack.scale(institution.name))
-    return dataset
+    if work is experiment.ClientWork.FEDERATED:
+      return dataset
+    raise ValueError(f'no client data for {work!r}.')
 
   test_sets = {
       i.name: client_data.institution_dataset(i, 'test', schema, batch_size=f.eval_batch_size)
