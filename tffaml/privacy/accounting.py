@@ -62,7 +62,15 @@ class Accountant(enum.Enum):
 
   @property
   def description(self) -> str:
-    return {'rdp': 'RDP (dp_accounting)', 'pld': 'PLD (dp_accounting)'}[self.value]
+    return f'{self.name} (dp_accounting)'
+
+  def make(self, relation: NeighborRel = NeighborRel.ADD_OR_REMOVE_ONE) -> dp_accounting.PrivacyAccountant:
+    """A fresh accountant of this type: the one place accountants are made."""
+    if self is Accountant.RDP:
+      return rdp.RdpAccountant(neighboring_relation=relation)
+    if self is Accountant.PLD:
+      return pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
+    raise ValueError(f'no accountant for {self!r}.')
 
 
 def epsilon(
@@ -75,12 +83,7 @@ def epsilon(
   """ε at `delta` of `event` by `accountant`."""
   if not 0.0 < delta < 1.0:
     raise ValueError(f'delta must be in (0, 1), got {delta}.')
-  if accountant is Accountant.RDP:
-    composer = rdp.RdpAccountant(neighboring_relation=relation)
-  elif accountant is Accountant.PLD:
-    composer = pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
-  else:
-    raise ValueError(f'no accountant for {accountant!r}.')
+  composer = accountant.make(relation)
   if not composer.supports(event):
     raise ValueError(
         f'the {accountant.value} accountant cannot compose {type(event).__name__}'
@@ -110,13 +113,8 @@ def noise_for_epsilon(
   """The smallest noise multiplier whose event has ε <= target (to 0.1%)."""
   if not target_epsilon > 0:
     raise ValueError(f'target_epsilon must be > 0, got {target_epsilon}.')
-  make_accountant = {
-      Accountant.RDP: lambda: rdp.RdpAccountant(neighboring_relation=relation),
-      Accountant.PLD: lambda: pld.PLDAccountant(
-          relation, value_discretization_interval=PLD_DISCRETIZATION),
-  }[accountant]
   noise = dp_accounting.calibrate_dp_mechanism(
-      make_accountant, make_event, target_epsilon, delta,
+      lambda: accountant.make(relation), make_event, target_epsilon, delta,
       bracket_interval=dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-3)
   return float(noise)
 
