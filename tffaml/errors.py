@@ -6,6 +6,11 @@ says where (file, line and column, or `config.x.y`) and what to do.
 Everything else is our bug and keeps its traceback.
 """
 
+import enum
+from typing import TypeVar
+
+E = TypeVar('E', bound=enum.Enum)
+
 
 class Refusal(Exception):
   """Base of the errors reported to users as one message."""
@@ -21,3 +26,11 @@ class ConfigError(InputError):
 
 class RunFailed(Refusal, RuntimeError):
   """A run that could not produce a usable model (e.g. a non-finite loss)."""
+
+
+def parse_enum(enum_cls: type[E], value: str, key: str) -> E:
+  """`enum_cls(value)`, or a ConfigError naming `config.<key>` and the choices."""
+  try:
+    return enum_cls(value)
+  except ValueError:
+    raise ConfigError(f'config.{key}={value!r} is not one of {[m.value for m in enum_cls]}.') from None

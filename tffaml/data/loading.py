@@ -22,17 +22,9 @@ class Source(enum.Enum):
   AMLWORLD = 'amlworld'  # Transactions; each bank its own (see `transactions`).
 
 
-def _enum_value(enum_cls, value: str, flag: str):
-  try:
-    return enum_cls(value)
-  except ValueError:
-    choices = [m.value for m in enum_cls]
-    raise errors.ConfigError(f'{flag}={value!r} is not one of {choices}.') from None
-
-
 def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> saved_model.Interface:
   """What the export of a model trained on `config`'s data takes and returns."""
-  if _enum_value(Source, config.source, 'config.data.source') is Source.AMLWORLD:
+  if errors.parse_enum(Source, config.source, 'data.source') is Source.AMLWORLD:
     return transactions.interface()
   return saved_model.table_interface(schema)
 
@@ -44,7 +36,7 @@ def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[st
   With `config.stream`, institutions' rows are stored under `shard_dir` and
   streamed from there in training (`shards`); the AMLworld source only.
   """
-  source = _enum_value(Source, config.source, 'config.data.source')
+  source = errors.parse_enum(Source, config.source, 'data.source')
   if config.get('stream'):
     if source is not Source.AMLWORLD:
       raise errors.ConfigError(f'config.data.stream is for config.data.source=amlworld, not {source.value!r}.')
@@ -69,7 +61,7 @@ def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[st
   table = schema_lib.validate_frame(raw, schema, source='lending_club', header_lines=0)
   labels = table[schema_lib.LABEL_COLUMN].to_numpy()
 
-  method = _enum_value(partition.Method, config.partition, 'config.data.partition')
+  method = errors.parse_enum(partition.Method, config.partition, 'data.partition')
   if method is partition.Method.COLUMN:
     column = config.column or lending_club.STATE_COLUMN
     if column not in raw.columns:

@@ -5,7 +5,7 @@ Every error names the config key (as its flag, `config.x.y`) and the value.
 
 import dataclasses
 import enum
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 import ml_collections
 import tensorflow as tf
@@ -19,16 +19,7 @@ from tffaml.federated import processes
 from tffaml.models import tabular
 from tffaml.privacy import accounting
 
-E = TypeVar('E', bound=enum.Enum)
-
-
-def parse_enum(enum_cls: type[E], value: str, key: str) -> E:
-  try:
-    return enum_cls(value)
-  except ValueError:
-    raise errors.ConfigError(
-        f'config.{key}={value!r} is not one of {[m.value for m in enum_cls]}.'
-    ) from None
+parse_enum = errors.parse_enum
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,10 +65,7 @@ def _parse_trigger(text: str, schema: schema_lib.Schema) -> dict[str, float]:
 def from_config(config: ml_collections.ConfigDict, data: federated_data.FederatedData, *, seed: int) -> Attack:
   """The attack of `config.attack`, its malicious institutions named or drawn by `seed`."""
   a = config.attack
-  try:
-    attack_type = AttackType(a.type)
-  except ValueError:
-    raise errors.ConfigError(f'config.attack.type={a.type!r} is not one of {[t.value for t in AttackType]}.') from None
+  attack_type = errors.parse_enum(AttackType, a.type, 'attack.type')
   if attack_type is AttackType.NONE:
     return Attack(AttackType.NONE)
   names = [n.strip() for n in a.institutions.split(',') if n.strip()]
