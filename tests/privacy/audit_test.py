@@ -39,6 +39,14 @@ def _export_rate_model(model_dir, claimed_epsilon):
 
 class AuditTest(tf.test.TestCase):
 
+  def test_the_record_claim_is_read_from_the_unit_field(self):
+    claim = lambda **g: audit.claimed_record_privacy({'privacy': {'guarantees': [
+        dict({'epsilon': 2.0, 'delta': 1e-5}, **g)]}})
+    self.assertEqual(claim(unit='one row', unit_name='record'), (2.0, 1e-5))
+    self.assertEqual(claim(unit='record-like text', unit_name='account'), (None, None))
+    self.assertEqual(claim(unit='institution', unit_name='institution'), (None, None))
+    self.assertEqual(claim(unit='record (one row)'), (2.0, 1e-5))  # Exports without the field.
+
   def test_tpr_at_fpr(self):
     fpr = np.array([0.0, 0.0005, 0.001, 0.01, 1.0])
     tpr = np.array([0.0, 0.2, 0.3, 0.6, 1.0])

@@ -240,6 +240,9 @@ class Guarantee:
   neighboring_relation: str
   noise_multiplier: float
   mechanism: str
+  # The unit as a name programs compare: 'record' (one row), a schema unit
+  # column (e.g. 'account': all of its rows) or 'institution'.
+  unit_name: str = 'record'
 
   @property
   def is_private(self) -> bool:
@@ -328,7 +331,7 @@ class PrivacyPlan:
 
   @property
   def headline_unit(self) -> str:
-    """The unit of the statement's first guarantee ('record', a unit column, or 'institution')."""
+    """The `Guarantee.unit_name` of the statement's first guarantee."""
     return self.record.unit_name if self.record is not None else 'institution'
 
   def statement(self, *, rounds: int, participation: Sequence[int]) -> PrivacyStatement:
@@ -358,7 +361,7 @@ class PrivacyPlan:
     ]
     worst = max(range(len(participation)), key=per_institution.__getitem__)
     return Guarantee(
-        level='record', unit=f'{record.unit}; record-level DP',
+        level='record', unit=f'{record.unit}; record-level DP', unit_name=record.unit_name,
         epsilon=per_institution[worst], delta=self.delta,
         accountant=self.accountant.description, neighboring_relation='add_or_remove_one',
         noise_multiplier=record.noise_multiplier,
@@ -377,6 +380,7 @@ class PrivacyPlan:
                       relation=client.relation)
     return Guarantee(
         level='institution', unit='institution (with all of its records; client-level DP)',
+        unit_name='institution',
         epsilon=value, delta=self.delta, accountant=self.accountant.description,
         neighboring_relation=client.relation.name.lower(),
         noise_multiplier=client.noise_multiplier,

@@ -210,7 +210,9 @@ def claimed_record_privacy(metadata: Mapping) -> tuple[Optional[float], Optional
   for guarantee in metadata.get('privacy', {}).get('guarantees', []):
     # A single row is the attack's unit; a per-account claim covers a row
     # only through group privacy, so it is not checked here.
-    if guarantee['unit'].startswith('record') and guarantee['epsilon'] != 'inf':
+    # 'unit_name': exports since it was added; before, only the unit's text.
+    unit_name = guarantee.get('unit_name', guarantee['unit'].split(' ')[0])
+    if unit_name == 'record' and guarantee['epsilon'] != 'inf':
       return float(guarantee['epsilon']), float(guarantee['delta'])
   return None, None
 
