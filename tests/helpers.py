@@ -84,12 +84,13 @@ def export_rate_model(model_dir: str, *, metadata: dict = None, hardening=None) 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tffaml import features  # pylint: disable=g-import-not-at-top
   from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+  from tffaml.data import interface  # pylint: disable=g-import-not-at-top
   from tffaml.export import saved_model  # pylint: disable=g-import-not-at-top
   schema = schema_lib.Schema.from_dict(SCHEMA)
   inputs = features.keras_inputs(schema)
   probability = tf.keras.layers.Lambda(lambda r: tf.sigmoid(r - 15.0)[:, None])(inputs['rate'])
   space = features.compute_feature_space(load_federation(), min_category_count=1)
   saved_model.export(tf.keras.Model(inputs, probability), model_dir, schema=schema,
-                     interface=saved_model.table_interface(schema), threshold=0.5,
+                     interface=interface.table_interface(schema), threshold=0.5,
                      metadata=dict(metadata or {}, feature_space=space.to_dict()),
                      hardening=hardening or saved_model.Hardening())

@@ -9,11 +9,11 @@ import numpy as np
 from tffaml import errors
 from tffaml.data import csv_dir
 from tffaml.data import federated_data
+from tffaml.data import interface as interface_lib
 from tffaml.data import lending_club
 from tffaml.data import partition
 from tffaml.data import schema as schema_lib
 from tffaml.data import transactions
-from tffaml.export import saved_model
 
 
 class Source(enum.Enum):
@@ -22,11 +22,11 @@ class Source(enum.Enum):
   AMLWORLD = 'amlworld'  # Transactions; each bank its own (see `transactions`).
 
 
-def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> saved_model.Interface:
+def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> interface_lib.Interface:
   """What the export of a model trained on `config`'s data takes and returns."""
   if errors.parse_enum(Source, config.source, 'data.source') is Source.AMLWORLD:
     return transactions.interface()
-  return saved_model.table_interface(schema)
+  return interface_lib.table_interface(schema)
 
 
 def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[str] = None,

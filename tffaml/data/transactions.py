@@ -28,9 +28,9 @@ from tffaml import errors
 from tffaml.data import account_aggregates
 from tffaml.data import amlworld
 from tffaml.data import federated_data
+from tffaml.data import interface as interface_lib
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
-from tffaml.export import saved_model
 
 RAW_TEXT = ('timestamp', 'payment_currency', 'receiving_currency', 'payment_format', 'direction')
 RAW_NUMERIC = ('amount_paid', 'amount_received') + account_aggregates.AGGREGATES
@@ -175,10 +175,11 @@ def load(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
   return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
 
 
-def interface() -> saved_model.Interface:
+def interface() -> interface_lib.Interface:
   """The export's signature: raw fields and aggregates in, `score` and `alert` out."""
-  return saved_model.Interface(
-      inputs=raw_specs(), preprocess=derive, input_format='amlworld', score='score', decision='alert')
+  return interface_lib.Interface(
+      inputs=raw_specs(), preprocess=derive, input_format=interface_lib.InputFormat.AMLWORLD,
+      score='score', decision='alert')
 
 
 def _only_bank(transactions: pd.DataFrame, path: str) -> str:

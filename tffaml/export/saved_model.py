@@ -1,6 +1,7 @@
 """Export for local serving: a SavedModel any TensorFlow can run.
 
-The `serving_default` signature takes the raw inputs of an `Interface`, each
+The `serving_default` signature takes the raw inputs of an `Interface`
+(`tffaml.data.interface`), each
 a 1-D tensor named after its column: for tabular data the schema's features
 (float32 numeric, string categorical), returning `probability` (float32) and
 `label` (int64, probability >= threshold); for transactions their raw fields
@@ -15,46 +16,16 @@ import dataclasses
 import json
 import math
 import os
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import tensorflow as tf
 
 from tffaml import io
+from tffaml.data import interface as interface_lib
 from tffaml.data import schema as schema_lib
 
 SIGNATURE = 'serving_default'
 METADATA_FILE = 'metadata.json'
-
-
-@dataclasses.dataclass(frozen=True)
-class Interface:
-  """What the serving signature takes and returns.
-
-  Attributes:
-    inputs: The signature's input tensors, by name.
-    preprocess: In-graph map from those inputs to the model's features.
-    input_format: How `scoring.score_csv` reads a file: 'table' (the
-      schema's columns) or 'amlworld' (see `tffaml.data.transactions`).
-    score: Name of the score output (float32).
-    decision: Name of the 0/1 output, score >= threshold (int64).
-  """
-
-  inputs: Mapping[str, tf.TensorSpec]
-  preprocess: Callable[[dict], dict] = lambda features: features
-  input_format: str = 'table'
-  score: str = 'probability'
-  decision: str = 'label'
-
-  def to_dict(self) -> dict:
-    return {'input_format': self.input_format, 'inputs': list(self.inputs),
-            'score': self.score, 'decision': self.decision}
-
-
-def table_interface(schema: schema_lib.Schema) -> Interface:
-  """The schema's feature columns in, probability and label out."""
-  specs = {c: tf.TensorSpec([None], tf.float32, name=c) for c in schema.numeric}
-  specs.update({c: tf.TensorSpec([None], tf.string, name=c) for c in schema.categorical})
-  return Interface(inputs=specs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +57,7 @@ class Hardening:
     return dataclasses.asdict(self) | {'input_steps': dict(self.input_steps)}
 
 
-def check_hardening(interface: Interface, hardening: Hardening) -> None:
+def check_hardening(interface: interface_lib.Interface, hardening: Hardening) -> None:
   """Input rounding must name numeric inputs of the signature."""
   numeric = [c for c, spec in interface.inputs.items() if spec.dtype == tf.float32]
   unknown = sorted(set(hardening.input_steps) - set(numeric))
@@ -96,7 +67,7 @@ def check_hardening(interface: Interface, hardening: Hardening) -> None:
 
 class _ServingModule(tf.Module):
 
-  def __init__(self, model: tf.keras.Model, interface: Interface, threshold: float, hardening: Hardening):
+  def __init__(self, model: tf.keras.Model, interface: interface_lib.Interface, threshold: float, hardening: Hardening):
     super().__init__()
     self.model = model
 
@@ -122,7 +93,7 @@ def export(
     export_dir: str,
     *,
     schema: schema_lib.Schema,
-    interface: Interface,
+    interface: interface_lib.Interface,
     threshold: float,
     metadata: dict,
     hardening: Hardening = Hardening(),

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tffaml import errors
 from tffaml import io
+from tffaml.data import interface as interface_lib
 from tffaml.data import schema as schema_lib
 from tffaml.data import transactions
 from tffaml.export import saved_model
@@ -168,14 +169,17 @@ def score_csv(
   metadata = saved_model.read_metadata(model_dir)
   serving = metadata['serving']
   names = [n for n in (serving.get('score'), serving['decision']) if n]
-  if serving['input_format'] == 'amlworld':
+  input_format = interface_lib.InputFormat(serving['input_format'])
+  if input_format is interface_lib.InputFormat.AMLWORLD:
     rows, inputs = transactions.serving_inputs(input_path, bank=bank)
     _check_no_clash(input_path, rows.columns, names)
     rows, inputs, rejected = _reject_non_finite(rows, inputs, input_path)
-  else:
+  elif input_format is interface_lib.InputFormat.TABLE:
     if bank is not None:
       raise errors.InputError('--bank is for transaction models; this model scores tables.')
     rows, inputs, rejected = _table_inputs(input_path, metadata, names)
+  else:
+    raise ValueError(f'no reader for {input_format!r}.')
   scored = rows.assign(**_serve(model_dir, inputs, names, batch_size, rows=len(rows)))
   rows_ok = np.ones(len(scored), bool) if not serving.get('score') else np.isfinite(scored[serving['score']])
   if not rows_ok.all():  # A model must never turn a bad row into a silent "no alert".

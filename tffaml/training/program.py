@@ -38,6 +38,7 @@ import tensorflow_federated as tff
 from tffaml import errors
 from tffaml import features
 from tffaml import io
+from tffaml.data import interface as interface_lib
 from tffaml.data import loading
 from tffaml.data import schema as schema_lib
 from tffaml.export import saved_model
@@ -184,7 +185,7 @@ class _Setup:
 
   data: Any  # federated_data.FederatedData, poisoned when an attack is simulated.
   attack: poisoning.Attack
-  interface: saved_model.Interface
+  interface: interface_lib.Interface
   hardening: saved_model.Hardening
   cohort: int
   plan: accounting.PrivacyPlan
