@@ -19,10 +19,8 @@ import ml_collections
 from ml_collections import config_dict
 
 
-def get_config(preset: str = '') -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0  # Data split, initial weights, cohorts, batch order.
-
+def _data(config: ml_collections.ConfigDict) -> None:
+  """Where the rows come from and how they are split into institutions."""
   config.data = ml_collections.ConfigDict()
   config.data.source = 'lending_club'  # lending_club | csv_dir
   config.data.dir = ''  # csv_dir: <dir>/<institution>/{train,test}.csv
@@ -36,6 +34,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.data.alpha = 0.5  # dirichlet | quantity: Dir(alpha) concentration
   config.data.test_fraction = 0.25  # Held out per institution.
 
+
+def _features_and_model(config: ml_collections.ConfigDict) -> None:
+  """Federated feature statistics, the model and its loss."""
   config.features = ml_collections.ConfigDict()
   config.features.min_category_count = 5  # k-anonymity of vocabulary values.
 
@@ -55,6 +56,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   # Recall and precision when flagging these fractions of test rows (top scores).
   config.evaluation.alert_budgets = ()
 
+
+def _federated(config: ml_collections.ConfigDict) -> None:
+  """The federated algorithm, its rounds, cohorts and optimizers."""
   config.federated = ml_collections.ConfigDict()
   config.federated.algorithm = 'fedavg'  # fedavg | fedprox | fedsgd
   config.federated.weighting = 'uniform'  # uniform | examples (not with DP)
@@ -73,6 +77,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.federated.proximal_strength = 0.0  # fedprox: mu > 0
   config.federated.eval_every = 1  # Pooled test metrics every k rounds.
 
+
+def _privacy(config: ml_collections.ConfigDict) -> None:
+  """The aggregator (client-level DP or a poisoning defence), record-level DP and the accountant."""
   config.aggregator = ml_collections.ConfigDict()
   # mean | gaussian_fixed | gaussian_adaptive | secure, or a poisoning defence:
   # robust (adaptive clipping + zeroing) | clipping (fixed) | median | trimmed_mean
@@ -105,6 +112,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   # bit-identical DP reruns in research; whoever knows it can remove the noise.
   config.privacy.noise_seed = config_dict.placeholder(int)
 
+
+def _export_attack_reference(config: ml_collections.ConfigDict) -> None:
+  """Serving hardening, simulated poisoning and the centralized reference."""
   # What the served model reveals (tffaml.export.saved_model.Hardening).
   config.export = ml_collections.ConfigDict()
   config.export.score_decimals = config_dict.placeholder(int)  # None: full precision.
@@ -123,6 +133,9 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config.reference.centralized_epochs = 10  # Pooled Keras reference; 0 skips.
   config.reference.learning_rate = 1e-3
 
+
+def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
+  """Presets only override the defaults above."""
   if preset == 'smoke':
     config.data.max_rows = 3000
     config.data.min_rows = 400
@@ -157,4 +170,12 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       config.privacy.target_epsilon = 3.0
   elif preset:
     raise ValueError(f'unknown preset {preset!r}; presets: smoke, no_dp, record_dp, sweep, compare, attack.')
+
+
+def get_config(preset: str = '') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Data split, initial weights, cohorts, batch order.
+  for section in (_data, _features_and_model, _federated, _privacy, _export_attack_reference):
+    section(config)
+  _apply_preset(config, preset)
   return config

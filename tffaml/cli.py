@@ -33,12 +33,20 @@ def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:
   return f'{flag}: unknown config key {bad!r}{suggestion} (see the config file for every key).'
 
 
+def _without_traceback(text: str) -> str:
+  """ml_collections puts a config file's traceback inside its flag error: keep its last line."""
+  if 'Traceback (most recent call last)' not in text:
+    return text
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return f'{lines[0]} {lines[-1]}'
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing with one-line errors (for `app.run`'s `flags_parser`)."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f'error: {e}\nPass --help for the flags.')
+    sys.exit(f'error: {_without_traceback(str(e))}\nPass --help for the flags.')
   except (AttributeError, KeyError) as e:  # ml_collections: an unknown --config.x.y key.
     sys.exit(f'error: {_unknown_key_message(e, argv)}')
 
