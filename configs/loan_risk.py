@@ -33,6 +33,7 @@ def _data(config: ml_collections.ConfigDict) -> None:
   config.data.num_institutions = 10  # iid | dirichlet | quantity
   config.data.alpha = 0.5  # dirichlet | quantity: Dir(alpha) concentration
   config.data.test_fraction = 0.25  # Held out per institution.
+  config.data.stream = False  # amlworld only: rows streamed from per-bank files (configs/aml.py).
 
 
 def _features_and_model(config: ml_collections.ConfigDict) -> None:

@@ -37,13 +37,13 @@ def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[st
   streamed from there in training (`shards`); the AMLworld source only.
   """
   source = errors.parse_enum(Source, config.source, 'data.source')
-  if config.get('stream'):
+  if config.stream:
     if source is not Source.AMLWORLD:
       raise errors.ConfigError(f'config.data.stream is for config.data.source=amlworld, not {source.value!r}.')
     if not shard_dir:
       raise errors.ConfigError('config.data.stream needs a directory for the stored rows (a training run).')
   if source is Source.AMLWORLD:
-    return transactions.load(config, shard_dir=shard_dir if config.get('stream') else None, log=log)
+    return transactions.load(config, shard_dir=shard_dir if config.stream else None, log=log)
   if source is Source.CSV_DIR:
     if not config.dir or not config.schema_file:
       raise errors.ConfigError(
