@@ -30,6 +30,7 @@ import numpy as np
 import tree
 
 
+from tffaml import errors
 from tffaml import io
 
 IDENTITY_FILE = 'run_identity.json'
@@ -38,7 +39,7 @@ NOISE_SEED_FILE = 'noise_seed'
 _NOISE_KEY_FIELD = 'noise_key'  # dp_queries: [noise seed, stream] in the aggregator state.
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.InputError):
   """A workdir that cannot be used for this run, with why and what to do."""
 
 
@@ -166,9 +167,13 @@ def check_identity(root: str, current: Identity, *, checkpoint_round: Optional[i
              f' config.privacy.target_epsilon={target_epsilon} over {saved.rounds} rounds'
              if saved.rounds != rounds and target_epsilon is not None else 'the config')
       raise WorkdirError(
-          f'{why}, and this run would use a {unit}-level noise multiplier of {now} where its'
-          f' checkpoints used {was}; the privacy statement must describe the noise actually'
+          f'{why}, and this run would use a {unit}-level noise multiplier of {_number(now)} where'
+          f' its checkpoints used {_number(was)}; the privacy statement must describe the noise actually'
           f' added. Resume with --config.federated.rounds={saved.rounds} or use a new --workdir.')
+
+
+def _number(value: Optional[float]) -> str:
+  return 'none' if value is None else f'{value:.4g}'
 
 
 def write_identity(root: str, identity: Identity) -> None:
