@@ -2,7 +2,10 @@
 
 Layout of a run's workdir:
 
+    .lock                  held (flock) by the run using the workdir
     hyperparameters.json   the full config (a resumed run must match it)
+    run_identity.json      the data and noise the checkpoints were made with
+    secret/noise_seed      the DP noise seed (0600; never in checkpoints)
     checkpoints/           tff.program.FileProgramStateManager state per round
     results/metrics.csv    per-round metrics (tff.program CSV release manager)
     results/training_curves.png
@@ -17,6 +20,18 @@ and the batch order of every round derive from `config.seed` and the round
 number, and the DP noise generator's position is part of the checkpointed
 aggregator state. The privacy ledger (rounds each institution joined) is
 part of every checkpoint, so a resumed run reports the same ε.
+
+The run, in stages (each a function here):
+    run            parse and check the config; lock the workdir
+    _prepare       load and check the data, the attack, the export's
+                   interface, the privacy plan (`_Setup`)
+    _claim_workdir start a run, or check that the checkpoints are this run's
+                   (config, data, noise): all before any TFF work
+    _build         feature statistics -> model, aggregator, the client work
+                   (`experiment.ClientWork`) and its client data (`_Built`)
+    _restore       the latest checkpoint, the noise seed put back
+    _train_rounds  rounds, ledger, metrics, checkpoints; fails on non-finite
+    _finish        evaluation, alert threshold, reference, statement, export
 """
 
 import asyncio
