@@ -18,6 +18,7 @@ from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.models import tabular
 from tffaml.privacy import accounting
+from tffaml.training import poisoning
 
 parse_enum = errors.parse_enum
 
@@ -252,6 +253,21 @@ def build_aggregator(
       zeroing_norm=a.zeroing_norm,
       trim_fraction=a.trim_fraction,
   )
+
+
+def attack(config, data) -> poisoning.Attack:
+  """`config.attack` on `data`; errors name the `config.attack` key."""
+  a = config.attack
+  attack_type = parse_enum(poisoning.AttackType, a.type, 'attack.type')
+  trigger = {}
+  if attack_type is poisoning.AttackType.BACKDOOR:
+    trigger = column_numbers(a.trigger, key='attack.trigger')
+  try:
+    return poisoning.build(
+        attack_type, data, institutions=[n.strip() for n in a.institutions.split(',') if n.strip()],
+        count=a.count, boost_factor=a.boost_factor, trigger=trigger, seed=config.seed)
+  except ValueError as e:
+    raise errors.ConfigError(f'config.attack.{e}') from None
 
 
 def column_numbers(text: str, *, key: str, number: str = 'value') -> dict[str, float]:

@@ -20,17 +20,15 @@ Test rows are never poisoned: what is measured is the harm to honest use.
 import dataclasses
 import enum
 import math
+from typing import Mapping, Sequence
 
-import ml_collections
 import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
-from tffaml import errors
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
-from tffaml.training import experiment
 
 LABEL = schema_lib.LABEL_COLUMN
 
@@ -54,36 +52,44 @@ class Attack:
     return self.boost_factor if self.type is AttackType.BOOST and institution in self.malicious else 1.0
 
 
-def _parse_trigger(text: str, schema: schema_lib.Schema) -> dict[str, float]:
-  trigger = experiment.column_numbers(text, key='attack.trigger')
-  for column in trigger:
-    if column not in schema.numeric:
-      raise errors.ConfigError(f'config.attack.trigger: {column!r} is not a numeric feature ({list(schema.numeric)}).')
-  return trigger
+def build(
+    attack_type: AttackType, data: federated_data.FederatedData, *, institutions: Sequence[str] = (),
+    count: int = 0, boost_factor: float = 0.0, trigger: Mapping[str, float] = (), seed: int = 0,
+) -> Attack:
+  """An attack by `institutions`, or by `count` of them drawn by `seed`.
 
+  Args:
+    attack_type: The attack.
+    data: The federation attacked.
+    institutions: The malicious institutions' names; empty: draw `count`.
+    count: How many to draw, in [1, institutions - 1].
+    boost_factor: BOOST's update multiplier; 0: the number of institutions.
+    trigger: BACKDOOR's numeric column -> value; empty: `default_trigger`.
+    seed: Draws the malicious institutions.
 
-def from_config(config: ml_collections.ConfigDict, data: federated_data.FederatedData, *, seed: int) -> Attack:
-  """The attack of `config.attack`, its malicious institutions named or drawn by `seed`."""
-  a = config.attack
-  attack_type = errors.parse_enum(AttackType, a.type, 'attack.type')
+  Raises:
+    ValueError: naming the argument that cannot be used.
+  """
   if attack_type is AttackType.NONE:
     return Attack(AttackType.NONE)
-  names = [n.strip() for n in a.institutions.split(',') if n.strip()]
+  names = list(institutions)
   unknown = sorted(set(names) - set(data.names))
   if unknown:
-    raise errors.ConfigError(f'config.attack.institutions names {unknown}, not institutions ({data.names}).')
+    raise ValueError(f'institutions names {unknown}, not institutions ({data.names}).')
   if not names:
-    if not 1 <= a.count < len(data.names):
-      raise errors.ConfigError(f'config.attack.count={a.count} must be in [1, {len(data.names) - 1}]'
-                       ' (or name config.attack.institutions).')
-    names = sorted(np.random.default_rng([seed, 7]).choice(data.names, a.count, replace=False).tolist())
-  trigger = {}
+    if not 1 <= count < len(data.names):
+      raise ValueError(f'count={count} must be in [1, {len(data.names) - 1}] (or name the institutions).')
+    names = sorted(np.random.default_rng([seed, 7]).choice(data.names, count, replace=False).tolist())
+  backdoor = {}
   if attack_type is AttackType.BACKDOOR:
-    trigger = _parse_trigger(a.trigger, data.schema) or default_trigger(data, names)
-  boost = a.boost_factor or float(len(data.names))
+    for column in trigger:
+      if column not in data.schema.numeric:
+        raise ValueError(f'trigger: {column!r} is not a numeric feature ({list(data.schema.numeric)}).')
+    backdoor = dict(trigger) or default_trigger(data, names)
+  boost = boost_factor or float(len(data.names))
   if not boost > 0:
-    raise errors.ConfigError(f'config.attack.boost_factor must be > 0, got {a.boost_factor}.')
-  return Attack(attack_type, tuple(names), boost, trigger)
+    raise ValueError(f'boost_factor must be > 0, got {boost_factor}.')
+  return Attack(attack_type, tuple(names), boost, backdoor)
 
 
 def default_trigger(data: federated_data.FederatedData, malicious) -> dict[str, float]:

@@ -259,7 +259,7 @@ def run(
 def _prepare(config, choices: experiment.Choices, paths: Paths, log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
   data = loading.load(config.data, seed=config.seed, shard_dir=paths.shards, log=log)
-  attack = poisoning.from_config(config, data, seed=config.seed)
+  attack = experiment.attack(config, data)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
     data = poisoning.poison(data, attack)
