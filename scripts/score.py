@@ -19,7 +19,6 @@ from absl import flags
 from absl import logging
 
 from tffaml import cli
-from tffaml.export import scoring
 from tffaml.export import signing
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Exported model directory.', required=True)
@@ -39,6 +38,8 @@ def main(argv):
   if _VERIFY.value and not _PUBLIC_KEY.value:
     raise app.UsageError('pass --public_key=<publisher\'s public key> to verify the package'
                          ' (or --noverify to score it unverified).')
+  # Imported after the flags are checked: TensorFlow takes seconds to load.
+  from tffaml.export import scoring  # pylint: disable=g-import-not-at-top
   try:
     result = scoring.score_csv(_MODEL_DIR.value, _INPUT.value, _OUTPUT.value, bank=_BANK.value,
                                public_key=_PUBLIC_KEY.value if _VERIFY.value else None)

@@ -17,8 +17,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from tffaml import cli
-from tffaml import runtime
-from tffaml.training import program
 
 EXIT_WARNING = 3  # Trained and exported, but the model is not usable as it is.
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
@@ -27,6 +25,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it ho
 
 def main(argv):
   del argv
+  # Imported here, after flag parsing: a mistyped flag is answered in a
+  # second, not after TensorFlow and TFF have loaded.
+  from tffaml import runtime  # pylint: disable=g-import-not-at-top
+  from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():
     result = program.run(_CONFIG.value, _WORKDIR.value)
