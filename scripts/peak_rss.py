@@ -21,7 +21,7 @@ from absl import flags
 
 from tffaml import cli
 from tffaml import io
-from tffaml.training import benchmark
+from tffaml import rss as rss_lib
 
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'Optional JSON: the peak, the wall time and RSS every 5 s.')
@@ -33,7 +33,7 @@ def main(argv):
     raise app.UsageError('give the command after --, e.g. peak_rss.py -- python scripts/train.py ...')
   start = time.perf_counter()
   process = subprocess.Popen(command)
-  with benchmark.PeakRss(process.pid) as rss:
+  with rss_lib.PeakRss(process.pid) as rss:
     status = process.wait()
   seconds = time.perf_counter() - start
   print(f'peak RSS {rss.peak:.0f} MB (process tree), {seconds:.0f} s, exit status {status}')

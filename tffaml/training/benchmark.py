@@ -26,9 +26,8 @@ memory in rounds means about zero).
 import asyncio
 import statistics
 import tempfile
-import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +36,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffaml import features
+from tffaml import rss as rss_lib
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
@@ -77,42 +77,6 @@ def synthetic_federation(*, institutions: int, examples: int, seed: int) -> fede
         f'bank_{k:04d}', frame[mine & ~is_test].reset_index(drop=True),
         frame[mine & is_test].reset_index(drop=True)))
   return federated_data.FederatedData(SCHEMA, tuple(members))
-
-
-class PeakRss:
-  """Largest RSS of a process (default: this one) and its descendants, sampled in a thread.
-
-  `timeline` holds (seconds since start, MB) every `timeline_seconds`.
-  """
-
-  def __init__(self, pid: Optional[int] = None, timeline_seconds: float = 5.0):
-    self._pid = pid
-    self._timeline_seconds = timeline_seconds
-    self.peak = self.current = 0.0
-    self.timeline = []
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._sample, daemon=True)
-
-  def _sample(self):
-    me = psutil.Process(self._pid)
-    start = time.perf_counter()
-    while not self._stop.wait(0.05):
-      try:
-        rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-      except psutil.Error:
-        continue
-      self.current, self.peak = rss / 2**20, max(self.peak, rss / 2**20)
-      elapsed = time.perf_counter() - start
-      if not self.timeline or elapsed - self.timeline[-1][0] >= self._timeline_seconds:
-        self.timeline.append((round(elapsed, 1), round(self.current)))
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -177,7 +141,7 @@ def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0
   test_sets = [client_data.to_dataset(i.test, SCHEMA, batch_size=1024) for i in data.institutions]
   pooled = client_data.to_dataset(data.pooled('train'), SCHEMA, batch_size=BATCH_SIZE, shuffle_seed=0)
 
-  with PeakRss() as rss, tempfile.TemporaryDirectory() as checkpoint_dir:
+  with rss_lib.PeakRss() as rss, tempfile.TemporaryDirectory() as checkpoint_dir:
     state = [process.initialize()]
     round_num = [0]
     rss_after_round = []
