@@ -86,9 +86,6 @@ def decrypt_package(encrypted: str, output_dir: str, key: bytes, *, overwrite: b
   Raises:
     DecryptionError: wrong key, altered or truncated file, not our format.
   """
-  if not overwrite and os.path.isdir(output_dir) and os.listdir(output_dir):
-    raise FileExistsError(f'{output_dir} exists and is not empty; refusing to replace what it'
-                          ' holds. Name a new directory, or pass --overwrite to replace it.')
   with open(encrypted, 'rb') as f:
     data = f.read()
   if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _NONCE_BYTES + 16:
