@@ -51,8 +51,23 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     sys.exit(f'error: {_unknown_key_message(e, argv)}')
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """Runs `main` as `app.run` does, reporting refusals as one message."""
+def run(main: Callable[[list[str]], None], *, import_tensorflow: bool = False) -> None:
+  """Runs `main` as `app.run` does, reporting refusals as one message.
+
+  Args:
+    main: The script's main.
+    import_tensorflow: Import TensorFlow once the flags check out, before
+      `main`, for scripts that import it lazily (so a mistyped flag is
+      answered at once). Imported inside `main` instead, TensorFlow 2.14's
+      Keras fails to build a CategoryEncoding layer (its range check runs
+      as eager Python on a symbolic tensor), so the logistic model broke.
+  """
+
+  def parser(argv):
+    rest = parse_flags(argv)
+    if import_tensorflow:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    return rest
 
   def guarded(argv):
     try:
@@ -62,4 +77,4 @@ def run(main: Callable[[list[str]], None]) -> None:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(EXIT_REFUSED)
 
-  app.run(guarded, flags_parser=parse_flags)
+  app.run(guarded, flags_parser=parser)
