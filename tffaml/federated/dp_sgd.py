@@ -62,13 +62,7 @@ def poisson_batches(
     seed: int,
     max_rows_per_unit: int = 0,
 ) -> tf.data.Dataset:
-  """Poisson-sampled batches of units, and the seed of each step's noise.
-
-  Elements are `(features, labels, segments, step_seed)`: the rows of the
-  units sampled for the step (each unit with probability
-  expected_batch_size / units; a batch may be empty), their labels
-  [batch, 1], each row's unit as an index into the step's sampled units,
-  and an int64[2] stateless seed.
+  """Local DP-SGD's round: `epochs` expected passes of Poisson-sampled batches.
 
   Args:
     frame: One institution's validated training rows.
@@ -80,23 +74,60 @@ def poisson_batches(
       0 uses all.
 
   Returns:
-    A dataset of `steps_per_round(...)` elements.
+    `poisson_sample`'s dataset of `steps_per_round(...)` elements.
   """
-  codes = unit_codes(frame)
-  units = int(codes.max()) + 1
+  units = int(unit_codes(frame).max()) + 1
   if not 1 <= expected_batch_size <= units:
     raise ValueError(
         f'expected_batch_size must be in [1, {units}] (the institution\'s'
         f' privacy units), got {expected_batch_size}.'
     )
-  steps = steps_per_round(units=units, expected_batch_size=expected_batch_size, epochs=epochs)
+  return poisson_sample(
+      frame, schema, sampling_rate=expected_batch_size / units,
+      steps=steps_per_round(units=units, expected_batch_size=expected_batch_size, epochs=epochs),
+      seed=seed, max_rows_per_unit=max_rows_per_unit)
+
+
+def poisson_sample(
+    frame: pd.DataFrame,
+    schema: schema_lib.Schema,
+    *,
+    sampling_rate: float,
+    steps: int,
+    seed: int,
+    max_rows_per_unit: int = 0,
+) -> tf.data.Dataset:
+  """Poisson-sampled batches of units, and the seed of each step's noise.
+
+  Elements are `(features, labels, segments, step_seed)`: the rows of the
+  units sampled for the step (each unit independently with probability
+  `sampling_rate`; a batch may be empty), their labels [batch, 1], each
+  row's unit as an index into the step's sampled units, and an int64[2]
+  stateless seed.
+
+  Args:
+    frame: One institution's validated training rows.
+    schema: Their schema.
+    sampling_rate: q, in (0, 1].
+    steps: Batches drawn (>= 1).
+    seed: Secret seed of this institution's round (sampling and noise).
+    max_rows_per_unit: Rows of a unit used in the round (a random subset);
+      0 uses all.
+
+  Returns:
+    A dataset of `steps` elements.
+  """
+  if not 0 < sampling_rate <= 1:
+    raise ValueError(f'sampling_rate must be in (0, 1], got {sampling_rate}.')
+  codes = unit_codes(frame)
+  units = int(codes.max()) + 1
   rng = np.random.default_rng(seed)
   # Rows grouped by unit, in a random order within each unit, then capped.
   order = np.lexsort((rng.random(len(codes)), codes))
   sizes = np.bincount(codes, minlength=units)
   starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
   kept = np.minimum(sizes, max_rows_per_unit) if max_rows_per_unit else sizes
-  sampled = rng.random((steps, units)) < expected_batch_size / units
+  sampled = rng.random((steps, units)) < sampling_rate
   step_rows, step_segments = [], []
   for step_units in sampled:
     chosen = np.flatnonzero(step_units)
@@ -192,7 +223,7 @@ def build_dp_sgd_client_work(
     optimizer: tff.learning.optimizers.Optimizer,
     l2_norm_clip: float,
     noise_multiplier: float,
-    expected_batch_size: int,
+    expected_batch_size: float,
     loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = tf.keras.losses.binary_crossentropy,
     loop_implementation: tff.learning.LoopImplementation = tff.learning.LoopImplementation.DATASET_REDUCE,
 ) -> tff.learning.templates.ClientWorkProcess:
@@ -213,7 +244,8 @@ def build_dp_sgd_client_work(
     optimizer: The local optimizer applied to the noised gradients.
     l2_norm_clip: Per-unit gradient clip C (> 0).
     noise_multiplier: σ (>= 0; 0 trains with clipping only, no DP).
-    expected_batch_size: B, the divisor of the noised sum.
+    expected_batch_size: B, the divisor of the noised sum (> 0; distributed
+      DP divides by the federation's expected batch over the institutions).
     loss_fn: `(labels, scores) -> per-row losses` (`tabular.per_example_loss`).
     loop_implementation: How the local loop iterates the batches, as in TFF's
       builders (`processes.LOOP` is the fast choice in simulation).
@@ -225,8 +257,8 @@ def build_dp_sgd_client_work(
     raise ValueError(f'l2_norm_clip must be > 0, got {l2_norm_clip}.')
   if not noise_multiplier >= 0:
     raise ValueError(f'noise_multiplier must be >= 0, got {noise_multiplier}.')
-  if expected_batch_size < 1:
-    raise ValueError(f'expected_batch_size must be >= 1, got {expected_batch_size}.')
+  if not expected_batch_size > 0:
+    raise ValueError(f'expected_batch_size must be > 0, got {expected_batch_size}.')
 
   with tf.Graph().as_default():
     model = model_fn()

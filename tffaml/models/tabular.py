@@ -118,7 +118,11 @@ def build_model(
       hidden = tf.keras.layers.Dense(units, activation='relu', name=f'hidden_{i}')(hidden)
   elif model_type is not ModelType.LOGISTIC:
     raise ValueError(f'no model for {model_type!r}.')
-  probability = tf.keras.layers.Dense(1, activation='sigmoid', name='probability')(hidden)
+  # Logistic regression starts at zero (its loss is convex): a random start
+  # is noise that DP training's few, noisy steps then have to undo.
+  initializer = 'zeros' if model_type is ModelType.LOGISTIC else 'glorot_uniform'
+  probability = tf.keras.layers.Dense(1, activation='sigmoid', kernel_initializer=initializer,
+                                      name='probability')(hidden)
   return tf.keras.Model(inputs, probability, name=model_type.value)
 
 

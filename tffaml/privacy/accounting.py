@@ -56,6 +56,15 @@ class Sampling(enum.Enum):
   FIXED_SIZE = 'fixed_size'  # A cohort of fixed size, without replacement.
 
 
+class RecordDpMode(enum.Enum):
+  """Where record-level DP-SGD's noise comes from."""
+
+  # Each round every institution adds a share; the securely summed shares
+  # are the noise of one DP-SGD step on the federation's data.
+  DISTRIBUTED = 'distributed'
+  LOCAL = 'local'  # Every institution runs DP-SGD on its own, with its own full noise.
+
+
 class Accountant(enum.Enum):
   RDP = 'rdp'
   PLD = 'pld'
@@ -197,6 +206,80 @@ class RecordLevelDp:
         noise_multiplier=self.noise_multiplier,
         steps=int(rounds) * self.steps_per_round(institution))
 
+  def mechanism(self, worst: int, participation: Sequence[int], *, delta: float,
+                accountant: Accountant) -> str:
+    del delta, accountant  # Nothing else to compute: no party but the institution adds noise.
+    return (f'DP-SGD in each institution, per-unit clip {self.clip:g}, noise'
+            f' multiplier {self.noise_multiplier:.4g}, Poisson-sampled batches of'
+            f' expected size {self.expected_batch_size}, {self.epochs} epoch(s)'
+            f' per round; the worst of {len(participation)} institutions'
+            f' ({self.units[worst]} units, {participation[worst]} rounds)')
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedRecordDp:
+  """DP-SGD over the whole federation, its noise added in shares (see tffaml.federated.dp_sgd).
+
+  Each round every institution Poisson-samples its units at rate q, sums
+  their clipped gradients and adds N(0, σ²C²/K), a 1/K share of the noise;
+  the securely summed K shares are N(0, σ²C²). The federation's sum is one
+  step of DP-SGD on the union of the institutions' units: a Poisson-sampled
+  Gaussian mechanism of noise multiplier σ, whatever institution a unit is
+  in, so ε is paid on the federation's data instead of each institution's.
+  That holds only if the coordinator sees nothing but the sum (secure
+  aggregation) and every institution adds its share; against the
+  coordinator colluding with every other institution a unit keeps only its
+  own institution's share, noise multiplier σ/√K (`colluding_event`).
+  """
+
+  noise_multiplier: float
+  clip: float
+  sampling_rate: float
+  units: tuple[int, ...]  # Privacy units in each institution's training rows.
+  unit: str = 'record (one row of an institution)'
+  unit_name: str = 'record'
+
+  def __post_init__(self):
+    if not self.noise_multiplier > 0:
+      raise ValueError(f'noise_multiplier must be > 0, got {self.noise_multiplier}.')
+    if not 0 < self.sampling_rate <= 1:
+      raise ValueError(f'sampling_rate must be in (0, 1], got {self.sampling_rate}.')
+
+  @property
+  def expected_batch_size(self) -> float:
+    """The federation's expected units a round: the divisor of the noised sum."""
+    return self.sampling_rate * sum(self.units)
+
+  @property
+  def noise_share(self) -> float:
+    """Each institution's noise multiplier: K shares of σ/√K sum to σ."""
+    return self.noise_multiplier / math.sqrt(len(self.units))
+
+  def event(self, institution: int, rounds: int) -> dp_accounting.DpEvent:
+    """`rounds` steps of DP-SGD on the union (the same for every institution)."""
+    del institution
+    return poisson_gaussian_event(
+        sampling_rate=self.sampling_rate, noise_multiplier=self.noise_multiplier, steps=rounds)
+
+  def colluding_event(self, rounds: int) -> dp_accounting.DpEvent:
+    """The same steps protected by one institution's share only."""
+    return poisson_gaussian_event(
+        sampling_rate=self.sampling_rate, noise_multiplier=self.noise_share, steps=rounds)
+
+  def mechanism(self, worst: int, participation: Sequence[int], *, delta: float,
+                accountant: Accountant) -> str:
+    rounds = participation[worst]
+    colluding = epsilon(self.colluding_event(rounds), delta, accountant=accountant) if rounds else 0.0
+    return (f'distributed DP-SGD over the federation\'s {sum(self.units)} units: each round'
+            f' every one of {len(self.units)} institutions Poisson-samples its units with'
+            f' q = {self.sampling_rate:.4g}, clips each unit\'s gradient to {self.clip:g} and'
+            f' adds its share of Gaussian noise (multiplier {self.noise_share:.4g}); the sum'
+            f' carries noise multiplier {self.noise_multiplier:.4g}; {rounds} rounds. It relies'
+            ' on secure aggregation (the coordinator sees only the sum; simulated here as a'
+            ' plain sum) and on every institution adding its share: against the coordinator'
+            f' colluding with all other institutions a unit keeps its own institution\'s share'
+            f' only, ε = {colluding:.4g}')
+
 
 def calibrate_client_noise(
     client: ClientLevelDp, *, rounds: int, target_epsilon: float, delta: float,
@@ -210,7 +293,7 @@ def calibrate_client_noise(
 
 
 def calibrate_record_noise(
-    record: RecordLevelDp, *, rounds: int, target_epsilon: float, delta: float,
+    record: 'RecordLevelDp | DistributedRecordDp', *, rounds: int, target_epsilon: float, delta: float,
     accountant: Accountant,
 ) -> float:
   """The noise multiplier giving every institution record-level ε <= target.
@@ -312,8 +395,9 @@ class PrivacyStatement:
         ' aggregate, the released model). Not covered: the federated feature'
         ' statistics (exact sums, and the histograms that set their clipping'
         ' ranges, shipped in the model\'s metadata) and per-round evaluation metrics on the test'
-        ' splits. Client-level DP assumes a trusted aggregator: secure'
-        ' aggregation is simulated as a plain sum here.')
+        ' splits.' + (' Client-level DP assumes a trusted aggregator: secure aggregation is'
+                      ' simulated as a plain sum here.'
+                      if any(g.level == 'institution' for g in self.guarantees) else ''))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +405,7 @@ class PrivacyPlan:
   """A run's DP mechanisms (None when off), δ and accountant."""
 
   client: Optional[ClientLevelDp]
-  record: Optional[RecordLevelDp]
+  record: Optional[RecordLevelDp | DistributedRecordDp]
   delta: float
   accountant: Accountant = Accountant.RDP
 
@@ -355,22 +439,18 @@ class PrivacyPlan:
   def _record_guarantee(self, participation: Sequence[int]) -> Guarantee:
     record = self.record
     participation = [int(r) for r in participation]
-    per_institution = [
-        epsilon(record.event(i, r), self.delta, accountant=self.accountant) if r else 0.0
-        for i, r in enumerate(participation)
-    ]
+    events = [record.event(i, r) if r else None for i, r in enumerate(participation)]
+    # Institutions of one size (all of them, under distributed DP) share an event.
+    epsilons = {e: epsilon(e, self.delta, accountant=self.accountant) for e in set(events) if e}
+    per_institution = [epsilons[e] if e else 0.0 for e in events]
     worst = max(range(len(participation)), key=per_institution.__getitem__)
     return Guarantee(
         level='record', unit=f'{record.unit}; record-level DP', unit_name=record.unit_name,
         epsilon=per_institution[worst], delta=self.delta,
         accountant=self.accountant.description, neighboring_relation='add_or_remove_one',
         noise_multiplier=record.noise_multiplier,
-        mechanism=(
-            f'DP-SGD in each institution, per-unit clip {record.clip:g}, noise'
-            f' multiplier {record.noise_multiplier:.4g}, Poisson-sampled batches of'
-            f' expected size {record.expected_batch_size}, {record.epochs} epoch(s)'
-            f' per round; the worst of {len(participation)} institutions'
-            f' ({record.units[worst]} units, {participation[worst]} rounds)'))
+        mechanism=record.mechanism(worst, participation, delta=self.delta,
+                                   accountant=self.accountant))
 
   def _client_guarantee(self, rounds: int) -> Guarantee:
     client = self.client

@@ -36,6 +36,7 @@ class Choices:
   aggregator: aggregators.AggregatorType
   sampling: accounting.Sampling
   accountant: accounting.Accountant
+  record_dp_mode: accounting.RecordDpMode
 
 
 _POSITIVE = ('> 0', lambda v: v > 0)
@@ -62,13 +63,13 @@ _RANGES = {
     'federated.clients_per_round': _NON_NEGATIVE, 'federated.eval_every': _NON_NEGATIVE,
     'federated.client_learning_rate': _POSITIVE, 'federated.server_learning_rate': _POSITIVE,
     'federated.client_momentum': _MOMENTUM, 'federated.server_momentum': _MOMENTUM,
-    'federated.proximal_strength': _NON_NEGATIVE,
+    'federated.proximal_strength': _NON_NEGATIVE, 'federated.weight_averaging': _MOMENTUM,
     'aggregator.noise_multiplier': _NON_NEGATIVE, 'aggregator.clip': _POSITIVE,
     'aggregator.target_unclipped_quantile': _FRACTION, 'aggregator.clip_learning_rate': _NON_NEGATIVE,
     'aggregator.clipped_count_stddev': _NON_NEGATIVE, 'aggregator.zeroing_norm': _POSITIVE,
     'aggregator.trim_fraction': _TRIM,
     'record_dp.noise_multiplier': _NON_NEGATIVE, 'record_dp.clip': _POSITIVE,
-    'record_dp.max_rows_per_unit': _NON_NEGATIVE,
+    'record_dp.max_rows_per_unit': _NON_NEGATIVE, 'record_dp.sampling_rate': ('in (0, 1]', lambda v: 0 < v <= 1),
     'privacy.delta': _FRACTION, 'privacy.target_epsilon': _POSITIVE,
     'export.score_decimals': _NON_NEGATIVE,
     'attack.count': _NON_NEGATIVE, 'attack.boost_factor': _NON_NEGATIVE,
@@ -116,6 +117,7 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
       aggregator=parse_enum(aggregators.AggregatorType, config.aggregator.type, 'aggregator.type'),
       sampling=parse_enum(accounting.Sampling, f.sampling, 'federated.sampling'),
       accountant=parse_enum(accounting.Accountant, config.privacy.accountant, 'privacy.accountant'),
+      record_dp_mode=parse_enum(accounting.RecordDpMode, config.record_dp.mode, 'record_dp.mode'),
   )
   if (choices.loss is tabular.LossType.RECONSTRUCTION) == choices.model.is_classifier:
     raise errors.ConfigError(
@@ -171,6 +173,15 @@ def _check_record_dp(config, choices: Choices) -> None:
     raise errors.ConfigError(
         "config.record_dp.enabled=True needs config.federated.weighting='uniform'"
         ' (a weight by sampled rows would leak the sample).')
+  if choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED:
+    if choices.sampling is not accounting.Sampling.FULL:
+      raise errors.ConfigError(
+          "config.record_dp.mode='distributed' needs every institution's noise share every round:"
+          " set config.federated.sampling='full'.")
+    if choices.aggregator is not aggregators.AggregatorType.MEAN:
+      raise errors.ConfigError(
+          "config.record_dp.mode='distributed' sums the institutions' noised gradients as they are:"
+          f" set config.aggregator.type='mean' (got {config.aggregator.type!r}).")
 
 
 def privacy_plan(
@@ -198,7 +209,7 @@ def privacy_plan(
         clients_per_round=cohort, sampling=choices.sampling,
         clipping=clipping_description(config, choices))
   if r.enabled:
-    if f.batch_size > min(institution_units):
+    if choices.record_dp_mode is accounting.RecordDpMode.LOCAL and f.batch_size > min(institution_units):
       raise errors.ConfigError(
           f'config.federated.batch_size={f.batch_size} is DP-SGD\'s expected batch'
           f' and exceeds the smallest institution ({min(institution_units)} privacy units).')
@@ -206,10 +217,14 @@ def privacy_plan(
     if unit_column:
       cap = f', at most {r.max_rows_per_unit} rows a round' if r.max_rows_per_unit else ''
       unit = f'{unit_column} (all rows sharing one {unit_column!r} value{cap})'
-    record = accounting.RecordLevelDp(
-        noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
-        clip=r.clip, expected_batch_size=f.batch_size, epochs=f.client_epochs,
+    record = _record_mechanism(
+        config, choices, noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
         units=tuple(int(n) for n in institution_units), unit=unit, unit_name=unit_column or 'record')
+  if (record or client) and p.delta * min(institution_units) >= 1:
+    raise errors.ConfigError(
+        f'config.privacy.delta={p.delta:g} is not below 1/{min(institution_units)} (the smallest'
+        ' institution\'s privacy units): a mechanism could then publish a unit outright.'
+        f' Set config.privacy.delta <= {1 / (10 * min(institution_units)):.2g}.')
   target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
                 accountant=choices.accountant)
   if calibrating and record is not None:
@@ -220,6 +235,34 @@ def privacy_plan(
         client, noise_multiplier=accounting.calibrate_client_noise(client, **target))
   return accounting.PrivacyPlan(client=client, record=record, delta=p.delta,
                                 accountant=choices.accountant)
+
+
+def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, units: tuple[int, ...],
+                      unit: str, unit_name: str):
+  r, f = config.record_dp, config.federated
+  if choices.record_dp_mode is accounting.RecordDpMode.LOCAL:
+    return accounting.RecordLevelDp(
+        noise_multiplier=noise_multiplier, clip=r.clip, expected_batch_size=f.batch_size,
+        epochs=f.client_epochs, units=units, unit=unit, unit_name=unit_name)
+  if choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED:
+    return accounting.DistributedRecordDp(
+        noise_multiplier=noise_multiplier, clip=r.clip, units=units,
+        sampling_rate=r.sampling_rate if r.sampling_rate is not None else sampling_rate_rule(sum(units)),
+        unit=unit, unit_name=unit_name)
+  raise ValueError(f'no record-level mechanism for {choices.record_dp_mode!r}.')
+
+
+# Distributed DP-SGD's default sampling rate, and its cap on a round's sample.
+# For a fixed ε and number of steps the noise on the averaged gradient,
+# σ/(q·N), hardly changes for q >= 0.2 (σ grows with q), and is bigger below
+# it; the cap bounds the per-unit gradients a round computes.
+SAMPLING_RATE = 0.2
+MAX_SAMPLED_UNITS = 20_000
+
+
+def sampling_rate_rule(units: int) -> float:
+  """q from the federation's size alone: min(0.2, 20000 / units)."""
+  return min(SAMPLING_RATE, MAX_SAMPLED_UNITS / units)
 
 
 def clients_per_round(config: ml_collections.ConfigDict, sampling: accounting.Sampling, num_institutions: int) -> int:
@@ -317,6 +360,8 @@ class ClientWork(enum.Enum):
 
   FEDERATED = 'federated'  # The algorithm's client work on shuffled batches.
   DP_SGD = 'dp_sgd'  # Record-level DP-SGD on secretly Poisson-sampled batches.
+  # One Poisson sample's clipped gradient sum with a share of the noise.
+  DISTRIBUTED_DP_SGD = 'distributed_dp_sgd'
   SCALED_UPDATES = 'scaled_updates'  # FedAvg whose clients scale their updates (a boosting attack).
 
 
@@ -324,6 +369,8 @@ def client_work(plan: accounting.PrivacyPlan, *, boosting: bool) -> ClientWork:
   """The run's client work (`parse_choices` refuses attacks together with record-level DP)."""
   if boosting:
     return ClientWork.SCALED_UPDATES
+  if isinstance(plan.record, accounting.DistributedRecordDp):
+    return ClientWork.DISTRIBUTED_DP_SGD
   if plan.record is not None:
     return ClientWork.DP_SGD
   return ClientWork.FEDERATED
@@ -353,6 +400,17 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
         noise_multiplier=plan.record.noise_multiplier,
         expected_batch_size=plan.record.expected_batch_size, loss_fn=loss_fn(config, choices),
         **optimizers)
+  if work is ClientWork.DISTRIBUTED_DP_SGD:
+    # One step of plain SGD at rate 1 makes each update the institution's
+    # noised gradient sum over the federation's expected batch / K; the
+    # mean over K institutions is then one DP-SGD gradient, which the
+    # server optimizer applies.
+    return processes.build_dp_sgd_train_process(
+        model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,
+        noise_multiplier=plan.record.noise_share,
+        expected_batch_size=plan.record.expected_batch_size / len(plan.record.units),
+        loss_fn=loss_fn(config, choices), server_optimizer=optimizers['server_optimizer'],
+        client_optimizer=processes.build_optimizer(processes.OptimizerType.SGD, learning_rate=1.0))
   if work is ClientWork.FEDERATED:
     return processes.build_train_process(
         model_fn=model_fn,

@@ -302,18 +302,20 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after
   noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
   space = features.compute_feature_space(data, min_category_count=config.features.min_category_count)
   built = _build(config, choices, setup, space, noise_seed)
-  state, participation, first_round = _restore(built.process, state_manager, built.initial_model(),
-                                               noise_seed, len(data.institutions))
+  initial = built.initial_model()
+  state, participation, released, first_round = _restore(built.process, state_manager, initial,
+                                                         noise_seed, len(data.institutions))
   if first_round:
     log(f'resuming {paths.root} after round {first_round}')
   last_round = config.federated.rounds if stop_after_round is None else min(config.federated.rounds,
                                                                             stop_after_round)
-  state, per_round = _train_rounds(
+  released, per_round = _train_rounds(
       config, choices, setup, built, state_manager, paths, state=state, participation=participation,
-      rounds=range(first_round + 1, last_round + 1), noise_seed=noise_seed, log=log)
+      released=released, rounds=range(first_round + 1, last_round + 1), noise_seed=noise_seed, log=log)
   if last_round < config.federated.rounds:
     return RunResult(paths=paths, metrics=None, rounds_completed=last_round)
-  return _finish(config, choices, setup, built, paths, state=state, participation=participation,
+  released = tf.nest.pack_sequence_as(initial, released)
+  return _finish(config, choices, setup, built, paths, released=released, participation=participation,
                  space=space, per_round=per_round, log=log)
 
 
@@ -349,6 +351,11 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
           institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
           seed=_stable_seed(noise_seed, round_num, i),
           max_rows_per_unit=config.record_dp.max_rows_per_unit)
+    if work is experiment.ClientWork.DISTRIBUTED_DP_SGD:
+      return dp_sgd.poisson_sample(
+          institution.train, schema, sampling_rate=plan.record.sampling_rate, steps=1,
+          seed=_stable_seed(noise_seed, round_num, i),
+          max_rows_per_unit=config.record_dp.max_rows_per_unit)
     dataset = client_data.institution_dataset(
         institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
         shuffle_seed=_stable_seed(config.seed, round_num, i))
@@ -368,17 +375,36 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
 
 
 def _restore(process, state_manager, initial_model, noise_seed: int, institutions: int):
-  """(state, privacy ledger, last completed round) from the latest checkpoint, or a fresh start."""
+  """(state, privacy ledger, released model, last completed round) from the latest checkpoint, or a fresh start.
+
+  The released model is the running average of the rounds' models
+  (`config.federated.weight_averaging`), as a flat list of arrays.
+  """
   state = process.initialize()
   # TFF's initialize() runs Keras initializers unseeded; start from ours.
   state = process.set_model_weights(state, initial_model)
   participation = np.zeros(institutions, np.int64)  # The privacy ledger.
+  released = [np.asarray(w) for w in tf.nest.flatten(initial_model)]
   loaded, round_num = asyncio.run(
-      state_manager.load_latest([workdir_lib.redact(state), 0, participation]))
+      state_manager.load_latest([workdir_lib.redact(state), 0, participation, released]))
   if loaded is None:
-    return state, participation, 0
-  saved_state, _, participation = loaded
-  return workdir_lib.restore(saved_state, noise_seed), np.asarray(participation, np.int64), round_num
+    return state, participation, released, 0
+  saved_state, _, participation, released = loaded
+  return (workdir_lib.restore(saved_state, noise_seed), np.asarray(participation, np.int64),
+          [np.asarray(w) for w in released], round_num)
+
+
+def _average(released: list[np.ndarray], weights, *, decay: float, first: bool) -> list[np.ndarray]:
+  """The released model: an exponential moving average of the rounds' models.
+
+  Averaging DP iterates cancels much of their noise (and costs no privacy:
+  it post-processes models the accounting already covers); decay 0 keeps
+  the last round's model.
+  """
+  current = [np.asarray(w) for w in tf.nest.flatten(weights)]
+  if first or not decay:
+    return current
+  return [decay * r + (1.0 - decay) * w for r, w in zip(released, current)]
 
 
 def _check_finite(round_num: int, values: Mapping[str, float], weights) -> None:
@@ -401,8 +427,8 @@ def _check_finite(round_num: int, values: Mapping[str, float], weights) -> None:
 
 
 def _train_rounds(config, choices, setup: _Setup, built: _Built, state_manager, paths: Paths, *,
-                  state, participation: np.ndarray, rounds: range, noise_seed: int, log):
-  """Runs `rounds`, checkpointing each (noise seed redacted); returns (state, seconds per round)."""
+                  state, participation: np.ndarray, released, rounds: range, noise_seed: int, log):
+  """Runs `rounds`, checkpointing each (noise seed redacted); returns (released model, seconds per round)."""
   f, n = config.federated, len(setup.data.institutions)
   releaser = tff.program.GroupingReleaseManager([
       tff.program.CSVFileReleaseManager(paths.metrics_csv, key_fieldname='round'),
@@ -423,15 +449,18 @@ def _train_rounds(config, choices, setup: _Setup, built: _Built, state_manager, 
     values['institutions_in_round'] = float(len(members))
     values.update(_privacy_values(setup.plan, round_num, participation))
     weights = built.process.get_model_weights(state)
+    released = _average(released, weights, decay=f.weight_averaging, first=round_num == 1)
     if f.eval_every and round_num % f.eval_every == 0 or round_num == f.rounds:
-      pooled = evaluation.evaluate(built.eval_process, weights, built.test_sets, per_institution=False)
+      pooled = evaluation.evaluate(built.eval_process, tf.nest.pack_sequence_as(weights, released),
+                                   built.test_sets, per_institution=False)
       values.update(_flatten(pooled['pooled'], 'eval/'))
     _check_finite(round_num, values, weights)
     per_round = progress.round_done(round_num, _summary(values, setup.plan))
     values['round_seconds'] = per_round
     asyncio.run(releaser.release(values, key=round_num))
-    asyncio.run(state_manager.save([workdir_lib.redact(state), round_num, participation], round_num))
-  return state, per_round
+    asyncio.run(state_manager.save(
+        [workdir_lib.redact(state), round_num, participation, released], round_num))
+  return released, per_round
 
 
 def _privacy_values(plan: accounting.PrivacyPlan, round_num: int, participation) -> dict[str, float]:
@@ -456,12 +485,12 @@ def _summary(values: Mapping[str, float], plan: accounting.PrivacyPlan) -> str:
   return ' | '.join(parts)
 
 
-def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, state, participation,
+def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, released, participation,
             space, per_round, log) -> RunResult:
   """Final evaluation, thresholds, reference, statement and export of a completed run."""
   data, schema, f = setup.data, setup.data.schema, config.federated
   model = built.keras_model_fn()
-  weights = built.process.get_model_weights(state)
+  weights = released
   weights.assign_weights_to(model)
   metrics = {
       'federated': evaluation.evaluate(built.eval_process, weights, built.test_sets),
