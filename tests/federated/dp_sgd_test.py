@@ -90,6 +90,16 @@ class PoissonBatchesTest(tf.test.TestCase):
     self.assertAllEqual(a[3][3], b[3][3])
     self.assertNotAllEqual(a[3][3], c[3][3])
 
+  def test_distributed_round_is_one_poisson_sample_at_rate_q(self):
+    samples = [list(dp_sgd.poisson_sample(self.frame, self.schema, sampling_rate=0.25, steps=1, seed=s))
+               for s in range(40)]
+    self.assertEqual({len(s) for s in samples}, {1})
+    sizes = np.array([s[0][1].shape[0] for s in samples])
+    # Binomial(400, 0.25): mean 100, sd 8.7; the mean of 40 draws is within 4 of 100.
+    self.assertAllClose(sizes.mean(), 100.0, atol=4.0)
+    with self.assertRaisesRegex(ValueError, r'sampling_rate must be in \(0, 1\], got 0'):
+      dp_sgd.poisson_sample(self.frame, self.schema, sampling_rate=0, steps=1, seed=0)
+
   def test_batch_larger_than_institution_is_refused(self):
     with self.assertRaisesRegex(ValueError, r'expected_batch_size must be in \[1, 400\].*got 401'):
       self._batches(seed=0, batch=401)

@@ -164,5 +164,48 @@ class DispatchTest(tf.test.TestCase):
       self.assertTrue(math.isfinite(A.epsilon(client.event(5), 1e-5, relation=client.relation)), sampling)
       self.assertIn('10', client.cohort())
 
+
+class DistributedRecordDpTest(tf.test.TestCase):
+
+  def _mechanism(self, **overrides):
+    values = dict(noise_multiplier=4.0, clip=1.0, sampling_rate=0.25, units=(100, 300, 400, 200))
+    values.update(overrides)
+    return accounting.DistributedRecordDp(**values)
+
+  def test_shares_sum_to_the_full_noise(self):
+    mechanism = self._mechanism()
+    # Four shares of variance (4/2)^2 sum to variance 4^2.
+    self.assertAlmostEqual(mechanism.noise_share, 2.0)
+    self.assertAlmostEqual(4 * mechanism.noise_share ** 2, 16.0)
+    self.assertAlmostEqual(mechanism.expected_batch_size, 0.25 * 1000)
+
+  def test_epsilon_is_dp_sgd_on_the_union_for_every_institution(self):
+    mechanism = self._mechanism()
+    expected = accounting.epsilon(
+        accounting.poisson_gaussian_event(sampling_rate=0.25, noise_multiplier=4.0, steps=30), 1e-5)
+    plan = accounting.PrivacyPlan(client=None, record=mechanism, delta=1e-5)
+    statement = plan.statement(rounds=30, participation=[30, 30, 30, 30])
+    self.assertAlmostEqual(statement.epsilon, expected)
+    for institution in range(4):
+      self.assertEqual(mechanism.event(institution, 30), mechanism.event(0, 30))
+    colluding = accounting.epsilon(mechanism.colluding_event(30), 1e-5)
+    self.assertGreater(colluding, expected)
+    text = statement.text()
+    self.assertIn('relies on secure aggregation', text)
+    self.assertIn(f'{colluding:.4g}', text)
+    self.assertNotIn('Client-level DP assumes', text)
+
+  def test_calibration_reaches_the_target(self):
+    noise = accounting.calibrate_record_noise(
+        self._mechanism(noise_multiplier=1.0), rounds=20, target_epsilon=1.0, delta=1e-5,
+        accountant=accounting.Accountant.RDP)
+    plan = accounting.PrivacyPlan(client=None, record=self._mechanism(noise_multiplier=noise), delta=1e-5)
+    self.assertAlmostEqual(plan.statement(rounds=20, participation=[20] * 4).epsilon, 1.0, delta=0.002)
+
+  def test_bad_sampling_rate(self):
+    with self.assertRaisesRegex(ValueError, 'sampling_rate must be in'):
+      self._mechanism(sampling_rate=0.0)
+
+
 if __name__ == '__main__':
   tf.test.main()

@@ -43,6 +43,15 @@ class ParseChoicesTest(tf.test.TestCase, parameterized.TestCase):
       ('target_without_mechanism', dict(aggregator__type='mean', aggregator__noise_multiplier=0.0,
                                         privacy__target_epsilon=3.0),
        'config.privacy.target_epsilon=3.0 needs a DP mechanism'),
+      ('distributed_sampled_cohort', dict(record_dp__enabled=True, record_dp__mode='distributed',
+                                          aggregator__type='mean', federated__sampling='poisson',
+                                          federated__clients_per_round=2),
+       "config.record_dp.mode='distributed' needs every institution's noise share"),
+      ('distributed_dp_aggregator', dict(record_dp__enabled=True, record_dp__mode='distributed'),
+       "set config.aggregator.type='mean' \\(got 'gaussian_adaptive'\\)"),
+      ('record_dp_mode', dict(record_dp__mode='central'),
+       "config.record_dp.mode='central' is not one of"),
+      ('sampling_rate', dict(record_dp__sampling_rate=1.5), r'config.record_dp.sampling_rate must be in \(0, 1\]'),
       ('bad_accountant', dict(privacy__accountant='moments'),
        "config.privacy.accountant='moments' is not one of \\['rdp', 'pld'\\]"),
   )
@@ -66,20 +75,65 @@ class ClientWorkTest(tf.test.TestCase):
     config = _config(aggregator__type='mean', record_dp__enabled=True)
     choices = experiment.parse_choices(config)
     record = experiment.privacy_plan_for_data(config, choices, data, cohort=3)
+    config.record_dp.mode = 'distributed'
+    distributed_choices = experiment.parse_choices(config)
+    distributed = experiment.privacy_plan_for_data(config, distributed_choices, data, cohort=3)
     config.record_dp.enabled = False
     plain = experiment.privacy_plan_for_data(config, choices, data, cohort=3)
     self.assertIs(experiment.client_work(plain, boosting=False), experiment.ClientWork.FEDERATED)
     self.assertIs(experiment.client_work(record, boosting=False), experiment.ClientWork.DP_SGD)
     self.assertIs(experiment.client_work(plain, boosting=True), experiment.ClientWork.SCALED_UPDATES)
+    self.assertIs(experiment.client_work(distributed, boosting=False),
+                  experiment.ClientWork.DISTRIBUTED_DP_SGD)
     space = features.compute_feature_space(data, min_category_count=1)
     keras_model = experiment.keras_model_fn(config, choices, space)
     model_fn = experiment.model_fn(config, choices, keras_model, client_data.element_spec(data.schema))
     aggregator = experiment.build_aggregator(config, choices, plain, cohort=3, noise_seed=0)
     for work in experiment.ClientWork:
-      plan = record if work is experiment.ClientWork.DP_SGD else plain
+      plan = {experiment.ClientWork.DP_SGD: record,
+              experiment.ClientWork.DISTRIBUTED_DP_SGD: distributed}.get(work, plain)
       process = experiment.build_train_process(config, choices, plan, work=work, model_fn=model_fn,
                                                aggregator=aggregator)
       self.assertIn('next', dir(process), work)
+
+
+
+class DefaultsTest(tf.test.TestCase):
+
+  def test_default_is_record_level_dp_at_epsilon_one(self):
+    config = loan_risk.get_config()
+    choices = experiment.parse_choices(config)
+    self.assertTrue(config.record_dp.enabled)
+    self.assertIs(choices.record_dp_mode, experiment.accounting.RecordDpMode.DISTRIBUTED)
+    self.assertEqual(config.privacy.target_epsilon, 1.0)
+    self.assertLessEqual(config.privacy.delta, 1e-5)
+
+  def test_sampling_rate_rule_depends_on_size_only(self):
+    self.assertEqual(experiment.sampling_rate_rule(7392), 0.2)
+    self.assertEqual(experiment.sampling_rate_rule(100_000), 0.2)
+    self.assertAlmostEqual(experiment.sampling_rate_rule(1_000_000), 0.02)
+
+  def test_plan_uses_the_rule_and_calibrates_to_the_target(self):
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    data = helpers.load_federation()
+    config = loan_risk.get_config()
+    config.federated.rounds = 5
+    plan = experiment.privacy_plan_for_data(config, experiment.parse_choices(config), data, cohort=3)
+    units = sum(len(i.train) for i in data.institutions)
+    self.assertEqual(plan.record.sampling_rate, 0.2)
+    self.assertEqual(plan.record.units, tuple(len(i.train) for i in data.institutions))
+    statement = plan.statement(rounds=5, participation=[5] * len(data.institutions))
+    self.assertAlmostEqual(statement.epsilon, 1.0, delta=0.01)
+    self.assertIn(f'{units} units', statement.text())
+
+  def test_delta_must_be_below_one_over_the_smallest_institution(self):
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    data = helpers.load_federation()
+    config = loan_risk.get_config()
+    config.privacy.delta = 0.5
+    smallest = min(len(i.train) for i in data.institutions)
+    with self.assertRaisesRegex(ValueError, f'config.privacy.delta=0.5 is not below 1/{smallest}'):
+      experiment.privacy_plan_for_data(config, experiment.parse_choices(config), data, cohort=3)
 
 
 if __name__ == '__main__':
