@@ -1,9 +1,12 @@
 """Your own federation: <dir>/<institution>/{train,test}.csv plus schema.json.
 
+The defaults of configs/loan_risk.py: record-level DP at ε = 1 (distributed
+DP-SGD), logistic regression, settings from rules rather than tuning.
+
 Run:
   python scripts/train.py --config=configs/csv.py \
       --config.data.dir=DIR --config.data.schema_file=DIR/schema.json --workdir=OUT
-Presets: `:smoke` (few rounds, for tests).
+Presets: `:smoke` (client-level DP as configs/loan_risk.py:smoke, few rounds, for tests).
 """
 
 import ml_collections
@@ -12,7 +15,8 @@ from configs import loan_risk
 
 
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
-  config = loan_risk.get_config()
+  # smoke: the tests' base, the client_dp federation as configs/loan_risk.py:smoke.
+  config = loan_risk.get_config('client_dp' if preset == 'smoke' else '')
   config.data.source = 'csv_dir'
   config.reference.centralized_epochs = 0  # Banks cannot pool rows.
   if preset == 'smoke':

@@ -328,13 +328,14 @@ class ScriptHygieneTest(tf.test.TestCase):
     data_dir, schema_file = helpers.write_federation(root)
     before = {p.pid for p in self._orphan_workers()}
     done = subprocess.run(
-        f'{sys.executable} scripts/train.py --config=configs/csv.py:smoke'
+        f'{sys.executable} scripts/train.py --config=configs/csv.py'  # The defaults: record-level DP.
         f' --config.data.dir={data_dir} --config.data.schema_file={schema_file}'
         f' --config.federated.rounds=1 --workdir={root}/run 2>&1 | cat',
         shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
     # 0, or 3 when one round on 90 test rows leaves the model at chance (it says so).
     self.assertIn(done.returncode, (0, 3), done.stdout[-3000:])
     self.assertIn('privacy:', done.stdout)
+    self.assertRegex(done.stdout, r'\((1|0\.99\d*), 1e-05\)-differential privacy for each record')
     if done.returncode == 3:
       self.assertIn('WARNING: the model is no better than chance', done.stdout)
     self.assertEqual({p.pid for p in self._orphan_workers()} - before, set())
