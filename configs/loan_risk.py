@@ -131,6 +131,7 @@ def _privacy(config: ml_collections.ConfigDict) -> None:
   config.privacy.accountant = 'rdp'  # rdp | pld
   # Set: calibrate the noise to this ε before training (record_dp's noise if
   # enabled, else the DP aggregator's), planned for every round.
+  config.privacy.target_epsilon = config_dict.placeholder(float)  # Stays a float field when None.
   config.privacy.target_epsilon = 1.0
   # None draws a secret seed (kept in <workdir>/secret/, never in checkpoints). Set it for
   # bit-identical DP reruns in research; whoever knows it can remove the noise.
