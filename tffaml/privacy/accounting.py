@@ -436,13 +436,36 @@ class PrivacyPlan:
     return PrivacyStatement(
         guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation))
 
+  def epsilons(self, *, rounds: int, participation: Sequence[int]) -> dict[str, float]:
+    """ε of each guarantee level ('record', 'institution'), without the statement's prose.
+
+    Cheap enough for every round's progress line: the statement's text may
+    cost more accounting (the collusion ε of distributed DP).
+    """
+    values = {}
+    if self.record is not None:
+      values['record'] = max(self._record_epsilons(participation))
+    if self.client is not None:
+      values['institution'] = self._client_epsilon(rounds)
+    return values
+
+  def _record_epsilons(self, participation: Sequence[int]) -> list[float]:
+    """Each institution's record-level ε after the rounds it joined."""
+    events = [self.record.event(i, int(r)) if r else None for i, r in enumerate(participation)]
+    # Institutions of one size (all of them, under distributed DP) share an event.
+    epsilons = {e: epsilon(e, self.delta, accountant=self.accountant) for e in set(events) if e}
+    return [epsilons[e] if e else 0.0 for e in events]
+
+  def _client_epsilon(self, rounds: int) -> float:
+    if not rounds:
+      return 0.0
+    return epsilon(self.client.event(rounds), self.delta, accountant=self.accountant,
+                   relation=self.client.relation)
+
   def _record_guarantee(self, participation: Sequence[int]) -> Guarantee:
     record = self.record
     participation = [int(r) for r in participation]
-    events = [record.event(i, r) if r else None for i, r in enumerate(participation)]
-    # Institutions of one size (all of them, under distributed DP) share an event.
-    epsilons = {e: epsilon(e, self.delta, accountant=self.accountant) for e in set(events) if e}
-    per_institution = [epsilons[e] if e else 0.0 for e in events]
+    per_institution = self._record_epsilons(participation)
     worst = max(range(len(participation)), key=per_institution.__getitem__)
     return Guarantee(
         level='record', unit=f'{record.unit}; record-level DP', unit_name=record.unit_name,
@@ -454,10 +477,7 @@ class PrivacyPlan:
 
   def _client_guarantee(self, rounds: int) -> Guarantee:
     client = self.client
-    value = 0.0
-    if rounds:
-      value = epsilon(client.event(rounds), self.delta, accountant=self.accountant,
-                      relation=client.relation)
+    value = self._client_epsilon(rounds)
     return Guarantee(
         level='institution', unit='institution (with all of its records; client-level DP)',
         unit_name='institution',

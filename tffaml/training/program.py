@@ -467,10 +467,11 @@ def _privacy_values(plan: accounting.PrivacyPlan, round_num: int, participation)
   """ε so far for each DP unit, as metrics: `privacy/epsilon` is the headline unit's."""
   if not plan.is_private:
     return {}
-  statement = plan.statement(rounds=round_num, participation=participation)
-  values = {'privacy/epsilon': statement.epsilon}
+  epsilons = plan.epsilons(rounds=round_num, participation=participation)
+  # The headline is the record-level ε when there is one, as in the statement.
+  values = {'privacy/epsilon': epsilons['record' if plan.record else 'institution']}
   if plan.record and plan.client:
-    values['privacy/institution_epsilon'] = statement.epsilon_for('institution')
+    values['privacy/institution_epsilon'] = epsilons['institution']
   return values
 
 
