@@ -53,6 +53,12 @@ def _features_and_model(config: ml_collections.ConfigDict) -> None:
   """Federated feature statistics, the model and its loss."""
   config.features = ml_collections.ConfigDict()
   config.features.min_category_count = 5  # k-anonymity of vocabulary values.
+  # With record-level DP the statistics (ranges, means, variances,
+  # vocabularies) are DP too: this noise multiplier on each of their two
+  # releases of counts (together worth one release at 10), composed into the
+  # same ε. None: exact statistics, outside the guarantee.
+  config.features.noise_multiplier = config_dict.placeholder(float)
+  config.features.noise_multiplier = 14.0
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'logistic'  # mlp | logistic

@@ -1,10 +1,14 @@
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import helpers
 from tffaml import features
 from tffaml.data import csv_dir
+from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 
 
@@ -61,6 +65,92 @@ class FeatureStatisticsTest(tf.test.TestCase):
     data.institutions[0].train.loc[0, 'grade'] = 'RARE'
     space = features.compute_feature_space(data, min_category_count=2)
     self.assertNotIn('RARE', space.vocabulary['grade'])
+
+
+def _federation(frames):
+  schema = schema_lib.Schema(label='y', positive='1', numeric=('income',), categorical=('region',))
+  return federated_data.FederatedData(schema=schema, institutions=tuple(
+      federated_data.Institution(name=f'bank_{i}', train=f, test=f)
+      for i, f in enumerate(frames)))
+
+
+def _frame(rng, rows: int, regions):
+  return pd.DataFrame({'income': rng.lognormal(10.0, 0.5, rows), 'region': rng.choice(regions, rows),
+                       schema_lib.LABEL_COLUMN: rng.integers(0, 2, rows)})
+
+
+class DpFeatureStatisticsTest(tf.test.TestCase):
+
+  def test_range_from_the_bins_that_clear_the_threshold(self):
+    edges = features.RANGE_EDGES
+    counts = np.zeros(len(edges) + 1)
+    bin_of = lambda x: int(np.searchsorted(edges, x, side='right'))
+    counts[bin_of(2.0)], counts[bin_of(50.0)], counts[bin_of(1e9)] = 100, 80, 20
+    # 2.0 lies in [10^0, 10^0.5), 50 in [10^1.5, 10^2); the lone 1e9 bin stays under 30.
+    # The scale: the smallest magnitude at which a kept bin starts.
+    self.assertAllClose(features.dp_range(counts, threshold=30), (1.0, 100.0, 1.0))
+    # Nothing clears: the fullest bin alone.
+    self.assertAllClose(features.dp_range(counts, threshold=1000), (1.0, 10 ** 0.5, 1.0))
+    counts[bin_of(0.0)] = 100  # With zeros kept, the scale is still where the values start.
+    self.assertAllClose(features.dp_range(counts, threshold=30), (-1e-6, 100.0, 1.0))
+
+  def test_fine_bins_span_the_range_logarithmically_over_heavy_tails(self):
+    edges, middles = features.fine_edges(1e5, 1e6, 1e3)
+    self.assertLen(edges, features.FINE_BINS + 1)
+    self.assertAllClose([edges[0], edges[-1]], [1e5, 1e6])
+    self.assertTrue(np.all(np.diff(edges) > 0) and np.all((middles > edges[:-1]) & (middles < edges[1:])))
+    ratios = edges[1:] / edges[:-1]  # Far above the scale asinh is a log: equal ratios.
+    self.assertAllClose(ratios, np.full_like(ratios, 10 ** (1 / features.FINE_BINS)), rtol=1e-3)
+    edges, _ = features.fine_edges(0.0, 1e-3, 1.0)  # Far below it, linear: equal widths.
+    self.assertAllClose(np.diff(edges), np.full(features.FINE_BINS, 1e-3 / features.FINE_BINS),
+                        rtol=1e-3)
+
+  def test_moments_by_hand(self):
+    middles = np.array([1.0, 2.0, 3.0, 4.0])
+    # Weights 0, 3, 1, 0 (the -5 reads as 0): mean 2.25, variance (3 * 0.0625 + 0.5625) / 4.
+    mean, variance = features.moments(np.array([-5.0, 3.0, 1.0, 0.0]), middles, 0.5, 4.5)
+    self.assertAllClose([mean, variance], [2.25, 0.1875])
+    # Nothing left: the middle of the range and a quarter of its width.
+    self.assertAllClose(features.moments(np.array([-1.0, 0.5, 0.0, 0.0]), middles, 0.5, 4.5),
+                        (2.5, 1.0))
+
+  def test_noisy_statistics_track_the_pooled_ones(self):
+    rng = np.random.default_rng(0)
+    data = _federation([_frame(rng, 6000, ['north', 'south']) for _ in range(3)])
+    noise = features.StatisticsNoise(stddev=30.0, vocabulary_threshold=200.0, seed=7)
+    space = features.compute_feature_space(data, min_category_count=5, noise=noise)
+    income = data.pooled('train')['income'].clip(space.lower['income'], space.upper['income'])
+    self.assertAllClose(space.mean['income'], income.mean(), rtol=0.05)
+    self.assertAllClose(np.sqrt(space.variance['income']), income.std(), rtol=0.15)
+    self.assertLessEqual(space.lower['income'], np.quantile(income, 0.01))
+    self.assertGreaterEqual(space.upper['income'], np.quantile(income, 0.99))
+    self.assertEqual(space.vocabulary['region'], ('north', 'south'))
+    again = features.compute_feature_space(data, min_category_count=5, noise=noise)
+    self.assertEqual(again, space)  # The seed fixes the noise: a resumed run agrees.
+    other = features.compute_feature_space(
+        data, min_category_count=5, noise=dataclasses.replace(noise, seed=8))
+    self.assertNotEqual(other.mean['income'], space.mean['income'])
+
+  def test_a_value_few_units_hold_stays_out_however_many_rows(self):
+    rng = np.random.default_rng(1)
+    frames = [_frame(rng, 3000, ['north', 'south']) for _ in range(2)]
+    frames[0][schema_lib.UNIT_COLUMN] = np.arange(3000)
+    frames[0].loc[:999, 'region'] = 'rare'  # 1000 rows, but all of one unit:
+    frames[0].loc[:999, schema_lib.UNIT_COLUMN] = 0
+    noise = features.StatisticsNoise(stddev=1.0, vocabulary_threshold=50.0, seed=0)
+    space = features.compute_feature_space(_federation(frames), min_category_count=1, noise=noise)
+    self.assertEqual(space.vocabulary['region'], ('north', 'south'))
+    exact = features.compute_feature_space(_federation(frames), min_category_count=1)
+    self.assertIn('rare', exact.vocabulary['region'])  # Without DP rows count, not units.
+
+  def test_a_column_with_no_published_value_is_left_out_of_the_model(self):
+    rng = np.random.default_rng(2)
+    data = _federation([_frame(rng, 200, ['north', 'south']) for _ in range(2)])
+    noise = features.StatisticsNoise(stddev=5.0, vocabulary_threshold=1e6, seed=0)
+    space = features.compute_feature_space(data, min_category_count=1, noise=noise)
+    self.assertEqual(space.vocabulary['region'], ())
+    encoded = features.encode(features.keras_inputs(data.schema), space, embedding_dim=0)
+    self.assertEqual(encoded.shape[-1], 1)  # Income only.
 
 
 if __name__ == '__main__':

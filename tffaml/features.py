@@ -20,6 +20,17 @@ max(`MIN_TRIMMED`, `TRIM_FRACTION` of the rows) most extreme values at each
 end, to the edge of the next bin; the model clips its inputs to the same
 range, so no served or trained value lies outside what the statistics saw.
 
+With record-level DP the statistics are DP too (`StatisticsNoise`, accounted
+as `accounting.FeatureStatisticsDp`): each unit contributes one row, every
+summed count carries Gaussian noise added in shares by the institutions,
+and everything else is computed from the noisy counts. Two releases: a
+histogram on half-decade bins gives each numeric column's range (bins whose
+noisy count clears a threshold that an empty bin passes with probability
+`SPURIOUS_BIN` over all bins); a histogram of `FINE_BINS` bins inside that
+range gives its mean and variance, released with the counts of every
+category value present (a value enters the vocabulary only if its noisy
+count clears `vocabulary_threshold`).
+
 The resulting `FeatureSpace` becomes Keras preprocessing layers
 (`Normalization`, `StringLookup`), so models, and the exported SavedModel,
 take raw feature values.
@@ -28,6 +39,7 @@ take raw feature values.
 import collections
 import dataclasses
 import math
+import statistics
 from typing import Optional
 
 import numpy as np
@@ -44,6 +56,25 @@ MIN_TRIMMED = 3  # ...and at least this many.
 # Bin edges: 0 and ±10^(k/8), from 1e-30 to beyond float32's largest number.
 _MAGNITUDES = 10.0 ** (np.arange(-30 * 8, 39 * 8 + 1) / 8)
 HISTOGRAM_EDGES = np.concatenate([-_MAGNITUDES[::-1], _MAGNITUDES])
+# DP range bins: 0 and ±10^(k/2) from 1e-6 to 1e12 (coarse, so rows fill them
+# past the noise); values beyond fall in the outermost bins.
+_HALF_DECADES = 10.0 ** (np.arange(-12, 25) / 2)
+RANGE_EDGES = np.concatenate([-_HALF_DECADES[::-1], _HALF_DECADES])
+SPURIOUS_BIN = 0.01  # Chance that noise alone makes any empty range bin count.
+FINE_BINS = 16  # Inside the range, evenly spaced in asinh(x / (max |bound| / 1000)).
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticsNoise:
+  """DP statistics: the noise on every summed count, the vocabulary's threshold, the seed.
+
+  From `accounting.FeatureStatisticsDp`; the seed is the run's noise seed,
+  so a resumed run computes the same statistics.
+  """
+
+  stddev: float
+  vocabulary_threshold: float
+  seed: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,12 +193,15 @@ def build_federated_sum(
 
 
 def compute_feature_space(
-    data: federated_data.FederatedData, *, min_category_count: int
+    data: federated_data.FederatedData, *, min_category_count: int,
+    noise: Optional[StatisticsNoise] = None,
 ) -> FeatureSpace:
-  """Federated means, variances and vocabularies of the training rows."""
-  schema = data.schema
+  """Federated means, variances and vocabularies of the training rows; DP with `noise`."""
   if min_category_count < 1:
     raise ValueError(f'min_category_count must be >= 1, got {min_category_count}.')
+  if noise is not None:
+    return _dp_feature_space(data, min_category_count=min_category_count, noise=noise)
+  schema = data.schema
   candidates = {
       c: sorted(set().union(*(
           _candidate_values(i.train, c, min_category_count)
@@ -186,28 +220,147 @@ def compute_feature_space(
   count = total['count']
   mean = total['sum'] / count
   variance = np.maximum(total['sum_of_squares'] / count - np.square(mean), 0.0)
-  vocabulary, offset = {}, 0
-  for column in schema.categorical:
-    size = len(candidates[column])
-    column_counts = total['category_counts'][offset:offset + size]
-    offset += size
-    vocabulary[column] = tuple(
-        v for v, n in zip(candidates[column], column_counts)
-        if n >= min_category_count
-    )
-    if not vocabulary[column]:
+  vocabulary = _vocabularies(schema, candidates, total['category_counts'], min_category_count)
+  for column, values in vocabulary.items():
+    if not values:
       raise schema_lib.DataError(
           f'column {column!r}: no value is seen {min_category_count} times at'
           ' any institution; lower config.features.min_category_count.'
       )
+  return _space(schema, mean.tolist(), variance.tolist(), vocabulary, lower, upper)
+
+
+def _space(schema, mean, variance, vocabulary, lower, upper) -> FeatureSpace:
   return FeatureSpace(
       schema=schema,
-      mean=dict(zip(schema.numeric, mean.tolist())),
-      variance=dict(zip(schema.numeric, variance.tolist())),
+      mean=dict(zip(schema.numeric, mean)),
+      variance=dict(zip(schema.numeric, variance)),
       vocabulary=vocabulary,
       lower=dict(zip(schema.numeric, lower)),
       upper=dict(zip(schema.numeric, upper)),
   )
+
+
+def _vocabularies(schema, candidates: dict, counts: np.ndarray, threshold: float) -> dict:
+  """Each column's candidates whose (summed, perhaps noisy) count reaches `threshold`."""
+  vocabulary, offset = {}, 0
+  for column in schema.categorical:
+    size = len(candidates[column])
+    column_counts = counts[offset:offset + size]
+    offset += size
+    vocabulary[column] = tuple(
+        v for v, n in zip(candidates[column], column_counts) if n >= threshold)
+  return vocabulary
+
+
+def _one_row_per_unit(frame: pd.DataFrame) -> pd.DataFrame:
+  """A unit's first row: DP statistics bound each unit's contribution to one count a column."""
+  if schema_lib.UNIT_COLUMN in frame:
+    return frame.drop_duplicates(schema_lib.UNIT_COLUMN, keep='first')
+  return frame
+
+
+def _noisy_total(client_values: list, noise: StatisticsNoise, release: int) -> collections.OrderedDict:
+  """The federated sum of the institutions' counts, each adding its share N(0, σ²/K) first."""
+  share = noise.stddev / math.sqrt(len(client_values))
+  noised = []
+  for index, value in enumerate(client_values):
+    rng = np.random.default_rng([noise.seed, release, index])
+    noised.append(collections.OrderedDict(
+        (k, v + rng.normal(0.0, share, v.shape)) for k, v in value.items()))
+  return _federated_total(noised)
+
+
+def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+  """Counts of `values` in the len(edges) + 1 bins `edges` delimit."""
+  return np.bincount(np.searchsorted(edges, values, side='right'),
+                     minlength=len(edges) + 1).astype(np.float64)
+
+
+def dp_range(counts: np.ndarray, threshold: float) -> tuple[float, float, float]:
+  """(lower, upper, scale) of one column from the range bins that clear `threshold`.
+
+  The bounds are those bins' outer edges; the scale, the smallest magnitude
+  at which one of them starts (zero's bin aside), is where the column's
+  values stop being "near zero". When no bin clears, the fullest bin alone
+  (a choice from noisy counts only).
+  """
+  kept = np.flatnonzero(counts >= threshold)
+  if not kept.size:
+    kept = np.array([int(np.argmax(counts))])
+  edges = RANGE_EDGES
+  lower = float(edges[max(kept.min() - 1, 0)])
+  upper = max(float(edges[min(kept.max(), len(edges) - 1)]), lower + 1.0)
+  inner = np.abs(np.concatenate([edges[np.clip(kept - 1, 0, len(edges) - 1)],
+                                 edges[np.clip(kept, 0, len(edges) - 1)]]))
+  inner = inner[inner > _HALF_DECADES[0]]
+  floor = max(abs(lower), abs(upper)) * 1e-6
+  return lower, upper, max(float(inner.min()) if inner.size else floor, floor)
+
+
+def fine_edges(lower: float, upper: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+  """(edges, midpoints) of FINE_BINS bins on [lower, upper], even in asinh(x / scale).
+
+  Evenly spaced below `scale` and logarithmic above it: one rule for ratios,
+  ages and heavy-tailed incomes.
+  """
+  t = np.linspace(np.arcsinh(lower / scale), np.arcsinh(upper / scale), FINE_BINS + 1)
+  return scale * np.sinh(t), scale * np.sinh((t[:-1] + t[1:]) / 2)
+
+
+def moments(counts: np.ndarray, midpoints: np.ndarray, lower: float, upper: float) -> tuple[float, float]:
+  """Mean and variance from noisy bin counts (negative counts read as 0).
+
+  With no count left: the range's middle and a quarter of its width. The
+  variance is at least (width / (4 * FINE_BINS))², so one full bin still
+  scales its column sensibly.
+  """
+  weights = np.maximum(counts, 0.0)
+  width = upper - lower
+  if weights.sum() < 1.0:
+    return (lower + upper) / 2, (width / 4) ** 2
+  mean = float(weights @ midpoints / weights.sum())
+  variance = float(weights @ np.square(midpoints - mean) / weights.sum())
+  return mean, max(variance, (width / (4 * FINE_BINS)) ** 2)
+
+
+def _dp_ranges(frames, schema, noise: StatisticsNoise) -> list[tuple[float, float, float]]:
+  """Release 1: noisy half-decade histograms of every numeric column -> (lower, upper, scale)s."""
+  if not schema.numeric:
+    return []
+  histograms = [collections.OrderedDict(counts=np.stack(
+      [_bins(f[c].to_numpy(np.float64), RANGE_EDGES) for c in schema.numeric])) for f in frames]
+  total = _noisy_total(histograms, noise, release=1)['counts']
+  tail = SPURIOUS_BIN / total.size
+  threshold = noise.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
+  return [dp_range(counts, threshold) for counts in total]
+
+
+def _dp_feature_space(data, *, min_category_count: int, noise: StatisticsNoise) -> FeatureSpace:
+  """Release 2: fine histograms inside the ranges and every present value's count, noised."""
+  schema = data.schema
+  frames = [_one_row_per_unit(i.train) for i in data.institutions]
+  ranges = _dp_ranges(frames, schema, noise)
+  lower, upper = [r[0] for r in ranges], [r[1] for r in ranges]
+  fine = [fine_edges(*r) for r in ranges]
+  # Every value present is counted; only the noisy threshold decides what is published.
+  candidates = {c: sorted(set().union(*(f[c].unique() for f in frames))) for c in schema.categorical}
+  client_values = []
+  for f in frames:
+    fine_counts = [
+        np.bincount(np.clip(np.searchsorted(edges, np.clip(f[c].to_numpy(np.float64), lo, hi),
+                                            side='right') - 1, 0, FINE_BINS - 1),
+                    minlength=FINE_BINS).astype(np.float64)
+        for c, (edges, _), lo, hi in zip(schema.numeric, fine, lower, upper)]
+    client_values.append(collections.OrderedDict(
+        fine=np.stack(fine_counts) if fine_counts else np.zeros((0, FINE_BINS)),
+        category_counts=local_statistics(f, schema, candidates)['category_counts']))
+  total = _noisy_total(client_values, noise, release=2)
+  stats = [moments(counts, mid, lo, hi)
+           for counts, (_, mid), lo, hi in zip(total['fine'], fine, lower, upper)]
+  vocabulary = _vocabularies(schema, candidates, total['category_counts'],
+                             max(noise.vocabulary_threshold, min_category_count))
+  return _space(schema, [m for m, _ in stats], [v for _, v in stats], vocabulary, lower, upper)
 
 
 def _federated_total(client_values: list) -> collections.OrderedDict:
@@ -274,6 +427,8 @@ def encode(
     parts.append(tf.expand_dims(normalise(value), -1))
   for column in space.schema.categorical:
     vocabulary = list(space.vocabulary[column])
+    if not vocabulary:  # No value cleared the DP threshold: the column carries nothing.
+      continue
     ids = tf.keras.layers.StringLookup(
         vocabulary=vocabulary, num_oov_indices=1, name=f'lookup_{column}'
     )(inputs[column])

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import statistics as stdlib_statistics
 
 from absl.testing import parameterized
 import dp_accounting
@@ -205,6 +206,56 @@ class DistributedRecordDpTest(tf.test.TestCase):
   def test_bad_sampling_rate(self):
     with self.assertRaisesRegex(ValueError, 'sampling_rate must be in'):
       self._mechanism(sampling_rate=0.0)
+
+
+class FeatureStatisticsDpTest(tf.test.TestCase):
+
+  def _statistics(self, **overrides):
+    values = dict(noise_multiplier=10.0, numeric=5, categorical=4, institutions=4)
+    values.update(overrides)
+    return accounting.FeatureStatisticsDp(**values)
+
+  def test_noise_and_threshold_by_hand(self):
+    statistics = self._statistics()
+    self.assertAlmostEqual(statistics.stddev, 30.0)  # 10 * sqrt(5 + 4).
+    self.assertAlmostEqual(statistics.threshold_delta(1e-5), 1e-6)
+    tau = statistics.vocabulary_threshold(1e-5)
+    # Four categorical values of one unit, each alone in its count: together
+    # published with probability threshold_delta.
+    alone = 1 - stdlib_statistics.NormalDist(1.0, 30.0).cdf(tau)
+    self.assertAlmostEqual(4 * alone / 1e-6, 1.0, places=6)
+    self.assertEqual(self._statistics(categorical=0).threshold_delta(1e-5), 0.0)
+
+  def test_composed_before_the_training_steps(self):
+    statistics = self._statistics()
+    record = accounting.DistributedRecordDp(noise_multiplier=4.0, clip=1.0, sampling_rate=0.25,
+                                            units=(100, 300, 400, 200))
+    plan = accounting.PrivacyPlan(client=None, record=record, delta=1e-5, statistics=statistics)
+    statement = plan.statement(rounds=30, participation=[30] * 4)
+    # Two Gaussian releases at z = 10, then 30 steps, at the accountant's 0.9 of δ.
+    expected = accounting.epsilon(dp_accounting.ComposedDpEvent([
+        dp_accounting.GaussianDpEvent(10.0), dp_accounting.GaussianDpEvent(10.0),
+        accounting.poisson_gaussian_event(sampling_rate=0.25, noise_multiplier=4.0, steps=30)]), 9e-6)
+    self.assertAlmostEqual(statement.epsilon, expected, places=6)
+    without = accounting.PrivacyPlan(client=None, record=record, delta=1e-5)
+    self.assertGreater(statement.epsilon, without.statement(rounds=30, participation=[30] * 4).epsilon)
+    self.assertIn('Covered: the whole exported package', statement.text())
+    self.assertIn('Not covered: the federated feature statistics',
+                  without.statement(rounds=30, participation=[30] * 4).text())
+    # Before any round the statistics alone have been released.
+    self.assertGreater(plan.statement(rounds=0, participation=[0] * 4).epsilon, 0.0)
+
+  def test_calibration_counts_the_statistics(self):
+    record = accounting.DistributedRecordDp(noise_multiplier=1.0, clip=1.0, sampling_rate=0.25,
+                                            units=(100, 300, 400, 200))
+    target = dict(rounds=20, target_epsilon=1.0, delta=1e-5, accountant=accounting.Accountant.RDP)
+    alone = accounting.calibrate_record_noise(record, **target)
+    noise = accounting.calibrate_record_noise(record, statistics=self._statistics(), **target)
+    self.assertGreater(noise, alone)  # The statistics spend some of ε.
+    plan = accounting.PrivacyPlan(
+        client=None, record=dataclasses.replace(record, noise_multiplier=noise), delta=1e-5,
+        statistics=self._statistics())
+    self.assertAlmostEqual(plan.statement(rounds=20, participation=[20] * 4).epsilon, 1.0, delta=0.002)
 
 
 if __name__ == '__main__':

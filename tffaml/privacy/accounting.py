@@ -33,6 +33,7 @@ pessimistic discretisation keeps ε an upper bound.
 import dataclasses
 import enum
 import math
+import statistics
 from typing import Callable, Optional, Sequence
 
 import dp_accounting
@@ -48,6 +49,8 @@ WEAK_EPSILON = 10.0  # Statements above this say, in the statement, that they ar
 # Calibration searches noise multipliers from here up: below it, ε is
 # meaningless for any run worth accounting and the PLD accountant is slow.
 MIN_NOISE_MULTIPLIER = 0.2
+# Of δ, what the DP vocabulary's threshold may spend (the rest is the accountant's).
+THRESHOLD_DELTA_SHARE = 0.1
 
 
 class Sampling(enum.Enum):
@@ -207,8 +210,9 @@ class RecordLevelDp:
         steps=int(rounds) * self.steps_per_round(institution))
 
   def mechanism(self, worst: int, participation: Sequence[int], *, delta: float,
-                accountant: Accountant) -> str:
-    del delta, accountant  # Nothing else to compute: no party but the institution adds noise.
+                accountant: Accountant, statistics: Optional['FeatureStatisticsDp'] = None) -> str:
+    # Nothing else to compute: no party but the institution adds noise.
+    del delta, accountant, statistics
     return (f'DP-SGD in each institution, per-unit clip {self.clip:g}, noise'
             f' multiplier {self.noise_multiplier:.4g}, Poisson-sampled batches of'
             f' expected size {self.expected_batch_size}, {self.epochs} epoch(s)'
@@ -267,9 +271,17 @@ class DistributedRecordDp:
         sampling_rate=self.sampling_rate, noise_multiplier=self.noise_share, steps=rounds)
 
   def mechanism(self, worst: int, participation: Sequence[int], *, delta: float,
-                accountant: Accountant) -> str:
+                accountant: Accountant, statistics: Optional['FeatureStatisticsDp'] = None) -> str:
+    """What runs, with ε against collusion (composed with `statistics` when given).
+
+    `delta` is the accountant's share of δ.
+    """
     rounds = participation[worst]
-    colluding = epsilon(self.colluding_event(rounds), delta, accountant=accountant) if rounds else 0.0
+    events = [self.colluding_event(rounds)] if rounds else []
+    if statistics is not None:
+      events.append(statistics.colluding_event())
+    colluding = (epsilon(dp_accounting.ComposedDpEvent(tuple(events)), delta, accountant=accountant)
+                 if events else 0.0)
     return (f'distributed DP-SGD over the federation\'s {sum(self.units)} units: each round'
             f' every one of {len(self.units)} institutions Poisson-samples its units with'
             f' q = {self.sampling_rate:.4g}, clips each unit\'s gradient to {self.clip:g} and'
@@ -279,6 +291,66 @@ class DistributedRecordDp:
             ' plain sum) and on every institution adding its share: against the coordinator'
             f' colluding with all other institutions a unit keeps its own institution\'s share'
             f' only, ε = {colluding:.4g}')
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureStatisticsDp:
+  """The federated feature statistics as Gaussian mechanisms (see tffaml.features).
+
+  Each unit contributes one row, so one count to every feature column, in
+  each of `releases` summed count vectors (histograms of the numeric
+  columns, counts of the categorical values): L2 sensitivity √columns per
+  release. Every count gets N(0, σ²) with σ = noise_multiplier · √columns,
+  added in shares by the institutions as for distributed DP-SGD. A
+  category value enters the vocabulary only if its noisy count clears
+  `vocabulary_threshold`: a value held by one unit alone is published with
+  probability at most `threshold_delta` over its categorical columns, which
+  adds to the accountant's δ.
+  """
+
+  noise_multiplier: float
+  numeric: int  # Numeric columns.
+  categorical: int  # Categorical columns.
+  institutions: int
+  releases: int = 2  # The range histogram; then the fine histogram with the category counts.
+
+  def __post_init__(self):
+    if not self.noise_multiplier > 0:
+      raise ValueError(f'noise_multiplier must be > 0, got {self.noise_multiplier}.')
+
+  @property
+  def stddev(self) -> float:
+    """The noise on every summed count."""
+    return self.noise_multiplier * math.sqrt(self.numeric + self.categorical)
+
+  def event(self) -> dp_accounting.DpEvent:
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.GaussianDpEvent(self.noise_multiplier), self.releases)
+
+  def colluding_event(self) -> dp_accounting.DpEvent:
+    """Against the coordinator and every other institution: one institution's share."""
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(
+        self.noise_multiplier / math.sqrt(self.institutions)), self.releases)
+
+  def threshold_delta(self, delta: float) -> float:
+    """The δ set aside for the vocabulary threshold (a tenth; none without categories)."""
+    return delta * THRESHOLD_DELTA_SHARE if self.categorical else 0.0
+
+  def vocabulary_threshold(self, delta: float) -> float:
+    """τ with categorical · P(1 + N(0, σ²) >= τ) = threshold_delta(δ)."""
+    if not self.categorical:
+      return math.inf
+    tail = self.threshold_delta(delta) / self.categorical
+    return 1.0 + self.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
+
+  def mechanism(self, delta: float) -> str:
+    return (f'the feature statistics exported with the model ({self.releases} releases of counts:'
+            f' histograms of {self.numeric} numeric and counts of {self.categorical} categorical'
+            f' columns, one row per unit) carry Gaussian noise of standard deviation'
+            f' {self.stddev:.4g} (noise multiplier {self.noise_multiplier:.4g}) added in shares'
+            ' by the institutions; a category value is kept only if its noisy count reaches'
+            f' {self.vocabulary_threshold(delta):.4g}, which spends'
+            f' δ = {self.threshold_delta(delta):.2g} of the δ')
 
 
 def calibrate_client_noise(
@@ -292,20 +364,36 @@ def calibrate_client_noise(
       relation=client.relation)
 
 
+def with_statistics(event: dp_accounting.DpEvent,
+                    statistics: Optional[FeatureStatisticsDp]) -> dp_accounting.DpEvent:
+  """`event` after the feature statistics' release, when they are DP."""
+  if statistics is None:
+    return event
+  return dp_accounting.ComposedDpEvent((statistics.event(), event))
+
+
+def accountant_delta(delta: float, statistics: Optional[FeatureStatisticsDp]) -> float:
+  """What of δ the accountant may spend: all of it but the vocabulary threshold's share."""
+  return delta - (statistics.threshold_delta(delta) if statistics is not None else 0.0)
+
+
 def calibrate_record_noise(
     record: 'RecordLevelDp | DistributedRecordDp', *, rounds: int, target_epsilon: float, delta: float,
-    accountant: Accountant,
+    accountant: Accountant, statistics: Optional[FeatureStatisticsDp] = None,
 ) -> float:
   """The noise multiplier giving every institution record-level ε <= target.
 
   Planned for every institution joining all `rounds` (the worst case of any
-  cohort sampling). ε decreases in the noise at each institution, so the
-  noise needed is the largest of the institutions' own.
+  cohort sampling), after the feature statistics' release when those are DP
+  (`statistics`). ε decreases in the noise at each institution, so the noise
+  needed is the largest of the institutions' own.
   """
   def noise_for(institution: int) -> float:
     return noise_for_epsilon(
-        lambda z: dataclasses.replace(record, noise_multiplier=z).event(institution, rounds),
-        target_epsilon=target_epsilon, delta=delta, accountant=accountant)
+        lambda z: with_statistics(
+            dataclasses.replace(record, noise_multiplier=z).event(institution, rounds), statistics),
+        target_epsilon=target_epsilon, delta=accountant_delta(delta, statistics),
+        accountant=accountant)
 
   distinct_sizes = {units: i for i, units in enumerate(record.units)}
   return max(noise_for(i) for i in distinct_sizes.values())
@@ -348,6 +436,7 @@ class PrivacyStatement:
   guarantees: tuple[Guarantee, ...]
   rounds: int
   institutions: int
+  statistics_covered: bool = False  # The exported feature statistics are DP (in the record guarantee).
 
   @property
   def epsilon(self) -> float:
@@ -390,14 +479,22 @@ class PrivacyStatement:
            ' the model reveals.' if g.epsilon > WEAK_EPSILON else '')
         for g in self.guarantees
     ]
-    return ' '.join(parts) + (
-        ' Covered: the model updates and everything computed from them (the'
-        ' aggregate, the released model). Not covered: the federated feature'
-        ' statistics (exact sums, and the histograms that set their clipping'
-        ' ranges, shipped in the model\'s metadata) and per-round evaluation metrics on the test'
-        ' splits.' + (' Client-level DP assumes a trusted aggregator: secure aggregation is'
-                      ' simulated as a plain sum here.'
-                      if any(g.level == 'institution' for g in self.guarantees) else ''))
+    return ' '.join(parts) + self._coverage() + (
+        ' Client-level DP assumes a trusted aggregator: secure aggregation is simulated as a'
+        ' plain sum here.' if any(g.level == 'institution' for g in self.guarantees) else '')
+
+  def _coverage(self) -> str:
+    evaluation = (' Evaluation metrics on the institutions\' test splits (rows never trained on)'
+                  ' are exact sums reported to the coordinator, outside any guarantee.')
+    if self.statistics_covered:
+      return (' Covered: the whole exported package - the model, every update it was computed'
+              ' from, and the feature statistics and vocabularies in its metadata (the set of'
+              ' category values proposed for counting is exchanged without noise; only values'
+              ' whose noisy count clears the threshold are published).' + evaluation)
+    return (' Covered: the model updates and everything computed from them (the aggregate, the'
+            ' released model). Not covered: the federated feature statistics (exact sums, and'
+            ' the histograms that set their clipping ranges, shipped in the model\'s metadata);'
+            ' they are DP only with record-level DP.' + evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,6 +505,7 @@ class PrivacyPlan:
   record: Optional[RecordLevelDp | DistributedRecordDp]
   delta: float
   accountant: Accountant = Accountant.RDP
+  statistics: Optional[FeatureStatisticsDp] = None  # Record-level DP feature statistics.
 
   @property
   def is_private(self) -> bool:
@@ -434,7 +532,8 @@ class PrivacyPlan:
     if self.client is not None:
       guarantees.append(self._client_guarantee(rounds))
     return PrivacyStatement(
-        guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation))
+        guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation),
+        statistics_covered=self.statistics is not None)
 
   def epsilons(self, *, rounds: int, participation: Sequence[int]) -> dict[str, float]:
     """ε of each guarantee level ('record', 'institution'), without the statement's prose.
@@ -452,8 +551,11 @@ class PrivacyPlan:
   def _record_epsilons(self, participation: Sequence[int]) -> list[float]:
     """Each institution's record-level ε after the rounds it joined."""
     events = [self.record.event(i, int(r)) if r else None for i, r in enumerate(participation)]
+    if self.statistics is not None:  # Released before the first round.
+      events = [with_statistics(e, self.statistics) if e else self.statistics.event() for e in events]
     # Institutions of one size (all of them, under distributed DP) share an event.
-    epsilons = {e: epsilon(e, self.delta, accountant=self.accountant) for e in set(events) if e}
+    delta = accountant_delta(self.delta, self.statistics)
+    epsilons = {e: epsilon(e, delta, accountant=self.accountant) for e in set(events) if e}
     return [epsilons[e] if e else 0.0 for e in events]
 
   def _client_epsilon(self, rounds: int) -> float:
@@ -472,8 +574,10 @@ class PrivacyPlan:
         epsilon=per_institution[worst], delta=self.delta,
         accountant=self.accountant.description, neighboring_relation='add_or_remove_one',
         noise_multiplier=record.noise_multiplier,
-        mechanism=record.mechanism(worst, participation, delta=self.delta,
-                                   accountant=self.accountant))
+        mechanism=record.mechanism(
+            worst, participation, delta=accountant_delta(self.delta, self.statistics),
+            accountant=self.accountant, statistics=self.statistics) + (
+                f'; {self.statistics.mechanism(self.delta)}' if self.statistics else ''))
 
   def _client_guarantee(self, rounds: int) -> Guarantee:
     client = self.client

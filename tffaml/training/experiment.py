@@ -5,7 +5,7 @@ Every error names the config key (as its flag, `config.x.y`) and the value.
 
 import dataclasses
 import enum
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import ml_collections
 import tensorflow as tf
@@ -186,6 +186,7 @@ def _check_record_dp(config, choices: Choices) -> None:
 
 def privacy_plan(
     config, choices: Choices, *, institution_units: Sequence[int], cohort: int, unit_column: str = '',
+    columns: tuple[int, int] = (0, 0),
 ) -> accounting.PrivacyPlan:
   """The run's DP mechanisms, with the noise calibrated to any target ε.
 
@@ -196,6 +197,8 @@ def privacy_plan(
       values) in each institution's training rows.
     cohort: Institutions per round.
     unit_column: The schema's unit column; '' when the unit is a row.
+    columns: The schema's (numeric, categorical) feature columns, whose
+      statistics are DP with record-level DP.
 
   Returns:
     The plan.
@@ -225,16 +228,30 @@ def privacy_plan(
         f'config.privacy.delta={p.delta:g} is not below 1/{min(institution_units)} (the smallest'
         ' institution\'s privacy units): a mechanism could then publish a unit outright.'
         f' Set config.privacy.delta <= {1 / (10 * min(institution_units)):.2g}.')
+  statistics = _statistics_mechanism(config, columns, institutions=len(institution_units))
   target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
                 accountant=choices.accountant)
   if calibrating and record is not None:
-    record = dataclasses.replace(
-        record, noise_multiplier=accounting.calibrate_record_noise(record, **target))
+    record = dataclasses.replace(record, noise_multiplier=accounting.calibrate_record_noise(
+        record, statistics=statistics, **target))
   elif calibrating:
     client = dataclasses.replace(
         client, noise_multiplier=accounting.calibrate_client_noise(client, **target))
   return accounting.PrivacyPlan(client=client, record=record, delta=p.delta,
-                                accountant=choices.accountant)
+                                accountant=choices.accountant, statistics=statistics)
+
+
+def _statistics_mechanism(config, columns: tuple[int, int], *,
+                          institutions: int) -> Optional[accounting.FeatureStatisticsDp]:
+  """DP feature statistics: with record-level DP, unless config.features.noise_multiplier is None."""
+  z = config.features.noise_multiplier
+  if not config.record_dp.enabled or z is None:
+    return None
+  if not z > 0:
+    raise errors.ConfigError(f'config.features.noise_multiplier must be > 0, got {z}'
+                             ' (None: exact statistics, outside the guarantee).')
+  return accounting.FeatureStatisticsDp(noise_multiplier=z, numeric=columns[0],
+                                        categorical=columns[1], institutions=institutions)
 
 
 def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, units: tuple[int, ...],
@@ -452,4 +469,5 @@ def privacy_plan_for_data(config, choices: Choices, data, *, cohort: int) -> acc
   """`privacy_plan` with the units counted in `data`'s training rows."""
   return privacy_plan(
       config, choices, cohort=cohort, unit_column=data.schema.unit,
+      columns=(len(data.schema.numeric), len(data.schema.categorical)),
       institution_units=[int(dp_sgd.unit_codes(i.train).max()) + 1 for i in data.institutions])

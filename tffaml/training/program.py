@@ -300,7 +300,8 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after
         f' at δ = {config.privacy.delta:g} over {config.federated.rounds} rounds'
         f' ({choices.accountant.value})')
   noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
-  space = features.compute_feature_space(data, min_category_count=config.features.min_category_count)
+  space = features.compute_feature_space(data, min_category_count=config.features.min_category_count,
+                                         noise=_statistics_noise(setup.plan, noise_seed))
   built = _build(config, choices, setup, space, noise_seed)
   initial = built.initial_model()
   state, participation, released, first_round = _restore(built.process, state_manager, initial,
@@ -317,6 +318,14 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after
   released = tf.nest.pack_sequence_as(initial, released)
   return _finish(config, choices, setup, built, paths, released=released, participation=participation,
                  space=space, per_round=per_round, log=log)
+
+
+def _statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional[features.StatisticsNoise]:
+  if plan.statistics is None:
+    return None
+  return features.StatisticsNoise(
+      stddev=plan.statistics.stddev, seed=noise_seed,
+      vocabulary_threshold=plan.statistics.vocabulary_threshold(plan.delta))
 
 
 @dataclasses.dataclass(frozen=True)
