@@ -28,7 +28,7 @@ train-aml: data/transactions.csv
 	$(PY) scripts/train.py --config=configs/aml.py --config.data.path=data/transactions.csv --workdir=runs/aml
 
 test: $(PY)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2  # Two workers: the machines CI runs on have two cores.
 
 clean:
 	rm -rf runs

@@ -318,27 +318,37 @@ class IntegrityTest(tf.test.TestCase):
 
 class ScriptHygieneTest(tf.test.TestCase):
 
-  def _orphan_workers(self):
-    mine = {p.pid for p in psutil.Process().children(recursive=True)}
-    return [p for p in psutil.process_iter(['name'])
-            if p.info['name'] == 'worker_binary' and p.pid not in mine]
+  def _workers_marked(self, mark: str):
+    """Live TFF workers whose environment carries `mark`: started by the command we ran.
+
+    Precise under parallel tests, where other tests' workers come and go.
+    """
+    found = []
+    for p in psutil.process_iter(['name']):
+      try:
+        if p.info['name'] == 'worker_binary' and p.environ().get('TFFAML_TEST_MARK') == mark:
+          found.append(p)
+      except psutil.Error:
+        pass
+    return found
 
   def test_piped_train_returns_and_leaves_no_worker(self):
     root = self.create_tempdir().full_path
     data_dir, schema_file = helpers.write_federation(root)
-    before = {p.pid for p in self._orphan_workers()}
+    mark = f'{os.getpid()}-{root}'
     done = subprocess.run(
         f'{sys.executable} scripts/train.py --config=configs/csv.py'  # The defaults: record-level DP.
         f' --config.data.dir={data_dir} --config.data.schema_file={schema_file}'
         f' --config.federated.rounds=1 --workdir={root}/run 2>&1 | cat',
-        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'TFFAML_TEST_MARK': mark})
     # 0, or 3 when one round on 90 test rows leaves the model at chance (it says so).
     self.assertIn(done.returncode, (0, 3), done.stdout[-3000:])
     self.assertIn('privacy:', done.stdout)
     self.assertRegex(done.stdout, r'\((1|0\.99\d*), 1e-05\)-differential privacy for each record')
     if done.returncode == 3:
       self.assertIn('WARNING: the model is no better than chance', done.stdout)
-    self.assertEqual({p.pid for p in self._orphan_workers()} - before, set())
+    self.assertEqual(self._workers_marked(mark), [])
 
   def test_unknown_config_key_fails_before_work(self):
     done = subprocess.run(
