@@ -298,21 +298,47 @@ def generate(
   Returns:
     Counts and the time taken.
   """
+  target = _check(num_banks=num_banks, num_transactions=num_transactions,
+                  laundering_rate=laundering_rate, days=days)
+  num_accounts = max(20 * num_banks, int(accounts_per_transaction * num_transactions))
+  started = time.monotonic()
+  rng = np.random.default_rng(seed)
+  population = make_population(num_banks=num_banks, num_accounts=num_accounts, rng=rng)
+  laundering = _laundering(population, target=target, days=days, rng=rng)
+  if len(laundering) > num_transactions // 2:
+    raise errors.InputError(f'--num_transactions={num_transactions} is too few for the patterns.')
+  _write_days(output, population, laundering, normal=num_transactions - len(laundering), days=days,
+              rng=rng, log=log)
+  if patterns_output:
+    patterns = laundering.assign(timestamp=_timestamps(laundering['minute'].to_numpy()))
+    with io.atomic_path(patterns_output) as tmp:
+      patterns[['pattern', 'typology'] + list(amlworld.COLUMNS)].to_csv(
+          tmp, index=False, float_format='%.2f')
+  by_typology = laundering.groupby('typology')
+  return Report(
+      transactions=num_transactions, laundering=len(laundering),
+      patterns={t: int(n) for t, n in by_typology['pattern'].nunique().items()},
+      laundering_by_typology={t: int(n) for t, n in by_typology.size().items()},
+      banks=num_banks, accounts=num_accounts, seconds=time.monotonic() - started)
+
+
+def _check(*, num_banks: int, num_transactions: int, laundering_rate: float, days: int) -> int:
+  """Refuses impossible settings; returns the target count of laundering transactions."""
   if num_banks < 2:
     raise errors.InputError(f'--num_banks must be >= 2, got {num_banks}.')
   if not 0.0 < laundering_rate < 0.5:
     raise errors.InputError(f'--laundering_rate must be in (0, 0.5), got {laundering_rate}.')
   if days < 1:
     raise errors.InputError(f'--days must be >= 1, got {days}.')
-  num_accounts = max(20 * num_banks, int(accounts_per_transaction * num_transactions))
   target = max(1, int(round(laundering_rate * num_transactions)))
   if num_transactions < 2 * target or num_transactions < days:
     raise errors.InputError(f'--num_transactions={num_transactions} is too few for {days} days and'
                      f' a laundering rate of {laundering_rate}.')
-  started = time.monotonic()
-  rng = np.random.default_rng(seed)
-  population = make_population(num_banks=num_banks, num_accounts=num_accounts, rng=rng)
+  return target
 
+
+def _laundering(population, *, target: int, days: int, rng: np.random.Generator) -> pd.DataFrame:
+  """Whole patterns, typologies in turn, until `target` payments; those inside `days`, by time."""
   frames, count, pattern_id = [], 0, 0
   while count < target:
     typology = TYPOLOGIES[pattern_id % len(TYPOLOGIES)]
@@ -323,13 +349,15 @@ def generate(
     count += len(frame)
     pattern_id += 1
   laundering = pd.concat(frames, ignore_index=True)
-  laundering = laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
-  if len(laundering) > num_transactions // 2:
-    raise errors.InputError(f'--num_transactions={num_transactions} is too few for the patterns.')
+  return laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
 
+
+def _write_days(output: str, population, laundering: pd.DataFrame, *, normal: int, days: int,
+                rng: np.random.Generator, log) -> None:
+  """The file, a day at a time: `normal` ordinary payments (fewer at weekends) among the laundering."""
   weekdays = [(START + datetime.timedelta(days=d)).weekday() for d in range(days)]
   weights = np.array([0.6 if w >= 5 else 1.0 for w in weekdays])
-  per_day = rng.multinomial(num_transactions - len(laundering), weights / weights.sum())
+  per_day = rng.multinomial(normal, weights / weights.sum())
   laundering_day = laundering['minute'].to_numpy() // (24 * 60)
   columns = [c for c in amlworld.COLUMNS]
   with io.atomic_path(output) as tmp, open(tmp, 'w', newline='') as f:
@@ -342,13 +370,3 @@ def generate(
       rows.insert(0, 'timestamp', _timestamps(rows.pop('minute').to_numpy()))
       rows[columns].to_csv(f, header=False, index=False, float_format='%.2f')
       log(f'day {day + 1}/{days}: {len(rows):,} transactions')
-  if patterns_output:
-    patterns = laundering.assign(timestamp=_timestamps(laundering['minute'].to_numpy()))
-    with io.atomic_path(patterns_output) as tmp:
-      patterns[['pattern', 'typology'] + columns].to_csv(tmp, index=False, float_format='%.2f')
-  by_typology = laundering.groupby('typology')
-  return Report(
-      transactions=num_transactions, laundering=len(laundering),
-      patterns={t: int(n) for t, n in by_typology['pattern'].nunique().items()},
-      laundering_by_typology={t: int(n) for t, n in by_typology.size().items()},
-      banks=num_banks, accounts=num_accounts, seconds=time.monotonic() - started)
