@@ -115,9 +115,8 @@ def _keras_references(keras_model_fn, pooled: tf.data.Dataset, repeats: int) -> 
   return {'fit': fit, 'loop': loop}
 
 
-def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0) -> dict:
-  """One setting's record (see the module docstring). Call inside a TFF runtime."""
-  data = synthetic_federation(institutions=institutions, examples=examples, seed=seed)
+def _processes(data, *, institutions: int, seed: int):
+  """(keras_model_fn, DP-FedAvg process, eval process, datasets(round)) of the benchmark."""
   space = features.compute_feature_space(data, min_category_count=1)
   keras_model_fn = lambda: tabular.build_model(
       model_type=tabular.ModelType.MLP, feature_space=space, hidden_units=(64, 32), seed=seed)
@@ -137,7 +136,14 @@ def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0
       aggregator=aggregators.configure_aggregator(
           aggregator_type=aggregators.AggregatorType.GAUSSIAN_FIXED, weighted=False,
           clients_per_round=institutions, noise_multiplier=1.0, clip=1.0, noise_seed=seed))
-  eval_process = processes.build_eval_process(model_fn)
+  return keras_model_fn, process, processes.build_eval_process(model_fn), datasets
+
+
+def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0) -> dict:
+  """One setting's record (see the module docstring). Call inside a TFF runtime."""
+  data = synthetic_federation(institutions=institutions, examples=examples, seed=seed)
+  keras_model_fn, process, eval_process, datasets = _processes(data, institutions=institutions,
+                                                               seed=seed)
   test_sets = [client_data.to_dataset(i.test, SCHEMA, batch_size=1024) for i in data.institutions]
   pooled = client_data.to_dataset(data.pooled('train'), SCHEMA, batch_size=BATCH_SIZE, shuffle_seed=0)
 
