@@ -52,6 +52,8 @@ class ParseChoicesTest(tf.test.TestCase, parameterized.TestCase):
       ('record_dp_mode', dict(record_dp__mode='central'),
        "config.record_dp.mode='central' is not one of"),
       ('sampling_rate', dict(record_dp__sampling_rate=1.5), r'config.record_dp.sampling_rate must be in \(0, 1\]'),
+      ('bad_statistics_noise', dict(record_dp__enabled=True, features__noise_multiplier=0.0),
+       r'config.features.noise_multiplier must be > 0, got 0.0 \(None: exact statistics'),
       ('bad_accountant', dict(privacy__accountant='moments'),
        "config.privacy.accountant='moments' is not one of \\['rdp', 'pld'\\]"),
   )

@@ -161,6 +161,10 @@ def _check_record_dp(config, choices: Choices) -> None:
           ' calibrate: config.record_dp.enabled=True or a DP config.aggregator.type.')
   if not r.enabled:
     return
+  z = config.features.noise_multiplier
+  if z is not None and not z > 0:
+    raise errors.ConfigError(f'config.features.noise_multiplier must be > 0, got {z}'
+                             ' (None: exact statistics, outside the guarantee).')
   if p.target_epsilon is None and not r.noise_multiplier > 0:
     raise errors.ConfigError(
         f'config.record_dp.noise_multiplier must be > 0, got {r.noise_multiplier}'
@@ -247,9 +251,6 @@ def _statistics_mechanism(config, columns: tuple[int, int], *,
   z = config.features.noise_multiplier
   if not config.record_dp.enabled or z is None:
     return None
-  if not z > 0:
-    raise errors.ConfigError(f'config.features.noise_multiplier must be > 0, got {z}'
-                             ' (None: exact statistics, outside the guarantee).')
   return accounting.FeatureStatisticsDp(noise_multiplier=z, numeric=columns[0],
                                         categorical=columns[1], institutions=institutions)
 
