@@ -89,6 +89,17 @@ def quantity_skew(
   return {n: np.sort(p) for n, p in zip(_names(num_institutions), parts)}
 
 
+def _merge_in_order(members: list[str], big_enough) -> tuple[list[list[str]], list[str]]:
+  """Consecutive runs of `members` that are each just `big_enough`, and the remainder."""
+  formed, current = [], []
+  for value in members:
+    current.append(value)
+    if big_enough(current):
+      formed.append(current)
+      current = []
+  return formed, current
+
+
 def by_column(
     values: Sequence[str],
     labels: np.ndarray,
@@ -139,12 +150,7 @@ def by_column(
     return min(names, key=lambda n: (len(rows_for(institutions[n])), n))
 
   for group, members in sorted(small_by_group.items()):
-    formed, current = [], []
-    for value in members:
-      current.append(value)
-      if big_enough(rows_for(current)):
-        formed.append(current)
-        current = []
+    formed, current = _merge_in_order(members, lambda merged: big_enough(rows_for(merged)))
     for merged in formed:
       institutions[f'{group} ({"+".join(sorted(merged))})'] = merged
     if current:
@@ -155,10 +161,12 @@ def by_column(
         institutions[target] = institutions[target] + current
       else:  # Nothing anywhere is big enough: keep what there is.
         institutions[f'{group} ({"+".join(sorted(current))})'] = current
-  # Rename merged institutions after their final members.
-  result = {}
-  for name, members in institutions.items():
-    if len(members) > 1:
-      name = f'{name.split(" (")[0]} ({"+".join(sorted(members))})'
-    result[name] = np.sort(rows_for(members))
-  return result
+  return {_final_name(name, members): np.sort(rows_for(members))
+          for name, members in institutions.items()}
+
+
+def _final_name(name: str, members: list[str]) -> str:
+  """A merged institution is named after its final members: 'GROUP (A+B+...)'."""
+  if len(members) > 1:
+    return f'{name.split(" (")[0]} ({"+".join(sorted(members))})'
+  return name
