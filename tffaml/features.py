@@ -126,11 +126,12 @@ def _candidate_values(
   return set(counts[counts >= min_count].index)
 
 
-def local_histograms(frame: pd.DataFrame, schema: schema_lib.Schema) -> np.ndarray:
-  """Counts of one institution's numeric values in `HISTOGRAM_EDGES`' bins: [columns, bins]."""
-  bins = len(HISTOGRAM_EDGES) + 1
+def local_histograms(frame: pd.DataFrame, schema: schema_lib.Schema,
+                     edges: np.ndarray = HISTOGRAM_EDGES) -> np.ndarray:
+  """Counts of one institution's numeric values in the bins `edges` delimit: [columns, bins]."""
+  bins = len(edges) + 1
   return np.stack([
-      np.bincount(np.searchsorted(HISTOGRAM_EDGES, frame[c].to_numpy(np.float64), side='right'),
+      np.bincount(np.searchsorted(edges, frame[c].to_numpy(np.float64), side='right'),
                   minlength=bins).astype(np.float64)
       for c in schema.numeric]) if schema.numeric else np.zeros((0, bins))
 
@@ -165,17 +166,20 @@ def local_statistics(
   numeric = frame[list(schema.numeric)].to_numpy(np.float64)
   if lower is not None:
     numeric = np.clip(numeric, lower, upper)
-  counts = [
-      frame[c].value_counts().reindex(candidates[c], fill_value=0).to_numpy()
-      for c in schema.categorical
-  ]
   return collections.OrderedDict(
       count=np.full(len(schema.numeric), len(frame), np.float64),
       sum=numeric.sum(axis=0),
       sum_of_squares=np.square(numeric).sum(axis=0),
-      category_counts=np.concatenate(counts).astype(np.float64)
-      if counts else np.zeros(0, np.float64),
+      category_counts=category_counts(frame, schema, candidates),
   )
+
+
+def category_counts(frame: pd.DataFrame, schema: schema_lib.Schema,
+                    candidates: dict[str, list[str]]) -> np.ndarray:
+  """How often each candidate value occurs, column after column."""
+  counts = [frame[c].value_counts().reindex(candidates[c], fill_value=0).to_numpy()
+            for c in schema.categorical]
+  return np.concatenate(counts).astype(np.float64) if counts else np.zeros(0, np.float64)
 
 
 def build_federated_sum(
@@ -271,12 +275,6 @@ def _noisy_total(client_values: list, noise: StatisticsNoise, release: int) -> c
   return _federated_total(noised)
 
 
-def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-  """Counts of `values` in the len(edges) + 1 bins `edges` delimit."""
-  return np.bincount(np.searchsorted(edges, values, side='right'),
-                     minlength=len(edges) + 1).astype(np.float64)
-
-
 def dp_range(counts: np.ndarray, threshold: float) -> tuple[float, float, float]:
   """(lower, upper, scale) of one column from the range bins that clear `threshold`.
 
@@ -328,8 +326,8 @@ def _dp_ranges(frames, schema, noise: StatisticsNoise) -> list[tuple[float, floa
   """Release 1: noisy half-decade histograms of every numeric column -> (lower, upper, scale)s."""
   if not schema.numeric:
     return []
-  histograms = [collections.OrderedDict(counts=np.stack(
-      [_bins(f[c].to_numpy(np.float64), RANGE_EDGES) for c in schema.numeric])) for f in frames]
+  histograms = [collections.OrderedDict(counts=local_histograms(f, schema, RANGE_EDGES))
+                for f in frames]
   total = _noisy_total(histograms, noise, release=1)['counts']
   tail = SPURIOUS_BIN / total.size
   threshold = noise.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
@@ -354,7 +352,7 @@ def _dp_feature_space(data, *, min_category_count: int, noise: StatisticsNoise) 
         for c, (edges, _), lo, hi in zip(schema.numeric, fine, lower, upper)]
     client_values.append(collections.OrderedDict(
         fine=np.stack(fine_counts) if fine_counts else np.zeros((0, FINE_BINS)),
-        category_counts=local_statistics(f, schema, candidates)['category_counts']))
+        category_counts=category_counts(f, schema, candidates)))
   total = _noisy_total(client_values, noise, release=2)
   stats = [moments(counts, mid, lo, hi)
            for counts, (_, mid), lo, hi in zip(total['fine'], fine, lower, upper)]
