@@ -35,17 +35,21 @@ from ml_collections import config_dict
 def _data(config: ml_collections.ConfigDict) -> None:
   """Where the rows come from and how they are split into institutions."""
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'lending_club'  # lending_club | csv_dir
+  config.data.source = 'lending_club'  # lending_club | csv_dir | amlworld
   config.data.dir = ''  # csv_dir: <dir>/<institution>/{train,test}.csv
   config.data.schema_file = ''  # csv_dir: schema.json (see README)
+  config.data.path = ''  # amlworld: the transactions CSV (configs/aml.py).
+  config.data.max_banks = 0  # amlworld: only the largest this many banks; 0: all that qualify.
   config.data.max_rows = 0  # Subsample the pooled table first; 0 keeps all.
   config.data.partition = 'column'  # column | iid | dirichlet | quantity
   config.data.column = ''  # column: default addr_state (US state)
-  config.data.min_rows = 500  # column: merge smaller groups...
-  config.data.min_positives = 25  # ...or groups with fewer positives.
+  # column: merge smaller groups, or groups with fewer positives (amlworld:
+  # a bank joins with this many training transactions, this many laundering).
+  config.data.min_rows = 500
+  config.data.min_positives = 25
   config.data.num_institutions = 10  # iid | dirichlet | quantity
   config.data.alpha = 0.5  # dirichlet | quantity: Dir(alpha) concentration
-  config.data.test_fraction = 0.25  # Held out per institution.
+  config.data.test_fraction = 0.25  # Held out per institution (amlworld: the last part of the time span).
   config.data.stream = False  # amlworld only: rows streamed from per-bank files (configs/aml.py).
 
 
@@ -124,7 +128,7 @@ def _privacy(config: ml_collections.ConfigDict) -> None:
   # local: DP-SGD inside each institution with its own full noise.
   config.record_dp.mode = 'distributed'
   # distributed: q, each unit's chance to be in a round's sample; None: the
-  # rule min(0.2, 20000 / units in the federation).
+  # rule min(0.2, 20000 / training rows in the federation).
   config.record_dp.sampling_rate = config_dict.placeholder(float)
   config.record_dp.noise_multiplier = 1.0
   config.record_dp.clip = 1.0  # Per-unit gradient L2 norm.

@@ -28,6 +28,21 @@ class ErrorsTest(tf.test.TestCase):
     with self.assertRaisesRegex(errors.ConfigError, r"config.x.y='blue' is not one of \['red'\]"):
       errors.parse_enum(enum.Enum('Colour', {'RED': 'red'}), 'blue', 'x.y')
 
+  def test_named_as_renames_the_blamed_arguments_only(self):
+    error = errors.InputError('f.csv: lower {min_rows} (got {min_rows}) or {alpha}.',
+                              blames=('min_rows', 'alpha'))
+    self.assertEqual(str(error), 'f.csv: lower min_rows (got min_rows) or alpha.')
+    with self.assertRaises(errors.InputError) as raised:
+      with errors.named_as({'min_rows': 'config.data.min_rows'}):
+        raise error
+    self.assertEqual(str(raised.exception), 'f.csv: lower config.data.min_rows (got config.data.min_rows) or alpha.')
+    self.assertIsNone(raised.exception.__cause__)
+    # An error that blames none of the named arguments passes through unchanged.
+    with self.assertRaises(errors.InputError) as raised:
+      with errors.named_as({'path': 'config.data.path'}):
+        raise error
+    self.assertIs(raised.exception, error)
+
 
 if __name__ == '__main__':
   tf.test.main()

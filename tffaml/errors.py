@@ -6,8 +6,10 @@ says where (file, line and column, or `config.x.y`) and what to do.
 Everything else is our bug and keeps its traceback.
 """
 
+import contextlib
+import copy
 import enum
-from typing import TypeVar
+from typing import Iterator, Mapping, Sequence, TypeVar
 
 E = TypeVar('E', bound=enum.Enum)
 
@@ -17,7 +19,29 @@ class Refusal(Exception):
 
 
 class InputError(Refusal, ValueError):
-  """Input (a file, a flag, a config value) that cannot be used."""
+  """Input (a file, a flag, a config value) that cannot be used.
+
+  The library names only its own arguments: one it blames is written
+  `{name}` in the message and listed in `blames`, and reads as the bare
+  name until the config layer, which alone knows where the value came from,
+  renames it (`named_as`) to `config.x.y`.
+  """
+
+  def __init__(self, message: str = '', *, blames: Sequence[str] = ()):
+    self.template, self.blames = message, tuple(blames)
+    super().__init__(self._message({}))
+
+  def _message(self, names: Mapping[str, str]) -> str:
+    message = self.template
+    for argument in self.blames:
+      message = message.replace('{' + argument + '}', names.get(argument, argument))
+    return message
+
+  def renamed(self, names: Mapping[str, str]) -> 'InputError':
+    """This error with its blamed arguments called `names[argument]`."""
+    error = copy.copy(self)
+    error.args = (self._message(names),)
+    return error
 
 
 class ConfigError(InputError):
@@ -26,6 +50,17 @@ class ConfigError(InputError):
 
 class RunFailed(Refusal, RuntimeError):
   """A run that could not produce a usable model (e.g. a non-finite loss)."""
+
+
+@contextlib.contextmanager
+def named_as(names: Mapping[str, str]) -> Iterator[None]:
+  """Re-raises InputErrors from the block with their blamed arguments renamed."""
+  try:
+    yield
+  except InputError as error:
+    if not set(error.blames) & set(names):
+      raise
+    raise error.renamed(names) from None
 
 
 def parse_enum(enum_cls: type[E], value: str, key: str) -> E:

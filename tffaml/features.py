@@ -229,8 +229,7 @@ def compute_feature_space(
     if not values:
       raise schema_lib.DataError(
           f'column {column!r}: no value is seen {min_category_count} times at'
-          ' any institution; lower config.features.min_category_count.'
-      )
+          ' any institution; lower {min_category_count}.', blames=('min_category_count',))
   return _space(schema, mean.tolist(), variance.tolist(), vocabulary, lower, upper)
 
 

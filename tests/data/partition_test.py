@@ -49,14 +49,33 @@ class PartitionTest(tf.test.TestCase, parameterized.TestCase):
 class LoadingDispatchTest(tf.test.TestCase):
 
   def test_every_partition_method_gives_a_federation(self):
-    from configs import loan_risk  # pylint: disable=g-import-not-at-top
     from tffaml.data import loading  # pylint: disable=g-import-not-at-top
     for method in partition.Method:
-      config = loan_risk.get_config('smoke').data
-      config.partition, config.num_institutions, config.max_rows = method.value, 4, 3000
-      data = loading.load(config, seed=0)
+      spec = loading.DataSpec(
+          source=loading.Source.LENDING_CLUB, max_rows=3000,
+          partitioning=loading.Partitioning(method=method, num_institutions=4, min_rows=400,
+                                            min_positives=10))
+      data = loading.load(spec, seed=0)
       self.assertGreaterEqual(len(data.institutions), 2, method)
       self.assertEqual(sum(s['train_rows'] + s['test_rows'] for s in data.summary()), 3000, method)
+
+  def test_every_source_loads_or_is_refused_by_its_config_key(self):
+    from configs import loan_risk  # pylint: disable=g-import-not-at-top
+    from tffaml import errors  # pylint: disable=g-import-not-at-top
+    from tffaml.data import loading  # pylint: disable=g-import-not-at-top
+    from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
+    refusals = {
+        loading.Source.LENDING_CLUB: ('column', 'nope', "config.data.column='nope' is not a column"),
+        loading.Source.CSV_DIR: ('dir', '', 'needs config.data.dir and config.data.schema_file'),
+        loading.Source.AMLWORLD: ('path', '', 'config.data.path must name an AMLworld'),
+    }
+    self.assertCountEqual(refusals, list(loading.Source))
+    for source, (key, value, message) in refusals.items():
+      config = loan_risk.get_config('smoke')
+      config.data.source, config.data.max_rows = source.value, 3000
+      config.data[key] = value
+      with self.assertRaisesRegex(errors.InputError, message):
+        experiment.load_data(config, log=lambda _: None)
 
 if __name__ == '__main__':
   tf.test.main()

@@ -1,7 +1,6 @@
 import math
 import os
 
-import ml_collections
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -63,10 +62,9 @@ class LoadTest(tf.test.TestCase):
                                    laundering_rate=0.01, days=12)
 
   def config(self, **overrides):
-    config = ml_collections.ConfigDict(dict(
-        path=self.path, test_fraction=0.25, min_rows=300, min_positives=2, max_banks=0))
-    config.update(overrides)
-    return config
+    settings = dict(path=self.path, test_fraction=0.25, min_rows=300, min_positives=2, max_banks=0)
+    settings.update(overrides)
+    return transactions.Selection(**settings)
 
   def test_banks_with_temporal_splits(self):
     data = transactions.load(self.config(), log=lambda _: None)
@@ -112,7 +110,7 @@ class LoadTest(tf.test.TestCase):
     self.assertLen(transactions.load(self.config(max_banks=2), log=lambda _: None).institutions, 2)
     with self.assertRaisesRegex(schema_lib.DataError, 'no bank has 10000000 training transactions'):
       transactions.load(self.config(min_rows=10_000_000), log=lambda _: None)
-    with self.assertRaisesRegex(ValueError, 'config.data.path must name'):
+    with self.assertRaisesRegex(ValueError, 'path must name'):
       transactions.load(self.config(path=''), log=lambda _: None)
 
 

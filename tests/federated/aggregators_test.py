@@ -27,6 +27,25 @@ class TypeSignatureTest(tf.test.TestCase):
           aggregator_type=aggregators.AggregatorType.GAUSSIAN_FIXED, weighted=True,
           clients_per_round=3, noise_multiplier=1.0)
 
+  def test_every_aggregator_is_built_or_refused_for_each_weighting(self):
+    for aggregator_type in aggregators.AggregatorType:
+      for weighted in (False, True):
+        build = lambda: aggregators.configure_aggregator(
+            aggregator_type=aggregator_type, weighted=weighted, clients_per_round=3,
+            noise_multiplier=1.0)
+        if weighted and not aggregator_type.weighs_institutions:
+          with self.assertRaisesRegex(ValueError, 'weighted=False'):
+            build()
+          continue
+        factory = build()
+        expected = (tff.aggregators.WeightedAggregationFactory if weighted
+                    else tff.aggregators.UnweightedAggregationFactory)
+        self.assertIsInstance(factory, expected, (aggregator_type, weighted))
+    # Only the noiseless mean-like aggregators have a weighted form.
+    self.assertCountEqual(
+        [t.value for t in aggregators.AggregatorType if t.weighs_institutions],
+        ['mean', 'robust', 'secure', 'clipping'])
+
   def test_bad_clip_is_named(self):
     with self.assertRaisesRegex(ValueError, 'clip must be > 0, got -1'):
       _fixed(clip=-1.0)

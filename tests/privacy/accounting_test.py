@@ -244,6 +244,13 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
                   without.statement(rounds=30, participation=[30] * 4).text())
     # Before any round the statistics alone have been released.
     self.assertGreater(plan.statement(rounds=0, participation=[0] * 4).epsilon, 0.0)
+    # An exact alert threshold in the metadata: the package is no longer wholly covered.
+    with_threshold = dataclasses.replace(plan, exact_alert_threshold=True)
+    text = with_threshold.statement(rounds=30, participation=[30] * 4).text()
+    self.assertNotIn('whole exported package', text)
+    self.assertIn('Not covered: the alert threshold', text)
+    self.assertEqual(with_threshold.statement(rounds=30, participation=[30] * 4).epsilon,
+                     statement.epsilon)
 
   def test_calibration_counts_the_statistics(self):
     record = accounting.DistributedRecordDp(noise_multiplier=1.0, clip=1.0, sampling_rate=0.25,

@@ -38,6 +38,8 @@ class ParseChoicesTest(tf.test.TestCase, parameterized.TestCase):
       ('record_dp_weighted', dict(record_dp__enabled=True, aggregator__type='mean',
                                   federated__weighting='examples'),
        "needs config.federated.weighting='uniform'"),
+      ('median_weighted', dict(aggregator__type='median', federated__weighting='examples'),
+       "config.aggregator.type='median' weighs every institution alike; set config.federated.weighting='uniform'"),
       ('record_dp_clip', dict(record_dp__enabled=True, record_dp__clip=0.0),
        'config.record_dp.clip must be > 0, got 0.0'),
       ('target_without_mechanism', dict(aggregator__type='mean', aggregator__noise_multiplier=0.0,
@@ -110,7 +112,23 @@ class DefaultsTest(tf.test.TestCase):
     self.assertEqual(config.privacy.target_epsilon, 1.0)
     self.assertLessEqual(config.privacy.delta, 1e-5)
 
-  def test_sampling_rate_rule_depends_on_size_only(self):
+  def test_every_aml_preset_parses_and_account_dp_protects_accounts(self):
+    from configs import aml  # pylint: disable=g-import-not-at-top
+    for preset in ('', 'smoke', 'no_dp', 'account_dp', 'compare', 'stream'):
+      config = aml.get_config(preset)
+      config.data.path = 'transactions.csv'
+      experiment.parse_choices(config)
+      self.assertEqual(experiment.data_spec(config).selection.path, 'transactions.csv')
+      self.assertEqual(config.record_dp.enabled, preset == 'account_dp', preset)
+    with self.assertRaisesRegex(ValueError, "unknown preset 'nope'"):
+      aml.get_config('nope')
+    config = aml.get_config('account_dp')
+    config.data.path = 'transactions.csv'
+    self.assertIs(experiment.parse_choices(config).record_dp_mode,
+                  experiment.accounting.RecordDpMode.DISTRIBUTED)
+    self.assertEqual(config.privacy.target_epsilon, 1.0)
+
+  def test_sampling_rate_rule_depends_on_rows_only(self):
     self.assertEqual(experiment.sampling_rate_rule(7392), 0.2)
     self.assertEqual(experiment.sampling_rate_rule(100_000), 0.2)
     self.assertAlmostEqual(experiment.sampling_rate_rule(1_000_000), 0.02)
@@ -127,6 +145,19 @@ class DefaultsTest(tf.test.TestCase):
     statement = plan.statement(rounds=5, participation=[5] * len(data.institutions))
     self.assertAlmostEqual(statement.epsilon, 1.0, delta=0.01)
     self.assertIn(f'{units} units', statement.text())
+
+  def test_units_of_many_rows_are_sampled_by_the_rows_they_hold(self):
+    # 3,000 accounts with 300,000 transactions: q caps the round's rows, not its accounts.
+    config = loan_risk.get_config()
+    config.features.noise_multiplier = None
+    plan = experiment.privacy_plan(
+        config, experiment.parse_choices(config), institution_units=[1000, 2000], cohort=2,
+        unit_column='account', rows=300_000)
+    self.assertAlmostEqual(plan.record.sampling_rate, 20_000 / 300_000)
+    self.assertEqual(plan.record.units, (1000, 2000))
+    unit_rows = experiment.privacy_plan(
+        config, experiment.parse_choices(config), institution_units=[1000, 2000], cohort=2)
+    self.assertEqual(unit_rows.record.sampling_rate, 0.2)
 
   def test_delta_must_be_below_one_over_the_smallest_institution(self):
     from tests import helpers  # pylint: disable=g-import-not-at-top

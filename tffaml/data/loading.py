@@ -1,9 +1,13 @@
-"""Builds a federation from the `data` section of a config."""
+"""Builds a federation from a typed description of its data (`DataSpec`).
 
+The config layer (`training.experiment.data_spec`) turns a config's `data`
+section into a `DataSpec`; nothing here reads configs.
+"""
+
+import dataclasses
 import enum
 from typing import Optional
 
-import ml_collections
 import numpy as np
 
 from tffaml import errors
@@ -22,65 +26,93 @@ class Source(enum.Enum):
   AMLWORLD = 'amlworld'  # Transactions; each bank its own (see `transactions`).
 
 
-def interface(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> interface_lib.Interface:
-  """What the export of a model trained on `config`'s data takes and returns."""
-  if errors.parse_enum(Source, config.source, 'data.source') is Source.AMLWORLD:
+@dataclasses.dataclass(frozen=True)
+class Partitioning:
+  """How a pooled table is split into institutions (see `partition`)."""
+
+  method: partition.Method = partition.Method.COLUMN
+  column: str = ''  # column: '' splits LendingClub by US state.
+  min_rows: int = 500  # column: smaller groups are merged...
+  min_positives: int = 25  # ...as are groups with fewer positives.
+  num_institutions: int = 10  # iid | dirichlet | quantity
+  alpha: float = 0.5  # dirichlet | quantity: Dir(alpha) concentration
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Where a federation's rows come from; each source reads its own fields."""
+
+  source: Source
+  test_fraction: float = 0.25  # lending_club: held out per institution.
+  max_rows: int = 0  # lending_club: subsample the pooled table first; 0 keeps all.
+  partitioning: Partitioning = Partitioning()  # lending_club
+  directory: str = ''  # csv_dir: <directory>/<institution>/{train,test}.csv
+  schema_file: str = ''  # csv_dir
+  selection: Optional[transactions.Selection] = None  # amlworld
+  stream: bool = False  # amlworld: institutions' rows stored, then streamed in training.
+
+  def __post_init__(self):
+    if self.stream and self.source is not Source.AMLWORLD:
+      raise errors.InputError(f'{{stream}} is for the amlworld source, not {self.source.value!r}.',
+                              blames=('stream',))
+    if self.source is Source.CSV_DIR and not (self.directory and self.schema_file):
+      raise errors.InputError('the csv_dir source needs {directory} and {schema_file}.',
+                              blames=('directory', 'schema_file'))
+    if self.source is Source.AMLWORLD and self.selection is None:
+      raise errors.InputError('the amlworld source needs a {selection} of banks.', blames=('selection',))
+
+
+def interface(spec: DataSpec, schema: schema_lib.Schema) -> interface_lib.Interface:
+  """What the export of a model trained on `spec`'s data takes and returns."""
+  if spec.source is Source.AMLWORLD:
     return transactions.interface()
   return interface_lib.table_interface(schema)
 
 
-def load(config: ml_collections.ConfigDict, *, seed: int, shard_dir: Optional[str] = None,
+def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
          log=print) -> federated_data.FederatedData:
-  """Loads, validates and partitions the data named by `config` (`data.*`).
+  """Loads, validates and partitions the data `spec` describes.
 
-  With `config.stream`, institutions' rows are stored under `shard_dir` and
-  streamed from there in training (`shards`); the AMLworld source only.
+  With `spec.stream`, institutions' rows are stored under `shard_dir` and
+  streamed from there in training (`shards`).
   """
-  source = errors.parse_enum(Source, config.source, 'data.source')
-  if config.stream:
-    if source is not Source.AMLWORLD:
-      raise errors.ConfigError(f'config.data.stream is for config.data.source=amlworld, not {source.value!r}.')
-    if not shard_dir:
-      raise errors.ConfigError('config.data.stream needs a directory for the stored rows (a training run).')
-  if source is Source.AMLWORLD:
-    return transactions.load(config, shard_dir=shard_dir if config.stream else None, log=log)
-  if source is Source.CSV_DIR:
-    if not config.dir or not config.schema_file:
-      raise errors.ConfigError(
-          'config.data.source=csv_dir needs --config.data.dir and'
-          ' --config.data.schema_file.'
-      )
-    return csv_dir.load(config.dir, schema_lib.Schema.from_json(config.schema_file))
+  if spec.stream and not shard_dir:
+    raise errors.InputError('{stream} needs a directory for the stored rows (a training run).',
+                            blames=('stream',))
+  if spec.source is Source.AMLWORLD:
+    return transactions.load(spec.selection, shard_dir=shard_dir if spec.stream else None, log=log)
+  if spec.source is Source.CSV_DIR:
+    return csv_dir.load(spec.directory, schema_lib.Schema.from_json(spec.schema_file))
+  if spec.source is Source.LENDING_CLUB:
+    return _lending_club(spec, seed=seed)
+  raise ValueError(f'no loader for {spec.source!r}.')
 
+
+def _lending_club(spec: DataSpec, *, seed: int) -> federated_data.FederatedData:
   raw = lending_club.load_raw()
-  schema = lending_club.SCHEMA
   rng = np.random.default_rng(seed)
-  if config.max_rows and config.max_rows < len(raw):
-    raw = raw.iloc[np.sort(rng.choice(len(raw), config.max_rows, replace=False))]
+  if spec.max_rows and spec.max_rows < len(raw):
+    raw = raw.iloc[np.sort(rng.choice(len(raw), spec.max_rows, replace=False))]
     raw = raw.reset_index(drop=True)
-  table = schema_lib.validate_frame(raw, schema, source='lending_club', header_lines=0)
-  labels = table[schema_lib.LABEL_COLUMN].to_numpy()
-
-  method = errors.parse_enum(partition.Method, config.partition, 'data.partition')
-  if method is partition.Method.COLUMN:
-    column = config.column or lending_club.STATE_COLUMN
-    if column not in raw.columns:
-      raise errors.ConfigError(f'config.data.column={column!r} is not a column of the table.')
-    assignment = partition.by_column(
-        raw[column].to_numpy(), labels,
-        min_rows=config.min_rows, min_positives=config.min_positives,
-        group_of=lending_club.CENSUS_REGION if column == lending_club.STATE_COLUMN else None,
-    )
-  elif method is partition.Method.IID:
-    assignment = partition.iid(len(table), config.num_institutions, rng)
-  elif method is partition.Method.DIRICHLET:
-    assignment = partition.dirichlet_label_skew(
-        labels, config.num_institutions, config.alpha, rng)
-  elif method is partition.Method.QUANTITY:
-    assignment = partition.quantity_skew(
-        len(table), config.num_institutions, config.alpha, rng)
-  else:
-    raise ValueError(f'no partition for {method!r}.')
+  table = schema_lib.validate_frame(raw, lending_club.SCHEMA, source='lending_club', header_lines=0)
+  assignment = _assignment(spec.partitioning, raw, table[schema_lib.LABEL_COLUMN].to_numpy(), rng)
   return federated_data.from_pooled_table(
-      table, schema, assignment, test_fraction=config.test_fraction, seed=seed
-  )
+      table, lending_club.SCHEMA, assignment, test_fraction=spec.test_fraction, seed=seed)
+
+
+def _assignment(p: Partitioning, raw, labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Row indices of each institution of the pooled LendingClub table."""
+  if p.method is partition.Method.COLUMN:
+    column = p.column or lending_club.STATE_COLUMN
+    if column not in raw.columns:
+      raise errors.InputError(f'{{column}}={column!r} is not a column of the table.', blames=('column',))
+    return partition.by_column(
+        raw[column].to_numpy(), labels, min_rows=p.min_rows, min_positives=p.min_positives,
+        group_of=lending_club.CENSUS_REGION if column == lending_club.STATE_COLUMN else None)
+  if p.method is partition.Method.IID:
+    return partition.iid(len(labels), p.num_institutions, rng)
+  if p.method is partition.Method.DIRICHLET:
+    return partition.dirichlet_label_skew(labels, p.num_institutions, p.alpha, rng)
+  if p.method is partition.Method.QUANTITY:
+    return partition.quantity_skew(len(labels), p.num_institutions, p.alpha, rng)
+  raise ValueError(f'no partition for {p.method!r}.')

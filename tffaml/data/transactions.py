@@ -15,11 +15,11 @@ applies it to whole columns; the export runs the same ops inside the
 SavedModel, so a bank scores raw transactions plus their aggregates.
 """
 
+import dataclasses
 import math
 import os
 from typing import Optional
 
-import ml_collections
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -115,49 +115,64 @@ def model_frame(view: amlworld.BankView) -> pd.DataFrame:
   return frame
 
 
-def _shard_key(config: ml_collections.ConfigDict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """Which banks of an AMLworld file join the federation, and how their rows split."""
+
+  path: str  # The AMLworld transactions CSV.
+  test_fraction: float = 0.25  # The last fraction of the time span is each bank's test rows.
+  min_rows: int = 1000  # A bank joins with this many training transactions...
+  min_positives: int = 5  # ...of which this many laundering.
+  max_banks: int = 0  # Only the largest this many banks; 0: every bank that qualifies.
+
+  def __post_init__(self):
+    if not self.path:
+      raise errors.InputError('{path} must name an AMLworld transactions CSV.', blames=('path',))
+    if not 0.0 < self.test_fraction < 1.0:
+      raise errors.InputError(f'{{test_fraction}} must be in (0, 1), got {self.test_fraction}.',
+                              blames=('test_fraction',))
+
+
+def _shard_key(selection: Selection) -> dict:
   """What stored banks were made from: the file as it was, and the split settings."""
-  info = os.stat(config.path)
-  return {'layout': 2, 'path': os.path.abspath(config.path), 'bytes': info.st_size, 'mtime_ns': info.st_mtime_ns,
-          **{k: config[k] for k in ('test_fraction', 'min_rows', 'min_positives', 'max_banks')}}
+  info = os.stat(selection.path)
+  return {'layout': 2, 'path': os.path.abspath(selection.path), 'bytes': info.st_size,
+          'mtime_ns': info.st_mtime_ns,
+          **{k: getattr(selection, k) for k in ('test_fraction', 'min_rows', 'min_positives', 'max_banks')}}
 
 
-def load(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
+def load(selection: Selection, *, shard_dir: Optional[str] = None,
          log=print) -> federated_data.FederatedData:
-  """The federation of the banks in `config.path` (see the module docstring).
+  """The federation of the banks `selection` picks (see the module docstring).
 
   With `shard_dir`, each bank's rows are written there as soon as they are
   made (`shards.store`) and only one bank's are in memory at a time; the
   banks then stream their files in training. A later call with the same
   file and settings reuses them.
   """
-  if not config.path:
-    raise errors.ConfigError('config.data.path must name an AMLworld transactions CSV.')
-  if not 0.0 < config.test_fraction < 1.0:
-    raise errors.ConfigError(f'config.data.test_fraction must be in (0, 1), got {config.test_fraction}.')
-  if not os.path.isfile(config.path):
-    raise schema_lib.DataError(f'{config.path}: file not found.')
+  if not os.path.isfile(selection.path):
+    raise schema_lib.DataError(f'{selection.path}: file not found.')
   if shard_dir:
-    stored = shards.read_manifest(shard_dir, _shard_key(config))
+    stored = shards.read_manifest(shard_dir, _shard_key(selection))
     if stored:
-      log(f'{config.path}: reusing the {len(stored)} banks stored in {shard_dir}')
+      log(f'{selection.path}: reusing the {len(stored)} banks stored in {shard_dir}')
       return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(stored))
-  transactions = amlworld.read(config.path)
+  transactions = amlworld.read(selection.path)
   first, last = transactions['minute'].min(), transactions['minute'].max()
-  cutoff = first + (1.0 - config.test_fraction) * (last - first)
+  cutoff = first + (1.0 - selection.test_fraction) * (last - first)
   banks = amlworld.banks(transactions[transactions['minute'] < cutoff])
-  joins = (banks['transactions'] >= config.min_rows) & (banks['laundering'] >= config.min_positives)
+  joins = (banks['transactions'] >= selection.min_rows) & (banks['laundering'] >= selection.min_positives)
   members = banks[joins].sort_values('transactions', ascending=False)
-  if config.max_banks:
-    members = members.head(config.max_banks)
+  if selection.max_banks:
+    members = members.head(selection.max_banks)
   if members.empty:
     raise schema_lib.DataError(
-        f'{config.path}: no bank has {config.min_rows} training transactions and'
-        f' {config.min_positives} laundering ones among them; lower'
-        ' config.data.min_rows or config.data.min_positives.')
-  log(f'{config.path}: {len(transactions):,} transactions, {len(banks)} banks;'
-      f' {len(members)} join (>= {config.min_rows} training transactions,'
-      f' >= {config.min_positives} laundering)')
+        f'{selection.path}: no bank has {selection.min_rows} training transactions and'
+        f' {selection.min_positives} laundering ones among them; lower'
+        ' {min_rows} or {min_positives}.', blames=('min_rows', 'min_positives'))
+  log(f'{selection.path}: {len(transactions):,} transactions, {len(banks)} banks;'
+      f' {len(members)} join (>= {selection.min_rows} training transactions,'
+      f' >= {selection.min_positives} laundering)')
   institutions = []
   for bank in members['bank']:
     frame = model_frame(amlworld.bank_view(transactions, bank))
@@ -170,7 +185,7 @@ def load(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
       institution = shards.store(institution, SCHEMA, shard_dir)
     institutions.append(institution)
   if shard_dir:
-    shards.write_manifest(shard_dir, _shard_key(config), institutions)
+    shards.write_manifest(shard_dir, _shard_key(selection), institutions)
     log(f'stored {len(institutions)} banks\' rows in {shard_dir}')
   return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
 

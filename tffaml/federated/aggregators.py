@@ -45,6 +45,11 @@ class AggregatorType(enum.Enum):
   def is_dp(self) -> bool:
     return self in (AggregatorType.GAUSSIAN_FIXED, AggregatorType.GAUSSIAN_ADAPTIVE)
 
+  @property
+  def weighs_institutions(self) -> bool:
+    """Has a form weighted by example counts (DP and the robust statistics count each once)."""
+    return not self.is_dp and self not in (AggregatorType.MEDIAN, AggregatorType.TRIMMED_MEAN)
+
 
 def _check_positive(value: float, name: str) -> None:
   if not value > 0:
@@ -131,25 +136,16 @@ def gaussian_adaptive(
   """
   from tensorflow_federated.python.aggregators import differential_privacy  # pylint: disable=g-import-not-at-top
 
-  _check_positive(noise_multiplier, 'noise_multiplier')
-  _check_positive(clients_per_round, 'clients_per_round')
-  _check_positive(initial_clip, 'initial_clip')
-  _check_positive(clip_learning_rate, 'clip_learning_rate')
+  for name, value in (('noise_multiplier', noise_multiplier), ('clients_per_round', clients_per_round),
+                      ('initial_clip', initial_clip), ('clip_learning_rate', clip_learning_rate)):
+    _check_positive(value, name)
   if not 0.0 < target_unclipped_quantile < 1.0:
-    raise ValueError(
-        'target_unclipped_quantile must be in (0, 1), got'
-        f' {target_unclipped_quantile}.'
-    )
+    raise ValueError(f'target_unclipped_quantile must be in (0, 1), got {target_unclipped_quantile}.')
   if clipped_count_stddev is None:
-    clipped_count_stddev = default_clipped_count_stddev(
-        noise_multiplier, clients_per_round
-    )
+    clipped_count_stddev = default_clipped_count_stddev(noise_multiplier, clients_per_round)
   # TFF's own split of the budget, with its error naming both values.
-  value_noise_multiplier, clipped_count_stddev = (
-      differential_privacy.adaptive_clip_noise_params(
-          noise_multiplier, clients_per_round, clipped_count_stddev
-      )
-  )
+  value_noise_multiplier, clipped_count_stddev = differential_privacy.adaptive_clip_noise_params(
+      noise_multiplier, clients_per_round, clipped_count_stddev)
   logging.info(
       'Adaptive clipping: noise multiplier %s -> %s on updates, clipped count'
       ' stddev %s.', noise_multiplier, value_noise_multiplier, clipped_count_stddev,
@@ -167,6 +163,16 @@ def gaussian_adaptive(
       denominator=float(clients_per_round),
   )
   return tff.aggregators.DifferentiallyPrivateFactory(query)
+
+
+def _check_weighting(aggregator_type: AggregatorType, weighted: bool) -> None:
+  """Refuses a weighted aggregation that `aggregator_type` cannot give."""
+  if weighted and aggregator_type.is_dp:
+    raise ValueError(f'aggregator {aggregator_type.value!r} gives client-level DP only with'
+                     ' uniform weighting (weighted=False).')
+  if weighted and not aggregator_type.weighs_institutions:
+    raise ValueError(f'aggregator {aggregator_type.value!r} counts every institution once;'
+                     ' it has no weighted form (weighted=False).')
 
 
 def configure_aggregator(
@@ -204,11 +210,7 @@ def configure_aggregator(
   Returns:
     A weighted factory when `weighted`, else an unweighted one.
   """
-  if aggregator_type.is_dp and weighted:
-    raise ValueError(
-        f'aggregator {aggregator_type.value!r} gives client-level DP only with'
-        " uniform weighting; set config.federated.weighting='uniform'."
-    )
+  _check_weighting(aggregator_type, weighted)
   if aggregator_type is AggregatorType.MEAN:
     return tff.aggregators.MeanFactory() if weighted else tff.aggregators.UnweightedMeanFactory()
   if aggregator_type is AggregatorType.ROBUST:
@@ -219,9 +221,6 @@ def configure_aggregator(
     return robust.fixed_clipping_and_zeroing(
         clip=clip, zeroing_norm=zeroing_norm or 10 * clip, weighted=weighted)
   if aggregator_type in (AggregatorType.MEDIAN, AggregatorType.TRIMMED_MEAN):
-    if weighted:
-      raise ValueError(f"aggregator {aggregator_type.value!r} counts every institution once; set"
-                       " config.federated.weighting='uniform'.")
     return robust.median() if aggregator_type is AggregatorType.MEDIAN else robust.trimmed_mean(trim_fraction)
   if aggregator_type is AggregatorType.GAUSSIAN_FIXED:
     return gaussian_fixed(

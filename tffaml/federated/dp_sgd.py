@@ -217,6 +217,27 @@ def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multi
   return client_update
 
 
+def _check_dp_sgd(*, l2_norm_clip: float, noise_multiplier: float, expected_batch_size: float) -> None:
+  if not l2_norm_clip > 0:
+    raise ValueError(f'l2_norm_clip must be > 0, got {l2_norm_clip}.')
+  if not noise_multiplier >= 0:
+    raise ValueError(f'noise_multiplier must be >= 0, got {noise_multiplier}.')
+  if not expected_batch_size > 0:
+    raise ValueError(f'expected_batch_size must be > 0, got {expected_batch_size}.')
+
+
+def _client_types(model_fn: Callable[[], tff.learning.models.VariableModel]):
+  """(model weights type, `poisson_batches` sequence type) of the model's inputs."""
+  with tf.Graph().as_default():
+    model = model_fn()
+  x_spec, y_spec = model.input_spec
+  segments_spec = tf.TensorSpec([None], tf.int32)
+  seed_spec = tf.TensorSpec([2], tf.int64)
+  data_type = tff.SequenceType(
+      tff.types.tensorflow_to_type((x_spec, y_spec, segments_spec, seed_spec)))
+  return tff.learning.models.weights_type_from_model(model), data_type
+
+
 def build_dp_sgd_client_work(
     *,
     model_fn: Callable[[], tff.learning.models.VariableModel],
@@ -253,21 +274,9 @@ def build_dp_sgd_client_work(
   Returns:
     A `tff.learning.templates.ClientWorkProcess`.
   """
-  if not l2_norm_clip > 0:
-    raise ValueError(f'l2_norm_clip must be > 0, got {l2_norm_clip}.')
-  if not noise_multiplier >= 0:
-    raise ValueError(f'noise_multiplier must be >= 0, got {noise_multiplier}.')
-  if not expected_batch_size > 0:
-    raise ValueError(f'expected_batch_size must be > 0, got {expected_batch_size}.')
-
-  with tf.Graph().as_default():
-    model = model_fn()
-  x_spec, y_spec = model.input_spec
-  segments_spec = tf.TensorSpec([None], tf.int32)
-  seed_spec = tf.TensorSpec([2], tf.int64)
-  data_type = tff.SequenceType(
-      tff.types.tensorflow_to_type((x_spec, y_spec, segments_spec, seed_spec)))
-  weights_type = tff.learning.models.weights_type_from_model(model)
+  _check_dp_sgd(l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+                expected_batch_size=expected_batch_size)
+  weights_type, data_type = _client_types(model_fn)
 
   @tff.tensorflow.computation(weights_type, data_type)
   def client_update(initial_weights, dataset):

@@ -437,6 +437,8 @@ class PrivacyStatement:
   rounds: int
   institutions: int
   statistics_covered: bool = False  # The exported feature statistics are DP (in the record guarantee).
+  # The export's alert threshold is an exact quantile of training scores (config.model.alert_budget).
+  exact_alert_threshold: bool = False
 
   @property
   def epsilon(self) -> float:
@@ -486,15 +488,19 @@ class PrivacyStatement:
   def _coverage(self) -> str:
     evaluation = (' Evaluation metrics on the institutions\' test splits (rows never trained on)'
                   ' are exact sums reported to the coordinator, outside any guarantee.')
+    threshold = (' Not covered: the alert threshold in the metadata, an exact quantile of the'
+                 ' training rows\' scores (federated histograms without noise).'
+                 if self.exact_alert_threshold else '')
     if self.statistics_covered:
-      return (' Covered: the whole exported package - the model, every update it was computed'
+      package = 'the whole exported package - ' if not self.exact_alert_threshold else ''
+      return (f' Covered: {package}the model, every update it was computed'
               ' from, and the feature statistics and vocabularies in its metadata (the set of'
               ' category values proposed for counting is exchanged without noise; only values'
-              ' whose noisy count clears the threshold are published).' + evaluation)
+              ' whose noisy count clears the threshold are published).' + threshold + evaluation)
     return (' Covered: the model updates and everything computed from them (the aggregate, the'
             ' released model). Not covered: the federated feature statistics (exact sums, and'
             ' the histograms that set their clipping ranges, shipped in the model\'s metadata);'
-            ' they are DP only with record-level DP.' + evaluation)
+            ' they are DP only with record-level DP.' + threshold + evaluation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,6 +512,7 @@ class PrivacyPlan:
   delta: float
   accountant: Accountant = Accountant.RDP
   statistics: Optional[FeatureStatisticsDp] = None  # Record-level DP feature statistics.
+  exact_alert_threshold: bool = False  # See PrivacyStatement.
 
   @property
   def is_private(self) -> bool:
@@ -533,7 +540,8 @@ class PrivacyPlan:
       guarantees.append(self._client_guarantee(rounds))
     return PrivacyStatement(
         guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation),
-        statistics_covered=self.statistics is not None)
+        statistics_covered=self.statistics is not None,
+        exact_alert_threshold=self.exact_alert_threshold)
 
   def epsilons(self, *, rounds: int, participation: Sequence[int]) -> dict[str, float]:
     """ε of each guarantee level ('record', 'institution'), without the statement's prose.

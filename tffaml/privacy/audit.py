@@ -36,10 +36,10 @@ from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import
 from tensorflow_privacy.privacy.privacy_tests.membership_inference_attack import membership_inference_attack as mia
 
 from tffaml.data import federated_data
-from tffaml.data import loading
 from tffaml.data import schema as schema_lib
 from tffaml.export import saved_model
 from tffaml.federated import client_data
+from tffaml.training import experiment
 
 ATTACKS = {
     'threshold': mia_data.AttackType.THRESHOLD_ATTACK,
@@ -220,7 +220,7 @@ def claimed_record_privacy(metadata: Mapping) -> tuple[Optional[float], Optional
 def training_data(model_dir: str) -> federated_data.FederatedData:
   """The federation an exported model trained on, from its metadata's config."""
   config = saved_model.read_metadata(model_dir)['config']
-  return loading.load(ml_collections.ConfigDict(config['data']), seed=config['seed'])
+  return experiment.load_data(ml_collections.ConfigDict(config))
 
 
 def audit(model_dir: str, data: Optional[federated_data.FederatedData] = None) -> AuditReport:

@@ -16,7 +16,7 @@ import ml_collections
 import pandas as pd
 
 from tffaml import io
-from tffaml.data import loading
+from tffaml.training import experiment
 from tffaml.training import poisoning
 from tffaml.training import program
 
@@ -34,7 +34,7 @@ def run(
 
   Call inside `tffaml.runtime.local_runtime()`.
   """
-  institutions = len(loading.load(base.data, seed=base.seed, log=lambda _: None).institutions)
+  institutions = len(experiment.load_data(base, log=lambda _: None).institutions)
   rows = []
   for defence in defences:
     for attack in attacks:

@@ -44,7 +44,6 @@ from sklearn import metrics as sk_metrics
 from tffaml import features
 from tffaml import io
 from tffaml.data import federated_data
-from tffaml.data import loading
 from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
 from tffaml.federated import client_data
@@ -156,8 +155,8 @@ def method_scores(
     *, log: Callable[[str], None],
 ) -> tuple[federated_data.FederatedData, dict[Method, Scores]]:
   """Every method's test scores for one seed (`base.seed`)."""
-  data = loading.load(base.data, seed=base.seed, log=log)
-  space = features.compute_feature_space(data, min_category_count=base.features.min_category_count)
+  data = experiment.load_data(base, log=log)
+  space = experiment.feature_space(base, data)
   scores = {}
   if Method.CENTRALIZED in methods:
     log('centralized')

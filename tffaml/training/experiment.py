@@ -11,7 +11,10 @@ import ml_collections
 import tensorflow as tf
 
 from tffaml import errors
+from tffaml import features
 from tffaml.data import loading
+from tffaml.data import partition
+from tffaml.data import transactions
 from tffaml.export import saved_model
 from tffaml.federated import aggregators
 from tffaml.federated import dp_sgd
@@ -48,8 +51,7 @@ _MOMENTUM = ('in [0, 1)', lambda v: 0 <= v < 1)
 _TRIM = ('in [0, 0.5)', lambda v: 0 <= v < 0.5)
 
 # Every numeric config value with a range, checked before a run writes
-# anything. Keys a config does not have (configs/aml.py has its own data
-# section) are skipped; None is allowed where the config's default is a
+# anything. Keys a config does not have are skipped; None is allowed where the config's default is a
 # placeholder (e.g. aggregator.zeroing_norm).
 _RANGES = {
     'data.max_rows': _NON_NEGATIVE, 'data.min_rows': _NON_NEGATIVE,
@@ -104,6 +106,53 @@ def check_values(config: ml_collections.ConfigDict) -> None:
                              ' set it to 0 with config.data.stream.')
 
 
+# Where the data layer's arguments come from, for its errors (errors.named_as).
+_DATA_KEYS = {
+    'stream': 'config.data.stream', 'directory': 'config.data.dir',
+    'schema_file': 'config.data.schema_file', 'selection': 'config.data.path',
+    'path': 'config.data.path', 'test_fraction': 'config.data.test_fraction',
+    'min_rows': 'config.data.min_rows', 'min_positives': 'config.data.min_positives',
+    'column': 'config.data.column',
+}
+
+
+def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
+  """The `data` section as the data layer takes it; each source reads its own keys."""
+  d = config.data
+  source = parse_enum(loading.Source, d.source, 'data.source')
+  with errors.named_as(_DATA_KEYS):
+    if source is loading.Source.AMLWORLD:
+      return loading.DataSpec(source=source, stream=d.stream, selection=transactions.Selection(
+          path=d.path, test_fraction=d.test_fraction, min_rows=d.min_rows,
+          min_positives=d.min_positives, max_banks=d.max_banks))
+    if source is loading.Source.CSV_DIR:
+      return loading.DataSpec(source=source, stream=d.stream, directory=d.dir, schema_file=d.schema_file)
+    if source is loading.Source.LENDING_CLUB:
+      return loading.DataSpec(
+          source=source, stream=d.stream, test_fraction=d.test_fraction, max_rows=d.max_rows,
+          partitioning=loading.Partitioning(
+              method=parse_enum(partition.Method, d.partition, 'data.partition'), column=d.column,
+              min_rows=d.min_rows, min_positives=d.min_positives,
+              num_institutions=d.num_institutions, alpha=d.alpha))
+  raise ValueError(f'no data spec for {source!r}.')
+
+
+def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
+              log=print) -> loading.federated_data.FederatedData:
+  """The federation `config.data` describes (`loading.load`), errors naming config keys."""
+  spec = data_spec(config)
+  with errors.named_as(_DATA_KEYS):
+    return loading.load(spec, seed=config.seed, shard_dir=shard_dir, log=log)
+
+
+def feature_space(config: ml_collections.ConfigDict, data,
+                  noise: Optional[features.StatisticsNoise] = None) -> features.FeatureSpace:
+  """`features.compute_feature_space` with config.features, errors naming config keys."""
+  with errors.named_as({'min_category_count': 'config.features.min_category_count'}):
+    return features.compute_feature_space(
+        data, min_category_count=config.features.min_category_count, noise=noise)
+
+
 def parse_choices(config: ml_collections.ConfigDict) -> Choices:
   check_values(config)
   f = config.federated
@@ -138,6 +187,10 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
         f'config.aggregator.type={config.aggregator.type!r} needs'
         f' config.aggregator.noise_multiplier > 0, got {config.aggregator.noise_multiplier}.'
     )
+  if choices.weighting is processes.Weighting.EXAMPLES and not choices.aggregator.weighs_institutions:
+    raise errors.ConfigError(
+        f'config.aggregator.type={config.aggregator.type!r} weighs every institution alike;'
+        " set config.federated.weighting='uniform'.")
   if (choices.accountant is accounting.Accountant.PLD and choices.aggregator.is_dp
       and choices.sampling is accounting.Sampling.FIXED_SIZE):
     raise errors.ConfigError(
@@ -149,6 +202,7 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
     raise errors.ConfigError('config.attack simulates attacks on FedAvg without record-level DP;'
                      ' set config.record_dp.enabled=False.')
   hardening(config)
+  data_spec(config)  # A bad data section is refused before any work.
   return choices
 
 
@@ -190,7 +244,7 @@ def _check_record_dp(config, choices: Choices) -> None:
 
 def privacy_plan(
     config, choices: Choices, *, institution_units: Sequence[int], cohort: int, unit_column: str = '',
-    columns: tuple[int, int] = (0, 0),
+    columns: tuple[int, int] = (0, 0), rows: int = 0,
 ) -> accounting.PrivacyPlan:
   """The run's DP mechanisms, with the noise calibrated to any target ε.
 
@@ -203,6 +257,8 @@ def privacy_plan(
     unit_column: The schema's unit column; '' when the unit is a row.
     columns: The schema's (numeric, categorical) feature columns, whose
       statistics are DP with record-level DP.
+    rows: Training rows in the federation (0: one per unit), which set
+      distributed DP-SGD's default sampling rate.
 
   Returns:
     The plan.
@@ -226,7 +282,8 @@ def privacy_plan(
       unit = f'{unit_column} (all rows sharing one {unit_column!r} value{cap})'
     record = _record_mechanism(
         config, choices, noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
-        units=tuple(int(n) for n in institution_units), unit=unit, unit_name=unit_column or 'record')
+        units=tuple(int(n) for n in institution_units), unit=unit, unit_name=unit_column or 'record',
+        rows=rows or sum(institution_units))
   if (record or client) and p.delta * min(institution_units) >= 1:
     raise errors.ConfigError(
         f'config.privacy.delta={p.delta:g} is not below 1/{min(institution_units)} (the smallest'
@@ -242,7 +299,8 @@ def privacy_plan(
     client = dataclasses.replace(
         client, noise_multiplier=accounting.calibrate_client_noise(client, **target))
   return accounting.PrivacyPlan(client=client, record=record, delta=p.delta,
-                                accountant=choices.accountant, statistics=statistics)
+                                accountant=choices.accountant, statistics=statistics,
+                                exact_alert_threshold=config.model.alert_budget > 0)
 
 
 def _statistics_mechanism(config, columns: tuple[int, int], *,
@@ -256,7 +314,7 @@ def _statistics_mechanism(config, columns: tuple[int, int], *,
 
 
 def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, units: tuple[int, ...],
-                      unit: str, unit_name: str):
+                      unit: str, unit_name: str, rows: int):
   r, f = config.record_dp, config.federated
   if choices.record_dp_mode is accounting.RecordDpMode.LOCAL:
     return accounting.RecordLevelDp(
@@ -265,7 +323,7 @@ def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, unit
   if choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED:
     return accounting.DistributedRecordDp(
         noise_multiplier=noise_multiplier, clip=r.clip, units=units,
-        sampling_rate=r.sampling_rate if r.sampling_rate is not None else sampling_rate_rule(sum(units)),
+        sampling_rate=r.sampling_rate if r.sampling_rate is not None else sampling_rate_rule(rows),
         unit=unit, unit_name=unit_name)
   raise ValueError(f'no record-level mechanism for {choices.record_dp_mode!r}.')
 
@@ -273,14 +331,16 @@ def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, unit
 # Distributed DP-SGD's default sampling rate, and its cap on a round's sample.
 # For a fixed ε and number of steps the noise on the averaged gradient,
 # σ/(q·N), hardly changes for q >= 0.2 (σ grows with q), and is bigger below
-# it; the cap bounds the per-unit gradients a round computes.
+# it; the cap bounds the per-row gradients a round computes (rows, not units:
+# an account's transactions are one unit but a gradient each, and 150,000
+# sampled rows a round made 1M transactions take over 17 minutes a round).
 SAMPLING_RATE = 0.2
-MAX_SAMPLED_UNITS = 20_000
+MAX_SAMPLED_ROWS = 20_000
 
 
-def sampling_rate_rule(units: int) -> float:
-  """q from the federation's size alone: min(0.2, 20000 / units)."""
-  return min(SAMPLING_RATE, MAX_SAMPLED_UNITS / units)
+def sampling_rate_rule(rows: int) -> float:
+  """q from the federation's size alone: min(0.2, 20000 / training rows)."""
+  return min(SAMPLING_RATE, MAX_SAMPLED_ROWS / rows)
 
 
 def clients_per_round(config: ml_collections.ConfigDict, sampling: accounting.Sampling, num_institutions: int) -> int:
@@ -459,7 +519,7 @@ def plan_for_config(config) -> tuple[accounting.PrivacyPlan, accounting.PrivacyS
   sampling for the record-level guarantee.
   """
   choices = parse_choices(config)
-  data = loading.load(config.data, seed=config.seed)
+  data = load_data(config)
   cohort = clients_per_round(config, choices.sampling, len(data.institutions))
   plan = privacy_plan_for_data(config, choices, data, cohort=cohort)
   rounds = config.federated.rounds
@@ -471,4 +531,5 @@ def privacy_plan_for_data(config, choices: Choices, data, *, cohort: int) -> acc
   return privacy_plan(
       config, choices, cohort=cohort, unit_column=data.schema.unit,
       columns=(len(data.schema.numeric), len(data.schema.categorical)),
-      institution_units=[int(dp_sgd.unit_codes(i.train).max()) + 1 for i in data.institutions])
+      institution_units=[int(dp_sgd.unit_codes(i.train).max()) + 1 for i in data.institutions],
+      rows=sum(len(i.train) for i in data.institutions))

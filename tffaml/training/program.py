@@ -258,12 +258,12 @@ def run(
 
 def _prepare(config, choices: experiment.Choices, paths: Paths, log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
-  data = loading.load(config.data, seed=config.seed, shard_dir=paths.shards, log=log)
+  data = experiment.load_data(config, shard_dir=paths.shards, log=log)
   attack = experiment.attack(config, data)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
     data = poisoning.poison(data, attack)
-  interface = loading.interface(config.data, data.schema)
+  interface = loading.interface(experiment.data_spec(config), data.schema)
   hardening = experiment.hardening(config)
   try:
     saved_model.check_hardening(interface, hardening)
@@ -300,8 +300,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after
         f' at δ = {config.privacy.delta:g} over {config.federated.rounds} rounds'
         f' ({choices.accountant.value})')
   noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
-  space = features.compute_feature_space(data, min_category_count=config.features.min_category_count,
-                                         noise=_statistics_noise(setup.plan, noise_seed))
+  space = experiment.feature_space(config, data, noise=_statistics_noise(setup.plan, noise_seed))
   built = _build(config, choices, setup, space, noise_seed)
   initial = built.initial_model()
   state, participation, released, first_round = _restore(built.process, state_manager, initial,
