@@ -1,0 +1,1 @@
+"""A federation of institutions' own machines (Flower transport)."""

@@ -1,0 +1,129 @@
+"""Credentials of a federation of real nodes: TLS certificates and node keys.
+
+Flower (`flwr` 1.12) carries the federation between institutions' machines.
+Its SuperLink (the coordinator's endpoint) serves TLS with a certificate
+signed by the consortium's CA, and admits only SuperNodes (one per
+institution) whose elliptic-curve public key is on its list: each node signs
+its requests with its private key, which never leaves the institution.
+
+    write_tls(dir, hosts=['coordinator.example'])  # ca.crt, server.pem, server.key (+ ca.key)
+    write_node_key(dir, 'bank_a')                   # bank_a (private), bank_a.pub
+    write_authorized_nodes(dir + '/nodes.csv', [dir + '/bank_a.pub', ...])
+
+Everything is made with `cryptography`; nothing here implements crypto.
+Files are written atomically, private ones readable by their owner only, and
+existing files are never overwritten.
+"""
+
+import dataclasses
+import datetime
+import ipaddress
+import os
+from typing import Sequence
+
+from cryptography import exceptions as cryptography_exceptions
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tffaml import errors
+from tffaml import io
+
+# Flower's node authentication derives shared secrets on this curve.
+CURVE = ec.SECP384R1
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+  ca_certificate: str  # Give to every node (flower-supernode --root-certificates).
+  ca_key: str  # Keep offline: it signs the coordinator's certificates.
+  certificate: str  # The SuperLink's (--ssl-certfile), signed by the CA.
+  key: str  # The SuperLink's private key (--ssl-keyfile).
+
+
+def _write(path: str, data: bytes, *, private: bool) -> str:
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+  with io.atomic_path(path) as tmp:
+    if private:
+      os.chmod(tmp, 0o600)
+    with open(tmp, 'wb') as f:
+      f.write(data)
+  return path
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey, form: serialization.PrivateFormat) -> bytes:
+  return key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
+
+
+def _san(host: str) -> x509.GeneralName:
+  try:
+    return x509.IPAddress(ipaddress.ip_address(host))
+  except ValueError:
+    return x509.DNSName(host)
+
+
+def _certificate(subject: str, public_key, issuer: x509.Name, signer, *, days: int, ca: bool,
+                 hosts: Sequence[str] = ()) -> x509.Certificate:
+  now = datetime.datetime.now(datetime.timezone.utc)
+  builder = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=days))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+  if hosts:
+    builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+  return builder.sign(signer, hashes.SHA256())
+
+
+def write_tls(out_dir: str, *, hosts: Sequence[str], days: int = 365) -> TlsFiles:
+  """A CA and the coordinator's certificate for `hosts` (names or IP addresses)."""
+  if not hosts:
+    raise ValueError('hosts must name the coordinator (a DNS name or an IP address).')
+  os.makedirs(out_dir, exist_ok=True)
+  files = TlsFiles(*(os.path.join(out_dir, n) for n in ('ca.crt', 'ca.key', 'server.pem', 'server.key')))
+  for path in dataclasses.astuple(files):
+    if os.path.exists(path):
+      raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+  ca_key, key = ec.generate_private_key(CURVE()), ec.generate_private_key(CURVE())
+  ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'tffaml federation CA')])
+  ca = _certificate('tffaml federation CA', ca_key.public_key(), ca_name, ca_key, days=days, ca=True)
+  server = _certificate(hosts[0], key.public_key(), ca_name, ca_key, days=days, ca=False, hosts=hosts)
+  pem = serialization.Encoding.PEM
+  _write(files.ca_key, _pem_key(ca_key, serialization.PrivateFormat.PKCS8), private=True)
+  _write(files.key, _pem_key(key, serialization.PrivateFormat.PKCS8), private=True)
+  _write(files.ca_certificate, ca.public_bytes(pem), private=False)
+  _write(files.certificate, server.public_bytes(pem), private=False)
+  return files
+
+
+def write_node_key(out_dir: str, name: str) -> tuple[str, str]:
+  """An institution's node key pair in OpenSSH form: (private, public) paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  private, public = os.path.join(out_dir, name), os.path.join(out_dir, f'{name}.pub')
+  for path in (private, public):
+    if os.path.exists(path):
+      raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+  key = ec.generate_private_key(CURVE())
+  _write(private, _pem_key(key, serialization.PrivateFormat.OpenSSH), private=True)
+  _write(public, key.public_key().public_bytes(
+      serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b'\n', private=False)
+  return private, public
+
+
+def write_authorized_nodes(path: str, public_keys: Sequence[str]) -> str:
+  """The SuperLink's list of admitted nodes (--auth-list-public-keys), one key a line."""
+  lines = []
+  for key_file in public_keys:
+    with open(key_file, 'rb') as f:
+      data = f.read().strip()
+    try:
+      serialization.load_ssh_public_key(data)
+    except (ValueError, TypeError, cryptography_exceptions.UnsupportedAlgorithm):
+      raise errors.InputError(f'{key_file}: not an OpenSSH public key (a node\'s {{name}}.pub from'
+                              ' write_node_key); give each node\'s public key, never a private one.') from None
+    lines.append(data)
+  return _write(path, b'\n'.join(lines) + b'\n', private=False)
