@@ -29,7 +29,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _wait_for(path: str, text: str, timeout: float = 40.0) -> bool:
+# A deadline, not a speed check: each Flower process imports TensorFlow (flwr's
+# TensorBoard helper does) and takes about 17 s to start on an idle core, far
+# longer beside the rest of the suite.
+def _wait_for(path: str, text: str, timeout: float = 240.0) -> bool:
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     with open(path, errors='replace') as f:

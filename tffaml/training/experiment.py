@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tffaml import errors
 from tffaml import features
+from tffaml.data import federated_data
 from tffaml.data import loading
 from tffaml.data import partition
 from tffaml.data import transactions
@@ -51,8 +52,8 @@ _MOMENTUM = ('in [0, 1)', lambda v: 0 <= v < 1)
 _TRIM = ('in [0, 0.5)', lambda v: 0 <= v < 0.5)
 
 # Every numeric config value with a range, checked before a run writes
-# anything. Keys a config does not have are skipped; None is allowed where the config's default is a
-# placeholder (e.g. aggregator.zeroing_norm).
+# anything. Keys a config does not have are skipped; None is allowed where
+# the config's default is a placeholder (e.g. aggregator.zeroing_norm).
 _RANGES = {
     'data.max_rows': _NON_NEGATIVE, 'data.min_rows': _NON_NEGATIVE,
     'data.min_positives': _NON_NEGATIVE, 'data.num_institutions': _AT_LEAST_ONE,
@@ -138,7 +139,7 @@ def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
 
 
 def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
-              log=print) -> loading.federated_data.FederatedData:
+              log=print) -> federated_data.FederatedData:
   """The federation `config.data` describes (`loading.load`), errors naming config keys."""
   spec = data_spec(config)
   with errors.named_as(_DATA_KEYS):
