@@ -43,9 +43,15 @@ class TlsFiles:
   key: str  # The SuperLink's private key (--ssl-keyfile).
 
 
+def _refuse_existing(*paths: str) -> None:
+  """Before any file of a set is written: none of them may exist."""
+  for path in paths:
+    if os.path.exists(path):
+      raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+
+
 def _write(path: str, data: bytes, *, private: bool) -> str:
-  if os.path.exists(path):
-    raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+  _refuse_existing(path)
   with io.atomic_path(path) as tmp:
     if private:
       os.chmod(tmp, 0o600)
@@ -65,11 +71,11 @@ def _san(host: str) -> x509.GeneralName:
     return x509.DNSName(host)
 
 
-def _certificate(subject: str, public_key, issuer: x509.Name, signer, *, days: int, ca: bool,
+def _certificate(subject: x509.Name, public_key, issuer: x509.Name, signer, *, days: int, ca: bool,
                  hosts: Sequence[str] = ()) -> x509.Certificate:
   now = datetime.datetime.now(datetime.timezone.utc)
   builder = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .subject_name(subject)
              .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
              .not_valid_before(now - datetime.timedelta(minutes=5))
              .not_valid_after(now + datetime.timedelta(days=days))
@@ -85,13 +91,12 @@ def write_tls(out_dir: str, *, hosts: Sequence[str], days: int = 365) -> TlsFile
     raise ValueError('hosts must name the coordinator (a DNS name or an IP address).')
   os.makedirs(out_dir, exist_ok=True)
   files = TlsFiles(*(os.path.join(out_dir, n) for n in ('ca.crt', 'ca.key', 'server.pem', 'server.key')))
-  for path in dataclasses.astuple(files):
-    if os.path.exists(path):
-      raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+  _refuse_existing(*dataclasses.astuple(files))
   ca_key, key = ec.generate_private_key(CURVE()), ec.generate_private_key(CURVE())
   ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'tffaml federation CA')])
-  ca = _certificate('tffaml federation CA', ca_key.public_key(), ca_name, ca_key, days=days, ca=True)
-  server = _certificate(hosts[0], key.public_key(), ca_name, ca_key, days=days, ca=False, hosts=hosts)
+  ca = _certificate(ca_name, ca_key.public_key(), ca_name, ca_key, days=days, ca=True)
+  server = _certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), key.public_key(),
+                        ca_name, ca_key, days=days, ca=False, hosts=hosts)
   pem = serialization.Encoding.PEM
   _write(files.ca_key, _pem_key(ca_key, serialization.PrivateFormat.PKCS8), private=True)
   _write(files.key, _pem_key(key, serialization.PrivateFormat.PKCS8), private=True)
@@ -104,9 +109,7 @@ def write_node_key(out_dir: str, name: str) -> tuple[str, str]:
   """An institution's node key pair in OpenSSH form: (private, public) paths."""
   os.makedirs(out_dir, exist_ok=True)
   private, public = os.path.join(out_dir, name), os.path.join(out_dir, f'{name}.pub')
-  for path in (private, public):
-    if os.path.exists(path):
-      raise FileExistsError(f'{path} exists; credentials are never overwritten.')
+  _refuse_existing(private, public)
   key = ec.generate_private_key(CURVE())
   _write(private, _pem_key(key, serialization.PrivateFormat.OpenSSH), private=True)
   _write(public, key.public_key().public_bytes(
