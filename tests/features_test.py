@@ -67,6 +67,43 @@ class FeatureStatisticsTest(tf.test.TestCase):
     self.assertNotIn('RARE', space.vocabulary['grade'])
 
 
+class RequestTest(tf.test.TestCase):
+
+  def test_every_request_is_answered_from_the_rows(self):
+    frame = pd.DataFrame({'amount': [1.0, 20.0, 300.0], 'rate': [5.0, 6.0, 7.0],
+                          'grade': ['A', 'A', 'B'], 'default': [0, 1, 0]})
+    schema = schema_lib.Schema.from_dict(helpers.SCHEMA)
+    params = {
+        features.Request.CANDIDATES: {'min_count': 2},
+        features.Request.HISTOGRAMS: {},
+        features.Request.STATISTICS: {'candidates': {'grade': ['A', 'B']}, 'lower': [None, None],
+                                      'upper': [100.0, None]},
+        features.Request.FINE_COUNTS: {'ranges': [(0.0, 1000.0, 1.0), (0.0, 10.0, 1.0)],
+                                       'candidates': {'grade': ['A', 'B']}},
+    }
+    answers = {r: features.answer(frame, schema, r, params[r]) for r in features.Request}
+    self.assertEqual(answers[features.Request.CANDIDATES], {'grade': ['A']})
+    self.assertEqual(answers[features.Request.HISTOGRAMS]['counts'].sum(), 6)  # 2 columns x 3 rows.
+    statistics = answers[features.Request.STATISTICS]
+    self.assertAllClose(statistics['sum'], [121.0, 18.0])  # 300 clipped to 100.
+    self.assertAllClose(statistics['category_counts'], [2, 1])
+    self.assertAllClose(answers[features.Request.FINE_COUNTS]['fine'].sum(axis=1), [3, 3])
+
+  def test_dp_answers_carry_the_institutions_noise_share(self):
+    frame = pd.DataFrame({'amount': [1.0, 2.0], 'rate': [5.0, 6.0], 'grade': ['A', 'B'],
+                          'default': [0, 1]})
+    schema = schema_lib.Schema.from_dict(helpers.SCHEMA)
+    exact = features.answer(frame, schema, features.Request.HISTOGRAMS, {})
+    noisy = [features.answer(frame, schema, features.Request.HISTOGRAMS,
+                             {'noise_share': 1.0, 'release': 1}, noise_key=(7, index))['counts']
+             for index in (0, 0, 1)]
+    self.assertAllEqual(noisy[0], noisy[1])  # Same seed, institution and release.
+    self.assertNotAllClose(noisy[0], noisy[2])
+    self.assertAllClose(np.round(noisy[0]).sum(), exact['counts'].sum(), atol=60)
+    with self.assertRaisesRegex(ValueError, 'noise_key'):
+      features.answer(frame, schema, features.Request.HISTOGRAMS, {'noise_share': 1.0, 'release': 1})
+
+
 def _federation(frames):
   schema = schema_lib.Schema(label='y', positive='1', numeric=('income',), categorical=('region',))
   return federated_data.FederatedData(schema=schema, institutions=tuple(

@@ -38,9 +38,10 @@ take raw feature values.
 
 import collections
 import dataclasses
+import enum
 import math
 import statistics
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -196,31 +197,112 @@ def build_federated_sum(
   return federated_sum
 
 
+class Request(enum.Enum):
+  """What the statistics ask of each institution's training rows: nothing else reads them.
+
+  Named, with plain parameters, so that an institution on its own machine
+  answers with its own code (`answer`); the answers are summed (except
+  CANDIDATES, whose union is taken).
+  """
+
+  CANDIDATES = 'candidates'  # {column: values it holds >= min_count times} (min_count 1 under DP).
+  HISTOGRAMS = 'histograms'  # counts [columns, bins] on HISTOGRAM_EDGES, or RANGE_EDGES under DP.
+  STATISTICS = 'statistics'  # count, sum, sum of squares (clipped to the ranges), category counts.
+  FINE_COUNTS = 'fine_counts'  # Under DP: FINE_BINS counts inside each range, category counts.
+
+
+# (request, parameters) -> one answer per institution, in the federation's order.
+Ask = Callable[[Request, dict], list]
+
+
+def answer(frame: pd.DataFrame, schema: schema_lib.Schema, request: Request, params: dict, *,
+           noise_key: Optional[tuple[int, int]] = None) -> collections.OrderedDict:
+  """One institution's answer to `request` about its training rows `frame`.
+
+  Under DP (`params['noise_share']`), each unit counts once (its first row)
+  and the institution adds its share N(0, noise_share²) to every count,
+  drawn from `noise_key` = (its noise seed, its index) and the release.
+  """
+  dp = params.get('noise_share') is not None
+  if dp:
+    frame = _one_row_per_unit(frame)
+  if request is Request.CANDIDATES:
+    min_count = 1 if dp else params['min_count']
+    return collections.OrderedDict((c, sorted(_candidate_values(frame, c, min_count)))
+                                   for c in schema.categorical)
+  if request is Request.HISTOGRAMS:
+    value = collections.OrderedDict(counts=local_histograms(
+        frame, schema, RANGE_EDGES if dp else HISTOGRAM_EDGES))
+  elif request is Request.STATISTICS:
+    value = local_statistics(frame, schema, params['candidates'],
+                             lower=_bounds(params['lower'], -np.inf), upper=_bounds(params['upper'], np.inf))
+  elif request is Request.FINE_COUNTS:
+    value = collections.OrderedDict(
+        fine=_fine_counts(frame, schema, params['ranges']),
+        category_counts=category_counts(frame, schema, params['candidates']))
+  else:
+    raise ValueError(f'no answer to {request!r}.')
+  return _noised(value, params['noise_share'], noise_key, params['release']) if dp else value
+
+
+def _bounds(values: list, unbounded: float) -> np.ndarray:
+  return np.array([unbounded if v is None else v for v in values], np.float64)
+
+
+def _noised(value: collections.OrderedDict, share: float, noise_key: Optional[tuple[int, int]],
+            release: int) -> collections.OrderedDict:
+  if noise_key is None:
+    raise ValueError('DP statistics need a noise_key (the noise seed and the institution index).')
+  rng = np.random.default_rng([noise_key[0], release, noise_key[1]])
+  return collections.OrderedDict((k, v + rng.normal(0.0, share, v.shape)) for k, v in value.items())
+
+
+def _fine_counts(frame: pd.DataFrame, schema: schema_lib.Schema, ranges: list) -> np.ndarray:
+  counts = []
+  for column, (lower, upper, scale) in zip(schema.numeric, ranges):
+    edges, _ = fine_edges(lower, upper, scale)
+    values = np.clip(frame[column].to_numpy(np.float64), lower, upper)
+    bins = np.clip(np.searchsorted(edges, values, side='right') - 1, 0, FINE_BINS - 1)
+    counts.append(np.bincount(bins, minlength=FINE_BINS).astype(np.float64))
+  return np.stack(counts) if counts else np.zeros((0, FINE_BINS))
+
+
+def local_ask(data: federated_data.FederatedData, noise_seed: Optional[int] = None) -> Ask:
+  """`Ask` answered in this process by each institution of `data` (the simulation)."""
+  def ask(request: Request, params: dict) -> list:
+    return [answer(i.train, data.schema, request, params, noise_key=(noise_seed, index))
+            for index, i in enumerate(data.institutions)]
+  return ask
+
+
 def compute_feature_space(
     data: federated_data.FederatedData, *, min_category_count: int,
     noise: Optional[StatisticsNoise] = None,
 ) -> FeatureSpace:
-  """Federated means, variances and vocabularies of the training rows; DP with `noise`."""
+  """Federated means, variances and vocabularies of `data`'s training rows; DP with `noise`."""
+  return federated_feature_space(
+      data.schema, local_ask(data, noise.seed if noise else None), institutions=len(data.institutions),
+      min_category_count=min_category_count, noise=noise)
+
+
+def federated_feature_space(
+    schema: schema_lib.Schema, ask: Ask, *, institutions: int, min_category_count: int,
+    noise: Optional[StatisticsNoise] = None,
+) -> FeatureSpace:
+  """The feature space from the answers of `institutions` institutions to `ask`; DP with `noise`.
+
+  Under DP the institutions add the noise (`answer`): `noise.seed` is not used here.
+  """
   if min_category_count < 1:
     raise ValueError(f'min_category_count must be >= 1, got {min_category_count}.')
   if noise is not None:
-    return _dp_feature_space(data, min_category_count=min_category_count, noise=noise)
-  schema = data.schema
-  candidates = {
-      c: sorted(set().union(*(
-          _candidate_values(i.train, c, min_category_count)
-          for i in data.institutions
-      )))
-      for c in schema.categorical
-  }
-  lower, upper = _federated_clip_ranges(data)
-  bounds = dict(lower=np.array([-np.inf if v is None else v for v in lower]),
-                upper=np.array([np.inf if v is None else v for v in upper]))
-  client_stats = [
-      local_statistics(i.train, schema, candidates, **bounds) for i in data.institutions
-  ]
-  total = _federated_total(client_stats)
-
+    share = noise.stddev / math.sqrt(institutions)
+    return _dp_feature_space(schema, ask, share, min_category_count=min_category_count, noise=noise)
+  proposals = ask(Request.CANDIDATES, {'min_count': min_category_count})
+  candidates = {c: sorted(set().union(*(p[c] for p in proposals))) for c in schema.categorical}
+  lower, upper = _federated_clip_ranges(schema, ask)
+  total = _federated_total(ask(Request.STATISTICS, {'candidates': candidates, 'lower': lower,
+                                                    'upper': upper}))
   count = total['count']
   mean = total['sum'] / count
   variance = np.maximum(total['sum_of_squares'] / count - np.square(mean), 0.0)
@@ -261,17 +343,6 @@ def _one_row_per_unit(frame: pd.DataFrame) -> pd.DataFrame:
   if schema_lib.UNIT_COLUMN in frame:
     return frame.drop_duplicates(schema_lib.UNIT_COLUMN, keep='first')
   return frame
-
-
-def _noisy_total(client_values: list, noise: StatisticsNoise, release: int) -> collections.OrderedDict:
-  """The federated sum of the institutions' counts, each adding its share N(0, σ²/K) first."""
-  share = noise.stddev / math.sqrt(len(client_values))
-  noised = []
-  for index, value in enumerate(client_values):
-    rng = np.random.default_rng([noise.seed, release, index])
-    noised.append(collections.OrderedDict(
-        (k, v + rng.normal(0.0, share, v.shape)) for k, v in value.items()))
-  return _federated_total(noised)
 
 
 def dp_range(counts: np.ndarray, threshold: float) -> tuple[float, float, float]:
@@ -321,40 +392,32 @@ def moments(counts: np.ndarray, midpoints: np.ndarray, lower: float, upper: floa
   return mean, max(variance, (width / (4 * FINE_BINS)) ** 2)
 
 
-def _dp_ranges(frames, schema, noise: StatisticsNoise) -> list[tuple[float, float, float]]:
+def _dp_ranges(schema, ask: Ask, share: float, noise: StatisticsNoise) -> list[tuple[float, float, float]]:
   """Release 1: noisy half-decade histograms of every numeric column -> (lower, upper, scale)s."""
   if not schema.numeric:
     return []
-  histograms = [collections.OrderedDict(counts=local_histograms(f, schema, RANGE_EDGES))
-                for f in frames]
-  total = _noisy_total(histograms, noise, release=1)['counts']
+  total = _federated_total(ask(Request.HISTOGRAMS, {'noise_share': share, 'release': 1}))['counts']
   tail = SPURIOUS_BIN / total.size
   threshold = noise.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
   return [dp_range(counts, threshold) for counts in total]
 
 
-def _dp_feature_space(data, *, min_category_count: int, noise: StatisticsNoise) -> FeatureSpace:
-  """Release 2: fine histograms inside the ranges and every present value's count, noised."""
-  schema = data.schema
-  frames = [_one_row_per_unit(i.train) for i in data.institutions]
-  ranges = _dp_ranges(frames, schema, noise)
+def _dp_feature_space(schema, ask: Ask, share: float, *, min_category_count: int,
+                      noise: StatisticsNoise) -> FeatureSpace:
+  """Release 2: fine histograms inside the ranges and every present value's count, noised.
+
+  Each of the K institutions adds N(0, σ²/K) to its counts, so their sum
+  carries N(0, σ²).
+  """
+  ranges = _dp_ranges(schema, ask, share, noise)
   lower, upper = [r[0] for r in ranges], [r[1] for r in ranges]
-  fine = [fine_edges(*r) for r in ranges]
   # Every value present is counted; only the noisy threshold decides what is published.
-  candidates = {c: sorted(set().union(*(f[c].unique() for f in frames))) for c in schema.categorical}
-  client_values = []
-  for f in frames:
-    fine_counts = [
-        np.bincount(np.clip(np.searchsorted(edges, np.clip(f[c].to_numpy(np.float64), lo, hi),
-                                            side='right') - 1, 0, FINE_BINS - 1),
-                    minlength=FINE_BINS).astype(np.float64)
-        for c, (edges, _), lo, hi in zip(schema.numeric, fine, lower, upper)]
-    client_values.append(collections.OrderedDict(
-        fine=np.stack(fine_counts) if fine_counts else np.zeros((0, FINE_BINS)),
-        category_counts=category_counts(f, schema, candidates)))
-  total = _noisy_total(client_values, noise, release=2)
-  stats = [moments(counts, mid, lo, hi)
-           for counts, (_, mid), lo, hi in zip(total['fine'], fine, lower, upper)]
+  present = ask(Request.CANDIDATES, {'noise_share': share, 'release': 0})
+  candidates = {c: sorted(set().union(*(p[c] for p in present))) for c in schema.categorical}
+  total = _federated_total(ask(Request.FINE_COUNTS, {
+      'ranges': ranges, 'candidates': candidates, 'noise_share': share, 'release': 2}))
+  stats = [moments(counts, fine_edges(*r)[1], lo, hi)
+           for counts, r, lo, hi in zip(total['fine'], ranges, lower, upper)]
   vocabulary = _vocabularies(schema, candidates, total['category_counts'],
                              max(noise.vocabulary_threshold, min_category_count))
   return _space(schema, [m for m, _ in stats], [v for _, v in stats], vocabulary, lower, upper)
@@ -363,17 +426,15 @@ def _dp_feature_space(data, *, min_category_count: int, noise: StatisticsNoise) 
 def _federated_total(client_values: list) -> collections.OrderedDict:
   """The sum over institutions of their summaries (a TFF `federated_sum`)."""
   value_type = tff.types.to_type(collections.OrderedDict(
-      (k, tff.TensorType(np.float64, v.shape)) for k, v in client_values[0].items()))
+      (k, tff.TensorType(np.float64, np.shape(v))) for k, v in client_values[0].items()))
   return build_federated_sum(value_type)(client_values)
 
 
-def _federated_clip_ranges(data: federated_data.FederatedData) -> tuple[list, list]:
+def _federated_clip_ranges(schema, ask: Ask) -> tuple[list, list]:
   """Per numeric column, (lowers, uppers) from the summed histograms (see `clip_range`)."""
-  if not data.schema.numeric:
+  if not schema.numeric:
     return [], []
-  histograms = [collections.OrderedDict(counts=local_histograms(i.train, data.schema))
-                for i in data.institutions]
-  total = _federated_total(histograms)['counts']
+  total = _federated_total(ask(Request.HISTOGRAMS, {}))['counts']
   ranges = [clip_range(counts) for counts in total]
   return [lo for lo, _ in ranges], [hi for _, hi in ranges]
 
