@@ -172,14 +172,14 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
   )
   def test_round_runs_and_is_deterministic(self, aggregator_type):
     def run_round():
-      process = processes.build_dp_sgd_train_process(
+      process = processes.build_dp_sgd_train_parts(
           model_fn=self.model_fn,
           client_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=0.1),
           server_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=1.0),
           aggregator=aggregators.configure_aggregator(
               aggregator_type=aggregator_type, weighted=False, clients_per_round=3,
               noise_multiplier=0.5, clip=1.0, noise_seed=3),
-          l2_norm_clip=1.0, noise_multiplier=1.0, expected_batch_size=8)
+          l2_norm_clip=1.0, noise_multiplier=1.0, expected_batch_size=8).compose()
       state = process.initialize()
       state = process.set_model_weights(state, tff_weights(self.keras_model_fn()))
       output = process.next(state, self._datasets())

@@ -38,6 +38,29 @@ class ProcessesTest(tf.test.TestCase, parameterized.TestCase):
         server_optimizer=P.build_optimizer(server, learning_rate=0.5),
         aggregator=aggregator, proximal_strength=mu)
 
+  @parameterized.named_parameters(('weighted', P.Weighting.EXAMPLES), ('uniform', P.Weighting.UNIFORM))
+  def test_parts_run_apart_equal_tffs_fed_avg(self, weighting):
+    weighted = weighting is P.Weighting.EXAMPLES
+    kwargs = dict(client_optimizer=P.build_optimizer(P.OptimizerType.SGD, learning_rate=0.1),
+                  server_optimizer=P.build_optimizer(P.OptimizerType.ADAM, learning_rate=0.05))
+    aggregator = aggregators.configure_aggregator(
+        aggregator_type=aggregators.AggregatorType.MEAN, weighted=weighted, clients_per_round=3)
+    build = (tff.learning.algorithms.build_weighted_fed_avg if weighted
+             else tff.learning.algorithms.build_unweighted_fed_avg)
+    reference = build(self.model_fn, client_optimizer_fn=kwargs['client_optimizer'],
+                      server_optimizer_fn=kwargs['server_optimizer'], model_aggregator=aggregator,
+                      loop_implementation=P.LOOP)
+    parts = P.build_fed_avg_parts(model_fn=self.model_fn, weighting=weighting, aggregator=aggregator, **kwargs)
+    expected = state = reference.initialize()
+    for _ in range(2):  # The second round also checks the server optimizer's state.
+      expected = reference.next(expected, self.datasets).state
+      weights = reference.get_model_weights(state)
+      results = [parts.client_update(weights, d)[0] for d in self.datasets]  # As institutions would.
+      state, _ = parts.server_update(state, results)
+      self.assertAllClose(reference.get_model_weights(state).trainable,
+                          reference.get_model_weights(expected).trainable, atol=1e-6)
+    self.assertEqual(parts.compose().next.type_signature, reference.next.type_signature)
+
   @parameterized.named_parameters(
       ('fedavg_weighted', P.Algorithm.FEDAVG, P.Weighting.EXAMPLES, P.OptimizerType.SGD, 0.0),
       ('fedavg_uniform', P.Algorithm.FEDAVG, P.Weighting.UNIFORM, P.OptimizerType.SGD, 0.0),
@@ -67,7 +90,7 @@ class ProcessesTest(tf.test.TestCase, parameterized.TestCase):
                     aggregator=aggregators.configure_aggregator(
                         aggregator_type=aggregators.AggregatorType.MEAN, weighted=False, clients_per_round=3))
       if scaled:
-        return P.build_scaled_update_train_process(**kwargs)
+        return P.build_scaled_update_train_parts(**kwargs).compose()
       return P.build_train_process(algorithm=P.Algorithm.FEDAVG, **kwargs)
 
     def moved(process, data):

@@ -14,8 +14,9 @@ literature as choices of TFF builder and optimizers:
 """
 
 import collections
+import dataclasses
 import enum
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -49,6 +50,69 @@ class OptimizerType(enum.Enum):
   SGD = 'sgd'
   ADAM = 'adam'
   YOGI = 'yogi'
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """A training process as TFF composes it, its parts kept apart for runtimes that split it.
+
+  The simulation runs `compose()`; a federation of separate machines runs
+  `client_work` at each institution and `aggregator` then `finalizer` at the
+  coordinator, on the state `compose().initialize()` makes (TFF's
+  `LearningAlgorithmState`), so the two give the same models.
+  """
+
+  initial_model_weights: tff.Computation
+  client_work: tff.learning.templates.ClientWorkProcess
+  aggregator: tff.templates.AggregationProcess  # Weighted: (state, updates@CLIENTS, weights@CLIENTS).
+  finalizer: tff.learning.templates.FinalizerProcess
+
+  @property
+  def weights_type(self) -> tff.types.StructType:
+    return self.initial_model_weights.type_signature.result
+
+  def compose(self) -> tff.learning.templates.LearningProcess:
+    return tff.learning.templates.compose_learning_process(
+        self.initial_model_weights, tff.learning.templates.build_broadcast_process(self.weights_type),
+        self.client_work, self.aggregator, self.finalizer)
+
+  def client_update(self, weights: tff.learning.models.ModelWeights, client_data_value):
+    """One institution's (ClientResult, measurements) from the global `weights`: what it sends."""
+    output = self.client_work.next(self.client_work.initialize(), [weights], [client_data_value])
+    return output.result[0], output.measurements
+
+  def server_update(self, state, results: Sequence[tff.learning.templates.ClientResult]):
+    """(`state` after aggregating `results` and applying the update, aggregator measurements).
+
+    `state` is the composed process's (`compose().initialize()`); the client
+    work and distributor here are stateless (FedAvg's and DP-SGD's are `()`).
+    """
+    aggregated = self.aggregator.next(state.aggregator, [r.update for r in results],
+                                      [r.update_weight for r in results])
+    finalized = self.finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
+    return (tff.learning.templates.LearningAlgorithmState(
+        finalized.result, state.distributor, state.client_work, aggregated.state, finalized.state),
+            aggregated.measurements)
+
+
+def _initial_model_weights(model_fn: Callable[[], tff.learning.models.VariableModel]) -> tff.Computation:
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights.from_model(model_fn())
+  return initial_model_weights_fn
+
+
+def _parts(model_fn, client_work_fn: Callable[[tff.types.StructType], tff.learning.templates.ClientWorkProcess],
+           aggregator: aggregators.Factory, server_optimizer: tff.learning.optimizers.Optimizer) -> Parts:
+  """The parts around a client work: a weighted `aggregator` and the server optimizer's finalizer."""
+  initial = _initial_model_weights(model_fn)
+  weights_type = initial.type_signature.result
+  if not isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
+    aggregator = tff.aggregators.as_weighted_aggregator(aggregator)  # Every weight is 1 then.
+  return Parts(
+      initial_model_weights=initial, client_work=client_work_fn(weights_type),
+      aggregator=aggregator.create(weights_type.trainable, tff.TensorType(np.float32)),
+      finalizer=tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type))
 
 
 def build_optimizer(
@@ -143,22 +207,42 @@ def build_train_process(
     return tff.learning.algorithms.build_fed_sgd(
         model_fn, server_optimizer_fn=server_optimizer, model_aggregator=aggregator,
         loop_implementation=LOOP)
-  algorithms = tff.learning.algorithms
   if algorithm is Algorithm.FEDPROX:
     if not proximal_strength > 0:
       raise ValueError(f'fedprox needs proximal_strength > 0, got {proximal_strength}.')
+    algorithms = tff.learning.algorithms
     build = algorithms.build_weighted_fed_prox if weighted else algorithms.build_unweighted_fed_prox
-    extra = {'proximal_strength': proximal_strength}
-  else:
+    return build(model_fn, client_optimizer_fn=client_optimizer, server_optimizer_fn=server_optimizer,
+                 model_aggregator=aggregator, loop_implementation=LOOP,
+                 proximal_strength=proximal_strength)
+  if algorithm is Algorithm.FEDAVG:
     if proximal_strength:
       raise ValueError(f'proximal_strength={proximal_strength} is only for fedprox.')
-    build = algorithms.build_weighted_fed_avg if weighted else algorithms.build_unweighted_fed_avg
-    extra = {}
-  return build(
-      model_fn, client_optimizer_fn=client_optimizer,
-      server_optimizer_fn=server_optimizer, model_aggregator=aggregator,
-      loop_implementation=LOOP, **extra,
-  )
+    return build_fed_avg_parts(
+        model_fn=model_fn, weighting=weighting, client_optimizer=client_optimizer,
+        server_optimizer=server_optimizer, aggregator=aggregator).compose()
+  raise ValueError(f'no training process for {algorithm!r}.')
+
+
+def build_fed_avg_parts(
+    *,
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    weighting: Weighting,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer,
+    aggregator: aggregators.Factory,
+) -> Parts:
+  """FedAvg's parts, as TFF's `build_weighted_fed_avg` / `build_unweighted_fed_avg` compose them.
+
+  Client work `next`: `(<(), ModelWeights@CLIENTS, {<x, y>*}@CLIENTS> ->
+  <(), ClientResult@CLIENTS, <train=metrics>@SERVER>)`.
+  """
+  _check_weighting(weighting, aggregator)
+  from tensorflow_federated.python.learning.templates import model_delta_client_work  # pylint: disable=g-import-not-at-top
+  client_weighting = (tff.learning.ClientWeighting.NUM_EXAMPLES if weighting is Weighting.EXAMPLES
+                      else tff.learning.ClientWeighting.UNIFORM)
+  return _parts(model_fn, lambda _: model_delta_client_work.build_model_delta_client_work(
+      model_fn, client_optimizer, client_weighting, loop_implementation=LOOP), aggregator, server_optimizer)
 
 
 def build_eval_process(
@@ -172,7 +256,7 @@ def build_eval_process(
   return tff.learning.algorithms.build_fed_eval(model_fn, loop_implementation=LOOP)
 
 
-def build_dp_sgd_train_process(
+def build_dp_sgd_train_parts(
     *,
     model_fn: Callable[[], tff.learning.models.VariableModel],
     client_optimizer: tff.learning.optimizers.Optimizer,
@@ -180,40 +264,25 @@ def build_dp_sgd_train_process(
     aggregator: tff.aggregators.UnweightedAggregationFactory,
     l2_norm_clip: float,
     noise_multiplier: float,
-    expected_batch_size: int,
+    expected_batch_size: float,
     loss_fn: tabular.PerExampleLoss = tf.keras.losses.binary_crossentropy,
-) -> tff.learning.templates.LearningProcess:
+) -> Parts:
   """FedAvg whose institutions train with record-level DP-SGD.
 
-  The process is TFF's FedAvg composition (broadcast, client work, aggregator,
-  server optimizer) with `dp_sgd.build_dp_sgd_client_work` as the client
-  work; `aggregator` (unweighted: institutions count the same) may itself
-  be client-level DP.
+  TFF's FedAvg composition (broadcast, client work, aggregator, server
+  optimizer) with `dp_sgd.build_dp_sgd_client_work` as the client work;
+  `aggregator` (unweighted: institutions count the same) may itself be
+  client-level DP.
 
-  Type signature of `next`:
+  Type signature of the composed `next`:
   `(<state@SERVER, {<x, y, seed>*}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`,
   client data from `dp_sgd.poisson_batches`.
   """
   _check_weighting(Weighting.UNIFORM, aggregator)
-
-  @tff.tensorflow.computation
-  def initial_model_weights_fn():
-    return tff.learning.models.ModelWeights.from_model(model_fn())
-
-  weights_type = initial_model_weights_fn.type_signature.result
-  # The composer takes weighted aggregators; every weight here is 1.
-  aggregation = tff.aggregators.as_weighted_aggregator(aggregator).create(
-      weights_type.trainable, tff.TensorType(np.float32))
-  return tff.learning.templates.compose_learning_process(
-      initial_model_weights_fn,
-      tff.learning.templates.build_broadcast_process(weights_type),
-      dp_sgd.build_dp_sgd_client_work(
-          model_fn=model_fn, optimizer=client_optimizer, l2_norm_clip=l2_norm_clip,
-          noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size,
-          loss_fn=loss_fn, loop_implementation=LOOP),
-      aggregation,
-      tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
-  )
+  return _parts(model_fn, lambda _: dp_sgd.build_dp_sgd_client_work(
+      model_fn=model_fn, optimizer=client_optimizer, l2_norm_clip=l2_norm_clip,
+      noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size,
+      loss_fn=loss_fn, loop_implementation=LOOP), aggregator, server_optimizer)
 
 
 def _scaled_updates(inner: tff.learning.templates.ClientWorkProcess) -> tff.learning.templates.ClientWorkProcess:
@@ -246,18 +315,18 @@ def _scaled_updates(inner: tff.learning.templates.ClientWorkProcess) -> tff.lear
 
 
 def scaled_client_data(dataset: tf.data.Dataset, scale: float) -> collections.OrderedDict:
-  """An institution's data for `build_scaled_update_train_process`."""
+  """An institution's data for `build_scaled_update_train_parts`."""
   return collections.OrderedDict(data=dataset, scale=tf.data.Dataset.from_tensors(np.float32(scale)))
 
 
-def build_scaled_update_train_process(
+def build_scaled_update_train_parts(
     *,
     model_fn: Callable[[], tff.learning.models.VariableModel],
     weighting: Weighting,
     client_optimizer: tff.learning.optimizers.Optimizer,
     server_optimizer: tff.learning.optimizers.Optimizer,
     aggregator: aggregators.Factory,
-) -> tff.learning.templates.LearningProcess:
+) -> Parts:
   """FedAvg in which an institution's update is multiplied by a scale it sends.
 
   The simulation of model replacement (Bagdasaryan et al. 2020, "How To
@@ -265,27 +334,10 @@ def build_scaled_update_train_process(
   boosts its update so that it survives averaging; honest ones send scale 1,
   which is plain FedAvg.
 
-  Type signature of `next`:
+  Type signature of the composed `next`:
   `(<state@SERVER, {<data=<x, y>*, scale=float32*>}@CLIENTS> -> <state@SERVER, metrics@SERVER>)`,
   client data from `scaled_client_data`.
   """
-  _check_weighting(weighting, aggregator)
-  from tensorflow_federated.python.learning.templates import model_delta_client_work  # pylint: disable=g-import-not-at-top
-
-  @tff.tensorflow.computation
-  def initial_model_weights_fn():
-    return tff.learning.models.ModelWeights.from_model(model_fn())
-
-  weights_type = initial_model_weights_fn.type_signature.result
-  client_weighting = (tff.learning.ClientWeighting.NUM_EXAMPLES if weighting is Weighting.EXAMPLES
-                      else tff.learning.ClientWeighting.UNIFORM)
-  if not isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
-    aggregator = tff.aggregators.as_weighted_aggregator(aggregator)
-  return tff.learning.templates.compose_learning_process(
-      initial_model_weights_fn,
-      tff.learning.templates.build_broadcast_process(weights_type),
-      _scaled_updates(model_delta_client_work.build_model_delta_client_work(
-          model_fn, client_optimizer, client_weighting, loop_implementation=LOOP)),
-      aggregator.create(weights_type.trainable, tff.TensorType(np.float32)),
-      tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
-  )
+  fed_avg = build_fed_avg_parts(model_fn=model_fn, weighting=weighting, client_optimizer=client_optimizer,
+                                server_optimizer=server_optimizer, aggregator=aggregator)
+  return dataclasses.replace(fed_avg, client_work=_scaled_updates(fed_avg.client_work))

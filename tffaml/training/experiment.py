@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 
 import ml_collections
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tffaml import errors
 from tffaml import features
@@ -456,10 +457,20 @@ def client_work(plan: accounting.PrivacyPlan, *, boosting: bool) -> ClientWork:
 
 
 def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, *, work: ClientWork,
-                        model_fn, aggregator):
-  """The training process running `work` at each institution."""
+                        model_fn, aggregator) -> tff.learning.templates.LearningProcess:
+  """The training process running `work` at each institution (FedProx and FedSGD: TFF's builders)."""
+  if work is ClientWork.FEDERATED and choices.algorithm is not processes.Algorithm.FEDAVG:
+    f = config.federated
+    optimizers = _optimizers(config, choices)
+    return processes.build_train_process(
+        model_fn=model_fn, algorithm=choices.algorithm, weighting=choices.weighting, aggregator=aggregator,
+        proximal_strength=f.proximal_strength, **optimizers)
+  return build_train_parts(config, choices, plan, work=work, model_fn=model_fn, aggregator=aggregator).compose()
+
+
+def _optimizers(config, choices: Choices) -> dict:
   f = config.federated
-  optimizers = dict(
+  return dict(
       client_optimizer=processes.build_optimizer(
           choices.client_optimizer, learning_rate=f.client_learning_rate,
           momentum=f.client_momentum),
@@ -467,14 +478,24 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
           choices.server_optimizer, learning_rate=f.server_learning_rate,
           momentum=f.server_momentum),
   )
+
+
+def build_train_parts(config, choices: Choices, plan: accounting.PrivacyPlan, *, work: ClientWork,
+                      model_fn, aggregator) -> processes.Parts:
+  """The parts of the training process running `work`, for runtimes that run them apart.
+
+  Raises:
+    errors.ConfigError: FedProx or FedSGD (built whole by TFF: no parts).
+  """
+  optimizers = _optimizers(config, choices)
   if work is ClientWork.SCALED_UPDATES:
     if choices.algorithm is not processes.Algorithm.FEDAVG:
       raise errors.ConfigError(f"config.attack.type='boost' simulates FedAvg; config.federated.algorithm="
                        f'{config.federated.algorithm!r} must be \'fedavg\'.')
-    return processes.build_scaled_update_train_process(
+    return processes.build_scaled_update_train_parts(
         model_fn=model_fn, weighting=choices.weighting, aggregator=aggregator, **optimizers)
   if work is ClientWork.DP_SGD:
-    return processes.build_dp_sgd_train_process(
+    return processes.build_dp_sgd_train_parts(
         model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,
         noise_multiplier=plan.record.noise_multiplier,
         expected_batch_size=plan.record.expected_batch_size, loss_fn=loss_fn(config, choices),
@@ -484,21 +505,19 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
     # noised gradient sum over the federation's expected batch / K; the
     # mean over K institutions is then one DP-SGD gradient, which the
     # server optimizer applies.
-    return processes.build_dp_sgd_train_process(
+    return processes.build_dp_sgd_train_parts(
         model_fn=model_fn, aggregator=aggregator, l2_norm_clip=plan.record.clip,
         noise_multiplier=plan.record.noise_share,
         expected_batch_size=plan.record.expected_batch_size / len(plan.record.units),
         loss_fn=loss_fn(config, choices), server_optimizer=optimizers['server_optimizer'],
         client_optimizer=processes.build_optimizer(processes.OptimizerType.SGD, learning_rate=1.0))
   if work is ClientWork.FEDERATED:
-    return processes.build_train_process(
-        model_fn=model_fn,
-        algorithm=choices.algorithm,
-        weighting=choices.weighting,
-        aggregator=aggregator,
-        proximal_strength=f.proximal_strength,
-        **optimizers,
-    )
+    if choices.algorithm is not processes.Algorithm.FEDAVG:
+      raise errors.ConfigError(
+          f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs'
+          " only in simulation; use 'fedavg' (FedAdam and FedYogi are fedavg with a server optimizer).")
+    return processes.build_fed_avg_parts(model_fn=model_fn, weighting=choices.weighting,
+                                         aggregator=aggregator, **optimizers)
   raise ValueError(f'no training process for {work!r}.')
 
 
