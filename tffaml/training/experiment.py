@@ -8,6 +8,7 @@ import enum
 from typing import Callable, Optional, Sequence
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -19,6 +20,7 @@ from tffaml.data import partition
 from tffaml.data import transactions
 from tffaml.export import saved_model
 from tffaml.federated import aggregators
+from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.models import tabular
@@ -548,8 +550,51 @@ def plan_for_config(config) -> tuple[accounting.PrivacyPlan, accounting.PrivacyS
 
 def privacy_plan_for_data(config, choices: Choices, data, *, cohort: int) -> accounting.PrivacyPlan:
   """`privacy_plan` with the units counted in `data`'s training rows."""
+  return privacy_plan_for_census(config, choices, data.schema, census(data), cohort=cohort)
+
+
+def census(data: federated_data.FederatedData) -> list[dict]:
+  """Per institution: its name, training rows and DP units (what the privacy plan is sized by)."""
+  return [{'institution': i.name, 'train_rows': len(i.train), 'units': int(dp_sgd.unit_codes(i.train).max()) + 1}
+          for i in data.institutions]
+
+
+def privacy_plan_for_census(config, choices: Choices, schema, sizes: Sequence[dict], *,
+                            cohort: int) -> accounting.PrivacyPlan:
+  """`privacy_plan` for institutions of `sizes` (`census`) sharing `schema`."""
   return privacy_plan(
-      config, choices, cohort=cohort, unit_column=data.schema.unit,
-      columns=(len(data.schema.numeric), len(data.schema.categorical)),
-      institution_units=[int(dp_sgd.unit_codes(i.train).max()) + 1 for i in data.institutions],
-      rows=sum(len(i.train) for i in data.institutions))
+      config, choices, cohort=cohort, unit_column=schema.unit,
+      columns=(len(schema.numeric), len(schema.categorical)),
+      institution_units=[s['units'] for s in sizes], rows=sum(s['train_rows'] for s in sizes))
+
+
+def stable_seed(*parts: int) -> int:
+  """A seed derived from `parts` (e.g. the run's seed, the round, the institution)."""
+  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def client_dataset(config, work: ClientWork, plan: accounting.PrivacyPlan, schema,
+                   institution: federated_data.InstitutionLike, *, index: int, round_num: int,
+                   noise_seed: int, scale: float = 1.0):
+  """Training data of `institution`, the federation's `index`th, for `round_num`, as `work` takes them.
+
+  Under DP the sample and the noise are secret: seeded from the noise seed,
+  which a federation's node keeps to itself.
+  """
+  f = config.federated
+  if work is ClientWork.DP_SGD:
+    return dp_sgd.poisson_batches(
+        institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
+        seed=stable_seed(noise_seed, round_num, index), max_rows_per_unit=config.record_dp.max_rows_per_unit)
+  if work is ClientWork.DISTRIBUTED_DP_SGD:
+    return dp_sgd.poisson_sample(
+        institution.train, schema, sampling_rate=plan.record.sampling_rate, steps=1,
+        seed=stable_seed(noise_seed, round_num, index), max_rows_per_unit=config.record_dp.max_rows_per_unit)
+  dataset = client_data.institution_dataset(
+      institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
+      shuffle_seed=stable_seed(config.seed, round_num, index))
+  if work is ClientWork.SCALED_UPDATES:
+    return processes.scaled_client_data(dataset, scale)
+  if work is ClientWork.FEDERATED:
+    return dataset
+  raise ValueError(f'no client data for {work!r}.')

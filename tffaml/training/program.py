@@ -28,7 +28,8 @@ The run, in stages (each a function here):
     _claim_workdir start a run, or check that the checkpoints are this run's
                    (config, data, noise): all before any TFF work
     _build         feature statistics -> model, aggregator, the client work
-                   (`experiment.ClientWork`) and its client data (`_Built`)
+                   (`experiment.ClientWork`) and its client data (`Built`),
+                   by the runtime (`InProcess`, or a federation's)
     _restore       the latest checkpoint, the noise seed put back
     _train_rounds  rounds, ledger, metrics, checkpoints; fails on non-finite
     _finish        evaluation, alert threshold, reference, statement, export
@@ -43,7 +44,7 @@ import os
 import secrets
 import shutil
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import ml_collections
 import numpy as np
@@ -58,7 +59,6 @@ from tffaml.data import loading
 from tffaml.data import schema as schema_lib
 from tffaml.export import saved_model
 from tffaml.federated import client_data
-from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.federated import quantiles
 from tffaml.models import tabular
@@ -90,10 +90,6 @@ class Paths:
   privacy = property(lambda self: self._join('privacy.txt'))
   export = property(lambda self: self._join('export'))
   shards = property(lambda self: self._join('shards'))  # Institutions' rows, with config.data.stream.
-
-
-def _stable_seed(*parts: int) -> int:
-  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def sample_cohort(
@@ -221,6 +217,7 @@ def run(
     *,
     stop_after_round: Optional[int] = None,
     log: Callable[[str], None] = print,
+    runtime: Optional['Runtime'] = None,
 ) -> RunResult:
   """Trains, evaluates and exports; resumes from `workdir` if it holds a run.
 
@@ -234,6 +231,9 @@ def run(
     stop_after_round: Stop after checkpointing this round, as a killed run
       would (for tests); no evaluation or export then.
     log: Where progress lines go.
+    runtime: Where the institutions' data and client work live: this process
+      (`InProcess()`, the default) or a federation of nodes
+      (`tffaml.federation.coordinator.Federation`).
 
   Returns:
     The paths written and the final metrics.
@@ -243,22 +243,24 @@ def run(
       round whose loss, model or metrics are not finite (nothing exported).
   """
   choices = experiment.parse_choices(config)
+  runtime = runtime or InProcess()
+  runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
   if config.data.source == loading.Source.CSV_DIR.value and config.data.dir:
     workdir_lib.check_outside(paths.root, config.data.dir)
   created = not os.path.exists(paths.root)
   try:
     with workdir_lib.lock(paths.root):
-      return _run_locked(config, choices, paths, stop_after_round=stop_after_round, log=log)
+      return _run_locked(config, choices, paths, runtime, stop_after_round=stop_after_round, log=log)
   except BaseException:
     if created and os.path.isdir(paths.root) and set(os.listdir(paths.root)) <= {'.lock'}:
       shutil.rmtree(paths.root, ignore_errors=True)  # Refused before any work: leave nothing.
     raise
 
 
-def _prepare(config, choices: experiment.Choices, paths: Paths, log) -> _Setup:
+def _prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
-  data = experiment.load_data(config, shard_dir=paths.shards, log=log)
+  data = runtime.load(config, shard_dir=paths.shards, log=log)
   attack = experiment.attack(config, data)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
@@ -270,7 +272,8 @@ def _prepare(config, choices: experiment.Choices, paths: Paths, log) -> _Setup:
   except ValueError as e:
     raise errors.ConfigError(f'config.export.input_rounding: {e}') from None
   cohort = experiment.clients_per_round(config, choices.sampling, len(data.institutions))
-  plan = experiment.privacy_plan_for_data(config, choices, data, cohort=cohort)
+  plan = experiment.privacy_plan_for_census(config, choices, data.schema, runtime.census(data),
+                                            cohort=cohort)
   return _Setup(data=data, attack=attack, interface=interface, hardening=hardening,
                 cohort=cohort, plan=plan)
 
@@ -280,11 +283,12 @@ def _latest_round(state_manager: tff.program.FileProgramStateManager) -> Optiona
   return max(versions) if versions else None
 
 
-def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after_round, log) -> RunResult:
+def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', *, stop_after_round,
+                log) -> RunResult:
   removed = workdir_lib.remove_stale_temporaries(paths.root)
   if removed:
     log(f'removed what a killed run left half-written: {", ".join(removed)}')
-  setup = _prepare(config, choices, paths, log)
+  setup = _prepare(config, choices, paths, runtime, log)
   state_manager = tff.program.FileProgramStateManager(paths.checkpoints, keep_total=2, keep_first=False)
   checkpoint_round = _latest_round(state_manager)
   identity = dataclasses.replace(
@@ -300,8 +304,8 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, *, stop_after
         f' at δ = {config.privacy.delta:g} over {config.federated.rounds} rounds'
         f' ({choices.accountant.value})')
   noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
-  space = experiment.feature_space(config, data, noise=_statistics_noise(setup.plan, noise_seed))
-  built = _build(config, choices, setup, space, noise_seed)
+  space = runtime.feature_space(config, data, noise=_statistics_noise(setup.plan, noise_seed))
+  built = runtime.build(config, choices, setup, space, noise_seed)
   initial = built.initial_model()
   state, participation, released, first_round = _restore(built.process, state_manager, initial,
                                                          noise_seed, len(data.institutions))
@@ -328,58 +332,89 @@ def _statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional
 
 
 @dataclasses.dataclass(frozen=True)
-class _Built:
-  """The run's TFF processes and how its clients' data are made."""
+class Built:
+  """The run's model and processes, and how its runtime trains and evaluates them."""
 
   keras_model_fn: Callable[[], tf.keras.Model]
-  process: Any  # tff.learning.templates.LearningProcess
-  eval_process: Any
-  train_dataset: Callable[[int, int], tf.data.Dataset]  # (institution index, round) -> dataset.
-  test_sets: dict
+  process: Any  # The composed tff.learning.templates.LearningProcess: the state's form.
+  # (state, cohort's institution indices, round) -> (state, the round's metric values).
+  train_round: Callable[[Any, list[int], int], tuple[Any, dict]]
+  # (model weights, per_institution) -> {'pooled': metrics[, 'institutions': {name: metrics}]}.
+  evaluate: Callable[[tff.learning.models.ModelWeights, bool], dict]
+  # Rows in this process, for what reads them (alert thresholds, attacks, the
+  # centralized reference); None in a federation (`Runtime.check` refuses those).
+  rows: Optional[Any] = None
 
   def initial_model(self) -> tff.learning.models.ModelWeights:
     return tff.learning.models.ModelWeights.from_model(self.keras_model_fn())
 
 
-def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> _Built:
-  schema, plan, f = setup.data.schema, setup.plan, config.federated
+class Runtime(Protocol):
+  """Where the institutions' rows and client work live; the rest of the run is the same program."""
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    """Refuses (errors.ConfigError) what this runtime cannot run, before any work."""
+
+  def load(self, config: ml_collections.ConfigDict, *, shard_dir: str, log) -> Any:
+    """The federation: `.schema`, `.institutions` (each with `.name`) and `.summary()`."""
+
+  def census(self, data) -> list[dict]:
+    """Per institution, its 'train_rows' and DP 'units' (the privacy plan's sizes)."""
+
+  def feature_space(self, config: ml_collections.ConfigDict, data, noise) -> features.FeatureSpace:
+    """The federated feature statistics."""
+
+  def build(self, config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
+    """The model, its processes and how rounds and evaluations run."""
+
+
+class InProcess:
+  """The simulation: every institution's rows in this process, run by TFF's local runtime."""
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    del config  # The simulation runs every config parse_choices accepts.
+
+  def load(self, config: ml_collections.ConfigDict, *, shard_dir: str, log):
+    return experiment.load_data(config, shard_dir=shard_dir, log=log)
+
+  def census(self, data) -> list[dict]:
+    return experiment.census(data)
+
+  def feature_space(self, config: ml_collections.ConfigDict, data, noise) -> features.FeatureSpace:
+    return experiment.feature_space(config, data, noise)
+
+  def build(self, config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
+    return _build(config, choices, setup, space, noise_seed)
+
+
+def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
+  schema = setup.data.schema
   keras_model_fn = experiment.keras_model_fn(config, choices, space)
   model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
-  aggregator = experiment.build_aggregator(config, choices, plan, cohort=setup.cohort,
+  aggregator = experiment.build_aggregator(config, choices, setup.plan, cohort=setup.cohort,
                                            noise_seed=noise_seed)
-  work = experiment.client_work(plan, boosting=setup.attack.type is poisoning.AttackType.BOOST)
+  work = experiment.client_work(setup.plan, boosting=setup.attack.type is poisoning.AttackType.BOOST)
   process = experiment.build_train_process(
-      config, choices, plan, work=work, model_fn=model_fn, aggregator=aggregator)
+      config, choices, setup.plan, work=work, model_fn=model_fn, aggregator=aggregator)
   institutions = setup.data.institutions
 
-  def train_dataset(i: int, round_num: int) -> tf.data.Dataset:
-    institution = institutions[i]
-    if work is experiment.ClientWork.DP_SGD:  # Secret sample and noise: from the noise seed.
-      return dp_sgd.poisson_batches(
-          institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
-          seed=_stable_seed(noise_seed, round_num, i),
-          max_rows_per_unit=config.record_dp.max_rows_per_unit)
-    if work is experiment.ClientWork.DISTRIBUTED_DP_SGD:
-      return dp_sgd.poisson_sample(
-          institution.train, schema, sampling_rate=plan.record.sampling_rate, steps=1,
-          seed=_stable_seed(noise_seed, round_num, i),
-          max_rows_per_unit=config.record_dp.max_rows_per_unit)
-    dataset = client_data.institution_dataset(
-        institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
-        shuffle_seed=_stable_seed(config.seed, round_num, i))
-    if work is experiment.ClientWork.SCALED_UPDATES:
-      return processes.scaled_client_data(dataset, setup.attack.scale(institution.name))
-    if work is experiment.ClientWork.FEDERATED:
-      return dataset
-    raise ValueError(f'no client data for {work!r}.')
+  def train_round(state, members: list[int], round_num: int):
+    datasets = [experiment.client_dataset(
+        config, work, setup.plan, schema, institutions[i], index=i, round_num=round_num,
+        noise_seed=noise_seed, scale=setup.attack.scale(institutions[i].name)) for i in members]
+    output = process.next(state, datasets)
+    return output.state, {**_flatten(output.metrics['client_work']['train'], 'train/'),
+                          **_flatten(output.metrics['aggregator'], 'aggregator/')}
 
+  eval_process = processes.build_eval_process(model_fn)
   test_sets = {
-      i.name: client_data.institution_dataset(i, 'test', schema, batch_size=f.eval_batch_size)
+      i.name: client_data.institution_dataset(i, 'test', schema, batch_size=config.federated.eval_batch_size)
       for i in institutions
   }
-  return _Built(keras_model_fn=keras_model_fn, process=process,
-                eval_process=processes.build_eval_process(model_fn),
-                train_dataset=train_dataset, test_sets=test_sets)
+  return Built(keras_model_fn=keras_model_fn, process=process, train_round=train_round,
+               evaluate=lambda weights, per_institution: evaluation.evaluate(
+                   eval_process, weights, test_sets, per_institution=per_institution),
+               rows=setup.data)
 
 
 def _restore(process, state_manager, initial_model, noise_seed: int, institutions: int):
@@ -434,7 +469,7 @@ def _check_finite(round_num: int, values: Mapping[str, float], weights) -> None:
         ' or check the data, then rerun in a new --workdir.')
 
 
-def _train_rounds(config, choices, setup: _Setup, built: _Built, state_manager, paths: Paths, *,
+def _train_rounds(config, choices, setup: _Setup, built: Built, state_manager, paths: Paths, *,
                   state, participation: np.ndarray, released, rounds: range, noise_seed: int, log):
   """Runs `rounds`, checkpointing each (noise seed redacted); returns (released model, seconds per round)."""
   f, n = config.federated, len(setup.data.institutions)
@@ -449,18 +484,14 @@ def _train_rounds(config, choices, setup: _Setup, built: _Built, state_manager, 
                             seed=config.seed, round_num=round_num)
     values = {}
     if members:  # A Poisson round may draw nobody: the model stays as it is.
-      output = built.process.next(state, [built.train_dataset(i, round_num) for i in members])
-      state = output.state
-      values.update(_flatten(output.metrics['client_work']['train'], 'train/'))
-      values.update(_flatten(output.metrics['aggregator'], 'aggregator/'))
+      state, values = built.train_round(state, members, round_num)
     participation[members] += 1
     values['institutions_in_round'] = float(len(members))
     values.update(_privacy_values(setup.plan, round_num, participation))
     weights = built.process.get_model_weights(state)
     released = _average(released, weights, decay=f.weight_averaging, first=round_num == 1)
     if f.eval_every and round_num % f.eval_every == 0 or round_num == f.rounds:
-      pooled = evaluation.evaluate(built.eval_process, tf.nest.pack_sequence_as(weights, released),
-                                   built.test_sets, per_institution=False)
+      pooled = built.evaluate(tf.nest.pack_sequence_as(weights, released), False)
       values.update(_flatten(pooled['pooled'], 'eval/'))
     _check_finite(round_num, values, weights)
     per_round = progress.round_done(round_num, _summary(values, setup.plan))
@@ -494,35 +525,22 @@ def _summary(values: Mapping[str, float], plan: accounting.PrivacyPlan) -> str:
   return ' | '.join(parts)
 
 
-def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, released, participation,
+def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, released, participation,
             space, per_round, log) -> RunResult:
   """Final evaluation, thresholds, reference, statement and export of a completed run."""
-  data, schema, f = setup.data, setup.data.schema, config.federated
+  schema, f = setup.data.schema, config.federated
   model = built.keras_model_fn()
   weights = released
   weights.assign_weights_to(model)
   metrics = {
-      'federated': evaluation.evaluate(built.eval_process, weights, built.test_sets),
+      'federated': built.evaluate(weights, True),
       'rounds': f.rounds,
       'seconds_per_round_this_session': per_round,
-      'institutions': data.summary(),
+      'institutions': setup.data.summary(),
   }
   threshold = config.model.threshold
-  if config.model.alert_budget:
-    threshold = quantiles.federated_quantile(
-        [client_data.predict(model, i.train, schema) for i in data.institutions],
-        1.0 - config.model.alert_budget)
-    log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
-        ' (federated quantile)')
-  if config.evaluation.alert_budgets or config.model.alert_budget:
-    metrics['alerts'] = evaluation.alert_metrics(
-        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
-         for i in data.institutions},
-        budgets=tuple(config.evaluation.alert_budgets), threshold=threshold)
-  if setup.attack.type is not poisoning.AttackType.NONE:
-    metrics['attack'] = poisoning.measure(setup.attack, model, data)
-  if config.reference.centralized_epochs:
-    metrics['centralized_reference'] = _centralized_reference(config, choices, built, data, log)
+  if built.rows is not None:
+    threshold = _from_rows(config, choices, setup, built, model, metrics, log)
   _check_finite(f.rounds, _flatten(metrics['federated']['pooled'], 'eval/'), weights)
   warnings = _warnings(metrics['federated']['pooled'], setup.plan)
   if warnings:
@@ -547,6 +565,28 @@ def _finish(config, choices, setup: _Setup, built: _Built, paths: Paths, *, rele
                    warnings=warnings)
 
 
+def _from_rows(config, choices, setup: _Setup, built: Built, model, metrics: dict, log) -> float:
+  """What needs the rows in this process: the alert threshold (returned), alert, attack and reference metrics."""
+  data, schema = built.rows, setup.data.schema
+  threshold = config.model.threshold
+  if config.model.alert_budget:
+    threshold = quantiles.federated_quantile(
+        [client_data.predict(model, i.train, schema) for i in data.institutions],
+        1.0 - config.model.alert_budget)
+    log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
+        ' (federated quantile)')
+  if config.evaluation.alert_budgets or config.model.alert_budget:
+    metrics['alerts'] = evaluation.alert_metrics(
+        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
+         for i in data.institutions},
+        budgets=tuple(config.evaluation.alert_budgets), threshold=threshold)
+  if setup.attack.type is not poisoning.AttackType.NONE:
+    metrics['attack'] = poisoning.measure(setup.attack, model, data)
+  if config.reference.centralized_epochs:
+    metrics['centralized_reference'] = _centralized_reference(config, choices, built, data, log)
+  return threshold
+
+
 def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
   why = evaluation.chance_level(pooled)
   if why is None:
@@ -558,11 +598,10 @@ def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
   return (f'the model is no better than chance: {why}. Likely cause: {cause}.',)
 
 
-def _centralized_reference(config, choices, built: _Built, data, log) -> dict:
+def _centralized_reference(config, choices, built: Built, data, log) -> dict:
   log('training the centralized reference (pooled data, same model)...')
   reference = centralized.train(
       built.keras_model_fn, data, loss=tabular.keras_loss(experiment.loss_fn(config, choices)),
       epochs=config.reference.centralized_epochs, batch_size=config.federated.batch_size,
       learning_rate=config.reference.learning_rate, seed=config.seed)
-  return evaluation.evaluate(
-      built.eval_process, tff.learning.models.ModelWeights.from_model(reference), built.test_sets)
+  return built.evaluate(tff.learning.models.ModelWeights.from_model(reference), True)

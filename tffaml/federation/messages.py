@@ -1,0 +1,131 @@
+"""Signed messages between the coordinator and the institutions' nodes.
+
+Everything that travels is a `Message`: a kind, a JSON header and numpy
+arrays (weights, updates, statistics), signed by its sender. The coordinator
+signs with its Ed25519 key (the one that signs exported packages); a node with
+its EC P-384 node key (the one Flower authenticates it with). TLS protects a
+message in transit; the signature says who wrote it, so a node trains only on
+a plan and a global model its coordinator signed, and the coordinator
+aggregates only updates its registered nodes signed.
+
+Wire form: 2-byte signature length, signature, then the signed body: 4-byte
+header length, header JSON (UTF-8), arrays as an `.npz` (no pickles).
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+from typing import Any, Union
+
+from cryptography import exceptions as cryptography_exceptions
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ed25519
+import numpy as np
+
+from tffaml import errors
+
+PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey]
+PublicKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey]
+
+
+class Refused(errors.Refusal):
+  """A message that does not verify, or that its receiver did not agree to."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+  kind: str
+  header: dict[str, Any]
+  arrays: tuple[np.ndarray, ...] = ()
+
+
+def _body(message: Message) -> bytes:
+  header = json.dumps({'kind': message.kind, **message.header}, sort_keys=True).encode()
+  buffer = io.BytesIO()
+  np.savez(buffer, *message.arrays)
+  return len(header).to_bytes(4, 'big') + header + buffer.getvalue()
+
+
+def _sign(key: PrivateKey, data: bytes) -> bytes:
+  if isinstance(key, ed25519.Ed25519PrivateKey):
+    return key.sign(data)
+  if isinstance(key, ec.EllipticCurvePrivateKey):
+    return key.sign(data, ec.ECDSA(hashes.SHA384()))
+  raise TypeError(f'cannot sign with a {type(key).__name__}.')
+
+
+def _verify(key: PublicKey, signature: bytes, data: bytes) -> None:
+  if isinstance(key, ed25519.Ed25519PublicKey):
+    key.verify(signature, data)
+  elif isinstance(key, ec.EllipticCurvePublicKey):
+    key.verify(signature, data, ec.ECDSA(hashes.SHA384()))
+  else:
+    raise TypeError(f'cannot verify with a {type(key).__name__}.')
+
+
+def seal(message: Message, key: PrivateKey) -> bytes:
+  """`message` signed with `key`, as bytes to send."""
+  body = _body(message)
+  signature = _sign(key, body)
+  return len(signature).to_bytes(2, 'big') + signature + body
+
+
+def unseal(blob: bytes, key: PublicKey, *, sender: str, kind: str) -> Message:
+  """The `kind` message in `blob` if `key` (its `sender`'s) signed it.
+
+  Raises:
+    Refused: a signature that does not verify (tampered, or another
+      sender's), a malformed blob, or a message of another kind.
+  """
+  try:
+    length = int.from_bytes(blob[:2], 'big')
+    signature, body = blob[2:2 + length], blob[2 + length:]
+    _verify(key, signature, body)
+  except (cryptography_exceptions.InvalidSignature, ValueError, IndexError):
+    raise Refused(f'a message claiming to be from {sender} does not verify with its registered key:'
+                  ' it was altered, or someone else signed it; it was discarded.') from None
+  header_length = int.from_bytes(body[:4], 'big')
+  header = json.loads(body[4:4 + header_length])
+  with np.load(io.BytesIO(body[4 + header_length:]), allow_pickle=False) as archive:
+    arrays = tuple(archive[f'arr_{i}'] for i in range(len(archive.files)))
+  if header.get('kind') != kind:
+    raise Refused(f'{sender} sent a {header.get("kind")!r} message where a {kind!r} one was due.')
+  return Message(kind=header.pop('kind'), header=header, arrays=arrays)
+
+
+def digest(blob: bytes) -> str:
+  """A message's SHA-256, so a reply names the request it answers."""
+  return hashlib.sha256(blob).hexdigest()
+
+
+def load_private_key(path: str) -> PrivateKey:
+  """A PEM (the coordinator's Ed25519) or OpenSSH (a node's EC) private key."""
+  data = _read(path)
+  try:
+    loader = (serialization.load_ssh_private_key if data.startswith(b'-----BEGIN OPENSSH')
+              else serialization.load_pem_private_key)
+    return loader(data, password=None)
+  except ValueError as e:
+    raise errors.InputError(f'{path}: not a private key ({e}); scripts/pki.py writes them.') from None
+
+
+def load_public_key(path: str) -> PublicKey:
+  """A PEM (the coordinator's Ed25519) or OpenSSH (a node's EC) public key."""
+  data = _read(path)
+  try:
+    if data.startswith(b'-----BEGIN'):
+      return serialization.load_pem_public_key(data)
+    return serialization.load_ssh_public_key(data)
+  except ValueError as e:
+    raise errors.InputError(f'{path}: not a public key ({e}); scripts/pki.py writes them.') from None
+
+
+def _read(path: str) -> bytes:
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise errors.InputError(f'{path}: cannot read the key ({e.strerror}).') from None
