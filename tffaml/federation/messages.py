@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
-from typing import Any, Union
+from typing import Any, Collection, Union
 
 from cryptography import exceptions as cryptography_exceptions
 from cryptography.hazmat.primitives import hashes
@@ -73,8 +73,8 @@ def seal(message: Message, key: PrivateKey) -> bytes:
   return len(signature).to_bytes(2, 'big') + signature + body
 
 
-def unseal(blob: bytes, key: PublicKey, *, sender: str, kind: str) -> Message:
-  """The `kind` message in `blob` if `key` (its `sender`'s) signed it.
+def unseal(blob: bytes, key: PublicKey, *, sender: str, kinds: Collection[str]) -> Message:
+  """The message in `blob` if `key` (its `sender`'s) signed it and it is one of `kinds`.
 
   Raises:
     Refused: a signature that does not verify (tampered, or another
@@ -91,8 +91,8 @@ def unseal(blob: bytes, key: PublicKey, *, sender: str, kind: str) -> Message:
   header = json.loads(body[4:4 + header_length])
   with np.load(io.BytesIO(body[4 + header_length:]), allow_pickle=False) as archive:
     arrays = tuple(archive[f'arr_{i}'] for i in range(len(archive.files)))
-  if header.get('kind') != kind:
-    raise Refused(f'{sender} sent a {header.get("kind")!r} message where a {kind!r} one was due.')
+  if header.get('kind') not in kinds:
+    raise Refused(f'{sender} sent a {header.get("kind")!r} message where one of {sorted(kinds)} was due.')
   return Message(kind=header.pop('kind'), header=header, arrays=arrays)
 
 

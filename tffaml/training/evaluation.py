@@ -5,8 +5,9 @@ counts, totals), not from pooling rows: the same numbers a federation can
 compute without moving data.
 """
 
+import collections
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -19,7 +20,10 @@ RANKING = ('auc', 'auprc', 'ks')  # Undefined (None) on rows of one class.
 
 def _metrics(output) -> dict:
   """The model's metrics (classifiers have all of `METRICS`, an autoencoder its loss)."""
-  values = output.metrics['client_work']['eval']['current_round_metrics']
+  return _named(output.metrics['client_work']['eval']['current_round_metrics'])
+
+
+def _named(values: Mapping) -> dict:
   out = {k: float(values[k]) for k in METRICS if k in values}
   if 'positives' in out and out['positives'] in (0, out['num_examples']):
     out.update({k: None for k in RANKING})
@@ -44,6 +48,35 @@ def evaluate(
         for name, dataset in test_sets.items()
     }
   return result
+
+
+def local_metric_state(model_fn: Callable[[], tff.learning.models.VariableModel],
+                       weights: tff.learning.models.ModelWeights, dataset: tf.data.Dataset) -> dict:
+  """One institution's unfinalized metrics of `weights` on its `dataset`: all it sends for evaluation.
+
+  {metric: [arrays]}: confusion counts, sums and totals, which
+  `finalize_states` sums over institutions as TFF's `sum_then_finalize` does.
+  The computation is TFF's own federated evaluation's client step.
+  """
+  from tensorflow_federated.python.learning.algorithms import fed_eval  # pylint: disable=g-import-not-at-top
+  local_eval = fed_eval._build_local_evaluation(  # pylint: disable=protected-access
+      model_fn, tff.learning.models.weights_type_from_model(model_fn),
+      tff.types.tensorflow_to_type(dataset.element_spec), tff.learning.LoopImplementation.DATASET_ITERATOR)
+  state = local_eval(weights, dataset)['local_outputs']
+  return collections.OrderedDict((name, [np.asarray(v) for v in values]) for name, values in state.items())
+
+
+def finalize_states(model_fn: Callable[[], tff.learning.models.VariableModel], states: Sequence[dict]) -> dict:
+  """The metrics of the rows behind `states` together (`evaluate`'s form), by TFF's `sum_then_finalize`."""
+  state_type = tff.types.tensorflow_to_type(
+      tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), collections.OrderedDict(states[0])))
+  finalizers = model_fn().metric_finalizers()
+
+  @tff.federated_computation(tff.FederatedType(state_type, tff.CLIENTS))
+  def pooled(client_states):
+    return tff.learning.metrics.sum_then_finalize(finalizers)(client_states)
+
+  return _named(pooled([collections.OrderedDict(s) for s in states]))
 
 
 def chance_level(pooled: Mapping[str, Optional[float]]) -> Optional[str]:

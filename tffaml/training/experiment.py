@@ -116,7 +116,7 @@ _DATA_KEYS = {
     'schema_file': 'config.data.schema_file', 'selection': 'config.data.path',
     'path': 'config.data.path', 'test_fraction': 'config.data.test_fraction',
     'min_rows': 'config.data.min_rows', 'min_positives': 'config.data.min_positives',
-    'column': 'config.data.column',
+    'column': 'config.data.column', 'source': 'config.data.source',
 }
 
 
@@ -131,6 +131,8 @@ def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
           min_positives=d.min_positives, max_banks=d.max_banks))
     if source is loading.Source.CSV_DIR:
       return loading.DataSpec(source=source, stream=d.stream, directory=d.dir, schema_file=d.schema_file)
+    if source is loading.Source.FEDERATION:
+      return loading.DataSpec(source=source, stream=d.stream, schema_file=d.schema_file)
     if source is loading.Source.LENDING_CLUB:
       return loading.DataSpec(
           source=source, stream=d.stream, test_fraction=d.test_fraction, max_rows=d.max_rows,
@@ -428,6 +430,11 @@ def keras_model_fn(config, choices: Choices, space) -> Callable[[], tf.keras.Mod
       model_type=choices.model, feature_space=space,
       hidden_units=tuple(config.model.hidden_units),
       embedding_dim=config.model.embedding_dim, seed=config.seed)
+
+
+def initial_weights(keras_model: Callable[[], tf.keras.Model]) -> tff.learning.models.ModelWeights:
+  """The model's initial weights (seeded by the model's builder, so every party makes the same)."""
+  return tff.learning.models.ModelWeights.from_model(keras_model())
 
 
 def model_fn(config, choices: Choices, keras_model: Callable[[], tf.keras.Model], element_spec):

@@ -106,12 +106,12 @@ def sample_cohort(
   raise ValueError(f'no cohort sampling for {sampling!r}.')
 
 
-def _flatten(value, prefix: str = '') -> dict[str, float]:
+def flatten_metrics(value, prefix: str = '') -> dict[str, float]:
   """Numeric scalars of a nested metrics structure as 'a/b/c' -> float."""
   out = {}
   if isinstance(value, Mapping):
     for k, v in value.items():
-      out.update(_flatten(v, f'{prefix}{k}/'))
+      out.update(flatten_metrics(v, f'{prefix}{k}/'))
   elif np.ndim(value) == 0 and isinstance(value, (int, float, np.number)):
     out[prefix.rstrip('/')] = float(value)
   return out
@@ -337,8 +337,9 @@ class Built:
 
   keras_model_fn: Callable[[], tf.keras.Model]
   process: Any  # The composed tff.learning.templates.LearningProcess: the state's form.
-  # (state, cohort's institution indices, round) -> (state, the round's metric values).
-  train_round: Callable[[Any, list[int], int], tuple[Any, dict]]
+  # (state, cohort's institution indices, round) -> (state, the round's metric values,
+  # the indices whose updates were aggregated: the privacy ledger counts only those).
+  train_round: Callable[[Any, list[int], int], tuple[Any, dict, list[int]]]
   # (model weights, per_institution) -> {'pooled': metrics[, 'institutions': {name: metrics}]}.
   evaluate: Callable[[tff.learning.models.ModelWeights, bool], dict]
   # Rows in this process, for what reads them (alert thresholds, attacks, the
@@ -346,7 +347,7 @@ class Built:
   rows: Optional[Any] = None
 
   def initial_model(self) -> tff.learning.models.ModelWeights:
-    return tff.learning.models.ModelWeights.from_model(self.keras_model_fn())
+    return experiment.initial_weights(self.keras_model_fn)
 
 
 class Runtime(Protocol):
@@ -403,8 +404,8 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
         config, work, setup.plan, schema, institutions[i], index=i, round_num=round_num,
         noise_seed=noise_seed, scale=setup.attack.scale(institutions[i].name)) for i in members]
     output = process.next(state, datasets)
-    return output.state, {**_flatten(output.metrics['client_work']['train'], 'train/'),
-                          **_flatten(output.metrics['aggregator'], 'aggregator/')}
+    return output.state, {**flatten_metrics(output.metrics['client_work']['train'], 'train/'),
+                          **flatten_metrics(output.metrics['aggregator'], 'aggregator/')}, members
 
   eval_process = processes.build_eval_process(model_fn)
   test_sets = {
@@ -484,7 +485,7 @@ def _train_rounds(config, choices, setup: _Setup, built: Built, state_manager, p
                             seed=config.seed, round_num=round_num)
     values = {}
     if members:  # A Poisson round may draw nobody: the model stays as it is.
-      state, values = built.train_round(state, members, round_num)
+      state, values, members = built.train_round(state, members, round_num)
     participation[members] += 1
     values['institutions_in_round'] = float(len(members))
     values.update(_privacy_values(setup.plan, round_num, participation))
@@ -492,7 +493,7 @@ def _train_rounds(config, choices, setup: _Setup, built: Built, state_manager, p
     released = _average(released, weights, decay=f.weight_averaging, first=round_num == 1)
     if f.eval_every and round_num % f.eval_every == 0 or round_num == f.rounds:
       pooled = built.evaluate(tf.nest.pack_sequence_as(weights, released), False)
-      values.update(_flatten(pooled['pooled'], 'eval/'))
+      values.update(flatten_metrics(pooled['pooled'], 'eval/'))
     _check_finite(round_num, values, weights)
     per_round = progress.round_done(round_num, _summary(values, setup.plan))
     values['round_seconds'] = per_round
@@ -541,7 +542,7 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
   threshold = config.model.threshold
   if built.rows is not None:
     threshold = _from_rows(config, choices, setup, built, model, metrics, log)
-  _check_finite(f.rounds, _flatten(metrics['federated']['pooled'], 'eval/'), weights)
+  _check_finite(f.rounds, flatten_metrics(metrics['federated']['pooled'], 'eval/'), weights)
   warnings = _warnings(metrics['federated']['pooled'], setup.plan)
   if warnings:
     metrics['warnings'] = list(warnings)

@@ -1,0 +1,111 @@
+"""The federation's program over nodes in this process: same model as the simulation, refusals."""
+
+import copy
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tests import helpers
+from tffaml import errors
+from tffaml import runtime
+from tffaml.export import signing
+from tffaml.federation import coordinator
+from tffaml.federation import credentials
+from tffaml.federation import messages
+from tffaml.federation import node as node_lib
+from tffaml.training import program
+
+
+def _keys(root: str, names) -> tuple:
+  """(coordinator private key, its public key, {name: node private key}, {name: node public key})."""
+  private, public = signing.generate_keys(os.path.join(root, 'coordinator'))
+  node_private, node_public = {}, {}
+  for name in names:
+    key, pub = credentials.write_node_key(os.path.join(root, 'nodes'), name)
+    node_private[name], node_public[name] = messages.load_private_key(key), messages.load_public_key(pub)
+  return messages.load_private_key(private), messages.load_public_key(public), node_private, node_public
+
+
+def coordinator_config(config):
+  config = copy.deepcopy(config)
+  config.data.source, config.data.dir = 'federation', ''
+  return config
+
+
+class FederationTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.config = helpers.smoke_config(self.root, rounds=2)
+    self.config.privacy.noise_seed = 0
+    self.names = sorted(os.listdir(self.config.data.dir))
+    self.key, self.public, self.node_keys, self.node_public = _keys(self.root, self.names)
+
+  def _nodes(self, config=None):
+    return [node_lib.Node(config or self.config, folder=os.path.join(self.config.data.dir, n),
+                          key=self.node_keys[n], coordinator_key=self.public, noise_seed=0,
+                          log=lambda _: None) for n in self.names]
+
+  def _federation(self, nodes, **kwargs):
+    return coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
+                                  node_keys=self.node_public, log=lambda _: None, **kwargs)
+
+  def test_same_model_and_epsilon_as_the_simulation(self):
+    with runtime.local_runtime():
+      simulated = program.run(self.config, os.path.join(self.root, 'sim'), log=lambda _: None)
+      federated = program.run(coordinator_config(self.config), os.path.join(self.root, 'fed'),
+                              log=lambda _: None, runtime=self._federation(self._nodes()))
+    for a, b in zip(simulated.model.get_weights(), federated.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-5)
+    for key in ('auc', 'loss', 'num_examples'):
+      self.assertAllClose(simulated.metrics['federated']['pooled'][key],
+                          federated.metrics['federated']['pooled'][key], atol=1e-5)
+    self.assertEqual(simulated.metrics['privacy'], federated.metrics['privacy'])
+    self.assertTrue(os.path.isdir(federated.paths.export))
+
+  def test_a_node_refuses_a_tampered_request_another_config_and_a_stale_round(self):
+    node = self._nodes()[0]
+    hello = messages.Message(node_lib.HELLO, {'agreement': node.agreement})
+
+    def reply(blob):
+      return messages.unseal(node.handle(blob), self.node_public[node.name], sender=node.name,
+                             kinds=(node_lib.reply_kind(node_lib.HELLO), node_lib.REFUSED))
+    self.assertEqual(reply(messages.seal(hello, self.key)).kind, 'hello_reply')
+    tampered = bytearray(messages.seal(hello, self.key))
+    tampered[-5] ^= 1
+    refused = reply(bytes(tampered))
+    self.assertEqual(refused.kind, node_lib.REFUSED)
+    self.assertIn('does not verify', refused.header['reason'])
+    other = messages.Message(node_lib.HELLO, {'agreement': 'f' * 64})
+    self.assertIn('another config', reply(messages.seal(other, self.key)).header['reason'])
+    forged = messages.seal(hello, self.node_keys[self.names[1]])  # Not the coordinator's key.
+    self.assertIn('does not verify', reply(forged).header['reason'])
+    node._last_round = 5  # pylint: disable=protected-access
+    stale = messages.Message(node_lib.TRAIN, {'agreement': node.agreement, 'round': 4})
+    self.assertIn('stale', reply(messages.seal(stale, self.key)).header['reason'])
+
+  def test_the_coordinator_refuses_a_node_whose_plan_differs(self):
+    changed = copy.deepcopy(self.config)
+    changed.federated.client_learning_rate *= 2
+    nodes = self._nodes()[:2] + self._nodes(changed)[2:]
+    with runtime.local_runtime(), self.assertRaisesRegex(errors.RunFailed, f'node {self.names[2]}: refused'):
+      program.run(coordinator_config(self.config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                  runtime=self._federation(nodes))
+
+  def test_configs_that_need_rows_in_one_process_are_refused(self):
+    config = coordinator_config(self.config)
+    config.evaluation.alert_budgets = (0.01,)
+    with self.assertRaisesRegex(errors.ConfigError, 'config.evaluation.alert_budgets'):
+      coordinator.check(config)
+
+  def test_training_metrics_add_counts_and_weight_means_by_examples(self):
+    combined = coordinator._train_metrics(  # pylint: disable=protected-access
+        [{'num_examples': 10.0, 'loss': 1.0}, {'num_examples': 30.0, 'loss': 3.0}])
+    self.assertEqual(combined, {'train/num_examples': 40.0, 'train/loss': 2.5})
+    self.assertAllClose(np.float32(2.5), combined['train/loss'])
+
+
+if __name__ == '__main__':
+  tf.test.main()

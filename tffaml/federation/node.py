@@ -1,0 +1,177 @@
+"""An institution's node: its own rows, its own client code, answers to signed requests.
+
+A node runs at its institution and is the only process that reads its
+rows. The coordinator sends signed messages (`messages`), never code:
+
+    hello        -> the node's schema and sizes (rows, positives, DP units)
+    statistics   -> its answer to a `features.Request` (DP noise share added here)
+    train        -> its update from the signed global model, with the client
+                    work installed here (FedAvg, or DP-SGD with its own secret
+                    sample and noise), for the round and index in the plan
+    evaluate     -> its unfinalized test metrics (counts and sums, no rows)
+
+Every request carries the hash of the agreed config (`agreement`); a node
+refuses one whose hash differs from its operator's config, a request its
+coordinator did not sign, and a training round older than one it already
+served. Each reply is signed with the node's key and names the request it
+answers.
+"""
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from tffaml import errors
+from tffaml import features
+from tffaml.data import csv_dir
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+from tffaml.federated import client_data
+from tffaml.federated import dp_sgd
+from tffaml.federation import messages
+from tffaml.training import evaluation
+from tffaml.training import experiment
+
+HELLO, STATISTICS, TRAIN, EVALUATE = 'hello', 'statistics', 'train', 'evaluate'
+KINDS = (HELLO, STATISTICS, TRAIN, EVALUATE)
+REFUSED = 'refused'
+# Where a config may differ between parties: where each one's rows (or none) are.
+_LOCAL_KEYS = ('source', 'dir', 'schema_file')
+
+
+def reply_kind(kind: str) -> str:
+  return f'{kind}_reply'
+
+
+def agreement(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> str:
+  """The hash of what the parties agree on: the config (but where rows live) and the schema."""
+  value = json.loads(config.to_json_best_effort())
+  for key in _LOCAL_KEYS:
+    value['data'].pop(key, None)
+  value['privacy'].pop('noise_seed', None)  # Each party's own secret.
+  text = json.dumps({'config': value, 'schema': schema.to_dict()}, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Work:
+  """What the node builds from the plan's feature space and census (cached per plan)."""
+
+  model_fn: Callable[[], Any]
+  template: Any  # tff.learning.models.ModelWeights: the layout of the weights sent.
+  parts: Any  # processes.Parts: only the client work runs here.
+  work: experiment.ClientWork
+  plan: Any
+
+
+class Node:
+  """One institution's side of the federation (transport-free: `handle` takes and returns bytes)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, folder: str, key: messages.PrivateKey,
+               coordinator_key: messages.PublicKey, noise_seed: int, log: Callable[[str], None] = print):
+    """Checks the config and loads the institution's rows from `folder` ({train,test}.csv)."""
+    self._config, self._choices = config, experiment.parse_choices(config)
+    self._schema = schema_lib.Schema.from_json(config.data.schema_file)
+    self.institution = csv_dir.load_institution(folder, self._schema)
+    self.name = self.institution.name
+    self.agreement = agreement(config, self._schema)
+    self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
+    self._last_round = 0
+    self._works: dict[str, _Work] = {}
+
+  def handle(self, blob: bytes) -> bytes:
+    """The signed reply to one signed request (a signed refusal when refused)."""
+    try:
+      request = messages.unseal(blob, self._coordinator_key, sender='the coordinator', kinds=KINDS)
+      self._check_agreement(request)
+      reply = self._answer(request)
+    except (messages.Refused, errors.Refusal) as e:
+      self._log(f'refused a request: {e}')
+      reply = messages.Message(REFUSED, {'reason': str(e)})
+    reply.header['answers'] = messages.digest(blob)
+    return messages.seal(reply, self._key)
+
+  def _check_agreement(self, request: messages.Message) -> None:
+    if request.header.get('agreement') != self.agreement:
+      raise messages.Refused(
+          f'{self.name}: the plan is for another config or schema (hash'
+          f' {str(request.header.get("agreement"))[:12]}…, this node accepted {self.agreement[:12]}…);'
+          ' the coordinator and the nodes must run the same config file and overrides.')
+
+  def _answer(self, request: messages.Message) -> messages.Message:
+    if request.kind == HELLO:
+      return messages.Message(reply_kind(HELLO), {
+          'institution': self.name, 'schema': self._schema.to_dict(),
+          'summary': {'institution': self.name, **federated_data.split_counts(self.institution)},
+          'units': int(dp_sgd.unit_codes(self.institution.train).max()) + 1})
+    if request.kind == STATISTICS:
+      return self._statistics(request.header)
+    if request.kind == TRAIN:
+      return self._train(request)
+    if request.kind == EVALUATE:
+      return self._evaluate(request)
+    raise ValueError(f'no answer to {request.kind!r}.')
+
+  def _statistics(self, header: dict) -> messages.Message:
+    request = features.Request(header['request'])
+    answer = features.answer(self.institution.train, self._schema, request, header['params'],
+                             noise_key=(self._noise_seed, header['index']))
+    if request is features.Request.CANDIDATES:
+      return messages.Message(reply_kind(STATISTICS), {'candidates': answer})
+    return messages.Message(reply_kind(STATISTICS), {'keys': list(answer)}, tuple(answer.values()))
+
+  def _work(self, header: dict) -> _Work:
+    key = json.dumps([header['space'], header['census']], sort_keys=True)
+    if key not in self._works:
+      config, choices, schema = self._config, self._choices, self._schema
+      census = header['census']
+      cohort = experiment.clients_per_round(config, choices.sampling, len(census))
+      plan = experiment.privacy_plan_for_census(config, choices, schema, census, cohort=cohort)
+      keras_model_fn = experiment.keras_model_fn(
+          config, choices, features.FeatureSpace.from_dict(header['space'], schema))
+      model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
+      work = experiment.client_work(plan, boosting=False)
+      # Built for its types only: the coordinator aggregates (with its own noise seed).
+      aggregator = experiment.build_aggregator(config, choices, plan, cohort=cohort, noise_seed=0)
+      self._works[key] = _Work(
+          model_fn=model_fn, template=experiment.initial_weights(keras_model_fn), work=work, plan=plan,
+          parts=experiment.build_train_parts(config, choices, plan, work=work, model_fn=model_fn,
+                                             aggregator=aggregator))
+    return self._works[key]
+
+  def _train(self, request: messages.Message) -> messages.Message:
+    round_num = request.header['round']
+    if round_num < self._last_round:
+      raise messages.Refused(f'{self.name}: round {round_num} is stale (this node already trained round'
+                             f' {self._last_round}); a replayed or out-of-date plan.')
+    work = self._work(request.header)
+    weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
+    dataset = experiment.client_dataset(
+        self._config, work.work, work.plan, self._schema, self.institution,
+        index=request.header['index'], round_num=round_num, noise_seed=self._noise_seed)
+    result, measurements = work.parts.client_update(weights, dataset)
+    self._last_round = round_num
+    self._log(f'{self.name}: trained round {round_num}')
+    return messages.Message(
+        reply_kind(TRAIN),
+        {'round': round_num, 'update_weight': float(result.update_weight),
+         'metrics': _plain(measurements['train'])},
+        tuple(np.asarray(u) for u in tf.nest.flatten(result.update)))
+
+  def _evaluate(self, request: messages.Message) -> messages.Message:
+    work = self._work(request.header)
+    weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
+    test = client_data.institution_dataset(self.institution, 'test', self._schema,
+                                           batch_size=self._config.federated.eval_batch_size)
+    state = evaluation.local_metric_state(work.model_fn, weights, test)
+    return messages.Message(reply_kind(EVALUATE), {'layout': [[k, len(v)] for k, v in state.items()]},
+                            tuple(a for parts in state.values() for a in parts))
+
+
+def _plain(metrics) -> dict:
+  return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
