@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(PYTHON) -m uv
 
-.PHONY: train train-record-dp train-aml test venv clean
+.PHONY: train train-record-dp train-aml federation test venv clean
 
 $(PY): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv \
@@ -26,6 +26,11 @@ data/transactions.csv: | $(PY)
 
 train-aml: data/transactions.csv
 	$(PY) scripts/train.py --config=configs/aml.py --config.data.path=data/transactions.csv --workdir=runs/aml
+
+# The default data as a federation of separate processes on this machine: a
+# SuperLink and one node per institution (TLS, node keys), stopped at the end.
+federation: $(PY)
+	$(PY) scripts/federation.py --workdir=runs/federation
 
 test: $(PY)
 	$(PY) -m pytest -q -n 2  # Two workers: the machines CI runs on have two cores.

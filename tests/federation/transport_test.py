@@ -6,6 +6,7 @@ check the admission path we rely on: a listed node is admitted over TLS, an
 unlisted key is refused, and a plaintext client gets no session.
 """
 
+import csv
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from tffaml import errors
 from tffaml.federation import credentials
 
 _BIN = os.path.dirname(sys.executable)
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ADMITTED = 'AuthenticateServerInterceptor: Created node_id='
 
 
@@ -61,7 +63,8 @@ class CredentialsTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(os.path.join(out, 'nodes.csv')))
 
 
-class NodeAuthenticationTest(tf.test.TestCase):
+class _Processes(tf.test.TestCase):
+  """Starts processes in their own sessions and stops every one of them after the test."""
 
   def setUp(self):
     super().setUp()
@@ -88,18 +91,26 @@ class NodeAuthenticationTest(tf.test.TestCase):
           cwd=self.dir, start_new_session=True))
     return log
 
-  def test_only_listed_nodes_are_admitted_and_only_over_tls(self):
-    tls = credentials.write_tls(self.dir, hosts=['127.0.0.1'])
+  def _superlink(self, tls: credentials.TlsFiles, authorized: str) -> tuple[str, str, str]:
+    """(log, Fleet API address, Driver API address) of a SuperLink with TLS and node authentication."""
     link_key, link_pub = credentials.write_node_key(self.dir, 'superlink')
-    listed, unlisted = (credentials.write_node_key(self.dir, n) for n in ('bank_a', 'bank_b'))
-    nodes = credentials.write_authorized_nodes(os.path.join(self.dir, 'nodes.csv'), [listed[1]])
-    fleet = f'127.0.0.1:{_free_port()}'
+    fleet, driver = f'127.0.0.1:{_free_port()}', f'127.0.0.1:{_free_port()}'
     link = self._start(
         'superlink', 'flower-superlink', '--ssl-ca-certfile', tls.ca_certificate,
-        '--ssl-certfile', tls.certificate, '--ssl-keyfile', tls.key, '--auth-list-public-keys', nodes,
+        '--ssl-certfile', tls.certificate, '--ssl-keyfile', tls.key, '--auth-list-public-keys', authorized,
         '--auth-superlink-private-key', link_key, '--auth-superlink-public-key', link_pub,
-        '--fleet-api-address', fleet, '--driver-api-address', f'127.0.0.1:{_free_port()}',
+        '--fleet-api-address', fleet, '--driver-api-address', driver,
         '--database', ':flwr-in-memory-state:')
+    return link, fleet, driver
+
+
+class NodeAuthenticationTest(_Processes):
+
+  def test_only_listed_nodes_are_admitted_and_only_over_tls(self):
+    tls = credentials.write_tls(self.dir, hosts=['127.0.0.1'])
+    listed, unlisted = (credentials.write_node_key(self.dir, n) for n in ('bank_a', 'bank_b'))
+    nodes = credentials.write_authorized_nodes(os.path.join(self.dir, 'nodes.csv'), [listed[1]])
+    link, fleet, _ = self._superlink(tls, nodes)
     self.assertTrue(_wait_for(link, 'Node authentication enabled with 1 known public keys'),
                     open(link).read())
     self.assertTrue(_wait_for(link, 'Starting Fleet API'), open(link).read())
@@ -121,6 +132,84 @@ class NodeAuthenticationTest(tf.test.TestCase):
     with open(plaintext) as f:
       self.assertNotIn('node_id', f.read())
 
+
+
+class FederationOverFlowerTest(_Processes):
+  """A SuperLink and one scripts/node.py process per institution; the coordinator in this process."""
+
+  def _federation(self, config, names):
+    from tffaml.export import signing  # pylint: disable=g-import-not-at-top
+    tls = credentials.write_tls(self.dir, hosts=['127.0.0.1'])
+    keys = {n: credentials.write_node_key(os.path.join(self.dir, 'nodes'), n) for n in names}
+    authorized = credentials.write_authorized_nodes(os.path.join(self.dir, 'nodes.csv'),
+                                                    [pub for _, pub in keys.values()])
+    private, public = signing.generate_keys(os.path.join(self.dir, 'coordinator'))
+    link, fleet, driver = self._superlink(tls, authorized)
+    self.nodes = {}
+    for name in names:  # Each node: its own process, folder, key and noise seed file.
+      self._start(name, 'python', os.path.join(_REPO, 'scripts', 'node.py'),
+                  f'--config={os.path.join(_REPO, "configs", "csv.py")}:smoke',
+                  '--config.federated.rounds=2', '--config.federated.batch_size=16',
+                  '--config.privacy.noise_seed=0', '--config.federated.eval_every=0',
+                  f'--config.data.schema_file={config.data.schema_file}',
+                  f'--data_dir={os.path.join(config.data.dir, name)}',
+                  f'--workdir={os.path.join(self.dir, "node_" + name)}', f'--superlink={fleet}',
+                  f'--ca={tls.ca_certificate}', f'--key={keys[name][0]}', f'--coordinator_key={public}')
+      self.nodes[name] = self.processes[-1]
+    self.assertTrue(_wait_for(link, 'Starting Fleet API'), open(link).read())
+    with open(tls.ca_certificate, 'rb') as f:
+      ca = f.read()
+    return ca, driver, private, {n: keys[n][1] for n in names}
+
+  def test_the_simulations_model_a_resumed_coordinator_and_a_node_lost_mid_run(self):
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    from tests.federation import coordinator_test  # pylint: disable=g-import-not-at-top
+    from tffaml import runtime  # pylint: disable=g-import-not-at-top
+    from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
+    from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
+    from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+    from tffaml.training import program  # pylint: disable=g-import-not-at-top
+    config = helpers.smoke_config(self.dir, rounds=2)
+    config.privacy.noise_seed = 0
+    names = sorted(os.listdir(config.data.dir))
+    ca, driver, private, public = self._federation(config, names)
+    node_keys = {n: messages.load_public_key(p) for n, p in public.items()}
+
+    def run(workdir, *, timeout=600.0, min_nodes=1, **kwargs):
+      transport = flower.FlowerTransport(driver, root_certificates=ca, node_keys=node_keys, timeout=timeout,
+                                         log=lambda _: None)
+      try:
+        transport.wait_for(names, timeout=240.0)
+        federation = coordinator.Federation(transport, key=messages.load_private_key(private),
+                                            node_keys=node_keys, min_nodes=min_nodes, log=lambda _: None)
+        return program.run(coordinator_test.coordinator_config(config), os.path.join(self.dir, workdir),
+                           runtime=federation, **kwargs)
+      finally:
+        transport.close()
+
+    def kill_bank_c_after_round_1(line):
+      if line.startswith('round 1/'):
+        os.killpg(self.nodes['bank_c'].pid, signal.SIGKILL)
+
+    config.federated.eval_every = 0  # Evaluated at the end only: fewer exchanges.
+    with runtime.local_runtime():
+      simulated = program.run(config, os.path.join(self.dir, 'sim'), log=lambda _: None)
+      # A coordinator stopped after round 1 and restarted on its workdir
+      # ends as an uninterrupted run, which is the simulation.
+      self.assertIsNone(run('resumed', stop_after_round=1, log=lambda _: None).metrics)
+      resumed = run('resumed', log=lambda _: None)
+      lost = run('lost', timeout=10.0, min_nodes=2, log=kill_bank_c_after_round_1)
+    for a, b in zip(simulated.model.get_weights(), resumed.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-5)
+    self.assertEqual(simulated.metrics['privacy']['epsilon'], resumed.metrics['privacy']['epsilon'])
+    self.assertIn('Client-level DP trusts the coordinator', resumed.metrics['privacy']['text'])
+    self.assertAllClose(simulated.metrics['federated']['pooled']['auc'],
+                        resumed.metrics['federated']['pooled']['auc'], atol=1e-6)
+    with open(lost.paths.metrics_csv) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 2.0])  # The ledger's view.
+    self.assertEqual(lost.metrics['federated']['not_evaluated'], ['bank_c'])
+    self.assertGreater(float(rows[0]['federation/bytes_sent_per_node']), 1000)
 
 if __name__ == '__main__':
   tf.test.main()

@@ -166,6 +166,20 @@ class DispatchTest(tf.test.TestCase):
       self.assertIn('10', client.cohort())
 
 
+  def test_every_aggregation_says_what_dp_relies_on(self):
+    mechanism = accounting.DistributedRecordDp(noise_multiplier=4.0, clip=1.0, sampling_rate=0.25,
+                                               units=(100, 300))
+    plan = accounting.PrivacyPlan(client=_client(n=2, m=2, sampling=A.Sampling.FULL), record=mechanism,
+                                  delta=1e-5)
+    texts = {a: plan.statement(rounds=3, participation=[3, 3], aggregation=a).text() for a in A.Aggregation}
+    for aggregation, text in texts.items():
+      self.assertIn(aggregation.distributed_note(), text)
+      self.assertIn(aggregation.client_note(), text)
+    self.assertIn('simulated here as a plain sum', texts[A.Aggregation.SIMULATED])
+    self.assertIn('which this federation did not run', texts[A.Aggregation.VISIBLE_UPDATES])
+    self.assertNotIn('simulated', texts[A.Aggregation.VISIBLE_UPDATES])
+
+
 class DistributedRecordDpTest(tf.test.TestCase):
 
   def _mechanism(self, **overrides):

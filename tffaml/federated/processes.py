@@ -64,8 +64,9 @@ class Parts:
 
   initial_model_weights: tff.Computation
   client_work: tff.learning.templates.ClientWorkProcess
-  aggregator: tff.templates.AggregationProcess  # Weighted: (state, updates@CLIENTS, weights@CLIENTS).
-  finalizer: tff.learning.templates.FinalizerProcess
+  # Weighted: (state, updates@CLIENTS, weights@CLIENTS); None in a node's client-side parts.
+  aggregator: Optional[tff.templates.AggregationProcess]
+  finalizer: Optional[tff.learning.templates.FinalizerProcess]
 
   @property
   def weights_type(self) -> tff.types.StructType:
@@ -103,10 +104,16 @@ def _initial_model_weights(model_fn: Callable[[], tff.learning.models.VariableMo
 
 
 def _parts(model_fn, client_work_fn: Callable[[tff.types.StructType], tff.learning.templates.ClientWorkProcess],
-           aggregator: aggregators.Factory, server_optimizer: tff.learning.optimizers.Optimizer) -> Parts:
-  """The parts around a client work: a weighted `aggregator` and the server optimizer's finalizer."""
+           aggregator: Optional[aggregators.Factory], server_optimizer: tff.learning.optimizers.Optimizer) -> Parts:
+  """The parts around a client work: a weighted `aggregator` and the server optimizer's finalizer.
+
+  Without `aggregator`, the client work only (an institution's node runs nothing else).
+  """
   initial = _initial_model_weights(model_fn)
   weights_type = initial.type_signature.result
+  if aggregator is None:
+    return Parts(initial_model_weights=initial, client_work=client_work_fn(weights_type),
+                 aggregator=None, finalizer=None)
   if not isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
     aggregator = tff.aggregators.as_weighted_aggregator(aggregator)  # Every weight is 1 then.
   return Parts(
@@ -158,9 +165,9 @@ def build_model_fn(
   return model_fn
 
 
-def _check_weighting(weighting: Weighting, aggregator: aggregators.Factory) -> None:
+def _check_weighting(weighting: Weighting, aggregator: Optional[aggregators.Factory]) -> None:
   weighted = weighting is Weighting.EXAMPLES
-  if weighted != isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
+  if aggregator is not None and weighted != isinstance(aggregator, tff.aggregators.WeightedAggregationFactory):
     raise ValueError(
         f'weighting={weighting.value!r} needs a'
         f' {"weighted" if weighted else "unweighted"} aggregator, got'

@@ -20,6 +20,8 @@ as stated.
 """
 
 import dataclasses
+import os
+import secrets
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import ml_collections
@@ -29,10 +31,12 @@ import tensorflow_federated as tff
 
 from tffaml import errors
 from tffaml import features
+from tffaml import io
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
 from tffaml.federation import messages
 from tffaml.federation import node as node_lib
+from tffaml.privacy import accounting
 from tffaml.training import evaluation
 from tffaml.training import experiment
 from tffaml.training import program
@@ -100,6 +104,8 @@ class Federation:
     self.min_nodes, self._log = min_nodes, log
     self._agreement: Optional[str] = None
     self.names: list[str] = list(self._node_keys)  # The federation's order: institution indices.
+    self.traffic = {'sent': 0.0, 'received': 0.0}  # Mean bytes per node of the last exchange.
+    self.run_id = ''  # Set by `load` (kept in the workdir).
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     check(config)
@@ -113,7 +119,10 @@ class Federation:
                                                      tuple(arrays)), self._key)
                 for name, h in headers.items()}
     replies, problems = {}, {}
-    for name, blob in self._transport.exchange(requests).items():
+    answers = self._transport.exchange(requests)
+    self.traffic = {'sent': sum(map(len, requests.values())) / max(len(requests), 1),
+                    'received': sum(map(len, answers.values())) / max(len(answers), 1)}
+    for name, blob in answers.items():
       try:
         reply = messages.unseal(blob, self._node_keys[name], sender=name,
                                 kinds=(node_lib.reply_kind(kind), node_lib.REFUSED))
@@ -133,8 +142,9 @@ class Federation:
       raise errors.RunFailed(f'{kind}: ' + '; '.join(f'node {n}: {p}' for n, p in sorted(problems.items())))
     return replies
 
-  def load(self, config: ml_collections.ConfigDict, *, shard_dir: str, log) -> Roster:
-    del shard_dir, log
+  def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
+    del log
+    self.run_id = _run_id(paths.root)
     replies = self.ask(node_lib.HELLO, {n: {} for n in self.names})
     schema = schema_lib.Schema.from_json(config.data.schema_file)
     for name, reply in replies.items():
@@ -170,7 +180,8 @@ class Federation:
     plan = {'space': _plain(space.to_dict()), 'census': self.census(setup.data)}
     rounds = _Rounds(self, parts, model_fn, plan)
     return program.Built(keras_model_fn=keras_model_fn, process=parts.compose(),
-                         train_round=rounds.train_round, evaluate=rounds.evaluate)
+                         train_round=rounds.train_round, evaluate=rounds.evaluate,
+                         aggregation=accounting.Aggregation.VISIBLE_UPDATES)
 
 
 class _Rounds:
@@ -178,11 +189,13 @@ class _Rounds:
 
   def __init__(self, federation: Federation, parts, model_fn, plan: dict):
     self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
+    self._finalize = None  # Built at the first evaluation, from a state's type.
     self.names = federation.names
 
   def train_round(self, state, members: list[int], round_num: int):
     weights = state.global_model_weights
-    headers = {self.names[i]: {**self._plan, 'round': round_num, 'index': i} for i in members}
+    headers = {self.names[i]: {**self._plan, 'run': self._federation.run_id, 'round': round_num, 'index': i}
+               for i in members}
     replies = self._federation.ask(
         node_lib.TRAIN, headers, _flat(weights), required=False)
     took_part = [i for i in members if self.names[i] in replies]
@@ -196,17 +209,35 @@ class _Rounds:
     results = [_client_result(template, r) for r in ordered]
     state, measurements = self._parts.server_update(state, results)
     values = {**_train_metrics([r.header['metrics'] for r in ordered]),
-              **program.flatten_metrics(measurements, 'aggregator/')}
+              **program.flatten_metrics(measurements, 'aggregator/'),
+              **{f'federation/bytes_{k}_per_node': v for k, v in self._federation.traffic.items()}}
     return state, values, took_part
 
   def evaluate(self, weights, per_institution: bool) -> dict:
     replies = self._federation.ask(
-        node_lib.EVALUATE, {n: dict(self._plan) for n in self.names}, _flat(weights))
-    states = {n: _metric_state(replies[n]) for n in self.names}
-    result = {'pooled': evaluation.finalize_states(self._model_fn, list(states.values()))}
+        node_lib.EVALUATE, {n: dict(self._plan) for n in self.names}, _flat(weights), required=False)
+    if len(replies) < self._federation.min_nodes:
+      raise errors.RunFailed(f'evaluation: {len(replies)} nodes answered, fewer than the minimum'
+                             f' {self._federation.min_nodes}.')
+    states = {n: _metric_state(replies[n]) for n in self.names if n in replies}
+    if self._finalize is None:
+      self._finalize = evaluation.build_finalize(self._model_fn, next(iter(states.values())))
+    result = {'pooled': self._finalize(list(states.values()))}
     if per_institution:
-      result['institutions'] = {n: evaluation.finalize_states(self._model_fn, [s]) for n, s in states.items()}
+      result['institutions'] = {n: self._finalize([s]) for n, s in states.items()}
+    missing = [n for n in self.names if n not in replies]
+    if missing:  # Pooled over the nodes that answered only: said where the metrics are.
+      result['not_evaluated'] = missing
     return result
+
+
+def _run_id(root: str) -> str:
+  """This run's id, kept in its workdir so that a resumed run keeps it (nodes order rounds by run)."""
+  path = os.path.join(root, 'federation_run_id')
+  if not os.path.exists(path):
+    io.write_text(path, secrets.token_hex(16) + '\n')
+  with open(path) as f:
+    return f.read().strip()
 
 
 def _flat(weights) -> list[np.ndarray]:

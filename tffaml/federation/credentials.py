@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from tffaml import errors
 from tffaml import io
+from tffaml.export import signing
 
 # Flower's node authentication derives shared secrets on this curve.
 CURVE = ec.SECP384R1
@@ -85,12 +86,16 @@ def _certificate(subject: x509.Name, public_key, issuer: x509.Name, signer, *, d
   return builder.sign(signer, hashes.SHA256())
 
 
+def _tls_files(out_dir: str) -> TlsFiles:
+  return TlsFiles(*(os.path.join(out_dir, n) for n in ('ca.crt', 'ca.key', 'server.pem', 'server.key')))
+
+
 def write_tls(out_dir: str, *, hosts: Sequence[str], days: int = 365) -> TlsFiles:
   """A CA and the coordinator's certificate for `hosts` (names or IP addresses)."""
   if not hosts:
     raise ValueError('hosts must name the coordinator (a DNS name or an IP address).')
   os.makedirs(out_dir, exist_ok=True)
-  files = TlsFiles(*(os.path.join(out_dir, n) for n in ('ca.crt', 'ca.key', 'server.pem', 'server.key')))
+  files = _tls_files(out_dir)
   _refuse_existing(*dataclasses.astuple(files))
   ca_key, key = ec.generate_private_key(CURVE()), ec.generate_private_key(CURVE())
   ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'tffaml federation CA')])
@@ -130,3 +135,49 @@ def write_authorized_nodes(path: str, public_keys: Sequence[str]) -> str:
                               ' write_node_key); give each node\'s public key, never a private one.') from None
     lines.append(data)
   return _write(path, b'\n'.join(lines) + b'\n', private=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class FederationFiles:
+  """A local federation's credentials (`write_federation`): who keeps which file."""
+
+  tls: TlsFiles
+  superlink_key: str  # The SuperLink's own node-authentication key pair (coordinator's host).
+  coordinator_key: str  # Signs plans, global models and exports (secret, coordinator's host).
+  coordinator_public_key: str  # Every node and every bank that loads the models gets it.
+  nodes: str  # <institution> (secret, that institution's host only) and <institution>.pub.
+  authorized_nodes: str  # The SuperLink's --auth-list-public-keys.
+
+
+def federation_files(out_dir: str) -> FederationFiles:
+  """The files `write_federation` wrote under `out_dir` (checked to exist)."""
+  files = FederationFiles(
+      tls=_tls_files(out_dir),
+      superlink_key=os.path.join(out_dir, 'superlink'),
+      coordinator_key=os.path.join(out_dir, 'coordinator', signing.PRIVATE_KEY_FILE),
+      coordinator_public_key=os.path.join(out_dir, 'coordinator', signing.PUBLIC_KEY_FILE),
+      nodes=os.path.join(out_dir, 'nodes'), authorized_nodes=os.path.join(out_dir, 'authorized_nodes.csv'))
+  missing = [p for p in (*dataclasses.astuple(files.tls), files.superlink_key, files.coordinator_key,
+                         files.authorized_nodes) if not os.path.exists(p)]
+  if missing:
+    raise errors.InputError(f'{out_dir}: missing {", ".join(missing)}; write credentials into a new'
+                            ' directory (scripts/pki.py).')
+  return files
+
+
+def write_federation(out_dir: str, *, hosts: Sequence[str], institutions: Sequence[str]) -> FederationFiles:
+  """Every credential of a federation run from one place (a demo, or a coordinator's part).
+
+  In a deployment each institution writes its own node key on its own host
+  (`write_node_key`) and sends only the .pub; here all are made together.
+  """
+  nodes = os.path.join(out_dir, 'nodes')
+  if os.path.isdir(out_dir) and os.listdir(out_dir):  # Never half a set of credentials.
+    raise FileExistsError(f'{out_dir} is not empty; credentials are never overwritten: give a new directory.')
+  tls = write_tls(out_dir, hosts=hosts)
+  superlink_key, _ = write_node_key(out_dir, 'superlink')
+  private, public = signing.generate_keys(os.path.join(out_dir, 'coordinator'))
+  node_keys = [write_node_key(nodes, name)[1] for name in institutions]
+  authorized = write_authorized_nodes(os.path.join(out_dir, 'authorized_nodes.csv'), node_keys)
+  return FederationFiles(tls=tls, superlink_key=superlink_key, coordinator_key=private,
+                         coordinator_public_key=public, nodes=nodes, authorized_nodes=authorized)

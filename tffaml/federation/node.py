@@ -67,6 +67,8 @@ class _Work:
   parts: Any  # processes.Parts: only the client work runs here.
   work: experiment.ClientWork
   plan: Any
+  evaluate: Any  # evaluation.build_local_evaluation's computation.
+  test: Any  # The test split as batches.
 
 
 class Node:
@@ -81,7 +83,7 @@ class Node:
     self.name = self.institution.name
     self.agreement = agreement(config, self._schema)
     self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
-    self._last_round = 0
+    self._last_round: dict[str, int] = {}  # Per coordinator run: the latest round trained.
     self._works: dict[str, _Work] = {}
 
   def handle(self, blob: bytes) -> bytes:
@@ -136,26 +138,27 @@ class Node:
           config, choices, features.FeatureSpace.from_dict(header['space'], schema))
       model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
       work = experiment.client_work(plan, boosting=False)
-      # Built for its types only: the coordinator aggregates (with its own noise seed).
-      aggregator = experiment.build_aggregator(config, choices, plan, cohort=cohort, noise_seed=0)
+      test = client_data.institution_dataset(self.institution, 'test', schema,
+                                             batch_size=config.federated.eval_batch_size)
       self._works[key] = _Work(
           model_fn=model_fn, template=experiment.initial_weights(keras_model_fn), work=work, plan=plan,
           parts=experiment.build_train_parts(config, choices, plan, work=work, model_fn=model_fn,
-                                             aggregator=aggregator))
+                                             aggregator=None),
+          evaluate=evaluation.build_local_evaluation(model_fn, test.element_spec), test=test)
     return self._works[key]
 
   def _train(self, request: messages.Message) -> messages.Message:
-    round_num = request.header['round']
-    if round_num < self._last_round:
+    run, round_num = request.header['run'], request.header['round']
+    if round_num < self._last_round.get(run, 0):
       raise messages.Refused(f'{self.name}: round {round_num} is stale (this node already trained round'
-                             f' {self._last_round}); a replayed or out-of-date plan.')
+                             f' {self._last_round[run]} of this run); a replayed or out-of-date plan.')
     work = self._work(request.header)
     weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
     dataset = experiment.client_dataset(
         self._config, work.work, work.plan, self._schema, self.institution,
         index=request.header['index'], round_num=round_num, noise_seed=self._noise_seed)
     result, measurements = work.parts.client_update(weights, dataset)
-    self._last_round = round_num
+    self._last_round[run] = round_num
     self._log(f'{self.name}: trained round {round_num}')
     return messages.Message(
         reply_kind(TRAIN),
@@ -166,9 +169,7 @@ class Node:
   def _evaluate(self, request: messages.Message) -> messages.Message:
     work = self._work(request.header)
     weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
-    test = client_data.institution_dataset(self.institution, 'test', self._schema,
-                                           batch_size=self._config.federated.eval_batch_size)
-    state = evaluation.local_metric_state(work.model_fn, weights, test)
+    state = evaluation.local_metric_state(work.evaluate, weights, work.test)
     return messages.Message(reply_kind(EVALUATE), {'layout': [[k, len(v)] for k, v in state.items()]},
                             tuple(a for parts in state.values() for a in parts))
 

@@ -68,6 +68,35 @@ class RecordDpMode(enum.Enum):
   LOCAL = 'local'  # Every institution runs DP-SGD on its own, with its own full noise.
 
 
+class Aggregation(enum.Enum):
+  """Who saw the institutions' individual updates: every statement relying on it says which."""
+
+  SIMULATED = 'simulated'  # One process (scripts/train.py): secure aggregation is a plain sum.
+  VISIBLE_UPDATES = 'visible_updates'  # A federation without secure aggregation.
+
+  def distributed_note(self) -> str:
+    """What distributed DP-SGD relies on, as run."""
+    if self is Aggregation.SIMULATED:
+      return ('It relies on secure aggregation (the coordinator sees only the sum; simulated here as a'
+              ' plain sum) and on every institution adding its share')
+    if self is Aggregation.VISIBLE_UPDATES:
+      return ('It relies on secure aggregation, which this federation did not run: the coordinator'
+              ' received each institution\'s update, carrying only that institution\'s share of the'
+              ' noise, so against the coordinator only the collusion ε holds; and on every'
+              ' institution adding its share')
+    raise ValueError(f'no note for {self!r}.')
+
+  def client_note(self) -> str:
+    """What client-level DP relies on, as run."""
+    if self is Aggregation.SIMULATED:
+      return (' Client-level DP assumes a trusted aggregator: secure aggregation is simulated as a'
+              ' plain sum here.')
+    if self is Aggregation.VISIBLE_UPDATES:
+      return (' Client-level DP trusts the coordinator: it received each institution\'s update'
+              ' before adding the noise.')
+    raise ValueError(f'no note for {self!r}.')
+
+
 class Accountant(enum.Enum):
   RDP = 'rdp'
   PLD = 'pld'
@@ -210,9 +239,10 @@ class RecordLevelDp:
         steps=int(rounds) * self.steps_per_round(institution))
 
   def mechanism(self, worst: int, participation: Sequence[int], *, delta: float,
-                accountant: Accountant, statistics: Optional['FeatureStatisticsDp'] = None) -> str:
+                accountant: Accountant, statistics: Optional['FeatureStatisticsDp'] = None,
+                aggregation: Aggregation = Aggregation.SIMULATED) -> str:
     # Nothing else to compute: no party but the institution adds noise.
-    del delta, accountant, statistics
+    del delta, accountant, statistics, aggregation
     return (f'DP-SGD in each institution, per-unit clip {self.clip:g}, noise'
             f' multiplier {self.noise_multiplier:.4g}, Poisson-sampled batches of'
             f' expected size {self.expected_batch_size}, {self.epochs} epoch(s)'
@@ -271,7 +301,8 @@ class DistributedRecordDp:
         sampling_rate=self.sampling_rate, noise_multiplier=self.noise_share, steps=rounds)
 
   def mechanism(self, worst: int, participation: Sequence[int], *, delta: float,
-                accountant: Accountant, statistics: Optional['FeatureStatisticsDp'] = None) -> str:
+                accountant: Accountant, statistics: Optional['FeatureStatisticsDp'] = None,
+                aggregation: Aggregation = Aggregation.SIMULATED) -> str:
     """What runs, with ε against collusion (composed with `statistics` when given).
 
     `delta` is the accountant's share of δ.
@@ -286,9 +317,8 @@ class DistributedRecordDp:
             f' every one of {len(self.units)} institutions Poisson-samples its units with'
             f' q = {self.sampling_rate:.4g}, clips each unit\'s gradient to {self.clip:g} and'
             f' adds its share of Gaussian noise (multiplier {self.noise_share:.4g}); the sum'
-            f' carries noise multiplier {self.noise_multiplier:.4g}; {rounds} rounds. It relies'
-            ' on secure aggregation (the coordinator sees only the sum; simulated here as a'
-            ' plain sum) and on every institution adding its share: against the coordinator'
+            f' carries noise multiplier {self.noise_multiplier:.4g}; {rounds} rounds. '
+            f'{aggregation.distributed_note()}: against the coordinator'
             f' colluding with all other institutions a unit keeps its own institution\'s share'
             f' only, ε = {colluding:.4g}')
 
@@ -439,6 +469,7 @@ class PrivacyStatement:
   statistics_covered: bool = False  # The exported feature statistics are DP (in the record guarantee).
   # The export's alert threshold is an exact quantile of training scores (config.model.alert_budget).
   exact_alert_threshold: bool = False
+  aggregation: Aggregation = Aggregation.SIMULATED  # Who saw individual updates.
 
   @property
   def epsilon(self) -> float:
@@ -482,8 +513,7 @@ class PrivacyStatement:
         for g in self.guarantees
     ]
     return ' '.join(parts) + self._coverage() + (
-        ' Client-level DP assumes a trusted aggregator: secure aggregation is simulated as a'
-        ' plain sum here.' if any(g.level == 'institution' for g in self.guarantees) else '')
+        self.aggregation.client_note() if any(g.level == 'institution' for g in self.guarantees) else '')
 
   def _coverage(self) -> str:
     evaluation = (' Evaluation metrics on the institutions\' test splits (rows never trained on)'
@@ -523,25 +553,27 @@ class PrivacyPlan:
     """The `Guarantee.unit_name` of the statement's first guarantee."""
     return self.record.unit_name if self.record is not None else 'institution'
 
-  def statement(self, *, rounds: int, participation: Sequence[int]) -> PrivacyStatement:
+  def statement(self, *, rounds: int, participation: Sequence[int],
+                aggregation: Aggregation = Aggregation.SIMULATED) -> PrivacyStatement:
     """The privacy statement after `rounds` rounds.
 
     Args:
       rounds: Rounds run so far.
       participation: Rounds each institution took part in (the ledger).
+      aggregation: Who saw the individual updates (the runtime's).
 
     Returns:
       The statement; no guarantees when neither mechanism is on.
     """
     guarantees = []
     if self.record is not None:
-      guarantees.append(self._record_guarantee(participation))
+      guarantees.append(self._record_guarantee(participation, aggregation))
     if self.client is not None:
       guarantees.append(self._client_guarantee(rounds))
     return PrivacyStatement(
         guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation),
         statistics_covered=self.statistics is not None,
-        exact_alert_threshold=self.exact_alert_threshold)
+        exact_alert_threshold=self.exact_alert_threshold, aggregation=aggregation)
 
   def epsilons(self, *, rounds: int, participation: Sequence[int]) -> dict[str, float]:
     """ε of each guarantee level ('record', 'institution'), without the statement's prose.
@@ -572,7 +604,7 @@ class PrivacyPlan:
     return epsilon(self.client.event(rounds), self.delta, accountant=self.accountant,
                    relation=self.client.relation)
 
-  def _record_guarantee(self, participation: Sequence[int]) -> Guarantee:
+  def _record_guarantee(self, participation: Sequence[int], aggregation: Aggregation) -> Guarantee:
     record = self.record
     participation = [int(r) for r in participation]
     per_institution = self._record_epsilons(participation)
@@ -584,7 +616,7 @@ class PrivacyPlan:
         noise_multiplier=record.noise_multiplier,
         mechanism=record.mechanism(
             worst, participation, delta=accountant_delta(self.delta, self.statistics),
-            accountant=self.accountant, statistics=self.statistics) + (
+            accountant=self.accountant, statistics=self.statistics, aggregation=aggregation) + (
                 f'; {self.statistics.mechanism(self.delta)}' if self.statistics else ''))
 
   def _client_guarantee(self, rounds: int) -> Guarantee:

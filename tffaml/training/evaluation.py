@@ -50,33 +50,40 @@ def evaluate(
   return result
 
 
-def local_metric_state(model_fn: Callable[[], tff.learning.models.VariableModel],
-                       weights: tff.learning.models.ModelWeights, dataset: tf.data.Dataset) -> dict:
+def build_local_evaluation(model_fn: Callable[[], tff.learning.models.VariableModel], element_spec):
+  """`(weights, dataset) -> <local_outputs=unfinalized metrics, ...>`: TFF's federated evaluation's client step."""
+  from tensorflow_federated.python.learning.algorithms import fed_eval  # pylint: disable=g-import-not-at-top
+  return fed_eval._build_local_evaluation(  # pylint: disable=protected-access
+      model_fn, tff.learning.models.weights_type_from_model(model_fn),
+      tff.types.tensorflow_to_type(element_spec), tff.learning.LoopImplementation.DATASET_ITERATOR)
+
+
+def local_metric_state(local_evaluation, weights: tff.learning.models.ModelWeights,
+                       dataset: tf.data.Dataset) -> dict:
   """One institution's unfinalized metrics of `weights` on its `dataset`: all it sends for evaluation.
 
-  {metric: [arrays]}: confusion counts, sums and totals, which
-  `finalize_states` sums over institutions as TFF's `sum_then_finalize` does.
-  The computation is TFF's own federated evaluation's client step.
+  {metric: [arrays]}: confusion counts, sums and totals, which a
+  `build_finalize` computation sums over institutions as TFF's
+  `sum_then_finalize` does. `local_evaluation`: `build_local_evaluation`'s.
   """
-  from tensorflow_federated.python.learning.algorithms import fed_eval  # pylint: disable=g-import-not-at-top
-  local_eval = fed_eval._build_local_evaluation(  # pylint: disable=protected-access
-      model_fn, tff.learning.models.weights_type_from_model(model_fn),
-      tff.types.tensorflow_to_type(dataset.element_spec), tff.learning.LoopImplementation.DATASET_ITERATOR)
-  state = local_eval(weights, dataset)['local_outputs']
+  state = local_evaluation(weights, dataset)['local_outputs']
   return collections.OrderedDict((name, [np.asarray(v) for v in values]) for name, values in state.items())
 
 
-def finalize_states(model_fn: Callable[[], tff.learning.models.VariableModel], states: Sequence[dict]) -> dict:
-  """The metrics of the rows behind `states` together (`evaluate`'s form), by TFF's `sum_then_finalize`."""
+def build_finalize(model_fn: Callable[[], tff.learning.models.VariableModel], state: dict):
+  """`[states] -> metrics` of the rows behind the states together (`evaluate`'s form).
+
+  By TFF's `sum_then_finalize`; `state`: one state, for its type.
+  """
   state_type = tff.types.tensorflow_to_type(
-      tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), collections.OrderedDict(states[0])))
+      tf.nest.map_structure(lambda a: tf.TensorSpec(a.shape, a.dtype), collections.OrderedDict(state)))
   finalizers = model_fn().metric_finalizers()
 
   @tff.federated_computation(tff.FederatedType(state_type, tff.CLIENTS))
   def pooled(client_states):
     return tff.learning.metrics.sum_then_finalize(finalizers)(client_states)
 
-  return _named(pooled([collections.OrderedDict(s) for s in states]))
+  return lambda states: _named(pooled([collections.OrderedDict(s) for s in states]))
 
 
 def chance_level(pooled: Mapping[str, Optional[float]]) -> Optional[str]:

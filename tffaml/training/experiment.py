@@ -493,6 +493,8 @@ def build_train_parts(config, choices: Choices, plan: accounting.PrivacyPlan, *,
                       model_fn, aggregator) -> processes.Parts:
   """The parts of the training process running `work`, for runtimes that run them apart.
 
+  With `aggregator` None, the client work only (what an institution's node runs).
+
   Raises:
     errors.ConfigError: FedProx or FedSGD (built whole by TFF: no parts).
   """

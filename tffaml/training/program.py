@@ -260,7 +260,7 @@ def run(
 
 def _prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
-  data = runtime.load(config, shard_dir=paths.shards, log=log)
+  data = runtime.load(config, paths, log=log)
   attack = experiment.attack(config, data)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
@@ -345,6 +345,7 @@ class Built:
   # Rows in this process, for what reads them (alert thresholds, attacks, the
   # centralized reference); None in a federation (`Runtime.check` refuses those).
   rows: Optional[Any] = None
+  aggregation: accounting.Aggregation = accounting.Aggregation.SIMULATED  # For the statement.
 
   def initial_model(self) -> tff.learning.models.ModelWeights:
     return experiment.initial_weights(self.keras_model_fn)
@@ -356,8 +357,11 @@ class Runtime(Protocol):
   def check(self, config: ml_collections.ConfigDict) -> None:
     """Refuses (errors.ConfigError) what this runtime cannot run, before any work."""
 
-  def load(self, config: ml_collections.ConfigDict, *, shard_dir: str, log) -> Any:
-    """The federation: `.schema`, `.institutions` (each with `.name`) and `.summary()`."""
+  def load(self, config: ml_collections.ConfigDict, paths: Paths, *, log) -> Any:
+    """The federation: `.schema`, `.institutions` (each with `.name`) and `.summary()`.
+
+    `paths`: the run's workdir (for what the runtime keeps there).
+    """
 
   def census(self, data) -> list[dict]:
     """Per institution, its 'train_rows' and DP 'units' (the privacy plan's sizes)."""
@@ -375,8 +379,8 @@ class InProcess:
   def check(self, config: ml_collections.ConfigDict) -> None:
     del config  # The simulation runs every config parse_choices accepts.
 
-  def load(self, config: ml_collections.ConfigDict, *, shard_dir: str, log):
-    return experiment.load_data(config, shard_dir=shard_dir, log=log)
+  def load(self, config: ml_collections.ConfigDict, paths: Paths, *, log):
+    return experiment.load_data(config, shard_dir=paths.shards, log=log)
 
   def census(self, data) -> list[dict]:
     return experiment.census(data)
@@ -548,7 +552,8 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
     metrics['warnings'] = list(warnings)
     for warning in warnings:
       log(f'WARNING: {warning}')
-  statement = setup.plan.statement(rounds=f.rounds, participation=participation)
+  statement = setup.plan.statement(rounds=f.rounds, participation=participation,
+                                   aggregation=built.aggregation)
   metrics['privacy'] = statement.to_dict()
   io.write_json(paths.metrics, metrics)
   io.write_text(paths.privacy, statement.text() + '\n')

@@ -1,0 +1,73 @@
+"""The federation's coordinator: the training program, with the rows at the institutions' nodes.
+
+  python scripts/coordinator.py --config=configs/csv.py --config.data.schema_file=schema.json \
+      --workdir=runs/federation --driver_api=127.0.0.1:9091 --ca=pki/ca.crt \
+      --key=pki/coordinator/private.pem --nodes=pki/nodes
+
+A `flower-superlink` must be running (see README "Deployment"); the nodes in
+`--nodes` (one <institution>.pub each) connect to it with scripts/node.py.
+Rounds, checkpoints and resume, the privacy ledger, metrics and the export
+are the simulation's (scripts/train.py); rerunning the same command resumes.
+"""
+
+import glob
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from tffaml import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The agreed experiment config.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
+_DRIVER_API = flags.DEFINE_string('driver_api', '127.0.0.1:9091', "The SuperLink's Driver API, HOST:PORT.")
+_CA = flags.DEFINE_string('ca', None, 'The federation CA certificate (PEM).', required=True)
+_KEY = flags.DEFINE_string('key', None, "The coordinator's Ed25519 private key (PEM).", required=True)
+_NODES = flags.DEFINE_string('nodes', None, 'Directory of the registered nodes\' <institution>.pub keys.',
+                             required=True)
+_MIN_NODES = flags.DEFINE_integer('min_nodes', 1, 'Fewest updates a round needs; fewer stops the run.')
+_WAIT = flags.DEFINE_float('wait', 600.0, 'Seconds to wait for every registered node to connect.')
+_REPLY_TIMEOUT = flags.DEFINE_float('reply_timeout', 600.0,
+                                    'Seconds a request waits for replies; later ones are dropped.')
+
+
+def main(argv):
+  del argv
+  from tffaml import runtime  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.training import program  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  config.data.source, config.data.dir = 'federation', ''
+  node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
+               for p in sorted(glob.glob(os.path.join(_NODES.value, '*.pub')))}
+  if not node_keys:
+    sys.exit(f'{_NODES.value}: no <institution>.pub keys; scripts/pki.py writes them.')
+  with open(_CA.value, 'rb') as f:
+    root_certificates = f.read()
+  transport = flower.FlowerTransport(_DRIVER_API.value, root_certificates=root_certificates,
+                                     node_keys=node_keys, timeout=_REPLY_TIMEOUT.value)
+  try:
+    print(f'waiting for {len(node_keys)} nodes: {", ".join(node_keys)}', flush=True)
+    transport.wait_for(node_keys, timeout=_WAIT.value)
+    federation = coordinator.Federation(transport, key=messages.load_private_key(_KEY.value),
+                                        node_keys=node_keys, min_nodes=_MIN_NODES.value)
+    with runtime.local_runtime():
+      result = program.run(config, _WORKDIR.value, runtime=federation)
+  finally:
+    transport.close()
+  print(f'\nmodel:   {result.paths.export} (SavedModel, serving_default)')
+  print(f'metrics: {result.paths.metrics}')
+  print(f'privacy: {result.paths.privacy}')
+
+
+if __name__ == '__main__':
+  cli.run(main, import_tensorflow=True)

@@ -1,0 +1,103 @@
+"""A federation of separate processes on this machine: the default data, one node per institution.
+
+  python scripts/federation.py --workdir=runs/federation        (what `make federation` runs)
+
+Writes under --workdir: data/<institution>/ (each node's folder, from
+--data_config's data), pki/ (scripts/pki.py's credentials), logs/ (one per
+process); starts a SuperLink and a node process per institution on
+localhost (TLS and node authentication on), runs the coordinator here
+with --config, and writes run/ (as scripts/train.py's workdir: metrics,
+privacy statement, export) and signs run/export with the coordinator's key.
+Every process it started is stopped when it ends, also on Ctrl-C. Rerunning
+reuses the data and credentials, and resumes the run.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from tffaml import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The federation\'s agreed config.')
+_DATA_CONFIG = config_flags.DEFINE_config_file('data_config', 'configs/loan_risk.py',
+                                               'Whose data is split into the nodes\' folders.')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/federation', 'Where everything goes.')
+_CONNECT_SECONDS = 600.0  # Every node imports TensorFlow: tens of seconds each on two cores.
+
+
+def _config_args() -> list[str]:
+  """The flags that give each node the coordinator's config (file and overrides)."""
+  args = [a for a in sys.argv[1:] if a.startswith('--config')]
+  return args or ['--config=configs/csv.py']
+
+
+def main(argv):
+  del argv
+  from tffaml import runtime  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import local  # pylint: disable=g-import-not-at-top
+  from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  root = os.path.abspath(_WORKDIR.value)
+  data_dir, schema_file = os.path.join(root, 'data'), os.path.join(root, 'schema.json')
+  if not os.path.exists(schema_file):
+    data_dir, schema_file = local.write_institutions(experiment.load_data(_DATA_CONFIG.value), root)
+  names = sorted(os.listdir(data_dir))
+  files = _credentials(os.path.join(root, 'pki'), names)
+  config = _CONFIG.value
+  config.data.schema_file = schema_file
+  fleet, driver = f'127.0.0.1:{local.free_port()}', f'127.0.0.1:{local.free_port()}'
+  with local.Processes(os.path.join(root, 'logs')) as processes, runtime.local_runtime():
+    link = processes.start('superlink', local.superlink_argv(files, fleet=fleet, driver=driver))
+    for name in names:
+      processes.start(name, local.node_argv(
+          files, config_args=_config_args() + [f'--config.data.schema_file={schema_file}'],
+          folder=os.path.join(data_dir, name), workdir=os.path.join(root, 'nodes', name), fleet=fleet))
+    problem = local.wait_for_text(link, 'Starting Driver API', timeout=_CONNECT_SECONDS)
+    if problem is not None:
+      sys.exit(f'error: the SuperLink did not start ({link}):\n{problem}')
+    result = _coordinate(config, files, names, driver, os.path.join(root, 'run'))
+  _sign(result.paths.export, files.coordinator_key)
+  print(f'\nmodel:   {result.paths.export} (signed: {files.coordinator_public_key})')
+  print(f'privacy: {result.paths.privacy}')
+
+
+def _credentials(pki: str, names: list[str]):
+  from tffaml.federation import credentials  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(pki):
+    return credentials.write_federation(pki, hosts=['127.0.0.1', 'localhost'], institutions=names)
+  return credentials.federation_files(pki)
+
+
+def _coordinate(config, files, names, driver: str, workdir: str):
+  from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.training import program  # pylint: disable=g-import-not-at-top
+  config.data.source, config.data.dir = 'federation', ''
+  node_keys = {n: messages.load_public_key(os.path.join(files.nodes, f'{n}.pub')) for n in names}
+  with open(files.tls.ca_certificate, 'rb') as f:
+    transport = flower.FlowerTransport(driver, root_certificates=f.read(), node_keys=node_keys)
+  try:
+    print(f'waiting for {len(names)} nodes to connect...', flush=True)
+    transport.wait_for(names, timeout=_CONNECT_SECONDS)
+    federation = coordinator.Federation(transport, key=messages.load_private_key(files.coordinator_key),
+                                        node_keys=node_keys)
+    return program.run(config, workdir, runtime=federation)
+  finally:
+    transport.close()
+
+
+def _sign(export_dir: str, key: str) -> None:
+  from tffaml.export import signing  # pylint: disable=g-import-not-at-top
+  signing.sign(export_dir, key)
+
+
+if __name__ == '__main__':
+  cli.run(main, import_tensorflow=True)

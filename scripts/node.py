@@ -1,0 +1,67 @@
+"""An institution's node: serves its own folder to the federation over Flower (TLS, node key).
+
+  python scripts/node.py --config=configs/csv.py --config.data.schema_file=schema.json \
+      --data_dir=/data/bank_a --workdir=/var/lib/tffaml/bank_a \
+      --superlink=coordinator.example:9092 --ca=pki/ca.crt \
+      --key=pki/nodes/bank_a.key --coordinator_key=pki/coordinator/public.pem
+
+The node reads only `--data_dir` ({train,test}.csv), runs the client code
+installed here, and answers only requests the coordinator signed for the
+config given here (same file and overrides as the coordinator's). Its DP
+noise seed stays in `--workdir/secret/noise_seed`. Stop it with SIGTERM or
+Ctrl-C.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from tffaml import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The agreed experiment config.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, "This institution's folder: train.csv, test.csv.",
+                                required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, "The node's own state (its DP noise seed).", required=True)
+_SUPERLINK = flags.DEFINE_string('superlink', '127.0.0.1:9092', "The SuperLink's Fleet API, HOST:PORT.")
+_CA = flags.DEFINE_string('ca', None, 'The federation CA certificate (PEM).', required=True)
+_KEY = flags.DEFINE_string('key', None, "This node's private key (OpenSSH EC; its .pub beside it).",
+                           required=True)
+_COORDINATOR_KEY = flags.DEFINE_string('coordinator_key', None, "The coordinator's public key (PEM).",
+                                       required=True)
+
+
+def main(argv):
+  del argv
+  import secrets  # pylint: disable=g-import-not-at-top
+  from tffaml import runtime  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import node as node_lib  # pylint: disable=g-import-not-at-top
+  from tffaml.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  folder = os.path.abspath(_DATA_DIR.value)
+  config.data.source, config.data.dir = 'csv_dir', os.path.dirname(folder)
+  key = messages.load_private_key(_KEY.value)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  noise_seed = workdir_lib.noise_seed(_WORKDIR.value, config.privacy.noise_seed, lambda: secrets.randbits(62))
+  with open(_CA.value, 'rb') as f:
+    root_certificates = f.read()
+  with runtime.local_runtime():
+    node = node_lib.Node(config, folder=folder, key=key, noise_seed=noise_seed,
+                         coordinator_key=messages.load_public_key(_COORDINATOR_KEY.value))
+    print(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
+          f' connecting to {_SUPERLINK.value}', flush=True)
+    flower.run_node(node, key, superlink=_SUPERLINK.value, root_certificates=root_certificates,
+                    authentication_keys=(key, key.public_key()))
+
+
+if __name__ == '__main__':
+  cli.run(main, import_tensorflow=True)

@@ -1,0 +1,154 @@
+"""Flower 1.12 as the transport between the coordinator and the institutions' nodes.
+
+Flower carries bytes; what they mean and who signed them is `messages`'
+business. The SuperLink (`flower-superlink`, run by the coordinator's
+operator) terminates TLS for every connection and admits only the node keys
+on its list (`--auth-list-public-keys`); each node is a Flower SuperNode
+started in its own process by `run_node`, whose ClientApp hands every
+message to `node.Node.handle`. The coordinator talks to the SuperLink's
+Driver API (`FlowerTransport`): bind that API to the coordinator's own host
+(`--driver-api-address 127.0.0.1:9091`), since Flower 1.12 does not
+authenticate its callers.
+
+Flower assigns node ids; names are learned by asking every connected node
+to sign a fresh nonce with its key (`identify`), checked against the
+registry of institutions' public keys.
+"""
+
+import secrets
+import time
+from typing import Callable, Mapping, Optional
+
+from flwr.client import app as client_app_lib
+from flwr.client import client_app
+from flwr.common import ConfigsRecord
+from flwr.common import Message as FlowerMessage
+from flwr.common import RecordSet
+from flwr.proto import run_pb2
+from flwr.server.driver import grpc_driver
+
+from tffaml import errors
+from tffaml.federation import messages
+from tffaml.federation import node as node_lib
+
+_RECORD, _BLOB = 'tffaml', 'blob'
+_REQUEST, _IDENTIFY, _IDENTITY = 'request', 'identify', 'identity'
+
+
+def _content(kind: str, blob: bytes) -> RecordSet:
+  return RecordSet(configs_records={_RECORD: ConfigsRecord({'kind': kind, _BLOB: blob})})
+
+
+def _payload(message: FlowerMessage) -> tuple[str, bytes]:
+  record = message.content.configs_records[_RECORD]
+  return str(record['kind']), bytes(record[_BLOB])
+
+
+def build_client_app(node: node_lib.Node, key: messages.PrivateKey) -> client_app.ClientApp:
+  """The ClientApp a node's SuperNode runs: signed requests to `node`, nonces signed for identity."""
+  app = client_app.ClientApp()
+
+  @app.query()
+  def query(message: FlowerMessage, context) -> FlowerMessage:
+    del context
+    kind, blob = _payload(message)
+    if kind == _IDENTIFY:
+      identity = messages.Message(_IDENTITY, {'institution': node.name, 'nonce': blob.hex()})
+      return message.create_reply(_content(_IDENTITY, messages.seal(identity, key)))
+    return message.create_reply(_content(_REQUEST, node.handle(blob)))
+
+  return app
+
+
+def run_node(node: node_lib.Node, key: messages.PrivateKey, *, superlink: str, root_certificates: bytes,
+             authentication_keys) -> None:
+  """Serves `node` through the SuperLink at `superlink` until stopped (TLS and node authentication on)."""
+  app = build_client_app(node, key)
+  client_app_lib.start_client_internal(
+      server_address=superlink, node_config={}, load_client_app_fn=lambda *_: app,
+      root_certificates=root_certificates, insecure=False, transport='grpc-rere',
+      authentication_keys=authentication_keys)
+
+
+_POLL_SECONDS = 0.2  # Between pulls of replies (Flower's send_and_receive waits 3 s).
+
+
+class FlowerTransport:
+  """`coordinator.Transport` over a SuperLink's Driver API."""
+
+  def __init__(self, driver_api: str, *, root_certificates: bytes,
+               node_keys: Mapping[str, messages.PublicKey], timeout: float = 600.0,
+               log: Callable[[str], None] = print):
+    self._driver = grpc_driver.GrpcDriver(run_id=0, driver_service_address=driver_api,
+                                          root_certificates=root_certificates)
+    # As flwr's own `flower-server-app` does: a run without an app bundle
+    # (nodes run the client code installed at their institution).
+    response = self._driver._stub.CreateRun(  # pylint: disable=protected-access
+        run_pb2.CreateRunRequest(fab_id='tffaml/federation', fab_version='1'))
+    self._driver._run_id = response.run_id  # pylint: disable=protected-access
+    self._node_keys, self._timeout, self._log = dict(node_keys), timeout, log
+    self._ids: dict[str, int] = {}
+
+  def wait_for(self, names, *, timeout: float) -> None:
+    """Waits until every node in `names` has connected and proved its name."""
+    deadline = time.monotonic() + timeout
+    while set(names) - set(self._ids):
+      self._identify()
+      if not set(names) - set(self._ids):
+        break
+      if time.monotonic() > deadline:
+        raise errors.RunFailed(f'nodes {sorted(set(names) - set(self._ids))} did not connect within'
+                               f' {timeout:g} s; start them (scripts/node.py) and rerun.')
+      time.sleep(2.0)
+
+  def _identify(self) -> None:
+    """Learns which connected node id is which institution (a signed fresh nonce each)."""
+    nonces = {i: secrets.token_bytes(16) for i in self._driver.get_node_ids()}
+    requests = [self._driver.create_message(_content(_IDENTIFY, nonce), 'query', i, 'identify')
+                for i, nonce in nonces.items()]
+    self._ids = {}
+    for reply in self._send_and_receive(requests, timeout=60.0):
+      if reply.has_error():
+        continue
+      node_id = reply.metadata.src_node_id
+      name = self._verified_name(_payload(reply)[1], nonces[node_id])
+      if name:
+        self._ids[name] = node_id
+
+  def _verified_name(self, blob: bytes, nonce: bytes) -> Optional[str]:
+    claimed = messages.peek(blob).header.get('institution')
+    if claimed not in self._node_keys:
+      self._log(f'a connected node claims to be {claimed!r}, which is not registered: ignored.')
+      return None
+    identity = messages.unseal(blob, self._node_keys[claimed], sender=claimed, kinds=(_IDENTITY,))
+    return claimed if identity.header['nonce'] == nonce.hex() else None
+
+  def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+    if set(requests) - set(self._ids):
+      self._identify()  # A restarted node comes back with a new node id.
+    sendable = {name: blob for name, blob in requests.items() if name in self._ids}
+    by_id = {self._ids[name]: name for name in sendable}
+    outgoing = [self._driver.create_message(_content(_REQUEST, blob), 'query', self._ids[name], 'tffaml')
+                for name, blob in sendable.items()]
+    replies = {}
+    for reply in self._send_and_receive(outgoing, timeout=self._timeout):
+      name = by_id.get(reply.metadata.src_node_id)
+      if name is None or reply.has_error():
+        self._log(f'node {name}: {reply.error.reason if reply.has_error() else "unknown sender"}')
+        continue
+      replies[name] = _payload(reply)[1]
+    return replies
+
+  def _send_and_receive(self, outgoing: list[FlowerMessage], *, timeout: float) -> list[FlowerMessage]:
+    """The replies that came within `timeout` s (Flower's `send_and_receive`, polling faster)."""
+    pending = set(self._driver.push_messages(outgoing))
+    deadline, replies = time.monotonic() + timeout, []
+    while pending and time.monotonic() < deadline:
+      time.sleep(_POLL_SECONDS)
+      pulled = list(self._driver.pull_messages(pending))
+      replies.extend(pulled)
+      pending -= {m.metadata.reply_to_message for m in pulled}
+    return replies
+
+  def close(self) -> None:
+    self._driver.close()
