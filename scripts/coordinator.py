@@ -39,20 +39,22 @@ _REPLY_TIMEOUT = flags.DEFINE_float('reply_timeout', 600.0,
 
 def main(argv):
   del argv
+  from tffaml import errors  # pylint: disable=g-import-not-at-top
+  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+  # The registry and the CA are checked before TFF is imported: a refusal leaves nothing behind.
+  node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
+               for p in sorted(glob.glob(os.path.join(_NODES.value, '*.pub')))}
+  if not node_keys:
+    raise errors.InputError(f'{_NODES.value}: no <institution>.pub keys; scripts/pki.py writes them.')
+  with open(_CA.value, 'rb') as f:
+    root_certificates = f.read()
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
   from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
   from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   config.data.source, config.data.dir = 'federation', ''
-  node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
-               for p in sorted(glob.glob(os.path.join(_NODES.value, '*.pub')))}
-  if not node_keys:
-    sys.exit(f'{_NODES.value}: no <institution>.pub keys; scripts/pki.py writes them.')
-  with open(_CA.value, 'rb') as f:
-    root_certificates = f.read()
   transport = flower.FlowerTransport(_DRIVER_API.value, root_certificates=root_certificates,
                                      node_keys=node_keys, timeout=_REPLY_TIMEOUT.value)
   try:

@@ -5,19 +5,22 @@ The federation's model equals the simulation's: tested over separate processes i
 
 import copy
 import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
 
 from tests import helpers
 from tffaml import errors
-from tffaml import runtime
 from tffaml.export import signing
 from tffaml.federation import coordinator
 from tffaml.federation import credentials
 from tffaml.federation import messages
 from tffaml.federation import node as node_lib
 from tffaml.training import program
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _keys(root: str, names) -> tuple:
@@ -81,7 +84,7 @@ class FederationTest(tf.test.TestCase):
     changed = copy.deepcopy(self.config)
     changed.federated.client_learning_rate *= 2
     nodes = self._nodes()[:2] + self._nodes(changed)[2:]
-    with runtime.local_runtime(), self.assertRaisesRegex(errors.RunFailed, f'node {self.names[2]}: refused'):
+    with self.assertRaisesRegex(errors.RunFailed, f'node {self.names[2]}: refused'):  # conftest's runtime.
       program.run(coordinator_config(self.config), os.path.join(self.root, 'fed'), log=lambda _: None,
                   runtime=self._federation(nodes))
 
@@ -97,6 +100,34 @@ class FederationTest(tf.test.TestCase):
     self.assertEqual(combined, {'train/num_examples': 40.0, 'train/loss': 2.5})
     self.assertAllClose(np.float32(2.5), combined['train/loss'])
 
+
+
+class ScriptTest(tf.test.TestCase):
+
+  def test_a_bad_row_or_no_registered_node_is_one_message_before_any_connection(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    with open(os.path.join(data_dir, 'bank_b', 'train.csv'), 'a') as f:
+      f.write('1e200,10.0,A,0\n')
+    os.makedirs(os.path.join(root, 'no_nodes'))
+    tls = credentials.write_tls(os.path.join(root, 'pki'), hosts=['127.0.0.1'])
+    node_key, _ = credentials.write_node_key(os.path.join(root, 'pki'), 'bank_b')
+    private, public = signing.generate_keys(os.path.join(root, 'pki', 'coordinator'))
+    common = ['--config=configs/csv.py:smoke', f'--config.data.schema_file={schema_file}',
+              f'--ca={tls.ca_certificate}']
+    runs = {
+        'node': ['scripts/node.py', *common, f'--data_dir={data_dir}/bank_b', f'--workdir={root}/node',
+                 f'--key={node_key}', f'--coordinator_key={public}', '--superlink=127.0.0.1:1'],
+        'coordinator': ['scripts/coordinator.py', *common, f'--workdir={root}/run', f'--key={private}',
+                        f'--nodes={root}/no_nodes'],
+    }
+    expected = {'node': r"error: .*bank_b/train.csv: line 62, column 'amount': '1e200' is beyond",
+                'coordinator': r'no_nodes: no <institution>.pub keys'}
+    for name, argv in runs.items():
+      done = subprocess.run([sys.executable, *argv], cwd=_ROOT, capture_output=True, text=True, timeout=600)
+      self.assertNotEqual(done.returncode, 0, name)
+      self.assertRegex(done.stderr, expected[name])
+      self.assertNotIn('Traceback', done.stderr)
 
 if __name__ == '__main__':
   tf.test.main()

@@ -1,9 +1,10 @@
-"""Flower 1.12's TLS and node authentication, with our credentials and our cryptography.
+"""A federation over Flower 1.12: TLS, node authentication, and the federation's runs.
 
 flwr 1.12.0 asks for cryptography < 43; the project overrides it with its own
-(>= 50). These tests start a real SuperLink and SuperNodes on localhost and
-check the admission path we rely on: a listed node is admitted over TLS, an
-unlisted key is refused, and a plaintext client gets no session.
+(>= 50). The test starts a real SuperLink, a scripts/node.py process per
+institution and Flower's own SuperNodes on localhost, and checks the
+admission path we rely on (listed nodes are admitted over TLS, an unlisted key
+is refused, a plaintext client gets no session) and the federation's runs.
 """
 
 import csv
@@ -104,36 +105,6 @@ class _Processes(tf.test.TestCase):
     return link, fleet, driver
 
 
-class NodeAuthenticationTest(_Processes):
-
-  def test_only_listed_nodes_are_admitted_and_only_over_tls(self):
-    tls = credentials.write_tls(self.dir, hosts=['127.0.0.1'])
-    listed, unlisted = (credentials.write_node_key(self.dir, n) for n in ('bank_a', 'bank_b'))
-    nodes = credentials.write_authorized_nodes(os.path.join(self.dir, 'nodes.csv'), [listed[1]])
-    link, fleet, _ = self._superlink(tls, nodes)
-    self.assertTrue(_wait_for(link, 'Node authentication enabled with 1 known public keys'),
-                    open(link).read())
-    self.assertTrue(_wait_for(link, 'Starting Fleet API'), open(link).read())
-    node = lambda name, keys: self._start(
-        name, 'flower-supernode', '--root-certificates', tls.ca_certificate, '--superlink', fleet,
-        '--auth-supernode-private-key', keys[0], '--auth-supernode-public-key', keys[1],
-        '--max-retries', '1')
-    # Each Flower process takes seconds to start: all three nodes start at once.
-    refused = node('bank_b', unlisted)
-    plaintext = self._start('plaintext', 'flower-supernode', '--insecure', '--superlink', fleet,
-                            '--max-retries', '1')
-    node('bank_a', listed)
-    self.assertTrue(_wait_for(refused, 'Access denied'), open(refused).read())
-    self.assertTrue(_wait_for(link, 'Handshake failed'), open(link).read())
-    self.assertTrue(_wait_for(link, _ADMITTED), open(link).read())
-    time.sleep(1.0)
-    with open(link) as f:
-      self.assertEqual(f.read().count(_ADMITTED), 1)  # bank_a only.
-    with open(plaintext) as f:
-      self.assertNotIn('node_id', f.read())
-
-
-
 class FederationOverFlowerTest(_Processes):
   """A SuperLink and one scripts/node.py process per institution; the coordinator in this process."""
 
@@ -156,15 +127,25 @@ class FederationOverFlowerTest(_Processes):
                   f'--workdir={os.path.join(self.dir, "node_" + name)}', f'--superlink={fleet}',
                   f'--ca={tls.ca_certificate}', f'--key={keys[name][0]}', f'--coordinator_key={public}')
       self.nodes[name] = self.processes[-1]
+    self.assertTrue(_wait_for(link, f'Node authentication enabled with {len(names)} known public keys'),
+                    open(link).read())
     self.assertTrue(_wait_for(link, 'Starting Fleet API'), open(link).read())
+    # Beside them: a node whose key is not listed, and a client without TLS.
+    intruder = credentials.write_node_key(self.dir, 'intruder')
+    self.refused = self._start(
+        'intruder', 'flower-supernode', '--root-certificates', tls.ca_certificate, '--superlink', fleet,
+        '--auth-supernode-private-key', intruder[0], '--auth-supernode-public-key', intruder[1],
+        '--max-retries', '1')
+    self.plaintext = self._start('plaintext', 'flower-supernode', '--insecure', '--superlink', fleet,
+                                 '--max-retries', '1')
+    self.link = link
     with open(tls.ca_certificate, 'rb') as f:
       ca = f.read()
     return ca, driver, private, {n: keys[n][1] for n in names}
 
-  def test_the_simulations_model_a_resumed_coordinator_and_a_node_lost_mid_run(self):
+  def test_only_listed_nodes_over_tls_the_simulations_model_a_resumed_coordinator_and_a_lost_node(self):
     from tests import helpers  # pylint: disable=g-import-not-at-top
     from tests.federation import coordinator_test  # pylint: disable=g-import-not-at-top
-    from tffaml import runtime  # pylint: disable=g-import-not-at-top
     from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
     from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
     from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
@@ -192,13 +173,13 @@ class FederationOverFlowerTest(_Processes):
         os.killpg(self.nodes['bank_c'].pid, signal.SIGKILL)
 
     config.federated.eval_every = 0  # Evaluated at the end only: fewer exchanges.
-    with runtime.local_runtime():
-      simulated = program.run(config, os.path.join(self.dir, 'sim'), log=lambda _: None)
-      # A coordinator stopped after round 1 and restarted on its workdir
-      # ends as an uninterrupted run, which is the simulation.
-      self.assertIsNone(run('resumed', stop_after_round=1, log=lambda _: None).metrics)
-      resumed = run('resumed', log=lambda _: None)
-      lost = run('lost', timeout=10.0, min_nodes=2, log=kill_bank_c_after_round_1)
+    # TFF's local runtime: conftest's, for the session.
+    simulated = program.run(config, os.path.join(self.dir, 'sim'), log=lambda _: None)
+    # A coordinator stopped after round 1 and restarted on its workdir
+    # ends as an uninterrupted run, which is the simulation.
+    self.assertIsNone(run('resumed', stop_after_round=1, log=lambda _: None).metrics)
+    resumed = run('resumed', log=lambda _: None)
+    lost = run('lost', timeout=10.0, min_nodes=2, log=kill_bank_c_after_round_1)
     for a, b in zip(simulated.model.get_weights(), resumed.model.get_weights()):
       self.assertAllClose(a, b, atol=1e-5)
     self.assertEqual(simulated.metrics['privacy']['epsilon'], resumed.metrics['privacy']['epsilon'])
@@ -210,6 +191,12 @@ class FederationOverFlowerTest(_Processes):
     self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 2.0])  # The ledger's view.
     self.assertEqual(lost.metrics['federated']['not_evaluated'], ['bank_c'])
     self.assertGreater(float(rows[0]['federation/bytes_sent_per_node']), 1000)
+    self.assertTrue(_wait_for(self.refused, 'Access denied'), open(self.refused).read())
+    self.assertTrue(_wait_for(self.link, 'Handshake failed'), open(self.link).read())
+    with open(self.link) as f:
+      self.assertEqual(f.read().count(_ADMITTED), len(names))  # The registered nodes only.
+    with open(self.plaintext) as f:
+      self.assertNotIn('node_id', f.read())
 
 if __name__ == '__main__':
   tf.test.main()

@@ -26,6 +26,7 @@ from flwr.common import Message as FlowerMessage
 from flwr.common import RecordSet
 from flwr.proto import run_pb2
 from flwr.server.driver import grpc_driver
+import grpc
 
 from tffaml import errors
 from tffaml.federation import messages
@@ -83,8 +84,12 @@ class FlowerTransport:
                                           root_certificates=root_certificates)
     # As flwr's own `flower-server-app` does: a run without an app bundle
     # (nodes run the client code installed at their institution).
-    response = self._driver._stub.CreateRun(  # pylint: disable=protected-access
-        run_pb2.CreateRunRequest(fab_id='tffaml/federation', fab_version='1'))
+    try:
+      response = self._driver._stub.CreateRun(  # pylint: disable=protected-access
+          run_pb2.CreateRunRequest(fab_id='tffaml/federation', fab_version='1'))
+    except grpc.RpcError as e:
+      raise errors.RunFailed(f'cannot reach the SuperLink\'s Driver API at {driver_api}: {e.details()}; start'
+                             ' flower-superlink (README "Deployment") or check --driver_api and --ca.') from None
     self._driver._run_id = response.run_id  # pylint: disable=protected-access
     self._node_keys, self._timeout, self._log = dict(node_keys), timeout, log
     self._ids: dict[str, int] = {}
