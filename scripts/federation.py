@@ -62,7 +62,7 @@ def main(argv):
     problem = local.wait_for_text(link, 'Starting Driver API', timeout=_CONNECT_SECONDS)
     if problem is not None:
       sys.exit(f'error: the SuperLink did not start ({link}):\n{problem}')
-    result = _coordinate(config, files, names, driver, os.path.join(root, 'run'))
+    result = _coordinate(config, files, names, driver, os.path.join(root, 'run'), check=processes.exited)
   _sign(result.paths.export, files.coordinator_key)
   print(f'\nmodel:   {result.paths.export} (signed: {files.coordinator_public_key})')
   print(f'privacy: {result.paths.privacy}')
@@ -75,7 +75,7 @@ def _credentials(pki: str, names: list[str]):
   return credentials.federation_files(pki)
 
 
-def _coordinate(config, files, names, driver: str, workdir: str):
+def _coordinate(config, files, names, driver: str, workdir: str, *, check):
   from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
   from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
   from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
@@ -86,7 +86,7 @@ def _coordinate(config, files, names, driver: str, workdir: str):
     transport = flower.FlowerTransport(driver, root_certificates=f.read(), node_keys=node_keys)
   try:
     print(f'waiting for {len(names)} nodes to connect...', flush=True)
-    transport.wait_for(names, timeout=_CONNECT_SECONDS)
+    transport.wait_for(names, timeout=_CONNECT_SECONDS, check=check)
     federation = coordinator.Federation(transport, key=messages.load_private_key(files.coordinator_key),
                                         node_keys=node_keys)
     return program.run(config, workdir, runtime=federation)

@@ -94,13 +94,19 @@ class FlowerTransport:
     self._node_keys, self._timeout, self._log = dict(node_keys), timeout, log
     self._ids: dict[str, int] = {}
 
-  def wait_for(self, names, *, timeout: float) -> None:
-    """Waits until every node in `names` has connected and proved its name."""
+  def wait_for(self, names, *, timeout: float, check: Callable[[], Optional[str]] = lambda: None) -> None:
+    """Waits until every node in `names` has connected and proved its name.
+
+    `check`: what has gone wrong meanwhile (e.g. a node process that exited), or None.
+    """
     deadline = time.monotonic() + timeout
     while set(names) - set(self._ids):
       self._identify()
       if not set(names) - set(self._ids):
         break
+      problem = check()
+      if problem:
+        raise errors.RunFailed(problem)
       if time.monotonic() > deadline:
         raise errors.RunFailed(f'nodes {sorted(set(names) - set(self._ids))} did not connect within'
                                f' {timeout:g} s; start them (scripts/node.py) and rerun.')
@@ -146,13 +152,19 @@ class FlowerTransport:
 
   def _send_and_receive(self, outgoing: list[FlowerMessage], *, timeout: float) -> list[FlowerMessage]:
     """The replies that came within `timeout` s (Flower's `send_and_receive`, polling faster)."""
-    pending = set(self._driver.push_messages(outgoing))
-    deadline, replies = time.monotonic() + timeout, []
-    while pending and time.monotonic() < deadline:
-      time.sleep(_POLL_SECONDS)
-      pulled = list(self._driver.pull_messages(pending))
-      replies.extend(pulled)
-      pending -= {m.metadata.reply_to_message for m in pulled}
+    if not outgoing:
+      return []
+    try:
+      pending = set(self._driver.push_messages(outgoing))
+      deadline, replies = time.monotonic() + timeout, []
+      while pending and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)
+        pulled = list(self._driver.pull_messages(pending))
+        replies.extend(pulled)
+        pending -= {m.metadata.reply_to_message for m in pulled}
+    except grpc.RpcError as e:
+      raise errors.RunFailed(f'the SuperLink failed a request: {e.details()}; the run stopped at its last'
+                             ' checkpoint: rerun the same command to resume once it is back.') from None
     return replies
 
   def close(self) -> None:

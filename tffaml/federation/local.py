@@ -13,8 +13,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
+import numpy as np
+import pandas as pd
+
 from tffaml import io
 from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BIN = os.path.dirname(sys.executable)
@@ -35,17 +39,25 @@ def write_institutions(data: federated_data.FederatedData, out_dir: str) -> tupl
       path = os.path.join(data_dir, institution.name, f'{split}.csv')
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with io.atomic_path(path) as tmp:
-        getattr(institution, split).to_csv(tmp, index=False)
+        _as_written(getattr(institution, split), data.schema).to_csv(tmp, index=False)
   schema_file = os.path.join(out_dir, 'schema.json')
   io.write_json(schema_file, data.schema.to_dict())
   return data_dir, schema_file
+
+
+def _as_written(frame: pd.DataFrame, schema: schema_lib.Schema) -> pd.DataFrame:
+  """A validated frame with the schema's column names and label values, as an institution's file holds them."""
+  negative = '0' if schema.positive != '0' else '1'
+  frame = frame.rename(columns={schema_lib.LABEL_COLUMN: schema.label, schema_lib.UNIT_COLUMN: schema.unit})
+  frame[schema.label] = np.where(frame[schema.label] == 1, schema.positive, negative)
+  return frame
 
 
 class Processes:
   """Child processes in their own sessions, every one stopped on leaving the `with` block."""
 
   def __init__(self, log_dir: str):
-    self._log_dir, self._children = log_dir, []
+    self._log_dir, self._children, self._logs = log_dir, [], []
     os.makedirs(log_dir, exist_ok=True)
 
   def __enter__(self) -> 'Processes':
@@ -61,7 +73,14 @@ class Processes:
       self._children.append(subprocess.Popen(
           [os.path.join(_BIN, argv[0]), *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
           cwd=_REPO, start_new_session=True))
+    self._logs.append(log)
     return log
+
+  def exited(self) -> Optional[str]:
+    """Which child processes have exited (and where their logs are), or None."""
+    gone = [f'{log} (exit {child.poll()})' for child, log in zip(self._children, self._logs)
+            if child.poll() is not None]
+    return f'process(es) exited: {", ".join(gone)}' if gone else None
 
   def stop(self) -> None:
     """SIGTERM to every child's process group, then SIGKILL to what is left."""
@@ -76,7 +95,7 @@ class Processes:
     for child in self._children:
       _signal(child, signal.SIGKILL)  # The group: a node's TFF worker too.
       child.wait()
-    self._children = []
+    self._children, self._logs = [], []
 
 
 def _signal(child: subprocess.Popen, signum: int) -> None:
