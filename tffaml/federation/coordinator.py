@@ -164,10 +164,7 @@ class Federation:
       headers = {n: {'request': request.value, 'params': params, 'index': i} for i, n in enumerate(self.names)}
       replies = self.ask(node_lib.STATISTICS, headers)
       return [_statistics_answer(replies[n]) for n in self.names]
-    with errors.named_as({'min_category_count': 'config.features.min_category_count'}):
-      return features.federated_feature_space(
-          data.schema, ask, institutions=len(self.names),
-          min_category_count=config.features.min_category_count, noise=noise)
+    return experiment.feature_space(config, data, noise, ask=ask)
 
   def build(self, config, choices: experiment.Choices, setup, space: features.FeatureSpace,
             noise_seed: int) -> program.Built:

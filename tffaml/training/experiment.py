@@ -152,11 +152,20 @@ def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = N
 
 
 def feature_space(config: ml_collections.ConfigDict, data,
-                  noise: Optional[features.StatisticsNoise] = None) -> features.FeatureSpace:
-  """`features.compute_feature_space` with config.features, errors naming config keys."""
+                  noise: Optional[features.StatisticsNoise] = None, *,
+                  ask: Optional[features.Ask] = None) -> features.FeatureSpace:
+  """The federated feature statistics with config.features, errors naming config keys.
+
+  `ask`: how the institutions answer when their rows are not in `data` (a
+  federation's nodes); by default `data`'s institutions answer here.
+  """
   with errors.named_as({'min_category_count': 'config.features.min_category_count'}):
-    return features.compute_feature_space(
-        data, min_category_count=config.features.min_category_count, noise=noise)
+    if ask is None:
+      return features.compute_feature_space(
+          data, min_category_count=config.features.min_category_count, noise=noise)
+    return features.federated_feature_space(
+        data.schema, ask, institutions=len(data.institutions),
+        min_category_count=config.features.min_category_count, noise=noise)
 
 
 def parse_choices(config: ml_collections.ConfigDict) -> Choices:
