@@ -171,6 +171,23 @@ def _export_attack_reference(config: ml_collections.ConfigDict) -> None:
   config.reference.learning_rate = 1e-3
 
 
+def _federation(config: ml_collections.ConfigDict) -> None:
+  """A federation of separate machines (scripts/coordinator.py, scripts/node.py); the simulation ignores it."""
+  config.federation = ml_collections.ConfigDict()
+  # Nodes send their updates only through SecAgg+ (Flower 1.12): the
+  # coordinator gets the cohort's sum, which distributed DP-SGD relies on.
+  # Needs aggregator.type='mean' and at least 3 nodes a round. False: each
+  # update reaches the coordinator (robust and client-level DP aggregators
+  # need that), and the privacy statement says so.
+  config.federation.secure_aggregation = True
+  # The share of a node's SecAgg+ peers whose key shares rebuild its
+  # secrets: more resists collusion, fewer tolerates nodes lost mid-round.
+  config.federation.reconstruction_threshold = 0.67
+  # Each coordinate of an update is clipped to +-this and quantized to 2^22
+  # levels before masking (a node counts what it clipped).
+  config.federation.clipping_range = 8.0
+
+
 def _fedavg(config: ml_collections.ConfigDict) -> None:
   """FedAvg without record-level DP: local SGD epochs, server momentum, the last round's model."""
   config.record_dp.enabled = False
@@ -190,6 +207,7 @@ def _client_dp(config: ml_collections.ConfigDict) -> None:
   _fedavg(config)
   config.model.name = 'mlp'
   config.aggregator.type = 'gaussian_adaptive'
+  config.federation.secure_aggregation = False  # The DP aggregator clips each update it receives.
 
 
 def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
@@ -239,7 +257,7 @@ def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Data split, initial weights, cohorts, batch order.
-  for section in (_data, _features_and_model, _federated, _privacy, _export_attack_reference):
+  for section in (_data, _features_and_model, _federated, _privacy, _export_attack_reference, _federation):
     section(config)
   _apply_preset(config, preset)
   return config

@@ -10,39 +10,26 @@ is refused, a plaintext client gets no session) and the federation's runs.
 import csv
 import os
 import signal
-import socket
 import stat
-import subprocess
-import sys
-import time
 
 import tensorflow as tf
 
 from tffaml import errors
 from tffaml.federation import credentials
+from tffaml.federation import local
 
-_BIN = os.path.dirname(sys.executable)
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ADMITTED = 'AuthenticateServerInterceptor: Created node_id='
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 # A deadline, not a speed check: each Flower process imports TensorFlow (flwr's
 # TensorBoard helper does) and takes about 17 s to start on an idle core, far
 # longer beside the rest of the suite.
-def _wait_for(path: str, text: str, timeout: float = 240.0) -> bool:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    with open(path, errors='replace') as f:
-      if text in f.read():
-        return True
-    time.sleep(0.25)
-  return False
+_START_SECONDS = 240.0
+
+
+def _wait_for(path: str, text: str) -> bool:
+  return local.wait_for_text(path, text, timeout=_START_SECONDS) is None
 
 
 class CredentialsTest(tf.test.TestCase):
@@ -64,84 +51,40 @@ class CredentialsTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(os.path.join(out, 'nodes.csv')))
 
 
-class _Processes(tf.test.TestCase):
-  """Starts processes in their own sessions and stops every one of them after the test."""
+class FederationOverFlowerTest(tf.test.TestCase):
+  """A SuperLink and one scripts/node.py process per institution; the coordinator in this process."""
 
   def setUp(self):
     super().setUp()
     self.dir = self.create_tempdir().full_path
-    self.processes = []
-
-  def tearDown(self):
-    for process in self.processes:  # Flower's nodes wait on after a refusal: stop them all.
-      if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    for process in self.processes:
-      try:
-        process.wait(timeout=10)
-      except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    super().tearDown()
-
-  def _start(self, name: str, *args: str) -> str:
-    log = os.path.join(self.dir, f'{name}.log')
-    with open(log, 'w') as f:
-      self.processes.append(subprocess.Popen(
-          [os.path.join(_BIN, args[0]), *args[1:]], stdout=f, stderr=subprocess.STDOUT,
-          cwd=self.dir, start_new_session=True))
-    return log
-
-  def _superlink(self, tls: credentials.TlsFiles, authorized: str) -> tuple[str, str, str]:
-    """(log, Fleet API address, Driver API address) of a SuperLink with TLS and node authentication."""
-    link_key, link_pub = credentials.write_node_key(self.dir, 'superlink')
-    fleet, driver = f'127.0.0.1:{_free_port()}', f'127.0.0.1:{_free_port()}'
-    link = self._start(
-        'superlink', 'flower-superlink', '--ssl-ca-certfile', tls.ca_certificate,
-        '--ssl-certfile', tls.certificate, '--ssl-keyfile', tls.key, '--auth-list-public-keys', authorized,
-        '--auth-superlink-private-key', link_key, '--auth-superlink-public-key', link_pub,
-        '--fleet-api-address', fleet, '--driver-api-address', driver,
-        '--database', ':flwr-in-memory-state:')
-    return link, fleet, driver
-
-
-class FederationOverFlowerTest(_Processes):
-  """A SuperLink and one scripts/node.py process per institution; the coordinator in this process."""
+    # Every process started is stopped after the test (Flower's nodes wait on after a refusal).
+    self.processes = self.enter_context(local.Processes(os.path.join(self.dir, 'logs')))
 
   def _federation(self, config, names):
-    from tffaml.export import signing  # pylint: disable=g-import-not-at-top
-    tls = credentials.write_tls(self.dir, hosts=['127.0.0.1'])
-    keys = {n: credentials.write_node_key(os.path.join(self.dir, 'nodes'), n) for n in names}
-    authorized = credentials.write_authorized_nodes(os.path.join(self.dir, 'nodes.csv'),
-                                                    [pub for _, pub in keys.values()])
-    private, public = signing.generate_keys(os.path.join(self.dir, 'coordinator'))
-    link, fleet, driver = self._superlink(tls, authorized)
-    self.nodes = {}
+    files = credentials.write_federation(os.path.join(self.dir, 'pki'), hosts=['127.0.0.1'], institutions=names)
+    fleet, driver = f'127.0.0.1:{local.free_port()}', f'127.0.0.1:{local.free_port()}'
+    self.link = self.processes.start('superlink', local.superlink_argv(files, fleet=fleet, driver=driver))
     for name in names:  # Each node: its own process, folder, key and noise seed file.
-      self._start(name, 'python', os.path.join(_REPO, 'scripts', 'node.py'),
-                  f'--config={os.path.join(_REPO, "configs", "csv.py")}:smoke',
-                  '--config.federated.rounds=2', '--config.federated.batch_size=16',
-                  '--config.privacy.noise_seed=0', '--config.federated.eval_every=0',
-                  f'--config.data.schema_file={config.data.schema_file}',
-                  f'--data_dir={os.path.join(config.data.dir, name)}',
-                  f'--workdir={os.path.join(self.dir, "node_" + name)}', f'--superlink={fleet}',
-                  f'--ca={tls.ca_certificate}', f'--key={keys[name][0]}', f'--coordinator_key={public}')
-      self.nodes[name] = self.processes[-1]
-    self.assertTrue(_wait_for(link, f'Node authentication enabled with {len(names)} known public keys'),
-                    open(link).read())
-    self.assertTrue(_wait_for(link, 'Starting Fleet API'), open(link).read())
+      self.processes.start(name, local.node_argv(
+          files, folder=os.path.join(config.data.dir, name), workdir=os.path.join(self.dir, 'node_' + name),
+          fleet=fleet, config_args=[
+              f'--config={os.path.join(_REPO, "configs", "csv.py")}:smoke', '--config.federated.rounds=2',
+              '--config.federated.batch_size=16', '--config.privacy.noise_seed=0',
+              '--config.federated.eval_every=0', f'--config.data.schema_file={config.data.schema_file}']))
+    self.assertTrue(_wait_for(self.link, f'Node authentication enabled with {len(names)} known public keys'),
+                    open(self.link).read())
+    self.assertTrue(_wait_for(self.link, 'Starting Fleet API'), open(self.link).read())
     # Beside them: a node whose key is not listed, and a client without TLS.
     intruder = credentials.write_node_key(self.dir, 'intruder')
-    self.refused = self._start(
-        'intruder', 'flower-supernode', '--root-certificates', tls.ca_certificate, '--superlink', fleet,
+    self.refused = self.processes.start('intruder', [
+        'flower-supernode', '--root-certificates', files.tls.ca_certificate, '--superlink', fleet,
         '--auth-supernode-private-key', intruder[0], '--auth-supernode-public-key', intruder[1],
-        '--max-retries', '1')
-    self.plaintext = self._start('plaintext', 'flower-supernode', '--insecure', '--superlink', fleet,
-                                 '--max-retries', '1')
-    self.link = link
-    with open(tls.ca_certificate, 'rb') as f:
+        '--max-retries', '1'])
+    self.plaintext = self.processes.start(
+        'plaintext', ['flower-supernode', '--insecure', '--superlink', fleet, '--max-retries', '1'])
+    with open(files.tls.ca_certificate, 'rb') as f:
       ca = f.read()
-    return ca, driver, private, {n: keys[n][1] for n in names}
+    return ca, driver, files.coordinator_key, {n: os.path.join(files.nodes, n + '.pub') for n in names}
 
   def test_only_listed_nodes_over_tls_the_simulations_model_a_resumed_coordinator_and_a_lost_node(self):
     from tests import helpers  # pylint: disable=g-import-not-at-top
@@ -170,7 +113,7 @@ class FederationOverFlowerTest(_Processes):
 
     def kill_bank_c_after_round_1(line):
       if line.startswith('round 1/'):
-        os.killpg(self.nodes['bank_c'].pid, signal.SIGKILL)
+        os.killpg(self.processes.pids['bank_c'], signal.SIGKILL)
 
     config.federated.eval_every = 0  # Evaluated at the end only: fewer exchanges.
     # TFF's local runtime: conftest's, for the session.

@@ -178,6 +178,8 @@ class DispatchTest(tf.test.TestCase):
     self.assertIn('simulated here as a plain sum', texts[A.Aggregation.SIMULATED])
     self.assertIn('which this federation did not run', texts[A.Aggregation.VISIBLE_UPDATES])
     self.assertNotIn('simulated', texts[A.Aggregation.VISIBLE_UPDATES])
+    self.assertIn('which this federation ran (SecAgg+', texts[A.Aggregation.SECURE])
+    self.assertNotIn('simulated', texts[A.Aggregation.SECURE])
 
 
 class DistributedRecordDpTest(tf.test.TestCase):

@@ -2,6 +2,7 @@ from absl.testing import parameterized
 import tensorflow as tf
 
 from configs import loan_risk
+from tffaml import errors
 from tffaml.training import experiment
 
 
@@ -99,6 +100,11 @@ class ClientWorkTest(tf.test.TestCase):
       process = experiment.build_train_process(config, choices, plan, work=work, model_fn=model_fn,
                                                aggregator=aggregator)
       self.assertIn('next', dir(process), work)
+    for side in experiment.Side:  # Every side builds; only a node's has no aggregator.
+      training = experiment.build_training(config, choices, plain, space, data.schema, side=side, cohort=3)
+      self.assertIs(training.work, experiment.ClientWork.FEDERATED)
+      self.assertEqual(training.parts.aggregator is None, side is experiment.Side.NODE, side)
+      self.assertEqual(training.process is None, side is experiment.Side.NODE, side)
 
 
 
@@ -145,6 +151,35 @@ class DefaultsTest(tf.test.TestCase):
     statement = plan.statement(rounds=5, participation=[5] * len(data.institutions))
     self.assertAlmostEqual(statement.epsilon, 1.0, delta=0.01)
     self.assertIn(f'{units} units', statement.text())
+
+  def test_a_node_checks_the_calibrated_noise_it_is_sent_instead_of_calibrating(self):
+    config = loan_risk.get_config()  # Local DP-SGD: each institution's ε depends on its size.
+    config.record_dp.mode, config.features.noise_multiplier = 'local', None
+    config.federated.rounds, config.federated.batch_size = 5, 32
+    choices = experiment.parse_choices(config)
+    units = [400, 900, 2000]
+    plan = experiment.privacy_plan(config, choices, institution_units=units, cohort=3)
+    sent = plan.noise_multipliers()
+    self.assertEqual(set(sent), {'record'})
+    for index in range(len(units)):
+      received = experiment.privacy_plan(config, choices, institution_units=units, cohort=3, noise=sent)
+      self.assertEqual(received, plan)
+      experiment.check_noise(config, received, index)
+    # Calibrated for the largest institution's size: the smallest one's ε would exceed the target.
+    too_little = experiment.privacy_plan(config, choices, institution_units=[2000] * 3, cohort=3)
+    lowered = experiment.privacy_plan(config, choices, institution_units=units, cohort=3,
+                                      noise=too_little.noise_multipliers())
+    experiment.check_noise(config, lowered, 2)
+    with self.assertRaisesRegex(errors.RunFailed, r'gives this institution ε = [\d.]+ after 5 rounds, above'
+                                r' config.privacy.target_epsilon=1'):
+      experiment.check_noise(config, lowered, 0)
+    config.privacy.target_epsilon = None  # Without a target, the config's own noise only.
+    fixed = experiment.privacy_plan(config, choices, institution_units=units, cohort=3)
+    experiment.check_noise(config, fixed, 0)
+    with self.assertRaisesRegex(errors.RunFailed, 'are not the config'):
+      experiment.check_noise(config, experiment.privacy_plan(
+          config, choices, institution_units=units, cohort=3,
+          noise={'record': config.record_dp.noise_multiplier / 2}), 0)
 
   def test_units_of_many_rows_are_sampled_by_the_rows_they_hold(self):
     # 3,000 accounts with 300,000 transactions: q caps the round's rows, not its accounts.

@@ -33,7 +33,7 @@ from tffaml import errors
 from tffaml import features
 from tffaml import io
 from tffaml.data import schema as schema_lib
-from tffaml.federated import client_data
+from tffaml.federated import processes
 from tffaml.federation import messages
 from tffaml.federation import node as node_lib
 from tffaml.privacy import accounting
@@ -91,6 +91,10 @@ def check(config: ml_collections.ConfigDict) -> None:
                                f' without it: set {key} to its empty value, or use scripts/train.py.')
   if config.attack.type != 'none':
     raise errors.ConfigError("config.attack.type simulates attackers in one process; set it to 'none'.")
+  if experiment.parse_choices(config).algorithm is not processes.Algorithm.FEDAVG:
+    raise errors.ConfigError(
+        f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'
+        " simulation; use 'fedavg' (FedAdam and FedYogi are fedavg with a server optimizer).")
 
 
 class Federation:
@@ -168,15 +172,13 @@ class Federation:
 
   def build(self, config, choices: experiment.Choices, setup, space: features.FeatureSpace,
             noise_seed: int) -> program.Built:
-    keras_model_fn = experiment.keras_model_fn(config, choices, space)
-    model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(setup.data.schema))
-    aggregator = experiment.build_aggregator(config, choices, setup.plan, cohort=setup.cohort,
-                                             noise_seed=noise_seed)
-    parts = experiment.build_train_parts(config, choices, setup.plan, work=experiment.client_work(
-        setup.plan, boosting=False), model_fn=model_fn, aggregator=aggregator)
-    plan = {'space': _plain(space.to_dict()), 'census': self.census(setup.data)}
-    rounds = _Rounds(self, parts, model_fn, plan)
-    return program.Built(keras_model_fn=keras_model_fn, process=parts.compose(),
+    training = experiment.build_training(config, choices, setup.plan, space, setup.data.schema,
+                                         side=experiment.Side.COORDINATOR, cohort=setup.cohort,
+                                         noise_seed=noise_seed)
+    plan = {'space': _jsonable(space.to_dict()), 'census': self.census(setup.data),
+            'noise': setup.plan.noise_multipliers()}
+    rounds = _Rounds(self, training.parts, training.model_fn, plan)
+    return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
                          aggregation=accounting.Aggregation.VISIBLE_UPDATES)
 
@@ -211,8 +213,8 @@ class _Rounds:
     return state, values, took_part
 
   def evaluate(self, weights, per_institution: bool) -> dict:
-    replies = self._federation.ask(
-        node_lib.EVALUATE, {n: dict(self._plan) for n in self.names}, _flat(weights), required=False)
+    headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}
+    replies = self._federation.ask(node_lib.EVALUATE, headers, _flat(weights), required=False)
     if len(replies) < self._federation.min_nodes:
       raise errors.RunFailed(f'evaluation: {len(replies)} nodes answered, fewer than the minimum'
                              f' {self._federation.min_nodes}.')
@@ -276,12 +278,12 @@ def _metric_state(reply: messages.Message) -> dict:
   return state
 
 
-def _plain(value):
+def _jsonable(value):
   """JSON-ready: tuples as lists, numpy scalars as floats."""
   if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
+    return {k: _jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
+    return [_jsonable(v) for v in value]
   if isinstance(value, np.generic):
     return value.item()
   return value

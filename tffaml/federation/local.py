@@ -58,6 +58,7 @@ class Processes:
 
   def __init__(self, log_dir: str):
     self._log_dir, self._children, self._logs = log_dir, [], []
+    self.pids: dict[str, int] = {}  # By the name given to `start`.
     os.makedirs(log_dir, exist_ok=True)
 
   def __enter__(self) -> 'Processes':
@@ -74,6 +75,7 @@ class Processes:
           [os.path.join(_BIN, argv[0]), *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
           cwd=_REPO, start_new_session=True))
     self._logs.append(log)
+    self.pids[name] = self._children[-1].pid
     return log
 
   def exited(self) -> Optional[str]:
@@ -95,7 +97,7 @@ class Processes:
     for child in self._children:
       _signal(child, signal.SIGKILL)  # The group: a node's TFF worker too.
       child.wait()
-    self._children, self._logs = [], []
+    self._children, self._logs, self.pids = [], [], {}
 
 
 def _signal(child: subprocess.Popen, signum: int) -> None:

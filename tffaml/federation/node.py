@@ -33,6 +33,7 @@ from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
+from tffaml.federated import processes
 from tffaml.federation import messages
 from tffaml.training import evaluation
 from tffaml.training import experiment
@@ -59,6 +60,15 @@ def agreement(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> s
 
 
 @dataclasses.dataclass(frozen=True)
+class SecureUpdate:
+  """A node's answer for secure aggregation: its signed reply, and apart from it what SecAgg+ masks."""
+
+  reply: bytes  # Signed; a train reply's header only (metrics, weight), or a refusal.
+  update: tuple[np.ndarray, ...]  # Empty when refused.
+  weight: int  # The update's weight in the secure mean (1 when unweighted).
+
+
+@dataclasses.dataclass(frozen=True)
 class _Work:
   """What the node builds from the plan's feature space and census (cached per plan)."""
 
@@ -82,21 +92,52 @@ class Node:
     self.institution = csv_dir.load_institution(folder, self._schema)
     self.name = self.institution.name
     self.agreement = agreement(config, self._schema)
+    self._units = int(dp_sgd.unit_codes(self.institution.train).max()) + 1  # DP units in its training rows.
     self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
     self._last_round: dict[str, int] = {}  # Per coordinator run: the latest round trained.
     self._works: dict[str, _Work] = {}
 
   def handle(self, blob: bytes) -> bytes:
     """The signed reply to one signed request (a signed refusal when refused)."""
+    return self._respond(blob, secure=False).reply
+
+  def handle_secure(self, blob: bytes) -> 'SecureUpdate':
+    """A train request answered for secure aggregation: the update apart from the signed reply."""
+    return self._respond(blob, secure=True)
+
+  def _respond(self, blob: bytes, *, secure: bool) -> 'SecureUpdate':
+    update, weight = (), 0
     try:
       request = messages.unseal(blob, self._coordinator_key, sender='the coordinator', kinds=KINDS)
       self._check_agreement(request)
+      self._check_channel(request, secure)
       reply = self._answer(request)
+      if secure:
+        reply, update, weight = self._for_masking(reply)
     except (messages.Refused, errors.Refusal) as e:
       self._log(f'refused a request: {e}')
       reply = messages.Message(REFUSED, {'reason': str(e)})
     reply.header['answers'] = messages.digest(blob)
-    return messages.seal(reply, self._key)
+    return SecureUpdate(reply=messages.seal(reply, self._key), update=update, weight=weight)
+
+  def _check_channel(self, request: messages.Message, secure: bool) -> None:
+    """Updates travel only the way the agreed config says: masked (SecAgg+) or in the clear."""
+    if secure and request.kind != TRAIN:
+      raise messages.Refused(f'{self.name}: only training rounds run through secure aggregation.')
+    if request.kind == TRAIN and secure != self._config.federation.secure_aggregation:
+      raise messages.Refused(
+          f'{self.name}: its config sends updates {"only" if not secure else "never"} through secure'
+          f' aggregation (config.federation.secure_aggregation={not secure}), and this request asks'
+          f' {"for it" if secure else "for the update in the clear"}.')
+
+  def _for_masking(self, reply: messages.Message) -> tuple[messages.Message, tuple[np.ndarray, ...], int]:
+    """(the reply without its update, the update, its weight): SecAgg+ masks the update apart."""
+    f = self._config.federation
+    clipped = sum(int(np.sum(np.abs(a) > f.clipping_range)) for a in reply.arrays)
+    header = dict(reply.header, metrics={**reply.header['metrics'], 'clipped_coordinates': float(clipped)})
+    weighted = self._choices.weighting is processes.Weighting.EXAMPLES
+    return (messages.Message(reply.kind, header), reply.arrays,
+            int(round(reply.header['update_weight'])) if weighted else 1)
 
   def _check_agreement(self, request: messages.Message) -> None:
     if request.header.get('agreement') != self.agreement:
@@ -110,7 +151,7 @@ class Node:
       return messages.Message(reply_kind(HELLO), {
           'institution': self.name, 'schema': self._schema.to_dict(),
           'summary': {'institution': self.name, **federated_data.split_counts(self.institution)},
-          'units': int(dp_sgd.unit_codes(self.institution.train).max()) + 1})
+          'units': self._units})
     if request.kind == STATISTICS:
       return self._statistics(request.header)
     if request.kind == TRAIN:
@@ -128,24 +169,30 @@ class Node:
     return messages.Message(reply_kind(STATISTICS), {'keys': list(answer)}, tuple(answer.values()))
 
   def _work(self, header: dict) -> _Work:
-    key = json.dumps([header['space'], header['census']], sort_keys=True)
+    key = json.dumps([header['space'], header['census'], header['noise']], sort_keys=True)
     if key not in self._works:
-      config, choices, schema = self._config, self._choices, self._schema
-      census = header['census']
-      cohort = experiment.clients_per_round(config, choices.sampling, len(census))
-      plan = experiment.privacy_plan_for_census(config, choices, schema, census, cohort=cohort)
-      keras_model_fn = experiment.keras_model_fn(
-          config, choices, features.FeatureSpace.from_dict(header['space'], schema))
-      model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
-      work = experiment.client_work(plan, boosting=False)
-      test = client_data.institution_dataset(self.institution, 'test', schema,
-                                             batch_size=config.federated.eval_batch_size)
-      self._works[key] = _Work(
-          model_fn=model_fn, template=experiment.initial_weights(keras_model_fn), work=work, plan=plan,
-          parts=experiment.build_train_parts(config, choices, plan, work=work, model_fn=model_fn,
-                                             aggregator=None),
-          evaluate=evaluation.build_local_evaluation(model_fn, test.element_spec), test=test)
+      self._works[key] = self._build(header)
     return self._works[key]
+
+  def _build(self, header: dict) -> _Work:
+    """The client work for the plan's feature space, census and noise (checked, not recalibrated)."""
+    config, choices, schema = self._config, self._choices, self._schema
+    census = header['census']
+    own = census[header['index']]
+    if (own['institution'], own['units'], own['train_rows']) != (self.name, self._units, len(self.institution.train)):
+      raise messages.Refused(f'{self.name}: the plan\'s census entry {own} is not this institution\'s'
+                             f' ({self._units} units, {len(self.institution.train)} training rows).')
+    plan = experiment.privacy_plan_for_census(
+        config, choices, schema, census, noise=header['noise'],
+        cohort=experiment.clients_per_round(config, choices.sampling, len(census)))
+    experiment.check_noise(config, plan, header['index'])
+    training = experiment.build_training(config, choices, plan, features.FeatureSpace.from_dict(
+        header['space'], schema), schema, side=experiment.Side.NODE)
+    test = client_data.institution_dataset(self.institution, 'test', schema,
+                                           batch_size=config.federated.eval_batch_size)
+    return _Work(model_fn=training.model_fn, template=experiment.initial_weights(training.keras_model_fn),
+                 work=training.work, plan=plan, parts=training.parts,
+                 evaluate=evaluation.build_local_evaluation(training.model_fn, test.element_spec), test=test)
 
   def _train(self, request: messages.Message) -> messages.Message:
     run, round_num = request.header['run'], request.header['round']
@@ -163,7 +210,7 @@ class Node:
     return messages.Message(
         reply_kind(TRAIN),
         {'round': round_num, 'update_weight': float(result.update_weight),
-         'metrics': _plain(measurements['train'])},
+         'metrics': _scalars(measurements['train'])},
         tuple(np.asarray(u) for u in tf.nest.flatten(result.update)))
 
   def _evaluate(self, request: messages.Message) -> messages.Message:
@@ -174,5 +221,5 @@ class Node:
                             tuple(a for parts in state.values() for a in parts))
 
 
-def _plain(metrics) -> dict:
+def _scalars(metrics) -> dict:
   return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}

@@ -73,6 +73,7 @@ class Aggregation(enum.Enum):
 
   SIMULATED = 'simulated'  # One process (scripts/train.py): secure aggregation is a plain sum.
   VISIBLE_UPDATES = 'visible_updates'  # A federation without secure aggregation.
+  SECURE = 'secure'  # A federation whose nodes ran SecAgg+ (Flower 1.12): the coordinator saw sums.
 
   def distributed_note(self) -> str:
     """What distributed DP-SGD relies on, as run."""
@@ -84,6 +85,13 @@ class Aggregation(enum.Enum):
               ' received each institution\'s update, carrying only that institution\'s share of the'
               ' noise, so against the coordinator only the collusion ε holds; and on every'
               ' institution adding its share')
+    if self is Aggregation.SECURE:
+      return ('It relies on secure aggregation, which this federation ran (SecAgg+ between the nodes,'
+              ' Flower 1.12: the coordinator received only the quantized sum of each round\'s updates),'
+              ' against a coordinator that follows that protocol (it relays the nodes\' protocol keys'
+              ' without authentication, so one that deviates could unmask an update) and colludes with'
+              ' fewer than a reconstruction threshold of a node\'s peers; and on every institution adding'
+              ' its share')
     raise ValueError(f'no note for {self!r}.')
 
   def client_note(self) -> str:
@@ -94,6 +102,9 @@ class Aggregation(enum.Enum):
     if self is Aggregation.VISIBLE_UPDATES:
       return (' Client-level DP trusts the coordinator: it received each institution\'s update'
               ' before adding the noise.')
+    if self is Aggregation.SECURE:
+      return (' Client-level DP trusts the coordinator to add the noise to the securely summed'
+              ' updates.')
     raise ValueError(f'no note for {self!r}.')
 
 
@@ -547,6 +558,15 @@ class PrivacyPlan:
   @property
   def is_private(self) -> bool:
     return self.client is not None or self.record is not None
+
+  def noise_multipliers(self) -> dict[str, float]:
+    """The mechanisms' noise multipliers ('record', 'client'): what calibration chose."""
+    values = {}
+    if self.record is not None:
+      values['record'] = float(self.record.noise_multiplier)
+    if self.client is not None:
+      values['client'] = float(self.client.noise_multiplier)
+    return values
 
   @property
   def headline_unit(self) -> str:

@@ -5,7 +5,7 @@ Every error names the config key (as its flag, `config.x.y`) and the value.
 
 import dataclasses
 import enum
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -259,7 +259,7 @@ def _check_record_dp(config, choices: Choices) -> None:
 
 def privacy_plan(
     config, choices: Choices, *, institution_units: Sequence[int], cohort: int, unit_column: str = '',
-    columns: tuple[int, int] = (0, 0), rows: int = 0,
+    columns: tuple[int, int] = (0, 0), rows: int = 0, noise: Optional[Mapping[str, float]] = None,
 ) -> accounting.PrivacyPlan:
   """The run's DP mechanisms, with the noise calibrated to any target ε.
 
@@ -274,16 +274,20 @@ def privacy_plan(
       statistics are DP with record-level DP.
     rows: Training rows in the federation (0: one per unit), which set
       distributed DP-SGD's default sampling rate.
+    noise: The noise multipliers already calibrated for this federation
+      (`PrivacyPlan.noise_multipliers()`, e.g. the coordinator's): used
+      as they are, without calibrating again (`check_noise` verifies them).
 
   Returns:
     The plan.
   """
   a, r, p, f = config.aggregator, config.record_dp, config.privacy, config.federated
-  calibrating = p.target_epsilon is not None
+  calibrating = p.target_epsilon is not None and noise is None
+  noise = dict(noise or {})
   client = record = None
   if choices.aggregator.is_dp:
     client = accounting.ClientLevelDp(
-        noise_multiplier=a.noise_multiplier, institutions=len(institution_units),
+        noise_multiplier=noise.get('client', a.noise_multiplier), institutions=len(institution_units),
         clients_per_round=cohort, sampling=choices.sampling,
         clipping=clipping_description(config, choices))
   if r.enabled:
@@ -296,7 +300,7 @@ def privacy_plan(
       cap = f', at most {r.max_rows_per_unit} rows a round' if r.max_rows_per_unit else ''
       unit = f'{unit_column} (all rows sharing one {unit_column!r} value{cap})'
     record = _record_mechanism(
-        config, choices, noise_multiplier=1.0 if calibrating else r.noise_multiplier,  # Calibrated below.
+        config, choices, noise_multiplier=1.0 if calibrating else noise.get('record', r.noise_multiplier),
         units=tuple(int(n) for n in institution_units), unit=unit, unit_name=unit_column or 'record',
         rows=rows or sum(institution_units))
   if (record or client) and p.delta * min(institution_units) >= 1:
@@ -486,6 +490,58 @@ def build_train_process(config, choices: Choices, plan: accounting.PrivacyPlan, 
   return build_train_parts(config, choices, plan, work=work, model_fn=model_fn, aggregator=aggregator).compose()
 
 
+class Side(enum.Enum):
+  """Which party's share of the training a runtime builds."""
+
+  WHOLE = 'whole'  # The simulation: the composed process.
+  COORDINATOR = 'coordinator'  # The aggregator and server step, on the composed process's state.
+  NODE = 'node'  # An institution's client work only.
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What every runtime builds from a config: the models, the client work and the process."""
+
+  keras_model_fn: Callable[[], tf.keras.Model]
+  model_fn: Callable[[], tff.learning.models.VariableModel]
+  work: ClientWork
+  parts: Optional[processes.Parts]  # None for FedProx and FedSGD (built whole by TFF).
+  process: Optional[tff.learning.templates.LearningProcess]  # None at a node.
+
+
+def build_training(config, choices: Choices, plan: accounting.PrivacyPlan, space, schema, *,
+                   side: Side, cohort: int = 0, noise_seed: int = 0, boosting: bool = False) -> Training:
+  """The models and training of `config` on feature space `space`, for `side`.
+
+  Args:
+    config: The experiment config.
+    choices: Its parsed choices.
+    plan: The run's privacy plan.
+    space: The federated feature statistics (`features.FeatureSpace`).
+    schema: The institutions' schema.
+    side: Which party's share to build.
+    cohort: Institutions per round (not used at a node).
+    noise_seed: The aggregator's noise seed (not used at a node).
+    boosting: Whether clients scale their updates (a simulated attack).
+
+  Raises:
+    errors.ConfigError: a federation (COORDINATOR or NODE) of FedProx or FedSGD.
+  """
+  keras_model = keras_model_fn(config, choices, space)
+  model = model_fn(config, choices, keras_model, client_data.element_spec(schema))
+  work = client_work(plan, boosting=boosting)
+  aggregator = None
+  if side is not Side.NODE:
+    aggregator = build_aggregator(config, choices, plan, cohort=cohort, noise_seed=noise_seed)
+  parts = process = None
+  if side is Side.WHOLE and work is ClientWork.FEDERATED and choices.algorithm is not processes.Algorithm.FEDAVG:
+    process = build_train_process(config, choices, plan, work=work, model_fn=model, aggregator=aggregator)
+  else:
+    parts = build_train_parts(config, choices, plan, work=work, model_fn=model, aggregator=aggregator)
+    process = parts.compose() if aggregator is not None else None
+  return Training(keras_model_fn=keras_model, model_fn=model, work=work, parts=parts, process=process)
+
+
 def _optimizers(config, choices: Choices) -> dict:
   f = config.federated
   return dict(
@@ -578,12 +634,46 @@ def census(data: federated_data.FederatedData) -> list[dict]:
 
 
 def privacy_plan_for_census(config, choices: Choices, schema, sizes: Sequence[dict], *,
-                            cohort: int) -> accounting.PrivacyPlan:
+                            cohort: int, noise: Optional[Mapping[str, float]] = None) -> accounting.PrivacyPlan:
   """`privacy_plan` for institutions of `sizes` (`census`) sharing `schema`."""
   return privacy_plan(
       config, choices, cohort=cohort, unit_column=schema.unit,
       columns=(len(schema.numeric), len(schema.categorical)),
-      institution_units=[s['units'] for s in sizes], rows=sum(s['train_rows'] for s in sizes))
+      institution_units=[s['units'] for s in sizes], rows=sum(s['train_rows'] for s in sizes),
+      noise=noise)
+
+
+def check_noise(config, plan: accounting.PrivacyPlan, institution: int) -> None:
+  """Refuses a plan whose noise is below what the config promises `institution`.
+
+  One accountant evaluation, where calibrating is a search: what a node
+  runs on the noise the coordinator calibrated. Its own record-level ε
+  (every round joined) must not exceed config.privacy.target_epsilon; with
+  no target, the noise must be the config's.
+
+  Raises:
+    errors.RunFailed: the noise is too small (naming the ε it would give).
+  """
+  p, rounds = config.privacy, config.federated.rounds
+  if p.target_epsilon is None:
+    expected = {}
+    if plan.record is not None:
+      expected['record'] = config.record_dp.noise_multiplier
+    if plan.client is not None:
+      expected['client'] = config.aggregator.noise_multiplier
+    if plan.noise_multipliers() != expected:
+      raise errors.RunFailed(f'the plan\'s noise multipliers {plan.noise_multipliers()} are not the'
+                             f' config\'s {expected}.')
+    return
+  if plan.record is None:
+    return  # Client-level noise is added by the coordinator, which the statement says it trusts.
+  participation = [rounds if i == institution else 0 for i in range(len(plan.record.units))]
+  value = plan.epsilons(rounds=rounds, participation=participation)['record']
+  if value > p.target_epsilon * (1 + 1e-9):
+    raise errors.RunFailed(
+        f'the plan\'s record-level noise multiplier {plan.record.noise_multiplier:.6g} gives this'
+        f' institution ε = {value:.4g} after {rounds} rounds, above config.privacy.target_epsilon='
+        f'{p.target_epsilon:g}.')
 
 
 def stable_seed(*parts: int) -> int:

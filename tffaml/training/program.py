@@ -394,13 +394,10 @@ class InProcess:
 
 def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
   schema = setup.data.schema
-  keras_model_fn = experiment.keras_model_fn(config, choices, space)
-  model_fn = experiment.model_fn(config, choices, keras_model_fn, client_data.element_spec(schema))
-  aggregator = experiment.build_aggregator(config, choices, setup.plan, cohort=setup.cohort,
-                                           noise_seed=noise_seed)
-  work = experiment.client_work(setup.plan, boosting=setup.attack.type is poisoning.AttackType.BOOST)
-  process = experiment.build_train_process(
-      config, choices, setup.plan, work=work, model_fn=model_fn, aggregator=aggregator)
+  training = experiment.build_training(
+      config, choices, setup.plan, space, schema, side=experiment.Side.WHOLE, cohort=setup.cohort,
+      noise_seed=noise_seed, boosting=setup.attack.type is poisoning.AttackType.BOOST)
+  process, work, model_fn = training.process, training.work, training.model_fn
   institutions = setup.data.institutions
 
   def train_round(state, members: list[int], round_num: int):
@@ -416,7 +413,7 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
       i.name: client_data.institution_dataset(i, 'test', schema, batch_size=config.federated.eval_batch_size)
       for i in institutions
   }
-  return Built(keras_model_fn=keras_model_fn, process=process, train_round=train_round,
+  return Built(keras_model_fn=training.keras_model_fn, process=process, train_round=train_round,
                evaluate=lambda weights, per_institution: evaluation.evaluate(
                    eval_process, weights, test_sets, per_institution=per_institution),
                rows=setup.data)
