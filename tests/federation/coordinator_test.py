@@ -94,6 +94,29 @@ class FederationTest(tf.test.TestCase):
     with self.assertRaisesRegex(errors.ConfigError, 'config.evaluation.alert_budgets'):
       coordinator.check(config)
 
+  def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
+    from configs import csv as csv_config  # pylint: disable=g-import-not-at-top
+    config = csv_config.get_config()  # The default: distributed record-level DP, secure aggregation.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
+    self.assertTrue(config.federation.secure_aggregation)
+    simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
+    nodes = self._nodes(config)
+    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                         runtime=self._federation(nodes))
+    for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-5)
+    self.assertEqual(simulated.metrics['privacy']['epsilon'], secure.metrics['privacy']['epsilon'])
+    self.assertIn('which this federation ran (SecAgg+', secure.metrics['privacy']['text'])
+    # A node whose config says secure aggregation never sends its update in the clear.
+    train = messages.Message(node_lib.TRAIN, {'agreement': nodes[0].agreement, 'run': 'r', 'round': 1})
+    reply = messages.unseal(nodes[0].handle(messages.seal(train, self.key)), self.node_public[nodes[0].name],
+                            sender=nodes[0].name, kinds=(node_lib.REFUSED,))
+    self.assertIn('for the update in the clear', reply.header['reason'])
+    config.record_dp.enabled, config.privacy.target_epsilon, config.aggregator.type = False, None, 'median'
+    with self.assertRaisesRegex(errors.ConfigError, "config.aggregator.type='median' needs each node"):
+      coordinator.check(config)
+
   def test_training_metrics_add_counts_and_weight_means_by_examples(self):
     combined = coordinator._train_metrics(  # pylint: disable=protected-access
         [{'num_examples': 10.0, 'loss': 1.0}, {'num_examples': 30.0, 'loss': 3.0}])

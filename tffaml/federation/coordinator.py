@@ -34,6 +34,7 @@ from tffaml import features
 from tffaml import io
 from tffaml.data import schema as schema_lib
 from tffaml.federated import processes
+from tffaml.federation import flower
 from tffaml.federation import messages
 from tffaml.federation import node as node_lib
 from tffaml.privacy import accounting
@@ -48,15 +49,36 @@ class Transport(Protocol):
   def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
     """Each node's reply; a node that did not answer is missing from the result."""
 
+  def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
+                      round_num: int) -> tuple[dict[str, bytes], Optional[list[np.ndarray]]]:
+    """Training requests through secure aggregation: (replies, the weighted mean of the updates or None)."""
+
 
 class InProcessTransport:
-  """Nodes in this process (tests, and a coordinator's own checks): `Node.handle` called directly."""
+  """Nodes in this process (tests, and a coordinator's own checks): `Node.handle` called directly.
+
+  Its secure aggregation is simulated: the updates are averaged here in the clear.
+  """
 
   def __init__(self, nodes: Sequence[node_lib.Node]):
     self._nodes = {n.name: n for n in nodes}
 
   def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
     return {name: self._nodes[name].handle(blob) for name, blob in requests.items()}
+
+  def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
+                      round_num: int) -> tuple[dict[str, bytes], Optional[list[np.ndarray]]]:
+    del round_num
+    answers = {name: self._nodes[name].handle_secure(blob) for name, blob in requests.items()}
+    answers = {name: a for name, a in answers.items() if a.update}  # As SecAgg+ drops a refusing node.
+    if not answers:
+      return {}, None
+    # As SecAgg+ does: each update scaled by its weight over max_weight, then clipped.
+    weights = np.array([a.weight for a in answers.values()], np.float64) / settings.max_weight
+    scaled = [[np.clip(w * u, -settings.clipping_range, settings.clipping_range) for u in a.update]
+              for w, a in zip(weights, answers.values())]
+    mean = [sum(u[k] for u in scaled) / weights.sum() for k in range(len(scaled[0]))]
+    return {name: a.reply for name, a in answers.items()}, mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +117,34 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
         f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'
         " simulation; use 'fedavg' (FedAdam and FedYogi are fedavg with a server optimizer).")
+  if config.federation.secure_aggregation and config.aggregator.type != 'mean':
+    raise errors.ConfigError(
+        f'config.aggregator.type={config.aggregator.type!r} needs each node\'s update, which secure'
+        " aggregation hides: set config.aggregator.type='mean', or config.federation.secure_aggregation="
+        'False (the coordinator then sees every update, and the privacy statement says so).')
+  if not 0 < config.federation.reconstruction_threshold <= 1:
+    raise errors.ConfigError(f'config.federation.reconstruction_threshold='
+                             f'{config.federation.reconstruction_threshold!r} must be in (0, 1].')
+
+
+# SecAgg+ among fewer nodes hides little: with two, each learns the other's update from the sum.
+MIN_SECURE_COHORT = 3
+
+
+def secure_aggregation(config, census: Sequence[dict], cohort: int) -> Optional[flower.SecureAggregation]:
+  """The SecAgg+ settings of `config.federation`, None when it is off."""
+  f = config.federation
+  if not f.secure_aggregation:
+    return None
+  if cohort < MIN_SECURE_COHORT:
+    raise errors.ConfigError(
+        f'config.federation.secure_aggregation=True needs at least {MIN_SECURE_COHORT} nodes a round; this'
+        f' federation has {cohort}: add institutions or raise config.federated.clients_per_round.')
+  weighted = experiment.parse_choices(config).weighting is processes.Weighting.EXAMPLES
+  # A round's weight is the examples a node trained on: at most its rows times the epochs.
+  most = max(s['train_rows'] for s in census) * int(np.ceil(config.federated.client_epochs))
+  return flower.SecureAggregation(reconstruction_threshold=f.reconstruction_threshold,
+                                  clipping_range=f.clipping_range, max_weight=float(most) if weighted else 1.0)
 
 
 class Federation:
@@ -105,7 +155,7 @@ class Federation:
                log: Callable[[str], None] = print):
     """`node_keys`: each registered institution's public key, by name; `min_nodes` per round."""
     self._transport, self._key, self._node_keys = transport, key, dict(sorted(node_keys.items()))
-    self.min_nodes, self._log = min_nodes, log
+    self.min_nodes, self.log = min_nodes, log
     self._agreement: Optional[str] = None
     self.names: list[str] = list(self._node_keys)  # The federation's order: institution indices.
     self.traffic = {'sent': 0.0, 'received': 0.0}  # Mean bytes per node of the last exchange.
@@ -117,15 +167,34 @@ class Federation:
     self._agreement = node_lib.agreement(config, schema)
 
   def ask(self, kind: str, headers: Mapping[str, dict], arrays: Sequence[np.ndarray] = (), *,
-           required: bool = True) -> dict[str, messages.Message]:
+          required: bool = True) -> dict[str, messages.Message]:
     """Sends `kind` to the nodes in `headers`; their verified replies (all of them if `required`)."""
-    requests = {name: messages.seal(messages.Message(kind, {**h, 'agreement': self._agreement},
-                                                     tuple(arrays)), self._key)
-                for name, h in headers.items()}
-    replies, problems = {}, {}
-    answers = self._transport.exchange(requests)
+    requests = self._seal(kind, headers, arrays)
+    return self._verify(kind, headers, requests, self._transport.exchange(requests), required=required)
+
+  def ask_secure(self, headers: Mapping[str, dict], arrays: Sequence[np.ndarray], *,
+                 settings: flower.SecureAggregation, round_num: int
+                 ) -> tuple[dict[str, messages.Message], Optional[list[np.ndarray]]]:
+    """A training round through secure aggregation: (verified replies, the mean of their updates)."""
+    requests = self._seal(node_lib.TRAIN, headers, arrays)
+    answers, mean = self._transport.secure_exchange(requests, settings=settings, round_num=round_num)
+    replies = self._verify(node_lib.TRAIN, headers, requests, answers, required=False)
+    if set(replies) != set(answers):  # A reply that does not verify: its update is in the mean.
+      raise errors.RunFailed(f'round {round_num}: the securely summed updates include a node whose reply'
+                             ' did not verify (see the log above); the round is discarded.')
+    return replies, mean
+
+  def _seal(self, kind: str, headers: Mapping[str, dict], arrays: Sequence[np.ndarray]) -> dict[str, bytes]:
+    return {name: messages.seal(messages.Message(kind, {**h, 'agreement': self._agreement}, tuple(arrays)),
+                                self._key)
+            for name, h in headers.items()}
+
+  def _verify(self, kind: str, headers: Mapping[str, dict], requests: Mapping[str, bytes],
+              answers: Mapping[str, bytes], *, required: bool) -> dict[str, messages.Message]:
+    """The verified, accepted replies; every problem logged, and raised if `required`."""
     self.traffic = {'sent': sum(map(len, requests.values())) / max(len(requests), 1),
                     'received': sum(map(len, answers.values())) / max(len(answers), 1)}
+    replies, problems = {}, {}
     for name, blob in answers.items():
       try:
         reply = messages.unseal(blob, self._node_keys[name], sender=name,
@@ -141,7 +210,7 @@ class Federation:
         replies[name] = reply
     problems.update({n: 'no reply' for n in headers if n not in replies and n not in problems})
     for name, problem in problems.items():
-      self._log(f'{kind}: node {name}: {problem}')
+      self.log(f'{kind}: node {name}: {problem}')
     if problems and required:
       raise errors.RunFailed(f'{kind}: ' + '; '.join(f'node {n}: {p}' for n, p in sorted(problems.items())))
     return replies
@@ -177,17 +246,21 @@ class Federation:
                                          noise_seed=noise_seed)
     plan = {'space': _jsonable(space.to_dict()), 'census': self.census(setup.data),
             'noise': setup.plan.noise_multipliers()}
-    rounds = _Rounds(self, training.parts, training.model_fn, plan)
+    secure = secure_aggregation(config, plan['census'], setup.cohort)
+    rounds = _Rounds(self, training.parts, training.model_fn, plan, secure)
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
-                         aggregation=accounting.Aggregation.VISIBLE_UPDATES)
+                         aggregation=accounting.Aggregation.SECURE if secure
+                         else accounting.Aggregation.VISIBLE_UPDATES)
 
 
 class _Rounds:
   """A round and an evaluation over the nodes."""
 
-  def __init__(self, federation: Federation, parts, model_fn, plan: dict):
+  def __init__(self, federation: Federation, parts, model_fn, plan: dict,
+               secure: Optional[flower.SecureAggregation]):
     self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
+    self._secure = secure  # None: updates in the clear.
     self._finalize = None  # Built at the first evaluation, from a state's type.
     self.names = federation.names
 
@@ -195,8 +268,7 @@ class _Rounds:
     weights = state.global_model_weights
     headers = {self.names[i]: {**self._plan, 'run': self._federation.run_id, 'round': round_num, 'index': i}
                for i in members}
-    replies = self._federation.ask(
-        node_lib.TRAIN, headers, _flat(weights), required=False)
+    replies, results = self._updates(headers, _flat(weights), weights.trainable, round_num)
     took_part = [i for i in members if self.names[i] in replies]
     if len(took_part) < self._federation.min_nodes:
       raise errors.RunFailed(
@@ -204,13 +276,26 @@ class _Rounds:
           f' minimum {self._federation.min_nodes}; the run stopped at its last checkpoint'
           f' (round {round_num - 1}); rerun the same command to resume once nodes are back.')
     ordered = [replies[self.names[i]] for i in took_part]
-    template = weights.trainable
-    results = [_client_result(template, r) for r in ordered]
     state, measurements = self._parts.server_update(state, results)
     values = {**_train_metrics([r.header['metrics'] for r in ordered]),
               **program.flatten_metrics(measurements, 'aggregator/'),
               **{f'federation/bytes_{k}_per_node': v for k, v in self._federation.traffic.items()}}
+    if values.get('train/clipped_coordinates'):
+      self._federation.log(f'round {round_num}: {values["train/clipped_coordinates"]:g} update coordinates'
+                            ' were clipped to config.federation.clipping_range before secure aggregation.')
     return state, values, took_part
+
+  def _updates(self, headers: dict, arrays: list[np.ndarray], template, round_num: int):
+    """(verified replies, the `ClientResult`s to aggregate): one per node, or their secure mean."""
+    if self._secure is None:
+      replies = self._federation.ask(node_lib.TRAIN, headers, arrays, required=False)
+      return replies, [_client_result(template, replies[n]) for n in headers if n in replies]
+    replies, mean = self._federation.ask_secure(headers, arrays, settings=self._secure, round_num=round_num)
+    if mean is None:
+      return {}, []
+    # The mean aggregator of one update of weight 1 passes it on: the same step as on every update.
+    update = tf.nest.pack_sequence_as(template, [np.asarray(m, np.float32) for m in mean])
+    return replies, [tff.learning.templates.ClientResult(update=update, update_weight=np.float32(1.0))]
 
   def evaluate(self, weights, per_institution: bool) -> dict:
     headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}

@@ -15,18 +15,28 @@ to sign a fresh nonce with its key (`identify`), checked against the
 registry of institutions' public keys.
 """
 
+import dataclasses
 import secrets
 import time
 from typing import Callable, Mapping, Optional
 
+from flwr import common as flwr_common
 from flwr.client import app as client_app_lib
 from flwr.client import client_app
+from flwr.client.mod import secaggplus_mod
 from flwr.common import ConfigsRecord
 from flwr.common import Message as FlowerMessage
 from flwr.common import RecordSet
+from flwr.common import recordset_compat
 from flwr.proto import run_pb2
+from flwr.server import strategy as strategy_lib
+from flwr.server.compat import driver_client_proxy
+from flwr.server.compat import legacy_context
 from flwr.server.driver import grpc_driver
+from flwr.server.workflow import constant as workflow_constant
+from flwr.server.workflow import secure_aggregation
 import grpc
+import numpy as np
 
 from tffaml import errors
 from tffaml.federation import messages
@@ -46,8 +56,27 @@ def _payload(message: FlowerMessage) -> tuple[str, bytes]:
 
 
 def build_client_app(node: node_lib.Node, key: messages.PrivateKey) -> client_app.ClientApp:
-  """The ClientApp a node's SuperNode runs: signed requests to `node`, nonces signed for identity."""
-  app = client_app.ClientApp()
+  """The ClientApp a node's SuperNode runs: signed requests to `node`, nonces signed for identity.
+
+  Queries carry signed requests and replies. Training rounds under secure
+  aggregation are Flower 'train' messages, which Flower's SecAgg+ mod
+  handles: its key agreement and masking around our handler, whose signed
+  reply travels beside the masked update (in the FitRes metrics).
+  """
+  app = client_app.ClientApp(mods=[secaggplus_mod])
+
+  @app.train()
+  def train(message: FlowerMessage, context) -> FlowerMessage:
+    del context
+    fit_ins = recordset_compat.recordset_to_fitins(message.content, keep_input=True)
+    answer = node.handle_secure(bytes(fit_ins.config[_BLOB]))
+    if not answer.update:  # Refused: no update joins the sum (Flower reports the error).
+      raise messages.Refused(messages.peek(answer.reply).header['reason'])
+    fit_res = flwr_common.FitRes(
+        status=flwr_common.Status(flwr_common.Code.OK, ''),
+        parameters=flwr_common.ndarrays_to_parameters(list(answer.update)), num_examples=answer.weight,
+        metrics={_BLOB: answer.reply})
+    return message.create_reply(recordset_compat.fitres_to_recordset(fit_res, keep_input=False))
 
   @app.query()
   def query(message: FlowerMessage, context) -> FlowerMessage:
@@ -167,5 +196,103 @@ class FlowerTransport:
                              ' checkpoint: rerun the same command to resume once it is back.') from None
     return replies
 
+  def secure_exchange(self, requests: Mapping[str, bytes], *, settings: 'SecureAggregation',
+                      round_num: int) -> tuple[dict[str, bytes], Optional[list[np.ndarray]]]:
+    """Training requests answered through SecAgg+: (each node's signed reply, the mean of their updates).
+
+    The mean is weighted by each node's weight; only nodes whose masked
+    update entered it reply. (replies so far, None) when the protocol halted.
+    """
+    if set(requests) - set(self._ids):
+      self._identify()
+    sendable = {self._ids[name]: name for name in requests if name in self._ids}
+    fit_ins = {i: flwr_common.FitIns(flwr_common.ndarrays_to_parameters([]), {_BLOB: requests[name]})
+               for i, name in sendable.items()}
+    strategy = _OneRound(fit_ins, self._driver, self._log, names=sendable)
+    context = legacy_context.LegacyContext(
+        flwr_common.Context(node_id=0, node_config={}, state=RecordSet(), run_config={}), strategy=strategy)
+    context.state.configs_records[workflow_constant.MAIN_CONFIGS_RECORD] = ConfigsRecord(
+        {workflow_constant.Key.CURRENT_ROUND: round_num})
+    context.state.parameters_records[workflow_constant.MAIN_PARAMS_RECORD] = (
+        recordset_compat.parameters_to_parametersrecord(flwr_common.ndarrays_to_parameters([]), True))
+    workflow = _SecAggPlus(
+        num_shares=1.0, reconstruction_threshold=settings.reconstruction_threshold,
+        max_weight=settings.max_weight, clipping_range=settings.clipping_range, timeout=self._timeout)
+    workflow(_FastDriver(self._driver, self._send_and_receive, self._log, names=sendable), context)
+    return strategy.replies, strategy.mean
+
   def close(self) -> None:
     self._driver.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureAggregation:
+  """SecAgg+ settings (Flower 1.12's `SecAggPlusWorkflow`, every node a peer of every other)."""
+
+  reconstruction_threshold: float  # Share of a node's peers whose key shares rebuild its secrets.
+  clipping_range: float  # Each coordinate is clipped to +-this, then quantized to 2^22 levels.
+  max_weight: float  # The largest weight of an update (1 for an unweighted mean).
+
+
+class _SecAggPlus(secure_aggregation.SecAggPlusWorkflow):
+  """Flower 1.12's SecAgg+, where a node silent at setup does not halt the round.
+
+  Such a node sent no keys, so no other node masks with it and it holds no
+  shares; Flower 1.12 still waits for shares of it at unmasking and halts.
+  """
+
+  def setup_stage(self, driver, context, state) -> bool:
+    ok = super().setup_stage(driver, context, state)
+    state.sampled_node_ids = set(state.active_node_ids)
+    return ok
+
+
+class _FastDriver:
+  """The driver as SecAgg+ uses it, replies polled every 0.2 s, and refusals logged by node name."""
+
+  def __init__(self, driver, send_and_receive, log, *, names: Mapping[int, str]):
+    self._driver, self._send_and_receive, self._log, self._names = driver, send_and_receive, log, names
+
+  def create_message(self, *args, **kwargs) -> FlowerMessage:
+    return self._driver.create_message(*args, **kwargs)
+
+  def send_and_receive(self, outgoing, *, timeout: Optional[float] = None) -> list[FlowerMessage]:
+    replies = self._send_and_receive(list(outgoing), timeout=timeout)
+    for reply in replies:
+      if reply.has_error():
+        self._log(f'secure aggregation: node {self._names.get(reply.metadata.src_node_id)}:'
+                  f' {reply.error.reason}')
+    return replies
+
+
+class _OneRound(strategy_lib.Strategy):
+  """What SecAgg+'s workflow asks of a strategy, for one round of our training plans."""
+
+  def __init__(self, fit_ins: Mapping[int, flwr_common.FitIns], driver, log, *, names: Mapping[int, str]):
+    self._fit_ins, self._driver, self._log, self._names = fit_ins, driver, log, names
+    self.replies: dict[str, bytes] = {}
+    self.mean: Optional[list[np.ndarray]] = None
+
+  def configure_fit(self, server_round, parameters, client_manager):
+    del server_round, parameters, client_manager
+    return [(driver_client_proxy.DriverClientProxy(i, self._driver, False, self._driver.run.run_id), ins)
+            for i, ins in self._fit_ins.items()]
+
+  def aggregate_fit(self, server_round, results, failures):
+    del server_round, failures  # Failures were logged as they came (_FastDriver).
+    self.replies = {self._names[int(proxy.node_id)]: bytes(res.metrics[_BLOB]) for proxy, res in results}
+    if results:
+      self.mean = flwr_common.parameters_to_ndarrays(results[0][1].parameters)
+    return None, {}
+
+  def initialize_parameters(self, client_manager):
+    return None
+
+  def configure_evaluate(self, server_round, parameters, client_manager):
+    return []
+
+  def aggregate_evaluate(self, server_round, results, failures):
+    return None, {}
+
+  def evaluate(self, server_round, parameters):
+    return None
