@@ -117,6 +117,18 @@ class FederationTest(tf.test.TestCase):
     with self.assertRaisesRegex(errors.ConfigError, "config.aggregator.type='median' needs each node"):
       coordinator.check(config)
 
+  def test_client_level_dp_under_secure_aggregation_clips_at_the_nodes_and_equals_the_simulation(self):
+    config = copy.deepcopy(self.config)
+    config.aggregator.type, config.aggregator.clip = 'gaussian_fixed', 0.05  # Every update clipped.
+    config.federation.secure_aggregation = True
+    simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
+    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                         runtime=self._federation(self._nodes(config)))
+    for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-5)
+    self.assertIn('trusts the coordinator to add the noise to the securely summed updates',
+                  secure.metrics['privacy']['text'])
+
   def test_training_metrics_add_counts_and_weight_means_by_examples(self):
     combined = coordinator._train_metrics(  # pylint: disable=protected-access
         [{'num_examples': 10.0, 'loss': 1.0}, {'num_examples': 30.0, 'loss': 3.0}])

@@ -99,6 +99,12 @@ class Roster:
     return list(self.summaries)
 
 
+# Aggregators that need only the sum of the updates: with secure aggregation
+# a gaussian_fixed node clips its own update (node.clip_for_secure_sum) and
+# the coordinator adds the noise to the sum.
+SECURE_AGGREGATORS = ('mean', 'gaussian_fixed')
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Refuses what needs rows in the coordinator's process, before any work."""
   needs_rows = {
@@ -117,11 +123,12 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
         f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'
         " simulation; use 'fedavg' (FedAdam and FedYogi are fedavg with a server optimizer).")
-  if config.federation.secure_aggregation and config.aggregator.type != 'mean':
+  if config.federation.secure_aggregation and config.aggregator.type not in SECURE_AGGREGATORS:
     raise errors.ConfigError(
         f'config.aggregator.type={config.aggregator.type!r} needs each node\'s update, which secure'
-        " aggregation hides: set config.aggregator.type='mean', or config.federation.secure_aggregation="
-        'False (the coordinator then sees every update, and the privacy statement says so).')
+        f' aggregation hides: set config.aggregator.type to one of {", ".join(SECURE_AGGREGATORS)}, or'
+        ' config.federation.secure_aggregation=False (the coordinator then sees every update, and the'
+        ' privacy statement says so).')
   if not 0 < config.federation.reconstruction_threshold <= 1:
     raise errors.ConfigError(f'config.federation.reconstruction_threshold='
                              f'{config.federation.reconstruction_threshold!r} must be in (0, 1].')
@@ -293,9 +300,12 @@ class _Rounds:
     replies, mean = self._federation.ask_secure(headers, arrays, settings=self._secure, round_num=round_num)
     if mean is None:
       return {}, []
-    # The mean aggregator of one update of weight 1 passes it on: the same step as on every update.
+    # K copies of the mean of K updates: their mean is it and their sum is the updates' sum, and
+    # clipping leaves each copy as it is (the mean of updates clipped at the nodes is within the
+    # clip), so the aggregator (a mean, or gaussian_fixed's clip, sum and noise) takes the same step.
     update = tf.nest.pack_sequence_as(template, [np.asarray(m, np.float32) for m in mean])
-    return replies, [tff.learning.templates.ClientResult(update=update, update_weight=np.float32(1.0))]
+    return replies, [tff.learning.templates.ClientResult(update=update, update_weight=np.float32(1.0))
+                     for _ in replies]
 
   def evaluate(self, weights, per_institution: bool) -> dict:
     headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}

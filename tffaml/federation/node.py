@@ -59,6 +59,18 @@ def agreement(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> s
   return hashlib.sha256(text.encode()).hexdigest()
 
 
+def clip_for_secure_sum(config: ml_collections.ConfigDict, update: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+  """The update as it enters a secure sum: clipped to config.aggregator.clip (L2) under gaussian_fixed.
+
+  The coordinator's DP aggregator would clip each update the same way
+  (TFF's global L2 norm); under secure aggregation it sees only the sum.
+  """
+  if config.aggregator.type != 'gaussian_fixed':
+    return update
+  clipped, _ = tf.clip_by_global_norm([tf.constant(a) for a in update], config.aggregator.clip)
+  return tuple(np.asarray(a) for a in clipped)
+
+
 @dataclasses.dataclass(frozen=True)
 class SecureUpdate:
   """A node's answer for secure aggregation: its signed reply, and apart from it what SecAgg+ masks."""
@@ -133,10 +145,11 @@ class Node:
   def _for_masking(self, reply: messages.Message) -> tuple[messages.Message, tuple[np.ndarray, ...], int]:
     """(the reply without its update, the update, its weight): SecAgg+ masks the update apart."""
     f = self._config.federation
-    clipped = sum(int(np.sum(np.abs(a) > f.clipping_range)) for a in reply.arrays)
+    update = clip_for_secure_sum(self._config, reply.arrays)
+    clipped = sum(int(np.sum(np.abs(a) > f.clipping_range)) for a in update)
     header = dict(reply.header, metrics={**reply.header['metrics'], 'clipped_coordinates': float(clipped)})
     weighted = self._choices.weighting is processes.Weighting.EXAMPLES
-    return (messages.Message(reply.kind, header), reply.arrays,
+    return (messages.Message(reply.kind, header), update,
             int(round(reply.header['update_weight'])) if weighted else 1)
 
   def _check_agreement(self, request: messages.Message) -> None:
