@@ -4,6 +4,7 @@ The federation's model equals the simulation's: tested over separate processes i
 """
 
 import copy
+import csv
 import os
 import subprocess
 import sys
@@ -128,6 +129,30 @@ class FederationTest(tf.test.TestCase):
       self.assertAllClose(a, b, atol=1e-5)
     self.assertIn('trusts the coordinator to add the noise to the securely summed updates',
                   secure.metrics['privacy']['text'])
+
+  def test_a_node_lost_after_round_1_leaves_the_ledger_and_the_evaluation(self):
+    lost = set()
+
+    class Losing(coordinator.InProcessTransport):
+      def exchange(self, requests):
+        return super().exchange({n: b for n, b in requests.items() if n not in lost})
+
+    def lose_bank_c_after_round_1(line):
+      if line.startswith('round 1/'):
+        lost.add('bank_c')
+
+    federation = coordinator.Federation(Losing(self._nodes()), key=self.key, node_keys=self.node_public,
+                                        log=lambda _: None, min_nodes=2)
+    result = program.run(coordinator_config(self.config), os.path.join(self.root, 'lost'),
+                         log=lose_bank_c_after_round_1, runtime=federation)
+    with open(result.paths.metrics_csv) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 2.0])  # The ledger's view.
+    self.assertEqual(result.metrics['federated']['not_evaluated'], ['bank_c'])
+    lost.add('bank_b')  # A new run needs every registered node at the start.
+    with self.assertRaisesRegex(errors.RunFailed, 'hello: node bank_b: no reply; node bank_c: no reply'):
+      program.run(coordinator_config(self.config), os.path.join(self.root, 'too_few'), log=lambda _: None,
+                  runtime=federation)
 
   def test_training_metrics_add_counts_and_weight_means_by_examples(self):
     combined = coordinator._train_metrics(  # pylint: disable=protected-access

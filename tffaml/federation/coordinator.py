@@ -9,14 +9,16 @@ coordinator runs TFF's aggregator (client-level DP, robust aggregation) and
 the server optimizer on the updates the nodes send, on the same state as the
 simulation, so with the same seeds and no noise the two give the same model.
 
-What the coordinator sees (without secure aggregation): each node's sizes
-(rows, positives, DP units), its answers to the statistics requests (its
-candidate category values, and histograms and sums: noised under DP), each
-round's update of each node in the cohort, and each node's test metric
-counts. Under distributed record-level DP each update carries only a share
-of the noise, so the record-level ε holds against the coordinator only with
-secure aggregation; against everyone who sees the released model it holds
-as stated.
+What the coordinator sees: each node's sizes (rows, positives, DP units),
+its answers to the statistics requests (its candidate category values, and
+histograms and sums: noised under DP), each node's test metric counts, and
+each round's updates: with secure aggregation (config.federation, the
+default with distributed DP-SGD) only their sum, through Flower's SecAgg+
+between the nodes; without it each node's update, so that under distributed
+record-level DP, whose updates carry only a share of the noise, the
+record-level ε holds against the coordinator only at the collusion ε the
+statement gives. Against everyone who sees the released model it holds as
+stated either way.
 """
 
 import dataclasses
@@ -50,8 +52,8 @@ class Transport(Protocol):
     """Each node's reply; a node that did not answer is missing from the result."""
 
   def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
-                      round_num: int) -> tuple[dict[str, bytes], Optional[list[np.ndarray]]]:
-    """Training requests through secure aggregation: (replies, the weighted mean of the updates or None)."""
+                      round_num: int) -> flower.SecureSum:
+    """Training requests through secure aggregation: the replies, the weighted mean of the updates."""
 
 
 class InProcessTransport:
@@ -67,18 +69,21 @@ class InProcessTransport:
     return {name: self._nodes[name].handle(blob) for name, blob in requests.items()}
 
   def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
-                      round_num: int) -> tuple[dict[str, bytes], Optional[list[np.ndarray]]]:
+                      round_num: int) -> flower.SecureSum:
     del round_num
     answers = {name: self._nodes[name].handle_secure(blob) for name, blob in requests.items()}
     answers = {name: a for name, a in answers.items() if a.update}  # As SecAgg+ drops a refusing node.
+    sent = sum(map(len, requests.values())) / max(len(requests), 1)
+    received = sum(len(a.reply) + sum(u.nbytes for u in a.update) for a in answers.values())
     if not answers:
-      return {}, None
+      return flower.SecureSum(replies={}, mean=None, sent=sent, received=0.0)
     # As SecAgg+ does: each update scaled by its weight over max_weight, then clipped.
     weights = np.array([a.weight for a in answers.values()], np.float64) / settings.max_weight
     scaled = [[np.clip(w * u, -settings.clipping_range, settings.clipping_range) for u in a.update]
               for w, a in zip(weights, answers.values())]
     mean = [sum(u[k] for u in scaled) / weights.sum() for k in range(len(scaled[0]))]
-    return {name: a.reply for name, a in answers.items()}, mean
+    return flower.SecureSum(replies={name: a.reply for name, a in answers.items()}, mean=mean, sent=sent,
+                            received=received / len(answers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +189,13 @@ class Federation:
                  ) -> tuple[dict[str, messages.Message], Optional[list[np.ndarray]]]:
     """A training round through secure aggregation: (verified replies, the mean of their updates)."""
     requests = self._seal(node_lib.TRAIN, headers, arrays)
-    answers, mean = self._transport.secure_exchange(requests, settings=settings, round_num=round_num)
-    replies = self._verify(node_lib.TRAIN, headers, requests, answers, required=False)
-    if set(replies) != set(answers):  # A reply that does not verify: its update is in the mean.
+    secure = self._transport.secure_exchange(requests, settings=settings, round_num=round_num)
+    replies = self._verify(node_lib.TRAIN, headers, requests, secure.replies, required=False)
+    self.traffic = {'sent': secure.sent, 'received': secure.received}  # The whole protocol's.
+    if set(replies) != set(secure.replies):  # A reply that does not verify: its update is in the mean.
       raise errors.RunFailed(f'round {round_num}: the securely summed updates include a node whose reply'
                              ' did not verify (see the log above); the round is discarded.')
-    return replies, mean
+    return replies, secure.mean
 
   def _seal(self, kind: str, headers: Mapping[str, dict], arrays: Sequence[np.ndarray]) -> dict[str, bytes]:
     return {name: messages.seal(messages.Message(kind, {**h, 'agreement': self._agreement}, tuple(arrays)),
@@ -254,7 +260,8 @@ class Federation:
     plan = {'space': _jsonable(space.to_dict()), 'census': self.census(setup.data),
             'noise': setup.plan.noise_multipliers()}
     secure = secure_aggregation(config, plan['census'], setup.cohort)
-    rounds = _Rounds(self, training.parts, training.model_fn, plan, secure)
+    rounds = _Rounds(self, training.parts, training.model_fn, plan, secure,
+                     every_share=training.work is experiment.ClientWork.DISTRIBUTED_DP_SGD)
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
                          aggregation=accounting.Aggregation.SECURE if secure
@@ -265,9 +272,11 @@ class _Rounds:
   """A round and an evaluation over the nodes."""
 
   def __init__(self, federation: Federation, parts, model_fn, plan: dict,
-               secure: Optional[flower.SecureAggregation]):
+               secure: Optional[flower.SecureAggregation], *, every_share: bool):
     self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
     self._secure = secure  # None: updates in the clear.
+    # Distributed DP-SGD's noise is planned as every institution's share, every round.
+    self._every_share = every_share
     self._finalize = None  # Built at the first evaluation, from a state's type.
     self.names = federation.names
 
@@ -277,6 +286,13 @@ class _Rounds:
                for i in members}
     replies, results = self._updates(headers, _flat(weights), weights.trainable, round_num)
     took_part = [i for i in members if self.names[i] in replies]
+    missing = [self.names[i] for i in members if i not in took_part]
+    if self._every_share and missing:
+      raise errors.RunFailed(
+          f'round {round_num}: no update from {", ".join(missing)}; distributed DP-SGD needs every'
+          ' institution\'s share of the noise each round (its ε counts on it), so the round is'
+          f' discarded and the run stopped at its last checkpoint (round {round_num - 1}); rerun the'
+          ' same command to resume once every node is back.')
     if len(took_part) < self._federation.min_nodes:
       raise errors.RunFailed(
           f'round {round_num}: {len(took_part)} of {len(members)} nodes sent an update, fewer than the'

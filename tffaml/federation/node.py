@@ -7,7 +7,10 @@ rows. The coordinator sends signed messages (`messages`), never code:
     statistics   -> its answer to a `features.Request` (DP noise share added here)
     train        -> its update from the signed global model, with the client
                     work installed here (FedAvg, or DP-SGD with its own secret
-                    sample and noise), for the round and index in the plan
+                    sample and noise), for the round and index in the plan;
+                    with secure aggregation (config.federation) the update
+                    leaves only masked by SecAgg+ (`handle_secure`), beside
+                    the signed reply, and never in the clear
     evaluate     -> its unfinalized test metrics (counts and sums, no rows)
 
 Every request carries the hash of the agreed config (`agreement`); a node
