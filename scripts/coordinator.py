@@ -26,6 +26,7 @@ from tffaml import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The agreed experiment config.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
+_CHECKPOINT_KEY = cli.CheckpointKeyFlags()
 _DRIVER_API = flags.DEFINE_string('driver_api', '127.0.0.1:9091', "The SuperLink's Driver API, HOST:PORT.")
 _CA = flags.DEFINE_string('ca', None, 'The federation CA certificate (PEM).', required=True)
 _KEY = flags.DEFINE_string('key', None, "The coordinator's Ed25519 private key (PEM).", required=True)
@@ -63,7 +64,7 @@ def main(argv):
     federation = coordinator.Federation(transport, key=messages.load_private_key(_KEY.value),
                                         node_keys=node_keys, min_nodes=_MIN_NODES.value)
     with runtime.local_runtime():
-      result = program.run(config, _WORKDIR.value, runtime=federation)
+      result = program.run(config, _WORKDIR.value, runtime=federation, checkpoint_key=_CHECKPOINT_KEY.key())
   finally:
     transport.close()
   print(f'\nmodel:   {result.paths.export} (SavedModel, serving_default)')

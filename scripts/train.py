@@ -21,6 +21,7 @@ from tffaml import cli
 EXIT_WARNING = 3  # Trained and exported, but the model is not usable as it is.
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
+_CHECKPOINT_KEY = cli.CheckpointKeyFlags()
 
 
 def main(argv):
@@ -31,7 +32,7 @@ def main(argv):
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():
-    result = program.run(_CONFIG.value, _WORKDIR.value)
+    result = program.run(_CONFIG.value, _WORKDIR.value, checkpoint_key=_CHECKPOINT_KEY.key())
   paths = result.paths
   print(f'\nmodel:   {paths.export} (SavedModel, serving_default)')
   print(f'metrics: {paths.metrics}  (per round: {paths.metrics_csv}, {paths.curves})')

@@ -11,7 +11,7 @@ Anything else is our bug and keeps its traceback.
 
 import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -19,6 +19,26 @@ from absl import flags
 from tffaml import errors
 
 EXIT_REFUSED = 2
+
+
+class CheckpointKeyFlags:
+  """--checkpoint_key_file / --checkpoint_key_env, for the scripts that train."""
+
+  def __init__(self):
+    self._file = flags.DEFINE_string(
+        'checkpoint_key_file', None, 'File holding a base64 AES-256 key (scripts/keygen.py'
+        ' --encryption_key): checkpoints are sealed with it; a run resumes only with the key it started with.')
+    self._env = flags.DEFINE_string('checkpoint_key_env', None,
+                                    'Environment variable holding that key, instead of a file.')
+
+  def key(self) -> Optional[bytes]:
+    """The key given, or None (plaintext checkpoints)."""
+    if self._file.value is None and self._env.value is None:
+      return None
+    if self._file.value is not None and self._env.value is not None:
+      raise errors.InputError('give one of --checkpoint_key_file and --checkpoint_key_env, not both.')
+    from tffaml.export import encryption  # pylint: disable=g-import-not-at-top
+    return encryption.load_key(key_file=self._file.value, key_env=self._env.value)
 
 
 def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:

@@ -84,6 +84,28 @@ class ProgramTest(tf.test.TestCase):
     self.assertEqual(self.result.metrics['privacy']['epsilon'], resumed.metrics['privacy']['epsilon'])
     self.assertEqual(pd.read_csv(resumed.paths.metrics_csv)['round'].tolist(), [1, 2, 3, 4])
 
+  def test_encrypted_checkpoints_resume_to_the_same_model_and_only_with_their_key(self):
+    from tffaml.export import encryption  # pylint: disable=g-import-not-at-top
+    key = encryption.load_key(key_file=encryption.generate_key(os.path.join(self.root, 'checkpoint.key')))
+    workdir = os.path.join(self.root, 'sealed')
+    stopped = program.run(self.config, workdir, stop_after_round=2, log=lambda _: None, checkpoint_key=key)
+    checkpoint_dir = os.path.join(stopped.paths.root, 'checkpoints')
+    self.assertEqual(sorted(os.listdir(checkpoint_dir)), ['state_1.sealed', 'state_2.sealed'])
+    with open(os.path.join(checkpoint_dir, 'state_2.sealed'), 'rb') as f:
+      self.assertNotIn(b'arr_0', f.read())  # No numpy archive in the clear.
+    with self.assertRaisesRegex(errors.InputError, 'the checkpoints are encrypted; resume with the key'):
+      program.run(self.config, workdir, log=lambda _: None)
+    with self.assertRaisesRegex(encryption.DecryptionError, 'does not authenticate'):
+      program.run(self.config, workdir, log=lambda _: None, checkpoint_key=bytes(32))
+    resumed = program.run(self.config, workdir, log=lambda _: None, checkpoint_key=key)
+    for a, b in zip(self.result.model.get_weights(), resumed.model.get_weights()):
+      self.assertAllEqual(a, b)
+    self.assertEqual(self.result.metrics['privacy']['epsilon'], resumed.metrics['privacy']['epsilon'])
+    plain = os.path.join(self.root, 'plain')
+    program.run(self.config, plain, stop_after_round=1, log=lambda _: None)
+    with self.assertRaisesRegex(errors.InputError, 'started without encrypted checkpoints'):
+      program.run(self.config, plain, log=lambda _: None, checkpoint_key=key)
+
   def test_resume_with_another_config_is_refused(self):
     workdir = os.path.join(self.root, 'changed')
     program.run(self.config, workdir, stop_after_round=1, log=lambda _: None)

@@ -66,6 +66,31 @@ def load_key(*, key_file: Optional[str] = None, key_env: Optional[str] = None) -
   return key
 
 
+def seal(data: bytes, key: bytes, *, context: bytes = b'') -> bytes:
+  """`data` sealed under `key`: MAGIC | nonce | AES-256-GCM ciphertext and tag.
+
+  `context` is authenticated but not stored (e.g. what the data is, so that
+  one sealed file cannot stand in for another); `unseal` needs the same.
+  """
+  nonce = secrets.token_bytes(_NONCE_BYTES)
+  return MAGIC + nonce + aead.AESGCM(key).encrypt(nonce, data, MAGIC + context)
+
+
+def unseal(blob: bytes, key: bytes, *, source: str, context: bytes = b'') -> bytes:
+  """The data `seal` sealed.
+
+  Raises:
+    DecryptionError: wrong key or context, altered or truncated data, not our format.
+  """
+  if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _NONCE_BYTES + 16:
+    raise DecryptionError(f'{source}: not a tffaml encrypted file.')
+  nonce = blob[len(MAGIC):len(MAGIC) + _NONCE_BYTES]
+  try:
+    return aead.AESGCM(key).decrypt(nonce, blob[len(MAGIC) + _NONCE_BYTES:], MAGIC + context)
+  except crypto_exceptions.InvalidTag:
+    raise DecryptionError(f'{source}: does not authenticate: wrong key, or the file was altered.') from None
+
+
 def encrypt_package(package_dir: str, output: str, key: bytes) -> None:
   """Archives and seals `package_dir` into the file `output` (written atomically)."""
   if not os.path.isdir(package_dir):
@@ -73,11 +98,9 @@ def encrypt_package(package_dir: str, output: str, key: bytes) -> None:
   archive = stdlib_io.BytesIO()
   with tarfile.open(fileobj=archive, mode='w') as tar:
     tar.add(package_dir, arcname='.')
-  nonce = secrets.token_bytes(_NONCE_BYTES)
-  sealed = aead.AESGCM(key).encrypt(nonce, archive.getvalue(), MAGIC)
   with io.atomic_path(output) as tmp:
     with open(tmp, 'wb') as f:
-      f.write(MAGIC + nonce + sealed)
+      f.write(seal(archive.getvalue(), key))
 
 
 def decrypt_package(encrypted: str, output_dir: str, key: bytes, *, overwrite: bool = False) -> None:
@@ -87,15 +110,7 @@ def decrypt_package(encrypted: str, output_dir: str, key: bytes, *, overwrite: b
     DecryptionError: wrong key, altered or truncated file, not our format.
   """
   with open(encrypted, 'rb') as f:
-    data = f.read()
-  if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _NONCE_BYTES + 16:
-    raise DecryptionError(f'{encrypted}: not a tffaml encrypted package.')
-  nonce = data[len(MAGIC):len(MAGIC) + _NONCE_BYTES]
-  try:
-    plain = aead.AESGCM(key).decrypt(nonce, data[len(MAGIC) + _NONCE_BYTES:], MAGIC)
-  except crypto_exceptions.InvalidTag:
-    raise DecryptionError(
-        f'{encrypted}: does not authenticate: wrong key, or the file was altered.') from None
+    plain = unseal(f.read(), key, source=encrypted)
   with io.atomic_path(output_dir, directory=True, replace=overwrite) as tmp:
     os.makedirs(tmp)
     with tarfile.open(fileobj=stdlib_io.BytesIO(plain)) as tar:

@@ -6,7 +6,7 @@ Layout of a run's workdir:
     hyperparameters.json   the full config (a resumed run must match it)
     run_identity.json      the data and noise the checkpoints were made with
     secret/noise_seed      the DP noise seed (0600; never in checkpoints)
-    checkpoints/           tff.program.FileProgramStateManager state per round
+    checkpoints/           state per round: tff.program.FileProgramStateManager's, or sealed (checkpoints.py)
     results/metrics.csv    per-round metrics (tff.program CSV release manager)
     results/training_curves.png
     logdir/                TensorBoard (tff.program TensorBoard release manager)
@@ -64,6 +64,7 @@ from tffaml.federated import quantiles
 from tffaml.models import tabular
 from tffaml.privacy import accounting
 from tffaml.training import centralized
+from tffaml.training import checkpoints
 from tffaml.training import evaluation
 from tffaml.training import experiment
 from tffaml.training import poisoning
@@ -218,6 +219,7 @@ def run(
     stop_after_round: Optional[int] = None,
     log: Callable[[str], None] = print,
     runtime: Optional['Runtime'] = None,
+    checkpoint_key: Optional[bytes] = None,
 ) -> RunResult:
   """Trains, evaluates and exports; resumes from `workdir` if it holds a run.
 
@@ -234,6 +236,9 @@ def run(
     runtime: Where the institutions' data and client work live: this process
       (`InProcess()`, the default) or a federation of nodes
       (`tffaml.federation.coordinator.Federation`).
+    checkpoint_key: An AES-256 key (`tffaml.export.encryption.load_key`):
+      checkpoints are sealed with it at rest. A run resumes only with the
+      key it started with, or only without one.
 
   Returns:
     The paths written and the final metrics.
@@ -251,7 +256,8 @@ def run(
   created = not os.path.exists(paths.root)
   try:
     with workdir_lib.lock(paths.root):
-      return _run_locked(config, choices, paths, runtime, stop_after_round=stop_after_round, log=log)
+      return _run_locked(config, choices, paths, runtime, stop_after_round=stop_after_round, log=log,
+                         checkpoint_key=checkpoint_key)
   except BaseException:
     if created and os.path.isdir(paths.root) and set(os.listdir(paths.root)) <= {'.lock'}:
       shutil.rmtree(paths.root, ignore_errors=True)  # Refused before any work: leave nothing.
@@ -278,18 +284,18 @@ def _prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtim
                 cohort=cohort, plan=plan)
 
 
-def _latest_round(state_manager: tff.program.FileProgramStateManager) -> Optional[int]:
+def _latest_round(state_manager: tff.program.ProgramStateManager) -> Optional[int]:
   versions = asyncio.run(state_manager.get_versions())
   return max(versions) if versions else None
 
 
 def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', *, stop_after_round,
-                log) -> RunResult:
+                log, checkpoint_key: Optional[bytes]) -> RunResult:
   removed = workdir_lib.remove_stale_temporaries(paths.root)
   if removed:
     log(f'removed what a killed run left half-written: {", ".join(removed)}')
+  state_manager = checkpoints.state_manager(paths.checkpoints, checkpoint_key)
   setup = _prepare(config, choices, paths, runtime, log)
-  state_manager = tff.program.FileProgramStateManager(paths.checkpoints, keep_total=2, keep_first=False)
   checkpoint_round = _latest_round(state_manager)
   identity = dataclasses.replace(
       setup.identity, rounds=config.federated.rounds if config.privacy.target_epsilon else None)
