@@ -55,11 +55,13 @@ from tffaml.data import schema as schema_lib
 TRIM_FRACTION = 0.001  # Of the federation's rows, clipped at each end...
 MIN_TRIMMED = 3  # ...and at least this many.
 # Bin edges: 0 and ±10^(k/8), from 1e-30 to beyond float32's largest number.
-_MAGNITUDES = 10.0 ** (np.arange(-30 * 8, 39 * 8 + 1) / 8)
+# Python's scalar pow, not numpy's: numpy's vectorized pow rounds differently on CPUs with
+# AVX-512 (10^-30 became 9.999999999999999e-31), and every party must bin alike.
+_MAGNITUDES = np.array([10.0 ** (k / 8) for k in range(-30 * 8, 39 * 8 + 1)])
 HISTOGRAM_EDGES = np.concatenate([-_MAGNITUDES[::-1], _MAGNITUDES])
 # DP range bins: 0 and ±10^(k/2) from 1e-6 to 1e12 (coarse, so rows fill them
 # past the noise); values beyond fall in the outermost bins.
-_HALF_DECADES = 10.0 ** (np.arange(-12, 25) / 2)
+_HALF_DECADES = np.array([10.0 ** (k / 2) for k in range(-12, 25)])
 RANGE_EDGES = np.concatenate([-_HALF_DECADES[::-1], _HALF_DECADES])
 SPURIOUS_BIN = 0.01  # Chance that noise alone makes any empty range bin count.
 FINE_BINS = 16  # Inside the range, evenly spaced in asinh(x / (max |bound| / 1000)).

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from configs import csv as csv_config
 from tests import helpers
 from tffaml import errors
 from tffaml.export import signing
@@ -77,6 +78,14 @@ class FederationTest(tf.test.TestCase):
     self.assertIn('another config', reply(messages.seal(other, self.key)).header['reason'])
     forged = messages.seal(hello, self.node_keys[self.names[1]])  # Not the coordinator's key.
     self.assertIn('does not verify', reply(forged).header['reason'])
+    weights = np.full(3, 1.5, np.float32)
+    train = messages.Message(node_lib.TRAIN, {'agreement': node.agreement, 'run': 'run', 'round': 1},
+                             (weights,))
+    model = bytearray(messages.seal(train, self.key))
+    model[model.index(weights.tobytes())] ^= 1  # A bit of the global model's weights.
+    refused = messages.unseal(node.handle(bytes(model)), self.node_public[node.name], sender=node.name,
+                              kinds=(node_lib.REFUSED,))
+    self.assertIn('does not verify', refused.header['reason'])
     node._last_round['run'] = 5  # pylint: disable=protected-access
     stale = messages.Message(node_lib.TRAIN, {'agreement': node.agreement, 'run': 'run', 'round': 4})
     self.assertIn('stale', reply(messages.seal(stale, self.key)).header['reason'])
@@ -96,7 +105,6 @@ class FederationTest(tf.test.TestCase):
       coordinator.check(config)
 
   def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
-    from configs import csv as csv_config  # pylint: disable=g-import-not-at-top
     config = csv_config.get_config()  # The default: distributed record-level DP, secure aggregation.
     config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
     config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
@@ -137,6 +145,9 @@ class FederationTest(tf.test.TestCase):
       def exchange(self, requests):
         return super().exchange({n: b for n, b in requests.items() if n not in lost})
 
+      def secure_exchange(self, requests, **kwargs):
+        return super().secure_exchange({n: b for n, b in requests.items() if n not in lost}, **kwargs)
+
     def lose_bank_c_after_round_1(line):
       if line.startswith('round 1/'):
         lost.add('bank_c')
@@ -149,7 +160,21 @@ class FederationTest(tf.test.TestCase):
       rows = list(csv.DictReader(f))
     self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 2.0])  # The ledger's view.
     self.assertEqual(result.metrics['federated']['not_evaluated'], ['bank_c'])
-    lost.add('bank_b')  # A new run needs every registered node at the start.
+    # Distributed DP-SGD (the default, securely summed) plans every node's noise share each round:
+    # a round without bank_c is discarded, and the run stops where it can resume.
+    lost.clear()
+    default = csv_config.get_config()
+    default.data.dir, default.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    default.federated.rounds, default.federated.eval_every, default.privacy.noise_seed = 2, 0, 0
+    with self.assertRaisesRegex(errors.RunFailed, r'round 2: no update from bank_c; distributed DP-SGD'
+                                r' needs every institution\'s share .* at its last checkpoint \(round 1\)'):
+      program.run(coordinator_config(default), os.path.join(self.root, 'distributed'),
+                  log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
+                      Losing(self._nodes(default)), key=self.key, node_keys=self.node_public,
+                      log=lambda _: None, min_nodes=2))
+    with open(program.Paths(os.path.join(self.root, 'distributed')).metrics_csv) as f:
+      self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0])
+    lost.update({'bank_b', 'bank_c'})  # A new run needs every registered node at the start.
     with self.assertRaisesRegex(errors.RunFailed, 'hello: node bank_b: no reply; node bank_c: no reply'):
       program.run(coordinator_config(self.config), os.path.join(self.root, 'too_few'), log=lambda _: None,
                   runtime=federation)

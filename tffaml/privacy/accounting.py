@@ -505,6 +505,7 @@ class PrivacyStatement:
         'guarantees': [g.to_dict() for g in self.guarantees],
         'rounds': self.rounds,
         'institutions': self.institutions,
+        'aggregation': self.aggregation.value,  # Who saw the individual updates.
         'text': self.text(),
     }
 

@@ -294,8 +294,9 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
   removed = workdir_lib.remove_stale_temporaries(paths.root)
   if removed:
     log(f'removed what a killed run left half-written: {", ".join(removed)}')
-  state_manager = checkpoints.state_manager(paths.checkpoints, checkpoint_key)
   setup = _prepare(config, choices, paths, runtime, log)
+  # After the data's checks: TFF's manager makes its directory.
+  state_manager = checkpoints.state_manager(paths.checkpoints, checkpoint_key)
   checkpoint_round = _latest_round(state_manager)
   identity = dataclasses.replace(
       setup.identity, rounds=config.federated.rounds if config.privacy.target_epsilon else None)
