@@ -28,7 +28,8 @@ from tffaml import cli
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The agreed experiment config.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, "This institution's folder: train.csv, test.csv.",
                                 required=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, "The node's own state (its DP noise seed).", required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, "The node's own state: its DP noise seed and privacy ledger.",
+                               required=True)
 _SUPERLINK = flags.DEFINE_string('superlink', '127.0.0.1:9092', "The SuperLink's Fleet API, HOST:PORT.")
 _CA = flags.DEFINE_string('ca', None, 'The federation CA certificate (PEM).', required=True)
 _KEY = flags.DEFINE_string('key', None, "This node's private key (OpenSSH EC; its .pub beside it).",
@@ -56,7 +57,8 @@ def main(argv):
     root_certificates = f.read()
   with runtime.local_runtime():
     node = node_lib.Node(config, folder=folder, key=key, noise_seed=noise_seed,
-                         coordinator_key=messages.load_public_key(_COORDINATOR_KEY.value))
+                         coordinator_key=messages.load_public_key(_COORDINATOR_KEY.value),
+                         ledger=node_lib.Ledger(os.path.join(_WORKDIR.value, 'privacy_ledger.json')))
     print(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
           f' connecting to {_SUPERLINK.value}', flush=True)
     flower.run_node(node, key, superlink=_SUPERLINK.value, root_certificates=root_certificates,

@@ -5,6 +5,7 @@ The federation's model equals the simulation's: tested over separate processes i
 
 import copy
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -178,6 +179,38 @@ class FederationTest(tf.test.TestCase):
     with self.assertRaisesRegex(errors.RunFailed, 'hello: node bank_b: no reply; node bank_c: no reply'):
       program.run(coordinator_config(self.config), os.path.join(self.root, 'too_few'), log=lambda _: None,
                   runtime=federation)
+
+  def test_a_node_with_a_secret_seed_serves_one_run_and_never_reuses_its_noise(self):
+    config = csv_config.get_config()  # Distributed DP-SGD: every node adds noise.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every = 2, 0
+    self.assertIsNone(config.privacy.noise_seed)  # Each node's own secret seed.
+    ledgers = {n: os.path.join(self.root, f'{n}_ledger.json') for n in self.names}
+
+    def nodes():
+      return [node_lib.Node(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                            coordinator_key=self.public, noise_seed=7, log=lambda _: None,
+                            ledger=node_lib.Ledger(ledgers[n])) for n in self.names]
+    first = program.run(coordinator_config(config), os.path.join(self.root, 'first'), log=lambda _: None,
+                        runtime=self._federation(nodes()))
+    self.assertBetween(first.metrics['privacy']['epsilon'], 0.99, 1.0)
+    for restarted in (False, True):  # A second run would spend a second budget, restarted nodes too.
+      with self.assertRaisesRegex(errors.RunFailed, 'already served coordinator run .* budget .* is spent'):
+        program.run(coordinator_config(config), os.path.join(self.root, f'second_{restarted}'),
+                    log=lambda _: None, runtime=self._federation(nodes()))
+    node = nodes()[0]  # Were a ledger removed, a new run would draw fresh noise.
+    self.assertNotEqual(node._run_seed('a'), node._run_seed('b'))  # pylint: disable=protected-access
+    # Resuming the first run is free: its releases again for the same inputs.
+    ledger = node_lib.Ledger(ledgers['bank_a'])
+    agreement = nodes()[0].agreement
+    run_id = open(os.path.join(self.root, 'first', 'federation_run_id')).read().strip()
+    ledger.check(agreement, run_id, 'round 2', self._round_2_digest(ledgers['bank_a'], agreement))
+    with self.assertRaisesRegex(messages.Refused, 'round 2 was already answered for another input'):
+      ledger.check(agreement, run_id, 'round 2', 'f' * 64)
+
+  def _round_2_digest(self, path, agreement):
+    with open(path) as f:
+      return json.load(f)[agreement]['released']['round 2']
 
   def test_training_metrics_add_counts_and_weight_means_by_examples(self):
     combined = coordinator._train_metrics(  # pylint: disable=protected-access

@@ -247,7 +247,8 @@ class Federation:
 
   def feature_space(self, config: ml_collections.ConfigDict, data: Roster, noise) -> features.FeatureSpace:
     def ask(request: features.Request, params: dict) -> list:
-      headers = {n: {'request': request.value, 'params': params, 'index': i} for i, n in enumerate(self.names)}
+      headers = {n: {'request': request.value, 'params': params, 'index': i, 'run': self.run_id}
+                 for i, n in enumerate(self.names)}
       replies = self.ask(node_lib.STATISTICS, headers)
       return [_statistics_answer(replies[n]) for n in self.names]
     return experiment.feature_space(config, data, noise, ask=ask)

@@ -20,16 +20,19 @@ served. Each reply is signed with the node's key and names the request it
 answers.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Iterator, Optional
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from tffaml import errors
+from tffaml import io
 from tffaml import features
 from tffaml.data import csv_dir
 from tffaml.data import federated_data
@@ -74,6 +77,64 @@ def clip_for_secure_sum(config: ml_collections.ConfigDict, update: tuple[np.ndar
   return tuple(np.asarray(a) for a in clipped)
 
 
+class Ledger:
+  """What a node has released under each agreed config: its own guard on its rows' privacy budget.
+
+  A node's DP noise is seeded (so that a resumed coordinator gets the same
+  update again), which makes two answers with the same seed and different
+  inputs dangerous: their difference has no noise. So, per agreed config,
+  a node with a secret noise seed
+    * serves one coordinator run: the config's ε is one run's (statistics
+      and config.federated.rounds rounds); a second run would spend more;
+    * answers a release again (a training round, a statistics release)
+      only for the same input (the same global model, the same request),
+      which gives the same answer and costs nothing.
+  Kept in `path` (JSON) when given, so that it outlives the process.
+  """
+
+  def __init__(self, path: Optional[str] = None):
+    self._path = path
+    self._entries: dict[str, dict] = {}  # agreement -> {'run': id, 'released': {release: input digest}}
+    if path and os.path.exists(path):
+      with open(path) as f:
+        self._entries = json.load(f)
+
+  def check(self, agreement: str, run: str, release: str, digest: str) -> None:
+    """Refuses a release of another run, or one already made from another input."""
+    entry = self._entries.get(agreement)
+    if entry is None:
+      return
+    if entry['run'] != run:
+      raise messages.Refused(
+          f'this node already served coordinator run {entry["run"][:12]}… under this config: its privacy'
+          f' budget (the config\'s ε) is spent; it serves no other run{self._where()}.')
+    if entry['released'].get(release, digest) != digest:
+      raise messages.Refused(
+          f'{release} was already answered for another input; answering it again would reuse its DP'
+          ' noise (the difference of the two answers would have none).')
+
+  def add(self, agreement: str, run: str, release: str, digest: str) -> None:
+    entry = self._entries.setdefault(agreement, {'run': run, 'released': {}})
+    if entry['released'].get(release) != digest:
+      entry['released'][release] = digest
+      if self._path:
+        io.write_json(self._path, self._entries)
+
+  def _where(self) -> str:
+    return f' (to grant a new budget, its operator removes {self._path})' if self._path else ''
+
+
+def _digest(value) -> str:
+  """A request's input: arrays by their bytes, anything else by its JSON."""
+  h = hashlib.sha256()
+  if isinstance(value, tuple):
+    for a in value:
+      h.update(np.ascontiguousarray(a).tobytes())
+  else:
+    h.update(json.dumps(value, sort_keys=True).encode())
+  return h.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class SecureUpdate:
   """A node's answer for secure aggregation: its signed reply, and apart from it what SecAgg+ masks."""
@@ -100,8 +161,12 @@ class Node:
   """One institution's side of the federation (transport-free: `handle` takes and returns bytes)."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, folder: str, key: messages.PrivateKey,
-               coordinator_key: messages.PublicKey, noise_seed: int, log: Callable[[str], None] = print):
-    """Checks the config and loads the institution's rows from `folder` ({train,test}.csv)."""
+               coordinator_key: messages.PublicKey, noise_seed: int, ledger: Optional[Ledger] = None,
+               log: Callable[[str], None] = print):
+    """Checks the config and loads the institution's rows from `folder` ({train,test}.csv).
+
+    `ledger`: the rounds it served (in memory only when None).
+    """
     self._config, self._choices = config, experiment.parse_choices(config)
     self._schema = schema_lib.Schema.from_json(config.data.schema_file)
     self.institution = csv_dir.load_institution(folder, self._schema)
@@ -111,6 +176,7 @@ class Node:
     self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
     self._last_round: dict[str, int] = {}  # Per coordinator run: the latest round trained.
     self._works: dict[str, _Work] = {}
+    self._ledger = ledger or Ledger()
 
   def handle(self, blob: bytes) -> bytes:
     """The signed reply to one signed request (a signed refusal when refused)."""
@@ -178,11 +244,39 @@ class Node:
 
   def _statistics(self, header: dict) -> messages.Message:
     request = features.Request(header['request'])
-    answer = features.answer(self.institution.train, self._schema, request, header['params'],
-                             noise_key=(self._noise_seed, header['index']))
+    release = f'statistics {request.value} {header["params"].get("release")}'
+    with self._releasing(header['run'], release, header['params']):
+      answer = features.answer(self.institution.train, self._schema, request, header['params'],
+                               noise_key=(self._run_seed(header['run']), header['index']))
     if request is features.Request.CANDIDATES:
       return messages.Message(reply_kind(STATISTICS), {'candidates': answer})
     return messages.Message(reply_kind(STATISTICS), {'keys': list(answer)}, tuple(answer.values()))
+
+  @contextlib.contextmanager
+  def _releasing(self, run: str, release: str, value) -> Iterator[None]:
+    """Checks `release` of `run` against the ledger, and records it once made.
+
+    Only where this node adds DP noise from a secret seed: without record-level
+    DP it adds none, and an agreed config.privacy.noise_seed is known to the
+    coordinator, which could remove the noise anyway.
+    """
+    if not self._config.record_dp.enabled or self._config.privacy.noise_seed is not None:
+      yield
+      return
+    digest = _digest(value)
+    self._ledger.check(self.agreement, run, release, digest)
+    yield
+    self._ledger.add(self.agreement, run, release, digest)
+
+  def _run_seed(self, run: str) -> int:
+    """The noise seed of coordinator run `run`: the node's secret one, fresh per run.
+
+    A fixed config.privacy.noise_seed (research) is used as it is, so that the
+    federation reproduces the simulation.
+    """
+    if self._config.privacy.noise_seed is not None:
+      return self._noise_seed
+    return experiment.stable_seed(self._noise_seed, int(hashlib.sha256(run.encode()).hexdigest()[:15], 16))
 
   def _work(self, header: dict) -> _Work:
     key = json.dumps([header['space'], header['census'], header['noise']], sort_keys=True)
@@ -217,10 +311,11 @@ class Node:
                              f' {self._last_round[run]} of this run); a replayed or out-of-date plan.')
     work = self._work(request.header)
     weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
-    dataset = experiment.client_dataset(
-        self._config, work.work, work.plan, self._schema, self.institution,
-        index=request.header['index'], round_num=round_num, noise_seed=self._noise_seed)
-    result, measurements = work.parts.client_update(weights, dataset)
+    with self._releasing(run, f'round {round_num}', request.arrays):
+      dataset = experiment.client_dataset(
+          self._config, work.work, work.plan, self._schema, self.institution,
+          index=request.header['index'], round_num=round_num, noise_seed=self._run_seed(run))
+      result, measurements = work.parts.client_update(weights, dataset)
     self._last_round[run] = round_num
     self._log(f'{self.name}: trained round {round_num}')
     return messages.Message(
