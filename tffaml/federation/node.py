@@ -124,14 +124,11 @@ class Ledger:
     return f' (to grant a new budget, its operator removes {self._path})' if self._path else ''
 
 
-def _digest(value) -> str:
-  """A request's input: arrays by their bytes, anything else by its JSON."""
-  h = hashlib.sha256()
-  if isinstance(value, tuple):
-    for a in value:
-      h.update(np.ascontiguousarray(a).tobytes())
-  else:
-    h.update(json.dumps(value, sort_keys=True).encode())
+def _digest(request: messages.Message) -> str:
+  """A request's whole input: its header (plan, index, parameters) and its arrays (the global model)."""
+  h = hashlib.sha256(json.dumps(request.header, sort_keys=True).encode())
+  for a in request.arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
   return h.hexdigest()
 
 
@@ -245,7 +242,7 @@ class Node:
   def _statistics(self, header: dict) -> messages.Message:
     request = features.Request(header['request'])
     release = f'statistics {request.value} {header["params"].get("release")}'
-    with self._releasing(header['run'], release, header['params']):
+    with self._releasing(header['run'], release, messages.Message(STATISTICS, header)):
       answer = features.answer(self.institution.train, self._schema, request, header['params'],
                                noise_key=(self._run_seed(header['run']), header['index']))
     if request is features.Request.CANDIDATES:
@@ -253,8 +250,8 @@ class Node:
     return messages.Message(reply_kind(STATISTICS), {'keys': list(answer)}, tuple(answer.values()))
 
   @contextlib.contextmanager
-  def _releasing(self, run: str, release: str, value) -> Iterator[None]:
-    """Checks `release` of `run` against the ledger, and records it once made.
+  def _releasing(self, run: str, release: str, request: messages.Message) -> Iterator[None]:
+    """Checks `release` of `run`, made from `request`, against the ledger, and records it once made.
 
     Only where this node adds DP noise from a secret seed: without record-level
     DP it adds none, and an agreed config.privacy.noise_seed is known to the
@@ -263,7 +260,7 @@ class Node:
     if not self._config.record_dp.enabled or self._config.privacy.noise_seed is not None:
       yield
       return
-    digest = _digest(value)
+    digest = _digest(request)
     self._ledger.check(self.agreement, run, release, digest)
     yield
     self._ledger.add(self.agreement, run, release, digest)
@@ -311,7 +308,7 @@ class Node:
                              f' {self._last_round[run]} of this run); a replayed or out-of-date plan.')
     work = self._work(request.header)
     weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
-    with self._releasing(run, f'round {round_num}', request.arrays):
+    with self._releasing(run, f'round {round_num}', request):
       dataset = experiment.client_dataset(
           self._config, work.work, work.plan, self._schema, self.institution,
           index=request.header['index'], round_num=round_num, noise_seed=self._run_seed(run))
