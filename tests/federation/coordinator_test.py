@@ -111,13 +111,25 @@ class FederationTest(tf.test.TestCase):
     config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
     self.assertTrue(config.federation.secure_aggregation)
     simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
-    nodes = self._nodes(config)
+    nodes, sent = self._nodes(config), {}
+
+    class Recording(coordinator.InProcessTransport):
+      def secure_exchange(self, requests, **kwargs):
+        sent.update(requests)
+        return super().secure_exchange(requests, **kwargs)
+
     secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
-                         runtime=self._federation(nodes))
+                         runtime=coordinator.Federation(Recording(nodes), key=self.key, node_keys=self.node_public,
+                                                        log=lambda _: None))
     for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
       self.assertAllClose(a, b, atol=1e-5)
     self.assertEqual(simulated.metrics['privacy']['epsilon'], secure.metrics['privacy']['epsilon'])
     self.assertIn('which this federation ran (SecAgg+', secure.metrics['privacy']['text'])
+    # A sum that would hold fewer noise shares than the plan's census is refused by every node.
+    short = nodes[0].handle_secure(sent[nodes[0].name], summed_with=2)
+    self.assertEqual(short.update, ())
+    self.assertIn("would hold 2 institutions' noise shares, and the plan's noise counts on 3",
+                  messages.peek(short.reply).header['reason'])
     # A node whose config says secure aggregation never sends its update in the clear.
     train = messages.Message(node_lib.TRAIN, {'agreement': nodes[0].agreement, 'run': 'r', 'round': 1})
     reply = messages.unseal(nodes[0].handle(messages.seal(train, self.key)), self.node_public[nodes[0].name],
@@ -167,8 +179,10 @@ class FederationTest(tf.test.TestCase):
     default = csv_config.get_config()
     default.data.dir, default.data.schema_file = self.config.data.dir, self.config.data.schema_file
     default.federated.rounds, default.federated.eval_every, default.privacy.noise_seed = 2, 0, 0
-    with self.assertRaisesRegex(errors.RunFailed, r'round 2: no update from bank_c; distributed DP-SGD'
-                                r' needs every institution\'s share .* at its last checkpoint \(round 1\)'):
+    # The other nodes refuse too: the secure sum would hold fewer noise shares than the census.
+    with self.assertRaisesRegex(errors.RunFailed, r'round 2: no update from bank_a, bank_b, bank_c;'
+                                r' distributed DP-SGD needs every institution\'s share .* at its last'
+                                r' checkpoint \(round 1\)'):
       program.run(coordinator_config(default), os.path.join(self.root, 'distributed'),
                   log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
                       Losing(self._nodes(default)), key=self.key, node_keys=self.node_public,

@@ -71,7 +71,8 @@ class InProcessTransport:
   def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
                       round_num: int) -> flower.SecureSum:
     del round_num
-    answers = {name: self._nodes[name].handle_secure(blob) for name, blob in requests.items()}
+    answers = {name: self._nodes[name].handle_secure(blob, summed_with=len(requests))
+               for name, blob in requests.items()}
     answers = {name: a for name, a in answers.items() if a.update}  # As SecAgg+ drops a refusing node.
     sent = sum(map(len, requests.values())) / max(len(requests), 1)
     received = sum(len(a.reply) + sum(u.nbytes for u in a.update) for a in answers.values())

@@ -29,6 +29,7 @@ from flwr.common import ConfigsRecord
 from flwr.common import Message as FlowerMessage
 from flwr.common import RecordSet
 from flwr.common import recordset_compat
+from flwr.common.secure_aggregation import secaggplus_constants
 from flwr.proto import run_pb2
 from flwr.server import strategy as strategy_lib
 from flwr.server.compat import driver_client_proxy
@@ -70,7 +71,10 @@ def build_client_app(node: node_lib.Node, key: messages.PrivateKey) -> client_ap
   def train(message: FlowerMessage, context) -> FlowerMessage:
     del context
     fit_ins = recordset_compat.recordset_to_fitins(message.content, keep_input=True)
-    answer = node.handle_secure(bytes(fit_ins.config[_BLOB]))
+    # The peers whose key shares reached this node: the nodes the secure sum will hold besides it.
+    protocol = message.content.configs_records[secaggplus_constants.RECORD_KEY_CONFIGS]
+    peers = len(protocol[secaggplus_constants.Key.SOURCE_LIST])
+    answer = node.handle_secure(bytes(fit_ins.config[_BLOB]), summed_with=peers + 1)
     if not answer.update:  # Refused: no update joins the sum (Flower reports the error).
       raise messages.Refused(messages.peek(answer.reply).header['reason'])
     fit_res = flwr_common.FitRes(

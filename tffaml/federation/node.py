@@ -32,8 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from tffaml import errors
-from tffaml import io
 from tffaml import features
+from tffaml import io
 from tffaml.data import csv_dir
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
@@ -41,6 +41,7 @@ from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.federation import messages
+from tffaml.privacy import accounting
 from tffaml.training import evaluation
 from tffaml.training import experiment
 
@@ -179,16 +180,22 @@ class Node:
     """The signed reply to one signed request (a signed refusal when refused)."""
     return self._respond(blob, secure=False).reply
 
-  def handle_secure(self, blob: bytes) -> 'SecureUpdate':
-    """A train request answered for secure aggregation: the update apart from the signed reply."""
-    return self._respond(blob, secure=True)
+  def handle_secure(self, blob: bytes, *, summed_with: int) -> 'SecureUpdate':
+    """A train request answered for secure aggregation: the update apart from the signed reply.
 
-  def _respond(self, blob: bytes, *, secure: bool) -> 'SecureUpdate':
+    `summed_with`: the nodes whose updates the secure sum will hold, this
+    one included (what the protocol showed the node, not what the plan says).
+    """
+    return self._respond(blob, secure=True, summed_with=summed_with)
+
+  def _respond(self, blob: bytes, *, secure: bool, summed_with: int = 0) -> 'SecureUpdate':
     update, weight = (), 0
     try:
       request = messages.unseal(blob, self._coordinator_key, sender='the coordinator', kinds=KINDS)
       self._check_agreement(request)
       self._check_channel(request, secure)
+      if secure:
+        self._check_shares(request, summed_with)
       reply = self._answer(request)
       if secure:
         reply, update, weight = self._for_masking(reply)
@@ -207,6 +214,22 @@ class Node:
           f'{self.name}: its config sends updates {"only" if not secure else "never"} through secure'
           f' aggregation (config.federation.secure_aggregation={not secure}), and this request asks'
           f' {"for it" if secure else "for the update in the clear"}.')
+
+  def _check_shares(self, request: messages.Message, summed_with: int) -> None:
+    """Under distributed DP-SGD, refuses a sum that would hold fewer or more noise shares than planned.
+
+    Each node adds σ/√K of the noise for the K institutions of the census:
+    the sum has the planned noise only if it holds all K (fewer: too little
+    noise; a census inflated beyond the nodes really taking part: the same).
+    """
+    if not (self._config.record_dp.enabled
+            and self._choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED):
+      return
+    planned = len(request.header['census'])
+    if summed_with != planned:
+      raise messages.Refused(
+          f'{self.name}: the secure sum would hold {summed_with} institutions\' noise shares, and the'
+          f' plan\'s noise counts on {planned}; distributed DP-SGD needs every share.')
 
   def _for_masking(self, reply: messages.Message) -> tuple[messages.Message, tuple[np.ndarray, ...], int]:
     """(the reply without its update, the update, its weight): SecAgg+ masks the update apart."""
