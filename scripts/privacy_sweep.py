@@ -28,6 +28,8 @@ _TARGETS = flags.DEFINE_list('target_epsilons', ['1', '3', '8'], 'ε targets (no
 _NOISES = flags.DEFINE_list('noise_multipliers', [], 'Fixed noise multipliers (instead of or with targets).')
 _CLIPS = flags.DEFINE_list('clips', ['1.0'], 'Clip norms (per record or per institution update).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)
+_CANARIES = flags.DEFINE_integer('canaries', 1000, 'Institution-level points: a one-run canary audit with this'
+                                 ' many canaries (a second training each); 0 skips it.')
 
 
 def _floats(flag) -> list[float]:
@@ -47,7 +49,7 @@ def main(argv):
   points = sweep.grid(units, clips=_floats(_CLIPS), target_epsilons=_floats(_TARGETS),
                       noise_multipliers=_floats(_NOISES))
   with runtime.local_runtime():
-    table = sweep.run(_CONFIG.value, points, _OUTPUT_DIR.value)
+    table = sweep.run(_CONFIG.value, points, _OUTPUT_DIR.value, canaries=_CANARIES.value)
   print(table.to_string(index=False))
   print(f'\nresults: {os.path.join(_OUTPUT_DIR.value, "sweep.csv")}, sweep.md, sweep.png')
 

@@ -4,6 +4,7 @@ import sys
 import tempfile
 
 from absl.testing import parameterized
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -48,17 +49,21 @@ class SweepRunTest(tf.test.TestCase):
     root = tempfile.mkdtemp()
     base = helpers.smoke_config(root)
     out = os.path.join(root, 'sweep')
-    table = sweep.run(base, [sweep.Point(U.NONE), sweep.Point(U.RECORD, target_epsilon=5.0)],
-                      out, log=lambda _: None)
-    self.assertEqual(table['point'].tolist(), ['none', 'record_eps5_clip1'])
-    none, record = table.iloc[0], table.iloc[1]
+    table = sweep.run(base, [sweep.Point(U.NONE), sweep.Point(U.RECORD, target_epsilon=5.0),
+                             sweep.Point(U.INSTITUTION, target_epsilon=5.0)], out, canaries=50, log=lambda _: None)
+    self.assertEqual(table['point'].tolist(), ['none', 'record_eps5_clip1', 'institution_eps5_clip1'])
+    none, record, institution = table.iloc[0], table.iloc[1], table.iloc[2]
+    # Only institution-level points get the canary audit, whose bound stays under a correct claim.
+    self.assertTrue(np.isnan(none['canary_epsilon_lower_bound']))
+    self.assertBetween(institution['canary_epsilon_lower_bound'], 0.0, institution['epsilon'])
+    self.assertTrue(os.path.isfile(os.path.join(out, 'runs', 'institution_eps5_clip1', 'canary_audit.json')))
     self.assertEqual(none['epsilon'], float('inf'))
     self.assertBetween(record['epsilon'], 4.9, 5.0)
     self.assertGreater(record['noise_multiplier'], 0.0)
     for row in (none, record):
       self.assertBetween(row['auc'], 0.0, 1.0)
       self.assertBetween(row['attack_auc'], 0.0, 1.0)
-    self.assertEqual(len(pd.read_csv(os.path.join(out, 'sweep.csv'))), 2)
+    self.assertEqual(len(pd.read_csv(os.path.join(out, 'sweep.csv'))), 3)
     with open(os.path.join(out, 'sweep.md')) as f:
       self.assertIn('| record | 1 | 5 |', f.read())
     with open(os.path.join(out, 'sweep.png'), 'rb') as f:

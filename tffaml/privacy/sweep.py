@@ -12,6 +12,7 @@ institution is inflated by noise (the maximum of many noisy estimates).
 
 import dataclasses
 import enum
+import json
 import math
 import os
 from typing import Callable, Optional, Sequence
@@ -26,6 +27,7 @@ import pandas as pd
 
 from tffaml import io
 from tffaml.privacy import audit
+from tffaml.training import canary_audit
 from tffaml.training import program
 
 
@@ -118,22 +120,32 @@ def _row(point: Point, metrics: dict, report: audit.AuditReport) -> dict:
 
 def run(
     base: ml_collections.ConfigDict, points: Sequence[Point], output_dir: str,
-    *, log: Callable[[str], None] = print,
+    *, canaries: int = 0, log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
   """Trains and audits every point; writes and returns the results table.
 
   Call inside `tffaml.runtime.local_runtime()`. Finished points are reused
-  (each run resumes from its workdir), so a killed sweep picks up where it
-  stopped.
+  (each run resumes from its workdir, each canary audit is kept beside it),
+  so a killed sweep picks up where it stopped.
+
+  Args:
+    base: The config every point changes.
+    points: The grid.
+    output_dir: Where results go.
+    canaries: Institution-level points also get a one-run canary audit
+      (`canary_audit`, a second training with this many canaries); 0: none.
+    log: Progress lines.
   """
   rows = []
   for i, point in enumerate(points, 1):
     log(f'[{i}/{len(points)}] {point.name}')
-    result = program.run(configure(base, point), os.path.join(output_dir, 'runs', point.name),
+    config = configure(base, point)
+    result = program.run(config, os.path.join(output_dir, 'runs', point.name),
                          log=lambda line: log(f'  {line}'))
     report = audit.audit(result.paths.export)
     io.write_json(os.path.join(result.paths.root, 'audit.json'), report.to_dict())
-    rows.append(_row(point, result.metrics, report))
+    rows.append({**_row(point, result.metrics, report),
+                 'canary_epsilon_lower_bound': _canary_bound(config, point, result.paths.root, canaries)})
     log(f'  AUC {rows[-1]["auc"]:.4f}, ε {rows[-1]["epsilon"]:.4g},'
         f' attack AUC {rows[-1]["attack_auc"]:.3f}')
   table = pd.DataFrame(rows)
@@ -141,10 +153,22 @@ def run(
   return table
 
 
+def _canary_bound(config, point: Point, root: str, canaries: int) -> float:
+  """The canary audit's ε lower bound for an institution-level point (NaN for the others, or none asked)."""
+  if point.unit is not DpUnit.INSTITUTION or not canaries:
+    return math.nan
+  path = os.path.join(root, 'canary_audit.json')
+  if not os.path.exists(path):
+    result = canary_audit.audit_client_level(config, canaries=canaries, seed=config.seed, log=lambda _: None)
+    io.write_json(path, result.to_dict())
+  with open(path) as f:
+    return float(json.load(f)['lower_bound'])
+
+
 def _markdown(table: pd.DataFrame) -> str:
   columns = ['unit', 'clip', 'target_epsilon', 'noise_multiplier', 'epsilon', 'auc',
              'attack_auc', 'max_attack_auc', 'attack_advantage', 'tpr_at_0.1%_fpr', 'epsilon_lower_bound',
-             'audit_flagged']
+             'audit_flagged', 'canary_epsilon_lower_bound']
   def cell(value):
     if isinstance(value, float):
       return '—' if math.isnan(value) else ('∞' if math.isinf(value) else f'{value:.4g}')
@@ -155,9 +179,9 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _plot(table: pd.DataFrame, output_png: str) -> None:
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
   private = table[table['epsilon'].apply(math.isfinite)]
-  for ax, (key, title) in zip(axes, (('auc', 'test AUC (pooled)'),
+  for ax, (key, title) in zip(axes[:2], (('auc', 'test AUC (pooled)'),
                                      ('attack_auc', 'loss-threshold attack AUC (all rows)'))):
     for unit, group in private.groupby('unit'):
       group = group.sort_values('epsilon')
@@ -174,10 +198,25 @@ def _plot(table: pd.DataFrame, output_png: str) -> None:
   axes[1].axhline(0.5, color='black', linewidth=0.8, label='chance')
   axes[1].set_ylim(0.4, 0.8)  # Keep chance-level noise from looking like a trend.
   axes[1].legend(fontsize=8)
+  _plot_canaries(axes[2], private)
   fig.tight_layout()
   with io.atomic_path(output_png) as tmp:
     fig.savefig(tmp, format='png', dpi=110)
   plt.close(fig)
+
+
+def _plot_canaries(ax, private: pd.DataFrame) -> None:
+  """The canary audit's lower bound against the claimed ε: a point above the diagonal refutes the claim."""
+  audited = private.dropna(subset=['canary_epsilon_lower_bound'])
+  top = max([1.0, *private['epsilon'], *audited['canary_epsilon_lower_bound']])
+  ax.plot([0, top], [0, top], color='black', linewidth=0.8, label='bound = claim')
+  ax.plot(audited['epsilon'], audited['canary_epsilon_lower_bound'], marker='o', linestyle='none',
+          label='institution-level DP')
+  ax.set_xlabel('claimed ε')
+  ax.set_ylabel('canary ε lower bound (95%)')
+  ax.set_title('one-run canary audit' if len(audited) else 'one-run canary audit (none run)', fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
 
 
 def write_outputs(table: pd.DataFrame, output_dir: str) -> None:
