@@ -3,13 +3,15 @@
   python scripts/federation.py --workdir=runs/federation        (what `make federation` runs)
 
 Writes under --workdir: data/<institution>/ (each node's folder, from
---data_config's data), pki/ (scripts/pki.py's credentials), logs/ (one per
+--data_config's data), pki/ (scripts/pki.py's credentials), nodes/<institution>/
+(each node's workdir: noise seed and privacy ledger), logs/ (one per
 process); starts a SuperLink and a node process per institution on
 localhost (TLS and node authentication on), runs the coordinator here
 with --config, and writes run/ (as scripts/train.py's workdir: metrics,
 privacy statement, export) and signs run/export with the coordinator's key.
 Every process it started is stopped when it ends, also on Ctrl-C. Rerunning
-reuses the data and credentials, and resumes the run.
+reuses the data and credentials, and resumes the run; a new run on the same
+nodes/ is refused by their ledgers (its ε would be spent twice).
 """
 
 import os

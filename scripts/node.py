@@ -8,8 +8,12 @@
 The node reads only `--data_dir` ({train,test}.csv), runs the client code
 installed here, and answers only requests the coordinator signed for the
 config given here (same file and overrides as the coordinator's). Its DP
-noise seed stays in `--workdir/secret/noise_seed`. Stop it with SIGTERM or
-Ctrl-C.
+noise seed stays in `--workdir/secret/noise_seed`, and its own privacy
+ledger in `--workdir/privacy_ledger.json`: with a secret seed it serves one
+coordinator run per agreed config and never answers a noised release twice
+for different inputs (remove the ledger to grant a new budget). With
+`config.federation.secure_aggregation` its updates leave it only masked
+(SecAgg+). Stop it with SIGTERM or Ctrl-C.
 """
 
 import os
