@@ -144,7 +144,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 MIN_SECURE_COHORT = 3
 
 
-def secure_aggregation(config, census: Sequence[dict], cohort: int) -> Optional[flower.SecureAggregation]:
+def secure_aggregation(config, choices: experiment.Choices, census: Sequence[dict],
+                       cohort: int) -> Optional[flower.SecureAggregation]:
   """The SecAgg+ settings of `config.federation`, None when it is off."""
   f = config.federation
   if not f.secure_aggregation:
@@ -153,7 +154,7 @@ def secure_aggregation(config, census: Sequence[dict], cohort: int) -> Optional[
     raise errors.ConfigError(
         f'config.federation.secure_aggregation=True needs at least {MIN_SECURE_COHORT} nodes a round; this'
         f' federation has {cohort}: add institutions or raise config.federated.clients_per_round.')
-  weighted = experiment.parse_choices(config).weighting is processes.Weighting.EXAMPLES
+  weighted = choices.weighting is processes.Weighting.EXAMPLES
   # A round's weight is the examples a node trained on: at most its rows times the epochs.
   most = max(s['train_rows'] for s in census) * int(np.ceil(config.federated.client_epochs))
   return flower.SecureAggregation(reconstruction_threshold=f.reconstruction_threshold,
@@ -261,7 +262,7 @@ class Federation:
                                          noise_seed=noise_seed)
     plan = {'space': _jsonable(space.to_dict()), 'census': self.census(setup.data),
             'noise': setup.plan.noise_multipliers()}
-    secure = secure_aggregation(config, plan['census'], setup.cohort)
+    secure = secure_aggregation(config, choices, plan['census'], setup.cohort)
     rounds = _Rounds(self, training.parts, training.model_fn, plan, secure,
                      every_share=training.work is experiment.ClientWork.DISTRIBUTED_DP_SGD)
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
