@@ -201,13 +201,21 @@ class FederationTest(tf.test.TestCase):
     self.assertIsNone(config.privacy.noise_seed)  # Each node's own secret seed.
     ledgers = {n: os.path.join(self.root, f'{n}_ledger.json') for n in self.names}
 
+    lines = []
+
     def nodes():
       return [node_lib.Node(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
-                            coordinator_key=self.public, noise_seed=7, log=lambda _: None,
+                            coordinator_key=self.public, noise_seed=7, log=lines.append,
                             ledger=node_lib.Ledger(ledgers[n])) for n in self.names]
     first = program.run(coordinator_config(config), os.path.join(self.root, 'first'), log=lambda _: None,
                         runtime=self._federation(nodes()))
     self.assertBetween(first.metrics['privacy']['epsilon'], 0.99, 1.0)
+    # Each node counts its own spending: the coordinator's ε, from the rounds it served.
+    spent = [float(line.split('record-level ε = ')[1].split()[0])
+             for line in lines if 'all 2 rounds served' in line]
+    self.assertLen(spent, 3)
+    for value in spent:
+      self.assertAlmostEqual(value, first.metrics['privacy']['epsilon'], delta=1e-3)
     for restarted in (False, True):  # A second run would spend a second budget, restarted nodes too.
       with self.assertRaisesRegex(errors.RunFailed, 'already served coordinator run .* budget .* is spent'):
         program.run(coordinator_config(config), os.path.join(self.root, f'second_{restarted}'),

@@ -1,4 +1,8 @@
+import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import parameterized
@@ -10,6 +14,8 @@ from tests import helpers
 from tffaml import errors
 from tffaml.privacy import one_run
 from tffaml.training import canary_audit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class OneRunBoundTest(tf.test.TestCase):
@@ -77,6 +83,27 @@ class CanaryAuditTest(parameterized.TestCase, tf.test.TestCase):
     config.aggregator.type = 'gaussian_adaptive'
     with self.assertRaisesRegex(errors.ConfigError, "config.aggregator.type='gaussian_fixed'"):
       canary_audit.audit_client_level(config, canaries=10, seed=0, log=lambda _: None)
+
+
+class ScriptTest(tf.test.TestCase):
+
+  def test_a_refuted_claim_exits_1_with_the_bound_and_writes_json(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    output = os.path.join(root, 'audit.json')
+    done = subprocess.run(
+        [sys.executable, 'scripts/canary_audit.py', '--config=configs/csv.py:smoke',
+         f'--config.data.dir={data_dir}', f'--config.data.schema_file={schema_file}',
+         '--config.aggregator.type=gaussian_fixed', '--config.privacy.target_epsilon=0.5',
+         "--config.model.hidden_units=(64,)", '--config.federated.rounds=5', '--canaries=100',
+         '--sabotage=noise_off', f'--output={output}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    self.assertEqual(done.returncode, 1, done.stderr[-3000:])
+    self.assertIn('the audit REFUTES the claim', done.stdout)
+    with open(output) as f:
+      report = json.load(f)
+    self.assertGreater(report['lower_bound'], report['claimed_epsilon'])
+    self.assertEqual(report['sabotage'], 'noise_off')
 
 
 if __name__ == '__main__':

@@ -173,6 +173,7 @@ class Node:
     self._units = int(dp_sgd.unit_codes(self.institution.train).max()) + 1  # DP units in its training rows.
     self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
     self._last_round: dict[str, int] = {}  # Per coordinator run: the latest round trained.
+    self._trained: dict[str, set[int]] = {}  # Per coordinator run: the rounds trained.
     self._works: dict[str, _Work] = {}
     self._ledger = ledger or Ledger()
 
@@ -337,12 +338,23 @@ class Node:
           index=request.header['index'], round_num=round_num, noise_seed=self._run_seed(run))
       result, measurements = work.parts.client_update(weights, dataset)
     self._last_round[run] = round_num
-    self._log(f'{self.name}: trained round {round_num}')
+    self._trained.setdefault(run, set()).add(round_num)
+    self._log(f'{self.name}: trained round {round_num}{self._spent(work.plan, run, request.header["index"])}')
     return messages.Message(
         reply_kind(TRAIN),
         {'round': round_num, 'update_weight': float(result.update_weight),
          'metrics': _scalars(measurements['train'])},
         tuple(np.asarray(u) for u in tf.nest.flatten(result.update)))
+
+  def _spent(self, plan, run: str, index: int) -> str:
+    """Once the run's last round is trained: the record-level ε this node's rows spent, by its own count."""
+    rounds = len(self._trained[run])
+    if plan.record is None or rounds < self._config.federated.rounds:
+      return ''
+    participation = [rounds if i == index else 0 for i in range(len(plan.record.units))]
+    epsilon = plan.epsilons(rounds=rounds, participation=participation)['record']
+    return (f'; all {rounds} rounds served: its rows\' record-level ε = {epsilon:.4g} at δ = {plan.delta:g}'
+            ' (this node\'s own count)')
 
   def _evaluate(self, request: messages.Message) -> messages.Message:
     work = self._work(request.header)
