@@ -149,7 +149,7 @@ class FlowerTransport:
     except grpc.RpcError as e:
       raise errors.RunFailed(f'cannot reach the SuperLink\'s Driver API at {driver_api}: {e.details()}; start'
                              ' flower-superlink (README "Deployment") or check --driver_api and --ca.') from None
-    self._driver._run_id = response.run_id  # pylint: disable=protected-access
+    self._driver._run_id = self._run_id = response.run_id  # pylint: disable=protected-access
     self._node_keys, self._timeout, self._log = dict(node_keys), timeout, log
     self._ids: dict[str, int] = {}
     logging.getLogger('flwr').setLevel(logging.WARNING)  # SecAgg+ logs each stage at INFO: not progress.
@@ -239,7 +239,7 @@ class FlowerTransport:
     sendable = {self._ids[name]: name for name in requests if name in self._ids}
     fit_ins = {i: flwr_common.FitIns(flwr_common.ndarrays_to_parameters([]), {_BLOB: requests[name]})
                for i, name in sendable.items()}
-    strategy = _OneRound(fit_ins, self._driver, self._log, names=sendable)
+    strategy = _OneRound(fit_ins, self._driver, self._run_id, names=sendable)
     context = legacy_context.LegacyContext(
         flwr_common.Context(node_id=0, node_config={}, state=RecordSet(), run_config={}), strategy=strategy)
     context.state.configs_records[workflow_constant.MAIN_CONFIGS_RECORD] = ConfigsRecord(
@@ -326,14 +326,15 @@ class _FastDriver:
 class _OneRound(strategy_lib.Strategy):
   """What SecAgg+'s workflow asks of a strategy, for one round of our training plans."""
 
-  def __init__(self, fit_ins: Mapping[int, flwr_common.FitIns], driver, log, *, names: Mapping[int, str]):
-    self._fit_ins, self._driver, self._log, self._names = fit_ins, driver, log, names
+  def __init__(self, fit_ins: Mapping[int, flwr_common.FitIns], driver, run_id: int, *,
+               names: Mapping[int, str]):
+    self._fit_ins, self._driver, self._run_id, self._names = fit_ins, driver, run_id, names
     self.replies: dict[str, bytes] = {}
     self.mean: Optional[list[np.ndarray]] = None
 
   def configure_fit(self, server_round, parameters, client_manager):
     del server_round, parameters, client_manager
-    return [(driver_client_proxy.DriverClientProxy(i, self._driver, False, self._driver.run.run_id), ins)
+    return [(driver_client_proxy.DriverClientProxy(i, self._driver, False, self._run_id), ins)
             for i, ins in self._fit_ins.items()]
 
   def aggregate_fit(self, server_round, results, failures):
