@@ -74,7 +74,7 @@ class InProcessTransport:
     answers = {name: self._nodes[name].handle_secure(blob, summed_with=len(requests))
                for name, blob in requests.items()}
     answers = {name: a for name, a in answers.items() if a.update}  # As SecAgg+ drops a refusing node.
-    sent = sum(map(len, requests.values())) / max(len(requests), 1)
+    sent = _mean_bytes(requests.values())
     received = sum(len(a.reply) + sum(u.nbytes for u in a.update) for a in answers.values())
     if not answers:
       return flower.SecureSum(replies={}, mean=None, sent=sent, received=0.0)
@@ -184,7 +184,9 @@ class Federation:
           required: bool = True) -> dict[str, messages.Message]:
     """Sends `kind` to the nodes in `headers`; their verified replies (all of them if `required`)."""
     requests = self._seal(kind, headers, arrays)
-    return self._verify(kind, headers, requests, self._transport.exchange(requests), required=required)
+    answers = self._transport.exchange(requests)
+    self.traffic = {'sent': _mean_bytes(requests.values()), 'received': _mean_bytes(answers.values())}
+    return self._verify(kind, headers, requests, answers, required=required)
 
   def ask_secure(self, headers: Mapping[str, dict], arrays: Sequence[np.ndarray], *,
                  settings: flower.SecureAggregation, round_num: int
@@ -207,8 +209,6 @@ class Federation:
   def _verify(self, kind: str, headers: Mapping[str, dict], requests: Mapping[str, bytes],
               answers: Mapping[str, bytes], *, required: bool) -> dict[str, messages.Message]:
     """The verified, accepted replies; every problem logged, and raised if `required`."""
-    self.traffic = {'sent': sum(map(len, requests.values())) / max(len(requests), 1),
-                    'received': sum(map(len, answers.values())) / max(len(answers), 1)}
     replies, problems = {}, {}
     for name, blob in answers.items():
       try:
@@ -351,6 +351,11 @@ def _run_id(root: str) -> str:
     io.write_text(path, secrets.token_hex(16) + '\n')
   with open(path) as f:
     return f.read().strip()
+
+
+def _mean_bytes(blobs) -> float:
+  blobs = list(blobs)
+  return sum(map(len, blobs)) / max(len(blobs), 1)
 
 
 def _flat(weights) -> list[np.ndarray]:

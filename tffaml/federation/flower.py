@@ -194,13 +194,16 @@ class FlowerTransport:
     identity = messages.unseal(blob, self._node_keys[claimed], sender=claimed, kinds=(_IDENTITY,))
     return claimed if identity.header['nonce'] == nonce.hex() else None
 
-  def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
-    if set(requests) - set(self._ids):
+  def _node_ids(self, names) -> dict[int, str]:
+    """Flower's node id of each of `names` that is connected, re-identifying when one is unknown."""
+    if set(names) - set(self._ids):
       self._identify()  # A restarted node comes back with a new node id.
-    sendable = {name: blob for name, blob in requests.items() if name in self._ids}
-    by_id = {self._ids[name]: name for name in sendable}
-    outgoing = [self._driver.create_message(_content(_REQUEST, blob), 'query', self._ids[name], 'tffaml')
-                for name, blob in sendable.items()]
+    return {self._ids[name]: name for name in names if name in self._ids}
+
+  def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+    by_id = self._node_ids(requests)
+    outgoing = [self._driver.create_message(_content(_REQUEST, requests[name]), 'query', i, 'tffaml')
+                for i, name in by_id.items()]
     replies = {}
     for reply in self._send_and_receive(outgoing, timeout=self._timeout):
       name = by_id.get(reply.metadata.src_node_id)
@@ -234,9 +237,7 @@ class FlowerTransport:
     The mean is weighted by each node's weight; only nodes whose masked
     update entered it reply. No mean when the protocol halted.
     """
-    if set(requests) - set(self._ids):
-      self._identify()
-    sendable = {self._ids[name]: name for name in requests if name in self._ids}
+    sendable = self._node_ids(requests)
     fit_ins = {i: flwr_common.FitIns(flwr_common.ndarrays_to_parameters([]), {_BLOB: requests[name]})
                for i, name in sendable.items()}
     strategy = _OneRound(fit_ins, self._driver, self._run_id, names=sendable)

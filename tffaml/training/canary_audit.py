@@ -105,11 +105,12 @@ def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed
   space = experiment.feature_space(config, data)
   training = experiment.build_training(run_config, choices, run_plan, space, data.schema,
                                        side=experiment.Side.COORDINATOR, cohort=members, noise_seed=seed)
+  initial = experiment.initial_weights(training.keras_model_fn)
   rng = np.random.default_rng([seed, canaries])
-  directions = rng.normal(size=(canaries, _size(training)))
+  directions = rng.normal(size=(canaries, _flat(initial.trainable).size))
   directions /= np.linalg.norm(directions, axis=1, keepdims=True)
   included = rng.random(canaries) < 0.5
-  moved = _train(config, training, data, plan, directions[included] * norm, seed=seed, log=log)
+  moved = _train(config, training, initial, data, plan, directions[included] * norm, seed=seed, log=log)
   guesses = one_run.guess(-(directions @ moved), included, fraction=fraction)
   return CanaryAudit(
       claimed_epsilon=claimed, delta=config.privacy.delta, confidence=confidence,
@@ -138,14 +139,10 @@ def _sabotaged(config, plan, sabotage: Sabotage):
   raise ValueError(f'no sabotage {sabotage!r}.')
 
 
-def _size(training: experiment.Training) -> int:
-  return sum(int(np.prod(w.shape)) for w in experiment.initial_weights(training.keras_model_fn).trainable)
-
-
-def _train(config, training: experiment.Training, data, plan, canary_updates: np.ndarray, *, seed: int,
-           log) -> np.ndarray:
-  """Runs the rounds with the canaries' updates beside the institutions'; the trainable weights' change."""
-  parts, initial = training.parts, experiment.initial_weights(training.keras_model_fn)
+def _train(config, training: experiment.Training, initial, data, plan, canary_updates: np.ndarray, *,
+           seed: int, log) -> np.ndarray:
+  """Runs the rounds from `initial`, canaries beside the institutions; the trainable weights' change."""
+  parts = training.parts
   state = training.process.set_model_weights(training.process.initialize(), initial)
   template = initial.trainable
   canary_results = [tff.learning.templates.ClientResult(update=_unflatten(u, template),
