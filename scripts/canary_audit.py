@@ -1,13 +1,15 @@
-"""A one-run canary audit of client-level DP (see tffaml.training.canary_audit).
+"""A one-run canary audit of the config's DP training (see tffaml.training.canary_audit).
 
+  python scripts/canary_audit.py                      # the default: record-level distributed DP-SGD
   python scripts/canary_audit.py --config=configs/loan_risk.py:client_dp \
-      --config.aggregator.type=gaussian_fixed --config.privacy.target_epsilon=1 --canaries=1000
+      --config.aggregator.type=gaussian_fixed --config.privacy.target_epsilon=1
 
-Trains once as the config says with canary institutions beside the real
-ones, prints the claimed ε and the lower bound the canaries give, writes
-JSON (--output). --sabotage=noise_off|clipping_off breaks the mechanism
-while the claim stays the config's, to see the audit catch it. Exit status
-1 when the bound exceeds the claim.
+Trains once as the config says with canaries beside the real data (canary
+records under record-level DP, canary institutions under client-level DP),
+prints the claimed ε and the lower bound the canaries give, writes JSON
+(--output). --sabotage=noise_off|clipping_off breaks the mechanism while the
+claim stays the config's, to see the audit catch it. Exit status 1 when the
+bound exceeds the claim.
 """
 
 import os
@@ -23,8 +25,9 @@ from ml_collections import config_flags
 from tffaml import cli
 from tffaml import io
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py:client_dp', 'Experiment config.')
-_CANARIES = flags.DEFINE_integer('canaries', 1000, 'Canary institutions, each included with probability 1/2.')
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
+_CANARIES = flags.DEFINE_integer('canaries', 1000, 'Canaries (records or institutions, by the config\'s DP'
+                                 ' unit), each included with probability 1/2.')
 _SEED = flags.DEFINE_integer('seed', 0, "The canaries' directions and coins, and the noise.")
 _FRACTION = flags.DEFINE_float('fraction', 0.1, 'Of the canaries, guessed at each end.')
 _CONFIDENCE = flags.DEFINE_float('confidence', 0.95, 'Of the lower bound.')
@@ -39,11 +42,14 @@ def main(argv):
   from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():
-    result = canary_audit.audit_client_level(
+    result = canary_audit.audit(
         _CONFIG.value, canaries=_CANARIES.value, seed=_SEED.value, fraction=_FRACTION.value,
         confidence=_CONFIDENCE.value, sabotage=canary_audit.Sabotage(_SABOTAGE.value))
-  print(f'claimed: ({result.claimed_epsilon:.4g}, {result.delta:g})-DP per institution over'
+  print(f'claimed: ({result.claimed_epsilon:.4g}, {result.delta:g})-DP per {result.unit} over'
         f' {result.rounds} rounds; sabotage: {result.sabotage}')
+  if result.unit == 'record':
+    print('  (training alone, for the institution holding the canaries: the feature statistics are outside'
+          ' this audit)')
   print(f'canaries: {result.canaries} ({result.included} included); {result.correct} of {result.guesses}'
         f' guesses right; ε lower bound {result.lower_bound:.4g} at {result.confidence:.0%} confidence')
   print('the audit REFUTES the claim' if result.refutes_claim else 'the claim stands (this audit)')

@@ -28,8 +28,9 @@ _TARGETS = flags.DEFINE_list('target_epsilons', ['1', '3', '8'], 'ε targets (no
 _NOISES = flags.DEFINE_list('noise_multipliers', [], 'Fixed noise multipliers (instead of or with targets).')
 _CLIPS = flags.DEFINE_list('clips', ['1.0'], 'Clip norms (per record or per institution update).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)
-_CANARIES = flags.DEFINE_integer('canaries', 1000, 'Institution-level points: a one-run canary audit with this'
-                                 ' many canaries (a second training each); 0 skips it.')
+_CANARIES = flags.DEFINE_integer('canaries', 1000, 'DP points: a one-run canary audit with this many canaries'
+                                 ' (a second training each; record-level points only under'
+                                 ' --config.record_dp.mode=distributed); 0 skips it.')
 
 
 def _floats(flag) -> list[float]:

@@ -48,15 +48,17 @@ class SweepRunTest(tf.test.TestCase):
   def test_smoke_sweep_writes_table_markdown_and_plot(self):
     root = tempfile.mkdtemp()
     base = helpers.smoke_config(root)
+    base.record_dp.mode = 'distributed'  # Record-level points get their canary audit.
     out = os.path.join(root, 'sweep')
     table = sweep.run(base, [sweep.Point(U.NONE), sweep.Point(U.RECORD, target_epsilon=5.0),
                              sweep.Point(U.INSTITUTION, target_epsilon=5.0)], out, canaries=50, log=lambda _: None)
     self.assertEqual(table['point'].tolist(), ['none', 'record_eps5_clip1', 'institution_eps5_clip1'])
     none, record, institution = table.iloc[0], table.iloc[1], table.iloc[2]
-    # Only institution-level points get the canary audit, whose bound stays under a correct claim.
+    # DP points get the canary audit, whose bound stays under a correct claim.
     self.assertTrue(np.isnan(none['canary_epsilon_lower_bound']))
-    self.assertBetween(institution['canary_epsilon_lower_bound'], 0.0, institution['epsilon'])
-    self.assertTrue(os.path.isfile(os.path.join(out, 'runs', 'institution_eps5_clip1', 'canary_audit.json')))
+    for row in (record, institution):
+      self.assertBetween(row['canary_epsilon_lower_bound'], 0.0, row['epsilon'])
+      self.assertTrue(os.path.isfile(os.path.join(out, 'runs', row['point'], 'canary_audit.json')))
     self.assertEqual(none['epsilon'], float('inf'))
     self.assertBetween(record['epsilon'], 4.9, 5.0)
     self.assertGreater(record['noise_multiplier'], 0.0)

@@ -132,8 +132,9 @@ def run(
     base: The config every point changes.
     points: The grid.
     output_dir: Where results go.
-    canaries: Institution-level points also get a one-run canary audit
-      (`canary_audit`, a second training with this many canaries); 0: none.
+    canaries: DP points also get a one-run canary audit (`canary_audit`, a
+      second training with this many canaries; record-level points under
+      distributed DP-SGD only); 0: none.
     log: Progress lines.
   """
   rows = []
@@ -154,12 +155,19 @@ def run(
 
 
 def _canary_bound(config, point: Point, root: str, canaries: int) -> float:
-  """The canary audit's ε lower bound for an institution-level point (NaN for the others, or none asked)."""
-  if point.unit is not DpUnit.INSTITUTION or not canaries:
+  """The canary audit's ε lower bound for the point (NaN when none is asked, or it has no DP to audit).
+
+  Record-level points are audited under distributed DP-SGD only: local
+  DP-SGD's sampling rate moves with an institution's rows, canaries included
+  (`canary_audit.check_record_level`).
+  """
+  if not canaries or point.unit is DpUnit.NONE:
+    return math.nan
+  if point.unit is DpUnit.RECORD and config.record_dp.mode != 'distributed':
     return math.nan
   path = os.path.join(root, 'canary_audit.json')
   if not os.path.exists(path):
-    result = canary_audit.audit_client_level(config, canaries=canaries, seed=config.seed, log=lambda _: None)
+    result = canary_audit.audit(config, canaries=canaries, seed=config.seed, log=lambda _: None)
     io.write_json(path, result.to_dict())
   with open(path) as f:
     return float(json.load(f)['lower_bound'])
@@ -210,8 +218,9 @@ def _plot_canaries(ax, private: pd.DataFrame) -> None:
   audited = private.dropna(subset=['canary_epsilon_lower_bound'])
   top = max([1.0, *private['epsilon'], *audited['canary_epsilon_lower_bound']])
   ax.plot([0, top], [0, top], color='black', linewidth=0.8, label='bound = claim')
-  ax.plot(audited['epsilon'], audited['canary_epsilon_lower_bound'], marker='o', linestyle='none',
-          label='institution-level DP')
+  for unit, points in audited.groupby('unit', sort=True):
+    ax.plot(points['epsilon'], points['canary_epsilon_lower_bound'], marker='o', linestyle='none',
+            label=f'{unit}-level DP')
   ax.set_xlabel('claimed ε')
   ax.set_ylabel('canary ε lower bound (95%)')
   ax.set_title('one-run canary audit' if len(audited) else 'one-run canary audit (none run)', fontsize=10)

@@ -510,7 +510,8 @@ class Training:
 
 
 def build_training(config, choices: Choices, plan: accounting.PrivacyPlan, space, schema, *,
-                   side: Side, cohort: int = 0, noise_seed: int = 0, boosting: bool = False) -> Training:
+                   side: Side, cohort: int = 0, noise_seed: int = 0, boosting: bool = False,
+                   keras_model: Optional[Callable[[], tf.keras.Model]] = None) -> Training:
   """The models and training of `config` on feature space `space`, for `side`.
 
   Args:
@@ -523,11 +524,13 @@ def build_training(config, choices: Choices, plan: accounting.PrivacyPlan, space
     cohort: Institutions per round (not used at a node).
     noise_seed: The aggregator's noise seed (not used at a node).
     boosting: Whether clients scale their updates (a simulated attack).
+    keras_model: Builds the Keras model instead of the config's (an audit's
+      instrumented model); its inputs must match `schema`.
 
   Raises:
     errors.ConfigError: a federation (COORDINATOR or NODE) of FedProx or FedSGD.
   """
-  keras_model = keras_model_fn(config, choices, space)
+  keras_model = keras_model or keras_model_fn(config, choices, space)
   model = model_fn(config, choices, keras_model, client_data.element_spec(schema))
   work = client_work(plan, boosting=boosting)
   aggregator = None
