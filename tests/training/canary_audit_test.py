@@ -119,6 +119,17 @@ class RecordLevelAuditTest(parameterized.TestCase, tf.test.TestCase):
     self.assertFalse(result.refutes_claim, result)
     self.assertEqual((result.canaries, result.guesses), (200, 40))
 
+  @parameterized.parameters((canary_audit.Sabotage.NOISE_OFF, True), (canary_audit.Sabotage.NONE, False))
+  def test_account_level(self, sabotage, refuted):
+    schema_file = os.path.join(self.create_tempdir().full_path, 'schema_with_unit.json')
+    with open(schema_file, 'w') as f:
+      json.dump(dict(helpers.SCHEMA, unit='account'), f)  # 12 accounts of 5 rows in each institution.
+    config = self._config(1.0)
+    config.data.schema_file = schema_file
+    result = canary_audit.audit(config, canaries=200, seed=0, sabotage=sabotage, log=lambda _: None)
+    self.assertEqual(result.unit, 'account')
+    self.assertEqual(result.refutes_claim, refuted, result)
+
   def test_the_canary_model_is_the_base_model_on_real_rows_and_a_dirac_gradient_on_canaries(self):
 
     def base():

@@ -70,7 +70,7 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float = LOW_FPR) -> fl
   return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
-def _scores(serve, frame, schema: schema_lib.Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scores(serve, frame, schema: schema_lib.Schema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Two-class probabilities, labels and per-row cross-entropy from the model."""
   inputs = {k: tf.constant(v) for k, v in client_data.feature_tensors(frame, schema).items()}
   p = serve(**inputs)['probability'].numpy().astype(np.float64)
@@ -120,8 +120,8 @@ def attack_institution(serve, institution: federated_data.Institution,
   Returns:
     One outcome per attack.
   """
-  probs_train, labels_train, loss_train = _scores(serve, institution.train, schema)
-  probs_test, labels_test, loss_test = _scores(serve, institution.test, schema)
+  probs_train, labels_train, loss_train = scores(serve, institution.train, schema)
+  probs_test, labels_test, loss_test = scores(serve, institution.test, schema)
   results = mia.run_attacks(
       mia_data.AttackInputData(
           probs_train=probs_train, probs_test=probs_test,

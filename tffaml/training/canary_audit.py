@@ -92,7 +92,7 @@ class CanaryAudit:
   correct: int
   rounds: int
   sabotage: str
-  unit: str  # 'institution' or 'record'.
+  unit: str  # 'institution', 'record', or the schema's unit column (e.g. 'account').
 
   @property
   def refutes_claim(self) -> bool:
@@ -184,7 +184,8 @@ def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed
 
   Args:
     config: A distributed DP-SGD config (`check_record_level`).
-    canaries: m, the canary records (the first institution holds the included ones).
+    canaries: m, the canary records (the first institution holds the included
+      ones); each is its own privacy unit when the schema names a unit column.
     seed: The canaries' coins, and the run's secret noise seed (sampling and noise).
     fraction: Of the canaries, guessed at each end.
     confidence: Of the lower bound.
@@ -215,7 +216,7 @@ def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed
   trained = _train(config, training, initial, institutions, schema, plan, [], seed=seed, log=log)
   scores = np.asarray(trained[_canary_weights_index(training.keras_model_fn)]).ravel()
   return _outcome(config, one_run.guess(scores, included, fraction=fraction), claimed=claimed,
-                  confidence=confidence, included=included, sabotage=sabotage, unit='record')
+                  confidence=confidence, included=included, sabotage=sabotage, unit=plan.record.unit_name)
 
 
 def _outcome(config, guesses: one_run.Guesses, *, claimed: float, confidence: float, included: np.ndarray,
