@@ -45,12 +45,16 @@ class OneRunBoundTest(tf.test.TestCase):
                      one_run.Guesses(canaries=10, guesses=4, correct=2))
 
 
-class ClientLevelAuditTest(parameterized.TestCase, tf.test.TestCase):
+class _FederationTest(parameterized.TestCase, tf.test.TestCase):
+  """A small federation written once per class."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.data_dir, cls.schema_file = helpers.write_federation(tempfile.mkdtemp())
+
+
+class ClientLevelAuditTest(_FederationTest):
 
   def _config(self, epsilon):
     config = csv_config.get_config('smoke')
@@ -85,12 +89,7 @@ class ClientLevelAuditTest(parameterized.TestCase, tf.test.TestCase):
       canary_audit.audit_client_level(config, canaries=10, seed=0, log=lambda _: None)
 
 
-class RecordLevelAuditTest(parameterized.TestCase, tf.test.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.data_dir, cls.schema_file = helpers.write_federation(tempfile.mkdtemp())
+class RecordLevelAuditTest(_FederationTest):
 
   def _config(self, epsilon):
     config = csv_config.get_config()  # Distributed record-level DP-SGD, the default.

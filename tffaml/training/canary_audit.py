@@ -182,18 +182,11 @@ def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed
                        sabotage: Sabotage = Sabotage.NONE, log: Callable[[str], None] = print) -> CanaryAudit:
   """Trains once with `canaries` canary records and bounds ε from them (see the module docstring).
 
-  Args:
-    config: A distributed DP-SGD config (`check_record_level`).
-    canaries: m, the canary records (the first institution holds the included
-      ones); each is its own privacy unit when the schema names a unit column.
-    seed: The canaries' coins, and the run's secret noise seed (sampling and noise).
-    fraction: Of the canaries, guessed at each end.
-    confidence: Of the lower bound.
-    sabotage: How to break the mechanism (the claim stays the config's).
-    log: Progress lines.
-
-  Returns:
-    The claim and the bound.
+  Arguments as `audit_client_level`'s, except: `config` is a distributed
+  DP-SGD config (`check_record_level`); the canaries are records (the first
+  institution holds the included ones), each its own privacy unit when the
+  schema names a unit column; `seed` also seeds the run's secret sampling
+  and noise.
   """
   choices = experiment.parse_choices(config)
   check_record_level(config, choices)
