@@ -1,4 +1,5 @@
 import math
+import random
 
 from absl.testing import parameterized
 import numpy as np
@@ -8,6 +9,7 @@ from tests import helpers
 from tffaml import features
 from tffaml.federated import client_data
 from tffaml.models import tabular
+from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 
 Y = tf.constant([[1.0], [0.0]])
 P = tf.constant([[0.8], [0.4]])

@@ -14,10 +14,15 @@ score per row, shape [batch, 1]:
   the `reconstruction` loss, which is the score itself.
 """
 
+import contextlib
 import enum
-from typing import Callable, Sequence
+import random
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
+from keras.src import backend as keras_backend  # pylint: disable=g-direct-tensorflow-import
 
 from tffaml import features
 
@@ -103,7 +108,34 @@ def build_model(
     raise ValueError(f'embedding_dim must be >= 1 for mlp, got {embedding_dim}.')
   if model_type is not ModelType.LOGISTIC and (not hidden_units or min(hidden_units) < 1):
     raise ValueError(f'hidden_units must be positive widths, got {hidden_units}.')
+  with _seeded(seed):
+    return _build(model_type, feature_space, hidden_units, embedding_dim)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+  """`tf.keras.utils.set_random_seed(seed)` for the body only.
+
+  The layers draw their initial weights from the global seeds (so a model's
+  weights are what they have always been for a seed); the caller's Python,
+  NumPy, TensorFlow and Keras seeds are put back afterwards, so building a
+  model (which TFF does many times) does not reseed the rest of the program.
+  """
+  python_state, numpy_state = random.getstate(), np.random.get_state()
+  tf_seed = context.global_seed() if tf.executing_eagerly() else tf.compat.v1.get_default_graph().seed
+  keras_generator = getattr(keras_backend._SEED_GENERATOR, 'generator', None)  # pylint: disable=protected-access
   tf.keras.utils.set_random_seed(seed)
+  try:
+    yield
+  finally:
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    tf.random.set_seed(tf_seed)
+    keras_backend._SEED_GENERATOR.generator = keras_generator  # pylint: disable=protected-access
+
+
+def _build(model_type: ModelType, feature_space: features.FeatureSpace, hidden_units: Sequence[int],
+           embedding_dim: int) -> tf.keras.Model:
   inputs = features.keras_inputs(feature_space.schema)
   encoded = features.encode(
       inputs,
