@@ -131,12 +131,10 @@ def _confidences(paths: program.Paths, data) -> np.ndarray:
 
 
 def _claim(paths: program.Paths) -> tuple[float, float]:
+  """(ε, δ) of the model's guarantee for one row: (inf, 0) without one (e.g. per account only)."""
   with open(paths.metrics) as f:
-    privacy = json.load(f)['privacy']
-  for guarantee in privacy.get('guarantees', []):
-    if guarantee['level'] == 'record':
-      return float(guarantee['epsilon']), float(guarantee['delta'])
-  return math.inf, 0.0
+    epsilon, delta = audit.claimed_record_privacy(json.load(f))
+  return (math.inf, 0.0) if epsilon is None else (epsilon, delta)
 
 
 def attack(config: ml_collections.ConfigDict, workdir: str, *, models: int = 8, seed: int = 0,
