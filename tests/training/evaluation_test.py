@@ -14,6 +14,8 @@ class RankingMetricsTest(tf.test.TestCase):
     self.assertAllClose(m['auprc'], (1 / 1 + 2 / 4) / 2)  # Precision at each positive, averaged.
     self.assertEqual(m['recall_at_10%'], 0.5)  # The top row.
     self.assertAllClose(m['precision_at_30%'], 1 / 3)
+    self.assertAllClose(m['f1_at_30%'], 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))  # Recall 1/2 at 30%.
+    self.assertAllClose(m['f1_at_10%'], 2 * 1.0 * 0.5 / 1.5)  # The top row: precision 1, recall 1/2.
     self.assertEqual(m['alert_rate'], 0.4)  # Scores >= 0.55: four rows, both positives.
     self.assertEqual(m['alert_recall'], 1.0)
     self.assertEqual(m['alert_precision'], 0.5)
@@ -23,6 +25,7 @@ class RankingMetricsTest(tf.test.TestCase):
     m = evaluation.ranking_metrics(np.zeros(4), np.arange(4.0), budgets=(0.5,))
     self.assertIsNone(m['auprc'])  # Undefined: JSON null, never NaN.
     self.assertIsNone(m['recall_at_50%'])
+    self.assertIsNone(m['f1_at_50%'])
     self.assertNotIn('alert_rate', m)
 
   def test_chance_level_by_hand(self):

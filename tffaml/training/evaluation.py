@@ -119,8 +119,9 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, *, budgets: Sequence
                     threshold: Optional[float] = None) -> dict[str, float]:
   """How AML teams judge alerts on one set of rows.
 
-  `auprc` (average precision); for each budget b, recall and precision of
-  the round(b * rows) highest scores (`recall_at_1%`); and, given the
+  `auprc` (average precision); for each budget b, recall, precision and F1
+  of the positive (minority) class when the round(b * rows) highest scores
+  are flagged (`recall_at_1%`, `f1_at_1%`); and, given the
   model's threshold, the fraction of rows alerted, precision, recall and F1 of the
   positive (minority) class.
   """
@@ -132,16 +133,23 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, *, budgets: Sequence
   for budget in budgets:
     flagged = max(1, int(round(budget * rows)))
     hits = int(labels[order[:flagged]].sum())
-    out[f'recall_at_{budget_name(budget)}'] = _ratio(hits, positives)
-    out[f'precision_at_{budget_name(budget)}'] = _ratio(hits, flagged)
+    recall, precision = _ratio(hits, positives), _ratio(hits, flagged)
+    out[f'recall_at_{budget_name(budget)}'] = recall
+    out[f'precision_at_{budget_name(budget)}'] = precision
+    out[f'f1_at_{budget_name(budget)}'] = _f1(precision, recall) if positives else None
   if threshold is None:
     return out
   alerts = np.asarray(scores) >= threshold
   hits = int((alerts & labels).sum())
   precision, recall = _ratio(hits, alerts.sum()), _ratio(hits, positives)
   out.update(alert_rate=_ratio(alerts.sum(), rows), alert_precision=precision, alert_recall=recall,
-             alert_f1=_ratio(2 * precision * recall, precision + recall) if hits else 0.0)
+             alert_f1=_f1(precision, recall) if hits else 0.0)
   return out
+
+
+def _f1(precision: Optional[float], recall: Optional[float]) -> float:
+  """The harmonic mean; 0 when nothing flagged is positive."""
+  return _ratio(2 * precision * recall, precision + recall) if precision and recall else 0.0
 
 
 def alert_metrics(by_institution: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
