@@ -5,6 +5,7 @@ The federation's model equals the simulation's: tested over separate processes i
 
 import copy
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,11 +17,14 @@ import tensorflow as tf
 from configs import csv as csv_config
 from tests import helpers
 from tffaml import errors
+from tffaml import features
 from tffaml.export import signing
 from tffaml.federation import coordinator
 from tffaml.federation import credentials
 from tffaml.federation import messages
 from tffaml.federation import node as node_lib
+from tffaml.training import canary_audit
+from tffaml.training import experiment
 from tffaml.training import program
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -240,6 +244,58 @@ class FederationTest(tf.test.TestCase):
     self.assertEqual(combined, {'train/num_examples': 40.0, 'train/loss': 2.5})
     self.assertAllClose(np.float32(2.5), combined['train/loss'])
 
+
+
+class CanaryAuditTest(FederationTest):
+  """The record-level canary audit over the nodes (in this process): the nodes' own DP-SGD is what it audits."""
+
+  def _audit_config(self):
+    config = csv_config.get_config()  # Distributed record-level DP-SGD under secure aggregation.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.record_dp.sampling_rate, config.privacy.noise_seed = 10, 0.5, 0
+    config.canary_audit.canaries, config.canary_audit.institution = 200, 'bank_b'
+    return config
+
+  def _audit(self, config, nodes, **kwargs):
+    return canary_audit.audit_record_level(
+        coordinator_config(config), canaries=200, seed=0, log=lambda _: None, runtime=self._federation(nodes),
+        workdir=os.path.join(self.create_tempdir().full_path, 'audit'), **kwargs)
+
+  def test_the_federations_audit_is_the_simulations(self):
+    config = self._audit_config()
+    federated = self._audit(config, self._nodes(config))
+    simulated = canary_audit.audit_record_level(config, canaries=200, seed=0, log=lambda _: None)
+    self.assertEqual(federated, simulated)
+    self.assertFalse(federated.refutes_claim, federated)
+    self.assertEqual((federated.unit, federated.canaries, federated.guesses), ('record', 200, 40))
+
+  def test_nodes_without_noise_are_caught_and_a_coordinator_cannot_turn_their_noise_off(self):
+    config = self._audit_config()
+
+    class Noiseless(node_lib.Node):
+      """A DP-SGD bug planted for this test: the node adds no noise share."""
+
+      def _build(self, header):
+        work = super()._build(header)
+        plan = dataclasses.replace(work.plan, record=canary_audit._unchecked(  # pylint: disable=protected-access
+            work.plan.record, noise_multiplier=0.0))
+        training = experiment.build_training(self._config, self._choices, plan, features.FeatureSpace.from_dict(
+            header['space'], self._schema), self._schema, side=experiment.Side.NODE)
+        return dataclasses.replace(work, plan=plan, parts=training.parts)
+
+    nodes = [Noiseless(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                       coordinator_key=self.public, noise_seed=0, log=lambda _: None) for n in self.names]
+    broken = self._audit(config, nodes)
+    self.assertTrue(broken.refutes_claim, broken)
+    # The coordinator's own sabotage is a plan with less noise than the config promises: refused.
+    with self.assertRaisesRegex(errors.RunFailed, 'noise'):
+      self._audit(config, self._nodes(config), sabotage=canary_audit.Sabotage.NOISE_OFF)
+
+  def test_the_holding_node_must_be_named(self):
+    config = self._audit_config()
+    config.canary_audit.institution = ''
+    with self.assertRaisesRegex(errors.ConfigError, 'config.canary_audit.institution'):
+      coordinator.check(config)
 
 
 class ScriptTest(tf.test.TestCase):

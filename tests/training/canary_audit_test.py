@@ -12,6 +12,7 @@ import tensorflow as tf
 from configs import csv as csv_config
 from tests import helpers
 from tffaml import errors
+from tffaml.models import canaries
 from tffaml.privacy import one_run
 from tffaml.training import canary_audit
 
@@ -136,23 +137,23 @@ class RecordLevelAuditTest(_FederationTest):
       return tf.keras.Model(inputs, tf.keras.layers.Dense(1, activation='sigmoid', kernel_initializer='ones',
                                                           bias_initializer='zeros')(inputs['x']))
 
-    model = canary_audit.canary_model(base, canaries=3)()
-    model.get_layer(canary_audit.CANARY_WEIGHTS).set_weights([np.array([[0.0], [0.5], [-1.0]], np.float32)])
+    model = canaries.canary_model(base, canaries=3)()
+    model.get_layer(canaries.CANARY_WEIGHTS).set_weights([np.array([[0.0], [0.5], [-1.0]], np.float32)])
     x = np.array([[0.3, -1.0], [2.0, 0.5], [0.0, 0.0]], np.float32)
-    inputs = {'x': x, canary_audit.CANARY_COLUMN: np.array([-1.0, 1.0, 2.0], np.float32)}
+    inputs = {'x': x, canaries.CANARY_COLUMN: np.array([-1.0, 1.0, 2.0], np.float32)}
     with tf.GradientTape(persistent=True) as tape:
       p = model(inputs)
       losses = tf.keras.losses.binary_crossentropy(np.ones((3, 1), np.float32), p)
-    gradient = tape.jacobian(losses, model.get_layer(canary_audit.CANARY_WEIGHTS).kernel).numpy()[:, :, 0]
+    gradient = tape.jacobian(losses, model.get_layer(canaries.CANARY_WEIGHTS).kernel).numpy()[:, :, 0]
     base_gradient = tape.jacobian(losses, [w for w in model.trainable_weights
-                                           if not w.name.startswith(canary_audit.CANARY_WEIGHTS)])
+                                           if not w.name.startswith(canaries.CANARY_WEIGHTS)])
     self.assertLen(base_gradient, 2)  # The base's kernel and bias.
     # Logits: the base model's (0.3 - 1.0) on the real row, CANARY_LOGIT on the canaries, whatever w is.
-    p_expected = 1 / (1 + np.exp(-np.array([-0.7, canary_audit.CANARY_LOGIT, canary_audit.CANARY_LOGIT])))
+    p_expected = 1 / (1 + np.exp(-np.array([-0.7, canaries.CANARY_LOGIT, canaries.CANARY_LOGIT])))
     self.assertAllClose(p.numpy().ravel(), p_expected, atol=1e-6)
     # d loss / d w: nothing from the real row; -(1 - p) * CANARY_INPUT on the canary's own weight only.
     expected = np.zeros((3, 3))
-    expected[1, 1], expected[2, 2] = -(1 - p_expected[1:]) * canary_audit.CANARY_INPUT
+    expected[1, 1], expected[2, 2] = -(1 - p_expected[1:]) * canaries.CANARY_INPUT
     self.assertAllClose(gradient, expected, rtol=1e-3)  # Keras adds 1e-7 to p inside the log.
     # And nothing of a canary's gradient reaches the base model's weights (the real row's does).
     for g in base_gradient:

@@ -135,6 +135,9 @@ def check(config: ml_collections.ConfigDict) -> None:
         f' aggregation hides: set config.aggregator.type to one of {", ".join(SECURE_AGGREGATORS)}, or'
         ' config.federation.secure_aggregation=False (the coordinator then sees every update, and the'
         ' privacy statement says so).')
+  if config.canary_audit.canaries and not config.canary_audit.institution:
+    raise errors.ConfigError('a canary audit in a federation needs the node that holds the canaries:'
+                             ' set config.canary_audit.institution to its institution name.')
   if not 0 < config.federation.reconstruction_threshold <= 1:
     raise errors.ConfigError(f'config.federation.reconstruction_threshold='
                              f'{config.federation.reconstruction_threshold!r} must be in (0, 1].')

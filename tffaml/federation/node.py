@@ -41,6 +41,7 @@ from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.federation import messages
+from tffaml.models import canaries
 from tffaml.privacy import accounting
 from tffaml.training import evaluation
 from tffaml.training import experiment
@@ -169,6 +170,9 @@ class Node:
     self._schema = schema_lib.Schema.from_json(config.data.schema_file)
     self.institution = csv_dir.load_institution(folder, self._schema)
     self.name = self.institution.name
+    if config.canary_audit.canaries:  # A canary audit: the agreed config says who holds the canaries.
+      self.institution = experiment.audited_institution(
+          config, self.institution, self._schema, holds=config.canary_audit.institution == self.name)
     self.agreement = agreement(config, self._schema)
     self._units = int(dp_sgd.unit_codes(self.institution.train).max()) + 1  # DP units in its training rows.
     self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
@@ -267,7 +271,7 @@ class Node:
     request = features.Request(header['request'])
     release = f'statistics {request.value} {header["params"].get("release")}'
     with self._releasing(header['run'], release, messages.Message(STATISTICS, header)):
-      answer = features.answer(self.institution.train, self._schema, request, header['params'],
+      answer = features.answer(canaries.real_rows(self.institution.train), self._schema, request, header['params'],
                                noise_key=(self._run_seed(header['run']), header['index']))
     if request is features.Request.CANDIDATES:
       return messages.Message(reply_kind(STATISTICS), {'candidates': answer})
@@ -313,13 +317,16 @@ class Node:
     if (own['institution'], own['units'], own['train_rows']) != (self.name, self._units, len(self.institution.train)):
       raise messages.Refused(f'{self.name}: the plan\'s census entry {own} is not this institution\'s'
                              f' ({self._units} units, {len(self.institution.train)} training rows).')
-    plan = experiment.privacy_plan_for_census(
-        config, choices, schema, census, noise=header['noise'],
-        cohort=experiment.clients_per_round(config, choices.sampling, len(census)))
+    try:
+      plan = experiment.privacy_plan_for_census(
+          config, choices, schema, census, noise=header['noise'],
+          cohort=experiment.clients_per_round(config, choices.sampling, len(census)))
+    except ValueError as e:  # E.g. a noise multiplier of 0: no plan this node could train under.
+      raise messages.Refused(f'{self.name}: the plan\'s noise {header["noise"]} is not a DP mechanism: {e}') from None
     experiment.check_noise(config, plan, header['index'])
     training = experiment.build_training(config, choices, plan, features.FeatureSpace.from_dict(
         header['space'], schema), schema, side=experiment.Side.NODE)
-    test = client_data.institution_dataset(self.institution, 'test', schema,
+    test = client_data.institution_dataset(self.institution, 'test', experiment.training_schema(config, schema),
                                            batch_size=config.federated.eval_batch_size)
     return _Work(model_fn=training.model_fn, template=experiment.initial_weights(training.keras_model_fn),
                  work=training.work, plan=plan, parts=training.parts,

@@ -16,61 +16,47 @@ model moved along its direction, -<θ_T - θ_0, u_j> (an update is the initial
 weights minus the trained ones).
 
 Record level (`audit_record_level`): the config's distributed DP-SGD (its
-sampling rate is fixed by the plan, not by the rows present), with the
-included canary records added to the first institution's training rows.
-So that one record's influence can be read off the model, the audited model
-has one more weight per canary, w_j, which only canary j's gradient reaches
-(`canary_model`: an extra input column, -1 on real rows), and a canary's
-gradient lies on w_j alone: the white-box "Dirac canary" of the paper.
-Everything else is the real code: the Poisson sample, per-record clipping,
-each institution's noise share, the sum and the server optimizer. Canaries
-are labelled positive, so an included one's steps raise w_j: its score is
-w_j after training. The audited claim is the first institution's
-record-level ε from training alone; the feature statistics (computed before
-the canaries are added, and exactly: the canaries' rows would not clear the
-DP vocabulary threshold) are outside it.
+sampling rate is fixed by the plan, not by the rows present), with m canary
+records in one institution's training rows (config.canary_audit) and the
+audited model of `tffaml.models.canaries`: one more weight per canary, which
+only that canary's gradient reaches, its score after training. Everything
+else is the real program: the data checks, the DP feature statistics (of
+the real rows), the Poisson sample, per-record clipping, each institution's
+noise share, the sum and the server step, run by a `program.Runtime`: the
+simulation, or a federation's nodes (the holding node adds the canaries;
+every node trains the audited model). The audited claim is the holding
+institution's record-level ε from training alone; the feature statistics'
+share of the budget is outside it.
 
 `Sabotage` breaks the mechanism on purpose while the claim stays the
 config's, to show the audit can fail: NOISE_OFF adds no noise; CLIPPING_OFF
 clips nothing (the noise's standard deviation as claimed) and the client
 canaries send ten times the clip (a record canary's unclipped gradient is
-about CANARY_INPUT clips). Simulation only.
+about ten clips). Sabotage changes the coordinator's plan: in a
+federation, the nodes refuse it (`experiment.check_noise`).
 """
 
+import contextlib
 import copy
 import dataclasses
 import enum
-from typing import Callable
+import tempfile
+from typing import Callable, Optional
 
 import ml_collections
 import numpy as np
-import pandas as pd
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffaml import errors
-from tffaml.data import schema as schema_lib
+from tffaml.models import canaries as canaries_lib
 from tffaml.privacy import accounting
 from tffaml.privacy import one_run
 from tffaml.training import experiment
+from tffaml.training import program
 
 CANARY_BOOST = 10.0  # CLIPPING_OFF: a client canary's update, in clips.
 # CLIPPING_OFF: the clip applied instead (noise rescaled to stay as claimed).
 UNCLIPPED = 1e6
-# A record canary's gradient: (1 - p) * CANARY_INPUT on its own weight w_j
-# and nothing else, so clipped it is the clip along w_j, and unclipped ten
-# times the clip.
-CANARY_INPUT = 10.0
-# A canary row's logit, whatever the model and w_j are (w_j enters through
-# its gradient only): p stays near 0, so a canary's gradient never fades (an
-# unclipped canary would otherwise push p to 1 within a few steps, and a
-# model blown up by a broken clip could do it for every canary), and p stays
-# above the 1e-7 where Keras's cross-entropy clips p and the gradient is 0.
-CANARY_LOGIT = -8.0
-CANARY_COLUMN = 'audit_canary'  # The canary's index; -1 on real rows.
-CANARY_WEIGHTS = 'audit_canaries'  # The layer holding w.
-CANARY_CATEGORY = '__audit_canary__'  # A canary's categorical values (and unit prefix).
-
 
 class Sabotage(enum.Enum):
   NONE = 'none'
@@ -117,14 +103,18 @@ def check_client_level(config: ml_collections.ConfigDict, choices: experiment.Ch
 def check_record_level(config: ml_collections.ConfigDict, choices: experiment.Choices) -> None:
   """The audited mechanism: distributed record- (or unit-) level DP-SGD of a classifier."""
   if not config.record_dp.enabled or choices.record_dp_mode is not accounting.RecordDpMode.DISTRIBUTED:
-    # Local DP-SGD samples at expected batch / the institution's rows, so there
-    # the included canaries would change the sampling rate the claim is for.
+    # Local DP-SGD samples at expected batch / the institution's units, so there
+    # the canaries would change the sampling rate the claim is for.
     raise errors.ConfigError(
         "the record-level canary audit covers distributed DP-SGD: set config.record_dp.enabled=True and"
         f" config.record_dp.mode='distributed' (got {config.record_dp.enabled}, {config.record_dp.mode!r}).")
   if not choices.model.is_classifier:
     raise errors.ConfigError(f'the record-level canary audit needs a classifier; config.model.type='
                              f'{config.model.type!r} is not one.')
+  if config.data.stream:
+    raise errors.ConfigError('the record-level canary audit adds rows in memory: set config.data.stream=False.')
+  if config.canary_audit.canaries < 1:
+    raise errors.ConfigError(f'a record-level canary audit needs canaries >= 1, got {config.canary_audit.canaries}.')
 
 
 def audit(config: ml_collections.ConfigDict, **kwargs) -> CanaryAudit:
@@ -151,6 +141,7 @@ def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed
   Returns:
     The claim and the bound.
   """
+  config = _with_audit(config, canaries=0, seed=config.canary_audit.seed)  # Canary institutions, not records.
   choices = experiment.parse_choices(config)
   check_client_level(config, choices)
   data = experiment.load_data(config, log=log)
@@ -178,38 +169,66 @@ def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed
 
 
 def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed: int,
-                       fraction: float = 0.1, confidence: float = 0.95,
-                       sabotage: Sabotage = Sabotage.NONE, log: Callable[[str], None] = print) -> CanaryAudit:
+                       fraction: float = 0.1, confidence: float = 0.95, sabotage: Sabotage = Sabotage.NONE,
+                       log: Callable[[str], None] = print, runtime: Optional[program.Runtime] = None,
+                       workdir: Optional[str] = None) -> CanaryAudit:
   """Trains once with `canaries` canary records and bounds ε from them (see the module docstring).
 
   Arguments as `audit_client_level`'s, except: `config` is a distributed
-  DP-SGD config (`check_record_level`); the canaries are records (the first
-  institution holds the included ones), each its own privacy unit when the
-  schema names a unit column; `seed` also seeds the run's secret sampling
-  and noise.
+  DP-SGD config (`check_record_level`); the canaries are records (in
+  config.canary_audit.institution, the first by default), each its own
+  privacy unit when the schema names a unit column; `seed` (the coins) also
+  seeds a simulation's secret sampling and noise, unless
+  config.privacy.noise_seed is set.
+
+  Args:
+    runtime: Where the institutions train: the simulation (default), or a
+      federation's nodes, whose agreed config must hold the same
+      config.canary_audit (a node then adds the canaries it holds).
+    workdir: The runtime's working directory (a federation keeps its run id
+      there); a temporary one by default.
   """
+  config = _with_audit(config, canaries=canaries, seed=seed)
   choices = experiment.parse_choices(config)
   check_record_level(config, choices)
-  data = experiment.load_data(config, log=log)
-  sizes = experiment.census(data)
-  # All m canaries, included or not: the plan must not depend on the coins.
-  sizes[0] = {**sizes[0], 'units': sizes[0]['units'] + canaries, 'train_rows': sizes[0]['train_rows'] + canaries}
-  plan = experiment.privacy_plan_for_census(config, choices, data.schema, sizes, cohort=len(sizes))
-  rounds = config.federated.rounds
-  # The canaries' institution's ε from training alone (the statistics are outside the audit).
-  claimed = accounting.epsilon(plan.record.event(0, rounds), plan.delta, accountant=plan.accountant)
-  space = experiment.feature_space(config, data)
-  schema = dataclasses.replace(data.schema, numeric=data.schema.numeric + (CANARY_COLUMN,))
-  training = experiment.build_training(
-      config, choices, _record_sabotage(plan, sabotage), space, schema, side=experiment.Side.WHOLE,
-      keras_model=canary_model(experiment.keras_model_fn(config, choices, space), canaries))
-  included = np.random.default_rng([seed, canaries]).random(canaries) < 0.5
-  institutions = _with_canaries(data.institutions, data.schema, np.flatnonzero(included))
-  initial = experiment.initial_weights(training.keras_model_fn)
-  trained = _train(config, training, initial, institutions, schema, plan, [], seed=seed, log=log)
-  scores = np.asarray(trained[_canary_weights_index(training.keras_model_fn)]).ravel()
-  return _outcome(config, one_run.guess(scores, included, fraction=fraction), claimed=claimed,
+  with contextlib.ExitStack() as stack:
+    workdir = workdir or stack.enter_context(tempfile.TemporaryDirectory())
+    plan, names, built, state = _run(config, choices, runtime or program.InProcess(), workdir, sabotage, log)
+  holder = experiment.canary_holder(config, names)
+  # The holder's ε from training alone (the feature statistics are outside the audit).
+  claimed = accounting.epsilon(plan.record.event(holder, config.federated.rounds), plan.delta,
+                               accountant=plan.accountant)
+  scores = np.asarray(state.global_model_weights.trainable[canaries_lib.weights_index(built.keras_model_fn)])
+  included = canaries_lib.coins(seed, canaries)
+  return _outcome(config, one_run.guess(scores.ravel(), included, fraction=fraction), claimed=claimed,
                   confidence=confidence, included=included, sabotage=sabotage, unit=plan.record.unit_name)
+
+
+def _with_audit(config, *, canaries: int, seed: int) -> ml_collections.ConfigDict:
+  """`config` with config.canary_audit's count and seed (an institution it names is kept)."""
+  audited = ml_collections.ConfigDict(config.to_dict())
+  audited.canary_audit.canaries, audited.canary_audit.seed = canaries, seed
+  return audited
+
+
+def _run(config, choices, runtime: program.Runtime, workdir: str, sabotage: Sabotage, log):
+  """The program's stages up to the rounds, then the rounds: (plan, names, built, final state).
+
+  Every institution trains every round (distributed DP-SGD's sampling is full).
+  """
+  runtime.check(config)
+  setup = program.prepare(config, choices, program.Paths(workdir), runtime, log)
+  # A simulation's sampling and noise (a federation's nodes draw their own, or use the agreed seed).
+  noise_seed = config.privacy.noise_seed if config.privacy.noise_seed is not None else config.canary_audit.seed
+  space = runtime.feature_space(config, setup.data, noise=program.statistics_noise(setup.plan, noise_seed))
+  built = runtime.build(config, choices, dataclasses.replace(setup, plan=_record_sabotage(setup.plan, sabotage)),
+                        space, noise_seed)
+  state = built.process.set_model_weights(built.process.initialize(), built.initial_model())
+  members = list(range(len(setup.data.institutions)))
+  for round_num in range(1, config.federated.rounds + 1):
+    state, _, _ = built.train_round(state, members, round_num)
+    log(f'canary audit: round {round_num}/{config.federated.rounds}')
+  return setup.plan, [i.name for i in setup.data.institutions], built, state
 
 
 def _outcome(config, guesses: one_run.Guesses, *, claimed: float, confidence: float, included: np.ndarray,
@@ -219,54 +238,6 @@ def _outcome(config, guesses: one_run.Guesses, *, claimed: float, confidence: fl
       lower_bound=guesses.epsilon_lower_bound(delta=config.privacy.delta, confidence=confidence),
       canaries=guesses.canaries, included=int(included.sum()), guesses=guesses.guesses,
       correct=guesses.correct, rounds=config.federated.rounds, sabotage=sabotage.value, unit=unit)
-
-
-def canary_model(base: Callable[[], tf.keras.Model], canaries: int) -> Callable[[], tf.keras.Model]:
-  """`base`'s model with one more weight per canary record (see the module docstring).
-
-  The new model's inputs are `base`'s and CANARY_COLUMN (the canary's index,
-  -1 on a real row, which leaves the output and gradients `base`'s). Canary
-  j's logit is CANARY_LOGIT, and its gradient that of CANARY_INPUT * w_j.
-  """
-
-  def build() -> tf.keras.Model:
-    model = base()
-    index = tf.keras.Input(shape=(), dtype=tf.float32, name=CANARY_COLUMN)
-    # tf.one_hot of -1 is all zeros: a real row's gradient never reaches w.
-    one_hot = tf.one_hot(tf.cast(index, tf.int32), canaries) * CANARY_INPUT
-    shift = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer='zeros', name=CANARY_WEIGHTS)(one_hot)
-    shift -= tf.stop_gradient(shift)  # 0, with the gradient of CANARY_INPUT * w_j.
-    p = tf.clip_by_value(model.output, 1e-7, 1 - 1e-7)
-    # A canary row's logit does not depend on the model: none of its gradient reaches the model's weights.
-    logit = tf.where(index[:, None] >= 0, CANARY_LOGIT, tf.math.log(p) - tf.math.log1p(-p))
-    probability = tf.sigmoid(logit + shift)
-    return tf.keras.Model({**model.input, CANARY_COLUMN: index}, probability, name=f'{model.name}_audited')
-
-  return build
-
-
-def _canary_weights_index(keras_model: Callable[[], tf.keras.Model]) -> int:
-  names = [w.name for w in keras_model().trainable_weights]
-  return next(i for i, name in enumerate(names) if name.startswith(f'{CANARY_WEIGHTS}/'))
-
-
-def _with_canaries(institutions, schema: schema_lib.Schema, canaries: np.ndarray) -> list:
-  """The institutions with CANARY_COLUMN, and the first holding `canaries`' records (label 1).
-
-  A canary's features are any valid values (zeros, and an out-of-vocabulary
-  category): its logit does not read them.
-  """
-  real = [dataclasses.replace(i, train=i.train.assign(**{CANARY_COLUMN: -1.0})) for i in institutions]
-  first = real[0].train
-  rows = pd.DataFrame({c: np.zeros(len(canaries), first[c].dtype) for c in schema.numeric})
-  for c in schema.categorical:
-    rows[c] = CANARY_CATEGORY
-  rows[schema_lib.LABEL_COLUMN] = np.ones(len(canaries), first[schema_lib.LABEL_COLUMN].dtype)
-  if schema_lib.UNIT_COLUMN in first:
-    rows[schema_lib.UNIT_COLUMN] = [f'{CANARY_CATEGORY}{j}' for j in canaries]
-  rows[CANARY_COLUMN] = canaries.astype(np.float64)
-  real[0] = dataclasses.replace(real[0], train=pd.concat([first, rows[first.columns]], ignore_index=True))
-  return real
 
 
 def _client_sabotage(config, plan, sabotage: Sabotage):

@@ -23,6 +23,7 @@ from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
+from tffaml.models import canaries as canaries_lib
 from tffaml.models import tabular
 from tffaml.privacy import accounting
 from tffaml.training import poisoning
@@ -148,7 +149,36 @@ def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = N
   """The federation `config.data` describes (`loading.load`), errors naming config keys."""
   spec = data_spec(config)
   with errors.named_as(_DATA_KEYS):
-    return loading.load(spec, seed=config.seed, shard_dir=shard_dir, log=log)
+    data = loading.load(spec, seed=config.seed, shard_dir=shard_dir, log=log)
+  if not config.canary_audit.canaries:
+    return data
+  holder = canary_holder(config, [i.name for i in data.institutions])
+  return dataclasses.replace(data, institutions=tuple(
+      audited_institution(config, i, data.schema, holds=k == holder) for k, i in enumerate(data.institutions)))
+
+
+def canary_holder(config: ml_collections.ConfigDict, names: Sequence[str]) -> int:
+  """The index of the institution holding a canary audit's canaries (config.canary_audit)."""
+  name = config.canary_audit.institution
+  if not name:
+    return 0
+  if name not in names:
+    raise errors.ConfigError(f'config.canary_audit.institution={name!r} is none of the institutions'
+                             f' ({", ".join(names)}).')
+  return list(names).index(name)
+
+
+def audited_institution(config: ml_collections.ConfigDict, institution, schema, *, holds: bool):
+  """`institution` as a canary audit trains it: its rows marked real, and the canaries if it `holds` them."""
+  a = config.canary_audit
+  train = (canaries_lib.with_canaries(institution.train, schema, canaries_lib.coins(a.seed, a.canaries))
+           if holds else canaries_lib.mark_real(institution.train))
+  return federated_data.Institution(institution.name, train, canaries_lib.mark_real(institution.test))
+
+
+def training_schema(config: ml_collections.ConfigDict, schema):
+  """The schema of the rows the model trains on: `schema`, and a canary audit's column."""
+  return canaries_lib.training_schema(schema) if config.canary_audit.canaries else schema
 
 
 def feature_space(config: ml_collections.ConfigDict, data,
@@ -161,6 +191,9 @@ def feature_space(config: ml_collections.ConfigDict, data,
   """
   with errors.named_as({'min_category_count': 'config.features.min_category_count'}):
     if ask is None:
+      if config.canary_audit.canaries:  # The statistics describe the real rows.
+        data = dataclasses.replace(data, institutions=tuple(federated_data.Institution(
+            i.name, canaries_lib.real_rows(i.train), i.test) for i in data.institutions))
       return features.compute_feature_space(
           data, min_category_count=config.features.min_category_count, noise=noise)
     return features.federated_feature_space(
@@ -438,11 +471,14 @@ def loss_fn(config, choices: Choices) -> tabular.PerExampleLoss:
 
 
 def keras_model_fn(config, choices: Choices, space) -> Callable[[], tf.keras.Model]:
-  """Builds the config's Keras model on the federated feature statistics `space`."""
-  return lambda: tabular.build_model(
+  """Builds the config's Keras model on the federated feature statistics `space` (audited, in a canary audit)."""
+  build = lambda: tabular.build_model(
       model_type=choices.model, feature_space=space,
       hidden_units=tuple(config.model.hidden_units),
       embedding_dim=config.model.embedding_dim, seed=config.seed)
+  if config.canary_audit.canaries:
+    return canaries_lib.canary_model(build, config.canary_audit.canaries)
+  return build
 
 
 def initial_weights(keras_model: Callable[[], tf.keras.Model]) -> tff.learning.models.ModelWeights:
@@ -510,8 +546,7 @@ class Training:
 
 
 def build_training(config, choices: Choices, plan: accounting.PrivacyPlan, space, schema, *,
-                   side: Side, cohort: int = 0, noise_seed: int = 0, boosting: bool = False,
-                   keras_model: Optional[Callable[[], tf.keras.Model]] = None) -> Training:
+                   side: Side, cohort: int = 0, noise_seed: int = 0, boosting: bool = False) -> Training:
   """The models and training of `config` on feature space `space`, for `side`.
 
   Args:
@@ -524,14 +559,12 @@ def build_training(config, choices: Choices, plan: accounting.PrivacyPlan, space
     cohort: Institutions per round (not used at a node).
     noise_seed: The aggregator's noise seed (not used at a node).
     boosting: Whether clients scale their updates (a simulated attack).
-    keras_model: Builds the Keras model instead of the config's (an audit's
-      instrumented model); its inputs must match `schema`.
 
   Raises:
     errors.ConfigError: a federation (COORDINATOR or NODE) of FedProx or FedSGD.
   """
-  keras_model = keras_model or keras_model_fn(config, choices, space)
-  model = model_fn(config, choices, keras_model, client_data.element_spec(schema))
+  keras_model = keras_model_fn(config, choices, space)
+  model = model_fn(config, choices, keras_model, client_data.element_spec(training_schema(config, schema)))
   work = client_work(plan, boosting=boosting)
   aggregator = None
   if side is not Side.NODE:
@@ -692,7 +725,7 @@ def client_dataset(config, work: ClientWork, plan: accounting.PrivacyPlan, schem
   Under DP the sample and the noise are secret: seeded from the noise seed,
   which a federation's node keeps to itself.
   """
-  f = config.federated
+  f, schema = config.federated, training_schema(config, schema)
   if work is ClientWork.DP_SGD:
     return dp_sgd.poisson_batches(
         institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,

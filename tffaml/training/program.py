@@ -23,7 +23,7 @@ part of every checkpoint, so a resumed run reports the same ε.
 
 The run, in stages (each a function here):
     run            parse and check the config; lock the workdir
-    _prepare       load and check the data, the attack, the export's
+    prepare        load and check the data, the attack, the export's
                    interface, the privacy plan (`_Setup`)
     _claim_workdir start a run, or check that the checkpoints are this run's
                    (config, data, noise): all before any TFF work
@@ -248,6 +248,11 @@ def run(
       round whose loss, model or metrics are not finite (nothing exported).
   """
   choices = experiment.parse_choices(config)
+  if config.canary_audit.canaries:
+    raise errors.ConfigError(
+        f'config.canary_audit.canaries={config.canary_audit.canaries} makes the run a canary audit, which'
+        ' trains an instrumented model and exports nothing: run scripts/canary_audit.py (or'
+        ' scripts/coordinator.py in a federation), or set config.canary_audit.canaries=0 to train.')
   runtime = runtime or InProcess()
   runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
@@ -264,7 +269,7 @@ def run(
     raise
 
 
-def _prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
+def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
   data = runtime.load(config, paths, log=log)
   attack = experiment.attack(config, data)
@@ -294,7 +299,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
   removed = workdir_lib.remove_stale_temporaries(paths.root)
   if removed:
     log(f'removed what a killed run left half-written: {", ".join(removed)}')
-  setup = _prepare(config, choices, paths, runtime, log)
+  setup = prepare(config, choices, paths, runtime, log)
   # After the data's checks: TFF's manager makes its directory.
   state_manager = checkpoints.state_manager(paths.checkpoints, checkpoint_key)
   checkpoint_round = _latest_round(state_manager)
@@ -311,7 +316,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
         f' at δ = {config.privacy.delta:g} over {config.federated.rounds} rounds'
         f' ({choices.accountant.value})')
   noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
-  space = runtime.feature_space(config, data, noise=_statistics_noise(setup.plan, noise_seed))
+  space = runtime.feature_space(config, data, noise=statistics_noise(setup.plan, noise_seed))
   built = runtime.build(config, choices, setup, space, noise_seed)
   initial = built.initial_model()
   state, participation, released, first_round = _restore(built.process, state_manager, initial,
@@ -330,7 +335,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
                  space=space, per_round=per_round, log=log)
 
 
-def _statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional[features.StatisticsNoise]:
+def statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional[features.StatisticsNoise]:
   if plan.statistics is None:
     return None
   return features.StatisticsNoise(
