@@ -23,7 +23,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from tffaml import cli
-from tffaml import io
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
 _CANARIES = flags.DEFINE_integer('canaries', 1000, 'Canaries (records or institutions, by the config\'s DP'
@@ -45,18 +44,7 @@ def main(argv):
     result = canary_audit.audit(
         _CONFIG.value, canaries=_CANARIES.value, seed=_SEED.value, fraction=_FRACTION.value,
         confidence=_CONFIDENCE.value, sabotage=canary_audit.Sabotage(_SABOTAGE.value))
-  print(f'claimed: ({result.claimed_epsilon:.4g}, {result.delta:g})-DP per {result.unit} over'
-        f' {result.rounds} rounds; sabotage: {result.sabotage}')
-  if result.unit == 'record':
-    print('  (training alone, for the institution holding the canaries: the feature statistics are outside'
-          ' this audit)')
-  print(f'canaries: {result.canaries} ({result.included} included); {result.correct} of {result.guesses}'
-        f' guesses right; ε lower bound {result.lower_bound:.4g} at {result.confidence:.0%} confidence')
-  print('the audit REFUTES the claim' if result.refutes_claim else 'the claim stands (this audit)')
-  if _OUTPUT.value:
-    io.write_json(_OUTPUT.value, result.to_dict())
-  if result.refutes_claim:
-    sys.exit(1)
+  sys.exit(canary_audit.report(result, _OUTPUT.value))
 
 
 if __name__ == '__main__':

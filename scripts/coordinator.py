@@ -8,6 +8,13 @@ A `flower-superlink` must be running (see README "Deployment"); the nodes in
 `--nodes` (one <institution>.pub each) connect to it with scripts/node.py.
 Rounds, checkpoints and resume, the privacy ledger, metrics and the export
 are the simulation's (scripts/train.py); rerunning the same command resumes.
+
+With --config.canary_audit.canaries=M --config.canary_audit.institution=NAME
+(on the nodes too: the config is agreed) the run is a one-run canary audit
+of the nodes' record-level DP instead (tffaml.training.canary_audit): the
+node NAME adds the canary records, nothing is exported, and the script
+prints the claimed ε against the audit's lower bound, writes
+<workdir>/canary_audit.json, and exits 1 when the bound refutes the claim.
 """
 
 import glob
@@ -64,12 +71,23 @@ def main(argv):
     federation = coordinator.Federation(transport, key=messages.load_private_key(_KEY.value),
                                         node_keys=node_keys, min_nodes=_MIN_NODES.value)
     with runtime.local_runtime():
+      if config.canary_audit.canaries:
+        return _audit(config, federation)
       result = program.run(config, _WORKDIR.value, runtime=federation, checkpoint_key=_CHECKPOINT_KEY.key())
   finally:
     transport.close()
   print(f'\nmodel:   {result.paths.export} (SavedModel, serving_default)')
   print(f'metrics: {result.paths.metrics}')
   print(f'privacy: {result.paths.privacy}')
+
+
+def _audit(config, federation) -> None:
+  """A canary audit of the nodes' record-level DP (config.canary_audit): exit 1 when it refutes the claim."""
+  from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+  a = config.canary_audit
+  result = canary_audit.audit_record_level(config, canaries=a.canaries, seed=a.seed, runtime=federation,
+                                           workdir=_WORKDIR.value)
+  sys.exit(canary_audit.report(result, os.path.join(_WORKDIR.value, 'canary_audit.json')))
 
 
 if __name__ == '__main__':

@@ -9,6 +9,9 @@ process); starts a SuperLink and a node process per institution on
 localhost (TLS and node authentication on), runs the coordinator here
 with --config, and writes run/ (as scripts/train.py's workdir: metrics,
 privacy statement, export) and signs run/export with the coordinator's key.
+With --config.canary_audit.canaries=M --config.canary_audit.institution=NAME
+the run is a canary audit of the nodes' record-level DP instead (see
+scripts/coordinator.py): run/canary_audit.json, exit 1 when refuted.
 Every process it started is stopped when it ends, also on Ctrl-C. Rerunning
 reuses the data and credentials, and resumes the run; a new run on the same
 nodes/ is refused by their ledgers (its ε would be spent twice).
@@ -65,6 +68,9 @@ def main(argv):
     if problem is not None:
       sys.exit(f'error: the SuperLink did not start ({link}):\n{problem}')
     result = _coordinate(config, files, names, driver, os.path.join(root, 'run'), check=processes.exited)
+  if config.canary_audit.canaries:
+    from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+    sys.exit(canary_audit.report(result, os.path.join(root, 'run', 'canary_audit.json')))
   _sign(result.paths.export, files.coordinator_key)
   print(f'\nmodel:   {result.paths.export} (signed: {files.coordinator_public_key})')
   print(f'privacy: {result.paths.privacy}')
@@ -91,6 +97,11 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
     transport.wait_for(names, timeout=_CONNECT_SECONDS, check=check)
     federation = coordinator.Federation(transport, key=messages.load_private_key(files.coordinator_key),
                                         node_keys=node_keys)
+    if config.canary_audit.canaries:
+      from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+      a = config.canary_audit
+      return canary_audit.audit_record_level(config, canaries=a.canaries, seed=a.seed, runtime=federation,
+                                             workdir=workdir)
     return program.run(config, workdir, runtime=federation)
   finally:
     transport.close()

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tffaml import errors
+from tffaml import io
 from tffaml.models import canaries as canaries_lib
 from tffaml.privacy import accounting
 from tffaml.privacy import one_run
@@ -86,6 +87,26 @@ class CanaryAudit:
 
   def to_dict(self) -> dict:
     return {**dataclasses.asdict(self), 'refutes_claim': self.refutes_claim}
+
+  def summary(self) -> list[str]:
+    """The outcome as a person reads it."""
+    lines = [f'claimed: ({self.claimed_epsilon:.4g}, {self.delta:g})-DP per {self.unit} over {self.rounds}'
+             f' rounds; sabotage: {self.sabotage}']
+    if self.unit != 'institution':
+      lines.append('  (training alone, for the institution holding the canaries: the feature statistics are'
+                   ' outside this audit)')
+    lines.append(f'canaries: {self.canaries} ({self.included} included); {self.correct} of {self.guesses}'
+                 f' guesses right; ε lower bound {self.lower_bound:.4g} at {self.confidence:.0%} confidence')
+    lines.append('the audit REFUTES the claim' if self.refutes_claim else 'the claim stands (this audit)')
+    return lines
+
+
+def report(result: CanaryAudit, path: Optional[str], *, out: Callable[[str], None] = print) -> int:
+  """Writes `result` to `path` (JSON, if given) and its summary to `out`; the scripts' exit status."""
+  if path:
+    io.write_json(path, result.to_dict())
+  out('\n'.join(result.summary()) + (f'\nreport: {path}' if path else ''))
+  return 1 if result.refutes_claim else 0
 
 
 def check_client_level(config: ml_collections.ConfigDict, choices: experiment.Choices) -> None:
