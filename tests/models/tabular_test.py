@@ -75,3 +75,37 @@ class DispatchTest(tf.test.TestCase):
     for model_type in tabular.ModelType:
       model = tabular.build_model(model_type=model_type, feature_space=space, hidden_units=(4,))
       self.assertEqual(model(inputs).shape, [2, 1], model_type)
+
+
+class SeedTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+
+  def _build(self, seed):
+    return tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=self.space, hidden_units=(4,),
+                               seed=seed).get_weights()
+
+  def test_initial_weights_depend_on_the_seed_alone(self):
+    first, again, other = self._build(3), self._build(3), self._build(4)
+    for a, b in zip(first, again):
+      self.assertAllEqual(a, b)
+    self.assertFalse(all(np.array_equal(a, b) for a, b in zip(first, other)))
+
+  def test_the_callers_seeds_are_left_as_they_were(self):
+    tf.random.set_seed(11)
+    random.seed(12)
+    np.random.seed(13)
+    expected = random.random(), np.random.random()
+    random.seed(12)
+    np.random.seed(13)
+    self._build(3)
+    self.assertEqual((random.random(), np.random.random()), expected)
+    self.assertEqual(context.global_seed(), 11)
+    with tf.Graph().as_default() as graph:
+      tf.random.set_seed(7)
+      self._build(3)
+      self.assertEqual(graph.seed, 7)
+    tf.random.set_seed(None)
