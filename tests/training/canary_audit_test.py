@@ -161,10 +161,18 @@ class RecordLevelAuditTest(_FederationTest):
       self.assertAllEqual(g[1:], np.zeros_like(g[1:]))
       self.assertGreater(np.abs(g[0]).max(), 0.0)
 
-  def test_only_distributed_dp_sgd_is_audited(self):
+  def test_only_distributed_dp_sgd_of_a_classifier_is_audited(self):
     config = self._config(1.0)
     config.record_dp.mode = 'local'
     with self.assertRaisesRegex(errors.ConfigError, "config.record_dp.mode='distributed'"):
+      canary_audit.audit(config, canaries=10, seed=0, log=lambda _: None)
+    config = self._config(1.0)
+    config.model.name, config.model.loss, config.model.alert_budget = 'autoencoder', 'reconstruction', 0.01
+    with self.assertRaisesRegex(errors.ConfigError, "config.model.name='autoencoder' is not one"):
+      canary_audit.audit(config, canaries=10, seed=0, log=lambda _: None)
+    config = self._config(1.0)
+    config.canary_audit.institution = 'bank_z'
+    with self.assertRaisesRegex(errors.ConfigError, "config.canary_audit.institution='bank_z' is none of"):
       canary_audit.audit(config, canaries=10, seed=0, log=lambda _: None)
 
 

@@ -130,8 +130,8 @@ def check_record_level(config: ml_collections.ConfigDict, choices: experiment.Ch
         "the record-level canary audit covers distributed DP-SGD: set config.record_dp.enabled=True and"
         f" config.record_dp.mode='distributed' (got {config.record_dp.enabled}, {config.record_dp.mode!r}).")
   if not choices.model.is_classifier:
-    raise errors.ConfigError(f'the record-level canary audit needs a classifier; config.model.type='
-                             f'{config.model.type!r} is not one.')
+    raise errors.ConfigError(f'the record-level canary audit needs a classifier; config.model.name='
+                             f'{config.model.name!r} is not one.')
   if config.data.stream:
     raise errors.ConfigError('the record-level canary audit adds rows in memory: set config.data.stream=False.')
   if config.canary_audit.canaries < 1:
