@@ -149,11 +149,12 @@ def _privacy(config: ml_collections.ConfigDict) -> None:
   # bit-identical DP reruns in research; whoever knows it can remove the noise.
   config.privacy.noise_seed = config_dict.placeholder(int)
 
-  # A one-run canary audit of record-level DP (scripts/canary_audit.py, or
-  # scripts/coordinator.py and every node with the same config): canaries > 0
-  # adds that many canary records to `institution`'s training rows ('': the
-  # first), each included by a coin from `seed`, and trains the audited model
-  # (tffaml.models.canaries). An audit run exports nothing.
+  # A one-run canary audit (scripts/canary_audit.py, or scripts/coordinator.py
+  # and every node with the same config); an audit run exports nothing.
+  # Under record-level DP, canaries > 0 adds that many canary records to
+  # `institution`'s training rows ('': the first), each included by a coin
+  # from `seed`, and trains the audited model (tffaml.models.canaries); under
+  # client-level DP the coordinator adds that many canary institutions.
   config.canary_audit = ml_collections.ConfigDict()
   config.canary_audit.canaries = 0
   config.canary_audit.institution = ''

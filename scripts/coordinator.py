@@ -9,12 +9,13 @@ A `flower-superlink` must be running (see README "Deployment"); the nodes in
 Rounds, checkpoints and resume, the privacy ledger, metrics and the export
 are the simulation's (scripts/train.py); rerunning the same command resumes.
 
-With --config.canary_audit.canaries=M --config.canary_audit.institution=NAME
-(on the nodes too: the config is agreed) the run is a one-run canary audit
-of the nodes' record-level DP instead (tffaml.training.canary_audit): the
-node NAME adds the canary records, nothing is exported, and the script
-prints the claimed ε against the audit's lower bound, writes
-<workdir>/canary_audit.json, and exits 1 when the bound refutes the claim.
+With --config.canary_audit.canaries=M (on the nodes too: the config is
+agreed) the run is a one-run canary audit instead (tffaml.training.canary_audit):
+under record-level DP, node --config.canary_audit.institution=NAME adds M
+canary records; under client-level DP (gaussian_fixed) this coordinator adds
+M canary institutions. Nothing is exported; the script prints the claimed ε
+against the audit's lower bound, writes <workdir>/canary_audit.json, and
+exits 1 when the bound refutes the claim.
 """
 
 import glob
@@ -82,11 +83,10 @@ def main(argv):
 
 
 def _audit(config, federation) -> None:
-  """A canary audit of the nodes' record-level DP (config.canary_audit): exit 1 when it refutes the claim."""
+  """A canary audit of the run's DP (config.canary_audit): exit 1 when it refutes the claim."""
   from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
   a = config.canary_audit
-  result = canary_audit.audit_record_level(config, canaries=a.canaries, seed=a.seed, runtime=federation,
-                                           workdir=_WORKDIR.value)
+  result = canary_audit.audit(config, canaries=a.canaries, seed=a.seed, runtime=federation, workdir=_WORKDIR.value)
   sys.exit(canary_audit.report(result, os.path.join(_WORKDIR.value, 'canary_audit.json')))
 
 

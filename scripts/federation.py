@@ -9,9 +9,9 @@ process); starts a SuperLink and a node process per institution on
 localhost (TLS and node authentication on), runs the coordinator here
 with --config, and writes run/ (as scripts/train.py's workdir: metrics,
 privacy statement, export) and signs run/export with the coordinator's key.
-With --config.canary_audit.canaries=M --config.canary_audit.institution=NAME
-the run is a canary audit of the nodes' record-level DP instead (see
-scripts/coordinator.py): run/canary_audit.json, exit 1 when refuted.
+With --config.canary_audit.canaries=M (and, under record-level DP,
+--config.canary_audit.institution=NAME) the run is a canary audit instead
+(see scripts/coordinator.py): run/canary_audit.json, exit 1 when refuted.
 Every process it started is stopped when it ends, also on Ctrl-C. Rerunning
 reuses the data and credentials, and resumes the run; a new run on the same
 nodes/ is refused by their ledgers (its ε would be spent twice).
@@ -100,8 +100,7 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
     if config.canary_audit.canaries:
       from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
       a = config.canary_audit
-      return canary_audit.audit_record_level(config, canaries=a.canaries, seed=a.seed, runtime=federation,
-                                             workdir=workdir)
+      return canary_audit.audit(config, canaries=a.canaries, seed=a.seed, runtime=federation, workdir=workdir)
     return program.run(config, workdir, runtime=federation)
   finally:
     transport.close()

@@ -291,6 +291,17 @@ class CanaryAuditTest(FederationTest):
     with self.assertRaisesRegex(errors.RunFailed, 'noise'):
       self._audit(config, self._nodes(config), sabotage=canary_audit.Sabotage.NOISE_OFF)
 
+  def test_client_level_canaries_at_the_coordinator_stand_under_a_correct_claim_and_catch_noise_off(self):
+    config = copy.deepcopy(self.config)  # Client-level DP (smoke), without secure aggregation.
+    config.aggregator.type, config.aggregator.clip, config.privacy.target_epsilon = 'gaussian_fixed', 1.0, 1.0
+    config.model.hidden_units, config.federated.rounds = (64,), 10  # As the simulation's client-level test.
+    nodes = self._nodes(config)
+    for sabotage, refuted in ((canary_audit.Sabotage.NONE, False), (canary_audit.Sabotage.NOISE_OFF, True)):
+      result = canary_audit.audit_client_level(
+          coordinator_config(config), canaries=200, seed=0, sabotage=sabotage, log=lambda _: None,
+          runtime=self._federation(nodes), workdir=os.path.join(self.create_tempdir().full_path, 'audit'))
+      self.assertEqual((result.unit, result.refutes_claim), ('institution', refuted), result)
+
   def test_the_holding_node_must_be_named(self):
     config = self._audit_config()
     config.canary_audit.institution = ''

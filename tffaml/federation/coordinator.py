@@ -135,9 +135,9 @@ def check(config: ml_collections.ConfigDict) -> None:
         f' aggregation hides: set config.aggregator.type to one of {", ".join(SECURE_AGGREGATORS)}, or'
         ' config.federation.secure_aggregation=False (the coordinator then sees every update, and the'
         ' privacy statement says so).')
-  if config.canary_audit.canaries and not config.canary_audit.institution:
-    raise errors.ConfigError('a canary audit in a federation needs the node that holds the canaries:'
-                             ' set config.canary_audit.institution to its institution name.')
+  if experiment.canary_records(config) and not config.canary_audit.institution:
+    raise errors.ConfigError('a record-level canary audit in a federation needs the node that holds the'
+                             ' canaries: set config.canary_audit.institution to its institution name.')
   if not 0 < config.federation.reconstruction_threshold <= 1:
     raise errors.ConfigError(f'config.federation.reconstruction_threshold='
                              f'{config.federation.reconstruction_threshold!r} must be in (0, 1].')
@@ -177,6 +177,9 @@ class Federation:
     self.names: list[str] = list(self._node_keys)  # The federation's order: institution indices.
     self.traffic = {'sent': 0.0, 'received': 0.0}  # Mean bytes per node of the last exchange.
     self.run_id = ''  # Set by `load` (kept in the workdir).
+    # Aggregated beside the nodes' updates every round: a client-level canary
+    # audit's canary institutions (tffaml.training.canary_audit); none otherwise.
+    self.extra_updates: Sequence[tff.learning.templates.ClientResult] = ()
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     check(config)
@@ -305,7 +308,7 @@ class _Rounds:
           f' minimum {self._federation.min_nodes}; the run stopped at its last checkpoint'
           f' (round {round_num - 1}); rerun the same command to resume once nodes are back.')
     ordered = [replies[self.names[i]] for i in took_part]
-    state, measurements = self._parts.server_update(state, results)
+    state, measurements = self._parts.server_update(state, results + list(self._federation.extra_updates))
     values = {**_train_metrics([r.header['metrics'] for r in ordered]),
               **program.flatten_metrics(measurements, 'aggregator/'),
               **{f'federation/bytes_{k}_per_node': v for k, v in self._federation.traffic.items()}}

@@ -170,7 +170,7 @@ class Node:
     self._schema = schema_lib.Schema.from_json(config.data.schema_file)
     self.institution = csv_dir.load_institution(folder, self._schema)
     self.name = self.institution.name
-    if config.canary_audit.canaries:  # A canary audit: the agreed config says who holds the canaries.
+    if experiment.canary_records(config):  # A canary audit: the agreed config says who holds the canaries.
       self.institution = experiment.audited_institution(
           config, self.institution, self._schema, holds=config.canary_audit.institution == self.name)
     self.agreement = agreement(config, self._schema)

@@ -13,7 +13,9 @@ DP FedAvg (`gaussian_fixed`: clip each update, add Gaussian noise to the
 sum), run through `processes.Parts` so that the canaries' updates enter the
 aggregator beside the institutions'. Each canary's score is how far the
 model moved along its direction, -<θ_T - θ_0, u_j> (an update is the initial
-weights minus the trained ones).
+weights minus the trained ones). In a federation the coordinator adds the
+canaries' updates to the nodes' (`coordinator.Federation.extra_updates`):
+client-level DP's clip and noise are its aggregator's.
 
 Record level (`audit_record_level`): the config's distributed DP-SGD (its
 sampling rate is fixed by the plan, not by the rows present), with m canary
@@ -146,8 +148,9 @@ def audit(config: ml_collections.ConfigDict, **kwargs) -> CanaryAudit:
 
 
 def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed: int,
-                       fraction: float = 0.1, confidence: float = 0.95,
-                       sabotage: Sabotage = Sabotage.NONE, log: Callable[[str], None] = print) -> CanaryAudit:
+                       fraction: float = 0.1, confidence: float = 0.95, sabotage: Sabotage = Sabotage.NONE,
+                       log: Callable[[str], None] = print, runtime: Optional[program.Runtime] = None,
+                       workdir: Optional[str] = None) -> CanaryAudit:
   """Trains once with `canaries` canary institutions and bounds ε from them (see the module docstring).
 
   Args:
@@ -158,23 +161,29 @@ def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed
     confidence: Of the lower bound.
     sabotage: How to break the mechanism (the claim stays the config's).
     log: Progress lines.
+    runtime: None: the simulation. Or a federation (`coordinator.Federation`),
+      whose coordinator adds the canaries' updates to the nodes' in its
+      aggregator (client-level DP's noise is the coordinator's to add).
+    workdir: The federation's working directory (its run id).
 
   Returns:
     The claim and the bound.
   """
-  config = _with_audit(config, canaries=0, seed=config.canary_audit.seed)  # Canary institutions, not records.
   choices = experiment.parse_choices(config)
   check_client_level(config, choices)
-  data = experiment.load_data(config, log=log)
+  rounds = config.federated.rounds
+  if runtime is None:
+    data = experiment.load_data(config, log=log)
+    space = experiment.feature_space(config, data)
+  else:
+    runtime.check(config)  # The agreed config: the nodes' (a sabotage is the coordinator's alone).
+    setup = program.prepare(config, choices, program.Paths(workdir), runtime, log)
+    data, space = setup.data, runtime.feature_space(config, setup.data, noise=None)
   members = len(data.institutions) + canaries
   plan = experiment.privacy_plan(config, choices, institution_units=[1] * members, cohort=members)
-  rounds = config.federated.rounds
   claimed = plan.epsilons(rounds=rounds, participation=[rounds] * members)['institution']
   run_config, run_plan, norm = _client_sabotage(config, plan, sabotage)
-  training = experiment.build_training(run_config, choices, run_plan, experiment.feature_space(config, data),
-                                       data.schema, side=experiment.Side.COORDINATOR, cohort=members,
-                                       noise_seed=seed)
-  initial = experiment.initial_weights(training.keras_model_fn)
+  initial = experiment.initial_weights(experiment.keras_model_fn(config, choices, space))
   rng = np.random.default_rng([seed, canaries])
   directions = rng.normal(size=(canaries, _flat(initial.trainable).size))
   directions /= np.linalg.norm(directions, axis=1, keepdims=True)
@@ -182,11 +191,29 @@ def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed
   updates = [tff.learning.templates.ClientResult(update=_unflatten(u, initial.trainable),
                                                  update_weight=np.float32(1.0))
              for u in directions[included] * norm]
-  trained = _train(config, training, initial, data.institutions, data.schema, plan, updates, seed=seed, log=log)
+  if runtime is None:
+    training = experiment.build_training(run_config, choices, run_plan, space, data.schema,
+                                         side=experiment.Side.COORDINATOR, cohort=members, noise_seed=seed)
+    trained = _train(config, training, initial, data.institutions, data.schema, plan, updates, seed=seed, log=log)
+  else:
+    setup = dataclasses.replace(setup, plan=run_plan if sabotage is not Sabotage.NONE else setup.plan)
+    trained = _rounds_on(runtime, run_config, choices, setup, space, updates, seed=seed, log=log)
   moved = _flat(trained) - _flat(initial.trainable)
   return _outcome(config, one_run.guess(-(directions @ moved), included, fraction=fraction),
                   claimed=claimed, confidence=confidence, included=included, sabotage=sabotage,
                   unit='institution')
+
+
+def _rounds_on(runtime, config, choices, setup, space, updates, *, seed: int, log) -> list[np.ndarray]:
+  """The rounds on a federation, the coordinator adding `updates` to the nodes' each round; the trained weights."""
+  runtime.extra_updates = updates
+  built = runtime.build(config, choices, setup, space, seed)
+  state = built.process.set_model_weights(built.process.initialize(), built.initial_model())
+  members = list(range(len(setup.data.institutions)))
+  for round_num in range(1, config.federated.rounds + 1):
+    state, _, _ = built.train_round(state, members, round_num)
+    log(f'canary audit: round {round_num}/{config.federated.rounds}')
+  return [np.asarray(w) for w in state.global_model_weights.trainable]
 
 
 def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed: int,

@@ -150,7 +150,7 @@ def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = N
   spec = data_spec(config)
   with errors.named_as(_DATA_KEYS):
     data = loading.load(spec, seed=config.seed, shard_dir=shard_dir, log=log)
-  if not config.canary_audit.canaries:
+  if not canary_records(config):
     return data
   holder = canary_holder(config, [i.name for i in data.institutions])
   return dataclasses.replace(data, institutions=tuple(
@@ -178,7 +178,15 @@ def audited_institution(config: ml_collections.ConfigDict, institution, schema, 
 
 def training_schema(config: ml_collections.ConfigDict, schema):
   """The schema of the rows the model trains on: `schema`, and a canary audit's column."""
-  return canaries_lib.training_schema(schema) if config.canary_audit.canaries else schema
+  return canaries_lib.training_schema(schema) if canary_records(config) else schema
+
+
+def canary_records(config: ml_collections.ConfigDict) -> int:
+  """Canary records a canary audit adds (config.canary_audit): under record-level DP only.
+
+  A client-level audit's canaries are institutions, added by the coordinator.
+  """
+  return config.canary_audit.canaries if config.record_dp.enabled else 0
 
 
 def feature_space(config: ml_collections.ConfigDict, data,
@@ -191,7 +199,7 @@ def feature_space(config: ml_collections.ConfigDict, data,
   """
   with errors.named_as({'min_category_count': 'config.features.min_category_count'}):
     if ask is None:
-      if config.canary_audit.canaries:  # The statistics describe the real rows.
+      if canary_records(config):  # The statistics describe the real rows.
         data = dataclasses.replace(data, institutions=tuple(federated_data.Institution(
             i.name, canaries_lib.real_rows(i.train), i.test) for i in data.institutions))
       return features.compute_feature_space(
@@ -476,8 +484,8 @@ def keras_model_fn(config, choices: Choices, space) -> Callable[[], tf.keras.Mod
       model_type=choices.model, feature_space=space,
       hidden_units=tuple(config.model.hidden_units),
       embedding_dim=config.model.embedding_dim, seed=config.seed)
-  if config.canary_audit.canaries:
-    return canaries_lib.canary_model(build, config.canary_audit.canaries)
+  if canary_records(config):
+    return canaries_lib.canary_model(build, canary_records(config))
   return build
 
 
