@@ -208,12 +208,17 @@ def _rounds_on(runtime, config, choices, setup, space, updates, *, seed: int, lo
   """The rounds on a federation, the coordinator adding `updates` to the nodes' each round; the trained weights."""
   runtime.extra_updates = updates
   built = runtime.build(config, choices, setup, space, seed)
-  state = built.process.set_model_weights(built.process.initialize(), built.initial_model())
-  members = list(range(len(setup.data.institutions)))
-  for round_num in range(1, config.federated.rounds + 1):
-    state, _, _ = built.train_round(state, members, round_num)
-    log(f'canary audit: round {round_num}/{config.federated.rounds}')
+  state = _every_round(config, built, len(setup.data.institutions), log)
   return [np.asarray(w) for w in state.global_model_weights.trainable]
+
+
+def _every_round(config, built: program.Built, institutions: int, log):
+  """The config's rounds from the model's initial weights, every institution each round; the final state."""
+  state = built.process.set_model_weights(built.process.initialize(), built.initial_model())
+  for round_num in range(1, config.federated.rounds + 1):
+    state, _, _ = built.train_round(state, list(range(institutions)), round_num)
+    log(f'canary audit: round {round_num}/{config.federated.rounds}')
+  return state
 
 
 def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed: int,
@@ -271,11 +276,7 @@ def _run(config, choices, runtime: program.Runtime, workdir: str, sabotage: Sabo
   space = runtime.feature_space(config, setup.data, noise=program.statistics_noise(setup.plan, noise_seed))
   built = runtime.build(config, choices, dataclasses.replace(setup, plan=_record_sabotage(setup.plan, sabotage)),
                         space, noise_seed)
-  state = built.process.set_model_weights(built.process.initialize(), built.initial_model())
-  members = list(range(len(setup.data.institutions)))
-  for round_num in range(1, config.federated.rounds + 1):
-    state, _, _ = built.train_round(state, members, round_num)
-    log(f'canary audit: round {round_num}/{config.federated.rounds}')
+  state = _every_round(config, built, len(setup.data.institutions), log)
   return setup.plan, [i.name for i in setup.data.institutions], built, state
 
 
