@@ -85,8 +85,7 @@ def main(argv):
 def _audit(config, federation) -> None:
   """A canary audit of the run's DP (config.canary_audit): exit 1 when it refutes the claim."""
   from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
-  a = config.canary_audit
-  result = canary_audit.audit(config, canaries=a.canaries, seed=a.seed, runtime=federation, workdir=_WORKDIR.value)
+  result = canary_audit.audit_as_configured(config, runtime=federation, workdir=_WORKDIR.value)
   sys.exit(canary_audit.report(result, os.path.join(_WORKDIR.value, 'canary_audit.json')))
 
 

@@ -99,8 +99,7 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
                                         node_keys=node_keys)
     if config.canary_audit.canaries:
       from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
-      a = config.canary_audit
-      return canary_audit.audit(config, canaries=a.canaries, seed=a.seed, runtime=federation, workdir=workdir)
+      return canary_audit.audit_as_configured(config, runtime=federation, workdir=workdir)
     return program.run(config, workdir, runtime=federation)
   finally:
     transport.close()

@@ -147,6 +147,13 @@ def audit(config: ml_collections.ConfigDict, **kwargs) -> CanaryAudit:
   return audit_client_level(config, **kwargs)
 
 
+def audit_as_configured(config: ml_collections.ConfigDict, *, runtime: program.Runtime, workdir: str,
+                        log: Callable[[str], None] = print) -> CanaryAudit:
+  """The audit config.canary_audit describes (its canaries and seed), on `runtime` (a federation)."""
+  a = config.canary_audit
+  return audit(config, canaries=a.canaries, seed=a.seed, runtime=runtime, workdir=workdir, log=log)
+
+
 def audit_client_level(config: ml_collections.ConfigDict, *, canaries: int, seed: int,
                        fraction: float = 0.1, confidence: float = 0.95, sabotage: Sabotage = Sabotage.NONE,
                        log: Callable[[str], None] = print, runtime: Optional[program.Runtime] = None,
@@ -252,7 +259,7 @@ def audit_record_level(config: ml_collections.ConfigDict, *, canaries: int, seed
   claimed = accounting.epsilon(plan.record.event(holder, config.federated.rounds), plan.delta,
                                accountant=plan.accountant)
   scores = np.asarray(state.global_model_weights.trainable[canaries_lib.weights_index(built.keras_model_fn)])
-  included = canaries_lib.coins(seed, canaries)
+  included = canaries_lib.coins(config.canary_audit.seed, canaries)  # The coins the data layer drew.
   return _outcome(config, one_run.guess(scores.ravel(), included, fraction=fraction), claimed=claimed,
                   confidence=confidence, included=included, sabotage=sabotage, unit=plan.record.unit_name)
 

@@ -169,12 +169,12 @@ def _gbt(frame: pd.DataFrame, space: features.FeatureSpace, seed: int) -> lightg
 def _gbt_scores(data, space, methods, seed: int) -> dict:
   """The requested GBT methods' test scores."""
   scores = {}
-  test = lambda model: {i.name: model.predict_proba(_forest_inputs(i.test, space))[:, 1]
-                        for i in data.institutions}
+  test = lambda model, institution: model.predict_proba(_forest_inputs(institution.test, space))[:, 1]
   if Method.GBT_CENTRALIZED in methods:
-    scores[Method.GBT_CENTRALIZED] = test(_gbt(data.pooled('train'), space, seed))
-  if Method.GBT_LOCAL in methods:
-    scores[Method.GBT_LOCAL] = {i.name: test(_gbt(i.train, space, seed))[i.name] for i in data.institutions}
+    pooled = _gbt(data.pooled('train'), space, seed)
+    scores[Method.GBT_CENTRALIZED] = {i.name: test(pooled, i) for i in data.institutions}
+  if Method.GBT_LOCAL in methods:  # Each bank's trees score its own test rows only.
+    scores[Method.GBT_LOCAL] = {i.name: test(_gbt(i.train, space, seed), i) for i in data.institutions}
   return scores
 
 
