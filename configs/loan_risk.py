@@ -50,7 +50,7 @@ def _data(config: ml_collections.ConfigDict) -> None:
   config.data.num_institutions = 10  # iid | dirichlet | quantity
   config.data.alpha = 0.5  # dirichlet | quantity: Dir(alpha) concentration
   config.data.test_fraction = 0.25  # Held out per institution (amlworld: the last part of the time span).
-  config.data.stream = False  # amlworld only: rows streamed from per-bank files (configs/aml.py).
+  config.data.stream = False  # amlworld, csv_dir: rows stored per institution and streamed from the files.
 
 
 def _features_and_model(config: ml_collections.ConfigDict) -> None:
@@ -199,6 +199,19 @@ def _federation(config: ml_collections.ConfigDict) -> None:
   config.federation.clipping_range = 8.0
 
 
+def _runtime(config: ml_collections.ConfigDict) -> None:
+  """Where the simulation runs: this process, or TFF workers on several machines (scripts/worker.py)."""
+  config.runtime = ml_collections.ConfigDict()
+  # host:port,host:port: the workers, each holding some institutions' files;
+  # rounds run on them, the merge and server step here. '': this process.
+  config.runtime.workers = ''
+  # scripts/pki.py --cluster's directory: mutual TLS to the workers (their
+  # ca.crt, coordinator.pem, coordinator.key). '': in the clear, for workers
+  # on this machine or a private network only (worker_binary authenticates nobody).
+  config.runtime.certificates = ''
+  config.runtime.connect_seconds = 60.0  # How long to wait for a worker to answer at the start.
+
+
 def _fedavg(config: ml_collections.ConfigDict) -> None:
   """FedAvg without record-level DP: local SGD epochs, server momentum, the last round's model."""
   config.record_dp.enabled = False
@@ -268,7 +281,8 @@ def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Data split, initial weights, cohorts, batch order.
-  for section in (_data, _features_and_model, _federated, _privacy, _export_attack_reference, _federation):
+  for section in (_data, _features_and_model, _federated, _privacy, _export_attack_reference, _federation,
+                  _runtime):
     section(config)
   _apply_preset(config, preset)
   return config

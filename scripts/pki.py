@@ -15,6 +15,15 @@ Writes, under --out_dir (which must be empty or new):
 
 In a deployment each institution makes its own node key on its own host and
 sends only the .pub; this writes them all for a demo or a test consortium.
+
+  python scripts/pki.py --cluster --out_dir=cluster_pki --hosts=worker1.lab,worker2.lab
+
+writes instead the mutual TLS of a simulation spread over TFF workers
+(scripts/worker.py --certificates, config.runtime.certificates):
+  ca.crt                 every worker and the coordinator get it
+  ca.key                 secret; keep it offline
+  worker.pem, worker.key the workers' certificate (for --hosts) and key (secret, workers' hosts)
+  coordinator.pem/.key   the coordinator's client certificate and key (secret, its host)
 """
 
 import os
@@ -29,12 +38,17 @@ from tffaml import cli
 
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the credentials go (empty or new).', required=True)
 _HOSTS = flags.DEFINE_list('hosts', ['127.0.0.1', 'localhost'], "The SuperLink's host names or addresses.")
-_INSTITUTIONS = flags.DEFINE_list('institutions', None, 'Institution names (one node key each).',
-                                  required=True)
+_INSTITUTIONS = flags.DEFINE_list('institutions', None, 'Institution names (one node key each).')
+_CLUSTER = flags.DEFINE_bool('cluster', False, "A TFF workers' cluster's mutual TLS instead (--hosts: the workers').")
 
 
 def main(argv):
   del argv
+  if _CLUSTER.value:
+    _cluster()
+    return
+  if not _INSTITUTIONS.value:
+    sys.exit('error: --institutions names the federation\'s institutions (or pass --cluster).')
   from tffaml.federation import credentials  # pylint: disable=g-import-not-at-top
   try:
     files = credentials.write_federation(_OUT_DIR.value, hosts=_HOSTS.value, institutions=_INSTITUTIONS.value)
@@ -43,6 +57,17 @@ def main(argv):
   print(f'CA certificate:   {files.tls.ca_certificate}\nSuperLink TLS:    {files.tls.certificate}'
         f'\ncoordinator key:  {files.coordinator_key} (secret)\nnode keys:        {files.nodes}/'
         f'\nadmitted nodes:   {files.authorized_nodes}')
+
+
+def _cluster():
+  from tffaml.cluster import tls  # pylint: disable=g-import-not-at-top
+  try:
+    files = tls.write_cluster_tls(_OUT_DIR.value, hosts=_HOSTS.value)
+  except FileExistsError as e:
+    sys.exit(f'error: {e}')
+  print(f'CA certificate:   {files.ca_certificate} (workers and coordinator)\nworkers:          '
+        f'{files.worker_certificate}, {files.worker_key} (secret)\ncoordinator:      '
+        f'{files.coordinator_certificate}, {files.coordinator_key} (secret)')
 
 
 if __name__ == '__main__':

@@ -116,6 +116,29 @@ def _raise_system_exit(signum, frame):
 
 
 @contextlib.contextmanager
+def owned_workers() -> Iterator[None]:
+  """Stops every TFF worker this process starts in the block, however the block or the process ends.
+
+  On leaving the block (exceptions included), on SIGTERM/SIGHUP (raised as
+  `SystemExit`), and, by the watchdog, on SIGKILL of this process.
+  """
+  os.environ[OWNER_ENV] = str(os.getpid())  # Inherited by every worker_binary we start.
+  watchdog = _start_watchdog()
+  previous_handlers = {
+      sig: signal.signal(sig, _raise_system_exit)
+      for sig in (signal.SIGTERM, signal.SIGHUP)
+  }
+  try:
+    yield
+  finally:
+    stop_workers()
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
+    watchdog.stdin.close()
+    watchdog.wait()
+
+
+@contextlib.contextmanager
 def local_runtime() -> Iterator[None]:
   """Runs TFF computations in this block on the local C++ runtime.
 
@@ -124,22 +147,13 @@ def local_runtime() -> Iterator[None]:
   """
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
 
-  os.environ[OWNER_ENV] = str(os.getpid())  # Inherited by TFF's worker_binary.
-  watchdog = _start_watchdog()
-  previous_handlers = {
-      sig: signal.signal(sig, _raise_system_exit)
-      for sig in (signal.SIGTERM, signal.SIGHUP)
-  }
-  # TFF's local C++ runtime, compiling secure-sum intrinsics (secure
-  # aggregation) into the plain sums they compute: the C++ runtime has no
-  # secure aggregation protocol, so the simulation runs them in the clear.
-  tff.backends.test.set_sync_test_cpp_execution_context()
-  try:
-    yield
-  finally:
-    stop_workers()
-    _disarm_tff_service_managers()
-    for sig, handler in previous_handlers.items():
-      signal.signal(sig, handler)
-    watchdog.stdin.close()
-    watchdog.wait()
+  with owned_workers():
+    # TFF's local C++ runtime, compiling secure-sum intrinsics (secure
+    # aggregation) into the plain sums they compute: the C++ runtime has no
+    # secure aggregation protocol, so the simulation runs them in the clear.
+    tff.backends.test.set_sync_test_cpp_execution_context()
+    try:
+      yield
+    finally:
+      stop_workers()
+      _disarm_tff_service_managers()

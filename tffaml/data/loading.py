@@ -6,6 +6,7 @@ section into a `DataSpec`; nothing here reads configs.
 
 import dataclasses
 import enum
+import os
 from typing import Optional
 
 import numpy as np
@@ -17,6 +18,7 @@ from tffaml.data import interface as interface_lib
 from tffaml.data import lending_club
 from tffaml.data import partition
 from tffaml.data import schema as schema_lib
+from tffaml.data import shards
 from tffaml.data import transactions
 
 
@@ -52,11 +54,11 @@ class DataSpec:
   directory: str = ''  # csv_dir: <directory>/<institution>/{train,test}.csv
   schema_file: str = ''  # csv_dir
   selection: Optional[transactions.Selection] = None  # amlworld
-  stream: bool = False  # amlworld: institutions' rows stored, then streamed in training.
+  stream: bool = False  # amlworld, csv_dir: institutions' rows stored, then streamed in training.
 
   def __post_init__(self):
-    if self.stream and self.source is not Source.AMLWORLD:
-      raise errors.InputError(f'{{stream}} is for the amlworld source, not {self.source.value!r}.',
+    if self.stream and self.source not in (Source.AMLWORLD, Source.CSV_DIR):
+      raise errors.InputError(f'{{stream}} is for the amlworld and csv_dir sources, not {self.source.value!r}.',
                               blames=('stream',))
     if self.source is Source.FEDERATION and not self.schema_file:
       raise errors.InputError("the federation's coordinator needs the agreed {schema_file}.",
@@ -88,7 +90,11 @@ def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
   if spec.source is Source.AMLWORLD:
     return transactions.load(spec.selection, shard_dir=shard_dir if spec.stream else None, log=log)
   if spec.source is Source.CSV_DIR:
-    return csv_dir.load(spec.directory, schema_lib.Schema.from_json(spec.schema_file))
+    data = csv_dir.load(spec.directory, schema_lib.Schema.from_json(spec.schema_file))
+    if not spec.stream:
+      return data
+    # Stored afresh every time: the user's files may have changed since.
+    return shards.store_federation(data, shard_dir, key={'csv_dir': os.path.abspath(spec.directory)})
   if spec.source is Source.LENDING_CLUB:
     return _lending_club(spec, seed=seed)
   if spec.source is Source.FEDERATION:

@@ -131,6 +131,15 @@ def write_manifest(directory: str, key: dict, institutions: Sequence[StoredInsti
   })
 
 
+def store_federation(data: federated_data.FederatedData, directory: str,
+                     key: dict) -> federated_data.FederatedData:
+  """`data` with every institution's rows stored under `directory` (`store`), and its manifest."""
+  os.makedirs(directory, exist_ok=True)
+  stored = tuple(store(i, data.schema, directory) for i in data.institutions)
+  write_manifest(directory, key, stored)
+  return federated_data.FederatedData(schema=data.schema, institutions=stored)
+
+
 def read_manifest(directory: str, key: dict) -> Optional[list[StoredInstitution]]:
   """The institutions stored in `directory` from the same `key`, or None."""
   path = os.path.join(directory, MANIFEST)

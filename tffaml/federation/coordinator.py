@@ -113,18 +113,10 @@ SECURE_AGGREGATORS = ('mean', 'gaussian_fixed')
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Refuses what needs rows in the coordinator's process, before any work."""
-  needs_rows = {
-      'config.model.alert_budget': config.model.alert_budget,
-      'config.evaluation.alert_budgets': tuple(config.evaluation.alert_budgets),
-      'config.reference.centralized_epochs': config.reference.centralized_epochs,
-      'config.data.stream': config.data.stream,
-  }
-  for key, value in needs_rows.items():
-    if value:
-      raise errors.ConfigError(f'{key}={value!r} needs the rows in one process; a federation runs'
-                               f' without it: set {key} to its empty value, or use scripts/train.py.')
-  if config.attack.type != 'none':
-    raise errors.ConfigError("config.attack.type simulates attackers in one process; set it to 'none'.")
+  if config.data.stream:
+    raise errors.ConfigError('config.data.stream=True stores the rows in the coordinator\'s workdir; a'
+                             ' federation\'s rows are at its nodes: set it to False.')
+  program.refuse_needing_rows(config, runtime='a federation', fix='use scripts/train.py')
   if experiment.parse_choices(config).algorithm is not processes.Algorithm.FEDAVG:
     raise errors.ConfigError(
         f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'

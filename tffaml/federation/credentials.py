@@ -51,7 +51,7 @@ def _refuse_existing(*paths: str) -> None:
       raise FileExistsError(f'{path} exists; credentials are never overwritten.')
 
 
-def _write(path: str, data: bytes, *, private: bool) -> str:
+def write_file(path: str, data: bytes, *, private: bool) -> str:
   _refuse_existing(path)
   with io.atomic_path(path) as tmp:
     if private:
@@ -61,7 +61,7 @@ def _write(path: str, data: bytes, *, private: bool) -> str:
   return path
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey, form: serialization.PrivateFormat) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey, form: serialization.PrivateFormat) -> bytes:
   return key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
 
 
@@ -72,7 +72,7 @@ def _san(host: str) -> x509.GeneralName:
     return x509.DNSName(host)
 
 
-def _certificate(subject: x509.Name, public_key, issuer: x509.Name, signer, *, days: int, ca: bool,
+def make_certificate(subject: x509.Name, public_key, issuer: x509.Name, signer, *, days: int, ca: bool,
                  hosts: Sequence[str] = ()) -> x509.Certificate:
   now = datetime.datetime.now(datetime.timezone.utc)
   builder = (x509.CertificateBuilder()
@@ -99,14 +99,14 @@ def write_tls(out_dir: str, *, hosts: Sequence[str], days: int = 365) -> TlsFile
   _refuse_existing(*dataclasses.astuple(files))
   ca_key, key = ec.generate_private_key(CURVE()), ec.generate_private_key(CURVE())
   ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'tffaml federation CA')])
-  ca = _certificate(ca_name, ca_key.public_key(), ca_name, ca_key, days=days, ca=True)
-  server = _certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), key.public_key(),
+  ca = make_certificate(ca_name, ca_key.public_key(), ca_name, ca_key, days=days, ca=True)
+  server = make_certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), key.public_key(),
                         ca_name, ca_key, days=days, ca=False, hosts=hosts)
   pem = serialization.Encoding.PEM
-  _write(files.ca_key, _pem_key(ca_key, serialization.PrivateFormat.PKCS8), private=True)
-  _write(files.key, _pem_key(key, serialization.PrivateFormat.PKCS8), private=True)
-  _write(files.ca_certificate, ca.public_bytes(pem), private=False)
-  _write(files.certificate, server.public_bytes(pem), private=False)
+  write_file(files.ca_key, pem_key(ca_key, serialization.PrivateFormat.PKCS8), private=True)
+  write_file(files.key, pem_key(key, serialization.PrivateFormat.PKCS8), private=True)
+  write_file(files.ca_certificate, ca.public_bytes(pem), private=False)
+  write_file(files.certificate, server.public_bytes(pem), private=False)
   return files
 
 
@@ -116,8 +116,8 @@ def write_node_key(out_dir: str, name: str) -> tuple[str, str]:
   private, public = os.path.join(out_dir, name), os.path.join(out_dir, f'{name}.pub')
   _refuse_existing(private, public)
   key = ec.generate_private_key(CURVE())
-  _write(private, _pem_key(key, serialization.PrivateFormat.OpenSSH), private=True)
-  _write(public, key.public_key().public_bytes(
+  write_file(private, pem_key(key, serialization.PrivateFormat.OpenSSH), private=True)
+  write_file(public, key.public_key().public_bytes(
       serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b'\n', private=False)
   return private, public
 
@@ -134,7 +134,7 @@ def write_authorized_nodes(path: str, public_keys: Sequence[str]) -> str:
       raise errors.InputError(f'{key_file}: not an OpenSSH public key (a node\'s {{name}}.pub from'
                               ' write_node_key); give each node\'s public key, never a private one.') from None
     lines.append(data)
-  return _write(path, b'\n'.join(lines) + b'\n', private=False)
+  return write_file(path, b'\n'.join(lines) + b'\n', private=False)
 
 
 @dataclasses.dataclass(frozen=True)

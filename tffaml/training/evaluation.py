@@ -7,7 +7,7 @@ compute without moving data.
 
 import collections
 import math
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from sklearn import metrics as sk_metrics
@@ -38,15 +38,19 @@ def evaluate(
     test_sets: Mapping[str, tf.data.Dataset],
     *,
     per_institution: bool = True,
+    run_next: Optional[Callable[[Any, list[str]], Any]] = None,
 ) -> dict:
-  """{'pooled': metrics, 'institutions': {name: metrics}} of `model_weights`."""
+  """{'pooled': metrics, 'institutions': {name: metrics}} of `model_weights`.
+
+  `run_next(state, names)`: `eval_process.next` on the named institutions'
+  test sets, where they are (by default here).
+  """
+  if run_next is None:
+    run_next = lambda state, names: eval_process.next(state, [test_sets[n] for n in names])
   state = eval_process.set_model_weights(eval_process.initialize(), model_weights)
-  result = {'pooled': _metrics(eval_process.next(state, list(test_sets.values())))}
+  result = {'pooled': _metrics(run_next(state, list(test_sets)))}
   if per_institution:
-    result['institutions'] = {
-        name: _metrics(eval_process.next(state, [dataset]))
-        for name, dataset in test_sets.items()
-    }
+    result['institutions'] = {name: _metrics(run_next(state, [name])) for name in test_sets}
   return result
 
 

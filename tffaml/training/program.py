@@ -233,9 +233,9 @@ def run(
     stop_after_round: Stop after checkpointing this round, as a killed run
       would (for tests); no evaluation or export then.
     log: Where progress lines go.
-    runtime: Where the institutions' data and client work live: this process
-      (`InProcess()`, the default) or a federation of nodes
-      (`tffaml.federation.coordinator.Federation`).
+    runtime: Where the institutions' data and client work live: by default
+      config.runtime's (`configured_runtime`: this process, or TFF workers);
+      or a federation of nodes (`tffaml.federation.coordinator.Federation`).
     checkpoint_key: An AES-256 key (`tffaml.export.encryption.load_key`):
       checkpoints are sealed with it at rest. A run resumes only with the
       key it started with, or only without one.
@@ -253,7 +253,7 @@ def run(
         f'config.canary_audit.canaries={config.canary_audit.canaries} makes the run a canary audit, which'
         ' trains an instrumented model and exports nothing: run scripts/canary_audit.py (or'
         ' scripts/coordinator.py in a federation), or set config.canary_audit.canaries=0 to train.')
-  runtime = runtime or InProcess()
+  runtime = runtime or configured_runtime(config)
   runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
   if config.data.source == loading.Source.CSV_DIR.value and config.data.dir:
@@ -267,6 +267,13 @@ def run(
     if created and os.path.isdir(paths.root) and set(os.listdir(paths.root)) <= {'.lock'}:
       shutil.rmtree(paths.root, ignore_errors=True)  # Refused before any work: leave nothing.
     raise
+
+
+def configured_runtime(config: ml_collections.ConfigDict) -> 'Runtime':
+  """The runtime config.runtime names: TFF workers (`tffaml.cluster`), or this process."""
+  # Imported here: tffaml.cluster builds on this module.
+  from tffaml.cluster import runtime as cluster_runtime  # pylint: disable=g-import-not-at-top
+  return cluster_runtime.Workers.from_config(config) or InProcess()
 
 
 def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
@@ -383,6 +390,21 @@ class Runtime(Protocol):
 
   def build(self, config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
     """The model, its processes and how rounds and evaluations run."""
+
+
+def refuse_needing_rows(config: ml_collections.ConfigDict, *, runtime: str, fix: str) -> None:
+  """Refuses (errors.ConfigError) what reads rows in this process, for a `runtime` whose rows are elsewhere."""
+  needs_rows = {
+      'config.model.alert_budget': config.model.alert_budget,
+      'config.evaluation.alert_budgets': tuple(config.evaluation.alert_budgets),
+      'config.reference.centralized_epochs': config.reference.centralized_epochs,
+  }
+  for key, value in needs_rows.items():
+    if value:
+      raise errors.ConfigError(f'{key}={value!r} needs the rows in one process; {runtime} runs'
+                               f' without it: set {key} to its empty value, or {fix}.')
+  if config.attack.type != 'none':
+    raise errors.ConfigError(f"config.attack.type simulates attackers in one process; set it to 'none' or {fix}.")
 
 
 class InProcess:

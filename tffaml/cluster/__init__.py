@@ -1,0 +1,1 @@
+"""A simulation spread over TFF workers on several machines (scripts/worker.py, config.runtime)."""

@@ -1,0 +1,329 @@
+"""`program.Runtime` over TFF workers on several machines: a simulation larger than one machine.
+
+Each worker (`scripts/worker.py`) holds some institutions' files. A round's
+cohort is split by which worker holds each institution; TFF's mergeable form
+of the round (`compile_to_mergeable_comp_form(process.next)`) runs its
+`up_to_merge` on each worker holding a member, in parallel, and its `merge`
+and `after_merge` (the aggregation's last step and the server update, DP
+noise included) here. TFF's own mergeable context is not used: it cuts the
+client list into chunks in order and runs the merge and server step on
+whichever worker finishes last, where that worker would see the others'
+partial sums.
+
+What travels: to a worker, the server state with every DP noise seed zeroed
+(`workdir.redact`: the noise is drawn here) and, per member, the graph of
+its dataset (its file name, batch size and shuffle seed); back, the
+worker's partial aggregate (sums over its members of updates and metrics).
+Evaluation the same way, with the model's weights. The institutions' rows
+never leave their worker. The worker's description of its files
+(`worker.json`) is read by a TFF graph too: no other channel is used.
+
+Secure sums run as the plain sums they compute: the workers are one
+researcher's machines, not institutions (for those, see tffaml.federation).
+"""
+
+import asyncio
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import grpc
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.common_libs import structure
+from tensorflow_federated.python.core.backends.native import compiler as native_compiler
+from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
+from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+from tensorflow_federated.python.core.impl.executors import remote_executor
+from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
+from tensorflow_federated.python.core.impl.types import type_conversions
+
+from tffaml import errors
+from tffaml import features
+from tffaml.cluster import statistics
+from tffaml.cluster import tls
+from tffaml.cluster import worker as worker_lib
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+from tffaml.data import shards
+from tffaml.federated import client_data
+from tffaml.federated import processes
+from tffaml.federation import coordinator
+from tffaml.training import evaluation
+from tffaml.training import experiment
+from tffaml.training import program
+from tffaml.training import workdir as workdir_lib
+
+
+class _Context(async_execution_context.AsyncExecutionContext):
+  """TFF's async context, making one attempt per call.
+
+  TFF retries a call that fails with UNAVAILABLE forever, 30 s apart: a dead
+  worker would hang the run. Here the round fails, naming the worker, and
+  the run resumes from its last checkpoint once the worker is back.
+  """
+
+  invoke = async_execution_context.AsyncExecutionContext.invoke.__wrapped__
+
+
+class _Bytes(grpc.UnaryUnaryClientInterceptor):
+  """Counts the bytes of the executor service's messages to and from one worker."""
+
+  def __init__(self):
+    self.sent = self.received = 0
+
+  def intercept_unary_unary(self, continuation, client_call_details, request):
+    self.sent += request.ByteSize()
+    outcome = continuation(client_call_details, request)
+    if outcome.exception() is None:
+      self.received += outcome.result().ByteSize()
+    return outcome
+
+
+@dataclasses.dataclass
+class Worker:
+  """A worker's address and the TFF context that runs computations on it."""
+
+  address: str
+  context: _Context
+  stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub
+  traffic: _Bytes
+
+
+def connect(address: str, certificates: Optional[tls.ClusterTls], *, timeout: float) -> Worker:
+  """A context on the worker at `address`, once it answers (errors.RunFailed after `timeout` s)."""
+  traffic = _Bytes()
+  channel = grpc.intercept_channel(tls.channel(address, certificates), traffic)
+  stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+  deadline = time.monotonic() + timeout
+  while not stub.is_ready:
+    if time.monotonic() > deadline:
+      raise errors.RunFailed(
+          f'worker {address}: no answer after {timeout:g} s. Start it (scripts/worker.py --port=PORT'
+          ' --data_dir=DIR), check config.runtime.workers and, with TLS, config.runtime.certificates.')
+    time.sleep(0.1)
+
+  def executor(cardinalities):
+    cardinalities.setdefault(tff.CLIENTS, 0)
+    ex = remote_executor.RemoteExecutor(stub)
+    ex.set_cardinalities(cardinalities)
+    return ex
+
+  context = _Context(
+      executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=executor),
+      compiler_fn=native_compiler.desugar_and_transform_to_native,
+      transform_args=tensorflow_computation.transform_args,
+      transform_result=tensorflow_computation.transform_result)
+  return Worker(address=address, context=context, stub=stub, traffic=traffic)
+
+
+async def _call(worker: Worker, comp: tff.Computation, *args):
+  """`comp(*args)` on `worker`; a failure is raised as errors.RunFailed naming it."""
+  with tff.framework.get_context_stack().install(worker.context):
+    pending = comp(*args)
+  try:
+    return await pending
+  except (grpc.RpcError, tff.framework.RetryableError) as e:
+    cause = e.code().name if isinstance(e, grpc.Call) else str(e).splitlines()[0][:200]
+    raise errors.RunFailed(f'worker {worker.address} failed ({cause}).') from None
+
+
+def _run(coro):
+  return asyncio.run(coro)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roster:
+  """The institutions the workers hold: `program.Runtime.load`'s `data`."""
+
+  schema: schema_lib.Schema
+  institutions: tuple[shards.StoredInstitution, ...]  # Files relative to their worker's directory.
+  holders: tuple[int, ...]  # Each institution's worker (an index into the workers).
+  units: tuple[int, ...]
+
+  def summary(self) -> list[dict]:
+    return [{'institution': i.name, **i.counts} for i in self.institutions]
+
+
+def roster(infos: Sequence[dict], addresses: Sequence[str], expected: Optional[schema_lib.Schema]) -> Roster:
+  """The workers' `worker.json`s as one federation, in the order of the institutions' names.
+
+  Raises:
+    errors.RunFailed: the workers' schemas differ (or differ from `expected`),
+      or two of them hold the same institution.
+  """
+  schemas = [schema_lib.Schema.from_dict(info['schema'], source=f'worker {a}') for info, a in zip(infos, addresses)]
+  reference = expected or schemas[0]
+  for schema, address in zip(schemas, addresses):
+    if schema != reference:
+      raise errors.RunFailed(f'worker {address} holds data of another schema than '
+                             f'{"config.data.schema_file" if expected else "worker " + addresses[0]}.')
+  held = {}
+  for k, info in enumerate(infos):
+    for entry in info['institutions']:
+      if entry['name'] in held:
+        raise errors.RunFailed(f'institution {entry["name"]!r} is on workers {addresses[held[entry["name"]][0]]}'
+                               f' and {addresses[k]}; each institution must be on one worker.')
+      held[entry['name']] = (k, entry)
+  names = sorted(held)
+  institutions = tuple(shards.StoredInstitution(n, reference, held[n][1]['train'], held[n][1]['test'],
+                                                held[n][1]['counts']) for n in names)
+  federated_data.FederatedData(schema=reference, institutions=institutions)  # Its checks.
+  return Roster(schema=reference, institutions=institutions, holders=tuple(held[n][0] for n in names),
+                units=tuple(held[n][1]['units'] for n in names))
+
+
+def _read_info() -> tff.Computation:
+  """`( -> string)`: the worker's `worker.json`, read in its directory."""
+  return tff.tensorflow.computation(lambda: tf.io.read_file(worker_lib.INFO))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A computation in mergeable form, and its result's type (for the Python containers it returns)."""
+
+  forms: Any  # tff's MergeableCompForm: up_to_merge, merge, after_merge.
+  result_type: tff.Type
+
+  @classmethod
+  def of(cls, comp: tff.Computation) -> 'Split':
+    """`comp`'s mergeable form; secure sums as the plain sums they compute (the workers are not institutions)."""
+    forms = tff.backends.native.compile_to_mergeable_comp_form(
+        tff.backends.test.replace_secure_intrinsics_with_bodies(comp))
+    return cls(forms=forms, result_type=comp.type_signature.result)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Refuses what the workers cannot run, before any work (errors.ConfigError)."""
+  program.refuse_needing_rows(config, runtime='TFF workers', fix='unset config.runtime.workers')
+  if config.record_dp.enabled:
+    raise errors.ConfigError(
+        'config.record_dp.enabled=True: record-level DP samples each institution\'s rows in Python, which a'
+        ' TFF worker cannot run (it runs TF graphs only). On workers use client-level DP'
+        " (config.record_dp.enabled=False with config.aggregator.type='gaussian_fixed' or"
+        " 'gaussian_adaptive'), or unset config.runtime.workers to run in one process.")
+
+
+class Workers:
+  """`program.Runtime` whose institutions' files and client work are on TFF workers."""
+
+  def __init__(self, addresses: Sequence[str], *, certificates: Optional[tls.ClusterTls] = None,
+               connect_seconds: float = 60.0):
+    if not addresses:
+      raise errors.ConfigError('config.runtime.workers names no worker; give host:port,host:port.')
+    self.addresses = tuple(addresses)
+    self._certificates, self._connect_seconds = certificates, connect_seconds
+    self.workers: list[Worker] = []
+    self.traffic: dict[str, float] = {}  # Bytes per worker of the last round (see `_gather`).
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Optional['Workers']:
+    """The workers config.runtime names; None when it names none (this process runs the simulation)."""
+    r = config.runtime
+    addresses = [a.strip() for a in r.workers.split(',') if a.strip()]
+    if not addresses:
+      return None
+    for address in addresses:
+      host, _, port = address.rpartition(':')
+      if not host or not port.isdigit():
+        raise errors.ConfigError(f'config.runtime.workers: {address!r} is not host:port.')
+    return cls(addresses, certificates=tls.ClusterTls(r.certificates) if r.certificates else None,
+               connect_seconds=r.connect_seconds)
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    check(config)
+
+  def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
+    del paths
+    self.workers = [connect(a, self._certificates, timeout=self._connect_seconds) for a in self.addresses]
+    infos = [json.loads(v) for v in _run(self._gather([(w, _read_info(), ()) for w in self.workers]))]
+    expected = schema_lib.Schema.from_json(config.data.schema_file) if config.data.schema_file else None
+    data = roster(infos, self.addresses, expected)
+    for k, address in enumerate(self.addresses):
+      held = [i.name for i, h in zip(data.institutions, data.holders) if h == k]
+      log(f'worker {address}: {", ".join(held) if held else "no institution"}')
+    return data
+
+  def census(self, data: Roster) -> list[dict]:
+    return [{'institution': i.name, 'train_rows': i.counts['train_rows'], 'units': u}
+            for i, u in zip(data.institutions, data.units)]
+
+  def feature_space(self, config: ml_collections.ConfigDict, data: Roster, noise) -> features.FeatureSpace:
+    def ask(request: features.Request, params: dict) -> list:
+      calls = [(self.workers[h], statistics.computation(i.train_path, data.schema, request, params), ())
+               for i, h in zip(data.institutions, data.holders)]
+      return [statistics.as_answer(request, v) for v in _run(self._gather(calls))]
+    return experiment.feature_space(config, data, noise, ask=ask)
+
+  def build(self, config, choices: experiment.Choices, setup, space, noise_seed: int) -> program.Built:
+    data, schema = setup.data, setup.data.schema
+    training = experiment.build_training(config, choices, setup.plan, space, schema, side=experiment.Side.WHOLE,
+                                         cohort=setup.cohort, noise_seed=noise_seed)
+    try:
+      train_split = Split.of(training.process.next)
+    except (TypeError, ValueError) as e:
+      raise errors.ConfigError(
+          f'config.aggregator.type={config.aggregator.type!r} with config.federated.algorithm='
+          f'{config.federated.algorithm!r}: the round does not split into per-worker parts and a merge'
+          f' ({str(e).splitlines()[0][:200]}); choose another aggregator or unset config.runtime.workers.') from None
+    eval_process = processes.build_eval_process(training.model_fn)
+    eval_split = Split.of(eval_process.next)
+    test_sets = {i.name: client_data.institution_dataset(
+        i, 'test', schema, batch_size=config.federated.eval_batch_size) for i in data.institutions}
+    index = {i.name: k for k, i in enumerate(data.institutions)}
+
+    def train_round(state, members: list[int], round_num: int):
+      datasets = {i: experiment.client_dataset(config, training.work, setup.plan, schema, data.institutions[i],
+                                               index=i, round_num=round_num, noise_seed=noise_seed)
+                  for i in members}
+      output = self.run_round(train_split, state, datasets, data.holders)
+      return output.state, {**program.flatten_metrics(output.metrics['client_work']['train'], 'train/'),
+                            **program.flatten_metrics(output.metrics['aggregator'], 'aggregator/'),
+                            **self.traffic}, members
+
+    def run_eval(state, names: list[str]):
+      return self.run_round(eval_split, state, {index[n]: test_sets[n] for n in names}, data.holders)
+
+    return program.Built(
+        keras_model_fn=training.keras_model_fn, process=training.process, train_round=train_round,
+        evaluate=lambda weights, per_institution: evaluation.evaluate(
+            eval_process, weights, test_sets, per_institution=per_institution, run_next=run_eval))
+
+  def run_round(self, split: Split, state, datasets: dict[int, Any], holders: Sequence[int]):
+    """`split`'s computation of (state, the datasets in index order).
+
+    `up_to_merge` on each worker holding an institution of `datasets`,
+    `merge` and `after_merge` here.
+    """
+    by_worker: dict[int, list[int]] = {}
+    for i in sorted(datasets):
+      by_worker.setdefault(holders[i], []).append(i)
+    shared = workdir_lib.redact(state)  # The noise seeds stay here.
+    partials = _run(self._gather([(self.workers[h], split.forms.up_to_merge,
+                                   (shared, [datasets[i] for i in members]))
+                                  for h, members in sorted(by_worker.items())]))
+    merged = partials[0]
+    for partial in partials[1:]:
+      merged = split.forms.merge(merged, partial)
+    result = split.forms.after_merge((state, [datasets[i] for i in sorted(datasets)]), merged)
+    # after_merge returns plain dicts: rebuilt as the computation's own result (its states' classes).
+    return type_conversions.type_to_py_container(structure.from_container(result, recursive=True),
+                                                 split.result_type)
+
+  async def _gather(self, calls: Sequence[tuple[Worker, tff.Computation, tuple]]) -> list:
+    """Runs each (worker, computation, args) at once; their results in order.
+
+    Sets `traffic`: the mean bytes sent to and received from each worker called.
+    """
+    before = [(w.traffic.sent, w.traffic.received) for w, _, _ in calls]
+    results = await asyncio.gather(*(_call(w, comp, *args) for w, comp, args in calls))
+    self.traffic = {
+        'cluster/bytes_sent_per_worker': float(np.mean([w.traffic.sent - b[0] for (w, _, _), b in zip(calls, before)])),
+        'cluster/bytes_received_per_worker': float(np.mean(
+            [w.traffic.received - b[1] for (w, _, _), b in zip(calls, before)])),
+    }
+    return results

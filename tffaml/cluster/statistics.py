@@ -1,0 +1,100 @@
+"""`features.answer`, as TensorFlow graphs a TFF worker runs on the files it holds.
+
+A worker of a multi-machine simulation runs graphs, not Python: each
+question of the federated feature statistics (`features.Request`) becomes a
+no-argument TF computation that reads one institution's training file (named
+relative to the worker's directory) and returns what `features.answer`
+returns for those rows. Only the answers leave the worker. The exact
+(non-DP) statistics only: the DP ones (`features.StatisticsNoise`) draw their
+noise in NumPy, and the cluster refuses record-level DP before any work.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tffaml import features
+from tffaml.data import schema as schema_lib
+from tffaml.data import shards
+
+_ALL_ROWS = (1 << 31) - 1  # One batch holds the whole file.
+
+
+def _rows(path: str, schema: schema_lib.Schema) -> collections.OrderedDict:
+  """The file's feature columns as tensors (float64 numeric, as `shards.read_frame` gives them)."""
+  columns, _ = shards.dataset(path, schema, batch_size=_ALL_ROWS).get_single_element()
+  return collections.OrderedDict(
+      (c, tf.cast(v, tf.float64) if c in schema.numeric else v) for c, v in columns.items())
+
+
+def _candidates(rows, schema: schema_lib.Schema, min_count: int) -> collections.OrderedDict:
+  out = collections.OrderedDict()
+  for column in schema.categorical:
+    values, _, counts = tf.unique_with_counts(rows[column])
+    out[column] = tf.boolean_mask(values, counts >= min_count)
+  return out
+
+
+def _histograms(rows, schema: schema_lib.Schema) -> collections.OrderedDict:
+  edges = tf.constant(features.HISTOGRAM_EDGES, tf.float64)
+  bins = len(features.HISTOGRAM_EDGES) + 1
+  counts = [tf.math.bincount(tf.cast(tf.searchsorted(edges, rows[c], side='right'), tf.int32),
+                             minlength=bins, maxlength=bins, dtype=tf.float64)
+            for c in schema.numeric]
+  return collections.OrderedDict(counts=tf.stack(counts) if counts else tf.zeros([0, bins], tf.float64))
+
+
+def _category_counts(rows, schema: schema_lib.Schema, candidates: dict) -> tf.Tensor:
+  counts = []
+  for column in schema.categorical:
+    values, _, value_counts = tf.unique_with_counts(rows[column])
+    wanted = tf.constant(np.asarray(candidates[column], dtype=object), tf.string, shape=[len(candidates[column])])
+    matches = tf.equal(wanted[:, None], values[None, :])
+    counts.append(tf.reduce_sum(tf.where(matches, tf.cast(value_counts, tf.float64)[None, :], 0.0), axis=1))
+  return tf.concat(counts, 0) if counts else tf.zeros([0], tf.float64)
+
+
+def _statistics(rows, schema: schema_lib.Schema, params: dict) -> collections.OrderedDict:
+  size = len(schema.numeric)
+  if size:
+    numeric = tf.stack([rows[c] for c in schema.numeric], axis=1)
+    lower = np.array([-np.inf if v is None else v for v in params['lower']], np.float64)
+    upper = np.array([np.inf if v is None else v for v in params['upper']], np.float64)
+    numeric = tf.minimum(tf.maximum(numeric, lower), upper)
+    count = tf.fill([size], tf.cast(tf.shape(numeric)[0], tf.float64))
+    total, squares = tf.reduce_sum(numeric, 0), tf.reduce_sum(tf.square(numeric), 0)
+  else:
+    count = total = squares = tf.zeros([0], tf.float64)
+  return collections.OrderedDict(count=count, sum=total, sum_of_squares=squares,
+                                 category_counts=_category_counts(rows, schema, params['candidates']))
+
+
+def computation(path: str, schema: schema_lib.Schema, request: features.Request,
+                params: dict) -> tff.Computation:
+  """`( -> answer)`: the answer to `request` about the rows in `path`, computed where the file is."""
+  if params.get('noise_share') is not None:
+    raise ValueError('DP feature statistics are not computed on TFF workers.')
+
+  @tff.tensorflow.computation
+  def answer():
+    rows = _rows(path, schema)
+    if request is features.Request.CANDIDATES:
+      return _candidates(rows, schema, params['min_count'])
+    if request is features.Request.HISTOGRAMS:
+      return _histograms(rows, schema)
+    if request is features.Request.STATISTICS:
+      return _statistics(rows, schema, params)
+    raise ValueError(f'no TF answer to {request!r}.')
+
+  return answer
+
+
+def as_answer(request: features.Request, value) -> dict:
+  """A computation's result in `features.answer`'s form (candidates as sorted str lists)."""
+  if request is features.Request.CANDIDATES:
+    return collections.OrderedDict(
+        (c, sorted(v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).tolist()))
+        for c, values in value.items())
+  return collections.OrderedDict((k, np.asarray(v, np.float64)) for k, v in value.items())
