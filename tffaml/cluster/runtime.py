@@ -129,7 +129,8 @@ async def _call(worker: Worker, comp: tff.Computation, *args):
     return await pending
   except (grpc.RpcError, tff.framework.RetryableError) as e:
     cause = e.code().name if isinstance(e, grpc.Call) else str(e).splitlines()[0][:200]
-    raise errors.RunFailed(f'worker {worker.address} failed ({cause}).') from None
+    raise errors.RunFailed(f'worker {worker.address} failed ({cause}); the run stops at its last checkpoint:'
+                           ' restart the worker and rerun the same command to resume.') from None
 
 
 def _run(coro):

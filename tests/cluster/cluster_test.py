@@ -1,0 +1,306 @@
+"""A simulation spread over TFF workers (scripts/worker.py) on this machine, against one process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl.testing import absltest
+import numpy as np
+import portpicker
+import psutil
+
+from configs import csv as csv_config
+from tests import helpers
+from tffaml import errors
+from tffaml import features
+from tffaml import runtime
+from tffaml.cluster import runtime as cluster_runtime
+from tffaml.cluster import statistics
+from tffaml.cluster import tls
+from tffaml.cluster import worker as worker_lib
+from tffaml.data import csv_dir
+from tffaml.data import schema as schema_lib
+from tffaml.data import shards
+from tffaml.training import program
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INSTITUTIONS = ('bank_a', 'bank_b', 'bank_c', 'bank_d')
+SPLIT = (('w1', ('bank_a', 'bank_b')), ('w2', ('bank_c', 'bank_d')))
+
+
+def write_split_federation(root: str) -> tuple[str, str, dict[str, str]]:
+  """The federation under `root`/data, and each worker's part of it: (data dir, schema, {worker: dir})."""
+  data_dir, schema_file = helpers.write_federation(root, institutions=INSTITUTIONS, rows=80)
+  parts = {}
+  for worker, names in SPLIT:
+    parts[worker] = os.path.join(root, worker)
+    for name in names:
+      shutil.copytree(os.path.join(data_dir, name), os.path.join(parts[worker], name))
+    shutil.copy(schema_file, os.path.join(parts[worker], 'schema.json'))
+  return data_dir, schema_file, parts
+
+
+class WorkerProcess:
+  """scripts/worker.py in its own process, on a free port of this machine."""
+
+  def __init__(self, data_dir: str, *, port: int = 0, certificates: str = '', schema_file: str = ''):
+    self.port = port or portpicker.pick_unused_port()
+    self.log = tempfile.NamedTemporaryFile('w+', suffix='.log', delete=False).name
+    security = [f'--certificates={certificates}', '--host=localhost'] if certificates else ['--insecure']
+    with open(self.log, 'w') as out:
+      self.process = subprocess.Popen(
+          [sys.executable, os.path.join(REPO, 'scripts', 'worker.py'), f'--port={self.port}',
+           f'--data_dir={data_dir}', f'--schema_file={schema_file}', *security], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while 'worker ready' not in self.output():
+      if self.process.poll() is not None or time.monotonic() > deadline:
+        raise AssertionError(f'worker did not start:\n{self.output()}')
+      time.sleep(0.2)
+
+  @property
+  def address(self) -> str:
+    return f'localhost:{self.port}'
+
+  def output(self) -> str:
+    with open(self.log) as f:
+      return f.read()
+
+  def binaries(self) -> list[psutil.Process]:
+    """Its worker_binary processes, found by the owner mark they inherit."""
+    found = []
+    for proc in psutil.process_iter(['name']):
+      try:
+        if (proc.info['name'] == 'worker_binary'
+            and proc.environ().get(runtime.OWNER_ENV) == str(self.process.pid)):
+          found.append(proc)
+      except psutil.Error:
+        pass
+    return found
+
+  def stop(self, sig: int = signal.SIGTERM) -> None:
+    binaries = self.binaries()
+    if self.process.poll() is None:
+      self.process.send_signal(sig)
+    self.process.wait(timeout=60)
+    _, alive = psutil.wait_procs(binaries, timeout=20)  # The watchdog's work after a SIGKILL.
+    assert not alive, f'worker_binary left behind: {alive}'
+
+
+def _weights(result: program.RunResult) -> np.ndarray:
+  return np.concatenate([w.ravel() for w in result.model.get_weights()])
+
+
+class TwoWorkersTest(absltest.TestCase):
+  """Two workers holding two institutions each, started once for these tests."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    cls.data_dir, cls.schema_file, parts = write_split_federation(cls.root)
+    cls.workers = [WorkerProcess(parts[w]) for w, _ in SPLIT]
+
+  @classmethod
+  def tearDownClass(cls):
+    for w in cls.workers:
+      w.stop()
+    super().tearDownClass()
+
+  def _config(self, preset: str):
+    config = csv_config.get_config(preset)
+    config.data.dir, config.data.schema_file = self.data_dir, self.schema_file
+    config.federated.rounds, config.federated.batch_size = 2, 16
+    config.features.min_category_count = 1
+    return config
+
+  def _both(self, config) -> tuple[program.RunResult, program.RunResult]:
+    """The run in this process (rows streamed from files, as on the workers), and on the workers."""
+    single = config.copy_and_resolve_references()
+    single.data.stream = True
+    one = program.run(single, self.create_tempdir().full_path, log=lambda _: None)
+    config.runtime.workers = ','.join(w.address for w in self.workers)
+    lines = []
+    spread = program.run(config, self.create_tempdir().full_path, log=lines.append)
+    self.assertIn(f'worker {self.workers[0].address}: bank_a, bank_b', lines)
+    return one, spread
+
+  def test_seeded_client_dp_gives_the_single_process_model(self):
+    config = self._config('smoke')  # Client-level DP, adaptive clipping, noise drawn in the coordinator.
+    config.privacy.noise_seed = 3
+    one, spread = self._both(config)
+    np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
+    self.assertAlmostEqual(spread.metrics['federated']['pooled']['auc'], one.metrics['federated']['pooled']['auc'],
+                           places=5)
+    self.assertEqual(spread.metrics['privacy'], one.metrics['privacy'])
+    self.assertEqual(set(spread.metrics['federated']['institutions']), set(INSTITUTIONS))
+    rows = open(os.path.join(spread.paths.root, 'results', 'metrics.csv')).read()
+    self.assertIn('cluster/bytes_sent_per_worker', rows)
+
+  def test_no_dp_with_a_worker_idle_in_a_round(self):
+    config = self._config('no_dp')
+    config.federated.sampling, config.federated.clients_per_round = 'fixed_size', 1  # One worker idles.
+    one, spread = self._both(config)
+    np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
+    for name in INSTITUTIONS:
+      self.assertAlmostEqual(spread.metrics['federated']['institutions'][name]['loss'],
+                             one.metrics['federated']['institutions'][name]['loss'], places=5)
+
+
+class FaultsTest(absltest.TestCase):
+
+  def test_a_killed_worker_fails_the_round_naming_it_and_the_run_resumes(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file, parts = write_split_federation(root)
+    first, second = WorkerProcess(parts['w1']), WorkerProcess(parts['w2'])
+    try:
+      config = csv_config.get_config('no_dp')
+      config.data.dir, config.data.schema_file = data_dir, schema_file
+      config.federated.rounds, config.features.min_category_count = 3, 1
+      config.runtime.workers = f'{first.address},{second.address}'
+      config.runtime.connect_seconds = 5.0
+      workdir = os.path.join(root, 'run')
+
+      def kill_after_round_1(line: str) -> None:
+        if line.startswith('round 1/3'):
+          second.stop(signal.SIGKILL)  # Mid-run; its watchdog stops the worker_binary (checked in stop).
+
+      with self.assertRaisesRegex(errors.RunFailed, f'worker {second.address} failed .*rerun the same command'):
+        program.run(config, workdir, log=kill_after_round_1)
+      with self.assertRaisesRegex(errors.RunFailed, f'worker {second.address}: no answer after 5 s'):
+        program.run(config, workdir, log=lambda _: None)
+      second = WorkerProcess(parts['w2'], port=second.port)
+      lines = []
+      result = program.run(config, workdir, log=lines.append)
+      self.assertEqual(result.rounds_completed, 3)
+      self.assertIn(f'resuming {workdir} after round 1', lines)
+    finally:
+      first.stop()
+      second.stop()
+
+  def test_an_absent_worker_is_named(self):
+    config = helpers.smoke_config(self.create_tempdir().full_path)
+    config.runtime.workers = f'localhost:{portpicker.pick_unused_port()}'
+    config.runtime.connect_seconds = 0.5
+    with self.assertRaisesRegex(errors.RunFailed, f'worker {config.runtime.workers}: no answer after 0.5 s'):
+      program.run(config, self.create_tempdir().full_path, log=lambda _: None)
+
+
+class TlsTest(absltest.TestCase):
+
+  def test_mutual_tls_trains_and_refuses_clients_without_the_cluster_certificate(self):
+    root = self.create_tempdir().full_path
+    files = tls.write_cluster_tls(os.path.join(root, 'pki'), hosts=['localhost'])
+    stranger = tls.write_cluster_tls(os.path.join(root, 'other'), hosts=['localhost'])
+    config = helpers.smoke_config(root, rounds=1)
+    worker = WorkerProcess(config.data.dir, certificates=files.directory, schema_file=config.data.schema_file)
+    try:
+      config.runtime.workers, config.runtime.certificates = worker.address, files.directory
+      result = program.run(config, os.path.join(root, 'run'), log=lambda _: None)
+      self.assertEqual(result.rounds_completed, 1)
+      for certificates in (None, stranger):  # In the clear; another CA's certificate.
+        with self.assertRaisesRegex(errors.RunFailed, 'no answer'):
+          cluster_runtime.connect(worker.address, certificates, timeout=1.0)
+    finally:
+      worker.stop()
+
+  def test_certificates_are_never_overwritten(self):
+    directory = self.create_tempdir().full_path
+    tls.write_cluster_tls(directory, hosts=['localhost'])
+    with self.assertRaises(FileExistsError):
+      tls.write_cluster_tls(directory, hosts=['localhost'])
+
+
+class RefusalsTest(absltest.TestCase):
+
+  def test_what_the_workers_cannot_run_is_refused_before_connecting(self):
+    cases = {
+        'record_dp.enabled': 'record-level DP samples each institution',
+        'model.alert_budget': 'needs the rows in one process',
+        'evaluation.alert_budgets': 'needs the rows in one process',
+    }
+    for key, message in cases.items():
+      config = helpers.smoke_config(self.create_tempdir().full_path)
+      config.runtime.workers = 'localhost:1'  # Nobody there: refused before trying.
+      section, field = key.split('.')
+      config[section][field] = {'record_dp.enabled': True, 'model.alert_budget': 0.01,
+                                'evaluation.alert_budgets': (0.01,)}[key]
+      with self.subTest(key), self.assertRaisesRegex(errors.ConfigError, message):
+        program.run(config, self.create_tempdir().full_path, log=lambda _: None)
+
+  def test_a_malformed_address_names_the_key(self):
+    config = csv_config.get_config('smoke')
+    config.runtime.workers = 'localhost'
+    with self.assertRaisesRegex(errors.ConfigError, "config.runtime.workers: 'localhost' is not host:port"):
+      cluster_runtime.Workers.from_config(config)
+    config.runtime.workers = ''
+    self.assertIsNone(cluster_runtime.Workers.from_config(config))
+
+  def test_worker_script_needs_certificates_or_insecure(self):
+    out = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'worker.py'), '--port=1',
+                          f'--data_dir={REPO}'], capture_output=True, text=True, cwd=REPO, timeout=120)
+    self.assertEqual(out.returncode, 2, out.stderr)
+    self.assertIn('give --certificates=DIR', out.stderr)
+    self.assertNotIn('Traceback', out.stderr)
+
+
+class WorkerDataTest(absltest.TestCase):
+
+  def test_statistics_graphs_answer_as_the_python_does(self):
+    data = helpers.load_federation()
+    stored = shards.store(data.institutions[0], data.schema, self.create_tempdir().full_path)
+    frame = stored.train
+    candidates = {'grade': ['A', 'C', 'Z']}
+    requests = [(features.Request.CANDIDATES, {'min_count': 18}), (features.Request.HISTOGRAMS, {}),
+                (features.Request.STATISTICS, {'candidates': candidates, 'lower': [2000.0, None],
+                                               'upper': [None, 20.0]})]
+    for request, params in requests:
+      with self.subTest(request.value):
+        value = statistics.as_answer(request, statistics.computation(stored.train_path, data.schema, request,
+                                                                     params)())
+        expected = features.answer(frame, data.schema, request, params)
+        self.assertEqual(list(value), list(expected))
+        for key in expected:
+          if request is features.Request.CANDIDATES:
+            self.assertEqual(value[key], expected[key])
+            self.assertNotEmpty(expected[key])
+          else:
+            np.testing.assert_allclose(value[key], expected[key], rtol=1e-12)
+
+  def test_prepare_serves_a_data_dir_or_linked_shards(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    from_csv = worker_lib.prepare(data_dir, os.path.join(root, 'a'), schema_file=schema_file, log=lambda _: None)
+    data = csv_dir.load(data_dir, schema_lib.Schema.from_json(schema_file))
+    shard_dir = os.path.join(root, 'shards')
+    shards.store_federation(data, shard_dir, key={'test': 1})
+    from_shards = worker_lib.prepare(shard_dir, os.path.join(root, 'b'), log=lambda _: None)
+    self.assertEqual(from_shards, from_csv)
+    self.assertEqual([i['name'] for i in from_csv['institutions']], ['bank_a', 'bank_b', 'bank_c'])
+    self.assertEqual(from_csv['institutions'][0]['units'], 60)  # No unit column: each row.
+    self.assertTrue(os.path.islink(os.path.join(root, 'b', 'bank_a.train.csv')))
+    with open(os.path.join(root, 'b', worker_lib.INFO)) as f:
+      self.assertEqual(json.load(f), from_shards)
+    with self.assertRaisesRegex(FileExistsError, 'not empty'):
+      worker_lib.prepare(data_dir, os.path.join(root, 'a'), schema_file=schema_file)
+
+  def test_roster_refuses_mixed_schemas_and_an_institution_on_two_workers(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    info = worker_lib.prepare(data_dir, os.path.join(root, 'a'), schema_file=schema_file, log=lambda _: None)
+    with self.assertRaisesRegex(errors.RunFailed, "institution 'bank_a' is on workers h:1 and h:2"):
+      cluster_runtime.roster([info, info], ['h:1', 'h:2'], None)
+    other = dict(info, schema=dict(info['schema'], categorical=[]))
+    with self.assertRaisesRegex(errors.RunFailed, 'worker h:2 holds data of another schema'):
+      cluster_runtime.roster([info, other], ['h:1', 'h:2'], None)
+    federation = cluster_runtime.roster([info], ['h:1'], None)
+    self.assertEqual([i.name for i in federation.institutions], ['bank_a', 'bank_b', 'bank_c'])
+    self.assertEqual(federation.holders, (0, 0, 0))
+
+
+if __name__ == '__main__':
+  absltest.main()
