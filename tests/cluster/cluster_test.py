@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl.testing import absltest
 import numpy as np
@@ -52,15 +51,8 @@ class WorkerProcess:
     self.port = port or portpicker.pick_unused_port()
     self.log = tempfile.NamedTemporaryFile('w+', suffix='.log', delete=False).name
     security = [f'--certificates={certificates}', '--host=localhost'] if certificates else ['--insecure']
-    with open(self.log, 'w') as out:
-      self.process = subprocess.Popen(
-          [sys.executable, os.path.join(REPO, 'scripts', 'worker.py'), f'--port={self.port}',
-           f'--data_dir={data_dir}', f'--schema_file={schema_file}', *security], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    deadline = time.monotonic() + 120
-    while 'worker ready' not in self.output():
-      if self.process.poll() is not None or time.monotonic() > deadline:
-        raise AssertionError(f'worker did not start:\n{self.output()}')
-      time.sleep(0.2)
+    self.process = worker_lib.spawn(data_dir, port=self.port, log_path=self.log,
+                                    flags=[f'--schema_file={schema_file}', *security])
 
   @property
   def address(self) -> str:
@@ -236,12 +228,14 @@ class RefusalsTest(absltest.TestCase):
     config = csv_config.get_config('smoke')
     config.runtime.workers = 'localhost'
     with self.assertRaisesRegex(errors.ConfigError, "config.runtime.workers: 'localhost' is not host:port"):
-      cluster_runtime.Workers.from_config(config)
+      program.configured_runtime(config)
     config.runtime.workers = ''
-    self.assertIsNone(cluster_runtime.Workers.from_config(config))
+    self.assertIsInstance(program.configured_runtime(config), program.InProcess)
+    config.runtime.workers = ' a:1, b:2 '
+    self.assertEqual(program.configured_runtime(config).addresses, ('a:1', 'b:2'))
 
   def test_worker_script_needs_certificates_or_insecure(self):
-    out = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'worker.py'), '--port=1',
+    out = subprocess.run([sys.executable, worker_lib.SCRIPT, '--port=1',
                           f'--data_dir={REPO}'], capture_output=True, text=True, cwd=REPO, timeout=120)
     self.assertEqual(out.returncode, 2, out.stderr)
     self.assertIn('give --certificates=DIR', out.stderr)

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import grpc
 import ml_collections
@@ -52,7 +52,6 @@ from tffaml.data import schema as schema_lib
 from tffaml.data import shards
 from tffaml.federated import client_data
 from tffaml.federated import processes
-from tffaml.federation import coordinator
 from tffaml.training import evaluation
 from tffaml.training import experiment
 from tffaml.training import program
@@ -222,28 +221,23 @@ class Workers:
     self.traffic: dict[str, float] = {}  # Bytes per worker of the last round (see `_gather`).
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> Optional['Workers']:
-    """The workers config.runtime names; None when it names none (this process runs the simulation)."""
-    r = config.runtime
-    addresses = [a.strip() for a in r.workers.split(',') if a.strip()]
-    if not addresses:
-      return None
-    for address in addresses:
-      host, _, port = address.rpartition(':')
-      if not host or not port.isdigit():
-        raise errors.ConfigError(f'config.runtime.workers: {address!r} is not host:port.')
-    return cls(addresses, certificates=tls.ClusterTls(r.certificates) if r.certificates else None,
-               connect_seconds=r.connect_seconds)
+  def of(cls, spec: experiment.Cluster) -> 'Workers':
+    """The workers of `spec` (`experiment.cluster`: config.runtime)."""
+    return cls(spec.addresses, certificates=tls.ClusterTls(spec.certificates) if spec.certificates else None,
+               connect_seconds=spec.connect_seconds)
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     check(config)
 
-  def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
-    del paths
+  def connect(self, expected: Optional[schema_lib.Schema] = None) -> Roster:
+    """Connects to every worker; the institutions they hold (their schema `expected`, if given)."""
     self.workers = [connect(a, self._certificates, timeout=self._connect_seconds) for a in self.addresses]
     infos = [json.loads(v) for v in _run(self._gather([(w, _read_info(), ()) for w in self.workers]))]
-    expected = schema_lib.Schema.from_json(config.data.schema_file) if config.data.schema_file else None
-    data = roster(infos, self.addresses, expected)
+    return roster(infos, self.addresses, expected)
+
+  def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
+    del paths
+    data = self.connect(schema_lib.Schema.from_json(config.data.schema_file) if config.data.schema_file else None)
     for k, address in enumerate(self.addresses):
       held = [i.name for i, h in zip(data.institutions, data.holders) if h == k]
       log(f'worker {address}: {", ".join(held) if held else "no institution"}')

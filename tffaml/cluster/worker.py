@@ -19,8 +19,9 @@ them itself.
 import json
 import os
 import subprocess
+import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import portpicker
 import tensorflow_federated as tff
@@ -114,7 +115,7 @@ def serve(serve_dir: str, *, port: int, host: str = '127.0.0.1', certificates: O
     try:
       if certificates:
         proxy = tls.start_proxy(listen=f'{host}:{port}', worker_port=worker_port, files=certificates)
-      log(f'worker ready on {host if certificates else "every interface"}:{port}'
+      log(f'{READY} on {host if certificates else "every interface"}:{port}'
           f' ({"mutual TLS" if certificates else "IN THE CLEAR, no authentication"}); serving {serve_dir}')
       while binary.poll() is None and not until():
         time.sleep(0.2)
@@ -124,3 +125,31 @@ def serve(serve_dir: str, *, port: int, host: str = '127.0.0.1', certificates: O
     finally:
       if proxy is not None:
         proxy.stop(grace=None)
+
+
+READY = 'worker ready'  # What `serve` prints once clients can connect.
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      'scripts', 'worker.py')
+
+
+def spawn(data_dir: str, *, port: int, log_path: str, flags: Sequence[str] = ('--insecure',),
+          timeout: float = 120.0) -> subprocess.Popen:
+  """scripts/worker.py for `data_dir` in a new process on this machine, once it serves (for tests, benchmarks).
+
+  Raises:
+    RuntimeError: it exited or did not serve within `timeout` s (its output in the message).
+  """
+  with open(log_path, 'w') as out:
+    process = subprocess.Popen([sys.executable, SCRIPT, f'--port={port}', f'--data_dir={data_dir}', *flags],
+                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+  deadline = time.monotonic() + timeout
+  while True:
+    with open(log_path) as f:
+      output = f.read()
+    if READY in output:
+      return process
+    if process.poll() is not None or time.monotonic() > deadline:
+      process.kill()
+      process.wait()
+      raise RuntimeError(f'the worker for {data_dir} did not start:\n{output[-2000:]}')
+    time.sleep(0.2)

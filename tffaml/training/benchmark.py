@@ -93,7 +93,7 @@ def _median_and_spread(times: Sequence[float]) -> tuple[float, list[float]]:
   return statistics.median(times), [min(times), max(times)]
 
 
-def _keras_references(keras_model_fn, pooled: tf.data.Dataset, repeats: int) -> dict:
+def keras_references(keras_model_fn, pooled: tf.data.Dataset, repeats: int) -> dict:
   fit_model = keras_model_fn()
   fit_model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss='binary_crossentropy')
   fit = _timed(lambda: fit_model.fit(pooled, epochs=1, verbose=0), repeats)
@@ -115,7 +115,7 @@ def _keras_references(keras_model_fn, pooled: tf.data.Dataset, repeats: int) -> 
   return {'fit': fit, 'loop': loop}
 
 
-def _processes(data, *, institutions: int, seed: int):
+def build_processes(data, *, institutions: int, seed: int):
   """(keras_model_fn, DP-FedAvg process, eval process, datasets(round)) of the benchmark."""
   space = features.compute_feature_space(data, min_category_count=1)
   keras_model_fn = lambda: tabular.build_model(
@@ -142,7 +142,7 @@ def _processes(data, *, institutions: int, seed: int):
 def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0) -> dict:
   """One setting's record (see the module docstring). Call inside a TFF runtime."""
   data = synthetic_federation(institutions=institutions, examples=examples, seed=seed)
-  keras_model_fn, process, eval_process, datasets = _processes(data, institutions=institutions,
+  keras_model_fn, process, eval_process, datasets = build_processes(data, institutions=institutions,
                                                                seed=seed)
   test_sets = [client_data.to_dataset(i.test, SCHEMA, batch_size=1024) for i in data.institutions]
   pooled = client_data.to_dataset(data.pooled('train'), SCHEMA, batch_size=BATCH_SIZE, shuffle_seed=0)
@@ -164,7 +164,7 @@ def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0
     manager = tff.program.FileProgramStateManager(checkpoint_dir, keep_total=1)
     saves = iter(range(1, 10**6))
     checkpoint = _timed(lambda: asyncio.run(manager.save(state[0], next(saves))), repeats)
-    references = _keras_references(keras_model_fn, pooled, repeats)
+    references = keras_references(keras_model_fn, pooled, repeats)
 
   round_s, round_spread = _median_and_spread(rounds)
   fit_s, fit_spread = _median_and_spread(references['fit'])

@@ -111,6 +111,30 @@ def check_values(config: ml_collections.ConfigDict) -> None:
                              ' set it to 0 with config.data.stream.')
 
 
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+  """The TFF workers config.runtime names (`tffaml.cluster.runtime.Workers`)."""
+
+  addresses: tuple[str, ...]  # host:port each.
+  certificates: str  # scripts/pki.py --cluster's directory; '': in the clear.
+  connect_seconds: float
+
+
+def cluster(config: ml_collections.ConfigDict) -> Optional[Cluster]:
+  """config.runtime's workers; None when it names none (the simulation runs in this process)."""
+  r = config.runtime
+  addresses = tuple(a.strip() for a in r.workers.split(',') if a.strip())
+  if not addresses:
+    return None
+  for address in addresses:
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit():
+      raise errors.ConfigError(f'config.runtime.workers: {address!r} is not host:port.')
+  if not r.connect_seconds > 0:
+    raise errors.ConfigError(f'config.runtime.connect_seconds must be > 0, got {r.connect_seconds!r}.')
+  return Cluster(addresses=addresses, certificates=r.certificates, connect_seconds=float(r.connect_seconds))
+
+
 # Where the data layer's arguments come from, for its errors (errors.named_as).
 _DATA_KEYS = {
     'stream': 'config.data.stream', 'directory': 'config.data.dir',

@@ -271,9 +271,12 @@ def run(
 
 def configured_runtime(config: ml_collections.ConfigDict) -> 'Runtime':
   """The runtime config.runtime names: TFF workers (`tffaml.cluster`), or this process."""
+  spec = experiment.cluster(config)
+  if spec is None:
+    return InProcess()
   # Imported here: tffaml.cluster builds on this module.
   from tffaml.cluster import runtime as cluster_runtime  # pylint: disable=g-import-not-at-top
-  return cluster_runtime.Workers.from_config(config) or InProcess()
+  return cluster_runtime.Workers.of(spec)
 
 
 def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:

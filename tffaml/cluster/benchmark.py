@@ -1,0 +1,179 @@
+"""What spreading a round over TFF workers buys: round time against the number of workers.
+
+One setting = a number of institutions sharing a fixed number of synthetic
+loan rows (`training.benchmark.synthetic_federation`), stored as shard files
+and dealt round-robin to W workers (scripts/worker.py processes on this
+machine). For the same DP-FedAvg round (every institution one local epoch,
+`gaussian_fixed` noise, the process `training.benchmark` times) it measures:
+
+* `round_seconds`: the round over the W workers (`Workers.run_round`:
+  `up_to_merge` on each worker at once, `merge` and `after_merge` here),
+  W = 0 meaning the same round in this process's TFF runtime, its datasets
+  streamed from the same files;
+* `examples_per_second`, `bytes_sent_per_worker`/`bytes_received_per_worker`
+  (the executor service's messages, both ways) and `peak_rss_mb` of each
+  worker's process tree;
+* `tutorial_round_seconds` (W = 0 row): the peer, the same model and rows
+  through plain TFF as its tutorials write it: `build_weighted_fed_avg`
+  with default settings, in-memory `from_tensor_slices` datasets, the local
+  runtime;
+* `loop_epoch_seconds` (W = 0 row): one epoch of a compiled Keras loop over
+  the pooled rows, the single-machine limit.
+
+Medians over `repeats` after a warm-up round.
+"""
+
+import collections
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import portpicker
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tffaml import rss as rss_lib
+from tffaml.cluster import runtime as cluster_runtime
+from tffaml.cluster import worker as worker_lib
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+from tffaml.data import shards
+from tffaml.federated import client_data
+from tffaml.training import benchmark
+
+
+def _median(fn: Callable[[], object], repeats: int) -> float:
+  fn()  # Warm-up: tracing and compilation are not what we measure.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _store_parts(data: federated_data.FederatedData, root: str, workers: int) -> list[str]:
+  """Each worker's institutions (round-robin) stored as shard files under `root`/w<k>."""
+  parts = []
+  for k in range(workers):
+    part = federated_data.FederatedData(data.schema, data.institutions[k::workers])
+    parts.append(os.path.join(root, f'w{k}'))
+    shards.store_federation(part, parts[-1], key={'benchmark': k})
+  return parts
+
+
+def _datasets(stored: Sequence[shards.StoredInstitution], round_num: int, *, relative: bool) -> dict:
+  return {k: shards.dataset(os.path.basename(i.train_path) if relative else i.train_path, i.schema,
+                            batch_size=benchmark.BATCH_SIZE, shuffle_seed=round_num)
+          for k, i in enumerate(stored)}
+
+
+def _over_workers(process, data, root: str, workers: int, repeats: int) -> dict:
+  """The round over `workers` local worker processes."""
+  parts, spawned = _store_parts(data, os.path.join(root, f'{workers}_workers'), workers), []
+  ports = [portpicker.pick_unused_port() for _ in parts]
+  try:
+    for k, (part, port) in enumerate(zip(parts, ports)):
+      spawned.append(worker_lib.spawn(part, port=port, log_path=os.path.join(root, f'worker{workers}_{k}.log')))
+    cluster = cluster_runtime.Workers([f'localhost:{port}' for port in ports])
+    roster = cluster.connect()
+    split = cluster_runtime.Split.of(process.next)
+    state, round_num = [process.initialize()], [0]
+
+    def one_round():
+      round_num[0] += 1
+      datasets = _datasets(roster.institutions, round_num[0], relative=True)
+      state[0] = cluster.run_round(split, state[0], datasets, roster.holders).state
+
+    samplers = [rss_lib.PeakRss(p.pid) for p in spawned]
+    for sampler in samplers:
+      sampler.__enter__()
+    seconds = _median(one_round, repeats)
+    for sampler in samplers:
+      sampler.__exit__(None, None, None)
+    return {'round_seconds': seconds, 'peak_rss_mb': [round(s.peak) for s in samplers],
+            'bytes_sent_per_worker': cluster.traffic['cluster/bytes_sent_per_worker'],
+            'bytes_received_per_worker': cluster.traffic['cluster/bytes_received_per_worker']}
+  finally:
+    for p in spawned:
+      p.terminate()
+      p.wait()
+
+
+def _tutorial_round(keras_model_fn, data: federated_data.FederatedData, repeats: int) -> float:
+  """The peer: TFF's tutorial FedAvg (default settings) on in-memory datasets, in this process."""
+  def to_dataset(frame):
+    tensors = client_data.feature_tensors(frame, data.schema)
+    labels = frame[schema_lib.LABEL_COLUMN].to_numpy(np.float32)[:, None]
+    return tf.data.Dataset.from_tensor_slices((tensors, labels)).batch(benchmark.BATCH_SIZE)
+
+  datasets = [to_dataset(i.train) for i in data.institutions]
+  spec = datasets[0].element_spec
+
+  def model_fn():
+    return tff.learning.models.from_keras_model(
+        keras_model_fn(), input_spec=spec, loss=tf.keras.losses.BinaryCrossentropy(),
+        metrics=[tf.keras.metrics.AUC()])
+
+  process = tff.learning.algorithms.build_weighted_fed_avg(
+      model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.05))
+  state = [process.initialize()]
+
+  def one_round():
+    state[0] = process.next(state[0], datasets).state
+
+  return _median(one_round, repeats)
+
+
+def measure(*, institutions: int, examples: int, workers: Sequence[int], repeats: int = 3,
+            seed: int = 0, log: Callable[[str], None] = print) -> list[dict]:
+  """Records for W in `workers` (0: this process, with the peer and the compiled loop). Call inside a TFF runtime."""
+  data = benchmark.synthetic_federation(institutions=institutions, examples=examples, seed=seed)
+  keras_model_fn, process, _, _ = benchmark.build_processes(data, institutions=institutions, seed=seed)
+  records = []
+  with tempfile.TemporaryDirectory() as root:
+    for count in workers:
+      record = collections.OrderedDict(institutions=institutions, examples=examples, workers=count)
+      if count:
+        record.update(_over_workers(process, data, root, count, repeats))
+      else:
+        stored = _store_parts(data, os.path.join(root, 'local'), 1)
+        local = shards.read_manifest(stored[0], {'benchmark': 0})
+        state, round_num = [process.initialize()], [0]
+
+        def one_round():
+          round_num[0] += 1
+          state[0] = process.next(state[0], list(_datasets(local, round_num[0], relative=False).values())).state
+
+        with rss_lib.PeakRss() as rss:
+          record['round_seconds'] = _median(one_round, repeats)
+        record['peak_rss_mb'] = [round(rss.peak)]
+        record['tutorial_round_seconds'] = _tutorial_round(keras_model_fn, data, repeats)
+        pooled = client_data.to_dataset(data.pooled('train'), data.schema, batch_size=benchmark.BATCH_SIZE,
+                                        shuffle_seed=0)
+        record['loop_epoch_seconds'] = statistics.median(
+            benchmark.keras_references(keras_model_fn, pooled, repeats)['loop'])
+      record['examples_per_second'] = examples / record['round_seconds']
+      log(f'{institutions} institutions, {count or "no"} workers: round {record["round_seconds"]:.3f} s')
+      records.append(record)
+  return records
+
+
+def markdown(records: Sequence[dict], machine: str) -> str:
+  lines = [f'Measured on {machine}.', '',
+           '| institutions | workers | round s | examples/s | x one process | tutorial round s |'
+           ' loop epoch s | peak RSS MB per process | bytes to / from each worker |',
+           '|---|---|---|---|---|---|---|---|---|']
+  alone = {r['institutions']: r['round_seconds'] for r in records if not r['workers']}
+  for r in records:
+    ratio = r['round_seconds'] / alone[r['institutions']] if r['institutions'] in alone else float('nan')
+    traffic = (f'{r["bytes_sent_per_worker"] / 1e6:.2f} MB / {r["bytes_received_per_worker"] / 1e6:.2f} MB'
+               if r['workers'] else '-')
+    lines.append(
+        f'| {r["institutions"]} | {r["workers"] or "none (this process)"} | {r["round_seconds"]:.3f} |'
+        f' {r["examples_per_second"]:.0f} | {ratio:.2f} | {r.get("tutorial_round_seconds", float("nan")):.3f} |'
+        f' {r.get("loop_epoch_seconds", float("nan")):.3f} | {", ".join(map(str, r["peak_rss_mb"]))} | {traffic} |')
+  return '\n'.join(lines) + '\n'
