@@ -244,14 +244,14 @@ def answer(frame: pd.DataFrame, schema: schema_lib.Schema, request: Request, par
         category_counts=category_counts(frame, schema, params['candidates']))
   else:
     raise ValueError(f'no answer to {request!r}.')
-  return _noised(value, params['noise_share'], noise_key, params['release']) if dp else value
+  return noised(value, params['noise_share'], noise_key, params['release']) if dp else value
 
 
 def _bounds(values: list, unbounded: float) -> np.ndarray:
   return np.array([unbounded if v is None else v for v in values], np.float64)
 
 
-def _noised(value: collections.OrderedDict, share: float, noise_key: Optional[tuple[int, int]],
+def noised(value: collections.OrderedDict, share: float, noise_key: Optional[tuple[int, int]],
             release: int) -> collections.OrderedDict:
   if noise_key is None:
     raise ValueError('DP statistics need a noise_key (the noise seed and the institution index).')

@@ -25,6 +25,7 @@ from tffaml.cluster import worker as worker_lib
 from tffaml.data import csv_dir
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
+from tffaml.training import canary_audit
 from tffaml.training import program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -116,6 +117,7 @@ class TwoWorkersTest(absltest.TestCase):
     single.data.stream = True
     one = program.run(single, self.create_tempdir().full_path, log=lambda _: None)
     config.runtime.workers = ','.join(w.address for w in self.workers)
+    config.data.dir = ''  # The coordinator holds no rows: the workers' files and its schema file.
     lines = []
     spread = program.run(config, self.create_tempdir().full_path, log=lines.append)
     self.assertIn(f'worker {self.workers[0].address}: bank_a, bank_b', lines)
@@ -132,6 +134,14 @@ class TwoWorkersTest(absltest.TestCase):
     self.assertEqual(set(spread.metrics['federated']['institutions']), set(INSTITUTIONS))
     rows = open(os.path.join(spread.paths.root, 'results', 'metrics.csv')).read()
     self.assertIn('cluster/bytes_sent_per_worker', rows)
+
+  def test_the_default_record_level_dp_gives_the_single_process_model(self):
+    config = self._config('')  # Distributed DP-SGD at ε = 1 and DP feature statistics.
+    config.privacy.noise_seed = 5
+    one, spread = self._both(config)
+    np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
+    self.assertEqual(spread.metrics['privacy'], one.metrics['privacy'])
+    self.assertIn('record', json.dumps(spread.metrics['privacy']))
 
   def test_no_dp_with_a_worker_idle_in_a_round(self):
     config = self._config('no_dp')
@@ -153,7 +163,7 @@ class FaultsTest(absltest.TestCase):
       config = csv_config.get_config('no_dp')
       config.data.dir, config.data.schema_file = data_dir, schema_file
       config.federated.rounds, config.features.min_category_count = 3, 1
-      config.runtime.workers = f'{first.address},{second.address}'
+      config.runtime.workers, config.data.dir = f'{first.address},{second.address}', ''
       config.runtime.connect_seconds = 5.0
       workdir = os.path.join(root, 'run')
 
@@ -210,19 +220,23 @@ class TlsTest(absltest.TestCase):
 class RefusalsTest(absltest.TestCase):
 
   def test_what_the_workers_cannot_run_is_refused_before_connecting(self):
-    cases = {
-        'record_dp.enabled': 'record-level DP samples each institution',
-        'model.alert_budget': 'needs the rows in one process',
-        'evaluation.alert_budgets': 'needs the rows in one process',
-    }
-    for key, message in cases.items():
+    cases = {'model.alert_budget': 0.01, 'evaluation.alert_budgets': (0.01,), 'attack.type': 'boost'}
+    for key, value in cases.items():
       config = helpers.smoke_config(self.create_tempdir().full_path)
       config.runtime.workers = 'localhost:1'  # Nobody there: refused before trying.
       section, field = key.split('.')
-      config[section][field] = {'record_dp.enabled': True, 'model.alert_budget': 0.01,
-                                'evaluation.alert_budgets': (0.01,)}[key]
-      with self.subTest(key), self.assertRaisesRegex(errors.ConfigError, message):
+      config[section][field] = value
+      with self.subTest(key), self.assertRaisesRegex(errors.ConfigError, 'in one process'):
         program.run(config, self.create_tempdir().full_path, log=lambda _: None)
+
+  def test_record_level_dp_over_units_of_several_rows_is_refused(self):
+    config = csv_config.get_config()
+    schema = schema_lib.Schema.from_dict(dict(helpers.SCHEMA, unit='account'))
+    with self.assertRaisesRegex(errors.ConfigError, "unit column 'account'"):
+      cluster_runtime.check_units(config, schema)
+    cluster_runtime.check_units(config, schema_lib.Schema.from_dict(helpers.SCHEMA))  # Rows as units.
+    config.record_dp.enabled = False
+    cluster_runtime.check_units(config, schema)  # Client-level DP: units do not matter.
 
   def test_a_malformed_address_names_the_key(self):
     config = csv_config.get_config('smoke')
@@ -233,6 +247,14 @@ class RefusalsTest(absltest.TestCase):
     self.assertIsInstance(program.configured_runtime(config), program.InProcess)
     config.runtime.workers = ' a:1, b:2 '
     self.assertEqual(program.configured_runtime(config).addresses, ('a:1', 'b:2'))
+
+  def test_commands_with_their_own_runtime_refuse_workers(self):
+    config = helpers.smoke_config(self.create_tempdir().full_path)
+    config.runtime.workers = 'localhost:1'
+    with self.assertRaisesRegex(errors.ConfigError, 'the canary audit runs in this process'):
+      canary_audit.audit(config, canaries=10, seed=0)
+    with self.assertRaisesRegex(errors.ConfigError, 'this command runs in this process'):
+      program.run(config, self.create_tempdir().full_path, runtime=program.InProcess())
 
   def test_worker_script_needs_certificates_or_insecure(self):
     out = subprocess.run([sys.executable, worker_lib.SCRIPT, '--port=1',
@@ -264,6 +286,21 @@ class WorkerDataTest(absltest.TestCase):
             self.assertNotEmpty(expected[key])
           else:
             np.testing.assert_allclose(value[key], expected[key], rtol=1e-12)
+
+  def test_dp_statistics_are_the_python_answers_once_the_coordinator_adds_the_noise(self):
+    data = helpers.load_federation()
+    stored = shards.store(data.institutions[1], data.schema, self.create_tempdir().full_path)
+    key = (1234, 1)  # (noise seed, institution index)
+    requests = [(features.Request.HISTOGRAMS, {'noise_share': 2.0, 'release': 0}),
+                (features.Request.FINE_COUNTS, {'noise_share': 2.0, 'release': 1, 'candidates': {'grade': ['A', 'B']},
+                                                'ranges': [(1000.0, 30000.0, 10.0), (5.0, 25.0, 0.1)]})]
+    for request, params in requests:
+      with self.subTest(request.value):
+        exact = statistics.as_answer(request, statistics.computation(stored.train_path, data.schema, request,
+                                                                     params)())
+        expected = features.answer(stored.train, data.schema, request, params, noise_key=key)
+        for name, value in features.noised(exact, params['noise_share'], key, params['release']).items():
+          np.testing.assert_allclose(value, expected[name], rtol=1e-12)
 
   def test_prepare_serves_a_data_dir_or_linked_shards(self):
     root = self.create_tempdir().full_path

@@ -6,7 +6,9 @@ import tensorflow_federated as tff
 
 from tests import helpers
 from tffaml import features
+from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
+from tffaml.data import shards
 from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
@@ -99,6 +101,24 @@ class PoissonBatchesTest(tf.test.TestCase):
     self.assertAllClose(sizes.mean(), 100.0, atol=4.0)
     with self.assertRaisesRegex(ValueError, r'sampling_rate must be in \(0, 1\], got 0'):
       dp_sgd.poisson_sample(self.frame, self.schema, sampling_rate=0, steps=1, seed=0)
+
+  def test_a_stored_split_sampled_from_its_row_count_gives_the_same_steps(self):
+    stored = shards.store(federated_data.Institution('bank', self.frame, self.frame), self.schema,
+                          self.create_tempdir().full_path)
+    rate, steps = dp_sgd.batches_plan(units=400, expected_batch_size=20, epochs=1)
+    expected = list(dp_sgd.poisson_sample(stored.train, self.schema, sampling_rate=rate, steps=steps, seed=9))
+    streamed = list(dp_sgd.stored_sample(stored.train_path, 400, self.schema, sampling_rate=rate, steps=steps,
+                                         seed=9))
+    self.assertLen(streamed, 20)
+    self.assertEqual(streamed[0][0].keys(), expected[0][0].keys())
+    for got, want in zip(streamed, expected):
+      for name in want[0]:
+        self.assertAllEqual(got[0][name], want[0][name])
+      for part in (1, 2, 3):  # Labels, each row's unit, the step's noise seed.
+        self.assertAllEqual(got[part], want[part])
+    with self.assertRaisesRegex(ValueError, "'account' groups them into units"):
+      dp_sgd.stored_sample(stored.train_path, 400, schema_lib.Schema.from_dict(dict(helpers.SCHEMA, unit='account')),
+                           sampling_rate=rate, steps=steps, seed=9)
 
   def test_batch_larger_than_institution_is_refused(self):
     with self.assertRaisesRegex(ValueError, r'expected_batch_size must be in \[1, 400\].*got 401'):

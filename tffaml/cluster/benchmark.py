@@ -10,6 +10,9 @@ machine). For the same DP-FedAvg round (every institution one local epoch,
   `up_to_merge` on each worker at once, `merge` and `after_merge` here),
   W = 0 meaning the same round in this process's TFF runtime, its datasets
   streamed from the same files;
+* `workers_seconds` and `merge_seconds` (last round): the wait for the
+  workers' `up_to_merge` and the `merge` and `after_merge` here; the rest of
+  `round_seconds` is building and sending the round's dataset graphs;
 * `examples_per_second`, `bytes_sent_per_worker`/`bytes_received_per_worker`
   (the executor service's messages, both ways) and `peak_rss_mb` of each
   worker's process tree;
@@ -24,10 +27,10 @@ Medians over `repeats` after a warm-up round.
 """
 
 import collections
+import dataclasses
 import os
 import statistics
 import tempfile
-import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -46,13 +49,7 @@ from tffaml.training import benchmark
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:
-  fn()  # Warm-up: tracing and compilation are not what we measure.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(benchmark.timed(fn, repeats))  # After a warm-up call.
 
 
 def _store_parts(data: federated_data.FederatedData, root: str, workers: int) -> list[str]:
@@ -66,8 +63,11 @@ def _store_parts(data: federated_data.FederatedData, root: str, workers: int) ->
 
 
 def _datasets(stored: Sequence[shards.StoredInstitution], round_num: int, *, relative: bool) -> dict:
-  return {k: shards.dataset(os.path.basename(i.train_path) if relative else i.train_path, i.schema,
-                            batch_size=benchmark.BATCH_SIZE, shuffle_seed=round_num)
+  """Each institution's round as the program builds it (`client_data.institution_dataset`)."""
+  if relative:  # Named in the worker's directory.
+    stored = [dataclasses.replace(i, train_path=os.path.basename(i.train_path)) for i in stored]
+  return {k: client_data.institution_dataset(i, 'train', i.schema, batch_size=benchmark.BATCH_SIZE,
+                                             shuffle_seed=round_num)
           for k, i in enumerate(stored)}
 
 
@@ -95,8 +95,10 @@ def _over_workers(process, data, root: str, workers: int, repeats: int) -> dict:
     for sampler in samplers:
       sampler.__exit__(None, None, None)
     return {'round_seconds': seconds, 'peak_rss_mb': [round(s.peak) for s in samplers],
-            'bytes_sent_per_worker': cluster.traffic['cluster/bytes_sent_per_worker'],
-            'bytes_received_per_worker': cluster.traffic['cluster/bytes_received_per_worker']}
+            'workers_seconds': cluster.measured['cluster/workers_seconds'],
+            'merge_seconds': cluster.measured['cluster/merge_seconds'],
+            'bytes_sent_per_worker': cluster.measured['cluster/bytes_sent_per_worker'],
+            'bytes_received_per_worker': cluster.measured['cluster/bytes_received_per_worker']}
   finally:
     for p in spawned:
       p.terminate()
@@ -164,9 +166,9 @@ def measure(*, institutions: int, examples: int, workers: Sequence[int], repeats
 
 def markdown(records: Sequence[dict], machine: str) -> str:
   lines = [f'Measured on {machine}.', '',
-           '| institutions | workers | round s | examples/s | x one process | tutorial round s |'
-           ' loop epoch s | peak RSS MB per process | bytes to / from each worker |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '| institutions | workers | round s | of which on workers / merge s | examples/s | x one process |'
+           ' tutorial round s | loop epoch s | peak RSS MB per process | bytes to / from each worker |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   alone = {r['institutions']: r['round_seconds'] for r in records if not r['workers']}
   for r in records:
     ratio = r['round_seconds'] / alone[r['institutions']] if r['institutions'] in alone else float('nan')
@@ -174,6 +176,12 @@ def markdown(records: Sequence[dict], machine: str) -> str:
                if r['workers'] else '-')
     lines.append(
         f'| {r["institutions"]} | {r["workers"] or "none (this process)"} | {r["round_seconds"]:.3f} |'
-        f' {r["examples_per_second"]:.0f} | {ratio:.2f} | {r.get("tutorial_round_seconds", float("nan")):.3f} |'
+        f' {_split_seconds(r)} | {r["examples_per_second"]:.0f} | {ratio:.2f} | {r.get("tutorial_round_seconds", float("nan")):.3f} |'
         f' {r.get("loop_epoch_seconds", float("nan")):.3f} | {", ".join(map(str, r["peak_rss_mb"]))} | {traffic} |')
   return '\n'.join(lines) + '\n'
+
+
+def _split_seconds(record: dict) -> str:
+  if not record['workers']:
+    return '-'
+  return f'{record["workers_seconds"]:.3f} / {record["merge_seconds"]:.3f}'

@@ -200,12 +200,15 @@ class Split:
 def check(config: ml_collections.ConfigDict) -> None:
   """Refuses what the workers cannot run, before any work (errors.ConfigError)."""
   program.refuse_needing_rows(config, runtime='TFF workers', fix='unset config.runtime.workers')
-  if config.record_dp.enabled:
+
+
+def check_units(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> None:
+  """Refuses record-level DP over units of several rows: the workers sample and count rows."""
+  if config.record_dp.enabled and schema.unit:
     raise errors.ConfigError(
-        'config.record_dp.enabled=True: record-level DP samples each institution\'s rows in Python, which a'
-        ' TFF worker cannot run (it runs TF graphs only). On workers use client-level DP'
-        " (config.record_dp.enabled=False with config.aggregator.type='gaussian_fixed' or"
-        " 'gaussian_adaptive'), or unset config.runtime.workers to run in one process.")
+        f'config.record_dp.enabled=True with the unit column {schema.unit!r}: on TFF workers DP-SGD samples'
+        ' rows (the coordinator draws the sample from row counts), not units of several rows. Drop "unit"'
+        ' from the schema for record-level DP, or unset config.runtime.workers to run in one process.')
 
 
 class Workers:
@@ -218,7 +221,8 @@ class Workers:
     self.addresses = tuple(addresses)
     self._certificates, self._connect_seconds = certificates, connect_seconds
     self.workers: list[Worker] = []
-    self.traffic: dict[str, float] = {}  # Bytes per worker of the last round (see `_gather`).
+    # The last round's bytes per worker (`_gather`) and seconds on the workers and in the merge (`run_round`).
+    self.measured: dict[str, float] = {}
 
   @classmethod
   def of(cls, spec: experiment.Cluster) -> 'Workers':
@@ -238,6 +242,7 @@ class Workers:
   def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
     del paths
     data = self.connect(schema_lib.Schema.from_json(config.data.schema_file) if config.data.schema_file else None)
+    check_units(config, data.schema)
     for k, address in enumerate(self.addresses):
       held = [i.name for i, h in zip(data.institutions, data.holders) if h == k]
       log(f'worker {address}: {", ".join(held) if held else "no institution"}')
@@ -251,7 +256,12 @@ class Workers:
     def ask(request: features.Request, params: dict) -> list:
       calls = [(self.workers[h], statistics.computation(i.train_path, data.schema, request, params), ())
                for i, h in zip(data.institutions, data.holders)]
-      return [statistics.as_answer(request, v) for v in _run(self._gather(calls))]
+      answers = [statistics.as_answer(request, v) for v in _run(self._gather(calls))]
+      if noise is None or request is features.Request.CANDIDATES:
+        return answers
+      # Each institution's share of the noise, drawn here as `features.answer` draws it.
+      return [features.noised(a, params['noise_share'], (noise.seed, k), params['release'])
+              for k, a in enumerate(answers)]
     return experiment.feature_space(config, data, noise, ask=ask)
 
   def build(self, config, choices: experiment.Choices, setup, space, noise_seed: int) -> program.Built:
@@ -278,7 +288,7 @@ class Workers:
       output = self.run_round(train_split, state, datasets, data.holders)
       return output.state, {**program.flatten_metrics(output.metrics['client_work']['train'], 'train/'),
                             **program.flatten_metrics(output.metrics['aggregator'], 'aggregator/'),
-                            **self.traffic}, members
+                            **self.measured}, members
 
     def run_eval(state, names: list[str]):
       return self.run_round(eval_split, state, {index[n]: test_sets[n] for n in names}, data.holders)
@@ -298,13 +308,17 @@ class Workers:
     for i in sorted(datasets):
       by_worker.setdefault(holders[i], []).append(i)
     shared = workdir_lib.redact(state)  # The noise seeds stay here.
+    start = time.perf_counter()
     partials = _run(self._gather([(self.workers[h], split.forms.up_to_merge,
                                    (shared, [datasets[i] for i in members]))
                                   for h, members in sorted(by_worker.items())]))
+    workers_done = time.perf_counter()
     merged = partials[0]
     for partial in partials[1:]:
       merged = split.forms.merge(merged, partial)
     result = split.forms.after_merge((state, [datasets[i] for i in sorted(datasets)]), merged)
+    self.measured.update({'cluster/workers_seconds': workers_done - start,
+                         'cluster/merge_seconds': time.perf_counter() - workers_done})
     # after_merge returns plain dicts: rebuilt as the computation's own result (its states' classes).
     return type_conversions.type_to_py_container(structure.from_container(result, recursive=True),
                                                  split.result_type)
@@ -312,11 +326,11 @@ class Workers:
   async def _gather(self, calls: Sequence[tuple[Worker, tff.Computation, tuple]]) -> list:
     """Runs each (worker, computation, args) at once; their results in order.
 
-    Sets `traffic`: the mean bytes sent to and received from each worker called.
+    Sets `measured`: the mean bytes sent to and received from each worker called.
     """
     before = [(w.traffic.sent, w.traffic.received) for w, _, _ in calls]
     results = await asyncio.gather(*(_call(w, comp, *args) for w, comp, args in calls))
-    self.traffic = {
+    self.measured = {
         'cluster/bytes_sent_per_worker': float(np.mean([w.traffic.sent - b[0] for (w, _, _), b in zip(calls, before)])),
         'cluster/bytes_received_per_worker': float(np.mean(
             [w.traffic.received - b[1] for (w, _, _), b in zip(calls, before)])),

@@ -4,9 +4,8 @@ A worker of a multi-machine simulation runs graphs, not Python: each
 question of the federated feature statistics (`features.Request`) becomes a
 no-argument TF computation that reads one institution's training file (named
 relative to the worker's directory) and returns what `features.answer`
-returns for those rows. Only the answers leave the worker. The exact
-(non-DP) statistics only: the DP ones (`features.StatisticsNoise`) draw their
-noise in NumPy, and the cluster refuses record-level DP before any work.
+returns for those rows. Only the answers leave the worker; under DP, the
+coordinator adds the noise (see `computation`).
 """
 
 import collections
@@ -37,9 +36,9 @@ def _candidates(rows, schema: schema_lib.Schema, min_count: int) -> collections.
   return out
 
 
-def _histograms(rows, schema: schema_lib.Schema) -> collections.OrderedDict:
-  edges = tf.constant(features.HISTOGRAM_EDGES, tf.float64)
-  bins = len(features.HISTOGRAM_EDGES) + 1
+def _histograms(rows, schema: schema_lib.Schema, edges: np.ndarray) -> collections.OrderedDict:
+  bins = len(edges) + 1
+  edges = tf.constant(edges, tf.float64)
   counts = [tf.math.bincount(tf.cast(tf.searchsorted(edges, rows[c], side='right'), tf.int32),
                              minlength=bins, maxlength=bins, dtype=tf.float64)
             for c in schema.numeric]
@@ -71,21 +70,44 @@ def _statistics(rows, schema: schema_lib.Schema, params: dict) -> collections.Or
                                  category_counts=_category_counts(rows, schema, params['candidates']))
 
 
+def _fine_counts(rows, schema: schema_lib.Schema, params: dict) -> collections.OrderedDict:
+  counts = []
+  for column, (lower, upper, scale) in zip(schema.numeric, params['ranges']):
+    edges, _ = features.fine_edges(lower, upper, scale)
+    values = tf.clip_by_value(rows[column], lower, upper)
+    bins = tf.clip_by_value(tf.searchsorted(tf.constant(edges, tf.float64), values, side='right') - 1,
+                            0, features.FINE_BINS - 1)
+    counts.append(tf.math.bincount(tf.cast(bins, tf.int32), minlength=features.FINE_BINS,
+                                   maxlength=features.FINE_BINS, dtype=tf.float64))
+  return collections.OrderedDict(
+      fine=tf.stack(counts) if counts else tf.zeros([0, features.FINE_BINS], tf.float64),
+      category_counts=_category_counts(rows, schema, params['candidates']))
+
+
 def computation(path: str, schema: schema_lib.Schema, request: features.Request,
                 params: dict) -> tff.Computation:
-  """`( -> answer)`: the answer to `request` about the rows in `path`, computed where the file is."""
-  if params.get('noise_share') is not None:
-    raise ValueError('DP feature statistics are not computed on TFF workers.')
+  """`( -> answer)`: the exact answer to `request` about the rows in `path`, computed where the file is.
+
+  Under DP (`params['noise_share']`) the worker answers without noise, each
+  row its own unit (`features.answer` counts a unit's first row); the
+  coordinator adds each institution's share (`features.noised`), so the
+  noise seed stays with it.
+  """
+  dp = params.get('noise_share') is not None
+  if dp and schema.unit:
+    raise ValueError(f'DP statistics on TFF workers count rows as units; {schema.unit!r} groups them.')
 
   @tff.tensorflow.computation
   def answer():
     rows = _rows(path, schema)
     if request is features.Request.CANDIDATES:
-      return _candidates(rows, schema, params['min_count'])
+      return _candidates(rows, schema, 1 if dp else params['min_count'])
     if request is features.Request.HISTOGRAMS:
-      return _histograms(rows, schema)
+      return _histograms(rows, schema, features.RANGE_EDGES if dp else features.HISTOGRAM_EDGES)
     if request is features.Request.STATISTICS:
       return _statistics(rows, schema, params)
+    if request is features.Request.FINE_COUNTS:
+      return _fine_counts(rows, schema, params)
     raise ValueError(f'no TF answer to {request!r}.')
 
   return answer

@@ -70,9 +70,9 @@ class DataSpec:
       raise errors.InputError('the amlworld source needs a {selection} of banks.', blames=('selection',))
 
 
-def interface(spec: DataSpec, schema: schema_lib.Schema) -> interface_lib.Interface:
-  """What the export of a model trained on `spec`'s data takes and returns."""
-  if spec.source is Source.AMLWORLD:
+def interface(source: Source, schema: schema_lib.Schema) -> interface_lib.Interface:
+  """What the export of a model trained on `source`'s data takes and returns."""
+  if source is Source.AMLWORLD:
     return transactions.interface()
   return interface_lib.table_interface(schema)
 

@@ -177,17 +177,16 @@ def dataset(
   """
   if batch_size < 1 or epochs < 1:
     raise ValueError(f'batch_size and epochs must be >= 1, got {batch_size}, {epochs}.')
-  columns = _columns(schema)
-  defaults = ([tf.constant([], tf.float32)] * len(schema.numeric)
-              + [tf.constant([], tf.string)] * len(schema.categorical)
-              + [tf.constant([], tf.float32)])
   lines = tf.data.TextLineDataset(path).skip(1)  # The header.
   if shuffle_seed is not None:
     lines = lines.shuffle(SHUFFLE_BUFFER_ROWS, seed=shuffle_seed, reshuffle_each_iteration=True)
+  return lines.repeat(epochs).batch(batch_size).map(lambda batch: decode(batch, schema))
 
-  def to_element(batch):
-    values = tf.io.decode_csv(batch, defaults, select_cols=list(range(len(defaults))))
-    features = collections.OrderedDict(zip(columns, values[:-1]))
-    return features, values[-1][:, None]
 
-  return lines.repeat(epochs).batch(batch_size).map(to_element)
+def decode(lines: tf.Tensor, schema: schema_lib.Schema) -> tuple[collections.OrderedDict, tf.Tensor]:
+  """A batch of a stored split's lines as (features, label[batch, 1]): float32 numbers, string categories."""
+  defaults = ([tf.constant([], tf.float32)] * len(schema.numeric)
+              + [tf.constant([], tf.string)] * len(schema.categorical)
+              + [tf.constant([], tf.float32)])
+  values = tf.io.decode_csv(lines, defaults, select_cols=list(range(len(defaults))))
+  return collections.OrderedDict(zip(_columns(schema), values[:-1])), values[-1][:, None]

@@ -29,6 +29,7 @@ randomness; this simulation derives them from one seed so runs reproduce.
 """
 
 import collections
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -38,6 +39,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.learning import loop_builder  # pylint: disable=g-direct-tensorflow-import
 
 from tffaml.data import schema as schema_lib
+from tffaml.data import shards
 from tffaml.federated import client_data
 
 
@@ -76,16 +78,21 @@ def poisson_batches(
   Returns:
     `poisson_sample`'s dataset of `steps_per_round(...)` elements.
   """
-  units = int(unit_codes(frame).max()) + 1
+  rate, steps = batches_plan(units=int(unit_codes(frame).max()) + 1, expected_batch_size=expected_batch_size,
+                             epochs=epochs)
+  return poisson_sample(frame, schema, sampling_rate=rate, steps=steps, seed=seed,
+                        max_rows_per_unit=max_rows_per_unit)
+
+
+def batches_plan(*, units: int, expected_batch_size: int, epochs: int) -> tuple[float, int]:
+  """(sampling rate, steps) of `poisson_batches` for an institution of `units` units."""
   if not 1 <= expected_batch_size <= units:
     raise ValueError(
         f'expected_batch_size must be in [1, {units}] (the institution\'s'
         f' privacy units), got {expected_batch_size}.'
     )
-  return poisson_sample(
-      frame, schema, sampling_rate=expected_batch_size / units,
-      steps=steps_per_round(units=units, expected_batch_size=expected_batch_size, epochs=epochs),
-      seed=seed, max_rows_per_unit=max_rows_per_unit)
+  return expected_batch_size / units, steps_per_round(units=units, expected_batch_size=expected_batch_size,
+                                                      epochs=epochs)
 
 
 def poisson_sample(
@@ -117,9 +124,36 @@ def poisson_sample(
   Returns:
     A dataset of `steps` elements.
   """
+  selection = poisson_selection(unit_codes(frame), sampling_rate=sampling_rate, steps=steps, seed=seed,
+                                max_rows_per_unit=max_rows_per_unit)
+  rows = frame.iloc[selection.rows]
+  ragged = lambda values: tf.RaggedTensor.from_row_lengths(values, selection.lengths)
+  batch_features = collections.OrderedDict(
+      (name, ragged(values)) for name, values in client_data.feature_tensors(rows, schema).items()
+  )
+  labels = ragged(rows[schema_lib.LABEL_COLUMN].to_numpy(np.float32)[:, None])
+  return steps_dataset(batch_features, labels, ragged(selection.segments), selection.step_seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The rows of a round's Poisson-sampled steps (`poisson_selection`)."""
+
+  rows: np.ndarray  # Row indices, step after step.
+  lengths: np.ndarray  # Rows in each step.
+  segments: np.ndarray  # Each row's unit, as an index into its step's sampled units.
+  step_seeds: np.ndarray  # int64[steps, 2]: each step's noise seed.
+
+
+def poisson_selection(codes: np.ndarray, *, sampling_rate: float, steps: int, seed: int,
+                      max_rows_per_unit: int = 0) -> Selection:
+  """Which rows (of units `codes`, 0..units-1 per row) `poisson_sample` takes, from `seed` alone.
+
+  Needs no row's values: a runtime whose rows are elsewhere sends the
+  selection to where they are (`tffaml.cluster.sampling`).
+  """
   if not 0 < sampling_rate <= 1:
     raise ValueError(f'sampling_rate must be in (0, 1], got {sampling_rate}.')
-  codes = unit_codes(frame)
   units = int(codes.max()) + 1
   rng = np.random.default_rng(seed)
   # Rows grouped by unit, in a random order within each unit, then capped.
@@ -134,18 +168,43 @@ def poisson_sample(
     step_rows.append(np.concatenate(
         [order[starts[u]:starts[u] + kept[u]] for u in chosen] or [np.zeros(0, int)]))
     step_segments.append(np.repeat(np.arange(len(chosen), dtype=np.int32), kept[chosen]))
-  lengths = [len(r) for r in step_rows]
-  rows = frame.iloc[np.concatenate(step_rows)]
-  ragged = lambda values: tf.RaggedTensor.from_row_lengths(values, lengths)
-  batch_features = collections.OrderedDict(
-      (name, ragged(values)) for name, values in client_data.feature_tensors(rows, schema).items()
-  )
-  labels = ragged(rows[schema_lib.LABEL_COLUMN].to_numpy(np.float32)[:, None])
-  segments = ragged(np.concatenate(step_segments))
   step_seeds = rng.integers(0, np.iinfo(np.int64).max, (steps, 2), dtype=np.int64)
+  return Selection(rows=np.concatenate(step_rows).astype(np.int64),
+                   lengths=np.array([len(r) for r in step_rows], np.int64),
+                   segments=np.concatenate(step_segments), step_seeds=step_seeds)
+
+
+def stored_sample(path: str, rows: int, schema: schema_lib.Schema, *, sampling_rate: float, steps: int,
+                  seed: int, max_rows_per_unit: int = 0) -> tf.data.Dataset:
+  """`poisson_sample` of a stored split of `rows` rows, each its own unit, read where the file is.
+
+  The selection is drawn here from `rows` and `seed` alone and travels in
+  the dataset's graph; whoever iterates the dataset (a TFF worker holding
+  the file, `tffaml.cluster`) reads the file and takes those rows: the same
+  steps as `poisson_sample` on the file's rows.
+  """
+  if schema.unit:
+    raise ValueError(f'stored_sample samples rows; {schema.unit!r} groups them into units.')
+  selection = poisson_selection(np.arange(rows), sampling_rate=sampling_rate, steps=steps, seed=seed,
+                                max_rows_per_unit=max_rows_per_unit)
+
+  def to_steps(lines):
+    features, labels = shards.decode(lines, schema)
+    ragged = lambda values: tf.RaggedTensor.from_row_lengths(tf.gather(values, selection.rows),
+                                                             selection.lengths)
+    return steps_dataset(collections.OrderedDict((c, ragged(v)) for c, v in features.items()), ragged(labels),
+                         tf.RaggedTensor.from_row_lengths(selection.segments, selection.lengths),
+                         selection.step_seeds)
+
+  whole_file = (1 << 31) - 1
+  return client_data.lean(tf.data.TextLineDataset(path).skip(1).batch(whole_file).flat_map(to_steps))
+
+
+def steps_dataset(features, labels, segments, step_seeds) -> tf.data.Dataset:
+  """`poisson_sample`'s dataset from its ragged [steps, rows] parts and [steps, 2] seeds."""
   # Slices of a ragged tensor are dense; the identity map makes tf.data say so.
   return client_data.lean(tf.data.Dataset.from_tensor_slices(
-      (batch_features, labels, segments, step_seeds)).map(lambda *element: element))
+      (features, labels, segments, step_seeds)).map(lambda *element: element))
 
 
 def _clipped_noised_mean_gradient(

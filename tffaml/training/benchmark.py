@@ -79,7 +79,7 @@ def synthetic_federation(*, institutions: int, examples: int, seed: int) -> fede
   return federated_data.FederatedData(SCHEMA, tuple(members))
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
   fn()  # Warm-up: tracing and compilation are not what we measure.
   times = []
   for _ in range(repeats):
@@ -96,7 +96,7 @@ def _median_and_spread(times: Sequence[float]) -> tuple[float, list[float]]:
 def keras_references(keras_model_fn, pooled: tf.data.Dataset, repeats: int) -> dict:
   fit_model = keras_model_fn()
   fit_model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss='binary_crossentropy')
-  fit = _timed(lambda: fit_model.fit(pooled, epochs=1, verbose=0), repeats)
+  fit = timed(lambda: fit_model.fit(pooled, epochs=1, verbose=0), repeats)
 
   loop_model = keras_model_fn()
   optimizer = tf.keras.optimizers.SGD(0.05)
@@ -111,7 +111,7 @@ def keras_references(keras_model_fn, pooled: tf.data.Dataset, repeats: int) -> d
       grads = tape.gradient(loss, loop_model.trainable_variables)
       optimizer.apply_gradients(zip(grads, loop_model.trainable_variables))
 
-  loop = _timed(epoch, repeats)
+  loop = timed(epoch, repeats)
   return {'fit': fit, 'loop': loop}
 
 
@@ -157,13 +157,13 @@ def measure(*, institutions: int, examples: int, repeats: int = 3, seed: int = 0
       state[0] = process.next(state[0], datasets(round_num[0])).state
       rss_after_round.append(rss.current)
 
-    rounds = _timed(federated_round, repeats)
+    rounds = timed(federated_round, repeats)
     weights = process.get_model_weights(state[0])
     eval_state = eval_process.set_model_weights(eval_process.initialize(), weights)
-    evaluation = _timed(lambda: eval_process.next(eval_state, test_sets), repeats)
+    evaluation = timed(lambda: eval_process.next(eval_state, test_sets), repeats)
     manager = tff.program.FileProgramStateManager(checkpoint_dir, keep_total=1)
     saves = iter(range(1, 10**6))
-    checkpoint = _timed(lambda: asyncio.run(manager.save(state[0], next(saves))), repeats)
+    checkpoint = timed(lambda: asyncio.run(manager.save(state[0], next(saves))), repeats)
     references = keras_references(keras_model_fn, pooled, repeats)
 
   round_s, round_spread = _median_and_spread(rounds)

@@ -142,6 +142,7 @@ def check_record_level(config: ml_collections.ConfigDict, choices: experiment.Ch
 
 def audit(config: ml_collections.ConfigDict, **kwargs) -> CanaryAudit:
   """The audit of the config's finest DP unit: records under DP-SGD, else institutions."""
+  program.refuse_own_runtime(config, 'the canary audit')
   if config.record_dp.enabled:
     return audit_record_level(config, **kwargs)
   return audit_client_level(config, **kwargs)

@@ -17,6 +17,7 @@ from tffaml import features
 from tffaml.data import federated_data
 from tffaml.data import loading
 from tffaml.data import partition
+from tffaml.data import shards
 from tffaml.data import transactions
 from tffaml.export import saved_model
 from tffaml.federated import aggregators
@@ -145,10 +146,14 @@ _DATA_KEYS = {
 }
 
 
+def data_source(config: ml_collections.ConfigDict) -> loading.Source:
+  return parse_enum(loading.Source, config.data.source, 'data.source')
+
+
 def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
   """The `data` section as the data layer takes it; each source reads its own keys."""
   d = config.data
-  source = parse_enum(loading.Source, d.source, 'data.source')
+  source = data_source(config)
   with errors.named_as(_DATA_KEYS):
     if source is loading.Source.AMLWORLD:
       return loading.DataSpec(source=source, stream=d.stream, selection=transactions.Selection(
@@ -758,6 +763,14 @@ def client_dataset(config, work: ClientWork, plan: accounting.PrivacyPlan, schem
   which a federation's node keeps to itself.
   """
   f, schema = config.federated, training_schema(config, schema)
+  if work in (ClientWork.DP_SGD, ClientWork.DISTRIBUTED_DP_SGD) and isinstance(institution, shards.StoredInstitution) \
+      and not schema.unit:  # Sampled from the row count, read where the file is (a TFF worker's, or here).
+    rows = institution.counts['train_rows']
+    rate, steps = (dp_sgd.batches_plan(units=rows, expected_batch_size=f.batch_size, epochs=f.client_epochs)
+                   if work is ClientWork.DP_SGD else (plan.record.sampling_rate, 1))
+    return dp_sgd.stored_sample(institution.train_path, rows, schema, sampling_rate=rate, steps=steps,
+                                seed=stable_seed(noise_seed, round_num, index),
+                                max_rows_per_unit=config.record_dp.max_rows_per_unit)
   if work is ClientWork.DP_SGD:
     return dp_sgd.poisson_batches(
         institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,

@@ -253,7 +253,10 @@ def run(
         f'config.canary_audit.canaries={config.canary_audit.canaries} makes the run a canary audit, which'
         ' trains an instrumented model and exports nothing: run scripts/canary_audit.py (or'
         ' scripts/coordinator.py in a federation), or set config.canary_audit.canaries=0 to train.')
-  runtime = runtime or configured_runtime(config)
+  if runtime is None:
+    runtime = configured_runtime(config)
+  else:
+    refuse_own_runtime(config, 'this command')
   runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
   if config.data.source == loading.Source.CSV_DIR.value and config.data.dir:
@@ -279,6 +282,14 @@ def configured_runtime(config: ml_collections.ConfigDict) -> 'Runtime':
   return cluster_runtime.Workers.of(spec)
 
 
+def refuse_own_runtime(config: ml_collections.ConfigDict, what: str) -> None:
+  """Refuses config.runtime.workers for `what`, which runs in one process or a Flower federation."""
+  if experiment.cluster(config) is not None:
+    raise errors.ConfigError(f'config.runtime.workers={config.runtime.workers!r}: {what} runs in this process'
+                             ' or a federation of nodes, not on TFF workers; unset config.runtime.workers'
+                             ' (scripts/train.py trains on them).')
+
+
 def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
   data = runtime.load(config, paths, log=log)
@@ -286,7 +297,8 @@ def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
     data = poisoning.poison(data, attack)
-  interface = loading.interface(experiment.data_spec(config), data.schema)
+  # By the source's kind alone: a runtime whose rows are elsewhere names no path.
+  interface = loading.interface(experiment.data_source(config), data.schema)
   hardening = experiment.hardening(config)
   try:
     saved_model.check_hardening(interface, hardening)
