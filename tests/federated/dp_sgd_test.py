@@ -107,8 +107,8 @@ class PoissonBatchesTest(tf.test.TestCase):
                           self.create_tempdir().full_path)
     rate, steps = dp_sgd.batches_plan(units=400, expected_batch_size=20, epochs=1)
     expected = list(dp_sgd.poisson_sample(stored.train, self.schema, sampling_rate=rate, steps=steps, seed=9))
-    streamed = list(dp_sgd.stored_sample(stored.train_path, 400, self.schema, sampling_rate=rate, steps=steps,
-                                         seed=9))
+    streamed = list(dp_sgd.selected_steps(stored.train_path, self.schema, dp_sgd.stored_selection(
+        400, self.schema, sampling_rate=rate, steps=steps, seed=9)))
     self.assertLen(streamed, 20)
     self.assertEqual(streamed[0][0].keys(), expected[0][0].keys())
     for got, want in zip(streamed, expected):
@@ -117,8 +117,8 @@ class PoissonBatchesTest(tf.test.TestCase):
       for part in (1, 2, 3):  # Labels, each row's unit, the step's noise seed.
         self.assertAllEqual(got[part], want[part])
     with self.assertRaisesRegex(ValueError, "'account' groups them into units"):
-      dp_sgd.stored_sample(stored.train_path, 400, schema_lib.Schema.from_dict(dict(helpers.SCHEMA, unit='account')),
-                           sampling_rate=rate, steps=steps, seed=9)
+      dp_sgd.stored_selection(400, schema_lib.Schema.from_dict(dict(helpers.SCHEMA, unit='account')),
+                              sampling_rate=rate, steps=steps, seed=9)
 
   def test_batch_larger_than_institution_is_refused(self):
     with self.assertRaisesRegex(ValueError, r'expected_batch_size must be in \[1, 400\].*got 401'):

@@ -7,9 +7,11 @@ machine). For the same DP-FedAvg round (every institution one local epoch,
 `gaussian_fixed` noise, the process `training.benchmark` times) it measures:
 
 * `round_seconds`: the round over the W workers (`Workers.run_round`:
-  `up_to_merge` on each worker at once, `merge` and `after_merge` here),
-  W = 0 meaning the same round in this process's TFF runtime, its datasets
-  streamed from the same files;
+  each client's file name and seed opened into its dataset and trained on
+  in `up_to_merge`, on each worker at once; `merge` and `after_merge`
+  here), W = 0 meaning the same round in this process's TFF runtime as the
+  one-process program runs it (a dataset graph built here per institution,
+  streamed from the same files);
 * `workers_seconds` and `merge_seconds` (last round): the wait for the
   workers' `up_to_merge` and the `merge` and `after_merge` here; the rest of
   `round_seconds` is building and sending the round's dataset graphs;
@@ -27,7 +29,6 @@ Medians over `repeats` after a warm-up round.
 """
 
 import collections
-import dataclasses
 import os
 import statistics
 import tempfile
@@ -39,6 +40,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tffaml import rss as rss_lib
+from tffaml.cluster import clients
 from tffaml.cluster import runtime as cluster_runtime
 from tffaml.cluster import worker as worker_lib
 from tffaml.data import federated_data
@@ -62,13 +64,10 @@ def _store_parts(data: federated_data.FederatedData, root: str, workers: int) ->
   return parts
 
 
-def _datasets(stored: Sequence[shards.StoredInstitution], round_num: int, *, relative: bool) -> dict:
-  """Each institution's round as the program builds it (`client_data.institution_dataset`)."""
-  if relative:  # Named in the worker's directory.
-    stored = [dataclasses.replace(i, train_path=os.path.basename(i.train_path)) for i in stored]
-  return {k: client_data.institution_dataset(i, 'train', i.schema, batch_size=benchmark.BATCH_SIZE,
-                                             shuffle_seed=round_num)
-          for k, i in enumerate(stored)}
+def _datasets(stored: Sequence[shards.StoredInstitution], round_num: int) -> list:
+  """Each institution's round as the one-process program builds it (`client_data.institution_dataset`)."""
+  return [client_data.institution_dataset(i, 'train', i.schema, batch_size=benchmark.BATCH_SIZE,
+                                          shuffle_seed=round_num) for i in stored]
 
 
 def _over_workers(process, data, root: str, workers: int, repeats: int) -> dict:
@@ -80,13 +79,15 @@ def _over_workers(process, data, root: str, workers: int, repeats: int) -> dict:
       spawned.append(worker_lib.spawn(part, port=port, log_path=os.path.join(root, f'worker{workers}_{k}.log')))
     cluster = cluster_runtime.Workers([f'localhost:{port}' for port in ports])
     roster = cluster.connect()
-    split = cluster_runtime.Split.of(process.next)
+    opener = clients.shuffled_opener(data.schema, roster.institutions, batch_size=benchmark.BATCH_SIZE, epochs=1,
+                                     seed_of=lambda index, round_num: round_num)
+    split = cluster_runtime.Split.of(process.next, opener)
     state, round_num = [process.initialize()], [0]
 
     def one_round():
       round_num[0] += 1
-      datasets = _datasets(roster.institutions, round_num[0], relative=True)
-      state[0] = cluster.run_round(split, state[0], datasets, roster.holders).state
+      values = {k: opener.value(k, round_num[0]) for k in range(len(roster.institutions))}
+      state[0] = cluster.run_round(split, state[0], values, roster.holders).state
 
     samplers = [rss_lib.PeakRss(p.pid) for p in spawned]
     for sampler in samplers:
@@ -148,7 +149,7 @@ def measure(*, institutions: int, examples: int, workers: Sequence[int], repeats
 
         def one_round():
           round_num[0] += 1
-          state[0] = process.next(state[0], list(_datasets(local, round_num[0], relative=False).values())).state
+          state[0] = process.next(state[0], _datasets(local, round_num[0])).state
 
         with rss_lib.PeakRss() as rss:
           record['round_seconds'] = _median(one_round, repeats)

@@ -44,13 +44,13 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 
 from tffaml import errors
 from tffaml import features
+from tffaml.cluster import clients
 from tffaml.cluster import statistics
 from tffaml.cluster import tls
 from tffaml.cluster import worker as worker_lib
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
-from tffaml.federated import client_data
 from tffaml.federated import processes
 from tffaml.training import evaluation
 from tffaml.training import experiment
@@ -190,11 +190,14 @@ class Split:
   result_type: tff.Type
 
   @classmethod
-  def of(cls, comp: tff.Computation) -> 'Split':
-    """`comp`'s mergeable form; secure sums as the plain sums they compute (the workers are not institutions)."""
+  def of(cls, next_computation: tff.Computation, opener: clients.Opener) -> 'Split':
+    """`next_computation` on the datasets `opener` opens on the workers, in mergeable form.
+
+    Secure sums run as the plain sums they compute: the workers are not institutions.
+    """
     forms = tff.backends.native.compile_to_mergeable_comp_form(
-        tff.backends.test.replace_secure_intrinsics_with_bodies(comp))
-    return cls(forms=forms, result_type=comp.type_signature.result)
+        tff.backends.test.replace_secure_intrinsics_with_bodies(clients.compose(next_computation, opener)))
+    return cls(forms=forms, result_type=next_computation.type_signature.result)
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -268,55 +271,53 @@ class Workers:
     data, schema = setup.data, setup.data.schema
     training = experiment.build_training(config, choices, setup.plan, space, schema, side=experiment.Side.WHOLE,
                                          cohort=setup.cohort, noise_seed=noise_seed)
+    opener = clients.train_opener(config, training.work, setup.plan, schema, data.institutions,
+                                  noise_seed=noise_seed)
     try:
-      train_split = Split.of(training.process.next)
+      train_split = Split.of(training.process.next, opener)
     except (TypeError, ValueError) as e:
       raise errors.ConfigError(
           f'config.aggregator.type={config.aggregator.type!r} with config.federated.algorithm='
           f'{config.federated.algorithm!r}: the round does not split into per-worker parts and a merge'
           f' ({str(e).splitlines()[0][:200]}); choose another aggregator or unset config.runtime.workers.') from None
     eval_process = processes.build_eval_process(training.model_fn)
-    eval_split = Split.of(eval_process.next)
-    test_sets = {i.name: client_data.institution_dataset(
-        i, 'test', schema, batch_size=config.federated.eval_batch_size) for i in data.institutions}
+    tests = clients.test_opener(config, schema, data.institutions)
+    eval_split = Split.of(eval_process.next, tests)
     index = {i.name: k for k, i in enumerate(data.institutions)}
 
     def train_round(state, members: list[int], round_num: int):
-      datasets = {i: experiment.client_dataset(config, training.work, setup.plan, schema, data.institutions[i],
-                                               index=i, round_num=round_num, noise_seed=noise_seed)
-                  for i in members}
-      output = self.run_round(train_split, state, datasets, data.holders)
+      output = self.run_round(train_split, state, {i: opener.value(i, round_num) for i in members}, data.holders)
       return output.state, {**program.flatten_metrics(output.metrics['client_work']['train'], 'train/'),
                             **program.flatten_metrics(output.metrics['aggregator'], 'aggregator/'),
                             **self.measured}, members
 
     def run_eval(state, names: list[str]):
-      return self.run_round(eval_split, state, {index[n]: test_sets[n] for n in names}, data.holders)
+      return self.run_round(eval_split, state, {index[n]: tests.value(index[n], 0) for n in names}, data.holders)
 
     return program.Built(
         keras_model_fn=training.keras_model_fn, process=training.process, train_round=train_round,
         evaluate=lambda weights, per_institution: evaluation.evaluate(
-            eval_process, weights, test_sets, per_institution=per_institution, run_next=run_eval))
+            eval_process, weights, index, per_institution=per_institution, run_next=run_eval))
 
-  def run_round(self, split: Split, state, datasets: dict[int, Any], holders: Sequence[int]):
-    """`split`'s computation of (state, the datasets in index order).
+  def run_round(self, split: Split, state, values: dict[int, Any], holders: Sequence[int]):
+    """`split`'s computation of (state, the institutions' client values in index order).
 
-    `up_to_merge` on each worker holding an institution of `datasets`,
+    `up_to_merge` on each worker holding an institution of `values`,
     `merge` and `after_merge` here.
     """
     by_worker: dict[int, list[int]] = {}
-    for i in sorted(datasets):
+    for i in sorted(values):
       by_worker.setdefault(holders[i], []).append(i)
     shared = workdir_lib.redact(state)  # The noise seeds stay here.
     start = time.perf_counter()
     partials = _run(self._gather([(self.workers[h], split.forms.up_to_merge,
-                                   (shared, [datasets[i] for i in members]))
+                                   (shared, [values[i] for i in members]))
                                   for h, members in sorted(by_worker.items())]))
     workers_done = time.perf_counter()
     merged = partials[0]
     for partial in partials[1:]:
       merged = split.forms.merge(merged, partial)
-    result = split.forms.after_merge((state, [datasets[i] for i in sorted(datasets)]), merged)
+    result = split.forms.after_merge((state, [values[i] for i in sorted(values)]), merged)
     self.measured.update({'cluster/workers_seconds': workers_done - start,
                          'cluster/merge_seconds': time.perf_counter() - workers_done})
     # after_merge returns plain dicts: rebuilt as the computation's own result (its states' classes).

@@ -174,20 +174,22 @@ def poisson_selection(codes: np.ndarray, *, sampling_rate: float, steps: int, se
                    segments=np.concatenate(step_segments), step_seeds=step_seeds)
 
 
-def stored_sample(path: str, rows: int, schema: schema_lib.Schema, *, sampling_rate: float, steps: int,
-                  seed: int, max_rows_per_unit: int = 0) -> tf.data.Dataset:
-  """`poisson_sample` of a stored split of `rows` rows, each its own unit, read where the file is.
-
-  The selection is drawn here from `rows` and `seed` alone and travels in
-  the dataset's graph; whoever iterates the dataset (a TFF worker holding
-  the file, `tffaml.cluster`) reads the file and takes those rows: the same
-  steps as `poisson_sample` on the file's rows.
-  """
+def stored_selection(rows: int, schema: schema_lib.Schema, *, sampling_rate: float, steps: int, seed: int,
+                     max_rows_per_unit: int = 0) -> Selection:
+  """`poisson_selection` of a stored split of `rows` rows, each its own unit: from the row count alone."""
   if schema.unit:
-    raise ValueError(f'stored_sample samples rows; {schema.unit!r} groups them into units.')
-  selection = poisson_selection(np.arange(rows), sampling_rate=sampling_rate, steps=steps, seed=seed,
-                                max_rows_per_unit=max_rows_per_unit)
+    raise ValueError(f'a stored split is sampled by rows; {schema.unit!r} groups them into units.')
+  return poisson_selection(np.arange(rows), sampling_rate=sampling_rate, steps=steps, seed=seed,
+                           max_rows_per_unit=max_rows_per_unit)
 
+
+def selected_steps(path, schema: schema_lib.Schema, selection: Selection) -> tf.data.Dataset:
+  """`poisson_sample`'s dataset of the rows `selection` takes from the stored split at `path`.
+
+  Whoever iterates it reads the file: a TFF worker holding it
+  (`tffaml.cluster`), or this process. `path` and `selection`'s fields may
+  be tensors (a computation's parameters) or values.
+  """
   def to_steps(lines):
     features, labels = shards.decode(lines, schema)
     ragged = lambda values: tf.RaggedTensor.from_row_lengths(tf.gather(values, selection.rows),

@@ -43,7 +43,8 @@ def evaluate(
   """{'pooled': metrics, 'institutions': {name: metrics}} of `model_weights`.
 
   `run_next(state, names)`: `eval_process.next` on the named institutions'
-  test sets, where they are (by default here).
+  test sets, where they are (by default here, on `test_sets`' datasets;
+  with `run_next`, `test_sets` only names the institutions).
   """
   if run_next is None:
     run_next = lambda state, names: eval_process.next(state, [test_sets[n] for n in names])

@@ -287,7 +287,10 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
     raise errors.ConfigError('config.attack simulates attacks on FedAvg without record-level DP;'
                      ' set config.record_dp.enabled=False.')
   hardening(config)
-  data_spec(config)  # A bad data section is refused before any work.
+  if cluster(config) is None:
+    data_spec(config)  # A bad data section is refused before any work.
+  else:
+    data_source(config)  # The rows are the workers': only the source's kind matters here.
   return choices
 
 
@@ -754,6 +757,23 @@ def stable_seed(*parts: int) -> int:
   return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+def stored_selection(config, work: ClientWork, plan: accounting.PrivacyPlan, schema,
+                     institution: shards.StoredInstitution, *, index: int, round_num: int,
+                     noise_seed: int) -> dp_sgd.Selection:
+  """The rows DP-SGD `work` samples from a stored `institution` (rows as units) for `round_num`."""
+  f, rows = config.federated, institution.counts['train_rows']
+  rate, steps = (dp_sgd.batches_plan(units=rows, expected_batch_size=f.batch_size, epochs=f.client_epochs)
+                 if work is ClientWork.DP_SGD else (plan.record.sampling_rate, 1))
+  return dp_sgd.stored_selection(rows, schema, sampling_rate=rate, steps=steps,
+                                 seed=stable_seed(noise_seed, round_num, index),
+                                 max_rows_per_unit=config.record_dp.max_rows_per_unit)
+
+
+def shuffle_seed(config, *, round_num: int, index: int) -> int:
+  """The seed of the `index`th institution's batch order in `round_num` (FedAvg's client work)."""
+  return stable_seed(config.seed, round_num, index)
+
+
 def client_dataset(config, work: ClientWork, plan: accounting.PrivacyPlan, schema,
                    institution: federated_data.InstitutionLike, *, index: int, round_num: int,
                    noise_seed: int, scale: float = 1.0):
@@ -765,12 +785,8 @@ def client_dataset(config, work: ClientWork, plan: accounting.PrivacyPlan, schem
   f, schema = config.federated, training_schema(config, schema)
   if work in (ClientWork.DP_SGD, ClientWork.DISTRIBUTED_DP_SGD) and isinstance(institution, shards.StoredInstitution) \
       and not schema.unit:  # Sampled from the row count, read where the file is (a TFF worker's, or here).
-    rows = institution.counts['train_rows']
-    rate, steps = (dp_sgd.batches_plan(units=rows, expected_batch_size=f.batch_size, epochs=f.client_epochs)
-                   if work is ClientWork.DP_SGD else (plan.record.sampling_rate, 1))
-    return dp_sgd.stored_sample(institution.train_path, rows, schema, sampling_rate=rate, steps=steps,
-                                seed=stable_seed(noise_seed, round_num, index),
-                                max_rows_per_unit=config.record_dp.max_rows_per_unit)
+    return dp_sgd.selected_steps(institution.train_path, schema, stored_selection(
+        config, work, plan, schema, institution, index=index, round_num=round_num, noise_seed=noise_seed))
   if work is ClientWork.DP_SGD:
     return dp_sgd.poisson_batches(
         institution.train, schema, expected_batch_size=f.batch_size, epochs=f.client_epochs,
@@ -781,7 +797,7 @@ def client_dataset(config, work: ClientWork, plan: accounting.PrivacyPlan, schem
         seed=stable_seed(noise_seed, round_num, index), max_rows_per_unit=config.record_dp.max_rows_per_unit)
   dataset = client_data.institution_dataset(
       institution, 'train', schema, batch_size=f.batch_size, epochs=f.client_epochs,
-      shuffle_seed=stable_seed(config.seed, round_num, index))
+      shuffle_seed=shuffle_seed(config, round_num=round_num, index=index))
   if work is ClientWork.SCALED_UPDATES:
     return processes.scaled_client_data(dataset, scale)
   if work is ClientWork.FEDERATED:
