@@ -35,6 +35,7 @@ _EXAMPLES = flags.DEFINE_list('examples', ['20000'], 'Total training rows (const
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions after a warm-up.', lower_bound=1)
 _WORKERS = flags.DEFINE_list('workers', [], 'Worker counts (0: this process): time the round over TFF'
                              ' workers instead.')
+_PINNED = flags.DEFINE_bool('pinned', False, 'With --workers: worker k runs on core k alone.')
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (.md written beside it).', required=True)
 
 
@@ -59,7 +60,7 @@ def main(argv):
     else:
       from tffaml.cluster import benchmark as cluster_benchmark  # pylint: disable=g-import-not-at-top
       records = [r for count in institutions for total in examples for r in cluster_benchmark.measure(
-          institutions=count, examples=total, workers=workers, repeats=_REPEATS.value)]
+          institutions=count, examples=total, workers=workers, repeats=_REPEATS.value, pinned=_PINNED.value)]
   machine = benchmark.machine_description()
   io.write_json(_OUTPUT.value, {'machine': machine, 'records': records})
   table = (benchmark.markdown if workers is None else cluster_benchmark.markdown)(records, machine)

@@ -70,13 +70,14 @@ def _datasets(stored: Sequence[shards.StoredInstitution], round_num: int) -> lis
                                           shuffle_seed=round_num) for i in stored]
 
 
-def _over_workers(process, data, root: str, workers: int, repeats: int) -> dict:
-  """The round over `workers` local worker processes."""
+def _over_workers(process, data, root: str, workers: int, repeats: int, pinned: bool) -> dict:
+  """The round over `workers` local worker processes (`pinned`: worker k on core k only)."""
   parts, spawned = _store_parts(data, os.path.join(root, f'{workers}_workers'), workers), []
   ports = [portpicker.pick_unused_port() for _ in parts]
   try:
     for k, (part, port) in enumerate(zip(parts, ports)):
-      spawned.append(worker_lib.spawn(part, port=port, log_path=os.path.join(root, f'worker{workers}_{k}.log')))
+      spawned.append(worker_lib.spawn(part, port=port, log_path=os.path.join(root, f'worker{workers}_{k}.log'),
+                                      cpus={k % os.cpu_count()} if pinned else None))
     cluster = cluster_runtime.Workers([f'localhost:{port}' for port in ports])
     roster = cluster.connect()
     opener = clients.shuffled_opener(data.schema, roster.institutions, batch_size=benchmark.BATCH_SIZE, epochs=1,
@@ -132,16 +133,21 @@ def _tutorial_round(keras_model_fn, data: federated_data.FederatedData, repeats:
 
 
 def measure(*, institutions: int, examples: int, workers: Sequence[int], repeats: int = 3,
-            seed: int = 0, log: Callable[[str], None] = print) -> list[dict]:
-  """Records for W in `workers` (0: this process, with the peer and the compiled loop). Call inside a TFF runtime."""
+            seed: int = 0, pinned: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+  """Records for W in `workers` (0: this process, with the peer and the compiled loop). Call inside a TFF runtime.
+
+  `pinned`: worker k runs on core k alone, so W workers have W cores (the
+  coordinator runs anywhere).
+  """
   data = benchmark.synthetic_federation(institutions=institutions, examples=examples, seed=seed)
   keras_model_fn, process, _, _ = benchmark.build_processes(data, institutions=institutions, seed=seed)
   records = []
   with tempfile.TemporaryDirectory() as root:
     for count in workers:
-      record = collections.OrderedDict(institutions=institutions, examples=examples, workers=count)
+      record = collections.OrderedDict(institutions=institutions, examples=examples, workers=count,
+                                       pinned=pinned and bool(count))
       if count:
-        record.update(_over_workers(process, data, root, count, repeats))
+        record.update(_over_workers(process, data, root, count, repeats, pinned))
       else:
         stored = _store_parts(data, os.path.join(root, 'local'), 1)
         local = shards.read_manifest(stored[0], {'benchmark': 0})
@@ -176,7 +182,7 @@ def markdown(records: Sequence[dict], machine: str) -> str:
     traffic = (f'{r["bytes_sent_per_worker"] / 1e6:.2f} MB / {r["bytes_received_per_worker"] / 1e6:.2f} MB'
                if r['workers'] else '-')
     lines.append(
-        f'| {r["institutions"]} | {r["workers"] or "none (this process)"} | {r["round_seconds"]:.3f} |'
+        f'| {r["institutions"]} | {_workers(r)} | {r["round_seconds"]:.3f} |'
         f' {_split_seconds(r)} | {r["examples_per_second"]:.0f} | {ratio:.2f} | {r.get("tutorial_round_seconds", float("nan")):.3f} |'
         f' {r.get("loop_epoch_seconds", float("nan")):.3f} | {", ".join(map(str, r["peak_rss_mb"]))} | {traffic} |')
   return '\n'.join(lines) + '\n'
@@ -186,3 +192,9 @@ def _split_seconds(record: dict) -> str:
   if not record['workers']:
     return '-'
   return f'{record["workers_seconds"]:.3f} / {record["merge_seconds"]:.3f}'
+
+
+def _workers(record: dict) -> str:
+  if not record['workers']:
+    return 'none (this process)'
+  return f'{record["workers"]}{", one core each" if record.get("pinned") else ""}'

@@ -115,8 +115,12 @@ def serve(serve_dir: str, *, port: int, host: str = '127.0.0.1', certificates: O
     try:
       if certificates:
         proxy = tls.start_proxy(listen=f'{host}:{port}', worker_port=worker_port, files=certificates)
-      log(f'{READY} on {host if certificates else "every interface"}:{port}'
-          f' ({"mutual TLS" if certificates else "IN THE CLEAR, no authentication"}); serving {serve_dir}')
+      if certificates:
+        log(f'{READY} on {host}:{port} (mutual TLS); its worker_binary listens in the clear on port'
+            f' {worker_port} of every interface: firewall it from other machines. Serving {serve_dir}')
+      else:
+        log(f'{READY} on port {port} of every interface, IN THE CLEAR and without authentication;'
+            f' serving {serve_dir}')
       while binary.poll() is None and not until():
         time.sleep(0.2)
       if binary.poll() is not None:
@@ -133,15 +137,18 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 
 
 def spawn(data_dir: str, *, port: int, log_path: str, flags: Sequence[str] = ('--insecure',),
-          timeout: float = 120.0) -> subprocess.Popen:
+          timeout: float = 120.0, cpus: Optional[set[int]] = None) -> subprocess.Popen:
   """scripts/worker.py for `data_dir` in a new process on this machine, once it serves (for tests, benchmarks).
+
+  `cpus`: the cores it (and its worker_binary) may run on; None: any.
 
   Raises:
     RuntimeError: it exited or did not serve within `timeout` s (its output in the message).
   """
+  pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
   with open(log_path, 'w') as out:
     process = subprocess.Popen([sys.executable, SCRIPT, f'--port={port}', f'--data_dir={data_dir}', *flags],
-                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=pin)
   deadline = time.monotonic() + timeout
   while True:
     with open(log_path) as f:
