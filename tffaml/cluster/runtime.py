@@ -132,10 +132,6 @@ async def _call(worker: Worker, comp: tff.Computation, *args):
                            ' restart the worker and rerun the same command to resume.') from None
 
 
-def _run(coro):
-  return asyncio.run(coro)
-
-
 @dataclasses.dataclass(frozen=True)
 class Roster:
   """The institutions the workers hold: `program.Runtime.load`'s `data`."""
@@ -200,11 +196,6 @@ class Split:
     return cls(forms=forms, result_type=next_computation.type_signature.result)
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """Refuses what the workers cannot run, before any work (errors.ConfigError)."""
-  program.refuse_needing_rows(config, runtime='TFF workers', fix='unset config.runtime.workers')
-
-
 def check_units(config: ml_collections.ConfigDict, schema: schema_lib.Schema) -> None:
   """Refuses record-level DP over units of several rows: the workers sample and count rows."""
   if config.record_dp.enabled and schema.unit:
@@ -234,12 +225,13 @@ class Workers:
                connect_seconds=spec.connect_seconds)
 
   def check(self, config: ml_collections.ConfigDict) -> None:
-    check(config)
+    """Refuses what the workers cannot run, before any work (errors.ConfigError)."""
+    program.refuse_needing_rows(config, runtime='TFF workers', fix='unset config.runtime.workers')
 
   def connect(self, expected: Optional[schema_lib.Schema] = None) -> Roster:
     """Connects to every worker; the institutions they hold (their schema `expected`, if given)."""
     self.workers = [connect(a, self._certificates, timeout=self._connect_seconds) for a in self.addresses]
-    infos = [json.loads(v) for v in _run(self._gather([(w, _read_info(), ()) for w in self.workers]))]
+    infos = [json.loads(v) for v in asyncio.run(self._gather([(w, _read_info(), ()) for w in self.workers]))]
     return roster(infos, self.addresses, expected)
 
   def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
@@ -259,7 +251,7 @@ class Workers:
     def ask(request: features.Request, params: dict) -> list:
       calls = [(self.workers[h], statistics.computation(i.train_path, data.schema, request, params), ())
                for i, h in zip(data.institutions, data.holders)]
-      answers = [statistics.as_answer(request, v) for v in _run(self._gather(calls))]
+      answers = [statistics.as_answer(request, v) for v in asyncio.run(self._gather(calls))]
       if noise is None or request is features.Request.CANDIDATES:
         return answers
       # Each institution's share of the noise, drawn here as `features.answer` draws it.
@@ -310,7 +302,7 @@ class Workers:
       by_worker.setdefault(holders[i], []).append(i)
     shared = workdir_lib.redact(state)  # The noise seeds stay here.
     start = time.perf_counter()
-    partials = _run(self._gather([(self.workers[h], split.forms.up_to_merge,
+    partials = asyncio.run(self._gather([(self.workers[h], split.forms.up_to_merge,
                                    (shared, [values[i] for i in members]))
                                   for h, members in sorted(by_worker.items())]))
     workers_done = time.perf_counter()

@@ -88,9 +88,16 @@ def describe(data: federated_data.FederatedData) -> dict:
       'schema': data.schema.to_dict(),
       'institutions': [
           {'name': i.name, 'train': os.path.basename(i.train_path), 'test': os.path.basename(i.test_path),
-           'counts': i.counts, 'units': int(dp_sgd.unit_codes(i.train).max()) + 1}
+           'counts': i.counts, 'units': _units(i, data.schema)}
           for i in data.institutions],
   }
+
+
+def _units(institution: shards.StoredInstitution, schema: schema_lib.Schema) -> int:
+  """The institution's DP units: its rows, or (with a unit column) read from its file."""
+  if not schema.unit:
+    return institution.counts['train_rows']
+  return int(dp_sgd.unit_codes(institution.train).max()) + 1
 
 
 def start_binary(serve_dir: str, port: int) -> subprocess.Popen:
