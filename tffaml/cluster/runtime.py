@@ -317,15 +317,29 @@ class Workers:
                                                  split.result_type)
 
   async def _gather(self, calls: Sequence[tuple[Worker, tff.Computation, tuple]]) -> list:
-    """Runs each (worker, computation, args) at once; their results in order.
+    """Runs each (worker, computation, args): one worker's calls in turn, the workers at once.
 
-    Sets `measured`: the mean bytes sent to and received from each worker called.
+    In turn, because a statistics call holds an institution's whole file in
+    its worker: 50 at once took a 10M-row worker to 7 GB. Returns the
+    results in order; sets `measured`: the mean bytes sent to and received
+    from each worker called.
     """
-    before = [(w.traffic.sent, w.traffic.received) for w, _, _ in calls]
-    results = await asyncio.gather(*(_call(w, comp, *args) for w, comp, args in calls))
+    turns: dict[str, list[int]] = {}
+    for k, (worker, _, _) in enumerate(calls):
+      turns.setdefault(worker.address, []).append(k)
+    called = {calls[ks[0]][0].address: calls[ks[0]][0] for ks in turns.values()}
+    before = {a: (w.traffic.sent, w.traffic.received) for a, w in called.items()}
+    results = [None] * len(calls)
+
+    async def in_turn(indices: list[int]) -> None:
+      for k in indices:
+        worker, comp, args = calls[k]
+        results[k] = await _call(worker, comp, *args)
+
+    await asyncio.gather(*(in_turn(ks) for ks in turns.values()))
     self.measured = {
-        'cluster/bytes_sent_per_worker': float(np.mean([w.traffic.sent - b[0] for (w, _, _), b in zip(calls, before)])),
+        'cluster/bytes_sent_per_worker': float(np.mean([w.traffic.sent - before[a][0] for a, w in called.items()])),
         'cluster/bytes_received_per_worker': float(np.mean(
-            [w.traffic.received - b[1] for (w, _, _), b in zip(calls, before)])),
+            [w.traffic.received - before[a][1] for a, w in called.items()])),
     }
     return results
