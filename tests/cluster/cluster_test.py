@@ -274,7 +274,10 @@ class WorkerDataTest(absltest.TestCase):
     requests = [(features.Request.CANDIDATES, {'min_count': 18}), (features.Request.HISTOGRAMS, {}),
                 (features.Request.STATISTICS, {'candidates': candidates, 'lower': [2000.0, None],
                                                'upper': [None, 20.0]})]
+    chunk_rows = statistics._CHUNK_ROWS
+    self.addCleanup(setattr, statistics, '_CHUNK_ROWS', chunk_rows)
     for request, params in requests:
+      statistics._CHUNK_ROWS = 7  # Nine chunks of the 60 rows: sums and value counts carried across them.
       with self.subTest(request.value):
         value = statistics.as_answer(request, statistics.computation(stored.train_path, data.schema, request,
                                                                      params)())
@@ -294,6 +297,9 @@ class WorkerDataTest(absltest.TestCase):
     requests = [(features.Request.HISTOGRAMS, {'noise_share': 2.0, 'release': 0}),
                 (features.Request.FINE_COUNTS, {'noise_share': 2.0, 'release': 1, 'candidates': {'grade': ['A', 'B']},
                                                 'ranges': [(1000.0, 30000.0, 10.0), (5.0, 25.0, 0.1)]})]
+    chunk_rows = statistics._CHUNK_ROWS
+    self.addCleanup(setattr, statistics, '_CHUNK_ROWS', chunk_rows)
+    statistics._CHUNK_ROWS = 7
     for request, params in requests:
       with self.subTest(request.value):
         exact = statistics.as_answer(request, statistics.computation(stored.train_path, data.schema, request,

@@ -18,22 +18,39 @@ from tffaml import features
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
 
-_ALL_ROWS = (1 << 31) - 1  # One batch holds the whole file.
+# Lines decoded at a time: the answers are sums over chunks (and a running
+# count of each category value), so a worker holds one chunk of one file, not
+# the file: whole files held a 10M-row worker at 5.7 GB.
+_CHUNK_ROWS = 1 << 16
 
 
-def _rows(path: str, schema: schema_lib.Schema) -> collections.OrderedDict:
-  """The file's feature columns as tensors (float64 numeric, as `shards.read_frame` gives them)."""
-  columns, _ = shards.dataset(path, schema, batch_size=_ALL_ROWS).get_single_element()
-  return collections.OrderedDict(
-      (c, tf.cast(v, tf.float64) if c in schema.numeric else v) for c, v in columns.items())
+def _chunks(path: str, schema: schema_lib.Schema) -> tf.data.Dataset:
+  """The file's feature columns in chunks (float64 numeric, as `shards.read_frame` gives them)."""
+  return shards.dataset(path, schema, batch_size=_CHUNK_ROWS).map(lambda columns, _: collections.OrderedDict(
+      (c, tf.cast(v, tf.float64) if c in schema.numeric else v) for c, v in columns.items()))
 
 
-def _candidates(rows, schema: schema_lib.Schema, min_count: int) -> collections.OrderedDict:
-  out = collections.OrderedDict()
-  for column in schema.categorical:
-    values, _, counts = tf.unique_with_counts(rows[column])
-    out[column] = tf.boolean_mask(values, counts >= min_count)
-  return out
+def _summed(chunks: tf.data.Dataset, answer) -> collections.OrderedDict:
+  """`answer` (rows -> fixed-shape counts and sums) of the whole file: summed over its chunks."""
+  empty = collections.OrderedDict((c, tf.zeros([0], spec.dtype)) for c, spec in chunks.element_spec.items())
+  return chunks.reduce(answer(empty), lambda total, rows: tf.nest.map_structure(tf.add, total, answer(rows)))
+
+
+def _candidates(chunks: tf.data.Dataset, schema: schema_lib.Schema, min_count: int) -> collections.OrderedDict:
+  """Each categorical column's values seen at least `min_count` times, counted chunk by chunk."""
+  def add(seen, rows):
+    out = collections.OrderedDict()
+    for column in schema.categorical:
+      values, counts = seen[column]
+      merged, index = tf.unique(tf.concat([values, rows[column]], 0))
+      weights = tf.concat([counts, tf.ones_like(rows[column], tf.int64)], 0)
+      out[column] = (merged, tf.math.unsorted_segment_sum(weights, index, tf.size(merged)))
+    return out
+
+  none = collections.OrderedDict((c, (tf.zeros([0], tf.string), tf.zeros([0], tf.int64))) for c in schema.categorical)
+  seen = chunks.reduce(none, add)
+  return collections.OrderedDict((c, tf.boolean_mask(values, counts >= min_count))
+                                 for c, (values, counts) in seen.items())
 
 
 def _histograms(rows, schema: schema_lib.Schema, edges: np.ndarray) -> collections.OrderedDict:
@@ -99,15 +116,16 @@ def computation(path: str, schema: schema_lib.Schema, request: features.Request,
 
   @tff.tensorflow.computation
   def answer():
-    rows = _rows(path, schema)
+    chunks = _chunks(path, schema)
     if request is features.Request.CANDIDATES:
-      return _candidates(rows, schema, 1 if dp else params['min_count'])
+      return _candidates(chunks, schema, 1 if dp else params['min_count'])
     if request is features.Request.HISTOGRAMS:
-      return _histograms(rows, schema, features.RANGE_EDGES if dp else features.HISTOGRAM_EDGES)
+      edges = features.RANGE_EDGES if dp else features.HISTOGRAM_EDGES
+      return _summed(chunks, lambda rows: _histograms(rows, schema, edges))
     if request is features.Request.STATISTICS:
-      return _statistics(rows, schema, params)
+      return _summed(chunks, lambda rows: _statistics(rows, schema, params))
     if request is features.Request.FINE_COUNTS:
-      return _fine_counts(rows, schema, params)
+      return _summed(chunks, lambda rows: _fine_counts(rows, schema, params))
     raise ValueError(f'no TF answer to {request!r}.')
 
   return answer
