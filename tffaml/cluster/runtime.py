@@ -11,9 +11,10 @@ whichever worker finishes last, where that worker would see the others'
 partial sums.
 
 What travels: to a worker, the server state with every DP noise seed zeroed
-(`workdir.redact`: the noise is drawn here) and, per member, the graph of
-its dataset (its file name, batch size and shuffle seed); back, the
-worker's partial aggregate (sums over its members of updates and metrics).
+(`workdir.redact`: the noise is drawn here) and, per member, a small value
+(its file's name and shuffle seed, or DP-SGD's sampled rows) that one
+computation opens into its dataset there (`clients`); back, the worker's
+partial aggregate (sums over its members of updates and metrics).
 Evaluation the same way, with the model's weights. The institutions' rows
 never leave their worker. The worker's description of its files
 (`worker.json`) is read by a TFF graph too: no other channel is used.
