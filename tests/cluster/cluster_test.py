@@ -325,6 +325,14 @@ class WorkerDataTest(absltest.TestCase):
     with self.assertRaisesRegex(FileExistsError, 'not empty'):
       worker_lib.prepare(data_dir, os.path.join(root, 'a'), schema_file=schema_file)
 
+  def test_a_unit_column_counts_its_distinct_values(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    with open(schema_file, 'w') as f:
+      json.dump(dict(helpers.SCHEMA, unit='account'), f)  # 'acct0'..'acct11' in every file.
+    info = worker_lib.prepare(data_dir, os.path.join(root, 'a'), schema_file=schema_file, log=lambda _: None)
+    self.assertEqual([i['units'] for i in info['institutions']], [12, 12, 12])
+
   def test_roster_refuses_mixed_schemas_and_an_institution_on_two_workers(self):
     root = self.create_tempdir().full_path
     data_dir, schema_file = helpers.write_federation(root)
