@@ -29,6 +29,7 @@ Medians over `repeats` after a warm-up round.
 """
 
 import collections
+import contextlib
 import os
 import statistics
 import tempfile
@@ -90,12 +91,9 @@ def _over_workers(process, data, root: str, workers: int, repeats: int, pinned: 
       values = {k: opener.value(k, round_num[0]) for k in range(len(roster.institutions))}
       state[0] = cluster.run_round(split, state[0], values, roster.holders).state
 
-    samplers = [rss_lib.PeakRss(p.pid) for p in spawned]
-    for sampler in samplers:
-      sampler.__enter__()
-    seconds = _median(one_round, repeats)
-    for sampler in samplers:
-      sampler.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+      samplers = [stack.enter_context(rss_lib.PeakRss(p.pid)) for p in spawned]
+      seconds = _median(one_round, repeats)
     return {'round_seconds': seconds, 'peak_rss_mb': [round(s.peak) for s in samplers],
             'workers_seconds': cluster.measured['cluster/workers_seconds'],
             'merge_seconds': cluster.measured['cluster/merge_seconds'],
@@ -132,6 +130,24 @@ def _tutorial_round(keras_model_fn, data: federated_data.FederatedData, repeats:
   return _median(one_round, repeats)
 
 
+def _in_one_process(process, keras_model_fn, data: federated_data.FederatedData, directory: str,
+                    repeats: int) -> dict:
+  """The round as the one-process program streams it from stored files, the tutorial peer and the loop."""
+  local = shards.store_federation(data, directory, key={'benchmark': 'local'}).institutions
+  state, round_num = [process.initialize()], [0]
+
+  def one_round():
+    round_num[0] += 1
+    state[0] = process.next(state[0], _datasets(local, round_num[0])).state
+
+  with rss_lib.PeakRss() as rss:
+    seconds = _median(one_round, repeats)
+  pooled = client_data.to_dataset(data.pooled('train'), data.schema, batch_size=benchmark.BATCH_SIZE, shuffle_seed=0)
+  return {'round_seconds': seconds, 'peak_rss_mb': [round(rss.peak)],
+          'tutorial_round_seconds': _tutorial_round(keras_model_fn, data, repeats),
+          'loop_epoch_seconds': statistics.median(benchmark.keras_references(keras_model_fn, pooled, repeats)['loop'])}
+
+
 def measure(*, institutions: int, examples: int, workers: Sequence[int], repeats: int = 3,
             seed: int = 0, pinned: bool = False, log: Callable[[str], None] = print) -> list[dict]:
   """Records for W in `workers` (0: this process, with the peer and the compiled loop). Call inside a TFF runtime.
@@ -149,22 +165,7 @@ def measure(*, institutions: int, examples: int, workers: Sequence[int], repeats
       if count:
         record.update(_over_workers(process, data, root, count, repeats, pinned))
       else:
-        stored = _store_parts(data, os.path.join(root, 'local'), 1)
-        local = shards.read_manifest(stored[0], {'benchmark': 0})
-        state, round_num = [process.initialize()], [0]
-
-        def one_round():
-          round_num[0] += 1
-          state[0] = process.next(state[0], _datasets(local, round_num[0])).state
-
-        with rss_lib.PeakRss() as rss:
-          record['round_seconds'] = _median(one_round, repeats)
-        record['peak_rss_mb'] = [round(rss.peak)]
-        record['tutorial_round_seconds'] = _tutorial_round(keras_model_fn, data, repeats)
-        pooled = client_data.to_dataset(data.pooled('train'), data.schema, batch_size=benchmark.BATCH_SIZE,
-                                        shuffle_seed=0)
-        record['loop_epoch_seconds'] = statistics.median(
-            benchmark.keras_references(keras_model_fn, pooled, repeats)['loop'])
+        record.update(_in_one_process(process, keras_model_fn, data, os.path.join(root, 'local'), repeats))
       record['examples_per_second'] = examples / record['round_seconds']
       log(f'{institutions} institutions, {count or "no"} workers: round {record["round_seconds"]:.3f} s')
       records.append(record)

@@ -140,14 +140,14 @@ def store_federation(data: federated_data.FederatedData, directory: str,
   return federated_data.FederatedData(schema=data.schema, institutions=stored)
 
 
-def read_manifest(directory: str, key: dict) -> Optional[list[StoredInstitution]]:
-  """The institutions stored in `directory` from the same `key`, or None."""
+def read_manifest(directory: str, key: Optional[dict]) -> Optional[list[StoredInstitution]]:
+  """The institutions stored in `directory` from the same `key` (None: from whatever), or None."""
   path = os.path.join(directory, MANIFEST)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
     manifest = json.load(f)
-  if manifest.get('key') != key or not manifest.get('institutions'):
+  if key is not None and manifest.get('key') != key or not manifest.get('institutions'):
     return None
   schema = schema_lib.Schema.from_dict(manifest['schema'], source=path)
   stored = [StoredInstitution(i['name'], schema, os.path.join(directory, i['train']),
