@@ -87,6 +87,13 @@ class CalibrationTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAlmostEqual(noise, 1.3, delta=0.003)
 
   @parameterized.parameters(A.Accountant.RDP, A.Accountant.PLD)
+  def test_a_target_looser_than_the_least_noise_gets_the_least_noise(self, accountant):
+    event = lambda z: _dp_sgd(0.01, z, 10)
+    self.assertLess(A.epsilon(event(A.MIN_NOISE_MULTIPLIER), 1e-5, accountant=accountant), 1e4)
+    noise = A.noise_for_epsilon(event, target_epsilon=1e4, delta=1e-5, accountant=accountant)
+    self.assertEqual(noise, A.MIN_NOISE_MULTIPLIER)
+
+  @parameterized.parameters(A.Accountant.RDP, A.Accountant.PLD)
   def test_record_noise_meets_target_at_the_worst_institution(self, accountant):
     record = _record()
     noise = A.calibrate_record_noise(record, rounds=20, target_epsilon=3.0, delta=1e-5,
@@ -211,6 +218,22 @@ class DistributedRecordDpTest(tf.test.TestCase):
     self.assertIn('relies on secure aggregation', text)
     self.assertIn(f'{colluding:.4g}', text)
     self.assertNotIn('Client-level DP assumes', text)
+
+  def test_collusion_below_what_pld_handles_is_rdp_said_so(self):
+    # The default run at ε = 300: twelve shares of σ = 0.2037 are 0.059 each,
+    # and PLD's discretisation fails on them composed with the statistics.
+    mechanism = self._mechanism(noise_multiplier=0.2037, sampling_rate=0.2, units=(100,) * 12)
+    statistics = accounting.FeatureStatisticsDp(noise_multiplier=14.0, numeric=5, categorical=4,
+                                                institutions=12)
+    colluding = dp_accounting.ComposedDpEvent((mechanism.colluding_event(60), statistics.colluding_event()))
+    with self.assertRaises(ValueError):
+      accounting.epsilon(colluding, 1e-5, accountant=accounting.Accountant.PLD)
+    plan = accounting.PrivacyPlan(client=None, record=mechanism, delta=1e-5, statistics=statistics,
+                                  accountant=accounting.Accountant.PLD)
+    text = plan.statement(rounds=60, participation=[60] * 12).text()
+    rdp = accounting.epsilon(colluding, accounting.accountant_delta(1e-5, statistics),
+                             accountant=accounting.Accountant.RDP)
+    self.assertIn(f'ε = {rdp:.4g} (RDP: too little noise for PLD)', text)
 
   def test_calibration_reaches_the_target(self):
     noise = accounting.calibrate_record_noise(

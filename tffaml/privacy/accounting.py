@@ -37,6 +37,7 @@ import statistics
 from typing import Callable, Optional, Sequence
 
 import dp_accounting
+from dp_accounting import mechanism_calibration
 from dp_accounting import pld
 from dp_accounting import rdp
 
@@ -144,6 +145,21 @@ def epsilon(
   return float(composer.get_epsilon(delta))
 
 
+def _epsilon_bound(event: dp_accounting.DpEvent, delta: float, accountant: Accountant) -> str:
+  """ε of `event` as text; RDP's bound, said so, where the PLD's discretisation fails.
+
+  An institution's share of the noise can be far below what PLD handles
+  (σ/√K < 0.1 when the run's own ε is in the hundreds); RDP's ε is then still
+  a valid upper bound.
+  """
+  try:
+    return f'{epsilon(event, delta, accountant=accountant):.4g}'
+  except ValueError:
+    if accountant is Accountant.RDP:
+      raise
+    return f'{epsilon(event, delta, accountant=Accountant.RDP):.4g} (RDP: too little noise for PLD)'
+
+
 def poisson_gaussian_event(
     *, sampling_rate: float, noise_multiplier: float, steps: int
 ) -> dp_accounting.DpEvent:
@@ -162,12 +178,21 @@ def noise_for_epsilon(
     accountant: Accountant,
     relation: NeighborRel = NeighborRel.ADD_OR_REMOVE_ONE,
 ) -> float:
-  """The smallest noise multiplier whose event has ε <= target (to 0.1%)."""
+  """The smallest noise multiplier >= MIN_NOISE_MULTIPLIER whose event has ε <= target (to 0.1%)."""
   if not target_epsilon > 0:
     raise ValueError(f'target_epsilon must be > 0, got {target_epsilon}.')
-  noise = dp_accounting.calibrate_dp_mechanism(
-      lambda: accountant.make(relation), make_event, target_epsilon, delta,
-      bracket_interval=dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-3)
+  try:
+    noise = dp_accounting.calibrate_dp_mechanism(
+        lambda: accountant.make(relation), make_event, target_epsilon, delta,
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-3)
+  except (mechanism_calibration.NoBracketIntervalFoundError, ValueError):
+    least = make_event(MIN_NOISE_MULTIPLIER)
+    if epsilon(least, delta, accountant=accountant, relation=relation) <= target_epsilon:
+      # A target this loose is met by the least noise we run; the bracket
+      # search only looks above it, out to noise so large that the
+      # accountants' arithmetic fails (RDP goes negative by rounding).
+      return MIN_NOISE_MULTIPLIER
+    raise
   return float(noise)
 
 
@@ -322,8 +347,8 @@ class DistributedRecordDp:
     events = [self.colluding_event(rounds)] if rounds else []
     if statistics is not None:
       events.append(statistics.colluding_event())
-    colluding = (epsilon(dp_accounting.ComposedDpEvent(tuple(events)), delta, accountant=accountant)
-                 if events else 0.0)
+    colluding = (_epsilon_bound(dp_accounting.ComposedDpEvent(tuple(events)), delta, accountant)
+                 if events else '0')
     return (f'distributed DP-SGD over the federation\'s {sum(self.units)} units: each round'
             f' every one of {len(self.units)} institutions Poisson-samples its units with'
             f' q = {self.sampling_rate:.4g}, clips each unit\'s gradient to {self.clip:g} and'
@@ -331,7 +356,7 @@ class DistributedRecordDp:
             f' carries noise multiplier {self.noise_multiplier:.4g}; {rounds} rounds. '
             f'{aggregation.distributed_note()}: against the coordinator'
             f' colluding with all other institutions a unit keeps its own institution\'s share'
-            f' only, ε = {colluding:.4g}')
+            f' only, ε = {colluding}')
 
 
 @dataclasses.dataclass(frozen=True)
