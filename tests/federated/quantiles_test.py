@@ -33,3 +33,53 @@ class FederatedQuantileTest(tf.test.TestCase, parameterized.TestCase):
       quantiles.federated_quantile([np.ones(3)], 1.0)
     with self.assertRaisesRegex(ValueError, 'institution 1: scores must be finite and >= 0'):
       quantiles.federated_quantile([np.ones(3), np.array([-1.0])], 0.5)
+
+
+class NoisyQuantileTest(tf.test.TestCase, parameterized.TestCase):
+
+  def _clients(self):
+    rng = np.random.default_rng(1)
+    return [rng.lognormal(-3, 1.5, n) for n in (1000, 5000, 3000)]
+
+  def _quantile(self, clients, q, *, stddev, seed=0, weights=None):
+    weights = weights or [np.ones_like(c) for c in clients]
+    return quantiles.noisy_quantile(clients, weights, q, total=float(sum(map(np.sum, weights))),
+                                    stddev=stddev, seed=seed)
+
+  @parameterized.parameters(0.9, 0.99)
+  def test_without_noise_flags_the_budget_to_a_bin(self, q):
+    clients = self._clients()
+    scores = np.concatenate(clients)
+    threshold = self._quantile(clients, q, stddev=1e-9)
+    allowed = (1 - q) * len(scores)
+    flagged = np.sum(scores >= threshold)
+    self.assertLessEqual(flagged, allowed)
+    # Short by at most the rows of the last bin, 0.006 nat wide.
+    in_last_bin = np.sum((scores >= threshold * np.exp(-24 / 64 / 64)) & (scores < threshold))
+    self.assertGreaterEqual(flagged + in_last_bin, allowed)
+
+  def test_noise_of_dp_size_keeps_the_flagged_fraction_near_the_budget(self):
+    clients = self._clients()
+    scores = np.concatenate(clients)
+    fractions = [np.mean(scores >= self._quantile(clients, 0.99, stddev=14.0, seed=s)) for s in range(10)]
+    self.assertGreater(len(set(fractions)), 1)  # The noise moves it...
+    self.assertAllClose(np.mean(fractions), 0.01, atol=0.004)  # ...around the budget.
+    self.assertEqual(self._quantile(clients, 0.99, stddev=14.0, seed=3),
+                     self._quantile(clients, 0.99, stddev=14.0, seed=3))
+
+  def test_a_unit_counts_once_however_many_rows_it_has(self):
+    # 900 units of one row each, and one unit with 1,000 rows scoring above
+    # them all: weighted 1/1000 each, that unit is 1 of 901, so a 10% budget
+    # flags 90 units' worth: the unit and the top 89 one-row units.
+    singles = np.linspace(0.01, 0.5, 900)
+    heavy = np.full(1000, 0.9)
+    weights = [np.ones(900), np.full(1000, 1e-3)]
+    threshold = self._quantile([singles, heavy], 0.9, stddev=1e-9, weights=weights)
+    self.assertLessEqual(threshold, 0.9)
+    self.assertAllClose(np.sum(singles >= threshold), 89, atol=2)
+
+  def test_bad_input(self):
+    with self.assertRaisesRegex(ValueError, 'institution 0: one weight in'):
+      quantiles.noisy_quantile([np.ones(3)], [np.ones(2)], 0.5, total=3, stddev=1.0, seed=0)
+    with self.assertRaisesRegex(ValueError, 'institution 0: one weight in'):
+      quantiles.noisy_quantile([np.ones(3)], [np.full(3, 2.0)], 0.5, total=3, stddev=1.0, seed=0)
