@@ -290,6 +290,16 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
     self.assertIn('Not covered: the alert threshold', text)
     self.assertEqual(with_threshold.statement(rounds=30, participation=[30] * 4).epsilon,
                      statement.epsilon)
+    # A DP alert threshold: two more releases at z = 10, and the package stays covered.
+    dp_threshold = dataclasses.replace(plan, statistics=self._statistics(alert_passes=2))
+    covered = dp_threshold.statement(rounds=30, participation=[30] * 4)
+    expected = accounting.epsilon(dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(10.0)] * 4
+        + [accounting.poisson_gaussian_event(sampling_rate=0.25, noise_multiplier=4.0, steps=30)]), 9e-6)
+    self.assertAlmostEqual(covered.epsilon, expected, places=6)
+    self.assertIn('Covered: the whole exported package', covered.text())
+    self.assertIn('and its alert threshold.', covered.text())
+    self.assertIn('the alert threshold comes from 2 histograms of the training scores', covered.text())
 
   def test_calibration_counts_the_statistics(self):
     record = accounting.DistributedRecordDp(noise_multiplier=1.0, clip=1.0, sampling_rate=0.25,

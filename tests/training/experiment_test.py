@@ -1,3 +1,5 @@
+import math
+
 from absl.testing import parameterized
 import tensorflow as tf
 
@@ -148,9 +150,21 @@ class DefaultsTest(tf.test.TestCase):
     units = sum(len(i.train) for i in data.institutions)
     self.assertEqual(plan.record.sampling_rate, 0.2)
     self.assertEqual(plan.record.units, tuple(len(i.train) for i in data.institutions))
+    # The clip bounds a row of unit-scale features; server SGD steps at most 5.
+    columns = len(data.schema.numeric) + len(data.schema.categorical)
+    self.assertAlmostEqual(plan.record.clip, math.sqrt(columns + 1))
+    self.assertAlmostEqual(experiment.server_learning_rate(config, plan), 5.0 / math.sqrt(columns + 1))
+    config.record_dp.clip, config.federated.server_learning_rate = 2.0, 0.3  # Set: as set.
+    plan = experiment.privacy_plan_for_data(config, experiment.parse_choices(config), data, cohort=3)
+    self.assertEqual((plan.record.clip, experiment.server_learning_rate(config, plan)), (2.0, 0.3))
+    without = loan_risk.get_config()  # No record-level DP: FedAvg's server rate 1.
+    without.record_dp.enabled, without.privacy.target_epsilon = False, None
+    self.assertEqual(experiment.server_learning_rate(without, experiment.privacy_plan_for_data(
+        without, experiment.parse_choices(without), data, cohort=3)), 1.0)
     statement = plan.statement(rounds=5, participation=[5] * len(data.institutions))
     self.assertAlmostEqual(statement.epsilon, 1.0, delta=0.01)
     self.assertIn(f'{units} units', statement.text())
+    self.assertIn(f'clips each unit\'s gradient to {2.0:g}', statement.text())
 
   def test_a_node_checks_the_calibrated_noise_it_is_sent_instead_of_calibrating(self):
     config = loan_risk.get_config()  # Local DP-SGD: each institution's ε depends on its size.

@@ -213,8 +213,15 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
     config = _config(self.config.data.dir, schema_file, rounds=2, batch_size=4)
     config.record_dp.enabled, config.record_dp.max_rows_per_unit = True, 2
     config.privacy.target_epsilon = 4.0
-    result = program.run(config, os.path.join(self.root, 'account'), log=lambda _: None)
+    config.model.alert_budget = 0.25  # A DP threshold, inside the same ε.
+    lines = []
+    result = program.run(config, os.path.join(self.root, 'account'), log=lines.append)
     record = result.metrics['privacy']['guarantees'][0]
+    self.assertIn('and its alert threshold.', result.metrics['privacy']['text'])
+    self.assertIn('the alert threshold comes from 2 histograms', record['mechanism'])
+    self.assertTrue(any(line.endswith('(federated quantile, DP)') for line in lines))
+    threshold = program.saved_model.read_metadata(result.paths.export)['threshold']
+    self.assertTrue(0 < threshold < np.inf)
     self.assertStartsWith(record['unit'], "account (all rows sharing one 'account' value,"
                           ' at most 2 rows a round')
     self.assertBetween(record['epsilon'], 3.95, 4.0)

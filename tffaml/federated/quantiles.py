@@ -89,6 +89,7 @@ def federated_quantile(
 # about 3,000 (probabilities and reconstruction errors alike), 0.375 nat a
 # bin; the second splits the bin holding the quantile again (0.006 nat).
 LOG_SCORE_RANGE = (-16.0, 8.0)
+PASSES = 2  # noisy_quantile's passes, each one DP release.
 
 
 def _log_histogram(log_scores: np.ndarray, weights: np.ndarray, low: float, high: float,
@@ -111,7 +112,7 @@ def _top_bin(noisy: np.ndarray, mass_above: float, allowed: float) -> int:
 
 def noisy_quantile(
     client_scores: Sequence[np.ndarray], client_weights: Sequence[np.ndarray], q: float, *,
-    total: float, stddev: float, seed: int, bins: int = 64, passes: int = 2, first_release: int = 3,
+    total: float, stddev: float, seed: int, bins: int = 64, passes: int = PASSES, first_release: int = 3,
 ) -> float:
   """A threshold t flagging about (1 - q) of the weighted scores, from noised histograms.
 

@@ -372,6 +372,11 @@ class FeatureStatisticsDp:
   `vocabulary_threshold`: a value held by one unit alone is published with
   probability at most `threshold_delta` over its categorical columns, which
   adds to the accountant's δ.
+
+  A model that ships an alert threshold releases `alert_passes` more
+  histograms, of its training scores (`quantiles.noisy_quantile`): each unit
+  adds at most 1 to each, so their noise N(0, noise_multiplier²) makes
+  each a Gaussian mechanism of the same multiplier.
   """
 
   noise_multiplier: float
@@ -379,6 +384,7 @@ class FeatureStatisticsDp:
   categorical: int  # Categorical columns.
   institutions: int
   releases: int = 2  # The range histogram; then the fine histogram with the category counts.
+  alert_passes: int = 0  # Histograms of training scores for the alert threshold, after training.
 
   def __post_init__(self):
     if not self.noise_multiplier > 0:
@@ -391,12 +397,12 @@ class FeatureStatisticsDp:
 
   def event(self) -> dp_accounting.DpEvent:
     return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.GaussianDpEvent(self.noise_multiplier), self.releases)
+        dp_accounting.GaussianDpEvent(self.noise_multiplier), self.releases + self.alert_passes)
 
   def colluding_event(self) -> dp_accounting.DpEvent:
     """Against the coordinator and every other institution: one institution's share."""
     return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(
-        self.noise_multiplier / math.sqrt(self.institutions)), self.releases)
+        self.noise_multiplier / math.sqrt(self.institutions)), self.releases + self.alert_passes)
 
   def threshold_delta(self, delta: float) -> float:
     """The δ set aside for the vocabulary threshold (a tenth; none without categories)."""
@@ -416,7 +422,10 @@ class FeatureStatisticsDp:
             f' {self.stddev:.4g} (noise multiplier {self.noise_multiplier:.4g}) added in shares'
             ' by the institutions; a category value is kept only if its noisy count reaches'
             f' {self.vocabulary_threshold(delta):.4g}, which spends'
-            f' δ = {self.threshold_delta(delta):.2g} of the δ')
+            f' δ = {self.threshold_delta(delta):.2g} of the δ' + (
+                f'; the alert threshold comes from {self.alert_passes} histograms of the training'
+                ' scores (each unit adding at most 1, its rows weighted equally) with noise of'
+                f' standard deviation {self.noise_multiplier:.4g}' if self.alert_passes else ''))
 
 
 def calibrate_client_noise(
@@ -505,6 +514,7 @@ class PrivacyStatement:
   statistics_covered: bool = False  # The exported feature statistics are DP (in the record guarantee).
   # The export's alert threshold is an exact quantile of training scores (config.model.alert_budget).
   exact_alert_threshold: bool = False
+  alert_threshold_covered: bool = False  # It is DP, in the record guarantee.
   aggregation: Aggregation = Aggregation.SIMULATED  # Who saw individual updates.
 
   @property
@@ -563,7 +573,9 @@ class PrivacyStatement:
       return (f' Covered: {package}the model, every update it was computed'
               ' from, and the feature statistics and vocabularies in its metadata (the set of'
               ' category values proposed for counting is exchanged without noise; only values'
-              ' whose noisy count clears the threshold are published).' + threshold + evaluation)
+              ' whose noisy count clears the threshold are published)'
+              + (', and its alert threshold' if self.alert_threshold_covered else '') + '.'
+              + threshold + evaluation)
     return (' Covered: the model updates and everything computed from them (the aggregate, the'
             ' released model). Not covered: the federated feature statistics (exact sums, and'
             ' the histograms that set their clipping ranges, shipped in the model\'s metadata);'
@@ -619,7 +631,9 @@ class PrivacyPlan:
     return PrivacyStatement(
         guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation),
         statistics_covered=self.statistics is not None,
-        exact_alert_threshold=self.exact_alert_threshold, aggregation=aggregation)
+        exact_alert_threshold=self.exact_alert_threshold,
+        alert_threshold_covered=self.statistics is not None and self.statistics.alert_passes > 0,
+        aggregation=aggregation)
 
   def epsilons(self, *, rounds: int, participation: Sequence[int]) -> dict[str, float]:
     """ε of each guarantee level ('record', 'institution'), without the statement's prose.

@@ -59,6 +59,7 @@ from tffaml.data import loading
 from tffaml.data import schema as schema_lib
 from tffaml.export import saved_model
 from tffaml.federated import client_data
+from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.federated import quantiles
 from tffaml.models import tabular
@@ -354,7 +355,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
     return RunResult(paths=paths, metrics=None, rounds_completed=last_round)
   released = tf.nest.pack_sequence_as(initial, released)
   return _finish(config, choices, setup, built, paths, released=released, participation=participation,
-                 space=space, per_round=per_round, log=log)
+                 space=space, per_round=per_round, noise_seed=noise_seed, log=log)
 
 
 def statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional[features.StatisticsNoise]:
@@ -577,7 +578,7 @@ def _summary(values: Mapping[str, float], plan: accounting.PrivacyPlan) -> str:
 
 
 def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, released, participation,
-            space, per_round, log) -> RunResult:
+            space, per_round, noise_seed: int, log) -> RunResult:
   """Final evaluation, thresholds, reference, statement and export of a completed run."""
   schema, f = setup.data.schema, config.federated
   model = built.keras_model_fn()
@@ -591,7 +592,7 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
   }
   threshold = config.model.threshold
   if built.rows is not None:
-    threshold = _from_rows(config, choices, setup, built, model, metrics, log)
+    threshold = _from_rows(config, choices, setup, built, model, metrics, noise_seed, log)
   _check_finite(f.rounds, flatten_metrics(metrics['federated']['pooled'], 'eval/'), weights)
   warnings = _warnings(metrics['federated']['pooled'], setup.plan)
   if warnings:
@@ -617,16 +618,15 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
                    warnings=warnings)
 
 
-def _from_rows(config, choices, setup: _Setup, built: Built, model, metrics: dict, log) -> float:
+def _from_rows(config, choices, setup: _Setup, built: Built, model, metrics: dict, noise_seed: int,
+               log) -> float:
   """What needs the rows in this process: the alert threshold (returned), alert, attack and reference metrics."""
   data, schema = built.rows, setup.data.schema
   threshold = config.model.threshold
   if config.model.alert_budget:
-    threshold = quantiles.federated_quantile(
-        [client_data.predict(model, i.train, schema) for i in data.institutions],
-        1.0 - config.model.alert_budget)
+    threshold = _alert_threshold(config.model.alert_budget, setup.plan, data, model, noise_seed)
     log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
-        ' (federated quantile)')
+        + (' (federated quantile, DP)' if setup.plan.statistics else ' (federated quantile)'))
   if config.evaluation.alert_budgets or config.model.alert_budget:
     metrics['alerts'] = evaluation.alert_metrics(
         {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
@@ -637,6 +637,24 @@ def _from_rows(config, choices, setup: _Setup, built: Built, model, metrics: dic
   if config.reference.centralized_epochs:
     metrics['centralized_reference'] = _centralized_reference(config, choices, built, data, log)
   return threshold
+
+
+def _alert_threshold(budget: float, plan: accounting.PrivacyPlan, data, model, noise_seed: int) -> float:
+  """The score flagging `budget` of the training rows; DP when the plan's statistics are."""
+  schema = data.schema
+  scores = [client_data.predict(model, i.train, schema) for i in data.institutions]
+  if plan.statistics is None:
+    return quantiles.federated_quantile(scores, 1.0 - budget)
+  # Each unit adds at most 1 to the histograms: its rows share that weight,
+  # and the weights sum to the census's units.
+  weights = [_unit_weights(dp_sgd.unit_codes(i.train)) for i in data.institutions]
+  return quantiles.noisy_quantile(scores, weights, 1.0 - budget, total=float(sum(plan.record.units)),
+                                  stddev=plan.statistics.noise_multiplier, seed=noise_seed)
+
+
+def _unit_weights(codes: np.ndarray) -> np.ndarray:
+  """1 / (its unit's rows) for each row."""
+  return 1.0 / np.bincount(codes)[codes]
 
 
 def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
