@@ -43,19 +43,18 @@ class NoisyQuantileTest(tf.test.TestCase, parameterized.TestCase):
 
   def _quantile(self, clients, q, *, stddev, seed=0, weights=None):
     weights = weights or [np.ones_like(c) for c in clients]
-    return quantiles.noisy_quantile(clients, weights, q, total=float(sum(map(np.sum, weights))),
-                                    stddev=stddev, seed=seed)
+    return quantiles.noisy_quantile(clients, weights, q, stddev=stddev, seed=seed)
 
   @parameterized.parameters(0.9, 0.99)
   def test_without_noise_flags_the_budget_to_a_bin(self, q):
     clients = self._clients()
     scores = np.concatenate(clients)
     threshold = self._quantile(clients, q, stddev=1e-9)
-    allowed = (1 - q) * len(scores)
+    allowed = round((1 - q) * len(scores))
     flagged = np.sum(scores >= threshold)
     self.assertLessEqual(flagged, allowed)
-    # Short by at most the rows of the last bin, 0.006 nat wide.
-    in_last_bin = np.sum((scores >= threshold * np.exp(-24 / 64 / 64)) & (scores < threshold))
+    # Short by at most the rows of the last bin: 24 / 64 / 16 nat wide.
+    in_last_bin = np.sum((scores >= threshold * np.exp(-24 / 64 / 16)) & (scores < threshold))
     self.assertGreaterEqual(flagged + in_last_bin, allowed)
 
   def test_noise_of_dp_size_keeps_the_flagged_fraction_near_the_budget(self):
@@ -63,23 +62,32 @@ class NoisyQuantileTest(tf.test.TestCase, parameterized.TestCase):
     scores = np.concatenate(clients)
     fractions = [np.mean(scores >= self._quantile(clients, 0.99, stddev=14.0, seed=s)) for s in range(10)]
     self.assertGreater(len(set(fractions)), 1)  # The noise moves it...
-    self.assertAllClose(np.mean(fractions), 0.01, atol=0.004)  # ...around the budget.
+    self.assertAllClose(np.mean(fractions), 0.01, atol=0.003)  # ...around the budget.
     self.assertEqual(self._quantile(clients, 0.99, stddev=14.0, seed=3),
                      self._quantile(clients, 0.99, stddev=14.0, seed=3))
 
-  def test_a_unit_counts_once_however_many_rows_it_has(self):
+  def test_unit_weights_cap_what_a_unit_adds(self):
+    codes = np.array([0, 1, 1, 2, 2, 2, 2])  # Units of 1, 2 and 4 rows.
+    self.assertAllClose(quantiles.unit_weights(codes, 2), [1, 1, 1, 0.5, 0.5, 0.5, 0.5])
+    self.assertAllClose(quantiles.unit_weights(codes, 1), [1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25])
+
+  def test_a_unit_counts_at_most_its_cap(self):
     # 900 units of one row each, and one unit with 1,000 rows scoring above
-    # them all: weighted 1/1000 each, that unit is 1 of 901, so a 10% budget
-    # flags 90 units' worth: the unit and the top 89 one-row units.
+    # them all, capped at 10 rows' worth: a mass of 910, so a 10% budget
+    # flags 91 rows' worth: the heavy unit's 10 and the top 81 one-row units,
+    # short by at most the last bin's (0.023 nat: about 0.01 here, 19 units).
     singles = np.linspace(0.01, 0.5, 900)
     heavy = np.full(1000, 0.9)
-    weights = [np.ones(900), np.full(1000, 1e-3)]
+    weights = [np.ones(900), quantiles.unit_weights(np.zeros(1000, np.int64), 10)]
     threshold = self._quantile([singles, heavy], 0.9, stddev=1e-9, weights=weights)
     self.assertLessEqual(threshold, 0.9)
-    self.assertAllClose(np.sum(singles >= threshold), 89, atol=2)
+    self.assertBetween(np.sum(singles >= threshold), 81 - 19, 81)
+    # Uncapped, the heavy unit's 1,000 rows exceed the 190 allowed: the threshold passes above them.
+    uncapped = self._quantile([singles, heavy], 0.9, stddev=1e-9, weights=[np.ones(900), np.ones(1000)])
+    self.assertGreater(uncapped, 0.9)
 
   def test_bad_input(self):
     with self.assertRaisesRegex(ValueError, 'institution 0: one weight in'):
-      quantiles.noisy_quantile([np.ones(3)], [np.ones(2)], 0.5, total=3, stddev=1.0, seed=0)
+      quantiles.noisy_quantile([np.ones(3)], [np.ones(2)], 0.5, stddev=1.0, seed=0)
     with self.assertRaisesRegex(ValueError, 'institution 0: one weight in'):
-      quantiles.noisy_quantile([np.ones(3)], [np.full(3, 2.0)], 0.5, total=3, stddev=1.0, seed=0)
+      quantiles.noisy_quantile([np.ones(3)], [np.full(3, 2.0)], 0.5, stddev=1.0, seed=0)

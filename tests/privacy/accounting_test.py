@@ -291,7 +291,7 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
     self.assertEqual(with_threshold.statement(rounds=30, participation=[30] * 4).epsilon,
                      statement.epsilon)
     # A DP alert threshold: two more releases at z = 10, and the package stays covered.
-    dp_threshold = dataclasses.replace(plan, statistics=self._statistics(alert_passes=2))
+    dp_threshold = dataclasses.replace(plan, statistics=self._statistics(alert_passes=2, alert_rows=16))
     covered = dp_threshold.statement(rounds=30, participation=[30] * 4)
     expected = accounting.epsilon(dp_accounting.ComposedDpEvent(
         [dp_accounting.GaussianDpEvent(10.0)] * 4
@@ -299,7 +299,8 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
     self.assertAlmostEqual(covered.epsilon, expected, places=6)
     self.assertIn('Covered: the whole exported package', covered.text())
     self.assertIn('and its alert threshold.', covered.text())
-    self.assertIn('the alert threshold comes from 2 histograms of the training scores', covered.text())
+    self.assertIn('the alert threshold comes from 2 histograms of the training scores (each unit adding at'
+                  ' most 16 rows\' worth) with noise of standard deviation 160', covered.text())
 
   def test_calibration_counts_the_statistics(self):
     record = accounting.DistributedRecordDp(noise_multiplier=1.0, clip=1.0, sampling_rate=0.25,

@@ -375,8 +375,9 @@ class FeatureStatisticsDp:
 
   A model that ships an alert threshold releases `alert_passes` more
   histograms, of its training scores (`quantiles.noisy_quantile`): each unit
-  adds at most 1 to each, so their noise N(0, noise_multiplier²) makes
-  each a Gaussian mechanism of the same multiplier.
+  adds at most `alert_rows` rows' worth to each, so their noise
+  N(0, (noise_multiplier · alert_rows)²) makes each a Gaussian mechanism of
+  the same multiplier.
   """
 
   noise_multiplier: float
@@ -385,6 +386,7 @@ class FeatureStatisticsDp:
   institutions: int
   releases: int = 2  # The range histogram; then the fine histogram with the category counts.
   alert_passes: int = 0  # Histograms of training scores for the alert threshold, after training.
+  alert_rows: int = 1  # The most rows' worth a unit adds to them.
 
   def __post_init__(self):
     if not self.noise_multiplier > 0:
@@ -415,6 +417,10 @@ class FeatureStatisticsDp:
     tail = self.threshold_delta(delta) / self.categorical
     return 1.0 + self.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
 
+  @property
+  def _rows_worth(self) -> str:
+    return "rows' worth" if self.alert_rows > 1 else "row's worth"
+
   def mechanism(self, delta: float) -> str:
     return (f'the feature statistics exported with the model ({self.releases} releases of counts:'
             f' histograms of {self.numeric} numeric and counts of {self.categorical} categorical'
@@ -424,8 +430,9 @@ class FeatureStatisticsDp:
             f' {self.vocabulary_threshold(delta):.4g}, which spends'
             f' δ = {self.threshold_delta(delta):.2g} of the δ' + (
                 f'; the alert threshold comes from {self.alert_passes} histograms of the training'
-                ' scores (each unit adding at most 1, its rows weighted equally) with noise of'
-                f' standard deviation {self.noise_multiplier:.4g}' if self.alert_passes else ''))
+                f' scores (each unit adding at most {self.alert_rows} {self._rows_worth})'
+                f' with noise of standard deviation {self.noise_multiplier * self.alert_rows:.4g}'
+                if self.alert_passes else ''))
 
 
 def calibrate_client_noise(

@@ -383,7 +383,8 @@ def privacy_plan(
         f'config.privacy.delta={p.delta:g} is not below 1/{min(institution_units)} (the smallest'
         ' institution\'s privacy units): a mechanism could then publish a unit outright.'
         f' Set config.privacy.delta <= {1 / (10 * min(institution_units)):.2g}.')
-  statistics = _statistics_mechanism(config, columns, institutions=len(institution_units))
+  statistics = _statistics_mechanism(config, columns, institutions=len(institution_units),
+                                     units_have_rows=bool(unit_column))
   target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
                 accountant=choices.accountant)
   if calibrating and record is not None:
@@ -397,15 +398,16 @@ def privacy_plan(
                                 exact_alert_threshold=config.model.alert_budget > 0 and statistics is None)
 
 
-def _statistics_mechanism(config, columns: tuple[int, int], *,
-                          institutions: int) -> Optional[accounting.FeatureStatisticsDp]:
+def _statistics_mechanism(config, columns: tuple[int, int], *, institutions: int,
+                          units_have_rows: bool) -> Optional[accounting.FeatureStatisticsDp]:
   """DP feature statistics: with record-level DP, unless config.features.noise_multiplier is None."""
   z = config.features.noise_multiplier
   if not config.record_dp.enabled or z is None:
     return None
   return accounting.FeatureStatisticsDp(
       noise_multiplier=z, numeric=columns[0], categorical=columns[1], institutions=institutions,
-      alert_passes=quantiles.PASSES if config.model.alert_budget > 0 else 0)
+      alert_passes=len(quantiles.BINS) if config.model.alert_budget > 0 else 0,
+      alert_rows=quantiles.UNIT_ROW_CAP if units_have_rows else 1)
 
 
 def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, units: tuple[int, ...],

@@ -645,16 +645,11 @@ def _alert_threshold(budget: float, plan: accounting.PrivacyPlan, data, model, n
   scores = [client_data.predict(model, i.train, schema) for i in data.institutions]
   if plan.statistics is None:
     return quantiles.federated_quantile(scores, 1.0 - budget)
-  # Each unit adds at most 1 to the histograms: its rows share that weight,
-  # and the weights sum to the census's units.
-  weights = [_unit_weights(dp_sgd.unit_codes(i.train)) for i in data.institutions]
-  return quantiles.noisy_quantile(scores, weights, 1.0 - budget, total=float(sum(plan.record.units)),
-                                  stddev=plan.statistics.noise_multiplier, seed=noise_seed)
-
-
-def _unit_weights(codes: np.ndarray) -> np.ndarray:
-  """1 / (its unit's rows) for each row."""
-  return 1.0 / np.bincount(codes)[codes]
+  # A unit's rows count at most `cap` rows' worth: the histograms' sensitivity.
+  cap = plan.statistics.alert_rows
+  weights = [quantiles.unit_weights(dp_sgd.unit_codes(i.train), cap) for i in data.institutions]
+  return quantiles.noisy_quantile(scores, weights, 1.0 - budget,
+                                  stddev=plan.statistics.noise_multiplier * cap, seed=noise_seed)
 
 
 def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
