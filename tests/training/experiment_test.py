@@ -120,21 +120,24 @@ class DefaultsTest(tf.test.TestCase):
     self.assertEqual(config.privacy.target_epsilon, 1.0)
     self.assertLessEqual(config.privacy.delta, 1e-5)
 
-  def test_every_aml_preset_parses_and_account_dp_protects_accounts(self):
+  def test_every_aml_preset_parses_and_the_default_protects_accounts(self):
     from configs import aml  # pylint: disable=g-import-not-at-top
-    for preset in ('', 'smoke', 'no_dp', 'account_dp', 'compare', 'stream'):
+    from configs import aml_autoencoder  # pylint: disable=g-import-not-at-top
+    for preset in ('', 'client_dp', 'smoke', 'no_dp', 'compare', 'stream'):
       config = aml.get_config(preset)
       config.data.path = 'transactions.csv'
       experiment.parse_choices(config)
       self.assertEqual(experiment.data_spec(config).selection.path, 'transactions.csv')
-      self.assertEqual(config.record_dp.enabled, preset == 'account_dp', preset)
+      self.assertEqual(config.record_dp.enabled, preset == '', preset)
     with self.assertRaisesRegex(ValueError, "unknown preset 'nope'"):
       aml.get_config('nope')
-    config = aml.get_config('account_dp')
+    config = aml.get_config()
     config.data.path = 'transactions.csv'
     self.assertIs(experiment.parse_choices(config).record_dp_mode,
                   experiment.accounting.RecordDpMode.DISTRIBUTED)
     self.assertEqual(config.privacy.target_epsilon, 1.0)
+    # The autoencoder keeps client-level DP (its DP-SGD form is unmeasured).
+    self.assertFalse(aml_autoencoder.get_config().record_dp.enabled)
 
   def test_sampling_rate_rule_depends_on_rows_only(self):
     self.assertEqual(experiment.sampling_rate_rule(7392), 0.2)
