@@ -97,6 +97,9 @@ class RecordLevelAuditTest(_FederationTest):
     config.data.dir, config.data.schema_file = self.data_dir, self.schema_file
     config.privacy.target_epsilon = epsilon
     config.record_dp.sampling_rate = 0.5
+    # A clip well below the unclipped canaries' gradient, so that turning
+    # clipping off shows (at the default rule's clip, 2 here, the bound was 1.5).
+    config.record_dp.clip = 1.0
     config.federated.rounds = 10
     return config
 

@@ -139,6 +139,13 @@ class DefaultsTest(tf.test.TestCase):
     # The autoencoder keeps client-level DP (its DP-SGD form is unmeasured).
     self.assertFalse(aml_autoencoder.get_config().record_dp.enabled)
 
+  def test_clip_rule_bounds_a_row_where_the_noise_is_small_else_clips_to_one(self):
+    # Two numeric and one categorical column: |(x, 1)| is about 2.
+    self.assertEqual(experiment.clip_rule((2, 1), noise_multiplier=5.0, expected_batch_size=1000), 2.0)
+    self.assertEqual(experiment.clip_rule((2, 1), noise_multiplier=5.0, expected_batch_size=999), 1.0)
+    self.assertAlmostEqual(experiment.clip_rule((17, 4), noise_multiplier=6.48, expected_batch_size=1478),
+                           math.sqrt(22))  # The default lenders.
+
   def test_sampling_rate_rule_depends_on_rows_only(self):
     self.assertEqual(experiment.sampling_rate_rule(7392), 0.2)
     self.assertEqual(experiment.sampling_rate_rule(100_000), 0.2)
@@ -153,10 +160,10 @@ class DefaultsTest(tf.test.TestCase):
     units = sum(len(i.train) for i in data.institutions)
     self.assertEqual(plan.record.sampling_rate, 0.2)
     self.assertEqual(plan.record.units, tuple(len(i.train) for i in data.institutions))
-    # The clip bounds a row of unit-scale features; server SGD steps at most 5.
-    columns = len(data.schema.numeric) + len(data.schema.categorical)
-    self.assertAlmostEqual(plan.record.clip, math.sqrt(columns + 1))
-    self.assertAlmostEqual(experiment.server_learning_rate(config, plan), 5.0 / math.sqrt(columns + 1))
+    # So few rows are noisy (σ / batch > 0.005): the clip of 1; server SGD steps at most 5.
+    self.assertGreater(plan.record.noise_multiplier / plan.record.expected_batch_size, 0.005)
+    self.assertEqual(plan.record.clip, 1.0)
+    self.assertEqual(experiment.server_learning_rate(config, plan), 5.0)
     config.record_dp.clip, config.federated.server_learning_rate = 2.0, 0.3  # Set: as set.
     plan = experiment.privacy_plan_for_data(config, experiment.parse_choices(config), data, cohort=3)
     self.assertEqual((plan.record.clip, experiment.server_learning_rate(config, plan)), (2.0, 0.3))
@@ -167,7 +174,6 @@ class DefaultsTest(tf.test.TestCase):
     statement = plan.statement(rounds=5, participation=[5] * len(data.institutions))
     self.assertAlmostEqual(statement.epsilon, 1.0, delta=0.01)
     self.assertIn(f'{units} units', statement.text())
-    self.assertIn(f'clips each unit\'s gradient to {2.0:g}', statement.text())
 
   def test_a_node_checks_the_calibrated_noise_it_is_sent_instead_of_calibrating(self):
     config = loan_risk.get_config()  # Local DP-SGD: each institution's ε depends on its size.
