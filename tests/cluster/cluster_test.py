@@ -176,6 +176,7 @@ class FaultsTest(absltest.TestCase):
       with self.assertRaisesRegex(errors.RunFailed, f'worker {second.address}: no answer after 5 s'):
         program.run(config, workdir, log=lambda _: None)
       second = WorkerProcess(parts['w2'], port=second.port)
+      config.runtime.connect_seconds = 60.0  # A loaded machine took over 5 s to answer.
       lines = []
       result = program.run(config, workdir, log=lines.append)
       self.assertEqual(result.rounds_completed, 3)

@@ -130,6 +130,9 @@ def _public_config(config: ml_collections.ConfigDict) -> dict:
 def _config_for_comparison(config_dict: dict) -> dict:
   config_dict = json.loads(json.dumps(config_dict))
   config_dict['federated'].pop('rounds', None)  # A run may be extended.
+  # Where it runs is not what it trains: a run may resume on moved workers,
+  # with new certificates or a longer wait.
+  config_dict.pop('runtime', None)
   return config_dict
 
 
