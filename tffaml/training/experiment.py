@@ -447,10 +447,10 @@ MAX_SAMPLED_ROWS = 20_000
 # of each row's share of the signal against the noise. Which wins depends on
 # the noise on the mean gradient, σ / (expected batch), in units of the clip:
 # on the default lenders (0.0044) the clip of 1 lost 0.02-0.05 AUC even with
-# no noise at all, and sqrt(columns + 1) won; on the small public tables
-# (HMDA 0.018, credit_data 0.011) it lost 0.03-0.09 to the clip of 1. The
-# bound between them was set from those runs (LOW_NOISE). Server SGD steps
-# at most MAX_STEP a round, whatever the clip.
+# no noise at all; on the small public tables (HMDA 0.018, credit_data 0.011)
+# sqrt(columns + 1) lost 0.03-0.09 to the clip of 1. LOW_NOISE lies between,
+# set from single runs that one noise draw moves by 0.03: a first guess.
+# Server SGD steps at most MAX_STEP a round, whatever the clip.
 LOW_NOISE = 0.005
 MAX_STEP = 5.0
 
