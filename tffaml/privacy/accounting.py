@@ -418,6 +418,11 @@ class FeatureStatisticsDp:
     return 1.0 + self.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
 
   @property
+  def alert_stddev(self) -> float:
+    """The noise on every count of the alert threshold's histograms."""
+    return self.noise_multiplier * self.alert_rows
+
+  @property
   def _rows_worth(self) -> str:
     return "rows' worth" if self.alert_rows > 1 else "row's worth"
 
@@ -431,7 +436,7 @@ class FeatureStatisticsDp:
             f' δ = {self.threshold_delta(delta):.2g} of the δ' + (
                 f'; the alert threshold comes from {self.alert_passes} histograms of the training'
                 f' scores (each unit adding at most {self.alert_rows} {self._rows_worth})'
-                f' with noise of standard deviation {self.noise_multiplier * self.alert_rows:.4g}'
+                f' with noise of standard deviation {self.alert_stddev:.4g}'
                 if self.alert_passes else ''))
 
 

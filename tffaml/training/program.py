@@ -648,11 +648,11 @@ def _alert_threshold(budget: float, plan: accounting.PrivacyPlan, data, model, n
   scores = [client_data.predict(model, i.train, schema) for i in data.institutions]
   if plan.statistics is None:
     return quantiles.federated_quantile(scores, 1.0 - budget)
-  # A unit's rows count at most `cap` rows' worth: the histograms' sensitivity.
-  cap = plan.statistics.alert_rows
-  weights = [quantiles.unit_weights(dp_sgd.unit_codes(i.train), cap) for i in data.institutions]
-  return quantiles.noisy_quantile(scores, weights, 1.0 - budget,
-                                  stddev=plan.statistics.noise_multiplier * cap, seed=noise_seed)
+  # A unit's rows count at most `alert_rows` rows' worth: the histograms' sensitivity.
+  weights = [quantiles.unit_weights(dp_sgd.unit_codes(i.train), plan.statistics.alert_rows)
+             for i in data.institutions]
+  return quantiles.noisy_quantile(scores, weights, 1.0 - budget, stddev=plan.statistics.alert_stddev,
+                                  seed=noise_seed)
 
 
 def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
