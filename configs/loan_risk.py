@@ -37,7 +37,7 @@ from ml_collections import config_dict
 def _data(config: ml_collections.ConfigDict) -> None:
   """Where the rows come from and how they are split into institutions."""
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'lending_club'  # lending_club | csv_dir | amlworld | federation (a coordinator's)
+  config.data.source = 'lending_club'  # lending_club | csv_dir | amlworld | federation, amlworld_federation (a coordinator's)
   config.data.dir = ''  # csv_dir: <dir>/<institution>/{train,test}.csv
   config.data.schema_file = ''  # csv_dir: schema.json (see README)
   config.data.path = ''  # amlworld: the transactions CSV (configs/aml.py).

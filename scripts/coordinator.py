@@ -63,7 +63,7 @@ def main(argv):
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  config.data.source, config.data.dir = 'federation', ''
+  coordinator.at_coordinator(config)
   transport = flower.FlowerTransport(_DRIVER_API.value, root_certificates=root_certificates,
                                      node_keys=node_keys, timeout=_REPLY_TIMEOUT.value)
   try:

@@ -88,7 +88,7 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
   from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
   from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
-  config.data.source, config.data.dir = 'federation', ''
+  coordinator.at_coordinator(config)
   node_keys = {n: messages.load_public_key(os.path.join(files.nodes, f'{n}.pub')) for n in names}
   with open(files.tls.ca_certificate, 'rb') as f:
     transport = flower.FlowerTransport(driver, root_certificates=f.read(), node_keys=node_keys)

@@ -5,7 +5,12 @@
       --superlink=coordinator.example:9092 --ca=pki/ca.crt \
       --key=pki/nodes/bank_a.key --coordinator_key=pki/coordinator/public.pem
 
-The node reads only `--data_dir` ({train,test}.csv), runs the client code
+An AML bank's node reads its AMLworld transactions file instead
+(`--config=configs/aml.py --transactions=FILE --bank=CODE`, its
+institution named bank_CODE): its rows are the transactions it sends or
+receives, split in time as the simulation splits them.
+
+The node reads only `--data_dir` ({train,test}.csv) or `--transactions`, runs the client code
 installed here, and answers only requests the coordinator signed for the
 config given here (same file and overrides as the coordinator's). Its DP
 noise seed stays in `--workdir/secret/noise_seed`, and its own privacy
@@ -30,8 +35,9 @@ from ml_collections import config_flags
 from tffaml import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The agreed experiment config.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, "This institution's folder: train.csv, test.csv.",
-                                required=True)
+_DATA_DIR = flags.DEFINE_string('data_dir', None, "This institution's folder: train.csv, test.csv.")
+_TRANSACTIONS = flags.DEFINE_string('transactions', None, "Instead: this bank's AMLworld transactions CSV.")
+_BANK = flags.DEFINE_string('bank', None, "With --transactions: this bank's code in it.")
 _WORKDIR = flags.DEFINE_string('workdir', None, "The node's own state: its DP noise seed and privacy ledger.",
                                required=True)
 _SUPERLINK = flags.DEFINE_string('superlink', '127.0.0.1:9092', "The SuperLink's Fleet API, HOST:PORT.")
@@ -52,21 +58,37 @@ def main(argv):
   from tffaml.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  folder = os.path.abspath(_DATA_DIR.value)
-  config.data.source, config.data.dir = 'csv_dir', os.path.dirname(folder)
+  folder = _own_data(config)
   key = messages.load_private_key(_KEY.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   noise_seed = workdir_lib.noise_seed(_WORKDIR.value, config.privacy.noise_seed, lambda: secrets.randbits(62))
   with open(_CA.value, 'rb') as f:
     root_certificates = f.read()
   with runtime.local_runtime():
-    node = node_lib.Node(config, folder=folder, key=key, noise_seed=noise_seed,
+    node = node_lib.Node(config, folder=folder, bank=_BANK.value or '', key=key, noise_seed=noise_seed,
                          coordinator_key=messages.load_public_key(_COORDINATOR_KEY.value),
                          ledger=node_lib.Ledger(os.path.join(_WORKDIR.value, 'privacy_ledger.json')))
     print(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
           f' connecting to {_SUPERLINK.value}', flush=True)
     flower.run_node(node, key, superlink=_SUPERLINK.value, root_certificates=root_certificates,
                     authentication_keys=(key, key.public_key()))
+
+
+def _own_data(config) -> str:
+  """Points `config.data` at this institution's rows; returns its folder ('' for a transactions file)."""
+  from tffaml import errors  # pylint: disable=g-import-not-at-top
+  if bool(_DATA_DIR.value) == bool(_TRANSACTIONS.value):
+    raise errors.InputError('give the node its rows: --data_dir=<its folder>, or --transactions=<its AMLworld'
+                            ' file> with --bank=<its code>.')
+  if _TRANSACTIONS.value:
+    if config.data.source != 'amlworld' or not _BANK.value:
+      raise errors.InputError('--transactions needs an AML config (config.data.source=amlworld, e.g.'
+                              ' configs/aml.py) and --bank=<this bank\'s code>.')
+    config.data.path = os.path.abspath(_TRANSACTIONS.value)
+    return ''
+  folder = os.path.abspath(_DATA_DIR.value)
+  config.data.source, config.data.dir = 'csv_dir', os.path.dirname(folder)
+  return folder
 
 
 if __name__ == '__main__':

@@ -69,6 +69,7 @@ class LoadingDispatchTest(tf.test.TestCase):
         loading.Source.CSV_DIR: ('dir', '', 'needs config.data.dir and config.data.schema_file'),
         loading.Source.AMLWORLD: ('path', '', 'config.data.path must name an AMLworld'),
         loading.Source.FEDERATION: ('schema_file', 'schema.json', 'rows are at the institutions'),
+        loading.Source.AMLWORLD_FEDERATION: ('path', '', 'rows are at the institutions'),
     }
     self.assertCountEqual(refusals, list(loading.Source))
     for source, (key, value, message) in refusals.items():

@@ -1,3 +1,5 @@
+import dataclasses
+
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
@@ -85,6 +87,22 @@ class NoisyQuantileTest(tf.test.TestCase, parameterized.TestCase):
     # Uncapped, the heavy unit's 1,000 rows exceed the 190 allowed: the threshold passes above them.
     uncapped = self._quantile([singles, heavy], 0.9, stddev=1e-9, weights=[np.ones(900), np.ones(1000)])
     self.assertGreater(uncapped, 0.9)
+
+  def test_institutions_answer_for_their_units_with_their_noise_shares(self):
+    clients = self._clients()
+    codes = [np.arange(len(c)) // 4 for c in clients]  # Units of four rows, each counting at most 2.
+    ask = quantiles.local_ask(clients, codes, seed=5)
+    request = quantiles.HistogramRequest(low=-16.0, high=8.0, bins=64, release=3, stddev=3.0, cap=2)
+    # The noise shares sum to the request's noise: N(0, 9) per count over three institutions.
+    shares = [quantiles.answer(c, u, request, institutions=3, seed=5, index=i)
+              - quantiles.answer(c, u, dataclasses.replace(request, stddev=0.0), institutions=3, seed=5, index=i)
+              for i, (c, u) in enumerate(zip(clients, codes))]
+    self.assertAllClose(np.std(np.sum(shares, axis=0)), 3.0, rtol=0.25)
+    self.assertAllClose(ask(request), np.sum([quantiles.answer(c, u, request, institutions=3, seed=5, index=i)
+                                              for i, (c, u) in enumerate(zip(clients, codes))], axis=0))
+    weights = [quantiles.unit_weights(u, 2) for u in codes]
+    self.assertEqual(quantiles.search(ask, 0.99, stddev=3.0, cap=2, bins=quantiles.BINS),
+                     quantiles.noisy_quantile(clients, weights, 0.99, stddev=3.0, seed=5))
 
   def test_bad_input(self):
     with self.assertRaisesRegex(ValueError, 'institution 0: one weight in'):

@@ -42,7 +42,7 @@ def _keys(root: str, names) -> tuple:
 
 def coordinator_config(config):
   config = copy.deepcopy(config)
-  config.data.source, config.data.dir = 'federation', ''
+  coordinator.at_coordinator(config)
   return config
 
 
@@ -105,9 +105,37 @@ class FederationTest(tf.test.TestCase):
 
   def test_configs_that_need_rows_in_one_process_are_refused(self):
     config = coordinator_config(self.config)
-    config.evaluation.alert_budgets = (0.01,)
-    with self.assertRaisesRegex(errors.ConfigError, 'config.evaluation.alert_budgets'):
+    config.reference.centralized_epochs = 1
+    with self.assertRaisesRegex(errors.ConfigError, 'config.reference.centralized_epochs'):
       coordinator.check(config)
+
+  def test_alert_threshold_and_metrics_are_the_simulations(self):
+    config = csv_config.get_config()  # Record-level DP: the threshold is DP, each node adding its noise share.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
+    config.federation.secure_aggregation = False  # Updates in the clear: the same model to float rounding.
+    # A large budget: 180 training rows against the threshold's noise at ε = 1 (0.05 flags none).
+    config.model.alert_budget, config.evaluation.alert_budgets = 0.3, (0.1, 0.5)
+    simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
+    nodes = self._nodes(config)
+    federated = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                            runtime=self._federation(nodes))
+    for a, b in zip(simulated.model.get_weights(), federated.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-6)
+    sim, fed = simulated.metrics['alerts'], federated.metrics['alerts']
+    self.assertEqual(program.saved_model.read_metadata(simulated.paths.export)['threshold'],
+                     program.saved_model.read_metadata(federated.paths.export)['threshold'])
+    for name in self.names:  # Each node's own test rows: exact.
+      for key, value in sim['institutions'][name].items():
+        if value is None:  # Undefined (nothing alerted): undefined in both.
+          self.assertIsNone(fed['institutions'][name][key], msg=f'{name} {key}')
+        else:
+          self.assertAllClose(fed['institutions'][name][key], value, atol=1e-6, msg=f'{name} {key}')
+    self.assertAllClose(fed['pooled']['alert_rate'], sim['pooled']['alert_rate'], atol=1e-9)
+    self.assertBetween(fed['pooled']['alert_rate'], 0.05, 0.95)  # A threshold inside the scores.
+    for key in ('auprc', 'recall_at_10%', 'f1_at_50%'):  # Pooled from binned scores: to a bin.
+      self.assertAllClose(fed['pooled'][key], sim['pooled'][key], atol=0.01)
+    self.assertIn('log-score bins', fed['pooled_ranking'])
 
   def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
     config = csv_config.get_config()  # The default: distributed record-level DP, secure aggregation.
@@ -327,14 +355,58 @@ class ScriptTest(tf.test.TestCase):
                  f'--key={node_key}', f'--coordinator_key={public}', '--superlink=127.0.0.1:1'],
         'coordinator': ['scripts/coordinator.py', *common, f'--workdir={root}/run', f'--key={private}',
                         f'--nodes={root}/no_nodes'],
+        'node_with_two_sources': ['scripts/node.py', *common, f'--data_dir={data_dir}/bank_b', f'--workdir={root}/n',
+                                  '--transactions=t.csv', f'--key={node_key}', f'--coordinator_key={public}'],
     }
     expected = {'node': r"error: .*bank_b/train.csv: line 62, column 'amount': '1e200' is beyond",
-                'coordinator': r'no_nodes: no <institution>.pub keys'}
+                'coordinator': r'no_nodes: no <institution>.pub keys',
+                'node_with_two_sources': r'error: give the node its rows: --data_dir=.*, or --transactions='}
     for name, argv in runs.items():
       done = subprocess.run([sys.executable, *argv], cwd=_ROOT, capture_output=True, text=True, timeout=600)
       self.assertNotEqual(done.returncode, 0, name)
       self.assertRegex(done.stderr, expected[name])
       self.assertNotIn('Traceback', done.stderr)
+
+
+class AmlNodesTest(tf.test.TestCase):
+  """Banks' nodes reading an AMLworld file, each its own bank's transactions."""
+
+  def test_bank_nodes_train_the_simulations_model_and_alert_threshold(self):
+    from configs import aml  # pylint: disable=g-import-not-at-top
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    from tffaml.data import transaction_generator  # pylint: disable=g-import-not-at-top
+    root = self.create_tempdir().full_path
+    path = os.path.join(root, 'transactions.csv')
+    transaction_generator.generate(path, num_banks=4, num_transactions=8000, seed=1, laundering_rate=0.01, days=10)
+    config = aml.get_config('smoke')  # Client-level DP: the coordinator's noise, seeded.
+    config.data.path, config.privacy.noise_seed, config.federated.eval_every = path, 0, 0
+    config.reference.centralized_epochs = 0  # Pools the rows: the simulation's alone.
+    config.federation.secure_aggregation = False  # Updates in the clear: the same model to float rounding.
+    simulated = program.run(config, os.path.join(root, 'sim'), log=lambda _: None)
+    names = [s['institution'] for s in simulated.metrics['institutions']]
+    self.assertLen(names, 4)
+    key, public, node_keys, node_public = _keys(root, names)
+    nodes = [node_lib.Node(config, bank=n[len('bank_'):], key=node_keys[n], coordinator_key=public, noise_seed=0,
+                           log=lambda _: None) for n in names]
+    federated = program.run(coordinator_config(config), os.path.join(root, 'fed'), log=lambda _: None,
+                            runtime=coordinator.Federation(coordinator.InProcessTransport(nodes), key=key,
+                                                           node_keys=node_public, log=lambda _: None))
+    for a, b in zip(simulated.model.get_weights(), federated.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-6)
+    self.assertEqual(federated.metrics['institutions'], simulated.metrics['institutions'])
+    threshold = program.saved_model.read_metadata(simulated.paths.export)['threshold']
+    self.assertEqual(program.saved_model.read_metadata(federated.paths.export)['threshold'], threshold)
+    self.assertEqual(program.saved_model.read_metadata(federated.paths.export)['serving'],  # Raw AMLworld fields.
+                     program.saved_model.read_metadata(simulated.paths.export)['serving'])
+    self.assertAllClose(federated.metrics['alerts']['pooled']['alert_rate'],
+                        simulated.metrics['alerts']['pooled']['alert_rate'], atol=1e-9)
+    # A bank the file does not hold, and one without enough transactions, are refused before any work.
+    with self.assertRaisesRegex(schema_lib.DataError, "no transaction of bank 'nope'"):
+      node_lib.own_rows(config, None, bank='nope')
+    config.data.min_rows = 100_000
+    with self.assertRaisesRegex(schema_lib.DataError, r'the agreed config needs 100000 .*config.data.min_rows'):
+      node_lib.own_rows(config, None, bank=names[0][len('bank_'):])
+
 
 if __name__ == '__main__':
   tf.test.main()

@@ -47,3 +47,39 @@ class RankingMetricsTest(tf.test.TestCase):
     self.assertEqual(result['institutions']['a']['auprc'], 1.0)
     self.assertEqual(result['pooled']['rows'], 4)
     self.assertEqual(result['pooled']['recall_at_25%'], 0.5)  # Top row of four: a's positive.
+
+
+class RankedTest(tf.test.TestCase):
+
+  def _rows(self, seed=0, n=3000):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < 0.05
+    scores = 1 / (1 + np.exp(-(rng.normal(size=n) + 2 * labels)))
+    return labels, scores
+
+  def test_exact_auprc_is_scikit_learns_also_with_ties(self):
+    from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
+    labels, scores = self._rows()
+    for s in (scores, np.round(scores, 2)):  # Distinct scores, then many ties.
+      m = evaluation.ranking_metrics(labels, s, budgets=())
+      self.assertAllClose(m['auprc'], sk_metrics.average_precision_score(labels, s))
+
+  def test_a_tie_at_the_cut_counts_its_share_of_positives(self):
+    # Four rows tied at the top, one of them positive; a 50% budget of 4 rows flags 2 of them.
+    m = evaluation.ranking_metrics(np.array([1, 0, 0, 0]), np.full(4, 0.7), budgets=(0.5,))
+    self.assertAllClose(m['recall_at_50%'], 0.5)
+    self.assertAllClose(m['precision_at_50%'], 0.25)
+
+  def test_binned_and_summed_over_institutions_is_the_pooled_ranking_to_a_bin(self):
+    labels, scores = self._rows(1, 20000)
+    parts = np.array_split(np.arange(len(labels)), 3)
+    pooled = evaluation.ranking_metrics(labels, scores, budgets=(0.01, 0.1), threshold=0.6)
+    summed = evaluation.ranked_metrics(evaluation.combined(
+        [evaluation.binned(labels[p], scores[p], 0.6) for p in parts]), budgets=(0.01, 0.1))
+    self.assertEqual(summed['rows'], pooled['rows'])
+    for key in ('alert_rate', 'alert_precision', 'alert_recall', 'alert_f1'):  # Counts at the threshold: exact.
+      self.assertAllClose(summed[key], pooled[key], atol=1e-12)
+    for key in ('auprc', 'recall_at_1%', 'precision_at_10%'):  # Ties within 0.15% of a score.
+      self.assertAllClose(summed[key], pooled[key], atol=2e-3)
+    self.assertNotAllClose(summed['auprc'], evaluation.ranked_metrics(evaluation.combined(
+        [evaluation.binned(labels[p][::-1], scores[p], 0.6) for p in parts]), budgets=())['auprc'])

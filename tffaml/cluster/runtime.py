@@ -233,7 +233,7 @@ class Workers:
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     """Refuses what the workers cannot run, before any work (errors.ConfigError)."""
-    program.refuse_needing_rows(config, runtime='TFF workers', fix='unset config.runtime.workers')
+    program.refuse_needing_rows(config, runtime='TFF workers', fix='unset config.runtime.workers', alerts=False)
 
   def connect(self, expected: Optional[schema_lib.Schema] = None) -> Roster:
     """Connects to every worker; the institutions they hold (their schema `expected`, if given)."""

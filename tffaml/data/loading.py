@@ -29,6 +29,9 @@ class Source(enum.Enum):
   # Each institution's rows stay on its node (scripts/node.py); the
   # coordinator knows only the agreed schema (`schema_file`).
   FEDERATION = 'federation'
+  # The same for AMLworld transactions, each bank's at its node
+  # (scripts/node.py --transactions): the schema is `transactions.SCHEMA`.
+  AMLWORLD_FEDERATION = 'amlworld_federation'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +75,14 @@ class DataSpec:
 
 def interface(source: Source, schema: schema_lib.Schema) -> interface_lib.Interface:
   """What the export of a model trained on `source`'s data takes and returns."""
-  if source is Source.AMLWORLD:
+  if source in (Source.AMLWORLD, Source.AMLWORLD_FEDERATION):
     return transactions.interface()
   return interface_lib.table_interface(schema)
+
+
+def at_nodes(source: Source) -> Source:
+  """The source as a federation's coordinator sees it: the rows are at the nodes."""
+  return Source.AMLWORLD_FEDERATION if source in (Source.AMLWORLD, Source.AMLWORLD_FEDERATION) else Source.FEDERATION
 
 
 def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
@@ -97,9 +105,9 @@ def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
     return shards.store_federation(data, shard_dir, key={'csv_dir': os.path.abspath(spec.directory)})
   if spec.source is Source.LENDING_CLUB:
     return _lending_club(spec, seed=seed)
-  if spec.source is Source.FEDERATION:
-    raise errors.InputError('{source}=federation: the rows are at the institutions\' nodes; train with'
-                            ' scripts/coordinator.py.', blames=('source',))
+  if spec.source in (Source.FEDERATION, Source.AMLWORLD_FEDERATION):
+    raise errors.InputError(f'{{source}}={spec.source.value}: the rows are at the institutions\' nodes; train'
+                            ' with scripts/coordinator.py.', blames=('source',))
   raise ValueError(f'no loader for {spec.source!r}.')
 
 

@@ -136,7 +136,7 @@ class Selection:
 def _shard_key(selection: Selection) -> dict:
   """What stored banks were made from: the file as it was, and the split settings."""
   info = os.stat(selection.path)
-  return {'layout': 2, 'path': os.path.abspath(selection.path), 'bytes': info.st_size,
+  return {'layout': 3, 'path': os.path.abspath(selection.path), 'bytes': info.st_size,
           'mtime_ns': info.st_mtime_ns,
           **{k: getattr(selection, k) for k in ('test_fraction', 'min_rows', 'min_positives', 'max_banks')}}
 
@@ -158,13 +158,14 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
       log(f'{selection.path}: reusing the {len(stored)} banks stored in {shard_dir}')
       return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(stored))
   transactions = amlworld.read(selection.path)
-  first, last = transactions['minute'].min(), transactions['minute'].max()
-  cutoff = first + (1.0 - selection.test_fraction) * (last - first)
+  cutoff = _cutoff(transactions, selection)
   banks = amlworld.banks(transactions[transactions['minute'] < cutoff])
-  joins = (banks['transactions'] >= selection.min_rows) & (banks['laundering'] >= selection.min_positives)
+  joins = _joins(banks, selection)
   members = banks[joins].sort_values('transactions', ascending=False)
   if selection.max_banks:
     members = members.head(selection.max_banks)
+  # By name, as a federation orders its nodes: an institution's index seeds its batches.
+  members = members.sort_values('bank', key=lambda banks: banks.astype(str))
   if members.empty:
     raise schema_lib.DataError(
         f'{selection.path}: no bank has {selection.min_rows} training transactions and'
@@ -175,11 +176,7 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
       f' >= {selection.min_positives} laundering)')
   institutions = []
   for bank in members['bank']:
-    frame = model_frame(amlworld.bank_view(transactions, bank))
-    test = (frame.pop('minute') >= cutoff).to_numpy()
-    institution = federated_data.Institution(
-        name=f'bank_{bank}', train=frame[~test].reset_index(drop=True),
-        test=frame[test].reset_index(drop=True))
+    institution = _institution(transactions, bank, cutoff)
     if shard_dir:
       federated_data.check_institution(institution)
       institution = shards.store(institution, SCHEMA, shard_dir)
@@ -188,6 +185,46 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
     shards.write_manifest(shard_dir, _shard_key(selection), institutions)
     log(f'stored {len(institutions)} banks\' rows in {shard_dir}')
   return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
+
+
+def _cutoff(transactions: pd.DataFrame, selection: Selection) -> float:
+  """The minute from which rows are test rows: the last test_fraction of the file's time span."""
+  first, last = transactions['minute'].min(), transactions['minute'].max()
+  return first + (1.0 - selection.test_fraction) * (last - first)
+
+
+def _joins(banks: pd.DataFrame, selection: Selection) -> pd.Series:
+  return (banks['transactions'] >= selection.min_rows) & (banks['laundering'] >= selection.min_positives)
+
+
+def _institution(transactions: pd.DataFrame, bank: str, cutoff: float) -> federated_data.Institution:
+  frame = model_frame(amlworld.bank_view(transactions, bank))
+  test = (frame.pop('minute') >= cutoff).to_numpy()
+  return federated_data.Institution(name=f'bank_{bank}', train=frame[~test].reset_index(drop=True),
+                                    test=frame[test].reset_index(drop=True))
+
+
+def load_bank(selection: Selection, bank: str) -> federated_data.Institution:
+  """Bank `bank`'s rows of `selection`'s file, split as `load` splits them: a node's own data.
+
+  The split is the file's time span's, so a file holding every bank's
+  transactions gives the node the simulation's rows; a bank's own file
+  splits at its own span. The bank must qualify as `load` requires.
+  """
+  if not os.path.isfile(selection.path):
+    raise schema_lib.DataError(f'{selection.path}: file not found.')
+  transactions = amlworld.read(selection.path)
+  cutoff = _cutoff(transactions, selection)
+  banks = amlworld.banks(transactions[transactions['minute'] < cutoff]).set_index('bank')
+  if bank not in banks.index:
+    raise schema_lib.DataError(f'{selection.path}: no transaction of bank {bank!r} (banks here:'
+                               f' {", ".join(map(str, banks.index[:10]))}{"…" if len(banks) > 10 else ""}).')
+  if not _joins(banks.loc[[bank]], selection).iloc[0]:
+    raise schema_lib.DataError(
+        f'{selection.path}: bank {bank!r} has {banks.loc[bank, "transactions"]} training transactions, of'
+        f' which {banks.loc[bank, "laundering"]} laundering; the agreed config needs {selection.min_rows} and'
+        f' {selection.min_positives} ({{min_rows}}, {{min_positives}}).', blames=('min_rows', 'min_positives'))
+  return _institution(transactions, bank, cutoff)
 
 
 def interface() -> interface_lib.Interface:

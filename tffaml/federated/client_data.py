@@ -1,7 +1,7 @@
 """Institutions' rows as the `tf.data` datasets TFF clients train on."""
 
 import collections
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -101,3 +101,22 @@ def institution_dataset(
 def predict(model: tf.keras.Model, frame: pd.DataFrame, schema: schema_lib.Schema) -> np.ndarray:
   """The model's score of every row of `frame`, computed where the rows are."""
   return model.predict(feature_tensors(frame, schema), batch_size=4096, verbose=0)[:, 0]
+
+
+class Scorer:
+  """A model's scores of rows, kept for the last model asked (a quantile search asks pass after pass)."""
+
+  def __init__(self, keras_model_fn: Callable[[], tf.keras.Model], schema: schema_lib.Schema):
+    self._model, self._schema = keras_model_fn(), schema
+    self._weights: Optional[list[np.ndarray]] = None
+    self._scores: dict[int, np.ndarray] = {}  # By the frame's id: frames outlive the run's stages.
+
+  def __call__(self, weights: Any, frame: pd.DataFrame) -> np.ndarray:
+    """`weights`: a tff.learning.models.ModelWeights."""
+    flat = [np.asarray(w) for w in tf.nest.flatten(weights)]
+    if self._weights is None or not all(np.array_equal(a, b) for a, b in zip(flat, self._weights)):
+      weights.assign_weights_to(self._model)
+      self._weights, self._scores = flat, {}
+    if id(frame) not in self._scores:
+      self._scores[id(frame)] = predict(self._model, frame, self._schema)
+    return self._scores[id(frame)]

@@ -34,8 +34,10 @@ import tensorflow_federated as tff
 from tffaml import errors
 from tffaml import features
 from tffaml import io
+from tffaml.data import loading
 from tffaml.data import schema as schema_lib
 from tffaml.federated import processes
+from tffaml.federated import quantiles
 from tffaml.federation import flower
 from tffaml.federation import messages
 from tffaml.federation import node as node_lib
@@ -111,12 +113,18 @@ class Roster:
 SECURE_AGGREGATORS = ('mean', 'gaussian_fixed')
 
 
+def at_coordinator(config: ml_collections.ConfigDict) -> None:
+  """Makes the agreed `config` the coordinator's: the same but for where the rows are (at the nodes)."""
+  config.data.source = loading.at_nodes(experiment.data_source(config)).value
+  config.data.dir = config.data.path = ''
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Refuses what needs rows in the coordinator's process, before any work."""
   if config.data.stream:
     raise errors.ConfigError('config.data.stream=True stores the rows in the coordinator\'s workdir; a'
                              ' federation\'s rows are at its nodes: set it to False.')
-  program.refuse_needing_rows(config, runtime='a federation', fix='use scripts/train.py')
+  program.refuse_needing_rows(config, runtime='a federation', fix='use scripts/train.py', alerts=True)
   if experiment.parse_choices(config).algorithm is not processes.Algorithm.FEDAVG:
     raise errors.ConfigError(
         f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'
@@ -175,7 +183,7 @@ class Federation:
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     check(config)
-    schema = schema_lib.Schema.from_json(config.data.schema_file)
+    schema = experiment.agreed_schema(config)
     self._agreement = node_lib.agreement(config, schema)
 
   def ask(self, kind: str, headers: Mapping[str, dict], arrays: Sequence[np.ndarray] = (), *,
@@ -232,7 +240,7 @@ class Federation:
     del log
     self.run_id = _run_id(paths.root)
     replies = self.ask(node_lib.HELLO, {n: {} for n in self.names})
-    schema = schema_lib.Schema.from_json(config.data.schema_file)
+    schema = experiment.agreed_schema(config)
     for name, reply in replies.items():
       if reply.header['institution'] != name:
         raise errors.RunFailed(f'node {name} says it is {reply.header["institution"]!r}.')
@@ -265,6 +273,7 @@ class Federation:
                      every_share=training.work is experiment.ClientWork.DISTRIBUTED_DP_SGD)
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
+                         score_histogram=rounds.score_histogram, alert_metrics=rounds.alert_metrics,
                          aggregation=accounting.Aggregation.SECURE if secure
                          else accounting.Aggregation.VISIBLE_UPDATES)
 
@@ -340,6 +349,26 @@ class _Rounds:
     if missing:  # Pooled over the nodes that answered only: said where the metrics are.
       result['not_evaluated'] = missing
     return result
+
+
+  def score_histogram(self, weights, request: quantiles.HistogramRequest) -> np.ndarray:
+    """The nodes' histograms of their training scores, summed: every node's, for every noise share."""
+    headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i, 'histogram': request.to_dict()}
+               for i, n in enumerate(self.names)}
+    replies = self._federation.ask(node_lib.SCORES, headers, _flat(weights))
+    return np.sum([replies[n].arrays[0] for n in self.names], axis=0)
+
+  def alert_metrics(self, weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
+    """Each node's test alert metrics; pooled from their binned scores (`evaluation.combined`)."""
+    headers = {n: {**self._plan, 'index': i, 'threshold': threshold, 'budgets': list(budgets)}
+               for i, n in enumerate(self.names)}
+    replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights))
+    ranked = [evaluation.Ranked(positives=r.arrays[0], rows=r.arrays[1],
+                                alerted=None if r.header['alerted'] is None else tuple(r.header['alerted']))
+              for r in (replies[n] for n in self.names)]
+    return {'pooled': evaluation.ranked_metrics(evaluation.combined(ranked), budgets=budgets),
+            'institutions': {n: replies[n].header['metrics'] for n in self.names},
+            'pooled_ranking': f'scores binned in {evaluation.RANKING_BINS} log-score bins at the nodes'}
 
 
 def _run_id(root: str) -> str:

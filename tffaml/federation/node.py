@@ -12,6 +12,11 @@ rows. The coordinator sends signed messages (`messages`), never code:
                     leaves only masked by SecAgg+ (`handle_secure`), beside
                     the signed reply, and never in the clear
     evaluate     -> its unfinalized test metrics (counts and sums, no rows)
+    scores       -> its histogram of its training rows' log-scores under the
+                    signed model (`quantiles.answer`, DP noise share added
+                    here): one pass of the alert threshold's search
+    alerts       -> its test rows' alert metrics, and their scores binned
+                    (`evaluation.binned`) for the pooled ranking
 
 Every request carries the hash of the agreed config (`agreement`); a node
 refuses one whose hash differs from its operator's config, a request its
@@ -36,21 +41,24 @@ from tffaml import features
 from tffaml import io
 from tffaml.data import csv_dir
 from tffaml.data import federated_data
+from tffaml.data import loading
 from tffaml.data import schema as schema_lib
+from tffaml.data import transactions
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
+from tffaml.federated import quantiles
 from tffaml.federation import messages
 from tffaml.models import canaries
 from tffaml.privacy import accounting
 from tffaml.training import evaluation
 from tffaml.training import experiment
 
-HELLO, STATISTICS, TRAIN, EVALUATE = 'hello', 'statistics', 'train', 'evaluate'
-KINDS = (HELLO, STATISTICS, TRAIN, EVALUATE)
+HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS = 'hello', 'statistics', 'train', 'evaluate', 'scores', 'alerts'
+KINDS = (HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS)
 REFUSED = 'refused'
 # Where a config may differ between parties: where each one's rows (or none) are.
-_LOCAL_KEYS = ('source', 'dir', 'schema_file')
+_LOCAL_KEYS = ('source', 'dir', 'schema_file', 'path')
 
 
 def reply_kind(kind: str) -> str:
@@ -154,21 +162,33 @@ class _Work:
   plan: Any
   evaluate: Any  # evaluation.build_local_evaluation's computation.
   test: Any  # The test split as batches.
+  scores: client_data.Scorer  # The model's scores of this institution's rows.
+
+
+def own_rows(config: ml_collections.ConfigDict, schema: schema_lib.Schema, *, folder: str = '',
+             bank: str = '') -> federated_data.Institution:
+  """A node's rows: bank `bank`'s of the AMLworld file config.data.path, or `folder`'s {train,test}.csv."""
+  if experiment.data_source(config) is loading.Source.AMLWORLD:
+    if not bank:
+      raise errors.InputError('an AMLworld node needs its bank code (scripts/node.py --bank).')
+    with errors.named_as(experiment.DATA_KEYS):
+      return transactions.load_bank(experiment.data_spec(config).selection, bank)
+  return csv_dir.load_institution(folder, schema)
 
 
 class Node:
   """One institution's side of the federation (transport-free: `handle` takes and returns bytes)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, *, folder: str, key: messages.PrivateKey,
-               coordinator_key: messages.PublicKey, noise_seed: int, ledger: Optional[Ledger] = None,
-               log: Callable[[str], None] = print):
-    """Checks the config and loads the institution's rows from `folder` ({train,test}.csv).
+  def __init__(self, config: ml_collections.ConfigDict, *, key: messages.PrivateKey,
+               coordinator_key: messages.PublicKey, noise_seed: int, folder: str = '', bank: str = '',
+               ledger: Optional[Ledger] = None, log: Callable[[str], None] = print):
+    """Checks the config and loads the institution's rows (`own_rows`).
 
     `ledger`: the rounds it served (in memory only when None).
     """
     self._config, self._choices = config, experiment.parse_choices(config)
-    self._schema = schema_lib.Schema.from_json(config.data.schema_file)
-    self.institution = csv_dir.load_institution(folder, self._schema)
+    self._schema = experiment.agreed_schema(config)
+    self.institution = own_rows(config, self._schema, folder=folder, bank=bank)
     self.name = self.institution.name
     if experiment.canary_records(config):  # A canary audit: the agreed config says who holds the canaries.
       self.institution = experiment.audited_institution(
@@ -265,6 +285,10 @@ class Node:
       return self._train(request)
     if request.kind == EVALUATE:
       return self._evaluate(request)
+    if request.kind == SCORES:
+      return self._score_histogram(request)
+    if request.kind == ALERTS:
+      return self._alerts(request)
     raise ValueError(f'no answer to {request.kind!r}.')
 
   def _statistics(self, header: dict) -> messages.Message:
@@ -330,7 +354,8 @@ class Node:
                                            batch_size=config.federated.eval_batch_size)
     return _Work(model_fn=training.model_fn, template=experiment.initial_weights(training.keras_model_fn),
                  work=training.work, plan=plan, parts=training.parts,
-                 evaluate=evaluation.build_local_evaluation(training.model_fn, test.element_spec), test=test)
+                 evaluate=evaluation.build_local_evaluation(training.model_fn, test.element_spec), test=test,
+                 scores=client_data.Scorer(training.keras_model_fn, schema))
 
   def _train(self, request: messages.Message) -> messages.Message:
     run, round_num = request.header['run'], request.header['round']
@@ -369,6 +394,30 @@ class Node:
     state = evaluation.local_metric_state(work.evaluate, weights, work.test)
     return messages.Message(reply_kind(EVALUATE), {'layout': [[k, len(v)] for k, v in state.items()]},
                             tuple(a for parts in state.values() for a in parts))
+
+
+  def _score_histogram(self, request: messages.Message) -> messages.Message:
+    """One pass of the alert threshold's search over its training rows, its share of the noise added."""
+    work, header = self._work(request.header), request.header
+    asked = quantiles.HistogramRequest(**header['histogram'])
+    train = self.institution.train
+    with self._releasing(header['run'], f'alert threshold {asked.release}', request):
+      scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), train)
+      histogram = quantiles.answer(scores, dp_sgd.unit_codes(train), asked, institutions=len(header['census']),
+                                   seed=self._run_seed(header['run']), index=header['index'])
+    return messages.Message(reply_kind(SCORES), {}, (histogram,))
+
+  def _alerts(self, request: messages.Message) -> messages.Message:
+    """Its test rows' alert metrics, and their scores binned for the federation's pooled ranking."""
+    work, header = self._work(request.header), request.header
+    test = self.institution.test
+    labels = test[schema_lib.LABEL_COLUMN].to_numpy()
+    scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), test)
+    budgets = tuple(header['budgets'])
+    binned = evaluation.binned(labels, scores, header['threshold'])
+    return messages.Message(reply_kind(ALERTS), {
+        'metrics': evaluation.ranking_metrics(labels, scores, budgets=budgets, threshold=header['threshold']),
+        'alerted': binned.alerted}, (binned.positives, binned.rows))
 
 
 def _scalars(metrics) -> dict:

@@ -575,8 +575,10 @@ class PrivacyStatement:
         self.aggregation.client_note() if any(g.level == 'institution' for g in self.guarantees) else '')
 
   def _coverage(self) -> str:
-    evaluation = (' Evaluation metrics on the institutions\' test splits (rows never trained on)'
-                  ' are exact sums reported to the coordinator, outside any guarantee.')
+    evaluation = (' Evaluation metrics on the institutions\' test splits (rows never trained on: metric'
+                  ' counts, alert metrics and, from a federation\'s nodes, their test scores counted in'
+                  ' bins for the pooled alert metrics) are exact, reported to the coordinator, outside any'
+                  ' guarantee.')
     threshold = (' Not covered: the alert threshold in the metadata, an exact quantile of the'
                  ' training rows\' scores (federated histograms without noise).'
                  if self.exact_alert_threshold else '')

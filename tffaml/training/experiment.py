@@ -18,6 +18,7 @@ from tffaml import features
 from tffaml.data import federated_data
 from tffaml.data import loading
 from tffaml.data import partition
+from tffaml.data import schema as schema_lib
 from tffaml.data import shards
 from tffaml.data import transactions
 from tffaml.export import saved_model
@@ -139,7 +140,7 @@ def cluster(config: ml_collections.ConfigDict) -> Optional[Cluster]:
 
 
 # Where the data layer's arguments come from, for its errors (errors.named_as).
-_DATA_KEYS = {
+DATA_KEYS = {
     'stream': 'config.data.stream', 'directory': 'config.data.dir',
     'schema_file': 'config.data.schema_file', 'selection': 'config.data.path',
     'path': 'config.data.path', 'test_fraction': 'config.data.test_fraction',
@@ -156,7 +157,7 @@ def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
   """The `data` section as the data layer takes it; each source reads its own keys."""
   d = config.data
   source = data_source(config)
-  with errors.named_as(_DATA_KEYS):
+  with errors.named_as(DATA_KEYS):
     if source is loading.Source.AMLWORLD:
       return loading.DataSpec(source=source, stream=d.stream, selection=transactions.Selection(
           path=d.path, test_fraction=d.test_fraction, min_rows=d.min_rows,
@@ -165,6 +166,8 @@ def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
       return loading.DataSpec(source=source, stream=d.stream, directory=d.dir, schema_file=d.schema_file)
     if source is loading.Source.FEDERATION:
       return loading.DataSpec(source=source, stream=d.stream, schema_file=d.schema_file)
+    if source is loading.Source.AMLWORLD_FEDERATION:
+      return loading.DataSpec(source=source, stream=d.stream)
     if source is loading.Source.LENDING_CLUB:
       return loading.DataSpec(
           source=source, stream=d.stream, test_fraction=d.test_fraction, max_rows=d.max_rows,
@@ -175,11 +178,21 @@ def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
   raise ValueError(f'no data spec for {source!r}.')
 
 
+def agreed_schema(config: ml_collections.ConfigDict) -> schema_lib.Schema:
+  """The schema every party of a federation agrees on: AMLworld's, or config.data.schema_file's."""
+  if data_source(config) in (loading.Source.AMLWORLD, loading.Source.AMLWORLD_FEDERATION):
+    return transactions.SCHEMA
+  with errors.named_as(DATA_KEYS):
+    if not config.data.schema_file:
+      raise errors.InputError('a federation needs the agreed {schema_file}.', blames=('schema_file',))
+    return schema_lib.Schema.from_json(config.data.schema_file)
+
+
 def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = None,
               log=print) -> federated_data.FederatedData:
   """The federation `config.data` describes (`loading.load`), errors naming config keys."""
   spec = data_spec(config)
-  with errors.named_as(_DATA_KEYS):
+  with errors.named_as(DATA_KEYS):
     data = loading.load(spec, seed=config.seed, shard_dir=shard_dir, log=log)
   if not canary_records(config):
     return data

@@ -380,8 +380,16 @@ class Built:
   train_round: Callable[[Any, list[int], int], tuple[Any, dict, list[int]]]
   # (model weights, per_institution) -> {'pooled': metrics[, 'institutions': {name: metrics}]}.
   evaluate: Callable[[tff.learning.models.ModelWeights, bool], dict]
-  # Rows in this process, for what reads them (alert thresholds, attacks, the
-  # centralized reference); None in a federation (`Runtime.check` refuses those).
+  # (model weights, request) -> the federation's summed histogram of training
+  # log-scores, each institution's noise share in (`quantiles.search`'s ask):
+  # the alert threshold. None where the runtime cannot (`Runtime.check` refuses).
+  score_histogram: Optional[Callable[[tff.learning.models.ModelWeights, quantiles.HistogramRequest],
+                                     np.ndarray]] = None
+  # (model weights, threshold, budgets) -> `evaluation.alert_metrics`' form, on the test splits.
+  alert_metrics: Optional[Callable[[tff.learning.models.ModelWeights, Optional[float], tuple[float, ...]],
+                                   dict]] = None
+  # Rows in this process, for what reads them (attacks, the centralized
+  # reference); None in a federation (`Runtime.check` refuses those).
   rows: Optional[Any] = None
   aggregation: accounting.Aggregation = accounting.Aggregation.SIMULATED  # For the statement.
 
@@ -411,13 +419,15 @@ class Runtime(Protocol):
     """The model, its processes and how rounds and evaluations run."""
 
 
-def refuse_needing_rows(config: ml_collections.ConfigDict, *, runtime: str, fix: str) -> None:
-  """Refuses (errors.ConfigError) what reads rows in this process, for a `runtime` whose rows are elsewhere."""
-  needs_rows = {
-      'config.model.alert_budget': config.model.alert_budget,
-      'config.evaluation.alert_budgets': tuple(config.evaluation.alert_budgets),
-      'config.reference.centralized_epochs': config.reference.centralized_epochs,
-  }
+def refuse_needing_rows(config: ml_collections.ConfigDict, *, runtime: str, fix: str, alerts: bool) -> None:
+  """Refuses (errors.ConfigError) what reads rows in this process, for a `runtime` whose rows are elsewhere.
+
+  `alerts`: the runtime computes alert thresholds and metrics where the rows are.
+  """
+  needs_rows = {'config.reference.centralized_epochs': config.reference.centralized_epochs}
+  if not alerts:
+    needs_rows.update({'config.model.alert_budget': config.model.alert_budget,
+                       'config.evaluation.alert_budgets': tuple(config.evaluation.alert_budgets)})
   for key, value in needs_rows.items():
     if value:
       raise errors.ConfigError(f'{key}={value!r} needs the rows in one process; {runtime} runs'
@@ -466,10 +476,21 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
       i.name: client_data.institution_dataset(i, 'test', schema, batch_size=config.federated.eval_batch_size)
       for i in institutions
   }
+  scores = client_data.Scorer(training.keras_model_fn, schema)
+
+  def score_histogram(weights, request: quantiles.HistogramRequest) -> np.ndarray:
+    return quantiles.local_ask([scores(weights, i.train) for i in institutions],
+                               [dp_sgd.unit_codes(i.train) for i in institutions], seed=noise_seed)(request)
+
+  def alert_metrics(weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
+    return evaluation.alert_metrics(
+        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), scores(weights, i.test)) for i in institutions},
+        budgets=budgets, threshold=threshold)
+
   return Built(keras_model_fn=training.keras_model_fn, process=process, train_round=train_round,
                evaluate=lambda weights, per_institution: evaluation.evaluate(
                    eval_process, weights, test_sets, per_institution=per_institution),
-               rows=setup.data)
+               score_histogram=score_histogram, alert_metrics=alert_metrics, rows=setup.data)
 
 
 def _restore(process, state_manager, initial_model, noise_seed: int, institutions: int):
@@ -593,9 +614,9 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
       'seconds_per_round_this_session': per_round,
       'institutions': setup.data.summary(),
   }
-  threshold = config.model.threshold
+  threshold = _alerts(config, setup, built, weights, metrics, log)
   if built.rows is not None:
-    threshold = _from_rows(config, choices, setup, built, model, metrics, noise_seed, log)
+    _from_rows(config, choices, setup, built, model, metrics, log)
   _check_finite(f.rounds, flatten_metrics(metrics['federated']['pooled'], 'eval/'), weights)
   warnings = _warnings(metrics['federated']['pooled'], setup.plan)
   if warnings:
@@ -621,38 +642,36 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
                    warnings=warnings)
 
 
-def _from_rows(config, choices, setup: _Setup, built: Built, model, metrics: dict, noise_seed: int,
-               log) -> float:
-  """What needs the rows in this process: the alert threshold (returned), alert, attack and reference metrics."""
-  data, schema = built.rows, setup.data.schema
+def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) -> Optional[float]:
+  """The export's threshold (from config.model.alert_budget when set) and the test splits' alert metrics."""
   threshold = config.model.threshold
+  budgets = tuple(config.evaluation.alert_budgets)
   if config.model.alert_budget:
-    threshold = _alert_threshold(config.model.alert_budget, setup.plan, data, model, noise_seed)
+    threshold = alert_threshold(config.model.alert_budget, setup.plan,
+                                lambda request: built.score_histogram(weights, request))
     log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
         + (' (federated quantile, DP)' if setup.plan.statistics else ' (federated quantile)'))
-  if config.evaluation.alert_budgets or config.model.alert_budget:
-    metrics['alerts'] = evaluation.alert_metrics(
-        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), client_data.predict(model, i.test, schema))
-         for i in data.institutions},
-        budgets=tuple(config.evaluation.alert_budgets), threshold=threshold)
+  if budgets or config.model.alert_budget:
+    metrics['alerts'] = built.alert_metrics(weights, threshold, budgets)
+  return threshold
+
+
+def alert_threshold(budget: float, plan: accounting.PrivacyPlan, ask: quantiles.Ask) -> float:
+  """The score flagging `budget` of the training rows; DP when the plan's statistics are."""
+  if plan.statistics is None:
+    return quantiles.search(ask, 1.0 - budget)
+  # A unit's rows count at most `alert_rows` rows' worth: the histograms' sensitivity.
+  return quantiles.search(ask, 1.0 - budget, stddev=plan.statistics.alert_stddev, cap=plan.statistics.alert_rows,
+                          bins=quantiles.BINS)
+
+
+def _from_rows(config, choices, setup: _Setup, built: Built, model, metrics: dict, log) -> None:
+  """What needs the rows in this process: attack and reference metrics."""
+  data = built.rows
   if setup.attack.type is not poisoning.AttackType.NONE:
     metrics['attack'] = poisoning.measure(setup.attack, model, data)
   if config.reference.centralized_epochs:
     metrics['centralized_reference'] = _centralized_reference(config, choices, built, data, log)
-  return threshold
-
-
-def _alert_threshold(budget: float, plan: accounting.PrivacyPlan, data, model, noise_seed: int) -> float:
-  """The score flagging `budget` of the training rows; DP when the plan's statistics are."""
-  schema = data.schema
-  scores = [client_data.predict(model, i.train, schema) for i in data.institutions]
-  if plan.statistics is None:
-    return quantiles.federated_quantile(scores, 1.0 - budget)
-  # A unit's rows count at most `alert_rows` rows' worth: the histograms' sensitivity.
-  weights = [quantiles.unit_weights(dp_sgd.unit_codes(i.train), plan.statistics.alert_rows)
-             for i in data.institutions]
-  return quantiles.noisy_quantile(scores, weights, 1.0 - budget, stddev=plan.statistics.alert_stddev,
-                                  seed=noise_seed)
 
 
 def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
