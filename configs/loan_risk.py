@@ -37,7 +37,8 @@ from ml_collections import config_dict
 def _data(config: ml_collections.ConfigDict) -> None:
   """Where the rows come from and how they are split into institutions."""
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'lending_club'  # lending_club | csv_dir | amlworld | federation, amlworld_federation (a coordinator's)
+  # lending_club | csv_dir | amlworld | federation, amlworld_federation (a coordinator's).
+  config.data.source = 'lending_club'
   config.data.dir = ''  # csv_dir: <dir>/<institution>/{train,test}.csv
   config.data.schema_file = ''  # csv_dir: schema.json (see README)
   config.data.path = ''  # amlworld: the transactions CSV (configs/aml.py).
@@ -139,6 +140,13 @@ def _privacy(config: ml_collections.ConfigDict) -> None:
   # With a schema `unit` column (e.g. an account id) the unit is all rows
   # sharing a value, of which at most this many train per round (0: all).
   config.record_dp.max_rows_per_unit = 0
+  # distributed: institutions whose update a round may lose (a node down
+  # mid-round) and still carry the planned noise: each adds σ/√(K - this)
+  # instead of σ/√K, so any K - this shares sum to at least σ (the accountant
+  # counts σ). 0: a round missing one institution is discarded (the run
+  # stops, resumable); each one tolerated costs noise: √(K / (K - 1)) = 4%
+  # more for one of the default 12.
+  config.record_dp.tolerated_dropouts = 0
 
   config.privacy = ml_collections.ConfigDict()
   config.privacy.delta = 1e-5

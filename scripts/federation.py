@@ -1,6 +1,12 @@
 """A federation of separate processes on this machine: the default data, one node per institution.
 
   python scripts/federation.py --workdir=runs/federation        (what `make federation` runs)
+  python scripts/federation.py --config=configs/aml.py --transactions=data/transactions.csv \
+      --config.reference.centralized_epochs=0 --workdir=runs/federation_aml
+
+With --transactions (an AMLworld file, an AML config), each bank that joins
+under the config gets a node reading the file with --bank=<its code>,
+instead of a folder.
 
 Writes under --workdir: data/<institution>/ (each node's folder, from
 --data_config's data), pki/ (scripts/pki.py's credentials), nodes/<institution>/
@@ -34,7 +40,31 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The feder
 _DATA_CONFIG = config_flags.DEFINE_config_file('data_config', 'configs/loan_risk.py',
                                                'Whose data is split into the nodes\' folders.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/federation', 'Where everything goes.')
+_TRANSACTIONS = flags.DEFINE_string('transactions', None,
+                                    'An AMLworld file: one node per joining bank reads it (an AML --config).')
 _CONNECT_SECONDS = 600.0  # Every node imports TensorFlow: tens of seconds each on two cores.
+
+
+def _nodes_rows(config, root: str) -> tuple[dict[str, list[str]], list[str]]:
+  """({institution: its node's flags for its rows}, the nodes' config flags); sets `config`'s data."""
+  from tffaml.federation import local  # pylint: disable=g-import-not-at-top
+  from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
+  if _TRANSACTIONS.value:
+    from tffaml import errors  # pylint: disable=g-import-not-at-top
+    from tffaml.data import transactions  # pylint: disable=g-import-not-at-top
+    if config.data.source != 'amlworld':
+      raise errors.InputError('--transactions needs an AML --config (config.data.source=amlworld, e.g.'
+                              ' configs/aml.py).')
+    path = os.path.abspath(_TRANSACTIONS.value)
+    config.data.path = path
+    banks = transactions.members(experiment.data_spec(config).selection)
+    return {f'bank_{b}': [f'--transactions={path}', f'--bank={b}'] for b in banks}, _config_args()
+  data_dir, schema_file = os.path.join(root, 'data'), os.path.join(root, 'schema.json')
+  if not os.path.exists(schema_file):
+    data_dir, schema_file = local.write_institutions(experiment.load_data(_DATA_CONFIG.value), root)
+  config.data.schema_file = schema_file
+  return ({n: [f'--data_dir={os.path.join(data_dir, n)}'] for n in os.listdir(data_dir)},
+          _config_args() + [f'--config.data.schema_file={schema_file}'])
 
 
 def _config_args() -> list[str]:
@@ -50,20 +80,16 @@ def main(argv):
   from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   root = os.path.abspath(_WORKDIR.value)
-  data_dir, schema_file = os.path.join(root, 'data'), os.path.join(root, 'schema.json')
-  if not os.path.exists(schema_file):
-    data_dir, schema_file = local.write_institutions(experiment.load_data(_DATA_CONFIG.value), root)
-  names = sorted(os.listdir(data_dir))
-  files = _credentials(os.path.join(root, 'pki'), names)
   config = _CONFIG.value
-  config.data.schema_file = schema_file
+  rows, config_args = _nodes_rows(config, root)
+  names = sorted(rows)
+  files = _credentials(os.path.join(root, 'pki'), names)
   fleet, driver = f'127.0.0.1:{local.free_port()}', f'127.0.0.1:{local.free_port()}'
   with local.Processes(os.path.join(root, 'logs')) as processes, runtime.local_runtime():
     link = processes.start('superlink', local.superlink_argv(files, fleet=fleet, driver=driver))
     for name in names:
-      processes.start(name, local.node_argv(
-          files, config_args=_config_args() + [f'--config.data.schema_file={schema_file}'],
-          folder=os.path.join(data_dir, name), workdir=os.path.join(root, 'nodes', name), fleet=fleet))
+      processes.start(name, local.node_argv(files, config_args=config_args, name=name, rows=rows[name],
+                                            workdir=os.path.join(root, 'nodes', name), fleet=fleet))
     problem = local.wait_for_text(link, 'Starting Driver API', timeout=_CONNECT_SECONDS)
     if problem is not None:
       sys.exit(f'error: the SuperLink did not start ({link}):\n{problem}')

@@ -50,6 +50,8 @@ _COORDINATOR_KEY = flags.DEFINE_string('coordinator_key', None, "The coordinator
 
 def main(argv):
   del argv
+  config = _CONFIG.value
+  folder = _own_data(config)  # Before TFF is imported: a refusal leaves nothing behind.
   import secrets  # pylint: disable=g-import-not-at-top
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
   from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
@@ -57,8 +59,6 @@ def main(argv):
   from tffaml.federation import node as node_lib  # pylint: disable=g-import-not-at-top
   from tffaml.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  folder = _own_data(config)
   key = messages.load_private_key(_KEY.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
   noise_seed = workdir_lib.noise_seed(_WORKDIR.value, config.privacy.noise_seed, lambda: secrets.randbits(62))

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -46,7 +47,8 @@ def coordinator_config(config):
   return config
 
 
-class FederationTest(tf.test.TestCase):
+class _NodesTestCase(tf.test.TestCase):
+  """The smoke federation's nodes and coordinator in this process (each test class's own tests)."""
 
   def setUp(self):
     super().setUp()
@@ -65,6 +67,9 @@ class FederationTest(tf.test.TestCase):
   def _federation(self, nodes, **kwargs):
     return coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
                                   node_keys=self.node_public, log=lambda _: None, **kwargs)
+
+
+class FederationTest(_NodesTestCase):
 
   def test_a_node_refuses_a_tampered_request_another_config_and_a_stale_round(self):
     node = self._nodes()[0]
@@ -160,7 +165,7 @@ class FederationTest(tf.test.TestCase):
     # A sum that would hold fewer noise shares than the plan's census is refused by every node.
     short = nodes[0].handle_secure(sent[nodes[0].name], summed_with=2)
     self.assertEqual(short.update, ())
-    self.assertIn("would hold 2 institutions' noise shares, and the plan's noise counts on 3",
+    self.assertIn("would hold 2 institutions' noise shares, and the plan's noise counts on all 3",
                   messages.peek(short.reply).header['reason'])
     # A node whose config says secure aggregation never sends its update in the clear.
     train = messages.Message(node_lib.TRAIN, {'agreement': nodes[0].agreement, 'run': 'r', 'round': 1})
@@ -221,6 +226,19 @@ class FederationTest(tf.test.TestCase):
                       log=lambda _: None, min_nodes=2))
     with open(program.Paths(os.path.join(self.root, 'distributed')).metrics_csv) as f:
       self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0])
+    # Planned for one lost node (each share σ/√2 of 3), the round goes on without bank_c's update.
+    lost.clear()
+    default.record_dp.tolerated_dropouts = 1
+    tolerant = program.run(coordinator_config(default), os.path.join(self.root, 'tolerant'),
+                           log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
+                               Losing(self._nodes(default)), key=self.key, node_keys=self.node_public,
+                               log=lambda _: None, min_nodes=2))
+    with open(tolerant.paths.metrics_csv) as f:
+      self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0, 2.0])
+    self.assertIn('a round may lose 1 institution', tolerant.metrics['privacy']['text'])
+    share, sigma = map(float, re.search(r'multiplier ([\d.]+)\); the sum carries noise multiplier ([\d.]+)',
+                                        tolerant.metrics['privacy']['text']).groups())
+    self.assertAllClose(share, sigma / np.sqrt(2), rtol=1e-3)  # Not σ/√3: any two shares carry σ.
     lost.update({'bank_b', 'bank_c'})  # A new run needs every registered node at the start.
     with self.assertRaisesRegex(errors.RunFailed, 'hello: node bank_b: no reply; node bank_c: no reply'):
       program.run(coordinator_config(self.config), os.path.join(self.root, 'too_few'), log=lambda _: None,
@@ -274,7 +292,7 @@ class FederationTest(tf.test.TestCase):
 
 
 
-class CanaryAuditTest(FederationTest):
+class CanaryAuditTest(_NodesTestCase):
   """The record-level canary audit over the nodes (in this process): the nodes' own DP-SGD is what it audits."""
 
   def _audit_config(self):

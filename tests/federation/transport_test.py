@@ -71,7 +71,8 @@ class FederationOverFlowerTest(tf.test.TestCase):
     self.link = self.processes.start('superlink', local.superlink_argv(files, fleet=fleet, driver=driver))
     for name in names:  # Each node: its own process, folder, key and noise seed file.
       self.processes.start(name, local.node_argv(
-          files, folder=os.path.join(config.data.dir, name), workdir=os.path.join(self.dir, 'node_' + name),
+          files, name=name, rows=[f'--data_dir={os.path.join(config.data.dir, name)}'],
+          workdir=os.path.join(self.dir, 'node_' + name),
           fleet=fleet, config_args=[
               f'--config={os.path.join(_REPO, "configs", "csv.py")}',
               *[f'--config.{k}={v}' for k, v in _OVERRIDES.items()],

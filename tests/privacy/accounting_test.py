@@ -203,6 +203,19 @@ class DistributedRecordDpTest(tf.test.TestCase):
     self.assertAlmostEqual(4 * mechanism.noise_share ** 2, 16.0)
     self.assertAlmostEqual(mechanism.expected_batch_size, 0.25 * 1000)
 
+  def test_tolerated_dropouts_enlarge_the_shares_and_keep_the_accounted_noise(self):
+    mechanism = self._mechanism(dropouts=1)
+    # Any three of the four shares, variance (4/√3)^2 each, sum to variance 16: at least σ = 4.
+    self.assertAlmostEqual(3 * mechanism.noise_share ** 2, 16.0)
+    self.assertEqual(mechanism.event(0, 30), self._mechanism().event(0, 30))  # The accountant counts σ.
+    self.assertLess(accounting.epsilon(mechanism.colluding_event(30), 1e-5),
+                    accounting.epsilon(self._mechanism().colluding_event(30), 1e-5))  # A larger own share.
+    text = mechanism.mechanism(0, [30] * 4, delta=1e-5, accountant=A.Accountant.PLD)
+    self.assertIn('any 3 of the 4 shares carry it, so a round may lose 1 institution', text)
+    for bad in (-1, 4):
+      with self.assertRaisesRegex(ValueError, r'dropouts must be in \[0, 3\]'):
+        self._mechanism(dropouts=bad)
+
   def test_epsilon_is_dp_sgd_on_the_union_for_every_institution(self):
     mechanism = self._mechanism()
     expected = accounting.epsilon(

@@ -82,7 +82,9 @@ def interface(source: Source, schema: schema_lib.Schema) -> interface_lib.Interf
 
 def at_nodes(source: Source) -> Source:
   """The source as a federation's coordinator sees it: the rows are at the nodes."""
-  return Source.AMLWORLD_FEDERATION if source in (Source.AMLWORLD, Source.AMLWORLD_FEDERATION) else Source.FEDERATION
+  if source in (Source.AMLWORLD, Source.AMLWORLD_FEDERATION):
+    return Source.AMLWORLD_FEDERATION
+  return Source.FEDERATION
 
 
 def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,

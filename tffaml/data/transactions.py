@@ -159,23 +159,9 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
       return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(stored))
   transactions = amlworld.read(selection.path)
   cutoff = _cutoff(transactions, selection)
-  banks = amlworld.banks(transactions[transactions['minute'] < cutoff])
-  joins = _joins(banks, selection)
-  members = banks[joins].sort_values('transactions', ascending=False)
-  if selection.max_banks:
-    members = members.head(selection.max_banks)
-  # By name, as a federation orders its nodes: an institution's index seeds its batches.
-  members = members.sort_values('bank', key=lambda banks: banks.astype(str))
-  if members.empty:
-    raise schema_lib.DataError(
-        f'{selection.path}: no bank has {selection.min_rows} training transactions and'
-        f' {selection.min_positives} laundering ones among them; lower'
-        ' {min_rows} or {min_positives}.', blames=('min_rows', 'min_positives'))
-  log(f'{selection.path}: {len(transactions):,} transactions, {len(banks)} banks;'
-      f' {len(members)} join (>= {selection.min_rows} training transactions,'
-      f' >= {selection.min_positives} laundering)')
+  members = _members(transactions, selection, cutoff, log)
   institutions = []
-  for bank in members['bank']:
+  for bank in members:
     institution = _institution(transactions, bank, cutoff)
     if shard_dir:
       federated_data.check_institution(institution)
@@ -185,6 +171,31 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
     shards.write_manifest(shard_dir, _shard_key(selection), institutions)
     log(f'stored {len(institutions)} banks\' rows in {shard_dir}')
   return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(institutions))
+
+
+def members(selection: Selection, *, log=print) -> list[str]:
+  """The codes of the banks `load` makes institutions of, in its order."""
+  if not os.path.isfile(selection.path):
+    raise schema_lib.DataError(f'{selection.path}: file not found.')
+  transactions = amlworld.read(selection.path)
+  return _members(transactions, selection, _cutoff(transactions, selection), log)
+
+
+def _members(transactions: pd.DataFrame, selection: Selection, cutoff: float, log) -> list[str]:
+  banks = amlworld.banks(transactions[transactions['minute'] < cutoff])
+  joining = banks[_joins(banks, selection)].sort_values('transactions', ascending=False)
+  if selection.max_banks:
+    joining = joining.head(selection.max_banks)
+  if joining.empty:
+    raise schema_lib.DataError(
+        f'{selection.path}: no bank has {selection.min_rows} training transactions and'
+        f' {selection.min_positives} laundering ones among them; lower'
+        ' {min_rows} or {min_positives}.', blames=('min_rows', 'min_positives'))
+  log(f'{selection.path}: {len(transactions):,} transactions, {len(banks)} banks;'
+      f' {len(joining)} join (>= {selection.min_rows} training transactions,'
+      f' >= {selection.min_positives} laundering)')
+  # By name, as a federation orders its nodes: an institution's index seeds its batches.
+  return sorted(joining['bank'], key=str)
 
 
 def _cutoff(transactions: pd.DataFrame, selection: Selection) -> float:

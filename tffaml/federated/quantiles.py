@@ -71,13 +71,12 @@ class HistogramRequest:
 def answer(scores: np.ndarray, unit_codes: np.ndarray, request: HistogramRequest, *, institutions: int,
            seed: int, index: int) -> np.ndarray:
   """Institution `index`'s answer to `request`: its histogram and its noise share (what leaves it)."""
-  weights = unit_weights(unit_codes, request.cap) if request.cap else np.ones(len(scores))
-  return _noised(check_scores(scores, weights, index), weights, request, institutions=institutions,
-                 seed=seed, index=index)
-
-
-def _noised(scores: np.ndarray, weights: np.ndarray, request: HistogramRequest, *, institutions: int,
-            seed: int, index: int) -> np.ndarray:
+  scores = np.asarray(scores, np.float64)
+  if scores.size and (not np.isfinite(scores).all() or scores.min() < 0):
+    raise ValueError(f'institution {index}: scores must be finite and >= 0.')
+  if np.shape(unit_codes) != scores.shape:
+    raise ValueError(f'institution {index}: one unit code per score.')
+  weights = unit_weights(unit_codes, request.cap) if request.cap and scores.size else np.ones(len(scores))
   with np.errstate(divide='ignore'):
     logs = np.log(scores)
   edges = np.linspace(request.low, request.high, request.bins + 1)  # Exact at both ends.
@@ -87,16 +86,6 @@ def _noised(scores: np.ndarray, weights: np.ndarray, request: HistogramRequest, 
     share = request.stddev / np.sqrt(institutions)
     histogram += np.random.default_rng([seed, request.release, index]).normal(0.0, share, request.bins + 2)
   return histogram
-
-
-def check_scores(scores, weights, index: int) -> np.ndarray:
-  """`scores` as float64, checked: finite, >= 0, one weight in (0, 1] each."""
-  scores = np.asarray(scores, np.float64)
-  if scores.size and (not np.isfinite(scores).all() or scores.min() < 0):
-    raise ValueError(f'institution {index}: scores must be finite and >= 0.')
-  if np.shape(weights) != scores.shape or (scores.size and not (0 < np.min(weights) <= np.max(weights) <= 1)):
-    raise ValueError(f'institution {index}: one weight in (0, 1] per score.')
-  return scores
 
 
 Ask = Callable[[HistogramRequest], np.ndarray]  # A request -> the federation's summed histogram.
@@ -166,20 +155,6 @@ def local_ask(client_scores: Sequence[np.ndarray], client_units: Sequence[np.nda
         answer(s, u, request, institutions=len(client_scores), seed=seed, index=i)
         for i, (s, u) in enumerate(zip(client_scores, client_units, strict=True))]))
   return ask
-
-
-def federated_quantile(client_scores: Sequence[np.ndarray], q: float) -> float:
-  """The exact threshold: at most a (1 - q) fraction of all scores >= t, nearly all of it."""
-  return search(local_ask(client_scores, [np.arange(len(s)) for s in client_scores], seed=0), q)
-
-
-def noisy_quantile(client_scores: Sequence[np.ndarray], client_weights: Sequence[np.ndarray], q: float, *,
-                   stddev: float, seed: int, bins: Sequence[int] = BINS) -> float:
-  """`search` with noise, every row weighted as given (a test's view of the weights)."""
-  def ask(request: HistogramRequest) -> np.ndarray:
-    return sum(_noised(check_scores(s, w, i), w, request, institutions=len(client_scores), seed=seed, index=i)
-               for i, (s, w) in enumerate(zip(client_scores, client_weights, strict=True)))
-  return search(ask, q, stddev=stddev, bins=bins)
 
 
 def _top_bin(noisy: np.ndarray, mass_above: float, allowed: float) -> int:

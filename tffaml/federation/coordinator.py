@@ -270,7 +270,8 @@ class Federation:
             'noise': setup.plan.noise_multipliers()}
     secure = secure_aggregation(config, choices, plan['census'], setup.cohort)
     rounds = _Rounds(self, training.parts, training.model_fn, plan, secure,
-                     every_share=training.work is experiment.ClientWork.DISTRIBUTED_DP_SGD)
+                     tolerated_losses=setup.plan.record.dropouts
+                     if training.work is experiment.ClientWork.DISTRIBUTED_DP_SGD else None)
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
                          score_histogram=rounds.score_histogram, alert_metrics=rounds.alert_metrics,
@@ -282,11 +283,11 @@ class _Rounds:
   """A round and an evaluation over the nodes."""
 
   def __init__(self, federation: Federation, parts, model_fn, plan: dict,
-               secure: Optional[flower.SecureAggregation], *, every_share: bool):
+               secure: Optional[flower.SecureAggregation], *, tolerated_losses: Optional[int]):
     self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
     self._secure = secure  # None: updates in the clear.
-    # Distributed DP-SGD's noise is planned as every institution's share, every round.
-    self._every_share = every_share
+    # Distributed DP-SGD's noise is planned as shares: how many a round may lose (None: any).
+    self._tolerated_losses = tolerated_losses
     self._finalize = None  # Built at the first evaluation, from a state's type.
     self.names = federation.names
 
@@ -297,12 +298,15 @@ class _Rounds:
     replies, results = self._updates(headers, _flat(weights), weights.trainable, round_num)
     took_part = [i for i in members if self.names[i] in replies]
     missing = [self.names[i] for i in members if i not in took_part]
-    if self._every_share and missing:
+    if self._tolerated_losses is not None and len(missing) > self._tolerated_losses:
+      t = self._tolerated_losses
+      needs = (f'the noise shares of all but {t} institutions' if t else 'every institution\'s share of the'
+               ' noise')
       raise errors.RunFailed(
-          f'round {round_num}: no update from {", ".join(missing)}; distributed DP-SGD needs every'
-          ' institution\'s share of the noise each round (its ε counts on it), so the round is'
-          f' discarded and the run stopped at its last checkpoint (round {round_num - 1}); rerun the'
-          ' same command to resume once every node is back.')
+          f'round {round_num}: no update from {", ".join(missing)}; distributed DP-SGD needs {needs} each'
+          ' round (its ε counts on it), so the round is discarded and the run stopped at its last checkpoint'
+          f' (round {round_num - 1}); rerun the same command to resume once the nodes are back'
+          ' (config.record_dp.tolerated_dropouts sets how many a round may lose, at a cost in noise).')
     if len(took_part) < self._federation.min_nodes:
       raise errors.RunFailed(
           f'round {round_num}: {len(took_part)} of {len(members)} nodes sent an update, fewer than the'

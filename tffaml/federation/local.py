@@ -130,9 +130,9 @@ def superlink_argv(files, *, fleet: str, driver: str) -> list[str]:
           '--database', ':flwr-in-memory-state:']
 
 
-def node_argv(files, *, config_args: Sequence[str], folder: str, workdir: str, fleet: str) -> list[str]:
-  """`scripts/node.py` for the institution whose rows are in `folder` (its name)."""
-  name = os.path.basename(folder)
-  return ['python', os.path.join(_REPO, 'scripts', 'node.py'), *config_args, f'--data_dir={folder}',
+def node_argv(files, *, config_args: Sequence[str], name: str, rows: Sequence[str], workdir: str,
+              fleet: str) -> list[str]:
+  """`scripts/node.py` for institution `name`; `rows`: --data_dir, or --transactions and --bank."""
+  return ['python', os.path.join(_REPO, 'scripts', 'node.py'), *config_args, *rows,
           f'--workdir={workdir}', f'--superlink={fleet}', f'--ca={files.tls.ca_certificate}',
           f'--key={os.path.join(files.nodes, name)}', f'--coordinator_key={files.coordinator_public_key}']

@@ -243,18 +243,20 @@ class Node:
   def _check_shares(self, request: messages.Message, summed_with: int) -> None:
     """Under distributed DP-SGD, refuses a sum that would hold fewer or more noise shares than planned.
 
-    Each node adds σ/√K of the noise for the K institutions of the census:
-    the sum has the planned noise only if it holds all K (fewer: too little
-    noise; a census inflated beyond the nodes really taking part: the same).
+    Each node adds σ/√(K - t) of the noise for the K institutions of the
+    census, t = config.record_dp.tolerated_dropouts: the sum has the planned
+    noise only if it holds K - t of them or more (fewer: too little noise;
+    a census inflated beyond the nodes really taking part: the same).
     """
     if not (self._config.record_dp.enabled
             and self._choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED):
       return
-    planned = len(request.header['census'])
-    if summed_with != planned:
+    planned, tolerated = len(request.header['census']), self._config.record_dp.tolerated_dropouts
+    if not planned - tolerated <= summed_with <= planned:
+      needed = f'{planned - tolerated} to {planned}' if tolerated else f'all {planned}'
       raise messages.Refused(
           f'{self.name}: the secure sum would hold {summed_with} institutions\' noise shares, and the'
-          f' plan\'s noise counts on {planned}; distributed DP-SGD needs every share.')
+          f' plan\'s noise counts on {needed}; distributed DP-SGD needs every planned share.')
 
   def _for_masking(self, reply: messages.Message) -> tuple[messages.Message, tuple[np.ndarray, ...], int]:
     """(the reply without its update, the update, its weight): SecAgg+ masks the update apart."""

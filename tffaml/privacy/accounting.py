@@ -300,6 +300,11 @@ class DistributedRecordDp:
   aggregation) and every institution adds its share; against the
   coordinator colluding with every other institution a unit keeps only its
   own institution's share, noise multiplier σ/√K (`colluding_event`).
+
+  With `dropouts` = t tolerated, each share is σ/√(K - t): the sum of any
+  K - t or more of them carries at least σ, so a round that loses up to t
+  institutions' updates still has the planned noise (the accountant counts
+  σ, a bound for every round).
   """
 
   noise_multiplier: float
@@ -308,12 +313,16 @@ class DistributedRecordDp:
   units: tuple[int, ...]  # Privacy units in each institution's training rows.
   unit: str = 'record (one row of an institution)'
   unit_name: str = 'record'
+  dropouts: int = 0  # Institutions a round may lose and keep σ.
 
   def __post_init__(self):
     if not self.noise_multiplier > 0:
       raise ValueError(f'noise_multiplier must be > 0, got {self.noise_multiplier}.')
     if not 0 < self.sampling_rate <= 1:
       raise ValueError(f'sampling_rate must be in (0, 1], got {self.sampling_rate}.')
+    if not 0 <= self.dropouts < len(self.units):
+      raise ValueError(f'dropouts must be in [0, {len(self.units) - 1}] (fewer than the {len(self.units)}'
+                       f' institutions), got {self.dropouts}.')
 
   @property
   def expected_batch_size(self) -> float:
@@ -322,8 +331,8 @@ class DistributedRecordDp:
 
   @property
   def noise_share(self) -> float:
-    """Each institution's noise multiplier: K shares of σ/√K sum to σ."""
-    return self.noise_multiplier / math.sqrt(len(self.units))
+    """Each institution's noise multiplier: any K - t shares of σ/√(K - t) sum to σ."""
+    return self.noise_multiplier / math.sqrt(len(self.units) - self.dropouts)
 
   def event(self, institution: int, rounds: int) -> dp_accounting.DpEvent:
     """`rounds` steps of DP-SGD on the union (the same for every institution)."""
@@ -353,10 +362,17 @@ class DistributedRecordDp:
             f' every one of {len(self.units)} institutions Poisson-samples its units with'
             f' q = {self.sampling_rate:.4g}, clips each unit\'s gradient to {self.clip:g} and'
             f' adds its share of Gaussian noise (multiplier {self.noise_share:.4g}); the sum'
-            f' carries noise multiplier {self.noise_multiplier:.4g}; {rounds} rounds. '
+            f' carries noise multiplier {self.noise_multiplier:.4g}{self._dropouts_text()}; {rounds} rounds. '
             f'{aggregation.distributed_note()}: against the coordinator'
             f' colluding with all other institutions a unit keeps its own institution\'s share'
             f' only, ε = {colluding}')
+
+
+  def _dropouts_text(self) -> str:
+    if not self.dropouts:
+      return ''
+    return (f' or more (any {len(self.units) - self.dropouts} of the {len(self.units)} shares carry it, so'
+            f' a round may lose {self.dropouts} institution{"s" if self.dropouts > 1 else ""}\' updates)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +390,7 @@ class FeatureStatisticsDp:
   adds to the accountant's δ.
 
   A model that ships an alert threshold releases `alert_passes` more
-  histograms, of its training scores (`quantiles.noisy_quantile`): each unit
+  histograms, of its training scores (`quantiles.search`): each unit
   adds at most `alert_rows` rows' worth to each, so their noise
   N(0, (noise_multiplier · alert_rows)²) makes each a Gaussian mechanism of
   the same multiplier.

@@ -170,7 +170,8 @@ def binned(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = 
 def combined(parts: Sequence[Ranked]) -> Ranked:
   """The federation's binned ranking: the institutions' `binned` summed."""
   alerted = [p.alerted for p in parts]
-  return Ranked(positives=np.sum([p.positives for p in parts], axis=0), rows=np.sum([p.rows for p in parts], axis=0),
+  return Ranked(positives=np.sum([p.positives for p in parts], axis=0),
+                rows=np.sum([p.rows for p in parts], axis=0),
                 alerted=None if None in alerted else tuple(map(float, np.sum(alerted, axis=0))))
 
 

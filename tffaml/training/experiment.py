@@ -435,10 +435,13 @@ def _record_mechanism(config, choices: Choices, *, noise_multiplier: float, unit
         noise_multiplier=noise_multiplier, clip=clip, expected_batch_size=f.batch_size,
         epochs=f.client_epochs, units=units, unit=unit, unit_name=unit_name)
   if choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED:
+    if not 0 <= r.tolerated_dropouts < len(units):
+      raise errors.ConfigError(f'config.record_dp.tolerated_dropouts={r.tolerated_dropouts!r} must be in'
+                               f' [0, {len(units) - 1}]: fewer than the federation\'s {len(units)} institutions.')
     return accounting.DistributedRecordDp(
         noise_multiplier=noise_multiplier, clip=clip, units=units,
         sampling_rate=r.sampling_rate if r.sampling_rate is not None else sampling_rate_rule(rows),
-        unit=unit, unit_name=unit_name)
+        unit=unit, unit_name=unit_name, dropouts=r.tolerated_dropouts)
   raise ValueError(f'no record-level mechanism for {choices.record_dp_mode!r}.')
 
 

@@ -358,7 +358,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
     return RunResult(paths=paths, metrics=None, rounds_completed=last_round)
   released = tf.nest.pack_sequence_as(initial, released)
   return _finish(config, choices, setup, built, paths, released=released, participation=participation,
-                 space=space, per_round=per_round, noise_seed=noise_seed, log=log)
+                 space=space, per_round=per_round, log=log)
 
 
 def statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional[features.StatisticsNoise]:
@@ -602,7 +602,7 @@ def _summary(values: Mapping[str, float], plan: accounting.PrivacyPlan) -> str:
 
 
 def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, released, participation,
-            space, per_round, noise_seed: int, log) -> RunResult:
+            space, per_round, log) -> RunResult:
   """Final evaluation, thresholds, reference, statement and export of a completed run."""
   schema, f = setup.data.schema, config.federated
   model = built.keras_model_fn()
@@ -647,8 +647,8 @@ def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) ->
   threshold = config.model.threshold
   budgets = tuple(config.evaluation.alert_budgets)
   if config.model.alert_budget:
-    threshold = alert_threshold(config.model.alert_budget, setup.plan,
-                                lambda request: built.score_histogram(weights, request))
+    threshold = _alert_threshold(config.model.alert_budget, setup.plan,
+                                 lambda request: built.score_histogram(weights, request))
     log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
         + (' (federated quantile, DP)' if setup.plan.statistics else ' (federated quantile)'))
   if budgets or config.model.alert_budget:
@@ -656,7 +656,7 @@ def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) ->
   return threshold
 
 
-def alert_threshold(budget: float, plan: accounting.PrivacyPlan, ask: quantiles.Ask) -> float:
+def _alert_threshold(budget: float, plan: accounting.PrivacyPlan, ask: quantiles.Ask) -> float:
   """The score flagging `budget` of the training rows; DP when the plan's statistics are."""
   if plan.statistics is None:
     return quantiles.search(ask, 1.0 - budget)
