@@ -394,11 +394,16 @@ def moments(counts: np.ndarray, midpoints: np.ndarray, lower: float, upper: floa
   return mean, max(variance, (width / (4 * FINE_BINS)) ** 2)
 
 
+# Under DP each request is one release, numbered (its noise is drawn from the
+# number); the alert threshold's passes follow (quantiles.FIRST_RELEASE).
+DP_RELEASES = {Request.CANDIDATES: 0, Request.HISTOGRAMS: 1, Request.FINE_COUNTS: 2}
+
+
 def _dp_ranges(schema, ask: Ask, share: float, noise: StatisticsNoise) -> list[tuple[float, float, float]]:
   """Release 1: noisy half-decade histograms of every numeric column -> (lower, upper, scale)s."""
   if not schema.numeric:
     return []
-  total = _federated_total(ask(Request.HISTOGRAMS, {'noise_share': share, 'release': 1}))['counts']
+  total = _federated_total(ask(Request.HISTOGRAMS, {'noise_share': share, 'release': DP_RELEASES[Request.HISTOGRAMS]}))['counts']
   tail = SPURIOUS_BIN / total.size
   threshold = noise.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
   return [dp_range(counts, threshold) for counts in total]
@@ -414,10 +419,11 @@ def _dp_feature_space(schema, ask: Ask, share: float, *, min_category_count: int
   ranges = _dp_ranges(schema, ask, share, noise)
   lower, upper = [r[0] for r in ranges], [r[1] for r in ranges]
   # Every value present is counted; only the noisy threshold decides what is published.
-  present = ask(Request.CANDIDATES, {'noise_share': share, 'release': 0})
+  present = ask(Request.CANDIDATES, {'noise_share': share, 'release': DP_RELEASES[Request.CANDIDATES]})
   candidates = {c: sorted(set().union(*(p[c] for p in present))) for c in schema.categorical}
   total = _federated_total(ask(Request.FINE_COUNTS, {
-      'ranges': ranges, 'candidates': candidates, 'noise_share': share, 'release': 2}))
+      'ranges': ranges, 'candidates': candidates, 'noise_share': share,
+      'release': DP_RELEASES[Request.FINE_COUNTS]}))
   stats = [moments(counts, fine_edges(*r)[1], lo, hi)
            for counts, r, lo, hi in zip(total['fine'], ranges, lower, upper)]
   vocabulary = _vocabularies(schema, candidates, total['category_counts'],

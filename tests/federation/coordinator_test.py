@@ -122,9 +122,16 @@ class FederationTest(_NodesTestCase):
     # A large budget: 180 training rows against the threshold's noise at ε = 1 (0.05 flags none).
     config.model.alert_budget, config.evaluation.alert_budgets = 0.3, (0.1, 0.5)
     simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
-    nodes = self._nodes(config)
+    nodes, asked = self._nodes(config), {}
+
+    class Recording(coordinator.InProcessTransport):
+      def exchange(self, requests):
+        asked.update({n: b for n, b in requests.items() if messages.peek(b).kind == node_lib.SCORES})
+        return super().exchange(requests)
+
     federated = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
-                            runtime=self._federation(nodes))
+                            runtime=coordinator.Federation(Recording(nodes), key=self.key, node_keys=self.node_public,
+                                                           log=lambda _: None))
     for a, b in zip(simulated.model.get_weights(), federated.model.get_weights()):
       self.assertAllClose(a, b, atol=1e-6)
     sim, fed = simulated.metrics['alerts'], federated.metrics['alerts']
@@ -141,6 +148,21 @@ class FederationTest(_NodesTestCase):
     for key in ('auprc', 'recall_at_10%', 'f1_at_50%'):  # Pooled from binned scores: to a bin.
       self.assertAllClose(fed['pooled'][key], sim['pooled'][key], atol=0.01)
     self.assertIn('log-score bins', fed['pooled_ranking'])
+    # A node answers only the planned DP releases, with the planned noise: a coordinator's request for
+    # less noise, another unit cap or an extra pass (fresh noise, unaccounted) is refused; so are
+    # statistics without noise or outside their release numbers.
+    node, scores = nodes[0], messages.peek(asked[nodes[0].name])
+
+    def refusal(kind, header, arrays=()):
+      reply = messages.peek(node.handle(messages.seal(messages.Message(kind, header, arrays), self.key)))
+      self.assertEqual(reply.kind, node_lib.REFUSED, header)
+      return reply.header['reason']
+    for change in ({'stddev': 0.0}, {'cap': 0}, {'release': 5}):
+      header = dict(scores.header, histogram={**scores.header['histogram'], **change})
+      self.assertIn("is not the plan's", refusal(node_lib.SCORES, header, scores.arrays))
+    for params in ({'noise_share': None, 'release': 1}, {'noise_share': 1.0, 'release': 7}):
+      header = {'agreement': node.agreement, 'run': 'r', 'index': 0, 'request': 'histograms', 'params': params}
+      self.assertIn('answers only the planned releases', refusal(node_lib.STATISTICS, header))
 
   def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
     config = csv_config.get_config()  # The default: distributed record-level DP, secure aggregation.

@@ -1,7 +1,7 @@
 """Institutions' rows as the `tf.data` datasets TFF clients train on."""
 
 import collections
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
 import pandas as pd
@@ -109,14 +109,17 @@ class Scorer:
   def __init__(self, keras_model_fn: Callable[[], tf.keras.Model], schema: schema_lib.Schema):
     self._model, self._schema = keras_model_fn(), schema
     self._weights: Optional[list[np.ndarray]] = None
-    self._scores: dict[int, np.ndarray] = {}  # By the frame's id: frames outlive the run's stages.
+    self._scores: dict[Hashable, np.ndarray] = {}
 
-  def __call__(self, weights: Any, frame: pd.DataFrame) -> np.ndarray:
-    """`weights`: a tff.learning.models.ModelWeights."""
+  def __call__(self, weights: Any, key: Hashable, rows: Callable[[], pd.DataFrame]) -> np.ndarray:
+    """The scores of `rows()` (read only when not kept: a stored split is read from its file), named `key`.
+
+    `weights`: a tff.learning.models.ModelWeights.
+    """
     flat = [np.asarray(w) for w in tf.nest.flatten(weights)]
     if self._weights is None or not all(np.array_equal(a, b) for a, b in zip(flat, self._weights)):
       weights.assign_weights_to(self._model)
       self._weights, self._scores = flat, {}
-    if id(frame) not in self._scores:
-      self._scores[id(frame)] = predict(self._model, frame, self._schema)
-    return self._scores[id(frame)]
+    if key not in self._scores:
+      self._scores[key] = predict(self._model, rows(), self._schema)
+    return self._scores[key]

@@ -91,8 +91,11 @@ def answer(scores: np.ndarray, unit_codes: np.ndarray, request: HistogramRequest
 Ask = Callable[[HistogramRequest], np.ndarray]  # A request -> the federation's summed histogram.
 
 
+FIRST_RELEASE = 3  # The first pass's release number: the feature statistics' come before (features.DP_RELEASES).
+
+
 def search(ask: Ask, q: float, *, stddev: float = 0.0, cap: int = 0, bins: Sequence[int] = EXACT_BINS,
-           first_release: int = 3) -> float:
+           first_release: int = FIRST_RELEASE) -> float:
   """A threshold t flagging about (1 - q) of the federation's (weighted) training scores.
 
   No score leaves an institution: `ask` returns the sum of the institutions'

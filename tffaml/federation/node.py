@@ -295,6 +295,7 @@ class Node:
 
   def _statistics(self, header: dict) -> messages.Message:
     request = features.Request(header['request'])
+    self._check_statistics_noise(request, header['params'])
     release = f'statistics {request.value} {header["params"].get("release")}'
     with self._releasing(header['run'], release, messages.Message(STATISTICS, header)):
       answer = features.answer(canaries.real_rows(self.institution.train), self._schema, request, header['params'],
@@ -302,6 +303,23 @@ class Node:
     if request is features.Request.CANDIDATES:
       return messages.Message(reply_kind(STATISTICS), {'candidates': answer})
     return messages.Message(reply_kind(STATISTICS), {'keys': list(answer)}, tuple(answer.values()))
+
+  def _check_statistics_noise(self, request: features.Request, params: dict) -> None:
+    """Where its config makes the statistics DP: only the planned releases, each noised.
+
+    A coordinator asking for a count without noise, or for a release number
+    outside the plan (each would draw fresh noise and spend budget the
+    statement does not count), is refused. The share's size rests on the
+    census the coordinator states (as the training's does).
+    """
+    if not (self._config.record_dp.enabled and self._config.features.noise_multiplier is not None):
+      return
+    share, release = params.get('noise_share'), params.get('release')
+    if request not in features.DP_RELEASES or not share or release != features.DP_RELEASES[request]:
+      raise messages.Refused(
+          f'{self.name}: its config makes the feature statistics DP, and this request asks for'
+          f' {request.value} release {release!r} with noise share {share!r}; it answers only the planned'
+          f' releases ({", ".join(f"{r.value} {n}" for r, n in features.DP_RELEASES.items())}), noised.')
 
   @contextlib.contextmanager
   def _releasing(self, run: str, release: str, request: messages.Message) -> Iterator[None]:
@@ -402,19 +420,31 @@ class Node:
     """One pass of the alert threshold's search over its training rows, its share of the noise added."""
     work, header = self._work(request.header), request.header
     asked = quantiles.HistogramRequest(**header['histogram'])
+    self._check_threshold_noise(asked, work.plan.statistics)
     train = self.institution.train
     with self._releasing(header['run'], f'alert threshold {asked.release}', request):
-      scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), train)
+      scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), 'train', lambda: train)
       histogram = quantiles.answer(scores, dp_sgd.unit_codes(train), asked, institutions=len(header['census']),
                                    seed=self._run_seed(header['run']), index=header['index'])
     return messages.Message(reply_kind(SCORES), {}, (histogram,))
+
+  def _check_threshold_noise(self, asked: quantiles.HistogramRequest, statistics) -> None:
+    """Under DP statistics, only the threshold's planned passes, with the planned noise and unit cap."""
+    if statistics is None:
+      return  # No DP statistics: the threshold is exact, and the statement says it is not covered.
+    planned = range(quantiles.FIRST_RELEASE, quantiles.FIRST_RELEASE + statistics.alert_passes)
+    if asked.release not in planned or asked.stddev < statistics.alert_stddev or asked.cap != statistics.alert_rows:
+      raise messages.Refused(
+          f'{self.name}: the alert threshold\'s pass {asked.release} with noise {asked.stddev:g} and unit cap'
+          f' {asked.cap} is not the plan\'s (passes {list(planned)}, noise {statistics.alert_stddev:g}, cap'
+          f' {statistics.alert_rows}).')
 
   def _alerts(self, request: messages.Message) -> messages.Message:
     """Its test rows' alert metrics, and their scores binned for the federation's pooled ranking."""
     work, header = self._work(request.header), request.header
     test = self.institution.test
     labels = test[schema_lib.LABEL_COLUMN].to_numpy()
-    scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), test)
+    scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), 'test', lambda: test)
     budgets = tuple(header['budgets'])
     binned = evaluation.binned(labels, scores, header['threshold'])
     return messages.Message(reply_kind(ALERTS), {

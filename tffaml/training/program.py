@@ -479,13 +479,16 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
   scores = client_data.Scorer(training.keras_model_fn, schema)
 
   def score_histogram(weights, request: quantiles.HistogramRequest) -> np.ndarray:
-    return quantiles.local_ask([scores(weights, i.train) for i in institutions],
-                               [dp_sgd.unit_codes(i.train) for i in institutions], seed=noise_seed)(request)
+    train = [scores(weights, (k, 'train'), lambda i=i: i.train) for k, i in enumerate(institutions)]
+    # Units matter only under a cap; a stored split is read again for them.
+    units = ([dp_sgd.unit_codes(i.train) for i in institutions] if request.cap else
+             [np.arange(len(s)) for s in train])
+    return quantiles.local_ask(train, units, seed=noise_seed)(request)
 
   def alert_metrics(weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
     return evaluation.alert_metrics(
-        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), scores(weights, i.test)) for i in institutions},
-        budgets=budgets, threshold=threshold)
+        {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), scores(weights, (k, 'test'), lambda i=i: i.test))
+         for k, i in enumerate(institutions)}, budgets=budgets, threshold=threshold)
 
   return Built(keras_model_fn=training.keras_model_fn, process=process, train_round=train_round,
                evaluate=lambda weights, per_institution: evaluation.evaluate(
