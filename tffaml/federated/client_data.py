@@ -107,7 +107,8 @@ class Scorer:
   """A model's scores of rows, kept for the last model asked (a quantile search asks pass after pass)."""
 
   def __init__(self, keras_model_fn: Callable[[], tf.keras.Model], schema: schema_lib.Schema):
-    self._model, self._schema = keras_model_fn(), schema
+    self._model_fn, self._schema = keras_model_fn, schema
+    self._model: Optional[tf.keras.Model] = None  # Built when first asked: most runs set no alert budget.
     self._weights: Optional[list[np.ndarray]] = None
     self._scores: dict[Hashable, np.ndarray] = {}
 
@@ -118,6 +119,7 @@ class Scorer:
     """
     flat = [np.asarray(w) for w in tf.nest.flatten(weights)]
     if self._weights is None or not all(np.array_equal(a, b) for a, b in zip(flat, self._weights)):
+      self._model = self._model or self._model_fn()
       weights.assign_weights_to(self._model)
       self._weights, self._scores = flat, {}
     if key not in self._scores:
