@@ -399,11 +399,16 @@ def moments(counts: np.ndarray, midpoints: np.ndarray, lower: float, upper: floa
 DP_RELEASES = {Request.CANDIDATES: 0, Request.HISTOGRAMS: 1, Request.FINE_COUNTS: 2}
 
 
+def _dp_params(request: Request, share: float, **params) -> dict:
+  """`request`'s parameters under DP: its release number and each institution's noise share."""
+  return {**params, 'noise_share': share, 'release': DP_RELEASES[request]}
+
+
 def _dp_ranges(schema, ask: Ask, share: float, noise: StatisticsNoise) -> list[tuple[float, float, float]]:
   """Release 1: noisy half-decade histograms of every numeric column -> (lower, upper, scale)s."""
   if not schema.numeric:
     return []
-  total = _federated_total(ask(Request.HISTOGRAMS, {'noise_share': share, 'release': DP_RELEASES[Request.HISTOGRAMS]}))['counts']
+  total = _federated_total(ask(Request.HISTOGRAMS, _dp_params(Request.HISTOGRAMS, share)))['counts']
   tail = SPURIOUS_BIN / total.size
   threshold = noise.stddev * statistics.NormalDist().inv_cdf(1.0 - tail)
   return [dp_range(counts, threshold) for counts in total]
@@ -419,11 +424,10 @@ def _dp_feature_space(schema, ask: Ask, share: float, *, min_category_count: int
   ranges = _dp_ranges(schema, ask, share, noise)
   lower, upper = [r[0] for r in ranges], [r[1] for r in ranges]
   # Every value present is counted; only the noisy threshold decides what is published.
-  present = ask(Request.CANDIDATES, {'noise_share': share, 'release': DP_RELEASES[Request.CANDIDATES]})
+  present = ask(Request.CANDIDATES, _dp_params(Request.CANDIDATES, share))
   candidates = {c: sorted(set().union(*(p[c] for p in present))) for c in schema.categorical}
-  total = _federated_total(ask(Request.FINE_COUNTS, {
-      'ranges': ranges, 'candidates': candidates, 'noise_share': share,
-      'release': DP_RELEASES[Request.FINE_COUNTS]}))
+  total = _federated_total(ask(Request.FINE_COUNTS, _dp_params(
+      Request.FINE_COUNTS, share, ranges=ranges, candidates=candidates)))
   stats = [moments(counts, fine_edges(*r)[1], lo, hi)
            for counts, r, lo, hi in zip(total['fine'], ranges, lower, upper)]
   vocabulary = _vocabularies(schema, candidates, total['category_counts'],

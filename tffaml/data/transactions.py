@@ -157,8 +157,7 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
     if stored:
       log(f'{selection.path}: reusing the {len(stored)} banks stored in {shard_dir}')
       return federated_data.FederatedData(schema=SCHEMA, institutions=tuple(stored))
-  transactions = amlworld.read(selection.path)
-  cutoff = _cutoff(transactions, selection)
+  transactions, cutoff = _read(selection)
   members = _members(transactions, selection, cutoff, log)
   institutions = []
   for bank in members:
@@ -175,10 +174,7 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
 
 def members(selection: Selection, *, log=print) -> list[str]:
   """The codes of the banks `load` makes institutions of, in its order."""
-  if not os.path.isfile(selection.path):
-    raise schema_lib.DataError(f'{selection.path}: file not found.')
-  transactions = amlworld.read(selection.path)
-  return _members(transactions, selection, _cutoff(transactions, selection), log)
+  return _members(*_read(selection), log)
 
 
 def _members(transactions: pd.DataFrame, selection: Selection, cutoff: float, log) -> list[str]:
@@ -198,10 +194,13 @@ def _members(transactions: pd.DataFrame, selection: Selection, cutoff: float, lo
   return sorted(joining['bank'], key=str)
 
 
-def _cutoff(transactions: pd.DataFrame, selection: Selection) -> float:
-  """The minute from which rows are test rows: the last test_fraction of the file's time span."""
+def _read(selection: Selection) -> tuple[pd.DataFrame, float]:
+  """The file's transactions, and the minute from which rows are test rows (the last test_fraction of its span)."""
+  if not os.path.isfile(selection.path):
+    raise schema_lib.DataError(f'{selection.path}: file not found.')
+  transactions = amlworld.read(selection.path)
   first, last = transactions['minute'].min(), transactions['minute'].max()
-  return first + (1.0 - selection.test_fraction) * (last - first)
+  return transactions, first + (1.0 - selection.test_fraction) * (last - first)
 
 
 def _joins(banks: pd.DataFrame, selection: Selection) -> pd.Series:
@@ -222,10 +221,7 @@ def load_bank(selection: Selection, bank: str) -> federated_data.Institution:
   transactions gives the node the simulation's rows; a bank's own file
   splits at its own span. The bank must qualify as `load` requires.
   """
-  if not os.path.isfile(selection.path):
-    raise schema_lib.DataError(f'{selection.path}: file not found.')
-  transactions = amlworld.read(selection.path)
-  cutoff = _cutoff(transactions, selection)
+  transactions, cutoff = _read(selection)
   banks = amlworld.banks(transactions[transactions['minute'] < cutoff]).set_index('bank')
   if bank not in banks.index:
     raise schema_lib.DataError(f'{selection.path}: no transaction of bank {bank!r} (banks here:'

@@ -77,15 +77,19 @@ def answer(scores: np.ndarray, unit_codes: np.ndarray, request: HistogramRequest
   if np.shape(unit_codes) != scores.shape:
     raise ValueError(f'institution {index}: one unit code per score.')
   weights = unit_weights(unit_codes, request.cap) if request.cap and scores.size else np.ones(len(scores))
-  with np.errstate(divide='ignore'):
-    logs = np.log(scores)
-  edges = np.linspace(request.low, request.high, request.bins + 1)  # Exact at both ends.
-  histogram = np.bincount(np.searchsorted(edges, logs, 'right'), weights=np.asarray(weights, np.float64),
+  histogram = np.bincount(log_bin(scores, request.low, request.high, request.bins), weights=weights,
                           minlength=request.bins + 2).astype(np.float64)
   if request.stddev:
     share = request.stddev / np.sqrt(institutions)
     histogram += np.random.default_rng([seed, request.release, index]).normal(0.0, share, request.bins + 2)
   return histogram
+
+
+def log_bin(scores: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
+  """Each score's bin of log(score): 0 below `low`, 1..bins across [low, high), bins + 1 at or above `high`."""
+  edges = np.linspace(low, high, bins + 1)  # Exact at both ends.
+  with np.errstate(divide='ignore'):  # log(0) = -inf: below every bin.
+    return np.searchsorted(edges, np.log(np.asarray(scores, np.float64)), 'right')
 
 
 Ask = Callable[[HistogramRequest], np.ndarray]  # A request -> the federation's summed histogram.

@@ -194,7 +194,8 @@ class Node:
       self.institution = experiment.audited_institution(
           config, self.institution, self._schema, holds=config.canary_audit.institution == self.name)
     self.agreement = agreement(config, self._schema)
-    self._units = int(dp_sgd.unit_codes(self.institution.train).max()) + 1  # DP units in its training rows.
+    self._codes = dp_sgd.unit_codes(self.institution.train)  # Each training row's DP unit.
+    self._units = int(self._codes.max()) + 1
     self._key, self._coordinator_key, self._noise_seed, self._log = key, coordinator_key, noise_seed, log
     self._last_round: dict[str, int] = {}  # Per coordinator run: the latest round trained.
     self._trained: dict[str, set[int]] = {}  # Per coordinator run: the rounds trained.
@@ -424,7 +425,7 @@ class Node:
     train = self.institution.train
     with self._releasing(header['run'], f'alert threshold {asked.release}', request):
       scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), 'train', lambda: train)
-      histogram = quantiles.answer(scores, dp_sgd.unit_codes(train), asked, institutions=len(header['census']),
+      histogram = quantiles.answer(scores, self._codes, asked, institutions=len(header['census']),
                                    seed=self._run_seed(header['run']), index=header['index'])
     return messages.Message(reply_kind(SCORES), {}, (histogram,))
 

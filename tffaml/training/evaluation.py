@@ -160,9 +160,7 @@ RANKING_BINS = 16384
 def binned(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = None) -> Ranked:
   """`RANKING_BINS` groups of log-score (and one below, one above the range), highest first."""
   labels = np.asarray(labels).astype(bool)
-  edges = np.linspace(*quantiles.LOG_SCORE_RANGE, RANKING_BINS + 1)
-  with np.errstate(divide='ignore'):
-    group = np.searchsorted(edges, np.log(np.asarray(scores, np.float64)), 'right')
+  group = quantiles.log_bin(scores, *quantiles.LOG_SCORE_RANGE, RANKING_BINS)
   count = lambda weights: np.bincount(group, weights=weights, minlength=RANKING_BINS + 2)[::-1].astype(np.float64)
   return Ranked(positives=count(labels), rows=count(None), alerted=_alerted(labels, scores, threshold))
 

@@ -477,12 +477,13 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
       for i in institutions
   }
   scores = client_data.Scorer(training.keras_model_fn, schema)
+  unit_codes = {}  # Per institution, once: units matter only under a cap, and a stored split is read for them.
 
   def score_histogram(weights, request: quantiles.HistogramRequest) -> np.ndarray:
     train = [scores(weights, (k, 'train'), lambda i=i: i.train) for k, i in enumerate(institutions)]
-    # Units matter only under a cap; a stored split is read again for them.
-    units = ([dp_sgd.unit_codes(i.train) for i in institutions] if request.cap else
-             [np.arange(len(s)) for s in train])
+    if request.cap and not unit_codes:
+      unit_codes.update((k, dp_sgd.unit_codes(i.train)) for k, i in enumerate(institutions))
+    units = [unit_codes[k] if request.cap else np.arange(len(s)) for k, s in enumerate(train)]
     return quantiles.local_ask(train, units, seed=noise_seed)(request)
 
   def alert_metrics(weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
