@@ -5,6 +5,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tffaml.data import amlworld
+from tffaml.data import amlworld_stats
 from tffaml.data import transaction_generator as generator
 
 
@@ -74,3 +75,46 @@ class GeneratorTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, '--num_transactions=20 is too few'):
       generator.generate(os.path.join(self.dir, 'x.csv'), num_banks=3, num_transactions=20, seed=0)
     self.assertFalse(os.path.exists(os.path.join(self.dir, 'x.csv')))
+
+
+class LiSettingTest(tf.test.TestCase):
+  """The harder setting: AMLworld LI's rate, most laundering disguised as normal payments."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dir = tf.compat.v1.test.get_temp_dir()
+    cls.path, cls.patterns_path = os.path.join(cls.dir, 'li.csv'), os.path.join(cls.dir, 'li_patterns.csv')
+    cls.report = generator.generate(cls.path, num_banks=8, num_transactions=400_000, seed=5,
+                                    setting=generator.Setting.LI, days=20, patterns_output=cls.patterns_path)
+    cls.stats = amlworld_stats.describe(cls.path, patterns_path=cls.patterns_path,
+                                        usd_per_unit=generator.CURRENCIES)
+
+  def test_rate_and_integration(self):
+    self.assertBetween(self.stats['one_in'], 1900, 1990)  # 1 in 1,942, whole patterns.
+    self.assertBetween(self.stats['in_patterns'], 0.15, 0.35)
+    patterns = pd.read_csv(self.patterns_path, dtype={'from_account': str, 'to_account': str})
+    integration = patterns['typology'] == 'integration'
+    # Integration payments are made by the patterns' accounts.
+    pattern_accounts = set(patterns.loc[~integration, 'from_account']) | set(patterns.loc[~integration, 'to_account'])
+    self.assertTrue(set(patterns.loc[integration, 'from_account']) <= pattern_accounts)
+
+  def test_laundering_looks_normal_beside_hi(self):
+    hi = amlworld_stats.describe(GeneratorTest.path, usd_per_unit=generator.CURRENCIES)
+    # HI's laundering pays far more than normal payments; LI's about the same.
+    self.assertGreater(hi['laundering_usd'][0], 10 * hi['normal_usd'][0])
+    self.assertLess(self.stats['laundering_usd'][0], 3 * self.stats['normal_usd'][0])
+    # LI's laundering uses every format normal payments use, cards included.
+    self.assertGreater(self.stats['laundering_formats'].get('Credit Card', 0.0), 0.1)
+
+  def test_table_beside_published(self):
+    table = amlworld_stats.table({'li': self.stats})
+    self.assertIn('| laundering: one in | 981 | 1,942 |', table)
+    self.assertIn('19.3%', table)  # LI-Large's laundering in patterns.
+    self.assertRegex(table, r'\| transactions \| 5,000,000 \| 7,000,000 \|  \| 400,000 \|')
+
+  def test_every_setting_has_a_style(self):
+    for setting in generator.Setting:
+      self.assertIsInstance(generator.style(setting).laundering_rate, float)
+    with self.assertRaisesRegex(ValueError, 'unknown setting'):
+      generator.style('li')

@@ -26,6 +26,16 @@ payments spread over up to a few days at any hour, with formats, amounts
 and currencies of their own. Patterns rotate through the typologies, so
 every typology appears once there are nine patterns.
 
+Two settings (`Setting`), after the two kinds of AMLworld file (Altman et
+al. 2023, table 4): `hi`, the default, at 0.1% laundering, every laundering
+payment in a pattern, with large amounts, formats of its own and any hour;
+and `li`, harder, at 1 in 1,942 (LI-Small's rate), where 80% of laundering
+payments are integration - the patterns' accounts paying salaries, suppliers
+and purchases that look like anyone else's (AMLworld's LI-Large has 81% of
+its laundering outside the patterns, table 8) - and the patterns themselves
+move transfer-sized amounts, in transfer formats, at people's hours, over
+up to two weeks.
+
 The file is written a day at a time (the patterns, a small fraction, are
 planned first), so memory is bounded by one day's transactions whatever
 the total.
@@ -33,6 +43,7 @@ the total.
 
 import dataclasses
 import datetime
+import enum
 import time
 from typing import Callable, Optional
 
@@ -80,6 +91,43 @@ _KINDS = (
     _Kind('b2b', 0.12, 0.03, 'business', 'business', {'Wire': 0.5, 'ACH': 0.3, 'Cheque': 0.2}, _OFFICE),
     _Kind('reinvestment', 0.08, 0.07, 'self', 'self', {'Reinvestment': 1.0}, _PERSON_HOURS),
 )
+_KIND_NAMES = [k.name for k in _KINDS]
+
+
+class Setting(enum.Enum):
+  """How laundering looks beside normal payments (module docstring)."""
+
+  HI = 'hi'
+  LI = 'li'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Style:
+  """A setting's laundering: how much, and how like normal payments."""
+
+  laundering_rate: float  # The default fraction of laundering transactions.
+  integration_share: float  # Of laundering payments: the patterns' accounts paying like anyone else.
+  base_usd: tuple[float, float]  # A pattern's typical amount: log-normal (mean, sigma) of USD.
+  formats: dict[str, float]  # Pattern payments' formats.
+  hours: Optional[np.ndarray]  # Hour-of-day weights of pattern payments; None: any hour.
+  spread_days: int  # A pattern's payments start within this many days...
+  hop_minutes: int  # ...each hop this much after the previous one's earliest.
+  cycle_gap: tuple[int, int]  # Minutes between a cycle's payments: [low, high).
+  structuring_low: float  # Structured payments are this fraction of the threshold or more.
+
+
+def style(setting: Setting) -> _Style:
+  if setting is Setting.HI:
+    return _Style(
+        laundering_rate=0.001, integration_share=0.0, base_usd=(8.3, 0.9),
+        formats={'Wire': 0.3, 'ACH': 0.3, 'Cash': 0.15, 'Cheque': 0.1, 'Bitcoin': 0.1, 'Credit Card': 0.05},
+        hours=None, spread_days=3, hop_minutes=6 * 60, cycle_gap=(30, 12 * 60), structuring_low=0.9)
+  if setting is Setting.LI:
+    return _Style(
+        laundering_rate=1 / 1942, integration_share=0.8, base_usd=(5.5, 1.3),
+        formats=dict(_KINDS[_KIND_NAMES.index('transfer')].formats), hours=_PERSON_HOURS, spread_days=14, hop_minutes=24 * 60,
+        cycle_gap=(6 * 60, 3 * 24 * 60), structuring_low=0.5)
+  raise ValueError(f'unknown setting {setting!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +188,7 @@ def _normal_payments(population: Population, n: int, weekday: int, rng) -> dict:
   """`n` normal payments of one day: payer, payee, USD amount, format, minute of day."""
   shares = np.array([k.weekend_share if weekday >= 5 else k.weekday_share for k in _KINDS])
   if weekday == 4:  # Payday Friday.
-    shares[[k.name for k in _KINDS].index('salary')] *= 3
+    shares[_KIND_NAMES.index('salary')] *= 3
   kinds = rng.choice(len(_KINDS), n, p=shares / shares.sum())
   payer, payee = np.zeros(n, int), np.zeros(n, int)
   usd, formats, minutes = np.zeros(n), np.empty(n, object), np.zeros(n, int)
@@ -175,10 +223,10 @@ def _normal_payments(population: Population, n: int, weekday: int, rng) -> dict:
   return dict(payer=payer, payee=payee, usd=usd, payment_format=formats, minute=minutes)
 
 
-def _pattern(typology: str, population: Population, rng) -> dict:
+def _pattern(typology: str, population: Population, manner: _Style, rng) -> dict:
   """One laundering pattern: its payments' payer, payee, USD amount and minute offset."""
   accounts = lambda k: rng.choice(len(population.account_bank), k, replace=False)
-  base = rng.lognormal(8.3, 0.9)
+  base = rng.lognormal(*manner.base_usd)
   edges = []  # (payer, payee, hop): hop orders the payments along the pattern.
   if typology in ('fan_out', 'fan_in'):
     hub, spokes = accounts(1)[0], accounts(int(rng.integers(4, 13)))
@@ -209,16 +257,37 @@ def _pattern(typology: str, population: Population, rng) -> dict:
   payer, payee, hop = (np.array(x) for x in zip(*edges))
   n = len(edges)
   if typology == 'structuring':
-    usd = REPORTING_THRESHOLD * rng.uniform(0.9, 0.999, n)
+    usd = REPORTING_THRESHOLD * rng.uniform(manner.structuring_low, 0.999, n)
   else:  # Fees shave each hop; amounts vary around the pattern's base.
     usd = base * 0.98 ** hop * rng.uniform(0.85, 1.15, n)
-  minute = np.sort(hop * 6 * 60 + rng.integers(0, 3 * 24 * 60, n)) if typology != 'cycle' else \
-      np.cumsum(rng.integers(30, 12 * 60, n))
-  formats = np.array(['Wire', 'ACH', 'Cash', 'Cheque', 'Bitcoin', 'Credit Card'], object)[
-      rng.choice(6, n, p=[0.3, 0.3, 0.15, 0.1, 0.1, 0.05])]
+  minute = _pattern_minutes(typology, hop, manner, rng)
+  names = np.array(list(manner.formats), object)
+  formats = names[rng.choice(len(names), n, p=list(manner.formats.values()))]
   if typology == 'structuring':
     formats = np.array(['Cash', 'ACH', 'Wire'], object)[rng.choice(3, n, p=[0.5, 0.3, 0.2])]
   return dict(payer=payer, payee=payee, usd=usd, payment_format=formats, minute=minute)
+
+
+def _pattern_minutes(typology: str, hop: np.ndarray, manner: _Style, rng) -> np.ndarray:
+  """Minutes after the pattern's start, in order along its hops (a cycle's strictly so)."""
+  n = len(hop)
+  if typology == 'cycle':
+    return np.cumsum(rng.integers(*manner.cycle_gap, n))
+  minute = hop * manner.hop_minutes + rng.integers(0, manner.spread_days * 24 * 60, n)
+  if manner.hours is not None:  # Keep the day, move to an hour people pay at.
+    minute = minute // (24 * 60) * (24 * 60) + _pick(manner.hours, n, rng) * 60 + rng.integers(0, 60, n)
+  return np.sort(minute)
+
+
+def _integration(population: Population, launderers: np.ndarray, n: int, days: int, rng) -> dict:
+  """`n` payments by laundering accounts that look like anyone's (salaries, suppliers, purchases...)."""
+  day = rng.integers(0, days, n)
+  payments = _normal_payments(population, n, int(rng.integers(0, 5)), rng)
+  own = payments['payer'] == payments['payee']  # Reinvestments stay an account paying itself.
+  payments['payer'] = rng.choice(launderers, n)
+  payments['payee'] = np.where(own, payments['payer'], payments['payee'])
+  payments['minute'] = day * 24 * 60 + payments['minute']
+  return payments
 
 
 def _rows(population: Population, payments: dict, start_minute: np.ndarray, label: int) -> pd.DataFrame:
@@ -250,7 +319,7 @@ class Report:
   transactions: int
   laundering: int
   patterns: dict[str, int]  # Typology -> patterns injected.
-  laundering_by_typology: dict[str, int]  # Typology -> laundering transactions.
+  laundering_by_typology: dict[str, int]  # Typology (or 'integration') -> laundering transactions.
   banks: int
   accounts: int
   seconds: float
@@ -274,7 +343,8 @@ def generate(
     num_banks: int,
     num_transactions: int,
     seed: int,
-    laundering_rate: float = 0.001,
+    setting: Setting = Setting.HI,
+    laundering_rate: Optional[float] = None,
     days: int = 30,
     accounts_per_transaction: float = 0.05,
     patterns_output: Optional[str] = None,
@@ -287,8 +357,10 @@ def generate(
     num_banks: Banks in the population (>= 2).
     num_transactions: Transactions in the file, laundering included.
     seed: Everything derives from it: the same seed writes the same bytes.
+    setting: How laundering looks (`Setting`; module docstring).
     laundering_rate: Target fraction of laundering transactions (patterns
-      are whole, so the count is at least this and at most one pattern more).
+      are whole, so the count is at least this and at most one pattern
+      more); None: the setting's (0.1% for hi, 1 in 1,942 for li).
     days: Days the file spans, from 2022/09/01.
     accounts_per_transaction: Accounts in the population per transaction.
     patterns_output: Optional CSV of the laundering payments with their
@@ -298,13 +370,14 @@ def generate(
   Returns:
     Counts and the time taken.
   """
+  manner = style(setting)
   target = _check(num_banks=num_banks, num_transactions=num_transactions,
-                  laundering_rate=laundering_rate, days=days)
+                  laundering_rate=manner.laundering_rate if laundering_rate is None else laundering_rate, days=days)
   num_accounts = max(20 * num_banks, int(accounts_per_transaction * num_transactions))
   started = time.monotonic()
   rng = np.random.default_rng(seed)
   population = make_population(num_banks=num_banks, num_accounts=num_accounts, rng=rng)
-  laundering = _laundering(population, target=target, days=days, rng=rng)
+  laundering = _laundering(population, manner, target=target, days=days, rng=rng)
   if len(laundering) > num_transactions // 2:
     raise errors.InputError(f'--num_transactions={num_transactions} is too few for the patterns.')
   _write_days(output, population, laundering, normal=num_transactions - len(laundering), days=days,
@@ -317,7 +390,7 @@ def generate(
   by_typology = laundering.groupby('typology')
   return Report(
       transactions=num_transactions, laundering=len(laundering),
-      patterns={t: int(n) for t, n in by_typology['pattern'].nunique().items()},
+      patterns={t: int(n) for t, n in by_typology['pattern'].nunique().items() if t != 'integration'},
       laundering_by_typology={t: int(n) for t, n in by_typology.size().items()},
       banks=num_banks, accounts=num_accounts, seconds=time.monotonic() - started)
 
@@ -337,17 +410,22 @@ def _check(*, num_banks: int, num_transactions: int, laundering_rate: float, day
   return target
 
 
-def _laundering(population, *, target: int, days: int, rng: np.random.Generator) -> pd.DataFrame:
-  """Whole patterns, typologies in turn, until `target` payments; those inside `days`, by time."""
-  frames, count, pattern_id = [], 0, 0
-  while count < target:
+def _laundering(population, manner: _Style, *, target: int, days: int, rng: np.random.Generator) -> pd.DataFrame:
+  """Whole patterns, typologies in turn, then integration payments by their accounts, until
+  `target` payments; those inside `days`, by time."""
+  frames, accounts, count, pattern_id = [], [], 0, 0
+  while count < target * (1.0 - manner.integration_share):
     typology = TYPOLOGIES[pattern_id % len(TYPOLOGIES)]
-    payments = _pattern(typology, population, rng)
-    start = int(rng.integers(0, max(1, days - 3) * 24 * 60))
+    payments = _pattern(typology, population, manner, rng)
+    start = int(rng.integers(0, max(1, days - manner.spread_days) * 24 * 60))
     frame = _rows(population, payments, start, label=1)
     frames.append(frame.assign(pattern=pattern_id, typology=typology))
+    accounts += [payments['payer'], payments['payee']]
     count += len(frame)
     pattern_id += 1
+  if count < target:
+    payments = _integration(population, np.unique(np.concatenate(accounts)), target - count, days, rng)
+    frames.append(_rows(population, payments, 0, label=1).assign(pattern=-1, typology='integration'))
   laundering = pd.concat(frames, ignore_index=True)
   return laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
 
