@@ -14,6 +14,19 @@ the future:
   `receiver_out_amount_1d`, `receiver_in_degree_7d`: the same for r, with
   fan-in degree.
 
+Graph features, after the AMLworld papers' cycles and scatter-gather (over
+two-step paths a -> x -> b whose second payment follows the first within
+three days, `two_step_paths`; the generator's patterns spread over three):
+
+* `reverse_count_7d`: payments r made to s in the last week (a two-cycle:
+  the money goes back);
+* `three_cycle_3d`: two-step paths r -> x -> s in the last three days, so
+  this payment closes a three-cycle;
+* `gather_paths_3d`: two-step paths in the last three days from the account that
+  last paid s to r: at the gather end of scatter-gather (a source pays
+  several accounts, which each pay one destination), the accounts that
+  already passed the source's money on to r.
+
 An account is its bank and account code. A bank knows all transactions of
 its own customers but only the part of another bank's customer's activity
 that touches it, so the aggregates of a counterparty are partial by design.
@@ -21,6 +34,8 @@ that touches it, so the aggregates of a counterparty are partial by design.
 Each window query is two binary searches over the history sorted by
 (account, time), so a bank's aggregates take O(n log n) time.
 """
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -32,7 +47,13 @@ AGGREGATES = (
     'sender_in_amount_1d', 'sender_out_degree_7d',
     'receiver_in_count_1d', 'receiver_in_count_7d', 'receiver_in_amount_1d',
     'receiver_out_amount_1d', 'receiver_in_degree_7d',
+    'reverse_count_7d', 'three_cycle_3d', 'gather_paths_3d',
 )
+# A two-step path's first payment is among the middle account's last this
+# many payments received: a busy account (a shop's thousands of sales a day)
+# would otherwise make millions of paths, and laundering relays are quiet.
+MAX_PATHS_PER_PAYMENT = 32
+PATH_WIDTH = 3 * DAY
 
 
 class _Timeline:
@@ -86,6 +107,80 @@ def window_distinct(
   return (started - ended).astype(np.float64)
 
 
+@dataclasses.dataclass(frozen=True)
+class Paths:
+  """Two-step paths start -> middle -> end: first payment at `first`, second at `second`."""
+
+  start: np.ndarray
+  end: np.ndarray
+  first: np.ndarray
+  second: np.ndarray
+
+
+def two_step_paths(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray, *, width: int) -> Paths:
+  """Every a -> x then x -> b with the second payment strictly later, within `width` minutes.
+
+  For each payment x -> b, the paths through x take x's payments received in
+  [t - width, t), at most the last `MAX_PATHS_PER_PAYMENT` of them.
+  """
+  timeline = _Timeline(minute, width)
+  received = timeline.position(receiver, minute)
+  order = np.argsort(received, kind='stable')
+  sorted_received = received[order]
+  hi = np.searchsorted(sorted_received, timeline.position(sender, minute), 'left')
+  lo = np.searchsorted(sorted_received, timeline.position(sender, minute - width), 'left')
+  lo = np.maximum(lo, hi - MAX_PATHS_PER_PAYMENT)
+  counts = hi - lo
+  second = np.repeat(np.arange(len(minute)), counts)
+  # Positions lo..hi-1 of each second payment, flattened.
+  offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+  first = order[np.repeat(lo, counts) + offsets]
+  return Paths(start=sender[first], end=receiver[second], first=minute[first], second=minute[second])
+
+
+def paths_in_window(paths: Paths, start: np.ndarray, end: np.ndarray, minute: np.ndarray, *,
+                    width: int, accounts: int) -> np.ndarray:
+  """Per query: `paths` from its start to its end with both payments in [t - width, t).
+
+  Paths with second < t include every path with first < t - width (a path's
+  second payment is within `width` of its first, so before t), so the count
+  is the difference.
+  """
+  key = lambda a, b: a.astype(np.int64) * accounts + b
+  everything = np.concatenate([paths.first, paths.second, minute])
+  timeline = _Timeline(everything, width)
+  ends = np.sort(timeline.position(key(paths.start, paths.end), paths.second))
+  starts = np.sort(timeline.position(key(paths.start, paths.end), paths.first))
+  query = key(start, end)
+  return (np.searchsorted(ends, timeline.position(query, minute), 'left')
+          - np.searchsorted(starts, timeline.position(query, minute - width), 'left')).astype(np.float64)
+
+
+def last_payer(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray, query: np.ndarray,
+               query_minute: np.ndarray) -> np.ndarray:
+  """Per query: the account that last paid `query` strictly before its minute, or -1."""
+  timeline = _Timeline(np.concatenate([minute, query_minute]), 0)
+  received = timeline.position(receiver, minute)
+  order = np.argsort(received, kind='stable')
+  before = np.searchsorted(received[order], timeline.position(query, query_minute), 'left') - 1
+  found = (before >= 0) & (receiver[order][np.maximum(before, 0)] == query)
+  return np.where(found, sender[order][np.maximum(before, 0)], -1)
+
+
+def _graph(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray, accounts: int) -> dict:
+  """The graph features (module docstring)."""
+  pair = lambda a, b: a.astype(np.int64) * accounts + b
+  paths = two_step_paths(sender, receiver, minute, width=PATH_WIDTH)
+  payer = last_payer(sender, receiver, minute, sender, minute)
+  gather = paths_in_window(paths, np.maximum(payer, 0), receiver, minute, width=PATH_WIDTH, accounts=accounts)
+  return {
+      'reverse_count_7d': window_sum(pair(sender, receiver), minute, np.ones(len(minute)),
+                                     pair(receiver, sender), minute, width=WEEK),
+      'three_cycle_3d': paths_in_window(paths, receiver, sender, minute, width=PATH_WIDTH, accounts=accounts),
+      'gather_paths_3d': np.where(payer >= 0, gather, 0.0),
+  }
+
+
 def compute(rows: pd.DataFrame) -> pd.DataFrame:
   """`AGGREGATES` of every row of one bank's transactions (`amlworld.bank_view`)."""
   accounts = pd.concat([rows['from_bank'] + ' ' + rows['from_account'],
@@ -111,5 +206,6 @@ def compute(rows: pd.DataFrame) -> pd.DataFrame:
       'receiver_in_amount_1d': activity(receiver, received, receiver, DAY),
       'receiver_out_amount_1d': activity(sender, paid, receiver, DAY),
       'receiver_in_degree_7d': window_distinct(receiver, sender, minute, receiver, minute, width=WEEK),
+      **_graph(sender, receiver, minute, int(codes.max()) + 1),
   }
   return pd.DataFrame(values, index=rows.index)[list(AGGREGATES)]

@@ -136,7 +136,7 @@ class Selection:
 def _shard_key(selection: Selection) -> dict:
   """What stored banks were made from: the file as it was, and the split settings."""
   info = os.stat(selection.path)
-  return {'layout': 3, 'path': os.path.abspath(selection.path), 'bytes': info.st_size,
+  return {'layout': 4, 'path': os.path.abspath(selection.path), 'bytes': info.st_size,
           'mtime_ns': info.st_mtime_ns,
           **{k: getattr(selection, k) for k in ('test_fraction', 'min_rows', 'min_positives', 'max_banks')}}
 
