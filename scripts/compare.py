@@ -2,6 +2,8 @@
 
   python scripts/compare.py --config=configs/loan_risk.py:compare --seeds=0,1,2 \
       --output_dir=runs/compare
+  python scripts/compare.py --config=configs/aml.py:compare --private_config=configs/aml.py \
+      --config.data.path=data/transactions.csv --seeds=0 --output_dir=runs/compare_aml
 
 Writes <output_dir>/compare.csv (per method and metric - AUC, AUPRC, recall
 at each config.evaluation.alert_budgets - on all test rows, median and worst
@@ -25,6 +27,10 @@ from tffaml import runtime
 from tffaml.training import compare
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py:compare', 'Base config.')
+_PRIVATE_CONFIG = config_flags.DEFINE_config_file(
+    'private_config', None, 'Optional: the config fedavg_record_dp runs instead of the base with'
+    ' record-level DP switched on - the shipped private default, e.g. configs/aml.py - on the'
+    ' base\'s data and seeds.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each: new splits and initialisations).')
 _METHODS = flags.DEFINE_list('methods', [m.value for m in compare.Method], 'Methods to compare.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)
@@ -41,7 +47,7 @@ def main(argv):
                          f' {[m.value for m in compare.Method]}: {e}') from None
   with runtime.local_runtime():
     compare.run(_CONFIG.value, seeds=seeds, methods=methods,
-                output_dir=_OUTPUT_DIR.value)
+                output_dir=_OUTPUT_DIR.value, private=_PRIVATE_CONFIG.value)
   with open(os.path.join(_OUTPUT_DIR.value, 'compare.md')) as f:
     print(f.read())
   print(f'results: {os.path.join(_OUTPUT_DIR.value, "compare.md")}, compare.csv,'

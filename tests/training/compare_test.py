@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -7,9 +9,13 @@ import tensorflow as tf
 
 from configs import csv as csv_config
 from tests import helpers
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+from tffaml.data import transaction_generator
 from tffaml.training import compare
 
 M = compare.Method
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class CombineAndSummaryTest(tf.test.TestCase):
@@ -39,6 +45,64 @@ class CombineAndSummaryTest(tf.test.TestCase):
     self.assertAlmostEqual(summary['median_institution_auc_mean'], 0.75)  # (0.7 + 0.8) / 2
     self.assertAlmostEqual(summary['worst_institution_auc_mean'], 0.65)
     self.assertEqual(summary['seeds'], 2)
+
+
+class ThresholdF1Test(tf.test.TestCase):
+
+  def test_best_f1_threshold_hand_computed(self):
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    # Flag >= 0.9: F1 0; >= 0.8: 2/(1+2) = 0.67; >= 0.7: 2/(2+2) = 0.5; >= 0.6: 4/(4+2) = 0.67 at
+    # recall 1 (the first best, in scikit-learn's order of rising threshold).
+    self.assertEqual(compare._best_f1_threshold(labels, scores), 0.6)
+    self.assertEqual(compare._best_f1_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])), float('inf'))
+
+  def test_flagged_f1(self):
+    labels = np.array([1, 1, 0, 0])
+    self.assertAlmostEqual(compare._flagged_f1(labels, np.array([True, False, True, False])), 0.5)
+    self.assertEqual(compare._flagged_f1(labels, np.zeros(4, bool)), 0.0)
+
+  def test_validation_rows_pick_the_threshold_and_leave_the_metrics(self):
+    frame = lambda labels: pd.DataFrame({schema_lib.LABEL_COLUMN: labels})
+    a = federated_data.Institution('a', train=frame([0, 1]), test=frame([0, 1, 0, 1, 1, 0, 0, 0, 1, 0]))
+    scored = compare.Scored(data=federated_data.FederatedData(schema=None, institutions=(a,)))
+    # Validation (first 4 rows): the best F1 flags >= 0.6. Later rows: flags 0.7 (a 1), 0.65 (a 0).
+    scored.scores[M.FEDAVG] = {'a': np.array([0.9, 0.8, 0.7, 0.6, 0.7, 0.65, 0.1, 0.2, 0.3, 0.4])}
+    scored.thresholds[M.FEDAVG] = {'a': 0.35}  # Flags 0.7, 0.65, 0.4: one of two positives.
+    rows = compare._seed_rows(scored, 0, budgets=(), validation_fraction=0.4)
+    pooled = [r for r in rows if r['institution'] == 'all test rows'][0]
+    self.assertAlmostEqual(pooled['f1_at_validation_threshold'], 2 * 1 / (2 + 2))
+    self.assertAlmostEqual(pooled['f1_at_alert_threshold'], 2 * 1 / (3 + 2))
+    self.assertAlmostEqual(pooled['auc'], 0.75)  # The 6 later rows only: 0.7 and 0.3 among the 1s.
+
+
+class AmlCompareScriptTest(tf.test.TestCase):
+  """scripts/compare.py --config=configs/aml.py:compare with the shipped private default."""
+
+  def test_prints_the_table_with_minority_f1(self):
+    root = tempfile.mkdtemp()
+    path = os.path.join(root, 'transactions.csv')
+    transaction_generator.generate(path, num_banks=4, num_transactions=12_000, seed=2,
+                                   laundering_rate=0.01, days=10)
+    out = os.path.join(root, 'compare')
+    methods = 'gbt_centralized,gbt_local,centralized,local_only,fedavg,fedavg_record_dp'
+    small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
+             '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
+    done = subprocess.run(
+        [sys.executable, 'scripts/compare.py', '--config=configs/aml.py:compare', f'--config.data.path={path}',
+         '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
+         f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+    for title in ("minority F1 at the threshold best on each institution's validation period",
+                  'minority F1 at the alert threshold', 'AUPRC:', 'recall at 1% alert budget'):
+      self.assertIn(title, done.stdout)
+    summary = pd.read_csv(os.path.join(out, 'compare.csv')).set_index('method')
+    self.assertEqual(summary.index.tolist(), methods.split(','))
+    self.assertTrue(summary['pooled_f1_at_validation_threshold_mean'].between(0, 1).all())
+    self.assertTrue(summary['pooled_f1_at_alert_threshold_mean'].between(0, 1).all())
+    with open(os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'privacy.txt')) as f:
+      self.assertRegex(f.read(), r'\(1(\.0+)?, 1e-05\)-differential privacy for each customer')
 
 
 class CompareRunTest(tf.test.TestCase):

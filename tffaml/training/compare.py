@@ -6,7 +6,8 @@ splits, trains and scores:
 * `centralized`: the model on pooled rows (the non-private upper bound);
 * `local_only`: each institution's own model on its own test split;
 * `fedavg`, `fedavg_client_dp`, `fedavg_record_dp`: the training program
-  without DP, with client-level DP, and with record-level DP-SGD;
+  without DP, with client-level DP, and with record-level DP-SGD (or the
+  shipped private default, when `run` is given it: `--private_config`);
 * `ensemble_average`, `ensemble_vote`: every institution's local model
   applied everywhere, probabilities averaged or labels voted (the score is
   the fraction of positive votes) - sharing models instead of updates. A
@@ -26,12 +27,18 @@ Metrics are exact (scikit-learn, from each method's scores), per institution
 and over all test rows: AUC, AUPRC, and, for each of
 `config.evaluation.alert_budgets`, the recall and the positive (minority)
 class's F1 when that fraction of highest scores is flagged
-(`evaluation.ranking_metrics`). Over seeds (each seed draws new
+(`evaluation.ranking_metrics`). Where configured, the minority F1 at two
+thresholds an AML team would alert at: the one best on each institution's
+validation period (`config.evaluation.validation_fraction`, the earliest
+test rows; the other metrics are then measured on the later rows), and the
+alert threshold (`config.model.alert_budget` of the method's training rows:
+the exported threshold for the federated methods). Over seeds (each seed draws new
 splits and initialisations) the summary gives means and standard deviations.
 The ensembles and forests are classifiers: an autoencoder config compares
 centralized, local-only and the federated methods.
 """
 
+import dataclasses
 import enum
 import math
 import os
@@ -76,6 +83,7 @@ class Method(enum.Enum):
 
 
 Scores = dict[str, np.ndarray]  # Institution -> probability of each test row.
+Thresholds = dict[str, float]  # Institution -> the score at which it alerts.
 
 
 def federated_config(base: ml_collections.ConfigDict, method: Method) -> ml_collections.ConfigDict:
@@ -166,16 +174,29 @@ def _gbt(frame: pd.DataFrame, space: features.FeatureSpace, seed: int) -> lightg
       categorical_feature=categorical or 'auto')
 
 
-def _gbt_scores(data, space, methods, seed: int) -> dict:
-  """The requested GBT methods' test scores."""
-  scores = {}
-  test = lambda model, institution: model.predict_proba(_forest_inputs(institution.test, space))[:, 1]
+def _budget_threshold(train_scores: np.ndarray, budget: float) -> float:
+  """The score flagging `budget` of the training rows, as an export's alert threshold does."""
+  return float(np.quantile(train_scores, 1.0 - budget))
+
+
+def _gbt_scores(data, space, methods, seed: int, budget: float) -> tuple[dict, dict]:
+  """The requested GBT methods' test scores and their alert thresholds at `budget` (0: none)."""
+  scores, thresholds = {}, {}
+  score = lambda model, frame: model.predict_proba(_forest_inputs(frame, space))[:, 1]
   if Method.GBT_CENTRALIZED in methods:
-    pooled = _gbt(data.pooled('train'), space, seed)
-    scores[Method.GBT_CENTRALIZED] = {i.name: test(pooled, i) for i in data.institutions}
+    train = data.pooled('train')
+    pooled = _gbt(train, space, seed)
+    scores[Method.GBT_CENTRALIZED] = {i.name: score(pooled, i.test) for i in data.institutions}
+    if budget:
+      thresholds[Method.GBT_CENTRALIZED] = dict.fromkeys(
+          data.names, _budget_threshold(score(pooled, train), budget))
   if Method.GBT_LOCAL in methods:  # Each bank's trees score its own test rows only.
-    scores[Method.GBT_LOCAL] = {i.name: test(_gbt(i.train, space, seed), i) for i in data.institutions}
-  return scores
+    models = {i.name: _gbt(i.train, space, seed) for i in data.institutions}
+    scores[Method.GBT_LOCAL] = {i.name: score(models[i.name], i.test) for i in data.institutions}
+    if budget:
+      thresholds[Method.GBT_LOCAL] = {
+          i.name: _budget_threshold(score(models[i.name], i.train), budget) for i in data.institutions}
+  return scores, thresholds
 
 
 def _centralized(config, space, data, *, epochs: int, seed: int):
@@ -189,46 +210,84 @@ def _centralized(config, space, data, *, epochs: int, seed: int):
       seed=seed)
 
 
+@dataclasses.dataclass
+class Scored:
+  """One seed's methods on the same institutions: test scores, and alert thresholds where a
+  method has one (the score flagging `config.model.alert_budget` of its training rows)."""
+
+  data: federated_data.FederatedData
+  scores: dict[Method, Scores] = dataclasses.field(default_factory=dict)
+  thresholds: dict[Method, Thresholds] = dataclasses.field(default_factory=dict)
+
+
 def method_scores(
     base: ml_collections.ConfigDict, methods: Sequence[Method], workdir: str,
-    *, log: Callable[[str], None],
-) -> tuple[federated_data.FederatedData, dict[Method, Scores]]:
-  """Every method's test scores for one seed (`base.seed`)."""
+    *, log: Callable[[str], None], private: Optional[ml_collections.ConfigDict] = None,
+) -> Scored:
+  """Every method's test scores (and thresholds) for one seed (`base.seed`)."""
   data = experiment.load_data(base, log=log)
   space = experiment.feature_space(base, data)
-  scores = {}
+  scored, budget = Scored(data), base.model.alert_budget
   if Method.CENTRALIZED in methods:
     log('centralized')
-    scores[Method.CENTRALIZED] = _keras_scores(_centralized(
-        base, space, data, epochs=base.reference.centralized_epochs, seed=base.seed), data)
-  local = {Method.LOCAL_ONLY, Method.ENSEMBLE_AVERAGE, Method.ENSEMBLE_VOTE,
-           Method.FOREST_AVERAGE, Method.FOREST_VOTE}
-  if local & set(methods):
-    with_forests = bool({Method.FOREST_AVERAGE, Method.FOREST_VOTE} & set(methods))
-    log('local models (Keras' + (' and random forest' if with_forests else '') + ' per institution)')
-    keras_models, forests, thresholds = _local_models(data, space, base, base.seed, forests=with_forests)
-    keras_scores = [_keras_scores(m, data) for m in keras_models]
-    scores[Method.LOCAL_ONLY] = {
-        i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
-    scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
-    scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
-    if with_forests:
-      forest_scores = [
-          {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
-          for f in forests]
-      scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
-      scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
+    model = _centralized(base, space, data, epochs=base.reference.centralized_epochs, seed=base.seed)
+    scored.scores[Method.CENTRALIZED] = _keras_scores(model, data)
+    if budget:
+      train = client_data.predict(model, data.pooled('train'), data.schema)
+      scored.thresholds[Method.CENTRALIZED] = dict.fromkeys(data.names, _budget_threshold(train, budget))
+  if _LOCAL & set(methods):
+    _local_methods(scored, space, base, methods, log)
   if {Method.GBT_CENTRALIZED, Method.GBT_LOCAL} & set(methods):
     log('gradient-boosted trees')
-    scores.update(_gbt_scores(data, space, methods, base.seed))
+    scores, thresholds = _gbt_scores(data, space, methods, base.seed, budget)
+    scored.scores.update(scores)
+    scored.thresholds.update(thresholds)
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP):
     if method in methods:
       log(method.value)
-      result = program.run(federated_config(base, method),
-                           os.path.join(workdir, f'seed{base.seed}', method.value),
+      result = program.run(_run_config(base, method, private), os.path.join(workdir, f'seed{base.seed}', method.value),
                            log=lambda line: log(f'  {line}'))
-      scores[method] = _keras_scores(result.model, data)
-  return data, {m: scores[m] for m in methods}
+      scored.scores[method] = _keras_scores(result.model, data)
+      if result.threshold is not None and (private or base).model.alert_budget:
+        scored.thresholds[method] = dict.fromkeys(data.names, result.threshold)
+  scored.scores = {m: scored.scores[m] for m in methods}
+  return scored
+
+
+_LOCAL = {Method.LOCAL_ONLY, Method.ENSEMBLE_AVERAGE, Method.ENSEMBLE_VOTE, Method.FOREST_AVERAGE, Method.FOREST_VOTE}
+
+
+def _local_methods(scored: Scored, space, base, methods, log) -> None:
+  """Local-only Keras models, and the ensembles and forests built from each institution's models."""
+  data = scored.data
+  with_forests = bool({Method.FOREST_AVERAGE, Method.FOREST_VOTE} & set(methods))
+  log('local models (Keras' + (' and random forest' if with_forests else '') + ' per institution)')
+  keras_models, forests, thresholds = _local_models(data, space, base, base.seed, forests=with_forests)
+  keras_scores = [_keras_scores(m, data) for m in keras_models]
+  scored.scores[Method.LOCAL_ONLY] = {i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
+  if base.model.alert_budget:
+    scored.thresholds[Method.LOCAL_ONLY] = {
+        i.name: _budget_threshold(client_data.predict(m, i.train, data.schema), base.model.alert_budget)
+        for m, i in zip(keras_models, data.institutions)}
+  scored.scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
+  scored.scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
+  if with_forests:
+    forest_scores = [
+        {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
+        for f in forests]
+    scored.scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
+    scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
+
+
+def _run_config(base, method: Method, private: Optional[ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+  """The training program's config for a federated method: `private` (the shipped private
+  default, on `base`'s data and seed) for record-level DP when given."""
+  if method is not Method.FEDAVG_RECORD_DP or private is None:
+    return federated_config(base, method)
+  config = ml_collections.ConfigDict(private.to_dict())
+  config.data, config.seed = ml_collections.ConfigDict(base.data.to_dict()), base.seed
+  config.reference.centralized_epochs = 0
+  return config
 
 
 def _auc(labels, scores) -> float:
@@ -238,9 +297,12 @@ def _auc(labels, scores) -> float:
 def run(
     base: ml_collections.ConfigDict, *, seeds: Sequence[int], methods: Sequence[Method],
     output_dir: str, log: Callable[[str], None] = print,
+    private: Optional[ml_collections.ConfigDict] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
   """Scores every method for every seed; writes and returns (summary, per institution).
 
+  `private`, when given, is the config `fedavg_record_dp` runs (the shipped
+  private default, e.g. configs/aml.py), on `base`'s data and seeds.
   Call inside `tffaml.runtime.local_runtime()`.
   """
   if base.reference.centralized_epochs < 1:
@@ -248,24 +310,69 @@ def run(
         'config.reference.centralized_epochs must be >= 1: it is the epochs of the'
         f' centralized and local-only Keras models, got {base.reference.centralized_epochs}.')
   rows = []
-  budgets = tuple(base.evaluation.alert_budgets)
   for seed in seeds:
     config = ml_collections.ConfigDict(base.to_dict())
     config.seed = seed
     log(f'seed {seed}')
-    data, scores = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log)
-    labels = {i.name: i.test[schema_lib.LABEL_COLUMN].to_numpy() for i in data.institutions}
-    for method, by_institution in scores.items():
-      groups = [(name, len(i.train), [name]) for name, i in zip(data.names, data.institutions)]
-      groups.append(('all test rows', sum(len(i.train) for i in data.institutions), data.names))
-      for name, train_rows, members in groups:
-        rows.append({'method': method.value, 'seed': seed, 'institution': name, 'train_rows': train_rows,
-                     **_metrics(np.concatenate([labels[m] for m in members]),
-                                np.concatenate([by_institution[m] for m in members]), budgets)})
+    scored = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log, private=private)
+    rows += _seed_rows(scored, seed, budgets=tuple(base.evaluation.alert_budgets),
+                       validation_fraction=base.evaluation.validation_fraction)
   per_institution = pd.DataFrame(rows)
   summary = summarize(per_institution)
   write_outputs(summary, per_institution, output_dir)
   return summary, per_institution
+
+
+def _seed_rows(scored: Scored, seed: int, *, budgets, validation_fraction: float) -> list[dict]:
+  """Per method: each institution's metrics and those of all test rows.
+
+  With `validation_fraction` > 0, each institution's earliest such fraction of
+  test rows is its validation period: it picks the threshold of best
+  minority F1 there (`f1_at_validation_threshold`), and every metric is
+  measured on the later rows only.
+  """
+  data = scored.data
+  split = {i.name: _validation_rows(len(i.test), validation_fraction) for i in data.institutions}
+  labels = {i.name: i.test[schema_lib.LABEL_COLUMN].to_numpy() for i in data.institutions}
+  rows = []
+  for method, by_institution in scored.scores.items():
+    later = {n: (labels[n][split[n]:], by_institution[n][split[n]:]) for n in data.names}
+    flags = {}
+    if validation_fraction:
+      flags['validation_threshold'] = {n: later[n][1] >= _best_f1_threshold(
+          labels[n][:split[n]], by_institution[n][:split[n]]) for n in data.names}
+    if method in scored.thresholds:
+      flags['alert_threshold'] = {n: later[n][1] >= scored.thresholds[method][n] for n in data.names}
+    groups = [(name, len(i.train), [name]) for name, i in zip(data.names, data.institutions)]
+    groups.append(('all test rows', sum(len(i.train) for i in data.institutions), data.names))
+    for name, train_rows, members in groups:
+      joined = lambda parts: np.concatenate([parts[m] for m in members])
+      y = joined({n: later[n][0] for n in members})
+      rows.append({'method': method.value, 'seed': seed, 'institution': name, 'train_rows': train_rows,
+                   **_metrics(y, joined({n: later[n][1] for n in members}), budgets),
+                   **{f'f1_at_{kind}': _flagged_f1(y, joined(flagged)) for kind, flagged in flags.items()}})
+  return rows
+
+
+def _validation_rows(test_rows: int, fraction: float) -> int:
+  return int(round(fraction * test_rows))
+
+
+def _best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+  """The score at and above which flagging gives the best minority F1 on these rows.
+
+  Without a positive there is no such score: nothing is flagged (inf).
+  """
+  if not labels.sum():
+    return float('inf')
+  precision, recall, thresholds = sk_metrics.precision_recall_curve(labels, scores)
+  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+  return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def _flagged_f1(labels: np.ndarray, flagged: np.ndarray) -> float:
+  caught = float(np.sum(flagged & (labels == 1)))
+  return 2 * caught / (flagged.sum() + labels.sum()) if caught else 0.0
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray, budgets) -> dict[str, float]:
@@ -298,6 +405,10 @@ _TITLES = {'auc': 'AUC', 'auprc': 'AUPRC'}
 
 
 def _title(metric: str) -> str:
+  if metric == 'f1_at_validation_threshold':
+    return "minority F1 at the threshold best on each institution's validation period"
+  if metric == 'f1_at_alert_threshold':
+    return 'minority F1 at the alert threshold (flags config.model.alert_budget of training rows)'
   if metric.startswith('f1_at_'):
     return f'minority F1 at {metric[len("f1_at_"):]} alert budget'
   return _TITLES.get(metric, metric.replace('recall_at_', 'recall at ') + ' alert budget')
@@ -306,6 +417,8 @@ def _title(metric: str) -> str:
 def _markdown(summary: pd.DataFrame) -> str:
   def cell(r, column):
     mean, std = r[f'{column}_mean'], r[f'{column}_std']
+    if np.isnan(mean):  # The method has no such threshold.
+      return '–'
     return f'{mean:.4f}' if np.isnan(std) else f'{mean:.4f} ± {std:.4f}'
   metrics = [c[len('pooled_'):-len('_mean')] for c in summary.columns
              if c.startswith('pooled_') and c.endswith('_mean')]

@@ -282,6 +282,9 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
   if any(not 0.0 < b < 1.0 for b in config.evaluation.alert_budgets):
     raise errors.ConfigError(
         f'config.evaluation.alert_budgets must lie in (0, 1), got {config.evaluation.alert_budgets}.')
+  if not 0.0 <= config.evaluation.validation_fraction < 1.0:
+    raise errors.ConfigError('config.evaluation.validation_fraction must be in [0, 1), got'
+                             f' {config.evaluation.validation_fraction}.')
   if choices.aggregator.is_dp and not config.aggregator.noise_multiplier > 0:
     raise errors.ConfigError(
         f'config.aggregator.type={config.aggregator.type!r} needs'

@@ -193,6 +193,7 @@ class RunResult:
   rounds_completed: int
   model: Optional[tf.keras.Model] = None  # The exported Keras model.
   warnings: tuple[str, ...] = ()  # E.g. a model no better than chance (scripts exit non-zero).
+  threshold: Optional[float] = None  # The export's alert threshold.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -643,7 +644,7 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
           'privacy': statement.to_dict(),
       })
   return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds, model=model,
-                   warnings=warnings)
+                   warnings=warnings, threshold=threshold)
 
 
 def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) -> Optional[float]:
