@@ -3,6 +3,7 @@
   python scripts/compare.py --config=configs/loan_risk.py:compare --seeds=0,1,2 \
       --output_dir=runs/compare
   python scripts/compare.py --config=configs/aml.py:compare --private_config=configs/aml.py \
+      --autoencoder_config=configs/aml_autoencoder.py:compare \
       --config.data.path=data/transactions.csv --seeds=0 --output_dir=runs/compare_aml
 
 Writes <output_dir>/compare.csv (per method and metric - AUC, AUPRC, recall
@@ -31,6 +32,9 @@ _PRIVATE_CONFIG = config_flags.DEFINE_config_file(
     'private_config', None, 'Optional: the config fedavg_record_dp runs instead of the base with'
     ' record-level DP switched on - the shipped private default, e.g. configs/aml.py - on the'
     ' base\'s data and seeds.')
+_AUTOENCODER_CONFIG = config_flags.DEFINE_config_file(
+    'autoencoder_config', None, 'The config the autoencoder method runs (e.g.'
+    ' configs/aml_autoencoder.py:compare), on the base\'s data and seeds.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each: new splits and initialisations).')
 _METHODS = flags.DEFINE_list('methods', [m.value for m in compare.Method], 'Methods to compare.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)
@@ -45,9 +49,12 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(f'--seeds must be integers and --methods of'
                          f' {[m.value for m in compare.Method]}: {e}') from None
+  configs = {method: flag.value for method, flag in ((compare.Method.FEDAVG_RECORD_DP, _PRIVATE_CONFIG),
+                                                      (compare.Method.AUTOENCODER, _AUTOENCODER_CONFIG))
+             if flag.value is not None}
   with runtime.local_runtime():
     compare.run(_CONFIG.value, seeds=seeds, methods=methods,
-                output_dir=_OUTPUT_DIR.value, private=_PRIVATE_CONFIG.value)
+                output_dir=_OUTPUT_DIR.value, configs=configs)
   with open(os.path.join(_OUTPUT_DIR.value, 'compare.md')) as f:
     print(f.read())
   print(f'results: {os.path.join(_OUTPUT_DIR.value, "compare.md")}, compare.csv,'

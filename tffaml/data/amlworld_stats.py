@@ -69,7 +69,7 @@ def table(files: dict[str, dict]) -> str:
           ('accounts', lambda s: f'{s["accounts"]:,}'),
           ('transactions', lambda s: f'{s["transactions"]:,}'),
           ('laundering: one in', lambda s: f'{s["one_in"]:,.0f}'),
-          ('laundering in the 8 patterns', lambda s: _percent(s.get('in_patterns'))),
+          ('laundering in patterns (not integration)', lambda s: _percent(s.get('in_patterns'))),
           *[(f'format {f}', lambda s, f=f: _percent(s['formats'].get(f, 0.0))) for f in every_format],
           *[(f'format {f}, of laundering', lambda s, f=f: _percent(s['laundering_formats'].get(f, 0.0)))
             for f in every_format],

@@ -17,6 +17,12 @@ splits, trains and scores:
   would almost never vote positive with rare defaults;
 * `forest_average`, `forest_vote`: the same with a scikit-learn random
   forest per institution;
+* `autoencoder`: the training program on the config given to `run` as
+  `autoencoder` (e.g. configs/aml_autoencoder.py: trained without labels);
+* `rarity_federated`, `rarity_local`: transactions scored without labels by
+  how rare their format, direction, amount and hour are together, over the
+  federation's summed counts or each bank's own (`tffaml.federated.rarity`;
+  transaction data only);
 * `gbt_centralized`, `gbt_local`: gradient-boosted trees (LightGBM), the
   baseline AML teams run: on pooled rows (an upper bound no consortium may
   build), and each institution's own on its own rows. They take the same
@@ -61,6 +67,7 @@ from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
 from tffaml.federated import client_data
+from tffaml.federated import rarity
 from tffaml.models import tabular
 from tffaml.training import centralized
 from tffaml.training import evaluation
@@ -80,6 +87,9 @@ class Method(enum.Enum):
   FOREST_VOTE = 'forest_vote'
   GBT_CENTRALIZED = 'gbt_centralized'
   GBT_LOCAL = 'gbt_local'
+  AUTOENCODER = 'autoencoder'
+  RARITY_FEDERATED = 'rarity_federated'
+  RARITY_LOCAL = 'rarity_local'
 
 
 Scores = dict[str, np.ndarray]  # Institution -> probability of each test row.
@@ -222,7 +232,7 @@ class Scored:
 
 def method_scores(
     base: ml_collections.ConfigDict, methods: Sequence[Method], workdir: str,
-    *, log: Callable[[str], None], private: Optional[ml_collections.ConfigDict] = None,
+    *, log: Callable[[str], None], configs: Optional[dict[Method, ml_collections.ConfigDict]] = None,
 ) -> Scored:
   """Every method's test scores (and thresholds) for one seed (`base.seed`)."""
   data = experiment.load_data(base, log=log)
@@ -242,13 +252,16 @@ def method_scores(
     scores, thresholds = _gbt_scores(data, space, methods, base.seed, budget)
     scored.scores.update(scores)
     scored.thresholds.update(thresholds)
-  for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP):
+  if {Method.RARITY_FEDERATED, Method.RARITY_LOCAL} & set(methods):
+    _rarity_methods(scored, space, methods)
+  for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, Method.AUTOENCODER):
     if method in methods:
       log(method.value)
-      result = program.run(_run_config(base, method, private), os.path.join(workdir, f'seed{base.seed}', method.value),
+      config = _run_config(base, method, configs or {})
+      result = program.run(config, os.path.join(workdir, f'seed{base.seed}', method.value),
                            log=lambda line: log(f'  {line}'))
       scored.scores[method] = _keras_scores(result.model, data)
-      if result.threshold is not None and (private or base).model.alert_budget:
+      if config.model.alert_budget:
         scored.thresholds[method] = dict.fromkeys(data.names, result.threshold)
   scored.scores = {m: scored.scores[m] for m in methods}
   return scored
@@ -279,12 +292,27 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
     scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
 
 
-def _run_config(base, method: Method, private: Optional[ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
-  """The training program's config for a federated method: `private` (the shipped private
-  default, on `base`'s data and seed) for record-level DP when given."""
-  if method is not Method.FEDAVG_RECORD_DP or private is None:
+def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:
+  """Rarity over the federation's summed counts and over each bank's own."""
+  data = scored.data
+  missing = {rarity.FORMAT, rarity.DIRECTION, rarity.LOG_AMOUNT} - set(data.schema.columns)
+  if missing:
+    raise ValueError(f'the rarity methods score transactions; this data has no {sorted(missing)} columns.')
+  grid = rarity.grid_for(space)
+  if Method.RARITY_FEDERATED in methods:
+    summed = rarity.federated_counts([i.train for i in data.institutions], grid)
+    scored.scores[Method.RARITY_FEDERATED] = {i.name: rarity.scores(i.test, grid, summed) for i in data.institutions}
+  if Method.RARITY_LOCAL in methods:
+    scored.scores[Method.RARITY_LOCAL] = {
+        i.name: rarity.scores(i.test, grid, rarity.counts(i.train, grid)) for i in data.institutions}
+
+
+def _run_config(base, method: Method, configs: dict[Method, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+  """The training program's config for a federated method: its own config where `run` was
+  given one (the shipped private default, the autoencoder), on `base`'s data and seed."""
+  if method not in configs:
     return federated_config(base, method)
-  config = ml_collections.ConfigDict(private.to_dict())
+  config = ml_collections.ConfigDict(configs[method].to_dict())
   config.data, config.seed = ml_collections.ConfigDict(base.data.to_dict()), base.seed
   config.reference.centralized_epochs = 0
   return config
@@ -297,24 +325,27 @@ def _auc(labels, scores) -> float:
 def run(
     base: ml_collections.ConfigDict, *, seeds: Sequence[int], methods: Sequence[Method],
     output_dir: str, log: Callable[[str], None] = print,
-    private: Optional[ml_collections.ConfigDict] = None,
+    configs: Optional[dict[Method, ml_collections.ConfigDict]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
   """Scores every method for every seed; writes and returns (summary, per institution).
 
-  `private`, when given, is the config `fedavg_record_dp` runs (the shipped
-  private default, e.g. configs/aml.py), on `base`'s data and seeds.
+  `configs`: the configs some federated methods run instead of `base`'s
+  variant, on `base`'s data and seeds: `fedavg_record_dp` the shipped private
+  default (e.g. configs/aml.py), `autoencoder` its config (required).
   Call inside `tffaml.runtime.local_runtime()`.
   """
   if base.reference.centralized_epochs < 1:
     raise ValueError(
         'config.reference.centralized_epochs must be >= 1: it is the epochs of the'
         f' centralized and local-only Keras models, got {base.reference.centralized_epochs}.')
+  if Method.AUTOENCODER in methods and Method.AUTOENCODER not in (configs or {}):
+    raise ValueError('the autoencoder method needs its config (scripts/compare.py --autoencoder_config).')
   rows = []
   for seed in seeds:
     config = ml_collections.ConfigDict(base.to_dict())
     config.seed = seed
     log(f'seed {seed}')
-    scored = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log, private=private)
+    scored = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log, configs=configs)
     rows += _seed_rows(scored, seed, budgets=tuple(base.evaluation.alert_budgets),
                        validation_fraction=base.evaluation.validation_fraction)
   per_institution = pd.DataFrame(rows)
