@@ -82,8 +82,9 @@ def _features_and_model(config: ml_collections.ConfigDict) -> None:
   config.evaluation = ml_collections.ConfigDict()
   # Recall and precision when flagging these fractions of test rows (top scores).
   config.evaluation.alert_budgets = ()
-  # scripts/compare.py: the earliest fraction of each institution's test rows
-  # picks its best-F1 threshold; every metric is measured on the rest.
+  # scripts/compare.py: the first fraction of each institution's test rows
+  # (in file order; time order for transactions) picks its best-F1
+  # threshold; every metric is measured on the rest.
   config.evaluation.validation_fraction = 0.0
 
 
