@@ -147,7 +147,7 @@ def _local_models(data, space, config, seed, *, forests: bool):
   A Keras model gets as many optimizer steps as the centralized one (more
   epochs over fewer rows), so local-only is not handicapped by undertraining.
   """
-  keras_models, forest_models, thresholds = [], [], {'keras': [], 'forest': []}
+  keras_models, forest_models, thresholds = [], [], {'keras': [], 'forest': [], 'keras_train_scores': []}
   pooled_rows = sum(len(i.train) for i in data.institutions)
   for institution in data.institutions:
     alone = federated_data.FederatedData(data.schema, (institution,))
@@ -155,8 +155,9 @@ def _local_models(data, space, config, seed, *, forests: bool):
     model = _centralized(config, space, alone, epochs=epochs, seed=seed)
     labels = institution.train[schema_lib.LABEL_COLUMN].to_numpy()
     keras_models.append(model)
-    thresholds['keras'].append(
-        _vote_threshold(client_data.predict(model, institution.train, data.schema), labels))
+    train_scores = client_data.predict(model, institution.train, data.schema)
+    thresholds['keras_train_scores'].append(train_scores)  # Also the alert threshold's.
+    thresholds['keras'].append(_vote_threshold(train_scores, labels))
     if forests:
       forest = ensemble.RandomForestClassifier(
           n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed, oob_score=True)
@@ -280,8 +281,8 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
   scored.scores[Method.LOCAL_ONLY] = {i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
   if base.model.alert_budget:
     scored.thresholds[Method.LOCAL_ONLY] = {
-        i.name: _budget_threshold(client_data.predict(m, i.train, data.schema), base.model.alert_budget)
-        for m, i in zip(keras_models, data.institutions)}
+        i.name: _budget_threshold(train_scores, base.model.alert_budget)
+        for train_scores, i in zip(thresholds['keras_train_scores'], data.institutions)}
   scored.scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
   scored.scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
   if with_forests:
