@@ -125,8 +125,8 @@ def style(setting: Setting) -> _Style:
   if setting is Setting.LI:
     return _Style(
         laundering_rate=1 / 1942, integration_share=0.8, base_usd=(5.5, 1.3),
-        formats=dict(_KINDS[_KIND_NAMES.index('transfer')].formats), hours=_PERSON_HOURS, spread_days=14, hop_minutes=24 * 60,
-        cycle_gap=(6 * 60, 3 * 24 * 60), structuring_low=0.5)
+        formats=dict(_KINDS[_KIND_NAMES.index('transfer')].formats), hours=_PERSON_HOURS, spread_days=14,
+        hop_minutes=24 * 60, cycle_gap=(6 * 60, 3 * 24 * 60), structuring_low=0.5)
   raise ValueError(f'unknown setting {setting!r}')
 
 
@@ -282,6 +282,7 @@ def _pattern_minutes(typology: str, hop: np.ndarray, manner: _Style, rng) -> np.
 def _integration(population: Population, launderers: np.ndarray, n: int, days: int, rng) -> dict:
   """`n` payments by laundering accounts that look like anyone's (salaries, suppliers, purchases...)."""
   day = rng.integers(0, days, n)
+  # A weekday's mix of kinds: integration poses as business-day activity (salaries, suppliers).
   payments = _normal_payments(population, n, int(rng.integers(0, 5)), rng)
   own = payments['payer'] == payments['payee']  # Reinvestments stay an account paying itself.
   payments['payer'] = rng.choice(launderers, n)
