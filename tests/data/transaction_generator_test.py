@@ -95,9 +95,15 @@ class LiSettingTest(tf.test.TestCase):
     self.assertBetween(self.stats['in_patterns'], 0.15, 0.35)
     patterns = pd.read_csv(self.patterns_path, dtype={'from_account': str, 'to_account': str})
     integration = patterns['typology'] == 'integration'
-    # Integration payments are made by the patterns' accounts.
-    pattern_accounts = set(patterns.loc[~integration, 'from_account']) | set(patterns.loc[~integration, 'to_account'])
-    self.assertTrue(set(patterns.loc[integration, 'from_account']) <= pattern_accounts)
+    # Integration payments are made by accounts that received pattern money, after it arrived.
+    patterns['minute'] = pd.to_datetime(patterns['timestamp'], format='%Y/%m/%d %H:%M')
+    received = patterns[~integration].groupby('to_account')['minute'].min()
+    payers = patterns[integration]
+    self.assertTrue(set(payers['from_account']) <= set(received.index))
+    self.assertTrue((payers['minute'].to_numpy() > received[payers['from_account']].to_numpy()).all())
+    # Half pay back into the laundering network.
+    network = set(patterns.loc[~integration, 'to_account'])
+    self.assertBetween(payers['to_account'].isin(network).mean(), 0.35, 0.75)
 
   def test_laundering_looks_normal_beside_hi(self):
     hi = amlworld_stats.describe(GeneratorTest.path, usd_per_unit=generator.CURRENCIES)

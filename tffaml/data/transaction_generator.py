@@ -30,11 +30,12 @@ Two settings (`Setting`), after the two kinds of AMLworld file (Altman et
 al. 2023, table 4): `hi`, the default, at 0.1% laundering, every laundering
 payment in a pattern, with large amounts, formats of its own and any hour;
 and `li`, harder, at 1 in 1,942 (LI-Small's rate), where 80% of laundering
-payments are integration - the patterns' accounts paying salaries, suppliers
-and purchases that look like anyone else's (AMLworld's LI-Large has 81% of
-its laundering outside the patterns, table 8) - and the patterns themselves
-move transfer-sized amounts, in transfer formats, at people's hours, over
-up to two weeks.
+payments are integration (AMLworld's LI-Large has 81% of its laundering
+outside the patterns, table 8): accounts that just received laundering
+money pay salaries, suppliers and purchases that look like anyone else's
+(kind, amount, format and hour), half of them to another account of the
+laundering network; and the patterns themselves move transfer-sized
+amounts, in transfer formats, at people's hours, over up to two weeks.
 
 The file is written a day at a time (the patterns, a small fraction, are
 planned first), so memory is bounded by one day's transactions whatever
@@ -106,7 +107,7 @@ class _Style:
   """A setting's laundering: how much, and how like normal payments."""
 
   laundering_rate: float  # The default fraction of laundering transactions.
-  integration_share: float  # Of laundering payments: the patterns' accounts paying like anyone else.
+  integration_share: float  # Of laundering payments: the patterns' payees paying like anyone else.
   base_usd: tuple[float, float]  # A pattern's typical amount: log-normal (mean, sigma) of USD.
   formats: dict[str, float]  # Pattern payments' formats.
   hours: Optional[np.ndarray]  # Hour-of-day weights of pattern payments; None: any hour.
@@ -279,14 +280,23 @@ def _pattern_minutes(typology: str, hop: np.ndarray, manner: _Style, rng) -> np.
   return np.sort(minute)
 
 
-def _integration(population: Population, launderers: np.ndarray, n: int, days: int, rng) -> dict:
-  """`n` payments by laundering accounts that look like anyone's (salaries, suppliers, purchases...)."""
-  day = rng.integers(0, days, n)
+def _integration(population: Population, received: tuple[np.ndarray, np.ndarray], n: int, rng) -> dict:
+  """`n` payments that look like anyone's (salaries, suppliers, purchases...), made by accounts
+  that received laundering money, within three days after it arrived; half of them pay another
+  account of the laundering network (a front business), half anyone.
+
+  `received`: the pattern payments' payees and their minutes.
+  """
+  payees, minutes = received
+  pick = rng.integers(0, len(payees), n)
   # A weekday's mix of kinds: integration poses as business-day activity (salaries, suppliers).
   payments = _normal_payments(population, n, int(rng.integers(0, 5)), rng)
   own = payments['payer'] == payments['payee']  # Reinvestments stay an account paying itself.
-  payments['payer'] = rng.choice(launderers, n)
-  payments['payee'] = np.where(own, payments['payer'], payments['payee'])
+  payments['payer'] = payees[pick]
+  network = rng.choice(np.unique(payees), n)
+  payments['payee'] = np.where(own, payments['payer'], np.where(rng.random(n) < 0.5, network, payments['payee']))
+  # At the kind's usual hour, on one of the three days after the money arrived.
+  day = (minutes[pick] + rng.integers(0, 3 * 24 * 60, n)) // (24 * 60) + 1
   payments['minute'] = day * 24 * 60 + payments['minute']
   return payments
 
@@ -412,20 +422,20 @@ def _check(*, num_banks: int, num_transactions: int, laundering_rate: float, day
 
 
 def _laundering(population, manner: _Style, *, target: int, days: int, rng: np.random.Generator) -> pd.DataFrame:
-  """Whole patterns, typologies in turn, then integration payments by their accounts, until
+  """Whole patterns, typologies in turn, then integration payments by their payees, until
   `target` payments; those inside `days`, by time."""
-  frames, accounts, count, pattern_id = [], [], 0, 0
+  frames, received, count, pattern_id = [], [], 0, 0
   while count < target * (1.0 - manner.integration_share):
     typology = TYPOLOGIES[pattern_id % len(TYPOLOGIES)]
     payments = _pattern(typology, population, manner, rng)
     start = int(rng.integers(0, max(1, days - manner.spread_days) * 24 * 60))
     frame = _rows(population, payments, start, label=1)
     frames.append(frame.assign(pattern=pattern_id, typology=typology))
-    accounts += [payments['payer'], payments['payee']]
+    received.append((payments['payee'], start + payments['minute']))
     count += len(frame)
     pattern_id += 1
   if count < target:
-    payments = _integration(population, np.unique(np.concatenate(accounts)), target - count, days, rng)
+    payments = _integration(population, tuple(np.concatenate(a) for a in zip(*received)), target - count, rng)
     frames.append(_rows(population, payments, 0, label=1).assign(pattern=-1, typology='integration'))
   laundering = pd.concat(frames, ignore_index=True)
   return laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
