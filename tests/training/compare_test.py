@@ -85,7 +85,7 @@ class AmlCompareScriptTest(tf.test.TestCase):
     transaction_generator.generate(path, num_banks=4, num_transactions=12_000, seed=2,
                                    laundering_rate=0.01, days=10)
     out = os.path.join(root, 'compare')
-    methods = ('gbt_centralized,gbt_local,centralized,fedavg,fedavg_record_dp,autoencoder,'
+    methods = ('gbt_centralized,gbt_local,centralized,fedavg_record_dp,autoencoder,'
                'rarity_federated,rarity_local')
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
