@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tffaml import runtime
 from tffaml.federated import rarity
 
 
@@ -31,8 +30,7 @@ class RarityTest(tf.test.TestCase):
   def test_federated_counts_are_the_banks_sum(self):
     a = frame([('ACH', 'incoming', 4.0, 9)] * 3)
     b = frame([('ACH', 'incoming', 4.0, 9), ('Wire', 'outgoing', 9.0, 3)])
-    with runtime.local_runtime():
-      summed = rarity.federated_counts([a, b], GRID)
+    summed = rarity.federated_counts([a, b], GRID)  # The session's TFF runtime (tests/conftest.py).
     self.assertAllEqual(summed, rarity.counts(a, GRID) + rarity.counts(b, GRID))
     self.assertEqual(summed.sum(), 5)
     self.assertEqual(summed.max(), 4)
