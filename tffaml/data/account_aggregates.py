@@ -36,6 +36,7 @@ Each window query is two binary searches over the history sorted by
 """
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -138,22 +139,29 @@ def two_step_paths(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray,
   return Paths(start=sender[first], end=receiver[second], first=minute[first], second=minute[second])
 
 
-def paths_in_window(paths: Paths, start: np.ndarray, end: np.ndarray, minute: np.ndarray, *,
-                    width: int, accounts: int) -> np.ndarray:
-  """Per query: `paths` from its start to its end with both payments in [t - width, t).
+def _pair(a: np.ndarray, b: np.ndarray, accounts: int) -> np.ndarray:
+  """One int64 key per (account a, account b)."""
+  return a.astype(np.int64) * accounts + b
+
+
+def paths_in_window(paths: Paths, queries: Sequence[tuple[np.ndarray, np.ndarray]], minute: np.ndarray, *,
+                    width: int, accounts: int) -> list[np.ndarray]:
+  """Per query (start, end) and row: `paths` from start to end with both payments in [t - width, t).
 
   Paths with second < t include every path with first < t - width (a path's
   second payment is within `width` of its first, so before t), so the count
-  is the difference.
+  is the difference. The paths are sorted once for all `queries`.
   """
-  key = lambda a, b: a.astype(np.int64) * accounts + b
-  everything = np.concatenate([paths.first, paths.second, minute])
-  timeline = _Timeline(everything, width)
-  ends = np.sort(timeline.position(key(paths.start, paths.end), paths.second))
-  starts = np.sort(timeline.position(key(paths.start, paths.end), paths.first))
-  query = key(start, end)
-  return (np.searchsorted(ends, timeline.position(query, minute), 'left')
-          - np.searchsorted(starts, timeline.position(query, minute - width), 'left')).astype(np.float64)
+  timeline = _Timeline(np.concatenate([paths.first, paths.second, minute]), width)
+  key = _pair(paths.start, paths.end, accounts)
+  ends = np.sort(timeline.position(key, paths.second))
+  starts = np.sort(timeline.position(key, paths.first))
+  counts = []
+  for start, end in queries:
+    query = _pair(start, end, accounts)
+    counts.append((np.searchsorted(ends, timeline.position(query, minute), 'left')
+                   - np.searchsorted(starts, timeline.position(query, minute - width), 'left')).astype(np.float64))
+  return counts
 
 
 def last_payer(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray, query: np.ndarray,
@@ -169,14 +177,14 @@ def last_payer(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray, que
 
 def _graph(sender: np.ndarray, receiver: np.ndarray, minute: np.ndarray, accounts: int) -> dict:
   """The graph features (module docstring)."""
-  pair = lambda a, b: a.astype(np.int64) * accounts + b
   paths = two_step_paths(sender, receiver, minute, width=PATH_WIDTH)
   payer = last_payer(sender, receiver, minute, sender, minute)
-  gather = paths_in_window(paths, np.maximum(payer, 0), receiver, minute, width=PATH_WIDTH, accounts=accounts)
+  cycle, gather = paths_in_window(paths, [(receiver, sender), (np.maximum(payer, 0), receiver)], minute,
+                                  width=PATH_WIDTH, accounts=accounts)
   return {
-      'reverse_count_7d': window_sum(pair(sender, receiver), minute, np.ones(len(minute)),
-                                     pair(receiver, sender), minute, width=WEEK),
-      'three_cycle_3d': paths_in_window(paths, receiver, sender, minute, width=PATH_WIDTH, accounts=accounts),
+      'reverse_count_7d': window_sum(_pair(sender, receiver, accounts), minute, np.ones(len(minute)),
+                                     _pair(receiver, sender, accounts), minute, width=WEEK),
+      'three_cycle_3d': cycle,
       'gather_paths_3d': np.where(payer >= 0, gather, 0.0),
   }
 

@@ -146,8 +146,10 @@ def _local_models(data, space, config, seed, *, forests: bool):
 
   A Keras model gets as many optimizer steps as the centralized one (more
   epochs over fewer rows), so local-only is not handicapped by undertraining.
+  Returns the Keras models, their scores on their own training rows, the
+  forests, and each kind's vote thresholds.
   """
-  keras_models, forest_models, thresholds = [], [], {'keras': [], 'forest': [], 'keras_train_scores': []}
+  keras_models, train_scores, forest_models, thresholds = [], [], [], {'keras': [], 'forest': []}
   pooled_rows = sum(len(i.train) for i in data.institutions)
   for institution in data.institutions:
     alone = federated_data.FederatedData(data.schema, (institution,))
@@ -155,16 +157,15 @@ def _local_models(data, space, config, seed, *, forests: bool):
     model = _centralized(config, space, alone, epochs=epochs, seed=seed)
     labels = institution.train[schema_lib.LABEL_COLUMN].to_numpy()
     keras_models.append(model)
-    train_scores = client_data.predict(model, institution.train, data.schema)
-    thresholds['keras_train_scores'].append(train_scores)  # Also the alert threshold's.
-    thresholds['keras'].append(_vote_threshold(train_scores, labels))
+    train_scores.append(client_data.predict(model, institution.train, data.schema))
+    thresholds['keras'].append(_vote_threshold(train_scores[-1], labels))
     if forests:
       forest = ensemble.RandomForestClassifier(
           n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed, oob_score=True)
       forest_models.append(forest.fit(_forest_inputs(institution.train, space), labels))
       oob = np.nan_to_num(forest.oob_decision_function_[:, 1], nan=labels.mean())
       thresholds['forest'].append(_vote_threshold(oob, labels))
-  return keras_models, forest_models, thresholds
+  return keras_models, train_scores, forest_models, thresholds
 
 
 # Gradient-boosted trees as an AML team would first run them: more, smaller
@@ -276,13 +277,14 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
   data = scored.data
   with_forests = bool({Method.FOREST_AVERAGE, Method.FOREST_VOTE} & set(methods))
   log('local models (Keras' + (' and random forest' if with_forests else '') + ' per institution)')
-  keras_models, forests, thresholds = _local_models(data, space, base, base.seed, forests=with_forests)
+  keras_models, train_scores, forests, thresholds = _local_models(data, space, base, base.seed,
+                                                                   forests=with_forests)
   keras_scores = [_keras_scores(m, data) for m in keras_models]
   scored.scores[Method.LOCAL_ONLY] = {i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
   if base.model.alert_budget:
     scored.thresholds[Method.LOCAL_ONLY] = {
-        i.name: _budget_threshold(train_scores, base.model.alert_budget)
-        for train_scores, i in zip(thresholds['keras_train_scores'], data.institutions)}
+        i.name: _budget_threshold(scores, base.model.alert_budget)
+        for scores, i in zip(train_scores, data.institutions)}
   scored.scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
   scored.scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
   if with_forests:
