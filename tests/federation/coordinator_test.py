@@ -440,6 +440,14 @@ class AmlNodesTest(tf.test.TestCase):
                      program.saved_model.read_metadata(simulated.paths.export)['serving'])
     self.assertAllClose(federated.metrics['alerts']['pooled']['alert_rate'],
                         simulated.metrics['alerts']['pooled']['alert_rate'], atol=1e-9)
+    # Each bank picks its validation threshold on its own exact scores; the pooled F1 sums their counts.
+    fed, sim = federated.metrics['alerts'], simulated.metrics['alerts']
+    self.assertIsNotNone(fed['pooled']['f1_at_validation_threshold'])
+    for scope, expected in [(fed['pooled'], sim['pooled']),
+                            *((fed['institutions'][n], sim['institutions'][n]) for n in names)]:
+      self.assertEqual(scope['f1_at_validation_threshold'] is None, expected['f1_at_validation_threshold'] is None)
+      if expected['f1_at_validation_threshold'] is not None:
+        self.assertAllClose(scope['f1_at_validation_threshold'], expected['f1_at_validation_threshold'], atol=1e-9)
     # A bank the file does not hold, and one without enough transactions, are refused before any work.
     with self.assertRaisesRegex(schema_lib.DataError, "no transaction of bank 'nope'"):
       node_lib.own_rows(config, None, bank='nope')

@@ -65,7 +65,8 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     metrics = self.results[name].metrics
     self.assertGreaterEqual(len(metrics['institutions']), 10)
     pooled = metrics['alerts']['pooled']
-    for key in ('auprc', 'recall_at_0.1%', 'recall_at_1%', 'precision_at_1%', 'alert_f1'):
+    for key in ('auprc', 'recall_at_0.1%', 'recall_at_1%', 'precision_at_1%', 'alert_f1',
+                'f1_at_validation_threshold'):
       self.assertBetween(pooled[key], 0.0, 1.0)
     self.assertEqual(pooled['rows'], sum(len(i.test) for i in self.data.institutions))
     self.assertCountEqual(metrics['alerts']['institutions'], self.data.names)

@@ -49,19 +49,6 @@ class CombineAndSummaryTest(tf.test.TestCase):
 
 class ThresholdF1Test(tf.test.TestCase):
 
-  def test_best_f1_threshold_hand_computed(self):
-    labels = np.array([0, 1, 0, 1, 0, 0])
-    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
-    # Flag >= 0.9: F1 0; >= 0.8: 2/(1+2) = 0.67; >= 0.7: 2/(2+2) = 0.5; >= 0.6: 4/(4+2) = 0.67 at
-    # recall 1 (the first best, in scikit-learn's order of rising threshold).
-    self.assertEqual(compare._best_f1_threshold(labels, scores), 0.6)
-    self.assertEqual(compare._best_f1_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])), float('inf'))
-
-  def test_flagged_f1(self):
-    labels = np.array([1, 1, 0, 0])
-    self.assertAlmostEqual(compare._flagged_f1(labels, np.array([True, False, True, False])), 0.5)
-    self.assertEqual(compare._flagged_f1(labels, np.zeros(4, bool)), 0.0)
-
   def test_validation_rows_pick_the_threshold_and_leave_the_metrics(self):
     frame = lambda labels: pd.DataFrame({schema_lib.LABEL_COLUMN: labels})
     a = federated_data.Institution('a', train=frame([0, 1]), test=frame([0, 1, 0, 1, 1, 0, 0, 0, 1, 0]))

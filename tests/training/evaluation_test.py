@@ -49,6 +49,64 @@ class RankingMetricsTest(tf.test.TestCase):
     self.assertEqual(result['pooled']['recall_at_25%'], 0.5)  # Top row of four: a's positive.
 
 
+class ValidationThresholdTest(tf.test.TestCase):
+  """The minority F1 at the threshold each institution picks on its validation period."""
+
+  def test_best_f1_threshold_hand_computed(self):
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    # Flag >= 0.9: F1 0; >= 0.8: 2/(1+2) = 0.67; >= 0.7: 2/(2+2) = 0.5; >= 0.6: 4/(4+2) = 0.67 at
+    # recall 1 (the first best, in scikit-learn's order of rising threshold).
+    self.assertEqual(evaluation.best_f1_threshold(labels, scores), 0.6)
+    self.assertEqual(evaluation.best_f1_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])), float('inf'))
+
+  def test_flagged_f1(self):
+    labels = np.array([1, 1, 0, 0])
+    self.assertAlmostEqual(evaluation.flagged_f1(labels, np.array([True, False, True, False])), 0.5)
+    self.assertEqual(evaluation.flagged_f1(labels, np.zeros(4, bool)), 0.0)
+
+  def test_validated_counts_hand_computed(self):
+    labels = np.array([0, 1, 0, 1, 1, 0, 0, 0, 1, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.7, 0.65, 0.1, 0.2, 0.3, 0.4])
+    # Validation (first 4 rows) picks >= 0.6; the 6 later rows flag 0.7 (a 1) and 0.65 (a 0) of 2 positives.
+    self.assertEqual(evaluation.validated(labels, scores, 0.4), (2.0, 1.0, 2.0))
+    self.assertIsNone(evaluation.validated(labels, scores, 0.0))
+    m = evaluation.ranking_metrics(labels, scores, budgets=(), validation_fraction=0.4)
+    self.assertAlmostEqual(m['f1_at_validation_threshold'], 2 * 1 / (2 + 2))
+    self.assertAlmostEqual(m['precision_at_validation_threshold'], 0.5)
+    self.assertAlmostEqual(m['recall_at_validation_threshold'], 0.5)
+    self.assertEqual(m['positives'], 4)  # Every other metric is on all the test rows.
+    self.assertNotIn('f1_at_validation_threshold', evaluation.ranking_metrics(labels, scores, budgets=()))
+
+  def test_pooled_sums_each_institutions_flags(self):
+    a = (np.array([1, 0, 1, 0]), np.array([0.8, 0.1, 0.9, 0.7]))  # Picks >= 0.8; later flags 0.9 (a 1).
+    b = (np.array([0, 1, 0, 1]), np.array([0.2, 0.3, 0.25, 0.1]))  # Picks >= 0.3; later flags nothing.
+    result = evaluation.alert_metrics({'a': a, 'b': b}, budgets=(), threshold=0.5, validation_fraction=0.5)
+    self.assertAlmostEqual(result['institutions']['a']['f1_at_validation_threshold'], 2 / (1 + 1))
+    self.assertEqual(result['institutions']['b']['f1_at_validation_threshold'], 0.0)
+    # Flagged 1 + 0, caught 1 + 0, later positives 1 + 1: 2 / (1 + 2). One global threshold
+    # over the pooled rows would be another number: each bank keeps its own.
+    self.assertAlmostEqual(result['pooled']['f1_at_validation_threshold'], 2 / 3)
+    binned = evaluation.combined([evaluation.binned(*a, 0.5, 0.5), evaluation.binned(*b, 0.5, 0.5)])
+    self.assertEqual(binned.validated, (1.0, 1.0, 2.0))  # A federation's nodes send the same counts.
+
+  def test_summary_line(self):
+    m = evaluation.ranking_metrics(np.array([0, 1, 0, 1, 1, 0, 0, 0, 1, 0]),
+                                   np.array([0.9, 0.8, 0.7, 0.6, 0.7, 0.65, 0.1, 0.2, 0.3, 0.4]),
+                                   budgets=(0.1,), threshold=0.5, validation_fraction=0.4)
+    # AUPRC: recall steps of 1/4 at precisions 1/2, 2/4, 3/6, 4/8. At 10%: the top row, a 0. At 0.5:
+    # six rows flagged, three of four positives. Validation: as in test_validated_counts_hand_computed.
+    self.assertEqual(evaluation.alert_summary(m, (0.1,)),
+                     'AUPRC 0.500 | at 10%: recall 0.000, F1 0.000 | at the alert threshold: F1 0.600'
+                     " | at each one's validation threshold: F1 0.500 (later test rows)")
+
+  def test_no_later_positive_is_undefined(self):
+    m = evaluation.ranking_metrics(np.array([1, 0, 0, 0]), np.array([0.9, 0.1, 0.95, 0.2]), budgets=(),
+                                   validation_fraction=0.5)
+    self.assertIsNone(m['f1_at_validation_threshold'])
+    self.assertEqual(m['precision_at_validation_threshold'], 0.0)  # Flags 0.95, a 0.
+
+
 class RankedTest(tf.test.TestCase):
 
   def _rows(self, seed=0, n=3000):

@@ -367,8 +367,9 @@ class _Rounds:
     headers = {n: {**self._plan, 'index': i, 'threshold': threshold, 'budgets': list(budgets)}
                for i, n in enumerate(self.names)}
     replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights))
-    ranked = [evaluation.Ranked(positives=r.arrays[0], rows=r.arrays[1],
-                                alerted=None if r.header['alerted'] is None else tuple(r.header['alerted']))
+    counts = lambda header, key: None if header.get(key) is None else tuple(header[key])
+    ranked = [evaluation.Ranked(positives=r.arrays[0], rows=r.arrays[1], alerted=counts(r.header, 'alerted'),
+                                validated=counts(r.header, 'validated'))
               for r in (replies[n] for n in self.names)]
     return {'pooled': evaluation.ranked_metrics(evaluation.combined(ranked), budgets=budgets),
             'institutions': {n: replies[n].header['metrics'] for n in self.names},

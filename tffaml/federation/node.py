@@ -447,10 +447,13 @@ class Node:
     labels = test[schema_lib.LABEL_COLUMN].to_numpy()
     scores = work.scores(tf.nest.pack_sequence_as(work.template, list(request.arrays)), 'test', lambda: test)
     budgets = tuple(header['budgets'])
-    binned = evaluation.binned(labels, scores, header['threshold'])
+    # Its validation threshold is its own: chosen here on its exact scores, as the agreed config says.
+    fraction = self._config.evaluation.validation_fraction
+    binned = evaluation.binned(labels, scores, header['threshold'], fraction)
     return messages.Message(reply_kind(ALERTS), {
-        'metrics': evaluation.ranking_metrics(labels, scores, budgets=budgets, threshold=header['threshold']),
-        'alerted': binned.alerted}, (binned.positives, binned.rows))
+        'metrics': evaluation.ranking_metrics(labels, scores, budgets=budgets, threshold=header['threshold'],
+                                              validation_fraction=fraction),
+        'alerted': binned.alerted, 'validated': binned.validated}, (binned.positives, binned.rows))
 
 
 def _scalars(metrics) -> dict:

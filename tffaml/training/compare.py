@@ -366,14 +366,14 @@ def _seed_rows(scored: Scored, seed: int, *, budgets, validation_fraction: float
   measured on the later rows only.
   """
   data = scored.data
-  split = {i.name: _validation_rows(len(i.test), validation_fraction) for i in data.institutions}
+  split = {i.name: evaluation.validation_rows(len(i.test), validation_fraction) for i in data.institutions}
   labels = {i.name: i.test[schema_lib.LABEL_COLUMN].to_numpy() for i in data.institutions}
   rows = []
   for method, by_institution in scored.scores.items():
     later = {n: (labels[n][split[n]:], by_institution[n][split[n]:]) for n in data.names}
     flags = {}
     if validation_fraction:
-      flags['validation_threshold'] = {n: later[n][1] >= _best_f1_threshold(
+      flags['validation_threshold'] = {n: later[n][1] >= evaluation.best_f1_threshold(
           labels[n][:split[n]], by_institution[n][:split[n]]) for n in data.names}
     if method in scored.thresholds:
       flags['alert_threshold'] = {n: later[n][1] >= scored.thresholds[method][n] for n in data.names}
@@ -384,29 +384,8 @@ def _seed_rows(scored: Scored, seed: int, *, budgets, validation_fraction: float
       y = joined({n: later[n][0] for n in members})
       rows.append({'method': method.value, 'seed': seed, 'institution': name, 'train_rows': train_rows,
                    **_metrics(y, joined({n: later[n][1] for n in members}), budgets),
-                   **{f'f1_at_{kind}': _flagged_f1(y, joined(flagged)) for kind, flagged in flags.items()}})
+                   **{f'f1_at_{kind}': evaluation.flagged_f1(y, joined(flagged)) for kind, flagged in flags.items()}})
   return rows
-
-
-def _validation_rows(test_rows: int, fraction: float) -> int:
-  return int(round(fraction * test_rows))
-
-
-def _best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-  """The score at and above which flagging gives the best minority F1 on these rows.
-
-  Without a positive there is no such score: nothing is flagged (inf).
-  """
-  if not labels.sum():
-    return float('inf')
-  precision, recall, thresholds = sk_metrics.precision_recall_curve(labels, scores)
-  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-  return float(thresholds[int(np.argmax(f1[:-1]))])
-
-
-def _flagged_f1(labels: np.ndarray, flagged: np.ndarray) -> float:
-  caught = float(np.sum(flagged & (labels == 1)))
-  return 2 * caught / (flagged.sum() + labels.sum()) if caught else 0.0
 
 
 def _metrics(labels: np.ndarray, scores: np.ndarray, budgets) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from sklearn import metrics as sk_metrics
 
 from tffaml.federated import quantiles
 
@@ -135,6 +136,9 @@ class Ranked:
   positives: np.ndarray  # Positive rows per group.
   rows: np.ndarray  # Rows per group.
   alerted: Optional[tuple[float, float]] = None  # At the model's threshold: (rows alerted, positives among them).
+  # At the threshold best on the institution's validation rows, over its later
+  # rows: (rows flagged, positives among them, positives); `validated`.
+  validated: Optional[tuple[float, float, float]] = None
 
 
 def _alerted(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float]):
@@ -144,12 +148,50 @@ def _alerted(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float])
   return float(alerts.sum()), float((alerts & labels).sum())
 
 
-def ranked(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = None) -> Ranked:
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+  """The score at and above which flagging gives the best minority F1 on these rows.
+
+  Without a positive there is no such score: nothing is flagged (inf).
+  """
+  if not np.sum(labels):
+    return float('inf')
+  precision, recall, thresholds = sk_metrics.precision_recall_curve(labels, scores)
+  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+  return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def flagged_f1(labels: np.ndarray, flagged: np.ndarray) -> float:
+  """The minority F1 of flagging `flagged` rows: 2 caught / (flagged + positives)."""
+  caught = float(np.sum(flagged & (labels == 1)))
+  return 2 * caught / (flagged.sum() + labels.sum()) if caught else 0.0
+
+
+def validation_rows(test_rows: int, fraction: float) -> int:
+  """How many of an institution's earliest test rows are its validation period."""
+  return int(round(fraction * test_rows))
+
+
+def validated(labels: np.ndarray, scores: np.ndarray, fraction: float) -> Optional[tuple[float, float, float]]:
+  """(rows flagged, positives among them, positives) over the rows after the
+  earliest `fraction`, flagged at the threshold best on those earliest rows
+  (as an AML team picks its alert threshold on a validation period); None
+  when `fraction` is 0."""
+  if not fraction:
+    return None
+  labels, scores = np.asarray(labels).astype(bool), np.asarray(scores)
+  split = validation_rows(len(labels), fraction)
+  flagged = scores[split:] >= best_f1_threshold(labels[:split], scores[:split])
+  return float(flagged.sum()), float((flagged & labels[split:]).sum()), float(labels[split:].sum())
+
+
+def ranked(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = None,
+           validation_fraction: float = 0.0) -> Ranked:
   """One group per distinct score (exact ranking)."""
   labels = np.asarray(labels).astype(bool)
   _, group = np.unique(-np.asarray(scores, np.float64), return_inverse=True)
   return Ranked(positives=np.bincount(group, weights=labels).astype(np.float64),
-                rows=np.bincount(group).astype(np.float64), alerted=_alerted(labels, scores, threshold))
+                rows=np.bincount(group).astype(np.float64), alerted=_alerted(labels, scores, threshold),
+                validated=validated(labels, scores, validation_fraction))
 
 
 # A federation's pooled alert metrics rank binned scores: 16,384 bins of
@@ -157,26 +199,35 @@ def ranked(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = 
 RANKING_BINS = 16384
 
 
-def binned(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = None) -> Ranked:
-  """`RANKING_BINS` groups of log-score (and one below, one above the range), highest first."""
+def binned(labels: np.ndarray, scores: np.ndarray, threshold: Optional[float] = None,
+           validation_fraction: float = 0.0) -> Ranked:
+  """`RANKING_BINS` groups of log-score (and one below, one above the range), highest first.
+
+  The validation threshold is chosen on the exact scores: it never leaves the institution.
+  """
   labels = np.asarray(labels).astype(bool)
   group = quantiles.log_bin(scores, *quantiles.LOG_SCORE_RANGE, RANKING_BINS)
   count = lambda weights: np.bincount(group, weights=weights, minlength=RANKING_BINS + 2)[::-1].astype(np.float64)
-  return Ranked(positives=count(labels), rows=count(None), alerted=_alerted(labels, scores, threshold))
+  return Ranked(positives=count(labels), rows=count(None), alerted=_alerted(labels, scores, threshold),
+                validated=validated(labels, scores, validation_fraction))
+
+
+def _summed(counts: Sequence[Optional[tuple[float, ...]]]) -> Optional[tuple[float, ...]]:
+  """The institutions' counts added up; None unless every one has them."""
+  return None if None in counts else tuple(map(float, np.sum(counts, axis=0)))
 
 
 def combined(parts: Sequence[Ranked]) -> Ranked:
   """The federation's binned ranking: the institutions' `binned` summed."""
-  alerted = [p.alerted for p in parts]
   return Ranked(positives=np.sum([p.positives for p in parts], axis=0),
                 rows=np.sum([p.rows for p in parts], axis=0),
-                alerted=None if None in alerted else tuple(map(float, np.sum(alerted, axis=0))))
+                alerted=_summed([p.alerted for p in parts]), validated=_summed([p.validated for p in parts]))
 
 
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray, *, budgets: Sequence[float],
-                    threshold: Optional[float] = None) -> dict[str, float]:
+                    threshold: Optional[float] = None, validation_fraction: float = 0.0) -> dict[str, float]:
   """`ranked_metrics` of rows, exactly."""
-  return ranked_metrics(ranked(labels, scores, threshold), budgets=budgets)
+  return ranked_metrics(ranked(labels, scores, threshold, validation_fraction), budgets=budgets)
 
 
 def ranked_metrics(r: Ranked, *, budgets: Sequence[float]) -> dict[str, float]:
@@ -188,7 +239,10 @@ def ranked_metrics(r: Ranked, *, budgets: Sequence[float]) -> dict[str, float]:
   round(b * rows) highest scores are flagged (`recall_at_1%`, `f1_at_1%`;
   rows tied at the cut count with their group's share of positives); and,
   given the model's threshold, the fraction of rows alerted, precision,
-  recall and F1 of the positive (minority) class.
+  recall and F1 of the positive (minority) class; given `validated`
+  counts, the minority F1, precision and recall at each institution's
+  validation threshold (`f1_at_validation_threshold`: over the rows after
+  the validation period only, unlike every other metric here).
   """
   positives, rows = float(r.positives.sum()), float(r.rows.sum())
   hits, seen = np.cumsum(r.positives), np.cumsum(r.rows)
@@ -207,6 +261,11 @@ def ranked_metrics(r: Ranked, *, budgets: Sequence[float]) -> dict[str, float]:
     out[f'recall_at_{budget_name(budget)}'] = recall
     out[f'precision_at_{budget_name(budget)}'] = precision
     out[f'f1_at_{budget_name(budget)}'] = _f1(precision, recall) if positives else None
+  if r.validated is not None:
+    flagged, caught, later_positives = r.validated
+    out.update(f1_at_validation_threshold=_ratio(2 * caught, flagged + later_positives) if later_positives else None,
+               precision_at_validation_threshold=_ratio(caught, flagged),
+               recall_at_validation_threshold=_ratio(caught, later_positives))
   if r.alerted is None:
     return out
   alerts, caught = r.alerted
@@ -221,23 +280,43 @@ def _f1(precision: Optional[float], recall: Optional[float]) -> float:
   return _ratio(2 * precision * recall, precision + recall) if precision and recall else 0.0
 
 
+def alert_summary(metrics: Mapping[str, Any], budgets: Sequence[float]) -> str:
+  """`ranked_metrics`' headline figures in one line (minority F1 is the positive class's)."""
+  figure = lambda value: 'undefined' if value is None else f'{value:.3f}'
+  parts = [f'AUPRC {figure(metrics["auprc"])}']
+  for budget in budgets:
+    name = budget_name(budget)
+    parts.append(f'at {name}: recall {figure(metrics[f"recall_at_{name}"])}, F1 {figure(metrics[f"f1_at_{name}"])}')
+  if 'alert_f1' in metrics:
+    parts.append(f'at the alert threshold: F1 {figure(metrics["alert_f1"])}')
+  if 'f1_at_validation_threshold' in metrics:
+    parts.append(f'at each one\'s validation threshold: F1 {figure(metrics["f1_at_validation_threshold"])}'
+                 ' (later test rows)')
+  return ' | '.join(parts)
+
+
 def alert_metrics(by_institution: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-                  budgets: Sequence[float], threshold: float) -> dict:
+                  budgets: Sequence[float], threshold: float, validation_fraction: float = 0.0) -> dict:
   """`ranking_metrics` per institution and over all institutions' test rows.
 
   Args:
     by_institution: Institution -> (0/1 labels, scores) of its test rows.
     budgets: Fractions of rows flagged.
     threshold: The exported model's alert threshold.
+    validation_fraction: > 0: each institution's earliest such fraction of
+      test rows (in order) picks its own best-F1 threshold, and
+      `f1_at_validation_threshold` is measured on its later rows (pooled:
+      their flags and positives summed).
 
   Returns:
     {'pooled': metrics, 'institutions': {name: metrics}}. Pooled rows are
     every institution's rows: a payment between two member banks counts at
     each (each bank alerts on its own side).
   """
+  parts = {name: ranked(l, s, threshold, validation_fraction) for name, (l, s) in by_institution.items()}
   labels = np.concatenate([l for l, _ in by_institution.values()])
   scores = np.concatenate([s for _, s in by_institution.values()])
-  kwargs = dict(budgets=budgets, threshold=threshold)
-  return {'pooled': ranking_metrics(labels, scores, **kwargs),
-          'institutions': {name: ranking_metrics(l, s, **kwargs)
-                           for name, (l, s) in by_institution.items()}}
+  pooled = ranked_metrics(dataclasses.replace(
+      ranked(labels, scores, threshold), validated=_summed([r.validated for r in parts.values()])), budgets=budgets)
+  return {'pooled': pooled,
+          'institutions': {name: ranked_metrics(r, budgets=budgets) for name, r in parts.items()}}

@@ -490,7 +490,8 @@ def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed
   def alert_metrics(weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
     return evaluation.alert_metrics(
         {i.name: (i.test[schema_lib.LABEL_COLUMN].to_numpy(), scores(weights, (k, 'test'), lambda i=i: i.test))
-         for k, i in enumerate(institutions)}, budgets=budgets, threshold=threshold)
+         for k, i in enumerate(institutions)}, budgets=budgets, threshold=threshold,
+        validation_fraction=config.evaluation.validation_fraction)
 
   return Built(keras_model_fn=training.keras_model_fn, process=process, train_round=train_round,
                evaluate=lambda weights, per_institution: evaluation.evaluate(
@@ -658,6 +659,7 @@ def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) ->
         + (' (federated quantile, DP)' if setup.plan.statistics else ' (federated quantile)'))
   if budgets or config.model.alert_budget:
     metrics['alerts'] = built.alert_metrics(weights, threshold, budgets)
+    log('test alerts, all institutions: ' + evaluation.alert_summary(metrics['alerts']['pooled'], budgets))
   return threshold
 
 
