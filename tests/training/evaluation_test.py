@@ -65,6 +65,12 @@ class ValidationThresholdTest(tf.test.TestCase):
     self.assertAlmostEqual(evaluation.flagged_f1(labels, np.array([True, False, True, False])), 0.5)
     self.assertEqual(evaluation.flagged_f1(labels, np.zeros(4, bool)), 0.0)
 
+  def test_counted_f1_hand_computed(self):
+    # 10 flagged catch 3 of 5 positives: precision 0.3, recall 0.6, F1 2*0.18/0.9 = 0.4 = 6/15.
+    self.assertAlmostEqual(evaluation.counted_f1(10, 3, 5), 0.4)
+    self.assertEqual(evaluation.counted_f1(10, 0, 5), 0.0)
+    self.assertEqual(evaluation.counted_f1(0, 0, 0), 0.0)
+
   def test_validated_counts_hand_computed(self):
     labels = np.array([0, 1, 0, 1, 1, 0, 0, 0, 1, 0])
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.7, 0.65, 0.1, 0.2, 0.3, 0.4])

@@ -450,9 +450,9 @@ class Node:
     # Its validation threshold is its own: chosen here on its exact scores, as the agreed config says.
     fraction = self._config.evaluation.validation_fraction
     binned = evaluation.binned(labels, scores, header['threshold'], fraction)
+    exact = dataclasses.replace(evaluation.ranked(labels, scores, header['threshold']), validated=binned.validated)
     return messages.Message(reply_kind(ALERTS), {
-        'metrics': evaluation.ranking_metrics(labels, scores, budgets=budgets, threshold=header['threshold'],
-                                              validation_fraction=fraction),
+        'metrics': evaluation.ranked_metrics(exact, budgets=budgets),
         'alerted': binned.alerted, 'validated': binned.validated}, (binned.positives, binned.rows))
 
 

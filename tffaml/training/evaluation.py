@@ -160,10 +160,17 @@ def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
   return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def counted_f1(flagged: float, caught: float, positives: float) -> float:
+  """The minority F1 of flagging `flagged` rows that catch `caught` of `positives`: 2 caught / (flagged + positives).
+
+  0 when nothing flagged is positive (also with no positive at all).
+  """
+  return 2 * caught / (flagged + positives) if caught else 0.0
+
+
 def flagged_f1(labels: np.ndarray, flagged: np.ndarray) -> float:
-  """The minority F1 of flagging `flagged` rows: 2 caught / (flagged + positives)."""
-  caught = float(np.sum(flagged & (labels == 1)))
-  return 2 * caught / (flagged.sum() + labels.sum()) if caught else 0.0
+  """The minority F1 of flagging the rows where `flagged` is true."""
+  return counted_f1(float(flagged.sum()), float(np.sum(flagged & (labels == 1))), float(labels.sum()))
 
 
 def validation_rows(test_rows: int, fraction: float) -> int:
@@ -263,7 +270,7 @@ def ranked_metrics(r: Ranked, *, budgets: Sequence[float]) -> dict[str, float]:
     out[f'f1_at_{budget_name(budget)}'] = _f1(precision, recall) if positives else None
   if r.validated is not None:
     flagged, caught, later_positives = r.validated
-    out.update(f1_at_validation_threshold=_ratio(2 * caught, flagged + later_positives) if later_positives else None,
+    out.update(f1_at_validation_threshold=counted_f1(flagged, caught, later_positives) if later_positives else None,
                precision_at_validation_threshold=_ratio(caught, flagged),
                recall_at_validation_threshold=_ratio(caught, later_positives))
   if r.alerted is None:
