@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tests import helpers
 from tffaml import features
+from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
 from tffaml.models import tabular
 from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
@@ -72,9 +73,28 @@ class DispatchTest(tf.test.TestCase):
     space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
     inputs = {'amount': tf.constant([1000.0, 20000.0]), 'rate': tf.constant([5.0, 20.0]),
               'grade': tf.constant(['A', 'Z'])}
+    payments = {'payment_format': tf.constant(['ACH', 'Wire']), 'direction': tf.constant(['outgoing', 'x']),
+                'log_amount_paid': tf.constant([3.0, 9.0]), 'hour_sin': tf.constant([0.0, 1.0]),
+                'hour_cos': tf.constant([1.0, 0.0])}
     for model_type in tabular.ModelType:
-      model = tabular.build_model(model_type=model_type, feature_space=space, hidden_units=(4,))
-      self.assertEqual(model(inputs).shape, [2, 1], model_type)
+      transactions = model_type is tabular.ModelType.RARITY  # It scores payments only.
+      model = tabular.build_model(model_type=model_type, feature_space=payment_space() if transactions else space,
+                                  hidden_units=(4,))
+      self.assertEqual(model(payments if transactions else inputs).shape, [2, 1], model_type)
+
+  def test_rarity_refuses_data_without_payments(self):
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    with self.assertRaisesRegex(ValueError, r"scores transactions; this data has no \['direction', 'hour_cos'"):
+      tabular.build_model(model_type=tabular.ModelType.RARITY, feature_space=space)
+
+
+def payment_space() -> features.FeatureSpace:
+  """A feature space of the columns the rarity model reads (statistics unused by it)."""
+  numeric = ['log_amount_paid', 'hour_sin', 'hour_cos']
+  schema = schema_lib.Schema.from_dict({'label': 'is_laundering', 'positive': '1', 'numeric': numeric,
+                                        'categorical': ['payment_format', 'direction']})
+  return features.FeatureSpace(schema=schema, mean=dict.fromkeys(numeric, 0.0), variance=dict.fromkeys(numeric, 1.0),
+                               vocabulary={'payment_format': ('ACH', 'Wire'), 'direction': ('incoming', 'outgoing')})
 
 
 class SeedTest(tf.test.TestCase):

@@ -139,6 +139,23 @@ class DefaultsTest(tf.test.TestCase):
     # The autoencoder keeps client-level DP (its DP-SGD form is unmeasured).
     self.assertFalse(aml_autoencoder.get_config().record_dp.enabled)
 
+  def test_rarity_presets_parse_protect_accounts_and_refuse_data_without_payments(self):
+    from configs import aml_rarity  # pylint: disable=g-import-not-at-top
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    for preset in ('', 'client_dp', 'smoke', 'no_dp', 'compare'):
+      config = aml_rarity.get_config(preset)
+      config.data.path = 'transactions.csv'
+      choices = experiment.parse_choices(config)
+      self.assertIs(choices.model, experiment.tabular.ModelType.RARITY, preset)
+      self.assertEqual(config.record_dp.enabled, preset == '', preset)
+    schema = helpers.load_federation().schema
+    with self.assertRaisesRegex(errors.ConfigError, r"config.model.name='rarity' scores transactions .* this data"
+                                r" has no \['direction', 'hour_cos', 'hour_sin', 'log_amount_paid', 'payment_format'\]"):
+      experiment.check_model_fits(config, choices, schema)
+    config.model.name = 'logistic'
+    config.model.loss = 'bce'
+    experiment.check_model_fits(config, experiment.parse_choices(config), schema)  # Fits any table.
+
   def test_clip_rule_bounds_a_row_where_the_noise_is_small_else_clips_to_one(self):
     # Two numeric and one categorical column: |(x, 1)| is about 2.
     self.assertEqual(experiment.clip_rule((2, 1), noise_multiplier=5.0, expected_batch_size=1000), 2.0)

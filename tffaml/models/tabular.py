@@ -12,6 +12,9 @@ score per row, shape [batch, 1]:
   an anomaly score that needs no labels (Hawkins et al. 2002, "Outlier
   Detection Using Replicator Neural Networks"). Trained on unlabeled rows with
   the `reconstruction` loss, which is the score itself.
+* `rarity`: for transactions, -log of the federation's learned share of the
+  payment's format x direction x amount x hour cell (`tffaml.models.rarity`);
+  no labels, trained with the `reconstruction` loss like the autoencoder.
 """
 
 import contextlib
@@ -25,16 +28,19 @@ from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorfl
 from keras.src import backend as keras_backend  # pylint: disable=g-direct-tensorflow-import
 
 from tffaml import features
+from tffaml.models import rarity
 
 
 class ModelType(enum.Enum):
   MLP = 'mlp'
   LOGISTIC = 'logistic'
   AUTOENCODER = 'autoencoder'
+  RARITY = 'rarity'
 
   @property
   def is_classifier(self) -> bool:
-    return self is not ModelType.AUTOENCODER
+    """Whether its score is a probability learned from labels (else an unlabelled anomaly score)."""
+    return self not in (ModelType.AUTOENCODER, ModelType.RARITY)
 
 
 class LossType(enum.Enum):
@@ -97,16 +103,19 @@ def build_model(
     feature_space: Federated feature statistics, baked into the model.
     hidden_units: Widths of the MLP's hidden layers, or of the autoencoder's
       encoder (the last is the bottleneck; the decoder mirrors it); ignored
-      for logistic.
+      for logistic and rarity.
     embedding_dim: Categorical embedding size of the MLP (must be >= 1).
     seed: Seed of the initial weights.
 
   Returns:
     A `tf.keras.Model` from raw feature dict to probability.
   """
+  if model_type is ModelType.RARITY and rarity.missing_columns(feature_space.schema.columns):
+    raise ValueError(f'the rarity model scores transactions; this data has no'
+                     f' {rarity.missing_columns(feature_space.schema.columns)} columns.')
   if model_type is ModelType.MLP and embedding_dim < 1:
     raise ValueError(f'embedding_dim must be >= 1 for mlp, got {embedding_dim}.')
-  if model_type is not ModelType.LOGISTIC and (not hidden_units or min(hidden_units) < 1):
+  if model_type in (ModelType.MLP, ModelType.AUTOENCODER) and (not hidden_units or min(hidden_units) < 1):
     raise ValueError(f'hidden_units must be positive widths, got {hidden_units}.')
   with _seeded(seed):
     return _build(model_type, feature_space, hidden_units, embedding_dim)
@@ -137,6 +146,8 @@ def _seeded(seed: int) -> Iterator[None]:
 def _build(model_type: ModelType, feature_space: features.FeatureSpace, hidden_units: Sequence[int],
            embedding_dim: int) -> tf.keras.Model:
   inputs = features.keras_inputs(feature_space.schema)
+  if model_type is ModelType.RARITY:
+    return rarity.build(inputs, feature_space.vocabulary)
   encoded = features.encode(
       inputs,
       feature_space,

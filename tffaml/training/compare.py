@@ -298,9 +298,9 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
 def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:
   """Rarity over the federation's summed counts and over each bank's own."""
   data = scored.data
-  missing = {rarity.FORMAT, rarity.DIRECTION, rarity.LOG_AMOUNT} - set(data.schema.columns)
+  missing = rarity.missing_columns(data.schema)
   if missing:
-    raise ValueError(f'the rarity methods score transactions; this data has no {sorted(missing)} columns.')
+    raise ValueError(f'the rarity methods score transactions; this data has no {missing} columns.')
   grid = rarity.grid_for(space)
   if Method.RARITY_FEDERATED in methods:
     summed = rarity.federated_counts([i.train for i in data.institutions], grid)

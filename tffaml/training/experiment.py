@@ -28,6 +28,7 @@ from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.federated import quantiles
 from tffaml.models import canaries as canaries_lib
+from tffaml.models import rarity
 from tffaml.models import tabular
 from tffaml.privacy import accounting
 from tffaml.training import poisoning
@@ -271,13 +272,14 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
   if (choices.loss is tabular.LossType.RECONSTRUCTION) == choices.model.is_classifier:
     raise errors.ConfigError(
         f"config.model.loss={config.model.loss!r} does not fit config.model.name={config.model.name!r}:"
-        " the autoencoder trains with loss='reconstruction', classifiers with bce, focal or weighted_bce.")
+        " the autoencoder and rarity train with loss='reconstruction', classifiers with bce, focal or"
+        " weighted_bce.")
   budget = config.model.alert_budget
   if not 0.0 <= budget < 1.0:
     raise errors.ConfigError(f'config.model.alert_budget must be in [0, 1), got {budget}.')
   if not budget and not choices.model.is_classifier:
     raise errors.ConfigError(
-        'config.model.name=\'autoencoder\' scores are not probabilities: set'
+        f'config.model.name={config.model.name!r} scores are not probabilities: set'
         ' config.model.alert_budget (the fraction of transactions to flag) to place its threshold.')
   if any(not 0.0 < b < 1.0 for b in config.evaluation.alert_budgets):
     raise errors.ConfigError(
@@ -525,6 +527,15 @@ def build_aggregator(
       zeroing_norm=a.zeroing_norm,
       trim_fraction=a.trim_fraction,
   )
+
+
+def check_model_fits(config, choices: Choices, schema: schema_lib.Schema) -> None:
+  """config.model.name must read columns the data has (the rarity model reads payments)."""
+  if choices.model is tabular.ModelType.RARITY and rarity.missing_columns(schema.columns):
+    raise errors.ConfigError(
+        f"config.model.name='rarity' scores transactions (an AMLworld-format file, config.data.source="
+        f"'amlworld'); this data has no {rarity.missing_columns(schema.columns)} columns: choose another"
+        " config.model.name (mlp, logistic, autoencoder).")
 
 
 def attack(config, data) -> poisoning.Attack:

@@ -298,6 +298,7 @@ def refuse_own_runtime(config: ml_collections.ConfigDict, what: str) -> None:
 def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
   data = runtime.load(config, paths, log=log)
+  experiment.check_model_fits(config, choices, data.schema)
   attack = experiment.attack(config, data)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
