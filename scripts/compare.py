@@ -3,7 +3,7 @@
   python scripts/compare.py --config=configs/loan_risk.py:compare --seeds=0,1,2 \
       --output_dir=runs/compare
   python scripts/compare.py --config=configs/aml.py:compare --private_config=configs/aml.py \
-      --autoencoder_config=configs/aml_autoencoder.py:compare \
+      --autoencoder_config=configs/aml_autoencoder.py:compare --rarity_config=configs/aml_rarity.py \
       --config.data.path=data/transactions.csv --seeds=0 --output_dir=runs/compare_aml
 
 Writes <output_dir>/compare.csv (per method and metric - AUC, AUPRC, recall
@@ -35,6 +35,9 @@ _PRIVATE_CONFIG = config_flags.DEFINE_config_file(
 _AUTOENCODER_CONFIG = config_flags.DEFINE_config_file(
     'autoencoder_config', None, 'The config the autoencoder method runs (e.g.'
     ' configs/aml_autoencoder.py:compare), on the base\'s data and seeds.')
+_RARITY_CONFIG = config_flags.DEFINE_config_file(
+    'rarity_config', None, 'The config the rarity_model method runs (e.g. configs/aml_rarity.py, under'
+    ' account-level DP), on the base\'s data and seeds.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each: new splits and initialisations).')
 _METHODS = flags.DEFINE_list('methods', [m.value for m in compare.Method], 'Methods to compare.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)
@@ -50,7 +53,8 @@ def main(argv):
     raise app.UsageError(f'--seeds must be integers and --methods of'
                          f' {[m.value for m in compare.Method]}: {e}') from None
   configs = {method: flag.value for method, flag in ((compare.Method.FEDAVG_RECORD_DP, _PRIVATE_CONFIG),
-                                                      (compare.Method.AUTOENCODER, _AUTOENCODER_CONFIG))
+                                                      (compare.Method.AUTOENCODER, _AUTOENCODER_CONFIG),
+                                                      (compare.Method.RARITY_MODEL, _RARITY_CONFIG))
              if flag.value is not None}
   with runtime.local_runtime():
     compare.run(_CONFIG.value, seeds=seeds, methods=methods,

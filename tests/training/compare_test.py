@@ -72,14 +72,14 @@ class AmlCompareScriptTest(tf.test.TestCase):
     transaction_generator.generate(path, num_banks=4, num_transactions=12_000, seed=2,
                                    laundering_rate=0.01, days=10)
     out = os.path.join(root, 'compare')
-    methods = ('gbt_centralized,gbt_local,centralized,fedavg_record_dp,autoencoder,'
+    methods = ('gbt_centralized,gbt_local,centralized,fedavg_record_dp,autoencoder,rarity_model,'
                'rarity_federated,rarity_local')
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
     done = subprocess.run(
         [sys.executable, 'scripts/compare.py', '--config=configs/aml.py:compare', f'--config.data.path={path}',
          '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
-         '--autoencoder_config=configs/aml_autoencoder.py:smoke',
+         '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--rarity_config=configs/aml_rarity.py:smoke',
          f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     self.assertEqual(done.returncode, 0, done.stderr[-3000:])
@@ -109,7 +109,7 @@ class CompareRunTest(tf.test.TestCase):
     base.privacy.target_epsilon = 5.0
     out = os.path.join(root, 'compare')
     # Every method but those for transactions (AmlCompareScriptTest runs them).
-    methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_FEDERATED, M.RARITY_LOCAL)]
+    methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL)]
     summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out,
                                            log=lambda _: None)
     self.assertEqual(summary['method'].tolist(), [m.value for m in methods])
@@ -127,8 +127,9 @@ class CompareRunTest(tf.test.TestCase):
   def test_refusals_before_any_work(self):
     base = csv_config.get_config('smoke')
     base.reference.centralized_epochs = 1
-    with self.assertRaisesRegex(ValueError, 'autoencoder method needs its config'):
-      compare.run(base, seeds=[0], methods=[M.AUTOENCODER], output_dir='/tmp/never')
+    for method, flag in (('autoencoder', 'autoencoder_config'), ('rarity_model', 'rarity_config')):
+      with self.assertRaisesRegex(ValueError, f'{method} method needs its config \\(scripts/compare.py --{flag}\\)'):
+        compare.run(base, seeds=[0], methods=[M(method)], output_dir='/tmp/never')
     self.assertFalse(os.path.exists('/tmp/never'))
 
   def test_rarity_needs_transactions(self):

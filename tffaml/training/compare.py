@@ -19,6 +19,9 @@ splits, trains and scores:
   forest per institution;
 * `autoencoder`: the training program on the config given to `run` as
   `autoencoder` (e.g. configs/aml_autoencoder.py: trained without labels);
+* `rarity_model`: the same on the config given as `rarity_model` (e.g.
+  configs/aml_rarity.py: the rarity score learned without labels, under
+  that config's DP);
 * `rarity_federated`, `rarity_local`: transactions scored without labels by
   how rare their format, direction, amount and hour are together, over the
   federation's summed counts or each bank's own (`tffaml.federated.rarity`;
@@ -88,9 +91,14 @@ class Method(enum.Enum):
   GBT_CENTRALIZED = 'gbt_centralized'
   GBT_LOCAL = 'gbt_local'
   AUTOENCODER = 'autoencoder'
+  RARITY_MODEL = 'rarity_model'
   RARITY_FEDERATED = 'rarity_federated'
   RARITY_LOCAL = 'rarity_local'
 
+
+# The methods that train the program on a config of their own, and the
+# scripts/compare.py flag giving it.
+CONFIGURED = {Method.AUTOENCODER: 'autoencoder_config', Method.RARITY_MODEL: 'rarity_config'}
 
 Scores = dict[str, np.ndarray]  # Institution -> probability of each test row.
 Thresholds = dict[str, float]  # Institution -> the score at which it alerts.
@@ -256,7 +264,7 @@ def method_scores(
     scored.thresholds.update(thresholds)
   if {Method.RARITY_FEDERATED, Method.RARITY_LOCAL} & set(methods):
     _rarity_methods(scored, space, methods)
-  for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, Method.AUTOENCODER):
+  for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, *CONFIGURED):
     if method in methods:
       log(method.value)
       config = _run_config(base, method, configs or {})
@@ -312,7 +320,7 @@ def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> No
 
 def _run_config(base, method: Method, configs: dict[Method, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
   """The training program's config for a federated method: its own config where `run` was
-  given one (the shipped private default, the autoencoder), on `base`'s data and seed."""
+  given one (the shipped private default, the unlabelled models), on `base`'s data and seed."""
   if method not in configs:
     return federated_config(base, method)
   config = ml_collections.ConfigDict(configs[method].to_dict())
@@ -334,15 +342,17 @@ def run(
 
   `configs`: the configs some federated methods run instead of `base`'s
   variant, on `base`'s data and seeds: `fedavg_record_dp` the shipped private
-  default (e.g. configs/aml.py), `autoencoder` its config (required).
+  default (e.g. configs/aml.py); `autoencoder` and `rarity_model` their
+  configs (required).
   Call inside `tffaml.runtime.local_runtime()`.
   """
   if base.reference.centralized_epochs < 1:
     raise ValueError(
         'config.reference.centralized_epochs must be >= 1: it is the epochs of the'
         f' centralized and local-only Keras models, got {base.reference.centralized_epochs}.')
-  if Method.AUTOENCODER in methods and Method.AUTOENCODER not in (configs or {}):
-    raise ValueError('the autoencoder method needs its config (scripts/compare.py --autoencoder_config).')
+  for method, flag in CONFIGURED.items():
+    if method in methods and method not in (configs or {}):
+      raise ValueError(f'the {method.value} method needs its config (scripts/compare.py --{flag}).')
   rows = []
   for seed in seeds:
     config = ml_collections.ConfigDict(base.to_dict())
