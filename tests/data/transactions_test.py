@@ -106,6 +106,12 @@ class LoadTest(tf.test.TestCase):
     self.assertTrue((np.diff(frame['minute']) >= 0).all())
     self.assertGreater((frame['minute'] >= cutoff).sum(), 0)
 
+  def test_members_are_the_banks_load_makes_institutions_of(self):
+    # What scripts/federation.py --transactions starts a node for.
+    for selection in (self.config(), self.config(max_banks=2)):
+      self.assertEqual([f'bank_{b}' for b in transactions.members(selection, log=lambda _: None)],
+                       list(transactions.load(selection, log=lambda _: None).names))
+
   def test_max_banks_and_thresholds(self):
     self.assertLen(transactions.load(self.config(max_banks=2), log=lambda _: None).institutions, 2)
     with self.assertRaisesRegex(schema_lib.DataError, 'no bank has 10000000 training transactions'):

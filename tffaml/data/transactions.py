@@ -174,7 +174,8 @@ def load(selection: Selection, *, shard_dir: Optional[str] = None,
 
 def members(selection: Selection, *, log=print) -> list[str]:
   """The codes of the banks `load` makes institutions of, in its order."""
-  return _members(*_read(selection), log)
+  transactions, cutoff = _read(selection)
+  return _members(transactions, selection, cutoff, log)
 
 
 def _members(transactions: pd.DataFrame, selection: Selection, cutoff: float, log) -> list[str]:
