@@ -188,6 +188,7 @@ class Node:
     """
     self._config, self._choices = config, experiment.parse_choices(config)
     self._schema = experiment.agreed_schema(config)
+    experiment.check_model_fits(config, self._choices, self._schema)
     self.institution = own_rows(config, self._schema, folder=folder, bank=bank)
     self.name = self.institution.name
     if experiment.canary_records(config):  # A canary audit: the agreed config says who holds the canaries.
