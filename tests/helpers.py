@@ -94,3 +94,22 @@ def export_rate_model(model_dir: str, *, metadata: dict = None, hardening=None) 
                      interface=interface.table_interface(schema), threshold=0.5,
                      metadata=dict(metadata or {}, feature_space=space.to_dict()),
                      hardening=hardening or saved_model.Hardening())
+
+
+def payment_frame(rows) -> pd.DataFrame:
+  """The columns the rarity grid reads, from (format, direction, log amount, hour) rows."""
+  fmt, direction, amount, hour = zip(*rows)
+  angle = 2 * np.pi * np.array(hour) / 24
+  return pd.DataFrame({'payment_format': fmt, 'direction': direction, 'log_amount_paid': amount,
+                       'hour_sin': np.sin(angle), 'hour_cos': np.cos(angle)})
+
+
+def payment_space():
+  """A feature space of the columns the rarity model reads (statistics unused by it)."""
+  from tffaml import features  # pylint: disable=g-import-not-at-top
+  from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+  numeric = ['log_amount_paid', 'hour_sin', 'hour_cos']
+  schema = schema_lib.Schema.from_dict({'label': 'is_laundering', 'positive': '1', 'numeric': numeric,
+                                        'categorical': ['payment_format', 'direction']})
+  return features.FeatureSpace(schema=schema, mean=dict.fromkeys(numeric, 0.0), variance=dict.fromkeys(numeric, 1.0),
+                               vocabulary={'payment_format': ('ACH', 'Wire'), 'direction': ('incoming', 'outgoing')})

@@ -1,16 +1,11 @@
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
+from tests import helpers
 from tffaml.federated import rarity
 
 
-def frame(rows):
-  """rows: (format, direction, log amount, hour)."""
-  fmt, direction, amount, hour = zip(*rows)
-  angle = 2 * np.pi * np.array(hour) / 24
-  return pd.DataFrame({'payment_format': fmt, 'direction': direction, 'log_amount_paid': amount,
-                       'hour_sin': np.sin(angle), 'hour_cos': np.cos(angle)})
+frame = helpers.payment_frame
 
 
 GRID = rarity.Grid(formats=('ACH', 'Wire'), directions=('incoming', 'outgoing'))

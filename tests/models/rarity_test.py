@@ -3,15 +3,14 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tests.federated import rarity_test as counts_test
-from tests.models import tabular_test
+from tests import helpers
 from tffaml.federated import client_data
 from tffaml.models import rarity
 from tffaml.models import tabular
 
 
 def model():
-  return tabular.build_model(model_type=tabular.ModelType.RARITY, feature_space=tabular_test.payment_space())
+  return tabular.build_model(model_type=tabular.ModelType.RARITY, feature_space=helpers.payment_space())
 
 
 def columns(frame):
@@ -23,9 +22,9 @@ class RarityModelTest(tf.test.TestCase):
 
   def test_score_is_minus_log_softmax_of_the_cells_logit(self):
     m = model()
-    grid = rarity.grid_for(tabular_test.payment_space().vocabulary)
+    grid = rarity.grid_for(helpers.payment_space().vocabulary)
     self.assertEqual(m.get_layer('negative_log_share').logits.shape, [grid.size])
-    frame = counts_test.frame([('ACH', 'incoming', 4.0, 9), ('Wire', 'outgoing', 9.0, 3)])
+    frame = helpers.payment_frame([('ACH', 'incoming', 4.0, 9), ('Wire', 'outgoing', 9.0, 3)])
     # Uniform at the start: every cell scores log(cells).
     self.assertAllClose(m(columns(frame))[:, 0], [math.log(grid.size)] * 2)
     cells = grid.cells(frame)
@@ -37,23 +36,23 @@ class RarityModelTest(tf.test.TestCase):
 
   def test_a_rows_gradient_is_softmax_minus_one_hot(self):
     m = model()
-    frame = counts_test.frame([('ACH', 'incoming', 4.0, 9)])
+    frame = helpers.payment_frame([('ACH', 'incoming', 4.0, 9)])
     with tf.GradientTape() as tape:
       loss = m(columns(frame))[0, 0]
     gradient = tape.gradient(loss, m.get_layer('negative_log_share').logits).numpy()
     n = gradient.size
     # Uniform softmax 1/n: -(1 - 1/n) at the row's cell, 1/n elsewhere; norm below sqrt(2).
-    cell = rarity.grid_for(tabular_test.payment_space().vocabulary).cells(frame)[0]
+    cell = rarity.grid_for(helpers.payment_space().vocabulary).cells(frame)[0]
     self.assertAllClose(gradient[cell], -(1 - 1 / n))
     self.assertAllClose(np.delete(gradient, cell), np.full(n - 1, 1 / n))
     self.assertLess(np.linalg.norm(gradient), math.sqrt(2))
 
   def test_training_fits_the_shares_the_counts_give(self):
     # 70 / 20 / 10 rows in three cells: maximum likelihood gives those shares.
-    frame = counts_test.frame([('ACH', 'incoming', 4.0, 9)] * 70 + [('Wire', 'outgoing', 9.0, 3)] * 20
+    frame = helpers.payment_frame([('ACH', 'incoming', 4.0, 9)] * 70 + [('Wire', 'outgoing', 9.0, 3)] * 20
                               + [('Cash', 'incoming', 12.0, 22)] * 10)
     m = model()
-    inputs = client_data.feature_tensors(frame.assign(is_laundering=0), tabular_test.payment_space().schema)
+    inputs = client_data.feature_tensors(frame.assign(is_laundering=0), helpers.payment_space().schema)
     m.compile(optimizer=tf.keras.optimizers.Adam(0.5),
               loss=tabular.keras_loss(tabular.per_example_loss(tabular.LossType.RECONSTRUCTION)))
     m.fit(inputs, np.zeros(len(frame)), batch_size=len(frame), epochs=300, verbose=0)
@@ -61,7 +60,7 @@ class RarityModelTest(tf.test.TestCase):
     self.assertAllClose(scores[[0, 70, 90]], -np.log([0.7, 0.2, 0.1]), atol=0.05)
 
   def test_unknown_and_unlisted_values_share_the_extra_slot(self):
-    frame = counts_test.frame([('Bitcoin', 'internal', 4.0, 9), ('Cash', 'sideways', 4.0, 9)])
+    frame = helpers.payment_frame([('Bitcoin', 'internal', 4.0, 9), ('Cash', 'sideways', 4.0, 9)])
     grid = rarity.Grid(formats=('ACH',), directions=('incoming',))
     cells = grid.cells(frame)
     self.assertEqual(cells[0], cells[1])

@@ -7,7 +7,6 @@ import tensorflow as tf
 
 from tests import helpers
 from tffaml import features
-from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
 from tffaml.models import tabular
 from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
@@ -78,7 +77,7 @@ class DispatchTest(tf.test.TestCase):
                 'hour_cos': tf.constant([1.0, 0.0])}
     for model_type in tabular.ModelType:
       transactions = model_type is tabular.ModelType.RARITY  # It scores payments only.
-      model = tabular.build_model(model_type=model_type, feature_space=payment_space() if transactions else space,
+      model = tabular.build_model(model_type=model_type, feature_space=helpers.payment_space() if transactions else space,
                                   hidden_units=(4,))
       self.assertEqual(model(payments if transactions else inputs).shape, [2, 1], model_type)
 
@@ -87,14 +86,6 @@ class DispatchTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, r"scores transactions; this data has no \['direction', 'hour_cos'"):
       tabular.build_model(model_type=tabular.ModelType.RARITY, feature_space=space)
 
-
-def payment_space() -> features.FeatureSpace:
-  """A feature space of the columns the rarity model reads (statistics unused by it)."""
-  numeric = ['log_amount_paid', 'hour_sin', 'hour_cos']
-  schema = schema_lib.Schema.from_dict({'label': 'is_laundering', 'positive': '1', 'numeric': numeric,
-                                        'categorical': ['payment_format', 'direction']})
-  return features.FeatureSpace(schema=schema, mean=dict.fromkeys(numeric, 0.0), variance=dict.fromkeys(numeric, 1.0),
-                               vocabulary={'payment_format': ('ACH', 'Wire'), 'direction': ('incoming', 'outgoing')})
 
 
 class SeedTest(tf.test.TestCase):
