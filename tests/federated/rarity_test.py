@@ -3,12 +3,13 @@ import tensorflow as tf
 
 from tests import helpers
 from tffaml.federated import rarity
+from tffaml.models import rarity as rarity_model
 
 
 frame = helpers.payment_frame
 
 
-GRID = rarity.Grid(formats=('ACH', 'Wire'), directions=('incoming', 'outgoing'))
+GRID = rarity_model.Grid(formats=('ACH', 'Wire'), directions=('incoming', 'outgoing'))
 
 
 class RarityTest(tf.test.TestCase):

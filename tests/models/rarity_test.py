@@ -14,8 +14,7 @@ def model():
 
 
 def columns(frame):
-  return {c: tf.constant(frame[c].to_numpy(str if c in (rarity.FORMAT, rarity.DIRECTION) else np.float32))
-          for c in rarity.COLUMNS}
+  return client_data.feature_tensors(frame, helpers.payment_space().schema)
 
 
 class RarityModelTest(tf.test.TestCase):
@@ -52,7 +51,7 @@ class RarityModelTest(tf.test.TestCase):
     frame = helpers.payment_frame([('ACH', 'incoming', 4.0, 9)] * 70 + [('Wire', 'outgoing', 9.0, 3)] * 20
                               + [('Cash', 'incoming', 12.0, 22)] * 10)
     m = model()
-    inputs = client_data.feature_tensors(frame.assign(is_laundering=0), helpers.payment_space().schema)
+    inputs = columns(frame)
     m.compile(optimizer=tf.keras.optimizers.Adam(0.5),
               loss=tabular.keras_loss(tabular.per_example_loss(tabular.LossType.RECONSTRUCTION)))
     m.fit(inputs, np.zeros(len(frame)), batch_size=len(frame), epochs=300, verbose=0)

@@ -22,21 +22,10 @@ import pandas as pd
 import tensorflow_federated as tff
 
 from tffaml import features
-from tffaml.models import rarity as rarity_model
-from tffaml.models.rarity import Grid  # pylint: disable=unused-import (callers name rarity.Grid)
+from tffaml.models.rarity import Grid
 
 # Half-pseudo-count per cell (Jeffreys): an unseen cell scores finite, highest.
 SMOOTHING = 0.5
-
-
-def grid_for(space: features.FeatureSpace) -> Grid:
-  """The grid over the federation's vocabularies of format and direction."""
-  return rarity_model.grid_for(space.vocabulary)
-
-
-def missing_columns(schema) -> list[str]:
-  """The transaction columns the grid needs and `schema` lacks."""
-  return rarity_model.missing_columns(schema.columns)
 
 
 def counts(frame: pd.DataFrame, grid: Grid) -> np.ndarray:

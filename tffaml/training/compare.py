@@ -71,6 +71,7 @@ from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
 from tffaml.federated import client_data
 from tffaml.federated import rarity
+from tffaml.models import rarity as rarity_model
 from tffaml.models import tabular
 from tffaml.training import centralized
 from tffaml.training import evaluation
@@ -306,10 +307,10 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
 def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:
   """Rarity over the federation's summed counts and over each bank's own."""
   data = scored.data
-  missing = rarity.missing_columns(data.schema)
+  missing = rarity_model.missing_columns(data.schema.columns)
   if missing:
     raise ValueError(f'the rarity methods score transactions; this data has no {missing} columns.')
-  grid = rarity.grid_for(space)
+  grid = rarity_model.grid_for(space.vocabulary)
   if Method.RARITY_FEDERATED in methods:
     summed = rarity.federated_counts([i.train for i in data.institutions], grid)
     scored.scores[Method.RARITY_FEDERATED] = {i.name: rarity.scores(i.test, grid, summed) for i in data.institutions}
