@@ -158,10 +158,19 @@ class DefaultsTest(tf.test.TestCase):
 
   def test_clip_rule_bounds_a_row_where_the_noise_is_small_else_clips_to_one(self):
     # Two numeric and one categorical column: |(x, 1)| is about 2.
-    self.assertEqual(experiment.clip_rule((2, 1), noise_multiplier=5.0, expected_batch_size=1000), 2.0)
-    self.assertEqual(experiment.clip_rule((2, 1), noise_multiplier=5.0, expected_batch_size=999), 1.0)
-    self.assertAlmostEqual(experiment.clip_rule((17, 4), noise_multiplier=6.48, expected_batch_size=1478),
+    row = experiment.row_gradient_norm(experiment.tabular.ModelType.LOGISTIC, (2, 1))
+    self.assertEqual(row, 2.0)
+    self.assertEqual(experiment.clip_rule(row, noise_multiplier=5.0, expected_batch_size=1000), 2.0)
+    self.assertEqual(experiment.clip_rule(row, noise_multiplier=5.0, expected_batch_size=999), 1.0)
+    lenders = experiment.row_gradient_norm(experiment.tabular.ModelType.LOGISTIC, (17, 4))
+    self.assertAlmostEqual(experiment.clip_rule(lenders, noise_multiplier=6.48, expected_batch_size=1478),
                            math.sqrt(22))  # The default lenders.
+
+  def test_every_model_has_a_row_gradient_size(self):
+    # The rarity model's softmax - one-hot is below sqrt(2) whatever the columns; the others sized as logistic's.
+    for model in experiment.tabular.ModelType:
+      expected = math.sqrt(2) if model is experiment.tabular.ModelType.RARITY else math.sqrt(26)
+      self.assertAlmostEqual(experiment.row_gradient_norm(model, (20, 5)), expected, msg=model)
 
   def test_sampling_rate_rule_depends_on_rows_only(self):
     self.assertEqual(experiment.sampling_rate_rule(7392), 0.2)

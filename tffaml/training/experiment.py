@@ -410,7 +410,8 @@ def privacy_plan(
         record, statistics=statistics, **target))
   if record is not None and r.clip is None:  # ε does not depend on the clip.
     record = dataclasses.replace(record, clip=clip_rule(
-        columns, noise_multiplier=record.noise_multiplier, expected_batch_size=record.expected_batch_size))
+        row_gradient_norm(choices.model, columns), noise_multiplier=record.noise_multiplier,
+        expected_batch_size=record.expected_batch_size))
   if calibrating and record is None:
     client = dataclasses.replace(
         client, noise_multiplier=accounting.calibrate_client_noise(client, **target))
@@ -476,10 +477,24 @@ LOW_NOISE = 0.005
 MAX_STEP = 5.0
 
 
-def clip_rule(columns: tuple[int, int], *, noise_multiplier: float, expected_batch_size: float) -> float:
-  """DP-SGD's per-unit clip: sqrt(numeric + categorical + 1) when σ / batch <= LOW_NOISE, else 1."""
-  if noise_multiplier / expected_batch_size <= LOW_NOISE:
+def row_gradient_norm(model: tabular.ModelType, columns: tuple[int, int]) -> float:
+  """The size of one row's gradient the clip rule keeps whole under low noise.
+
+  The rarity model's is below sqrt(2) whatever the data (softmax minus a
+  one-hot); the others are sized as logistic regression's, sqrt(numeric +
+  categorical + 1) (see above).
+  """
+  if model is tabular.ModelType.RARITY:
+    return math.sqrt(2.0)
+  if model in (tabular.ModelType.LOGISTIC, tabular.ModelType.MLP, tabular.ModelType.AUTOENCODER):
     return math.sqrt(columns[0] + columns[1] + 1)
+  raise ValueError(f'no gradient size for {model!r}.')
+
+
+def clip_rule(row_norm: float, *, noise_multiplier: float, expected_batch_size: float) -> float:
+  """DP-SGD's per-unit clip: `row_norm` (`row_gradient_norm`) when σ / batch <= LOW_NOISE, else 1."""
+  if noise_multiplier / expected_batch_size <= LOW_NOISE:
+    return row_norm
   return 1.0
 
 
