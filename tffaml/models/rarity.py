@@ -71,9 +71,9 @@ class Cells(tf.keras.layers.Layer):
   def call(self, columns):
     g = self.grid
     low, high = g.log_amount_range
-    amount = tf.cast((tf.cast(columns[LOG_AMOUNT], tf.float32) - low) / (high - low) * g.amount_bins, tf.int64)
+    amount = tf.cast((columns[LOG_AMOUNT] - low) / (high - low) * g.amount_bins, tf.int64)  # float32 inputs.
     amount = tf.clip_by_value(amount, 0, g.amount_bins - 1)
-    turn = tf.atan2(tf.cast(columns[HOUR_SIN], tf.float32), tf.cast(columns[HOUR_COS], tf.float32)) / (2 * np.pi)
+    turn = tf.atan2(columns[HOUR_SIN], columns[HOUR_COS]) / (2 * np.pi)
     hour = tf.math.floormod(tf.cast(tf.round(turn * 24), tf.int64), 24) * g.hour_bins // 24
     cell = self.format_slot(columns[FORMAT]) * (len(g.directions) + 1) + self.direction_slot(columns[DIRECTION])
     return (cell * g.amount_bins + amount) * g.hour_bins + hour

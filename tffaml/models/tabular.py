@@ -110,9 +110,9 @@ def build_model(
   Returns:
     A `tf.keras.Model` from raw feature dict to probability.
   """
-  if model_type is ModelType.RARITY and rarity.missing_columns(feature_space.schema.columns):
-    raise ValueError(f'the rarity model scores transactions; this data has no'
-                     f' {rarity.missing_columns(feature_space.schema.columns)} columns.')
+  missing = rarity.missing_columns(feature_space.schema.columns) if model_type is ModelType.RARITY else []
+  if missing:
+    raise ValueError(f'the rarity model scores transactions; this data has no {missing} columns.')
   if model_type is ModelType.MLP and embedding_dim < 1:
     raise ValueError(f'embedding_dim must be >= 1 for mlp, got {embedding_dim}.')
   if model_type in (ModelType.MLP, ModelType.AUTOENCODER) and (not hidden_units or min(hidden_units) < 1):

@@ -546,11 +546,12 @@ def build_aggregator(
 
 def check_model_fits(config, choices: Choices, schema: schema_lib.Schema) -> None:
   """config.model.name must read columns the data has (the rarity model reads payments)."""
-  if choices.model is tabular.ModelType.RARITY and rarity.missing_columns(schema.columns):
+  missing = rarity.missing_columns(schema.columns) if choices.model is tabular.ModelType.RARITY else []
+  if missing:
+    others = ', '.join(m.value for m in tabular.ModelType if m is not tabular.ModelType.RARITY)
     raise errors.ConfigError(
         f"config.model.name='rarity' scores transactions (an AMLworld-format file, config.data.source="
-        f"'amlworld'); this data has no {rarity.missing_columns(schema.columns)} columns: choose another"
-        " config.model.name (mlp, logistic, autoencoder).")
+        f"'amlworld'); this data has no {missing} columns: choose another config.model.name ({others}).")
 
 
 def attack(config, data) -> poisoning.Attack:
