@@ -73,6 +73,20 @@ class EpsilonTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'the pld accountant cannot compose SelfComposedDpEvent'):
       A.epsilon(client.event(10), 1e-5, accountant=A.Accountant.PLD, relation=client.relation)
 
+  def test_pld_refuses_noise_it_would_need_gigabytes_for(self):
+    # σ = 0.01 took 104 s and 15 GB before this check; RDP accounts it at once.
+    tiny = A.poisson_gaussian_event(sampling_rate=0.2, noise_multiplier=0.01, steps=60)
+    with self.assertRaisesRegex(ValueError, 'noise multiplier 0.01 is below 0.1, .* use the rdp accountant'):
+      A.epsilon(tiny, 1e-5, accountant=A.Accountant.PLD)
+    self.assertGreater(A.epsilon(tiny, 1e-5, accountant=A.Accountant.RDP), 1000)
+
+  def test_smallest_noise_looks_inside_every_event(self):
+    event = dp_accounting.ComposedDpEvent((
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(14.0), 2),
+        A.poisson_gaussian_event(sampling_rate=0.2, noise_multiplier=0.7, steps=3)))
+    self.assertEqual(A.smallest_noise(event), 0.7)
+    self.assertEqual(A.smallest_noise(dp_accounting.NonPrivateDpEvent()), math.inf)
+
   def test_bad_delta(self):
     with self.assertRaisesRegex(ValueError, r'delta must be in \(0, 1\), got 0'):
       A.epsilon(_client().event(1), 0)

@@ -59,12 +59,26 @@ class ParseChoicesTest(tf.test.TestCase, parameterized.TestCase):
       ('sampling_rate', dict(record_dp__sampling_rate=1.5), r'config.record_dp.sampling_rate must be in \(0, 1\]'),
       ('bad_statistics_noise', dict(record_dp__enabled=True, features__noise_multiplier=0.0),
        r'config.features.noise_multiplier must be > 0, got 0.0 \(None: exact statistics'),
+      ('pld_tiny_record_noise', dict(record_dp__enabled=True, record_dp__mode='distributed',
+                                     aggregator__type='mean', record_dp__noise_multiplier=0.01,
+                                     privacy__accountant='pld'),
+       "config.record_dp.noise_multiplier=0.01 is below 0.1: too little noise for config.privacy.accountant='pld'"),
+      ('pld_tiny_statistics_noise', dict(record_dp__enabled=True, record_dp__mode='distributed',
+                                         aggregator__type='mean', features__noise_multiplier=0.05,
+                                         privacy__accountant='pld', privacy__target_epsilon=1.0),
+       "config.features.noise_multiplier=0.05 is below 0.1: .* set config.privacy.accountant='rdp'"),
+      ('pld_tiny_client_noise', dict(aggregator__noise_multiplier=0.02, privacy__accountant='pld'),
+       'config.aggregator.noise_multiplier=0.02 is below 0.1'),
       ('bad_accountant', dict(privacy__accountant='moments'),
        "config.privacy.accountant='moments' is not one of \\['rdp', 'pld'\\]"),
   )
   def test_bad_privacy_config_is_named(self, overrides, message):
     with self.assertRaisesRegex(ValueError, message):
       experiment.parse_choices(_config(**overrides))
+
+  def test_pld_takes_small_noise_it_can_account_and_rdp_any(self):
+    experiment.parse_choices(_config(aggregator__noise_multiplier=0.1, privacy__accountant='pld'))
+    experiment.parse_choices(_config(aggregator__noise_multiplier=0.01, privacy__accountant='rdp'))
 
   def test_good_record_dp_config(self):
     choices = experiment.parse_choices(loan_risk.get_config('record_dp'))

@@ -303,6 +303,7 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
         " config.federated.sampling='fixed_size' (sampling without replacement);"
         " use accountant='rdp' or sampling='poisson'.")
   _check_record_dp(config, choices)
+  _check_pld_noise(config, choices)
   if config.record_dp.enabled and config.attack.type != 'none':
     raise errors.ConfigError('config.attack simulates attacks on FedAvg without record-level DP;'
                      ' set config.record_dp.enabled=False.')
@@ -312,6 +313,26 @@ def parse_choices(config: ml_collections.ConfigDict) -> Choices:
   else:
     data_source(config)  # The rows are the workers': only the source's kind matters here.
   return choices
+
+
+def _check_pld_noise(config, choices: Choices) -> None:
+  """Refuses a given noise multiplier too small for the PLD accountant (accounting.PLD_MIN_NOISE)."""
+  if choices.accountant is not accounting.Accountant.PLD:
+    return
+  calibrated = config.privacy.target_epsilon is not None
+  given = {}
+  if config.record_dp.enabled:
+    given['features.noise_multiplier'] = config.features.noise_multiplier
+    if not calibrated:
+      given['record_dp.noise_multiplier'] = config.record_dp.noise_multiplier
+  if choices.aggregator.is_dp and (config.record_dp.enabled or not calibrated):
+    given['aggregator.noise_multiplier'] = config.aggregator.noise_multiplier
+  for name, z in given.items():
+    if z is not None and 0 < z < accounting.PLD_MIN_NOISE:
+      raise errors.ConfigError(
+          f'config.{name}={z} is below {accounting.PLD_MIN_NOISE}: too little noise for'
+          " config.privacy.accountant='pld', whose accounting would need gigabytes of memory."
+          " Raise it, or set config.privacy.accountant='rdp'.")
 
 
 def _check_record_dp(config, choices: Choices) -> None:
