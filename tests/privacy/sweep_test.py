@@ -97,6 +97,13 @@ class PrivacyScriptTest(tf.test.TestCase):
     self.assertNotEqual(code, 0)
     self.assertIn('--sampling_rate must be in (0, 1], got 2.0', stderr)
 
+  def test_noise_too_small_for_pld_is_refused_at_once(self):
+    code, _, stderr = self._run('--sampling_rate=0.2', '--noise_multiplier=0.001', '--steps=60',
+                                '--accountant=pld')
+    self.assertNotEqual(code, 0)
+    self.assertIn('--noise_multiplier=0.001 is below 0.1: too little noise for --accountant=pld', stderr)
+    self.assertNotIn('Traceback', stderr)
+
   def test_planned_config(self):
     root = tempfile.mkdtemp()
     data_dir, schema_file = helpers.write_federation(root)
