@@ -112,6 +112,7 @@ class PrivacyScriptTest(tf.test.TestCase):
         f'--config.data.schema_file={schema_file}', '--config.record_dp.enabled=True',
         '--config.federated.batch_size=16', '--config.privacy.target_epsilon=2')
     self.assertEqual(code, 0, stderr[-2000:])
+    self.assertNotIn('Traceback', stderr)  # TFF's worker manager at exit, before the fix.
     self.assertIn('record-level DP', lines[0])
     self.assertBetween(float(lines[-1].split('=')[1]), 1.98, 2.0)
 

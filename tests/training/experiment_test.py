@@ -215,6 +215,18 @@ class DefaultsTest(tf.test.TestCase):
     self.assertAlmostEqual(statement.epsilon, 1.0, delta=0.01)
     self.assertIn(f'{units} units', statement.text())
 
+  def test_statistics_that_spend_the_whole_target_are_refused_by_name(self):
+    config = loan_risk.get_config()
+    config.federated.rounds = 5
+    config.features.noise_multiplier = 2.0  # Alone, its releases cost more than ε = 1.
+    choices = experiment.parse_choices(config)
+    with self.assertRaisesRegex(errors.ConfigError, r'config.features.noise_multiplier=2: the feature'
+                                r' statistics alone spend ε = [\d.]+, not below config.privacy.target_epsilon=1'):
+      experiment.privacy_plan(config, choices, institution_units=[400, 900], cohort=2, columns=(5, 4))
+    config.features.noise_multiplier = 14.0  # The default leaves the training most of it.
+    plan = experiment.privacy_plan(config, choices, institution_units=[400, 900], cohort=2, columns=(5, 4))
+    self.assertAlmostEqual(plan.statement(rounds=5, participation=[5, 5]).epsilon, 1.0, delta=0.01)
+
   def test_a_node_checks_the_calibrated_noise_it_is_sent_instead_of_calibrating(self):
     config = loan_risk.get_config()  # Local DP-SGD: each institution's ε depends on its size.
     config.record_dp.mode, config.features.noise_multiplier = 'local', None

@@ -427,6 +427,8 @@ def privacy_plan(
   target = dict(rounds=f.rounds, target_epsilon=p.target_epsilon, delta=p.delta,
                 accountant=choices.accountant)
   if calibrating and record is not None:
+    _check_statistics_budget(statistics, target_epsilon=p.target_epsilon, delta=p.delta,
+                             accountant=choices.accountant)
     record = dataclasses.replace(record, noise_multiplier=accounting.calibrate_record_noise(
         record, statistics=statistics, **target))
   if record is not None and r.clip is None:  # ε does not depend on the clip.
@@ -439,6 +441,21 @@ def privacy_plan(
   return accounting.PrivacyPlan(client=client, record=record, delta=p.delta,
                                 accountant=choices.accountant, statistics=statistics,
                                 exact_alert_threshold=config.model.alert_budget > 0 and statistics is None)
+
+
+def _check_statistics_budget(statistics: Optional[accounting.FeatureStatisticsDp], *,
+                             target_epsilon: float, delta: float, accountant: accounting.Accountant) -> None:
+  """Refuses DP statistics that alone spend the target ε: no training noise could then meet it."""
+  if statistics is None:
+    return
+  spent = accounting.epsilon(statistics.event(), accounting.accountant_delta(delta, statistics),
+                             accountant=accountant)
+  if spent >= target_epsilon:
+    raise errors.ConfigError(
+        f'config.features.noise_multiplier={statistics.noise_multiplier:g}: the feature statistics alone'
+        f' spend ε = {spent:.3g}, not below config.privacy.target_epsilon={target_epsilon:g}, so no'
+        ' training noise can meet the target. Raise config.features.noise_multiplier (the default'
+        ' is 14) or the target.')
 
 
 def _statistics_mechanism(config, columns: tuple[int, int], *, institutions: int,

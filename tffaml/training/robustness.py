@@ -10,8 +10,11 @@ federation is then trained with each config given (the defaults and the
 same federation without DP), and the suite reports each one's pooled test
 AUC, its ε and the unit ε protects.
 
-None of these tables was used to choose a default: LendingClub, the default
-data, is left out on purpose.
+LendingClub, the default data, is left out on purpose. The first seven
+tables were run while the defaults were chosen: the clip rule's LOW_NOISE
+(tffaml.training.experiment) was set between what HMDA and credit_data
+showed. `HELD_OUT` were added only after every default was fixed, and
+nothing was changed for them: they are the check on data nobody tuned for.
 """
 
 import dataclasses
@@ -62,6 +65,15 @@ class Case:
     return f'{self.package}/{self.item}'
 
 
+# Added after the defaults were fixed (stop 32), and run as they came.
+HELD_OUT = (
+    Case('modeldata', 'attrition', 'Attrition', 'Yes', 4),  # Staff leaving: 30 mixed columns.
+    Case('Ecdat', 'Benefits', 'ui', 'yes', 8),  # Unemployment insurance claimed.
+    Case('modeldata', 'mlc_churn', 'churn', 'yes', 10),  # Telecom churn; state has 51 values.
+    Case('ISLR', 'Caravan', 'Purchase', 'Yes', 10),  # 85 numeric columns, 6% positives.
+    Case('COUNT', 'rwm5yr', 'outwork', '1', 25, drop=('id',)),  # Out of work; a panel of people.
+)
+
 CASES = (
     # Credit card applications; `share` and `expenditure` are the card's own use.
     Case('AER', 'CreditCard', 'card', 'yes', 3, drop=('share', 'expenditure')),
@@ -71,7 +83,7 @@ CASES = (
     Case('ISLR', 'Default', 'default', 'Yes', 20),  # 3% positives.
     Case('Ecdat', 'HI', 'whi', 'yes', 30, drop=('wght',)),  # Health insurance through work.
     Case('AER', 'CPSSW8', 'earnings', 'high', 50, above_quantile=0.75),  # Top-quartile earners.
-)
+) + HELD_OUT
 
 
 def case_named(name: str) -> Case:
