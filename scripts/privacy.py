@@ -75,12 +75,7 @@ def _planned_run() -> str:
 
 def main(argv):
   del argv
-  if _CONFIG.value is None:
-    print(_bare_mechanism())
-    return
-  from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  with runtime.local_runtime():  # Loading TFF made a worker manager: stop it at exit, refusals too.
-    print(_planned_run())
+  print(_planned_run() if _CONFIG.value is not None else _bare_mechanism())
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from tffaml import errors
+from tffaml import runtime
 
 EXIT_REFUSED = 2
 
@@ -97,4 +98,7 @@ def run(main: Callable[[list[str]], None], *, import_tensorflow: bool = False) -
       print(f'error: {e}', file=sys.stderr)
       sys.exit(EXIT_REFUSED)
 
-  app.run(guarded, flags_parser=parser)
+  try:
+    app.run(guarded, flags_parser=parser)
+  finally:  # Scripts that import TFF without running it (audit, privacy) have a manager too.
+    runtime.disarm_tff_service_managers()

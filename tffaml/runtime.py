@@ -87,13 +87,16 @@ def stop_workers() -> None:
   psutil.wait_procs(alive, timeout=_STOP_TIMEOUT_SECONDS)
 
 
-def _disarm_tff_service_managers() -> None:
+def disarm_tff_service_managers() -> None:
   """Stops TFF's worker managers from acting at interpreter exit: we stopped their workers.
 
   Their `__del__` would otherwise run during interpreter teardown, when the
   `subprocess` module is already gone, and print an ignored AttributeError
-  after every run (or refusal) of ours.
+  after every run (or refusal) of ours. Importing TFF makes one, so a script
+  that never starts a worker needs this too (`cli.run` calls it at exit).
   """
+  if 'tensorflow_federated' not in sys.modules:
+    return
   for obj in gc.get_objects():
     cls = type(obj)
     if cls.__name__ == 'ServiceManager' and cls.__module__.endswith('executor_factory'):
@@ -156,4 +159,4 @@ def local_runtime() -> Iterator[None]:
       yield
     finally:
       stop_workers()
-      _disarm_tff_service_managers()
+      disarm_tff_service_managers()

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -9,6 +11,7 @@ from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.privacy import audit
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA = schema_lib.Schema.from_dict(helpers.SCHEMA)
 
 
@@ -111,3 +114,16 @@ class AuditTest(tf.test.TestCase):
 
 if __name__ == '__main__':
   tf.test.main()
+
+
+class AuditScriptTest(tf.test.TestCase):
+
+  def test_a_refusal_is_one_message_without_a_traceback(self):
+    # The script imports TFF at once; its worker manager printed an ignored
+    # AttributeError traceback at every exit until cli.run disarmed it.
+    missing = os.path.join(self.create_tempdir().full_path, 'no_export')
+    done = subprocess.run([sys.executable, 'scripts/audit.py', f'--model_dir={missing}'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    self.assertNotEqual(done.returncode, 0)
+    self.assertIn('error:', done.stderr)
+    self.assertNotIn('Traceback', done.stderr)
