@@ -118,6 +118,16 @@ class SchemaFileTest(tf.test.TestCase):
     with self.assertRaisesRegex(schema_lib.DataError, r"schema.json: unknown key\(s\) \['numerics'\]"):
       schema_lib.Schema.from_json(path)
 
+  def test_a_feature_name_no_signature_can_take_is_refused_with_a_new_name(self):
+    # Each failed in tf.saved_model.save after training, or was renamed there.
+    for name, suggestion in (('self', 'self_'), ('class', 'class_'), ('Annual Income', 'Annual_Income'),
+                             ('x-y', 'x_y'), ('1st_payment', 'c_1st_payment'), ('montant_é', 'montant')):
+      path = self._write(dict(helpers.SCHEMA, numeric=['amount', name]))
+      with self.assertRaisesRegex(schema_lib.DataError, f"schema.json: column '{name}' cannot name an input"
+                                  f".* Rename it, e.g. to '{suggestion}'"):
+        schema_lib.Schema.from_json(path)
+    schema_lib.Schema.from_dict(dict(helpers.SCHEMA, numeric=['amount', 'Self_employed', 'x_2']))
+
   def test_label_as_feature(self):
     path = self._write(dict(helpers.SCHEMA, numeric=['amount', 'default']))
     with self.assertRaisesRegex(schema_lib.DataError, r"schema.json: label column 'default' is also named"):

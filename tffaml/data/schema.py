@@ -14,8 +14,10 @@ engineer can fix the file without reading our code.
 import csv
 import dataclasses
 import json
+import keyword
 import math
 import os
+import re
 from typing import Iterator, Optional
 
 import numpy as np
@@ -63,6 +65,7 @@ class Schema:
     for name in features:
       if name in seen:
         raise DataError(f'schema: column {name!r} is named more than once.')
+      _check_input_name(name)
       seen.add(name)
     if self.label in seen:
       raise DataError(
@@ -132,6 +135,26 @@ class Schema:
       except json.JSONDecodeError as e:
         raise DataError(f'{path}: not valid JSON: {e}.') from None
     return cls.from_dict(value, source=path)
+
+
+def _check_input_name(name: str) -> None:
+  """A feature names an input of the exported model's signature: refused where TensorFlow cannot.
+
+  TensorFlow fails to save a signature input named 'self', a Python keyword
+  or a name with spaces or non-ASCII letters, and silently renames others
+  ('x-y' becomes 'x_y'): found only at export, after the whole training.
+  """
+  if re.fullmatch(r'[A-Za-z][A-Za-z0-9_]*', name) and not keyword.iskeyword(name) and name != 'self':
+    return
+  suggestion = re.sub(r'[^A-Za-z0-9_]+', '_', name).strip('_') or 'column'
+  if not suggestion[0].isalpha():
+    suggestion = f'c_{suggestion}'
+  if keyword.iskeyword(suggestion) or suggestion == 'self':
+    suggestion = f'{suggestion}_'
+  raise DataError(
+      f'schema: column {name!r} cannot name an input of the exported model (ASCII letters, digits'
+      " and _, starting with a letter; not a Python keyword or 'self'). Rename it, e.g. to"
+      f' {suggestion!r}, in the schema and the CSV headers.')
 
 
 def _first_bad_row(mask: np.ndarray) -> int:

