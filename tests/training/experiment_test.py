@@ -227,6 +227,22 @@ class DefaultsTest(tf.test.TestCase):
     plan = experiment.privacy_plan(config, choices, institution_units=[400, 900], cohort=2, columns=(5, 4))
     self.assertAlmostEqual(plan.statement(rounds=5, participation=[5, 5]).epsilon, 1.0, delta=0.01)
 
+  def test_crowding_note_by_hand(self):
+    config = loan_risk.get_config()
+    config.federated.rounds = 5
+    choices = experiment.parse_choices(config)
+    plan = experiment.privacy_plan(config, choices, institution_units=[400, 700], cohort=2, columns=(16, 14))
+    # 44 / (1 * 1100) = 0.04, attrition's; 16 / 1100 = 0.0145 is just below 0.015.
+    self.assertRegex(experiment.crowding_note(plan, weights=44, epsilon=1.0),
+                     r'^1,100 records train 44 weights at ε = 1: weights / \(ε · units\) = 0.040, at or above 0.015')
+    self.assertIsNone(experiment.crowding_note(plan, weights=16, epsilon=1.0))
+    self.assertIsNotNone(experiment.crowding_note(plan, weights=16, epsilon=0.5))  # 0.029.
+    self.assertIsNone(experiment.crowding_note(plan, weights=44, epsilon=None))  # No target: nothing to weigh.
+    config.record_dp.enabled, config.privacy.target_epsilon = False, None
+    no_record = experiment.privacy_plan(config, experiment.parse_choices(config), institution_units=[400, 700],
+                                        cohort=2)
+    self.assertIsNone(experiment.crowding_note(no_record, weights=44, epsilon=1.0))
+
   def test_a_node_checks_the_calibrated_noise_it_is_sent_instead_of_calibrating(self):
     config = loan_risk.get_config()  # Local DP-SGD: each institution's ε depends on its size.
     config.record_dp.mode, config.features.noise_multiplier = 'local', None

@@ -347,6 +347,10 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
   space = runtime.feature_space(config, data, noise=statistics_noise(setup.plan, noise_seed))
   built = runtime.build(config, choices, setup, space, noise_seed)
   initial = built.initial_model()
+  crowded = experiment.crowding_note(setup.plan, weights=sum(np.size(w) for w in initial.trainable),
+                                     epsilon=config.privacy.target_epsilon)
+  if crowded:
+    log(f'note: {crowded}')
   state, participation, released, first_round = _restore(built.process, state_manager, initial,
                                                          noise_seed, len(data.institutions))
   if first_round:
