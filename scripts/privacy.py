@@ -55,10 +55,10 @@ def _bare_mechanism() -> str:
     return f'Poisson-sampled Gaussian, {mechanism}, epsilon={_TARGET.value:g}\nnoise_multiplier={noise:.6g}'
   if not _NOISE.value > 0:
     raise app.UsageError(f'--noise_multiplier must be > 0, got {_NOISE.value}.')
-  if _ACCOUNTANT.value is accounting.Accountant.PLD and _NOISE.value < accounting.PLD_MIN_NOISE:
-    raise app.UsageError(f'--noise_multiplier={_NOISE.value:g} is below {accounting.PLD_MIN_NOISE}: too'
-                         ' little noise for --accountant=pld (it would need gigabytes); use --accountant=rdp.')
-  epsilon = accounting.epsilon(event(_NOISE.value), _DELTA.value, accountant=_ACCOUNTANT.value)
+  try:
+    epsilon = accounting.epsilon(event(_NOISE.value), _DELTA.value, accountant=_ACCOUNTANT.value)
+  except ValueError as e:  # Too little noise for PLD: refused before it takes minutes and gigabytes.
+    raise app.UsageError(f'--noise_multiplier: {e}') from None
   return f'Poisson-sampled Gaussian, noise_multiplier={_NOISE.value:g}, {mechanism}\nepsilon={epsilon:.6g}'
 
 

@@ -101,7 +101,8 @@ class PrivacyScriptTest(tf.test.TestCase):
     code, _, stderr = self._run('--sampling_rate=0.2', '--noise_multiplier=0.001', '--steps=60',
                                 '--accountant=pld')
     self.assertNotEqual(code, 0)
-    self.assertIn('--noise_multiplier=0.001 is below 0.1: too little noise for --accountant=pld', stderr)
+    self.assertIn('--noise_multiplier: noise multiplier 0.001 is below 0.1, where the pld accountant needs'
+                  ' gigabytes; use the rdp accountant.', stderr)
     self.assertNotIn('Traceback', stderr)
 
   def test_planned_config(self):

@@ -140,10 +140,10 @@ def epsilon(
   """ε at `delta` of `event` by `accountant`."""
   if not 0.0 < delta < 1.0:
     raise ValueError(f'delta must be in (0, 1), got {delta}.')
-  if accountant is Accountant.PLD and smallest_noise(event) < PLD_MIN_NOISE:
-    raise ValueError(
-        f'noise multiplier {smallest_noise(event):.4g} is below {PLD_MIN_NOISE}, where the pld'
-        ' accountant needs gigabytes; use the rdp accountant.')
+  least = smallest_noise(event)
+  if accountant is Accountant.PLD and least < PLD_MIN_NOISE:
+    raise ValueError(f'noise multiplier {least:.4g} is below {PLD_MIN_NOISE}, where the pld accountant'
+                     ' needs gigabytes; use the rdp accountant.')
   composer = accountant.make(relation)
   if not composer.supports(event):
     raise ValueError(
