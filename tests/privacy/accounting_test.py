@@ -86,6 +86,10 @@ class EpsilonTest(tf.test.TestCase, parameterized.TestCase):
         A.poisson_gaussian_event(sampling_rate=0.2, noise_multiplier=0.7, steps=3)))
     self.assertEqual(A.smallest_noise(event), 0.7)
     self.assertEqual(A.smallest_noise(dp_accounting.NonPrivateDpEvent()), math.inf)
+    # No noise at all is ε = inf, which PLD finds at once (a sabotaged node's plan in the audits).
+    noiseless = A.poisson_gaussian_event(sampling_rate=0.5, noise_multiplier=0.0, steps=10)
+    self.assertEqual(A.smallest_noise(noiseless), math.inf)
+    self.assertEqual(A.epsilon(noiseless, 1e-5, accountant=A.Accountant.PLD), math.inf)
 
   def test_bad_delta(self):
     with self.assertRaisesRegex(ValueError, r'delta must be in \(0, 1\), got 0'):

@@ -154,9 +154,12 @@ def epsilon(
 
 
 def smallest_noise(event: dp_accounting.DpEvent) -> float:
-  """The smallest Gaussian noise multiplier in `event` (inf without one)."""
+  """The smallest positive Gaussian noise multiplier in `event` (inf without one).
+
+  A multiplier of 0 adds no noise: PLD finds its infinite ε at once.
+  """
   if isinstance(event, dp_accounting.GaussianDpEvent):
-    return event.noise_multiplier
+    return event.noise_multiplier if event.noise_multiplier > 0 else math.inf
   if isinstance(event, dp_accounting.ComposedDpEvent):
     return min((smallest_noise(e) for e in event.events), default=math.inf)
   inner = getattr(event, 'event', None)  # Sampled and self-composed events wrap one.
