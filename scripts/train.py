@@ -36,6 +36,9 @@ def main(argv):
   paths = result.paths
   print(f'\nmodel:   {paths.export} (SavedModel, serving_default)')
   print(f'metrics: {paths.metrics}  (per round: {paths.metrics_csv}, {paths.curves})')
+  pooled = result.metrics['federated']['pooled']
+  if pooled.get('auc') is not None:  # The released model on every institution's test split.
+    print(f'pooled test AUC: {pooled["auc"]:.4f}')
   print(f'privacy: {paths.privacy}')
   with open(paths.privacy) as f:
     print('  ' + f.read().strip())

@@ -376,6 +376,7 @@ class ScriptHygieneTest(tf.test.TestCase):
     self.assertIn(done.returncode, (0, 3), done.stdout[-3000:])
     self.assertIn('privacy:', done.stdout)
     self.assertRegex(done.stdout, r'\((1|0\.99\d*), 1e-05\)-differential privacy for each record')
+    self.assertRegex(done.stdout, r'pooled test AUC: [01]\.\d{4}\n')  # Beside the statement.
     if done.returncode == 3:
       self.assertIn('WARNING: the model is no better than chance', done.stdout)
     self.assertEqual(self._workers_marked(mark), [])
