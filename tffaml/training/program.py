@@ -43,6 +43,7 @@ import math
 import os
 import secrets
 import shutil
+import statistics
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol
 
@@ -169,21 +170,33 @@ def _changed_keys(before, after, prefix: str = 'config') -> list[str]:
 
 
 class _Progress:
-  """One line per round with the time per round and the ETA."""
+  """One line per round with that round's time and the ETA."""
 
-  def __init__(self, total_rounds: int, first_round: int, log: Callable[[str], None]):
-    self._total, self._first, self._log = total_rounds, first_round, log
-    self._start = time.monotonic()
+  def __init__(self, total_rounds: int, log: Callable[[str], None]):
+    self._total, self._log = total_rounds, log
+    self._seconds: list[float] = []  # This session's rounds, each alone.
 
-  def round_done(self, round_num: int, summary: str) -> float:
-    done = round_num - self._first
-    per_round = (time.monotonic() - self._start) / done
-    eta = per_round * (self._total - round_num)
+  def round_done(self, round_num: int, summary: str, seconds: float) -> None:
+    self._seconds.append(seconds)
+    eta = round_estimate(self._seconds) * (self._total - round_num)
     self._log(
-        f'round {round_num}/{self._total} | {summary} | {per_round:.2f} s/round'
+        f'round {round_num}/{self._total} | {summary} | {seconds:.2f} s this round'
         f' | ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}'
     )
-    return per_round
+
+  @property
+  def mean_seconds(self) -> Optional[float]:
+    return sum(self._seconds) / len(self._seconds) if self._seconds else None
+
+
+def round_estimate(seconds: list[float]) -> float:
+  """A later round's time: the median of a session's rounds after its first.
+
+  The first round of a session carries its start-up (TFF tracing the
+  computations; in a federation, every node building its client work),
+  often many later rounds' worth: it counts only while it is the only one.
+  """
+  return statistics.median(seconds[1:] or seconds)
 
 
 @dataclasses.dataclass
@@ -558,15 +571,15 @@ def _check_finite(round_num: int, values: Mapping[str, float], weights) -> None:
 
 def _train_rounds(config, choices, setup: _Setup, built: Built, state_manager, paths: Paths, *,
                   state, participation: np.ndarray, released, rounds: range, noise_seed: int, log):
-  """Runs `rounds`, checkpointing each (noise seed redacted); returns (released model, seconds per round)."""
+  """Runs `rounds`, checkpointing each (noise seed redacted); returns (released model, mean seconds per round)."""
   f, n = config.federated, len(setup.data.institutions)
   releaser = tff.program.GroupingReleaseManager([
       tff.program.CSVFileReleaseManager(paths.metrics_csv, key_fieldname='round'),
       tff.program.TensorBoardReleaseManager(paths.logdir),
   ])
-  progress = _Progress(f.rounds, rounds.start - 1, log)
-  per_round = None
+  progress = _Progress(f.rounds, log)
   for round_num in rounds:
+    start = time.monotonic()
     members = sample_cohort(choices.sampling, num_institutions=n, cohort=setup.cohort,
                             seed=config.seed, round_num=round_num)
     values = {}
@@ -577,16 +590,21 @@ def _train_rounds(config, choices, setup: _Setup, built: Built, state_manager, p
     values.update(_privacy_values(setup.plan, round_num, participation))
     weights = built.process.get_model_weights(state)
     released = _average(released, weights, decay=f.weight_averaging, first=round_num == 1)
+    values['eval_seconds'] = 0.0  # So that rounds with and without evaluation compare.
     if f.eval_every and round_num % f.eval_every == 0 or round_num == f.rounds:
+      eval_start = time.monotonic()
       pooled = built.evaluate(tf.nest.pack_sequence_as(weights, released), False)
+      values['eval_seconds'] = time.monotonic() - eval_start
       values.update(flatten_metrics(pooled['pooled'], 'eval/'))
     _check_finite(round_num, values, weights)
-    per_round = progress.round_done(round_num, _summary(values, setup.plan))
-    values['round_seconds'] = per_round
-    asyncio.run(releaser.release(values, key=round_num))
+    # Saved before the metrics are released, so that round_seconds counts it
+    # (a run killed in between resumes after this round, without its row).
     asyncio.run(state_manager.save(
         [workdir_lib.redact(state), round_num, participation, released], round_num))
-  return released, per_round
+    values['round_seconds'] = time.monotonic() - start  # This round alone.
+    asyncio.run(releaser.release(values, key=round_num))
+    progress.round_done(round_num, _summary(values, setup.plan), values['round_seconds'])
+  return released, progress.mean_seconds
 
 
 def _privacy_values(plan: accounting.PrivacyPlan, round_num: int, participation) -> dict[str, float]:
