@@ -1,13 +1,27 @@
+import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
+import tracemalloc
+from unittest import mock
 
 from absl.testing import parameterized
+import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tests import helpers
+from tffaml import errors
+from tffaml import features
+from tffaml.data import interface
+from tffaml.data import schema as schema_lib
 from tffaml.export import encryption
+from tffaml.export import saved_model
 from tffaml.export import scoring
 from tffaml.export import signing
 
@@ -20,6 +34,26 @@ def _flip_a_bit(package):
     byte = f.read(1)
     f.seek(0)
     f.write(bytes([byte[0] ^ 1]))
+
+
+def _export_shifted_rate_model(model_dir):
+  """helpers.export_rate_model's package with other weights: p(default) = sigmoid(rate - 5)."""
+  schema = schema_lib.Schema.from_dict(helpers.SCHEMA)
+  inputs = features.keras_inputs(schema)
+  probability = tf.keras.layers.Lambda(lambda r: tf.sigmoid(r - 5.0)[:, None])(inputs['rate'])
+  space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+  saved_model.export(tf.keras.Model(inputs, probability), model_dir, schema=schema,
+                     interface=interface.table_interface(schema), threshold=0.5,
+                     metadata={'feature_space': space.to_dict()}, hardening=saved_model.Hardening())
+
+
+def _rewrite_signature(package, change):
+  path = os.path.join(package, signing.SIGNATURE_FILE)
+  with open(path) as f:
+    signed = json.load(f)
+  change(signed)
+  with open(path, 'w') as f:
+    json.dump(signed, f)
 
 
 class SigningTest(tf.test.TestCase, parameterized.TestCase):
@@ -104,6 +138,92 @@ class SigningTest(tf.test.TestCase, parameterized.TestCase):
       scoring.score_csv(package, self.loans, output, public_key=self.public)
     self.assertFalse(os.path.exists(output))
 
+  def test_files_rewritten_after_verification_are_not_what_is_scored(self):
+    # Scoring verifies, reads the metadata, then loads the model: a writer that
+    # rewrites the package's files in place in between swaps the weights.
+    package = self.copy()
+    swap = os.path.join(self.create_tempdir().full_path, 'swap')
+    _export_shifted_rate_model(swap)
+    real_read_metadata = saved_model.read_metadata
+    loaded_from = []
+
+    def swap_then_read(model_dir):
+      for name in signing.manifest(swap)['files']:
+        if os.path.exists(os.path.join(package, name)):
+          shutil.copyfile(os.path.join(swap, name), os.path.join(package, name))  # Same inode.
+      loaded_from.append(model_dir)
+      return real_read_metadata(model_dir)
+
+    output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
+    with mock.patch.object(saved_model, 'read_metadata', swap_then_read):
+      scoring.score_csv(package, self.loans, output, public_key=self.public)
+    scored = pd.read_csv(output)
+    self.assertAllClose(scored['probability'], 1 / (1 + np.exp(-(scored['rate'] - 15.0))), atol=1e-5)
+    with self.assertRaisesRegex(signing.VerificationError, 'was modified'):  # The swap did happen.
+      signing.verify(package, self.public)
+    self.assertFalse(os.path.exists(loaded_from[0]))  # The private copy is gone.
+
+  def test_verified_copy_holds_the_verified_bytes_and_is_removed_also_on_errors(self):
+    package = self.copy()
+    weights = os.path.join('variables', 'variables.data-00000-of-00001')
+    with open(os.path.join(package, weights), 'rb') as f:
+      signed_bytes = f.read()
+    temp = self.create_tempdir().full_path
+    with mock.patch.object(tempfile, 'tempdir', temp):
+      with signing.verified_copy(package, self.public) as copy:
+        _flip_a_bit(package)
+        with open(os.path.join(copy, weights), 'rb') as f:
+          self.assertEqual(f.read(), signed_bytes)
+        self.assertEqual(os.stat(os.path.dirname(copy)).st_mode & 0o077, 0)  # Only we can enter it.
+        self.assertIn('saved_model.pb', signing.verify(copy, self.public))
+      self.assertEqual(os.listdir(temp), [])
+      with self.assertRaisesRegex(signing.VerificationError, 'was modified'):
+        with signing.verified_copy(package, self.public):
+          self.fail('a modified package was yielded')
+      self.assertEqual(os.listdir(temp), [])
+
+  @parameterized.named_parameters(
+      ('weights', os.path.join('variables', 'variables.data-00000-of-00001')),
+      ('signature', signing.SIGNATURE_FILE),
+  )
+  def test_a_file_with_another_hard_link_is_refused(self, name):
+    package = self.copy()
+    os.link(os.path.join(package, name), os.path.join(self.create_tempdir().full_path, 'outside'))
+    message = rf"file '{name}' has 2 hard links; .* Copy the package with cp -r"
+    with self.assertRaisesRegex(signing.VerificationError, message):
+      signing.verify(package, self.public)
+    output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
+    with self.assertRaisesRegex(signing.VerificationError, message):
+      scoring.score_csv(package, self.loans, output, public_key=self.public)
+    self.assertFalse(os.path.exists(output))
+
+  def test_an_oversized_signature_file_is_refused_unread(self):
+    package = self.copy()
+    path = os.path.join(package, signing.SIGNATURE_FILE)
+    size = 64 << 20
+    with open(path, 'r+b') as f:
+      f.truncate(size)  # Sparse: the valid signature, then a hole of 64 MiB.
+    tracemalloc.start()
+    try:
+      with self.assertRaisesRegex(signing.VerificationError,
+                                  re.escape(f'{path}: {size:,} bytes or more; a signature file is at most')):
+        signing.verify(package, self.public)
+      _, peak = tracemalloc.get_traced_memory()
+    finally:
+      tracemalloc.stop()
+    self.assertLess(peak, 1 << 20)  # Not even its first MiB was read.
+
+  @parameterized.named_parameters(
+      ('extra_field', lambda s: s.update(comment='unsigned text'), r"unknown field\(s\) \['comment'\]"),
+      ('missing_field', lambda s: s.pop('public_key_fingerprint'),
+       r"missing field\(s\) \['public_key_fingerprint'\]"),
+  )
+  def test_a_signature_file_with_fields_not_signed_is_refused(self, change, message):
+    package = self.copy()
+    _rewrite_signature(package, change)
+    with self.assertRaisesRegex(signing.VerificationError, message + '.* re-sign the package'):
+      signing.verify(package, self.public)
+
   def test_keygen_writes_no_key_when_any_exists(self):
     out_dir = self.create_tempdir().full_path
     with open(os.path.join(out_dir, 'package.key'), 'w') as f:
@@ -186,6 +306,23 @@ class EncryptionTest(tf.test.TestCase):
     os.makedirs(empty)
     encryption.decrypt_package(self.sealed, empty, self.key)  # An empty directory loses nothing.
     self.assertEqual(sorted(os.listdir(empty)), ['saved_model.pb', 'variables'])
+
+  def test_links_are_neither_encrypted_nor_decrypted(self):
+    # A decrypted hard link would be a package file with two names (which verify refuses).
+    weights = os.path.join(self.package, 'variables', 'v')
+    os.link(weights, os.path.join(self.package, 'variables', 'v2'))
+    with self.assertRaisesRegex(errors.InputError, r"'./variables/v2?' is a hard link; .* cp -r"):
+      encryption.encrypt_package(self.package, os.path.join(self.root, 'linked.enc'), self.key)
+    archive = io.BytesIO()  # A hard link sealed by another tool, under the right key.
+    with tarfile.open(fileobj=archive, mode='w') as tar:
+      tar.add(self.package, arcname='.')
+    sealed = os.path.join(self.root, 'linked.enc')
+    with open(sealed, 'wb') as f:
+      f.write(encryption.seal(archive.getvalue(), self.key))
+    out = os.path.join(self.root, 'out')
+    with self.assertRaisesRegex(errors.InputError, rf"{sealed}: './variables/v2?' is a hard link"):
+      encryption.decrypt_package(sealed, out, self.key)
+    self.assertFalse(os.path.exists(out))
 
   def test_key_from_environment(self):
     with open(os.path.join(self.root, 'k')) as f:

@@ -8,7 +8,10 @@ published a package; encryption keeps it unreadable on the way.
 
 File layout: MAGIC | nonce (12 bytes) | ciphertext with its 16-byte tag.
 The key is 32 random bytes, kept base64-encoded in a file or an environment
-variable (`generate_key`).
+variable (`generate_key`). The archive holds only regular files and
+directories, as a signed package does (`signing`): a hard link would give a
+decrypted package a file that can be rewritten through another name after
+it is verified, so one is refused on both sides.
 """
 
 import base64
@@ -91,13 +94,24 @@ def unseal(blob: bytes, key: bytes, *, source: str, context: bytes = b'') -> byt
     raise DecryptionError(f'{source}: does not authenticate: wrong key, or the file was altered.') from None
 
 
+def _package_member(member: tarfile.TarInfo, *, source: str, fix: str) -> tarfile.TarInfo:
+  """`member`, refused unless it is a regular file or a directory."""
+  if member.isfile() or member.isdir():
+    return member
+  kind = ('hard link' if member.islnk() else 'symbolic link' if member.issym() else 'special file')
+  raise errors.InputError(
+      f'{source}: {member.name!r} is a {kind}; a package holds only regular files and directories,'
+      f' each file with one link (see scripts/verify.py). {fix}')
+
+
 def encrypt_package(package_dir: str, output: str, key: bytes) -> None:
   """Archives and seals `package_dir` into the file `output` (written atomically)."""
   if not os.path.isdir(package_dir):
     raise FileNotFoundError(f'{package_dir}: package directory not found.')
   archive = stdlib_io.BytesIO()
   with tarfile.open(fileobj=archive, mode='w') as tar:
-    tar.add(package_dir, arcname='.')
+    tar.add(package_dir, arcname='.', filter=lambda member: _package_member(
+        member, source=package_dir, fix='Copy the package with cp -r (not cp -a) and encrypt the copy.'))
   with io.atomic_path(output) as tmp:
     with open(tmp, 'wb') as f:
       f.write(seal(archive.getvalue(), key))
@@ -114,4 +128,6 @@ def decrypt_package(encrypted: str, output_dir: str, key: bytes, *, overwrite: b
   with io.atomic_path(output_dir, directory=True, replace=overwrite) as tmp:
     os.makedirs(tmp)
     with tarfile.open(fileobj=stdlib_io.BytesIO(plain)) as tar:
+      for member in tar.getmembers():  # All before any is written.
+        _package_member(member, source=encrypted, fix='Have its sender encrypt a copy made with cp -r.')
       tar.extractall(tmp, filter='data')  # Refuses absolute paths, '..', devices.

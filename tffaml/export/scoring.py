@@ -9,6 +9,7 @@ out-of-vocabulary) is scored and flagged. Transaction files are validated
 as a whole (`amlworld.read`).
 """
 
+import contextlib
 import dataclasses
 import os
 from typing import Optional
@@ -155,18 +156,28 @@ def score_csv(
   """Writes `input_path`'s rows plus the model's outputs to `output_path`.
 
   The package is verified against `public_key` (its publisher's, see
-  `signing`) before anything of it is read; None skips that, which the
+  `signing`) before anything of it is read, and what is loaded is a private
+  copy of exactly the verified bytes (`signing.verified_copy`), so a file
+  rewritten after the check is never scored with; None skips that, which the
   caller must choose explicitly. Tabular rows that cannot be scored go to
   `<output>.rejected.csv` with their line and reasons (see the module
   docstring); scored rows carry a `flags` column. A transaction model reads
   an AMLworld file and scores the transactions of `bank` (see
   `transactions.serving_inputs`). Outputs appear only when complete.
   """
+  _check_outputs_apart(input_path, output_path, f'{output_path}.rejected.csv')
+  verified = (signing.verified_copy(model_dir, public_key) if public_key is not None
+              else contextlib.nullcontext(model_dir))
+  with verified as package:
+    return _score(package, input_path, output_path, bank=bank, batch_size=batch_size,
+                  model_dir=model_dir)
+
+
+def _score(package: str, input_path: str, output_path: str, *, bank: Optional[str], batch_size: int,
+           model_dir: str) -> Result:
+  """`score_csv` with the model loaded from `package` (`model_dir`, or its verified copy)."""
   rejected_path = f'{output_path}.rejected.csv'
-  _check_outputs_apart(input_path, output_path, rejected_path)
-  if public_key is not None:
-    signing.verify(model_dir, public_key)
-  metadata = saved_model.read_metadata(model_dir)
+  metadata = saved_model.read_metadata(package)
   serving = metadata['serving']
   names = [n for n in (serving.get('score'), serving['decision']) if n]
   input_format = interface_lib.InputFormat(serving['input_format'])
@@ -180,7 +191,7 @@ def score_csv(
     rows, inputs, rejected = _table_inputs(input_path, metadata, names)
   else:
     raise ValueError(f'no reader for {input_format!r}.')
-  scored = rows.assign(**_serve(model_dir, inputs, names, batch_size, rows=len(rows)))
+  scored = rows.assign(**_serve(package, inputs, names, batch_size, rows=len(rows)))
   rows_ok = np.ones(len(scored), bool) if not serving.get('score') else np.isfinite(scored[serving['score']])
   if not rows_ok.all():  # A model must never turn a bad row into a silent "no alert".
     raise errors.RunFailed(f'{model_dir}: the model scored {int((~rows_ok).sum())} checked row(s) of'
