@@ -160,5 +160,131 @@ class UnitColumnTest(tf.test.TestCase):
       self._schema(unit='rate')
 
 
+class LabelAgreementTest(tf.test.TestCase):
+  """Every institution's train and test files code the label with the same two values."""
+
+  def setUp(self):
+    super().setUp()
+    self.data_dir, _ = helpers.write_federation(self.create_tempdir().full_path)
+
+  def _recode(self, bank, split, mapping):
+    path = os.path.join(self.data_dir, bank, f'{split}.csv')
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame['default'] = frame['default'].map(mapping)
+    frame.to_csv(path, index=False)
+
+  def test_a_test_file_labelled_with_one_foreign_value_is_refused(self):
+    # It loaded as all negatives: one value, so nothing was checked.
+    self._recode('bank_b', 'test', {'0': 'yes', '1': 'yes'})
+    with self.assertRaisesRegex(schema_lib.DataError, r"bank_b/test.csv: line 2, label column 'default': 'yes' is"
+                                r" neither the positive value '1' nor '0'.* name both in the schema"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_a_bank_coding_another_pair_is_refused_not_trained_inverted(self):
+    # 1 = good, 2 = bad: its "positives" would be the non-defaults.
+    for split in ('train', 'test'):
+      self._recode('bank_c', split, {'0': '1', '1': '2'})
+    with self.assertRaisesRegex(schema_lib.DataError,
+                                r"bank_c/train.csv: line \d+, label column 'default': '2' is neither the"
+                                r" positive value '1' nor '0', the negative value 4 source\(s\) hold"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_the_schemas_negative_value_is_required_of_every_file(self):
+    schema = schema_lib.Schema.from_dict(dict(helpers.SCHEMA, negative='0'))
+    self.assertEqual(schema.to_dict()['negative'], '0')
+    self.assertLen(csv_dir.load(self.data_dir, schema).institutions, 3)
+    self._recode('bank_a', 'test', {'0': '2', '1': '1'})
+    with self.assertRaisesRegex(schema_lib.DataError, r"bank_a/test.csv: line \d+, label column 'default': '2' is"
+                                r" neither the positive value '1' nor the negative value '0' the schema names"):
+      csv_dir.load(self.data_dir, schema)
+    with self.assertRaisesRegex(schema_lib.DataError, "'negative' \\('1.0'\\) is the positive value"):
+      schema_lib.Schema.from_dict(dict(helpers.SCHEMA, negative='1.0'))
+
+  def test_consistent_text_codings_still_load_without_negative(self):
+    for bank in ('bank_a', 'bank_b', 'bank_c'):
+      for split in ('train', 'test'):
+        self._recode(bank, split, {'0': 'no', '1': 'yes'})
+    data = csv_dir.load(self.data_dir, schema_lib.Schema.from_dict(dict(helpers.SCHEMA, positive='yes')))
+    self.assertGreater(data.institutions[0].train['__label__'].sum(), 0)
+
+
+class TextCellTest(tf.test.TestCase, parameterized.TestCase):
+  """Whitespace, missing-value markers and NUL bytes: one rule, refused where it would mislead."""
+
+  def setUp(self):
+    super().setUp()
+    self.data_dir, _ = helpers.write_federation(self.create_tempdir().full_path)
+    self.train_b = os.path.join(self.data_dir, 'bank_b', 'train.csv')
+    self.frame = pd.read_csv(self.train_b, dtype=str, keep_default_na=False)
+
+  def test_surrounding_whitespace_is_no_part_of_a_category(self):
+    self.frame['grade'] = [f'  {g}' if i % 2 else f'{g}\t' for i, g in enumerate(self.frame['grade'])]
+    self.frame.to_csv(self.train_b, index=False)
+    data = csv_dir.load(self.data_dir, SCHEMA)
+    self.assertEqual(sorted(set(data.institutions[1].train['grade'])), ['A', 'B', 'C'])
+
+  @parameterized.parameters('NA', 'null', 'NaN', ' nan ', '#N/A', 'N/A', '<NA>', 'NULL')
+  def test_missing_markers_are_missing_like_an_empty_cell(self, marker):
+    self.frame.loc[3, 'grade'] = marker
+    self.frame.to_csv(self.train_b, index=False)
+    with self.assertRaisesRegex(schema_lib.DataError, r"bank_b/train.csv: line 5, column 'grade': missing value"
+                                rf" \({marker.strip()!r} marks one"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_none_stays_a_category_and_a_label_marker_is_missing(self):
+    self.frame.loc[3, 'grade'] = 'None'
+    self.frame.to_csv(self.train_b, index=False)
+    self.assertIn('None', set(csv_dir.load(self.data_dir, SCHEMA).institutions[1].train['grade']))
+    self.frame.loc[6, 'default'] = 'NA'
+    self.frame.to_csv(self.train_b, index=False)
+    with self.assertRaisesRegex(schema_lib.DataError, r"line 8, label column 'default': missing value"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+  def test_a_nul_byte_in_a_cell_is_refused_not_cut(self):
+    with open(self.train_b) as f:
+      lines = f.read().split('\n')
+    cells = lines[4].split(',')
+    cells[2] = 'ca\0r'  # grade: it loaded as 'ca'.
+    lines[4] = ','.join(cells)
+    with open(self.train_b, 'w') as f:
+      f.write('\n'.join(lines))
+    with self.assertRaisesRegex(schema_lib.DataError,
+                                r"bank_b/train.csv: line 5, column 'grade': holds a NUL character"):
+      csv_dir.load(self.data_dir, SCHEMA)
+
+
+class EncodingTest(tf.test.TestCase, parameterized.TestCase):
+  """Excel's exports: UTF-8 with a BOM, "Unicode text" (UTF-16, tabs), and legacy code pages."""
+
+  def setUp(self):
+    super().setUp()
+    self.data_dir, _ = helpers.write_federation(self.create_tempdir().full_path)
+    self.train_b = os.path.join(self.data_dir, 'bank_b', 'train.csv')
+    self.frame = pd.read_csv(self.train_b, dtype=str, keep_default_na=False)
+    self.frame.loc[4, 'grade'] = 'Bé'
+
+  def _loaded(self, schema=SCHEMA):
+    return csv_dir.load(self.data_dir, schema).institutions[1].train
+
+  @parameterized.named_parameters(('utf8_bom', 'utf-8-sig', ','), ('unicode_text', 'utf-16', '\t'),
+                                  ('utf16_commas', 'utf-16', ','), ('utf32', 'utf-32', ','))
+  def test_a_file_with_a_bom_reads_as_its_utf8_copy(self, encoding, separator):
+    self.frame.to_csv(self.train_b, index=False)
+    expected = self._loaded()
+    self.frame.to_csv(self.train_b, index=False, encoding=encoding, sep=separator)
+    pd.testing.assert_frame_equal(self._loaded(), expected)
+    self.assertIn('Bé', set(expected['grade']))
+
+  def test_a_legacy_code_page_is_refused_in_one_line_or_read_as_the_schema_says(self):
+    self.frame.to_csv(self.train_b, index=False, encoding='cp1252')
+    with self.assertRaisesRegex(schema_lib.DataError, r'bank_b/train.csv: line 6: byte 0xE9 is not UTF-8: .*'
+                                r'cp1252.* Save it as "CSV UTF-8".* "encoding": "cp1252"'):
+      self._loaded()
+    schema = schema_lib.Schema.from_dict(dict(helpers.SCHEMA, encoding='cp1252'))
+    self.assertIn('Bé', set(self._loaded(schema)['grade']))
+    with self.assertRaisesRegex(schema_lib.DataError, "'encoding' 'klingon' is no text encoding"):
+      schema_lib.Schema.from_dict(dict(helpers.SCHEMA, encoding='klingon'))
+
+
 if __name__ == '__main__':
   tf.test.main()

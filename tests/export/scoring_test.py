@@ -1,13 +1,20 @@
 """score_csv never destroys its input, never hides a column, and names rejected rows' lines."""
 
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import tensorflow as tf
 
 from tests import helpers
 from tffaml import errors
+from tffaml import features
+from tffaml.data import csv_dir
+from tffaml.data import schema as schema_lib
 from tffaml.export import scoring
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ScoringTest(tf.test.TestCase):
@@ -74,6 +81,51 @@ class ScoringTest(tf.test.TestCase):
     self.assertEqual(rejected['line'].tolist(), [5, 13])
     self.assertIn('amount: not a finite float32', rejected['reasons'][0])
 
+
+  def test_training_rows_find_every_category_in_the_vocabulary_whatever_their_spaces(self):
+    # Training kept ' A' as its own category and scoring stripped it: every row out of vocabulary.
+    data_dir, _ = helpers.write_federation(self.root)
+    for bank in os.listdir(data_dir):
+      path = os.path.join(data_dir, bank, 'train.csv')
+      frame = pd.read_csv(path, dtype=str)
+      frame['grade'] = [f' {g}' if i % 3 else f'{g}  ' for i, g in enumerate(frame['grade'])]
+      frame.to_csv(path, index=False)
+    schema = schema_lib.Schema.from_dict(helpers.SCHEMA)
+    space = features.compute_feature_space(csv_dir.load(data_dir, schema), min_category_count=1).to_dict()
+    raw = schema_lib.read_csv(os.path.join(data_dir, 'bank_a', 'train.csv'))
+    _, accepted, rejects, flags = scoring.check_rows(raw, schema, space, source='train.csv')
+    self.assertTrue(accepted.all(), rejects)
+    self.assertEqual([f for f in flags if f], [])
+    self.assertCountEqual(space['vocabulary']['grade'], ['A', 'B', 'C'])
+
+  def test_missing_markers_are_rejected_like_an_empty_cell(self):
+    frame = pd.read_csv(self.loans, dtype=str, keep_default_na=False)
+    frame.loc[[1, 2, 3, 4, 5], 'grade'] = ['NA', 'null', ' NaN ', '', 'None']
+    frame.to_csv(self.loans, index=False)
+    result = scoring.score_csv(self.model, self.loans, os.path.join(self.root, 'out.csv'), public_key=None)
+    rejected = pd.read_csv(result.rejected_path)
+    self.assertEqual(rejected['line'].tolist(), [3, 4, 5, 6])
+    self.assertTrue(rejected['reasons'].str.fullmatch('grade: missing').all())
+    self.assertEqual((result.scored, result.flagged), (16, 1))  # 'None' is a category, unknown here.
+
+  def test_excel_files_score_as_their_utf8_copy_or_are_refused_in_one_line(self):
+    expected = pd.read_csv(self._scored(self.loans))
+    unicode_text = os.path.join(self.root, 'unicode.txt')  # Excel's "Unicode text": UTF-16, tabs.
+    pd.read_csv(self.loans, dtype=str).to_csv(unicode_text, index=False, sep='\t', encoding='utf-16')
+    pd.testing.assert_frame_equal(pd.read_csv(self._scored(unicode_text)), expected)
+    legacy = os.path.join(self.root, 'cp1252.csv')
+    pd.read_csv(self.loans, dtype=str).assign(note='café').to_csv(legacy, index=False, encoding='cp1252')
+    done = subprocess.run([sys.executable, 'scripts/score.py', f'--model_dir={self.model}', f'--input={legacy}',
+                           f'--output={self.root}/x.csv', '--noverify'], cwd=_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    self.assertNotEqual(done.returncode, 0)
+    self.assertRegex(done.stderr, r'error: .*cp1252.csv: line 2: byte 0xE9 is not UTF-8.*"encoding": "cp1252"')
+    self.assertNotIn('Traceback', done.stderr)
+
+  def _scored(self, path):
+    output = f'{path}.scored.csv'
+    scoring.score_csv(self.model, path, output, public_key=None)
+    return output
 
 if __name__ == '__main__':
   tf.test.main()

@@ -6,7 +6,9 @@ never scored; a row with a value the federation never saw (a numeric value
 more than `RANGE_SDS` standard deviations from the training mean, a
 category outside the vocabulary, which the model scores as
 out-of-vocabulary) is scored and flagged. Transaction files are validated
-as a whole (`amlworld.read`).
+as a whole (`amlworld.read`). Files are read and text cells cleaned by the
+rules training used (`schema.read_csv`, `schema.text_cells`): the same
+encodings, surrounding whitespace stripped, missing-value markers missing.
 """
 
 import contextlib
@@ -78,8 +80,7 @@ def check_rows(raw: pd.DataFrame, schema: schema_lib.Schema, feature_space: dict
     numeric[c] = values
   categorical = {}
   for c in schema.categorical:
-    text = raw[c].astype(str).str.strip()
-    empty = (text == '').to_numpy()
+    text, empty = schema_lib.text_cells(raw[c])
     note(rejects, empty, lambda r, c=c: f'{c}: missing')
     unknown = ~empty & ~text.isin(feature_space['vocabulary'][c]).to_numpy()
     note(flags, unknown, lambda r, c=c, t=text: f'{c}={t.iloc[r]!r} unknown (scored as out-of-vocabulary)')
@@ -108,23 +109,23 @@ def _check_no_clash(input_path: str, columns, added: list[str]) -> None:
         ' (the output would silently replace them).')
 
 
-def _rejected_frame(path: str, reasons: list[list[str]]) -> pd.DataFrame:
+def _rejected_frame(path: str, reasons: list[list[str]],
+                    fmt: Optional[schema_lib.TextFormat] = None) -> pd.DataFrame:
   bad = [i for i, r in enumerate(reasons) if r]
   if not bad:
     return pd.DataFrame()
-  return pd.DataFrame({'line': schema_lib.record_lines(path)[bad],
+  return pd.DataFrame({'line': schema_lib.record_lines(path, fmt)[bad],
                        'reasons': ['; '.join(reasons[i]) for i in bad]})
 
 
 def _table_inputs(input_path: str, metadata: dict, outputs: list[str]):
   """(rows to score with their flags, the model's inputs, rejected rows) of a table."""
-  raw = schema_lib.read_csv(input_path)
+  schema = schema_lib.Schema.from_dict(metadata['schema'])
+  raw = schema_lib.read_csv(input_path, encoding=schema.encoding)
   _check_no_clash(input_path, raw.columns, outputs)
-  inputs, accepted, reasons, flags = check_rows(
-      raw, schema_lib.Schema.from_dict(metadata['schema']), metadata['feature_space'],
-      source=input_path)
+  inputs, accepted, reasons, flags = check_rows(raw, schema, metadata['feature_space'], source=input_path)
   rows = raw[accepted].assign(**{FLAGS_COLUMN: ['; '.join(f) for f, a in zip(flags, accepted) if a]})
-  return rows, inputs, _rejected_frame(input_path, reasons)
+  return rows, inputs, _rejected_frame(input_path, reasons, raw.attrs['csv_format'])
 
 
 def _reject_non_finite(rows: pd.DataFrame, inputs: dict, input_path: str):
