@@ -108,6 +108,40 @@ class FederationTest(_NodesTestCase):
       program.run(coordinator_config(self.config), os.path.join(self.root, 'fed'), log=lambda _: None,
                   runtime=self._federation(nodes))
 
+  def _recode_labels(self, bank, splits, mapping):
+    for split in splits:
+      path = os.path.join(self.config.data.dir, bank, f'{split}.csv')
+      with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+      with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([dict(r, default=mapping[r['default']]) for r in rows])
+
+  def test_a_node_whose_files_hold_a_foreign_label_value_refuses_to_start(self):
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    self._recode_labels(self.names[1], ['test'], {'0': 'yes', '1': 'yes'})  # Loaded as all negatives.
+    with self.assertRaisesRegex(schema_lib.DataError,
+                                rf"{self.names[1]}/test.csv: line 2, label column 'default': 'yes' is neither"):
+      self._nodes()
+
+  def test_the_coordinator_refuses_nodes_that_code_the_label_with_another_pair(self):
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    # 1 = bad, 2 = good at one bank: consistent in its own files, inverted for the federation.
+    self._recode_labels(self.names[2], ['train', 'test'], {'0': '2', '1': '1'})
+    federation, config = self._federation(self._nodes()), coordinator_config(self.config)
+    federation.check(config)
+    with self.assertRaisesRegex(schema_lib.DataError, rf"node {self.names[2]}: label column 'default': '2' is"
+                                r" neither the positive value '1' nor '0', the negative value 2 source"):
+      federation.load(config, program.Paths(self.create_tempdir().full_path), log=lambda _: None)
+    with open(self.config.data.schema_file) as f:
+      named = dict(json.load(f), negative='0')
+    with open(self.config.data.schema_file, 'w') as f:
+      json.dump(named, f)
+    with self.assertRaisesRegex(schema_lib.DataError, rf"{self.names[2]}/train.csv: line \d+, label column"
+                                r" 'default': '2' is neither the positive value '1' nor the negative value '0'"):
+      self._nodes()
+
   def test_configs_that_need_rows_in_one_process_are_refused(self):
     config = coordinator_config(self.config)
     config.reference.centralized_epochs = 1

@@ -244,6 +244,10 @@ class Federation:
     for name, reply in replies.items():
       if reply.header['institution'] != name:
         raise errors.RunFailed(f'node {name} says it is {reply.header["institution"]!r}.')
+    # Each node checked its own files; only here are all codings of the label seen together.
+    schema_lib.check_label_agreement(schema, [schema_lib.LabelSighting(
+        f'node {n}', {v: (text, None) for v, text in replies[n].header.get('labels', {}).items()})
+        for n in self.names])
     ordered = [replies[n] for n in self.names]
     return Roster(schema=schema, institutions=tuple(_Member(n) for n in self.names),
                   summaries=tuple(r.header['summary'] for r in ordered),

@@ -3,7 +3,8 @@
 A node runs at its institution and is the only process that reads its
 rows. The coordinator sends signed messages (`messages`), never code:
 
-    hello        -> the node's schema and sizes (rows, positives, DP units)
+    hello        -> the node's schema, sizes (rows, positives, DP units) and
+                    label values, which the coordinator checks all nodes share
     statistics   -> its answer to a `features.Request` (DP noise share added here)
     train        -> its update from the signed global model, with the client
                     work installed here (FedAvg, or DP-SGD with its own secret
@@ -168,12 +169,23 @@ class _Work:
 def own_rows(config: ml_collections.ConfigDict, schema: schema_lib.Schema, *, folder: str = '',
              bank: str = '') -> federated_data.Institution:
   """A node's rows: bank `bank`'s of the AMLworld file config.data.path, or `folder`'s {train,test}.csv."""
+  return _own_rows_and_labels(config, schema, folder=folder, bank=bank)[0]
+
+
+def _own_rows_and_labels(config: ml_collections.ConfigDict, schema: schema_lib.Schema, *, folder: str,
+                         bank: str) -> tuple[federated_data.Institution, dict[str, str]]:
+  """`own_rows`, and the label values its files hold ({normalised: as written}; {} for AMLworld's).
+
+  Its two files are checked to agree here; only the coordinator sees every
+  node's values (`schema.check_label_agreement`), unless the schema names both.
+  """
   if experiment.data_source(config) is loading.Source.AMLWORLD:
     if not bank:
       raise errors.InputError('an AMLworld node needs its bank code (scripts/node.py --bank).')
     with errors.named_as(experiment.DATA_KEYS):
-      return transactions.load_bank(experiment.data_spec(config).selection, bank)
-  return csv_dir.load_institution(folder, schema)
+      return transactions.load_bank(experiment.data_spec(config).selection, bank), {}
+  institution, sightings = csv_dir.read_institution(folder, schema)
+  return institution, {value: text for s in sightings for value, (text, _) in s.values.items()}
 
 
 class Node:
@@ -189,7 +201,7 @@ class Node:
     self._config, self._choices = config, experiment.parse_choices(config)
     self._schema = experiment.agreed_schema(config)
     experiment.check_model_fits(config, self._choices, self._schema)
-    self.institution = own_rows(config, self._schema, folder=folder, bank=bank)
+    self.institution, self._labels = _own_rows_and_labels(config, self._schema, folder=folder, bank=bank)
     self.name = self.institution.name
     if experiment.canary_records(config):  # A canary audit: the agreed config says who holds the canaries.
       self.institution = experiment.audited_institution(
@@ -282,7 +294,7 @@ class Node:
       return messages.Message(reply_kind(HELLO), {
           'institution': self.name, 'schema': self._schema.to_dict(),
           'summary': {'institution': self.name, **federated_data.split_counts(self.institution)},
-          'units': self._units})
+          'units': self._units, 'labels': self._labels})
     if request.kind == STATISTICS:
       return self._statistics(request.header)
     if request.kind == TRAIN:
