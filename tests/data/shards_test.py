@@ -38,23 +38,33 @@ class ShardsTest(tf.test.TestCase, parameterized.TestCase):
     self.bank = federated_data.Institution('bank_1', frame(40), frame(8, offset=100))
     self.stored = shards.store(self.bank, SCHEMA, self.dir)
 
-  def test_stored_rows_read_back_as_float32_exactly(self):
-    as_float32 = lambda f: f.astype({'z': np.float32}).astype({'z': np.float64})
-    pd.testing.assert_frame_equal(self.stored.test, as_float32(self.bank.test))  # In order.
-    self.assertNotEqual(self.stored.test['z'][1], self.bank.test['z'][1])  # 1e-3 is not a float32.
-    # Training rows in a random order, the same at every store.
-    stored_train = self.stored.train
-    self.assertNotEqual(stored_train['x'].tolist(), self.bank.train['x'].tolist())
-    order = np.argsort(stored_train['x'].to_numpy())
-    pd.testing.assert_frame_equal(stored_train.iloc[order].reset_index(drop=True), as_float32(self.bank.train))
+  def test_stored_rows_read_back_exactly_and_in_their_order(self):
+    # What feature statistics and samplers see, with config.data.stream on and off.
+    pd.testing.assert_frame_equal(self.stored.test, self.bank.test)
+    pd.testing.assert_frame_equal(self.stored.train, self.bank.train)  # 1e-3 is not a float32: kept.
+    # The file holds the training rows in a random order, the same at every store.
+    in_file = shards.read_frame(self.stored.train_path, SCHEMA)
+    self.assertNotEqual(in_file['x'].tolist(), self.bank.train['x'].tolist())
+    pd.testing.assert_frame_equal(in_file.iloc[shards.train_lines(self.stored)].reset_index(drop=True),
+                                  self.bank.train)
     again = shards.store(self.bank, SCHEMA, self.create_tempdir().full_path)
-    pd.testing.assert_frame_equal(again.train, stored_train)
+    pd.testing.assert_frame_equal(shards.read_frame(again.train_path, SCHEMA), in_file)
     self.assertEqual(self.stored.counts, {'train_rows': 40, 'train_positives': 10,
                                           'test_rows': 8, 'test_positives': 2})
 
+  def test_streamed_numbers_are_the_float32_of_the_rows_in_memory(self):
+    # 1 + 2^-24 lies halfway between two float32s: its 17 digits, parsed straight
+    # to float32, round up; the value in memory rounds (to even) down.
+    rows = frame(4).assign(z=[1 + 2.0**-24, 0.1, 1e-3, 12.34])
+    stored = shards.store(federated_data.Institution('bank_2', rows, rows), SCHEMA, self.dir)
+    (features, _), = shards.dataset(stored.test_path, SCHEMA, batch_size=4)
+    self.assertAllEqual(features['z'], client_data.feature_tensors(rows, SCHEMA)['z'])
+    self.assertEqual(features['z'][0], 1.0)
+
   def test_stream_has_the_in_memory_batches_structure_and_rows(self):
     streamed = client_data.institution_dataset(self.stored, 'train', SCHEMA, batch_size=16)
-    in_memory = client_data.to_dataset(self.stored.train, SCHEMA, batch_size=16)
+    in_file = shards.read_frame(self.stored.train_path, SCHEMA)
+    in_memory = client_data.to_dataset(in_file, SCHEMA, batch_size=16)
     self.assertEqual(streamed.element_spec, in_memory.element_spec)
     self.assertEqual(as_rows(streamed), as_rows(in_memory))  # Unshuffled: file order.
     self.assertEqual([len(y) for _, y in as_rows(streamed)], [16, 16, 8])

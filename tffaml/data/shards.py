@@ -1,11 +1,13 @@
 """Institutions whose rows live in files: federations larger than memory.
 
 `store` writes an institution's validated train and test rows to one CSV
-per split (`{directory}/{name}.{split}.csv`; numbers as the float32 the
-model sees) and returns a
-`StoredInstitution`, which `FederatedData` accepts in place of an
-`Institution`. Its `train`/`test` frames are read from the files when asked
-for (one institution at a time, e.g. for feature statistics), and `dataset`
+per split (`{directory}/{name}.{split}.csv`; numbers exactly, as float64)
+and returns a `StoredInstitution`, which `FederatedData` accepts in place of
+an `Institution`. Its `train`/`test` frames are read from the files when
+asked for (one institution at a time, e.g. for feature statistics), equal to
+the frames stored, row order included: a seeded run computes the same
+statistics and draws the same DP-SGD sample with `config.data.stream` on and
+off, so it trains the same model. `dataset`
 streams a split to a TFF client with `tf.data`: the dataset's graph holds the
 file name, not the rows, so the TFF worker reads each institution's file
 itself and nothing the size of the federation is held in memory.
@@ -52,11 +54,29 @@ class StoredInstitution:
 
   @property
   def train(self) -> pd.DataFrame:
-    return read_frame(self.train_path, self.schema)
+    """The training rows in the order they were stored in (not the file's)."""
+    return read_frame(self.train_path, self.schema).iloc[train_lines(self)].reset_index(drop=True)
 
   @property
   def test(self) -> pd.DataFrame:
     return read_frame(self.test_path, self.schema)
+
+
+def train_order(name: str, rows: int) -> np.ndarray:
+  """The rows of institution `name`'s train file: its line i (after the header) holds row `order[i]`."""
+  return np.random.default_rng(zlib.crc32(name.encode())).permutation(rows)
+
+
+def train_lines(institution: StoredInstitution) -> np.ndarray:
+  """The line of the train file (after the header) holding each training row, row after row.
+
+  A sampler draws row indices, as it does for the rows in memory, and reads
+  these lines: the same rows either way.
+  """
+  order = train_order(institution.name, institution.counts['train_rows'])
+  lines = np.empty_like(order)
+  lines[order] = np.arange(len(order))
+  return lines
 
 
 def _columns(schema: schema_lib.Schema) -> list[str]:
@@ -66,13 +86,13 @@ def _columns(schema: schema_lib.Schema) -> list[str]:
 def read_frame(path: str, schema: schema_lib.Schema) -> pd.DataFrame:
   """A stored split as a validated frame (see `schema.validate_frame`).
 
-  Numeric values come back as the float32 the model sees (stored exactly).
+  Numeric values come back as the float64 stored (exactly: written with 17
+  digits, parsed with correct rounding).
   """
-  dtypes = {c: np.float32 for c in schema.numeric}
+  dtypes = {c: np.float64 for c in schema.numeric}
   dtypes.update({c: str for c in schema.categorical + ((UNIT,) if schema.unit else ())})
   dtypes[LABEL] = np.int64
-  frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False)[_columns(schema)]
-  return frame.astype({c: np.float64 for c in schema.numeric})
+  return pd.read_csv(path, dtype=dtypes, keep_default_na=False, float_precision='round_trip')[_columns(schema)]
 
 
 def _quoted(values: np.ndarray) -> tf.Tensor:
@@ -83,14 +103,14 @@ def _write_csv(frame: pd.DataFrame, schema: schema_lib.Schema, path: str,
                chunk_rows: int = 1 << 16) -> None:
   """`frame` as CSV, formatted by TensorFlow ops (3x faster than pandas).
 
-  Numbers as float32 with 9 significant digits (exact for float32), every
-  text quoted.
+  Numbers as float64 with 17 significant digits (exact: feature statistics
+  see the values they see in memory), every text quoted.
   """
   with open(path, 'wb') as f:
     f.write((','.join(_columns(schema)) + '\n').encode())
     for start in range(0, len(frame), chunk_rows):
       part = frame.iloc[start:start + chunk_rows]
-      fields = [tf.strings.as_string(part[c].to_numpy(np.float32), precision=8, scientific=True)
+      fields = [tf.strings.as_string(part[c].to_numpy(np.float64), precision=16, scientific=True)
                 for c in schema.numeric]
       fields += [_quoted(part[c].to_numpy(str)) for c in schema.categorical]
       fields.append(tf.strings.as_string(part[LABEL].to_numpy(np.int64)))
@@ -184,9 +204,15 @@ def dataset(
 
 
 def decode(lines: tf.Tensor, schema: schema_lib.Schema) -> tuple[collections.OrderedDict, tf.Tensor]:
-  """A batch of a stored split's lines as (features, label[batch, 1]): float32 numbers, string categories."""
-  defaults = ([tf.constant([], tf.float32)] * len(schema.numeric)
+  """A batch of a stored split's lines as (features, label[batch, 1]): float32 numbers, string categories.
+
+  Numbers are parsed as float64, then rounded to float32 as the rows in
+  memory are (`client_data.feature_tensors`): parsing the text straight to
+  float32 could round a value the other way.
+  """
+  defaults = ([tf.constant([], tf.float64)] * len(schema.numeric)
               + [tf.constant([], tf.string)] * len(schema.categorical)
               + [tf.constant([], tf.float32)])
   values = tf.io.decode_csv(lines, defaults, select_cols=list(range(len(defaults))))
+  values = [tf.cast(v, tf.float32) if v.dtype == tf.float64 else v for v in values]
   return collections.OrderedDict(zip(_columns(schema), values[:-1])), values[-1][:, None]

@@ -174,13 +174,19 @@ def poisson_selection(codes: np.ndarray, *, sampling_rate: float, steps: int, se
                    segments=np.concatenate(step_segments), step_seeds=step_seeds)
 
 
-def stored_selection(rows: int, schema: schema_lib.Schema, *, sampling_rate: float, steps: int, seed: int,
-                     max_rows_per_unit: int = 0) -> Selection:
-  """`poisson_selection` of a stored split of `rows` rows, each its own unit: from the row count alone."""
+def stored_selection(institution: shards.StoredInstitution, schema: schema_lib.Schema, *, sampling_rate: float,
+                     steps: int, seed: int, max_rows_per_unit: int = 0) -> Selection:
+  """`poisson_selection` of a stored institution's training rows, each its own unit: from the row count alone.
+
+  Its `rows` are lines of the train file: those of the rows `poisson_sample`
+  takes from the same rows in memory (the file holds them shuffled), so a
+  seeded run draws the same sample with `config.data.stream` on and off.
+  """
   if schema.unit:
     raise ValueError(f'a stored split is sampled by rows; {schema.unit!r} groups them into units.')
-  return poisson_selection(np.arange(rows), sampling_rate=sampling_rate, steps=steps, seed=seed,
-                           max_rows_per_unit=max_rows_per_unit)
+  selection = poisson_selection(np.arange(institution.counts['train_rows']), sampling_rate=sampling_rate,
+                                steps=steps, seed=seed, max_rows_per_unit=max_rows_per_unit)
+  return dataclasses.replace(selection, rows=shards.train_lines(institution)[selection.rows])
 
 
 def selected_steps(path, schema: schema_lib.Schema, selection: Selection) -> tf.data.Dataset:

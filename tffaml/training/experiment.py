@@ -911,7 +911,7 @@ def stored_selection(config, work: ClientWork, plan: accounting.PrivacyPlan, sch
   f, rows = config.federated, institution.counts['train_rows']
   rate, steps = (dp_sgd.batches_plan(units=rows, expected_batch_size=f.batch_size, epochs=f.client_epochs)
                  if work is ClientWork.DP_SGD else (plan.record.sampling_rate, 1))
-  return dp_sgd.stored_selection(rows, schema, sampling_rate=rate, steps=steps,
+  return dp_sgd.stored_selection(institution, schema, sampling_rate=rate, steps=steps,
                                  seed=stable_seed(noise_seed, round_num, index),
                                  max_rows_per_unit=config.record_dp.max_rows_per_unit)
 
