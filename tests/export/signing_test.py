@@ -206,7 +206,7 @@ class SigningTest(tf.test.TestCase, parameterized.TestCase):
     tracemalloc.start()
     try:
       with self.assertRaisesRegex(signing.VerificationError,
-                                  re.escape(f'{path}: {size:,} bytes or more; a signature file is at most')):
+                                  re.escape(f'{path}: {size:,} bytes; a signature file is at most')):
         signing.verify(package, self.public)
       _, peak = tracemalloc.get_traced_memory()
     finally:

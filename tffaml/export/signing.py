@@ -226,7 +226,7 @@ def _read_signature(package_dir: str) -> tuple[dict, bytes]:
     data = f.read(MAX_SIGNATURE_BYTES + 1) if size <= MAX_SIGNATURE_BYTES else b''
   if size > MAX_SIGNATURE_BYTES or len(data) > MAX_SIGNATURE_BYTES:
     raise VerificationError(
-        f'{path}: {max(size, len(data)):,} bytes or more; a signature file is at most'
+        f'{path}: {max(size, len(data)):,} bytes; a signature file is at most'
         f' {MAX_SIGNATURE_BYTES:,} bytes. Refusing it unread: have the publisher re-sign the'
         ' package with scripts/sign.py.')
   try:
