@@ -262,8 +262,10 @@ def run(
     The paths written and the final metrics.
 
   Raises:
-    errors.Refusal: bad config, data or workdir (before any work), or a
-      round whose loss, model or metrics are not finite (nothing exported).
+    errors.Refusal: bad config, data or workdir (before any work: one that
+      is a file, read-only or full too), a round whose loss, model or
+      metrics are not finite (nothing exported), or a disk that filled
+      (the same command resumes once space is freed).
   """
   choices = experiment.parse_choices(config)
   if config.canary_audit.canaries:
@@ -281,7 +283,7 @@ def run(
     workdir_lib.check_outside(paths.root, config.data.dir)
   created = not os.path.exists(paths.root)
   try:
-    with workdir_lib.lock(paths.root):
+    with workdir_lib.lock(paths.root), workdir_lib.disk_full_resumes(paths.root):
       return _run_locked(config, choices, paths, runtime, stop_after_round=stop_after_round, log=log,
                          checkpoint_key=checkpoint_key)
   except BaseException:

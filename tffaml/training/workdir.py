@@ -1,8 +1,13 @@
 """A run's workdir: who holds it, what its checkpoints were made from, its secrets.
 
-Three promises rest on this module:
+Four promises rest on this module:
   * One run at a time: `lock` takes an exclusive `flock` on `<workdir>/.lock`
-    and names the holder's pid to a second run.
+    and names the holder's pid to a second run. Before that it writes a
+    probe file: a workdir that is a file, read-only or full is refused in
+    one line before any work.
+  * A disk that fills mid-run (`disk_full_resumes`) ends the run in one
+    line naming the path: the run resumes from its last checkpoint once
+    space is freed, as after a kill.
   * A resumed run continues the run that wrote the checkpoints, or is refused
     before any work: `Identity` (written once, before round 1) records the
     data's fingerprint (institutions and their row counts) and the noise the
@@ -19,14 +24,18 @@ Three promises rest on this module:
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import glob
 import json
 import os
+import re
 import shutil
+import tempfile
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 import tree
 
 
@@ -43,10 +52,84 @@ class WorkdirError(errors.InputError):
   """A workdir that cannot be used for this run, with why and what to do."""
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_RESUME = 'free space and run the same command again: it resumes from the last checkpoint.'
+
+
+def _unwritable(root: str, error: OSError) -> WorkdirError:
+  if error.errno in _FULL:
+    return WorkdirError(f'--workdir={root}: no space left on its device ({error.strerror}); free space'
+                        ' there or use a --workdir on another disk.')
+  why = {errno.EROFS: 'is on a read-only file system',
+         errno.ENOTDIR: 'has a file, not a directory, in its path'}.get(
+             error.errno, f'cannot be written ({error.strerror})')
+  return WorkdirError(f'--workdir={root} {why}; use a --workdir you can write to.')
+
+
+def check_writable(root: str) -> None:
+  """Makes `root` and writes a probe file in it: refuses a file, a read-only directory or a full disk.
+
+  The probe writes a block and syncs it, so that a full disk answers here
+  rather than at a checkpoint. As root, permission bits do not stop a write;
+  a read-only mount does, and is refused here.
+  """
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise WorkdirError(f'--workdir={root} is a file, not a directory; name a directory (a new one, or'
+                       ' the workdir of the run to resume).')
+  try:
+    os.makedirs(root, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=root, prefix='.write_probe.tmp-')  # A leftover is a stale temporary.
+    try:
+      os.write(fd, bytes(4096))
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+      with contextlib.suppress(FileNotFoundError):  # A starting run may have just removed it as stale.
+        os.remove(probe)
+  except OSError as e:
+    raise _unwritable(root, e) from None
+
+
+def disk_full(error: BaseException) -> bool:
+  """Whether `error` is the OS's or TensorFlow's "No space left on device" (or quota exceeded)."""
+  if isinstance(error, OSError):
+    return error.errno in _FULL
+  return isinstance(error, tf.errors.ResourceExhaustedError) and 'No space left on device' in str(error)
+
+
+def _full_path(error: BaseException) -> Optional[str]:
+  """The file a full disk refused, where the error names it (TF's: '<path>; No space left on device')."""
+  if isinstance(error, OSError):
+    return error.filename
+  found = re.search(r'(/[^\s;]+)[;:]? No space left on device', str(error))
+  return found.group(1) if found else None
+
+
+@contextlib.contextmanager
+def disk_full_resumes(root: str) -> Iterator[None]:
+  """Turns a full disk in the block into one line naming the path: the run resumes once space is freed.
+
+  Checkpoints, metrics and the export are written atomically (a temporary
+  renamed into place, removed on failure or by `remove_stale_temporaries`),
+  so what a full disk interrupts is redone by the same command.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not disk_full(e):
+      raise
+    where = _full_path(e) or root
+    raise WorkdirError(f'no space left on the device of {where} (--workdir={root}); {_RESUME}') from None
+
+
 @contextlib.contextmanager
 def lock(root: str) -> Iterator[None]:
-  """Holds an exclusive lock on `root` for the block; refuses if another run holds it."""
-  os.makedirs(root, exist_ok=True)
+  """Holds an exclusive lock on `root` for the block; refuses if another run holds it.
+
+  Raises:
+    WorkdirError: another run holds `root`, or it cannot be written (`check_writable`).
+  """
+  check_writable(root)
   path = os.path.join(root, '.lock')
   with open(path, 'a+') as f:
     try:
@@ -74,7 +157,8 @@ def remove_stale_temporaries(root: str) -> list[str]:
 
   Call with the lock held: only a live run could still be writing them.
   """
-  patterns = ('.*.tmp-*', '*/.*.tmp-*', 'checkpoints/*_temp*', 'results/.*.tmp-*')
+  patterns = ('.*.tmp-*', '*/.*.tmp-*', 'checkpoints/*_temp*', 'results/.*.tmp-*',
+              'results/metrics.csv_temp*')  # TFF's CSV manager's, e.g. when a full disk stopped it.
   removed = sorted({p for pattern in patterns for p in glob.glob(os.path.join(root, pattern))})
   for path in removed:
     if os.path.isdir(path) and not os.path.islink(path):
