@@ -2,8 +2,10 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -25,8 +27,81 @@ with runtime.local_runtime():
   time.sleep(600)
 """
 
+# The port TFF would pick is taken before its worker binds it (by another
+# job's worker, probe or connection): its worker exits and TFF waited forever.
+_PORT_TAKEN = """
+import os, signal, socket, sys
+sys.path.insert(0, {root!r})
+import portpicker, tensorflow as tf, tensorflow_federated as tff
+from tffaml import runtime
+taken = socket.socket()
+taken.bind(('localhost', 0))
+portpicker.pick_unused_port = lambda *a, **k: taken.getsockname()[1]
+with runtime.local_runtime():
+  @tff.tensorflow.computation(tf.int32)
+  def add_one(x):
+    return x + 1
+  print(add_one(1), flush=True)
+  os.kill(runtime.worker_processes()[0].pid, signal.SIGKILL)  # Dead between calls: started again.
+  print(add_one(2), flush=True)
+"""
+
+# A worker that never answers (or dies at once): the run fails, in one line.
+_NO_WORKER = """
+import sys
+sys.path.insert(0, {root!r})
+import tensorflow as tf, tensorflow_federated as tff
+from tffaml import errors, local_worker, runtime
+local_worker.BINARY, local_worker.START_TIMEOUT_SECONDS = {binary!r}, 2
+try:
+  with runtime.local_runtime():
+    @tff.tensorflow.computation(tf.int32)
+    def add_one(x):
+      return x + 1
+    add_one(1)
+except errors.Refusal as e:
+  print(f'error: {{e}}', flush=True)
+  sys.exit(2)
+"""
+
+
+def _run_bounded(test, code: str, timeout: float) -> subprocess.CompletedProcess:
+  child = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True)
+  try:
+    out, _ = child.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    child.kill()  # Its watchdog stops its worker.
+    child.communicate()
+    test.fail(f'hung: no result after {timeout:g} s')
+  return subprocess.CompletedProcess(child.args, child.returncode, out)
+
 
 class RuntimeTest(tf.test.TestCase):
+
+  def test_a_taken_port_does_not_hang_and_a_killed_worker_is_replaced(self):
+    done = _run_bounded(self, _PORT_TAKEN.format(root=ROOT), timeout=240)
+    self.assertEqual((done.returncode, done.stdout.split()), (0, ['2', '3']))
+
+  def test_a_worker_that_never_answers_or_dies_fails_the_run_in_one_line(self):
+    tmp = tempfile.mkdtemp()
+    silent = f'sleep 300.{os.getpid()}'  # Named by this test's pid: no other process's.
+    for name, body in (('silent', f'exec {silent}'), ('dead', 'exit 0')):
+      binary = os.path.join(tmp, name)
+      with open(binary, 'w') as f:
+        f.write(f'#!/bin/sh\n{body}\n')
+      os.chmod(binary, 0o755)
+      started = time.monotonic()
+      done = _run_bounded(self, _NO_WORKER.format(root=ROOT, binary=binary), timeout=180)
+      self.assertEqual(done.returncode, 2, done.stdout)
+      (line,) = done.stdout.splitlines()
+      self.assertRegex(line, r'^error: the TFF worker .* could not be started: it (did not listen within 2 s|'
+                             r'exited with status 0 before listening)(; .*)?\. Nothing is lost: run the same'
+                             r' command again to resume from the last checkpoint\.$')
+      self.assertLess(time.monotonic() - started, 120)
+      left = [p.pid for p in psutil.process_iter(['cmdline'])
+              if ' '.join(p.info['cmdline'] or ()) in (binary, silent)]
+      self.assertEqual(left, [], 'a fake worker was left running')
 
   def test_worker_is_stopped_when_its_parent_is_killed(self):
     child = subprocess.Popen(

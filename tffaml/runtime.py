@@ -4,8 +4,9 @@ TFF 0.87 executes computations in a `worker_binary` child process that it
 only stops from a `__del__` that does not run at interpreter exit. The orphan
 keeps our stdout open, so `python scripts/train.py | tail` never returns.
 
-`local_runtime()` installs TFF's local C++ execution context and guarantees
-the worker is stopped:
+`local_runtime()` installs TFF's local C++ execution context, on a worker
+that fails the run in bounded time when it dies or does not answer
+(`local_worker`), and guarantees the worker is stopped:
   * on leaving the `with` block, on exceptions, and on SIGTERM/SIGHUP (turned
     into `SystemExit` so `finally` blocks and checkpoints unwind normally);
   * on SIGKILL of this process, by a small watchdog process that waits for our
@@ -148,15 +149,18 @@ def local_runtime() -> Iterator[None]:
   Yields:
     Nothing; TFF computations invoked inside the block use the runtime.
   """
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  from tffaml import local_worker  # pylint: disable=g-import-not-at-top  (imports TFF)
 
   with owned_workers():
     # TFF's local C++ runtime, compiling secure-sum intrinsics (secure
     # aggregation) into the plain sums they compute: the C++ runtime has no
     # secure aggregation protocol, so the simulation runs them in the clear.
-    tff.backends.test.set_sync_test_cpp_execution_context()
+    # Its worker is ours (`local_worker`): TFF's can wait forever on a dead one.
+    worker = local_worker.Worker()
+    local_worker.set_context(worker)
     try:
       yield
     finally:
+      worker.stop()
       stop_workers()
       disarm_tff_service_managers()
