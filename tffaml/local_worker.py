@@ -3,12 +3,14 @@
 TFF 0.87's own (`tff.backends.test.set_sync_test_cpp_execution_context`)
 starts its `worker_binary` on a port `portpicker` found free a moment
 before, then waits for it with `while not stub.is_ready: sleep(1)`, never
-looking at the process. When anything takes the port in between (another
-job's worker or portpicker probe, an outgoing connection's ephemeral port:
-common while other jobs start and stop workers), the worker exits at once
+looking at the process. When a socket takes the port in between (another
+job's portpicker probe, a connection's ephemeral port: likelier while other
+jobs start and stop workers), the worker exits at once with status 0
 ("Address already in use"), stays a `<defunct>` child nobody reaps, and the
-run waits forever. It also retries a failed call forever, 30 s apart, and
-stops a worker with an unbounded `wait()`.
+run waits forever: tests/runtime_test.py reproduces it. (Another job's
+worker started on the same port does not stop ours: gRPC binds with
+SO_REUSEPORT, and the two share the port.) TFF also retries a failed call
+forever, 30 s apart, and stops a worker with an unbounded `wait()`.
 
 Here:
   * the worker binds port 0, so the kernel picks a free port atomically
@@ -20,6 +22,8 @@ Here:
     with a retryable gRPC error is tried `CALL_ATTEMPTS` times;
   * otherwise the run fails with `WorkerFailed`, one line; its checkpoints
     are kept, so the same command resumes it.
+A call that a live worker never answers (a deadlock in it) still waits: it
+cannot be told from a long computation.
 """
 
 import asyncio
