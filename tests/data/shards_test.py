@@ -1,5 +1,4 @@
 import os
-from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -69,20 +68,6 @@ class ShardsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(streamed.element_spec, in_memory.element_spec)
     self.assertEqual(as_rows(streamed), as_rows(in_memory))  # Unshuffled: file order.
     self.assertEqual([len(y) for _, y in as_rows(streamed)], [16, 16, 8])
-
-  def test_seeded_stream_gives_the_batches_of_the_rows_in_memory(self):
-    # FedAvg's client data with config.data.stream on and off: the same batches.
-    batches = lambda dataset: [({c: v.numpy().tolist() for c, v in features.items()}, label.numpy().tolist())
-                               for features, label in dataset]
-    streamed = client_data.institution_dataset(self.stored, 'train', SCHEMA, batch_size=16, epochs=2,
-                                               shuffle_seed=7)
-    in_memory = client_data.to_dataset(self.bank.train, SCHEMA, batch_size=16, epochs=2, shuffle_seed=7)
-    self.assertEqual(batches(streamed), batches(in_memory))
-    # A split beyond the shuffle buffer is shuffled in a window of its file: other batches.
-    with mock.patch.object(shards, 'SHUFFLE_BUFFER_ROWS', 20):
-      windowed = client_data.institution_dataset(self.stored, 'train', SCHEMA, batch_size=16, epochs=2,
-                                                 shuffle_seed=7)
-    self.assertNotEqual(batches(windowed), batches(in_memory))
 
   def test_seeded_shuffle_is_deterministic_and_covers_every_row_each_epoch(self):
     stream = lambda seed: as_rows(client_data.institution_dataset(

@@ -203,18 +203,6 @@ def dataset(
   return lines.repeat(epochs).batch(batch_size).map(lambda batch: decode(batch, schema))
 
 
-def lines_dataset(path: str, schema: schema_lib.Schema, lines: np.ndarray, *, batch_size: int) -> tf.data.Dataset:
-  """The file's `lines` (numbers after the header, repeats allowed), in that order, as `dataset`'s batches.
-
-  Reads the whole file into memory: for splits that fit, like the shuffle
-  buffer of `dataset`.
-  """
-  whole_file = (1 << 31) - 1
-  return tf.data.TextLineDataset(path).skip(1).batch(whole_file).flat_map(
-      lambda text: tf.data.Dataset.from_tensor_slices(tf.gather(text, lines))
-  ).batch(batch_size).map(lambda batch: decode(batch, schema))
-
-
 def decode(lines: tf.Tensor, schema: schema_lib.Schema) -> tuple[collections.OrderedDict, tf.Tensor]:
   """A batch of a stored split's lines as (features, label[batch, 1]): float32 numbers, string categories.
 

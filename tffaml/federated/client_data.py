@@ -43,14 +43,6 @@ def lean(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.with_options(options)
 
 
-def row_order(rows: int, *, epochs: int, shuffle_seed: Optional[int]) -> np.ndarray:
-  """The rows `to_dataset` takes, in order: `epochs` permutations drawn from `shuffle_seed` (None: in order)."""
-  if shuffle_seed is None:
-    return np.tile(np.arange(rows), epochs)
-  rng = np.random.default_rng(shuffle_seed)
-  return np.concatenate([rng.permutation(rows) for _ in range(epochs)])
-
-
 def to_dataset(
     frame: pd.DataFrame,
     schema: schema_lib.Schema,
@@ -76,7 +68,12 @@ def to_dataset(
   """
   if batch_size < 1 or epochs < 1:
     raise ValueError(f'batch_size and epochs must be >= 1, got {batch_size}, {epochs}.')
-  rows = frame.iloc[row_order(len(frame), epochs=epochs, shuffle_seed=shuffle_seed)]
+  if shuffle_seed is None:
+    order = np.tile(np.arange(len(frame)), epochs)
+  else:
+    rng = np.random.default_rng(shuffle_seed)
+    order = np.concatenate([rng.permutation(len(frame)) for _ in range(epochs)])
+  rows = frame.iloc[order]
   labels = rows[schema_lib.LABEL_COLUMN].to_numpy(np.float32)[:, None]
   return lean(tf.data.Dataset.from_tensor_slices(
       (feature_tensors(rows, schema), labels)
@@ -92,20 +89,8 @@ def institution_dataset(
     epochs: int = 1,
     shuffle_seed: Optional[int] = None,
 ) -> tf.data.Dataset:
-  """An institution's `split` as `to_dataset` batches; streamed from its file if stored.
-
-  A stored train split of at most `shards.SHUFFLE_BUFFER_ROWS` rows gives
-  the batches of the same rows in memory (`row_order`'s order; the split is
-  held whole, as the shuffle buffer would hold it). A larger one is shuffled
-  in a bounded window of its file (`shards.dataset`): other batches, so a
-  seeded run trains another model with `config.data.stream` on and off.
-  """
+  """An institution's `split` as `to_dataset` batches; streamed from its file if stored."""
   if isinstance(institution, shards.StoredInstitution):
-    rows = institution.counts['train_rows']
-    if split == 'train' and shuffle_seed is not None and rows <= shards.SHUFFLE_BUFFER_ROWS:
-      order = row_order(rows, epochs=epochs, shuffle_seed=shuffle_seed)
-      return lean(shards.lines_dataset(institution.train_path, schema, shards.train_lines(institution)[order],
-                                       batch_size=batch_size))
     path = institution.train_path if split == 'train' else institution.test_path
     return lean(shards.dataset(
         path, schema, batch_size=batch_size, epochs=epochs, shuffle_seed=shuffle_seed))
