@@ -5,12 +5,17 @@ per split (`{directory}/{name}.{split}.csv`; numbers exactly, as float64)
 and returns a `StoredInstitution`, which `FederatedData` accepts in place of
 an `Institution`. Its `train`/`test` frames are read from the files when
 asked for (one institution at a time, e.g. for feature statistics), equal to
-the frames stored, row order included: a seeded run computes the same
-statistics and draws the same DP-SGD sample with `config.data.stream` on and
-off, so it trains the same model. `dataset`
-streams a split to a TFF client with `tf.data`: the dataset's graph holds the
-file name, not the rows, so the TFF worker reads each institution's file
-itself and nothing the size of the federation is held in memory.
+the frames stored, row order included. With `config.data.stream` on and
+off, a seeded run computes the same feature statistics and, with
+record-level DP, draws the same DP-SGD sample (`dp_sgd.stored_selection`):
+it trains the same model. Without record-level DP (FedAvg's shuffled
+batches) it does not: `dataset` streams a split to a TFF client with
+`tf.data`, shuffled by tf.data in a bounded window of the file, not by
+`client_data.to_dataset`'s NumPy permutation of rows held in memory. The
+dataset's graph holds the file name, not the rows, so the TFF worker reads
+each institution's file itself and nothing the size of the federation is
+held in memory (the cluster's workers shuffle the same way, so they train
+the one-process streamed run's model).
 
 A `manifest.json` beside the files records the institutions in order and
 what the files were made from (`key`), so a resumed run reuses them.
