@@ -2,6 +2,8 @@
 
   python scripts/compare.py --config=configs/loan_risk.py:compare --seeds=0,1,2 \
       --output_dir=runs/compare
+  python scripts/compare.py --config=configs/csv.py --config.data.dir=DIR \
+      --config.data.schema_file=DIR/schema.json --seeds=0 --output_dir=runs/compare_own
   python scripts/compare.py --config=configs/aml.py:compare --private_config=configs/aml.py \
       --autoencoder_config=configs/aml_autoencoder.py:compare --rarity_config=configs/aml_rarity.py \
       --config.data.path=data/transactions.csv --seeds=0 --output_dir=runs/compare_aml
@@ -39,7 +41,9 @@ _RARITY_CONFIG = config_flags.DEFINE_config_file(
     'rarity_config', None, 'The config the rarity_model method runs (e.g. configs/aml_rarity.py, under'
     ' account-level DP), on the base\'s data and seeds.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (each: new splits and initialisations).')
-_METHODS = flags.DEFINE_list('methods', [m.value for m in compare.Method], 'Methods to compare.')
+_METHODS = flags.DEFINE_list(
+    'methods', None, f'Methods to compare, of {[m.value for m in compare.Method]}. Default: every one that'
+    ' applies (autoencoder and rarity_model with their configs, the rarity counts on transactions).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)
 
 
@@ -48,7 +52,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     seeds = [int(s) for s in _SEEDS.value]
-    methods = [compare.Method(m) for m in _METHODS.value]
+    methods = None if _METHODS.value is None else [compare.Method(m) for m in _METHODS.value]
   except ValueError as e:
     raise app.UsageError(f'--seeds must be integers and --methods of'
                          f' {[m.value for m in compare.Method]}: {e}') from None

@@ -1,7 +1,9 @@
+import math
 import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -9,12 +11,15 @@ import tensorflow as tf
 
 from configs import csv as csv_config
 from tests import helpers
+from tffaml import errors
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.data import transaction_generator
+from tffaml.training import centralized
 from tffaml.training import compare
 
 M = compare.Method
+CONFIGURED_METHODS = set(compare.CONFIGURED)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -128,7 +133,8 @@ class CompareRunTest(tf.test.TestCase):
     base = csv_config.get_config('smoke')
     base.reference.centralized_epochs = 1
     for method, flag in (('autoencoder', 'autoencoder_config'), ('rarity_model', 'rarity_config')):
-      with self.assertRaisesRegex(ValueError, f'{method} method needs its config \\(scripts/compare.py --{flag}\\)'):
+      with self.assertRaisesRegex(errors.ConfigError,
+                                  f'{method} method needs its config \\(scripts/compare.py --{flag}\\)'):
         compare.run(base, seeds=[0], methods=[M(method)], output_dir='/tmp/never')
     self.assertFalse(os.path.exists('/tmp/never'))
 
@@ -140,10 +146,37 @@ class CompareRunTest(tf.test.TestCase):
       compare.run(base, seeds=[0], methods=[M.RARITY_FEDERATED],
                   output_dir=os.path.join(root, 'out'), log=lambda _: None)
 
-  def test_local_models_need_epochs(self):
+  def test_own_data_base_trains_the_keras_models_the_default_epochs(self):
+    root = tempfile.mkdtemp()
+    base = helpers.smoke_config(root)  # configs/csv.py: no pooled reference in its runs.
+    self.assertEqual(base.reference.centralized_epochs, 0)
+    lines = []
+    with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
+      summary, _ = compare.run(base, seeds=[0], methods=[M.CENTRALIZED, M.LOCAL_ONLY],
+                               output_dir=os.path.join(root, 'out'), log=lines.append)
+    self.assertEqual(summary['method'].tolist(), ['centralized', 'local_only'])
+    self.assertTrue(summary['pooled_auc_mean'].between(0, 1).all())
+    epochs = compare.DEFAULT_REFERENCE_EPOCHS
+    self.assertIn(f'local-only models train {epochs} epochs', '\n'.join(lines))
+    # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs).
+    self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list], [epochs] + [math.ceil(epochs * 3)] * 3)
+
+  def test_negative_epochs_are_refused_before_any_work(self):
     base = csv_config.get_config('smoke')
-    with self.assertRaisesRegex(ValueError, 'config.reference.centralized_epochs must be >= 1'):
+    base.reference.centralized_epochs = -1
+    with self.assertRaisesRegex(errors.ConfigError, r'^config.reference.centralized_epochs=-1: compare trains'):
       compare.run(base, seeds=[0], methods=[M.LOCAL_ONLY], output_dir='/tmp/never')
+    self.assertFalse(os.path.exists('/tmp/never'))
+
+  def test_default_methods_are_those_that_apply(self):
+    loans = schema_lib.Schema.from_dict(helpers.SCHEMA)
+    unlabelled = {M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL}
+    self.assertEqual(compare.default_methods(loans, {}), [m for m in M if m not in unlabelled])
+    with_autoencoder = compare.default_methods(loans, {M.AUTOENCODER: csv_config.get_config('smoke')})
+    self.assertIn(M.AUTOENCODER, with_autoencoder)
+    self.assertNotIn(M.RARITY_MODEL, with_autoencoder)
+    transactions = helpers.payment_space().schema
+    self.assertEqual(compare.default_methods(transactions, {}), [m for m in M if m not in CONFIGURED_METHODS])
 
 
 if __name__ == '__main__':

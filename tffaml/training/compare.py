@@ -32,6 +32,12 @@ splits, trains and scores:
   features as the Keras model, raw (trees need no scaling), categoricals as
   LightGBM categories.
 
+By default every method that applies runs (`default_methods`). The
+centralized and local-only Keras models train
+`config.reference.centralized_epochs` epochs, or `DEFAULT_REFERENCE_EPOCHS`
+when the base sets 0 (configs/csv.py: its runs pool no rows), so that a bank
+compares on its own data with that base as it is.
+
 Metrics are exact (scikit-learn, from each method's scores), per institution
 and over all test rows: AUC, AUPRC, and, for each of
 `config.evaluation.alert_budgets`, the recall and the positive (minority)
@@ -64,6 +70,7 @@ import pandas as pd
 from sklearn import ensemble
 from sklearn import metrics as sk_metrics
 
+from tffaml import errors
 from tffaml import features
 from tffaml import io
 from tffaml.data import federated_data
@@ -100,6 +107,13 @@ class Method(enum.Enum):
 # The methods that train the program on a config of their own, and the
 # scripts/compare.py flag giving it.
 CONFIGURED = {Method.AUTOENCODER: 'autoencoder_config', Method.RARITY_MODEL: 'rarity_config'}
+# The methods that score transactions by their columns' counts.
+_RARITY_COUNTS = (Method.RARITY_FEDERATED, Method.RARITY_LOCAL)
+# The centralized and local-only Keras models' epochs when the base trains no
+# pooled reference (`config.reference.centralized_epochs` = 0, as
+# configs/csv.py: a consortium's banks cannot pool rows, but compare pools
+# them in one process to measure what that would give): configs/loan_risk.py's.
+DEFAULT_REFERENCE_EPOCHS = 10
 
 Scores = dict[str, np.ndarray]  # Institution -> probability of each test row.
 Thresholds = dict[str, float]  # Institution -> the score at which it alerts.
@@ -241,12 +255,44 @@ class Scored:
   thresholds: dict[Method, Thresholds] = dataclasses.field(default_factory=dict)
 
 
+def default_methods(schema: schema_lib.Schema, configs: dict[Method, ml_collections.ConfigDict]) -> list[Method]:
+  """Every method that applies: those with a config of their own when given it, the rarity counts on transactions."""
+  transactions = not rarity_model.missing_columns(schema.columns)
+  return [m for m in Method
+          if (m not in CONFIGURED or m in configs) and (m not in _RARITY_COUNTS or transactions)]
+
+
+def reference_epochs(base: ml_collections.ConfigDict, log: Callable[[str], None]) -> int:
+  """The centralized and local-only Keras models' epochs: the base's, or the default for 0."""
+  epochs = base.reference.centralized_epochs
+  if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+    raise errors.ConfigError(
+        f'config.reference.centralized_epochs={epochs!r}: compare trains its centralized and local-only'
+        f' Keras models that many epochs; set a positive integer (or 0 for {DEFAULT_REFERENCE_EPOCHS}).')
+  if epochs:
+    return epochs
+  log(f'config.reference.centralized_epochs=0 (the base trains no pooled reference): the centralized and'
+      f' local-only models train {DEFAULT_REFERENCE_EPOCHS} epochs; set --config.reference.centralized_epochs'
+      ' to choose.')
+  return DEFAULT_REFERENCE_EPOCHS
+
+
 def method_scores(
-    base: ml_collections.ConfigDict, methods: Sequence[Method], workdir: str,
+    base: ml_collections.ConfigDict, methods: Optional[Sequence[Method]], workdir: str,
     *, log: Callable[[str], None], configs: Optional[dict[Method, ml_collections.ConfigDict]] = None,
 ) -> Scored:
-  """Every method's test scores (and thresholds) for one seed (`base.seed`)."""
+  """Every method's test scores (and thresholds) for one seed (`base.seed`).
+
+  `methods`: None for `default_methods` (known once the data is loaded).
+  """
   data = experiment.load_data(base, log=log)
+  if methods is None:
+    methods = default_methods(data.schema, configs or {})
+    log(f'methods: {", ".join(m.value for m in methods)}')
+  missing = rarity_model.missing_columns(data.schema.columns)
+  if missing and set(_RARITY_COUNTS) & set(methods):
+    raise errors.ConfigError(f'--methods: the rarity methods score transactions; this data has no {missing}'
+                             ' columns. Leave rarity_federated and rarity_local out of --methods.')
   space = experiment.feature_space(base, data)
   scored, budget = Scored(data), base.model.alert_budget
   if Method.CENTRALIZED in methods:
@@ -307,9 +353,6 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
 def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:
   """Rarity over the federation's summed counts and over each bank's own."""
   data = scored.data
-  missing = rarity_model.missing_columns(data.schema.columns)
-  if missing:
-    raise ValueError(f'the rarity methods score transactions; this data has no {missing} columns.')
   grid = rarity_model.grid_for(space.vocabulary)
   if Method.RARITY_FEDERATED in methods:
     summed = rarity.federated_counts([i.train for i in data.institutions], grid)
@@ -335,7 +378,7 @@ def _auc(labels, scores) -> float:
 
 
 def run(
-    base: ml_collections.ConfigDict, *, seeds: Sequence[int], methods: Sequence[Method],
+    base: ml_collections.ConfigDict, *, seeds: Sequence[int], methods: Optional[Sequence[Method]],
     output_dir: str, log: Callable[[str], None] = print,
     configs: Optional[dict[Method, ml_collections.ConfigDict]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -344,20 +387,19 @@ def run(
   `configs`: the configs some federated methods run instead of `base`'s
   variant, on `base`'s data and seeds: `fedavg_record_dp` the shipped private
   default (e.g. configs/aml.py); `autoencoder` and `rarity_model` their
-  configs (required).
+  configs (required when in `methods`). `methods`: None for every one that
+  applies (`default_methods`).
   Call inside `tffaml.runtime.local_runtime()`.
   """
-  if base.reference.centralized_epochs < 1:
-    raise ValueError(
-        'config.reference.centralized_epochs must be >= 1: it is the epochs of the'
-        f' centralized and local-only Keras models, got {base.reference.centralized_epochs}.')
+  epochs = reference_epochs(base, log)
   for method, flag in CONFIGURED.items():
-    if method in methods and method not in (configs or {}):
-      raise ValueError(f'the {method.value} method needs its config (scripts/compare.py --{flag}).')
+    if method in (methods or ()) and method not in (configs or {}):
+      raise errors.ConfigError(f'the {method.value} method needs its config (scripts/compare.py --{flag});'
+                               f' give it, or leave {method.value} out of --methods.')
   rows = []
   for seed in seeds:
     config = ml_collections.ConfigDict(base.to_dict())
-    config.seed = seed
+    config.seed, config.reference.centralized_epochs = seed, epochs
     log(f'seed {seed}')
     scored = method_scores(config, methods, os.path.join(output_dir, 'runs'), log=log, configs=configs)
     rows += _seed_rows(scored, seed, budgets=tuple(base.evaluation.alert_budgets),
