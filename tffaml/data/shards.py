@@ -190,8 +190,9 @@ def dataset(
     batch_size: int,
     epochs: int = 1,
     shuffle_seed: Optional[int] = None,
+    numbers: tf.DType = tf.float32,
 ) -> tf.data.Dataset:
-  """A stored split streamed as `client_data.to_dataset`'s batches.
+  """A stored split streamed as `client_data.to_dataset`'s batches (numbers as `numbers`: see `decode`).
 
   Clients get it through `client_data.institution_dataset`.
 
@@ -205,19 +206,21 @@ def dataset(
   lines = tf.data.TextLineDataset(path).skip(1)  # The header.
   if shuffle_seed is not None:
     lines = lines.shuffle(SHUFFLE_BUFFER_ROWS, seed=shuffle_seed, reshuffle_each_iteration=True)
-  return lines.repeat(epochs).batch(batch_size).map(lambda batch: decode(batch, schema))
+  return lines.repeat(epochs).batch(batch_size).map(lambda batch: decode(batch, schema, numbers=numbers))
 
 
-def decode(lines: tf.Tensor, schema: schema_lib.Schema) -> tuple[collections.OrderedDict, tf.Tensor]:
-  """A batch of a stored split's lines as (features, label[batch, 1]): float32 numbers, string categories.
+def decode(lines: tf.Tensor, schema: schema_lib.Schema, *,
+           numbers: tf.DType = tf.float32) -> tuple[collections.OrderedDict, tf.Tensor]:
+  """A batch of a stored split's lines as (features, label[batch, 1]): `numbers`, string categories.
 
-  Numbers are parsed as float64, then rounded to float32 as the rows in
-  memory are (`client_data.feature_tensors`): parsing the text straight to
-  float32 could round a value the other way.
+  Numbers are parsed as the float64 stored; float32 ones (the model's) are
+  then rounded as the rows in memory are (`client_data.feature_tensors`):
+  parsing the text straight to float32 could round a value the other way.
+  float64 ones are `read_frame`'s (feature statistics).
   """
   defaults = ([tf.constant([], tf.float64)] * len(schema.numeric)
               + [tf.constant([], tf.string)] * len(schema.categorical)
               + [tf.constant([], tf.float32)])
   values = tf.io.decode_csv(lines, defaults, select_cols=list(range(len(defaults))))
-  values = [tf.cast(v, tf.float32) if v.dtype == tf.float64 else v for v in values]
+  values = [tf.cast(v, numbers) if v.dtype == tf.float64 else v for v in values]
   return collections.OrderedDict(zip(_columns(schema), values[:-1])), values[-1][:, None]
