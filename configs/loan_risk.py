@@ -8,7 +8,7 @@ logistic model on robustly scaled features; each record sampled with
 probability 0.2 a round (capped so that a round samples at most 20,000
 records); a per-record clip of sqrt(feature columns + 1) where the noise on
 the mean gradient is small (σ / expected batch <= 0.005: it bounds a row's
-gradient without cutting it), else 1 (tffaml.training.experiment.clip_rule);
+gradient without cutting it), else 1 (tffaml.config.plan.clip_rule);
 60 rounds; server SGD stepping at most 5 a round (rate 5 / clip); and the
 released model a moving average of the rounds'.
 
@@ -141,7 +141,7 @@ def _privacy(config: ml_collections.ConfigDict) -> None:
   # rule min(0.2, 20000 / training rows in the federation).
   config.record_dp.sampling_rate = config_dict.placeholder(float)
   config.record_dp.noise_multiplier = 1.0
-  # Per-unit gradient L2 norm; None: experiment.clip_rule (sqrt(feature columns + 1) or 1).
+  # Per-unit gradient L2 norm; None: config.plan.clip_rule (sqrt(feature columns + 1) or 1).
   config.record_dp.clip = config_dict.placeholder(float)
   # With a schema `unit` column (e.g. an account id) the unit is all rows
   # sharing a value, of which at most this many train per round (0: all).
@@ -187,7 +187,7 @@ def _export_attack_reference(config: ml_collections.ConfigDict) -> None:
   config.export.decision_only = False  # Return only the label / alert.
   config.export.input_rounding = ''  # e.g. 'annual_inc=1000,revol_util=5': granularity.
 
-  # Simulated poisoning (tffaml.training.poisoning), to measure defences.
+  # Simulated poisoning (tffaml.federated.poisoning), to measure defences.
   config.attack = ml_collections.ConfigDict()
   config.attack.type = 'none'  # none | label_flip | boost | backdoor
   config.attack.institutions = ''  # Comma-separated names; or:

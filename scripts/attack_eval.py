@@ -4,7 +4,7 @@
 
 Matrix: attacks (label_flip, boost, backdoor) x malicious institutions
 (none, 1, 10%, 20%) x aggregators (mean = no defence, clipping, robust,
-median, trimmed_mean). See tffaml.training.attack_eval.
+median, trimmed_mean). See tffaml.studies.attack_eval.
 """
 
 import os
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from tffaml import cli
 from tffaml import runtime
-from tffaml.training import attack_eval
+from tffaml.studies import attack_eval
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py:attack', 'Base config.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where results go.', required=True)

@@ -1,4 +1,4 @@
-"""Membership-inference audit of an exported model (see tffaml.privacy.audit).
+"""Membership-inference audit of an exported model (see tffaml.studies.audit).
 
   python scripts/audit.py --model_dir=runs/loan_risk/export
 
@@ -20,7 +20,7 @@ from absl import logging
 
 from tffaml import cli
 from tffaml import io
-from tffaml.privacy import audit
+from tffaml.studies import audit
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'A tffaml export directory.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON report (default <model_dir>/../audit.json).')

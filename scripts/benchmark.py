@@ -3,7 +3,7 @@
   python scripts/benchmark.py --institutions=10,100,1000 --examples=20000 \
       --output=runs/benchmark.json
 
-Writes the JSON records (one per setting; see tffaml.training.benchmark) and a
+Writes the JSON records (one per setting; see tffaml.studies.benchmark) and a
 markdown table beside them (same path, .md). Several --examples values give
 growing data per institution at each institution count.
 
@@ -28,7 +28,7 @@ from absl import logging
 from tffaml import cli
 from tffaml import io
 from tffaml import runtime
-from tffaml.training import benchmark
+from tffaml.studies import benchmark
 
 _INSTITUTIONS = flags.DEFINE_list('institutions', ['10', '100', '1000'], 'Institution counts.')
 _EXAMPLES = flags.DEFINE_list('examples', ['20000'], 'Total training rows (constant over counts).')

@@ -1,4 +1,4 @@
-"""A one-run canary audit of the config's DP training (see tffaml.training.canary_audit).
+"""A one-run canary audit of the config's DP training (see tffaml.studies.canary_audit).
 
   python scripts/canary_audit.py                      # the default: record-level distributed DP-SGD
   python scripts/canary_audit.py --config=configs/loan_risk.py:client_dp \
@@ -38,7 +38,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'JSON report.')
 def main(argv):
   del argv
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+  from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():
     result = canary_audit.audit(

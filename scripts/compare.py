@@ -11,7 +11,7 @@
 Writes <output_dir>/compare.csv (per method and metric - AUC, AUPRC, recall
 at each config.evaluation.alert_budgets - on all test rows, median and worst
 institution, mean and std over seeds), compare_institutions.csv,
-compare.md and compare.png. See tffaml.training.compare for the methods.
+compare.md and compare.png. See tffaml.studies.compare for the methods.
 """
 
 import os
@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from tffaml import cli
 from tffaml import runtime
-from tffaml.training import compare
+from tffaml.studies import compare
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py:compare', 'Base config.')
 _PRIVATE_CONFIG = config_flags.DEFINE_config_file(

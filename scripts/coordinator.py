@@ -10,7 +10,7 @@ Rounds, checkpoints and resume, the privacy ledger, metrics and the export
 are the simulation's (scripts/train.py); rerunning the same command resumes.
 
 With --config.canary_audit.canaries=M (on the nodes too: the config is
-agreed) the run is a one-run canary audit instead (tffaml.training.canary_audit):
+agreed) the run is a one-run canary audit instead (tffaml.studies.canary_audit):
 under record-level DP, node --config.canary_audit.institution=NAME adds M
 canary records; under client-level DP (gaussian_fixed) this coordinator adds
 M canary institutions. Nothing is exported; the script prints the claimed ε
@@ -49,7 +49,7 @@ _REPLY_TIMEOUT = flags.DEFINE_float('reply_timeout', 600.0,
 def main(argv):
   del argv
   from tffaml import errors  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
   # The registry and the CA are checked before TFF is imported: a refusal leaves nothing behind.
   node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
                for p in sorted(glob.glob(os.path.join(_NODES.value, '*.pub')))}
@@ -58,8 +58,8 @@ def main(argv):
   with open(_CA.value, 'rb') as f:
     root_certificates = f.read()
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import coordinator  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
@@ -84,7 +84,7 @@ def main(argv):
 
 def _audit(config, federation) -> None:
   """A canary audit of the run's DP (config.canary_audit): exit 1 when it refutes the claim."""
-  from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+  from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
   result = canary_audit.audit_as_configured(config, runtime=federation, workdir=_WORKDIR.value)
   sys.exit(canary_audit.report(result, os.path.join(_WORKDIR.value, 'canary_audit.json')))
 

@@ -18,7 +18,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from tffaml import cli
-from tffaml.export import encryption
+from tffaml.security import encryption
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Package directory (read, or written with --decrypt).',
                                  required=True)

@@ -47,8 +47,8 @@ _CONNECT_SECONDS = 600.0  # Every node imports TensorFlow: tens of seconds each 
 
 def _nodes_rows(config, root: str) -> tuple[dict[str, list[str]], list[str]]:
   """({institution: its node's flags for its rows}, the nodes' config flags); sets `config`'s data."""
-  from tffaml.federation import local  # pylint: disable=g-import-not-at-top
-  from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import local  # pylint: disable=g-import-not-at-top
+  from tffaml.config import data as config_data
   if _TRANSACTIONS.value:
     from tffaml import errors  # pylint: disable=g-import-not-at-top
     from tffaml.data import transactions  # pylint: disable=g-import-not-at-top
@@ -57,11 +57,11 @@ def _nodes_rows(config, root: str) -> tuple[dict[str, list[str]], list[str]]:
                               ' configs/aml.py).')
     path = os.path.abspath(_TRANSACTIONS.value)
     config.data.path = path
-    banks = transactions.members(experiment.data_spec(config).selection)
+    banks = transactions.members(config_data.data_spec(config).selection)
     return {f'bank_{b}': [f'--transactions={path}', f'--bank={b}'] for b in banks}, _config_args()
   data_dir, schema_file = os.path.join(root, 'data'), os.path.join(root, 'schema.json')
   if not os.path.exists(schema_file):
-    data_dir, schema_file = local.write_institutions(experiment.load_data(_DATA_CONFIG.value), root)
+    data_dir, schema_file = local.write_institutions(config_data.load_data(_DATA_CONFIG.value), root)
   config.data.schema_file = schema_file
   return ({n: [f'--data_dir={os.path.join(data_dir, n)}'] for n in os.listdir(data_dir)},
           _config_args() + [f'--config.data.schema_file={schema_file}'])
@@ -76,8 +76,8 @@ def _config_args() -> list[str]:
 def main(argv):
   del argv
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import local  # pylint: disable=g-import-not-at-top
-  from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import local  # pylint: disable=g-import-not-at-top
+  from tffaml.config import data as config_data
   logging.set_verbosity(logging.WARNING)
   root = os.path.abspath(_WORKDIR.value)
   config = _CONFIG.value
@@ -95,7 +95,7 @@ def main(argv):
       sys.exit(f'error: the SuperLink did not start ({link}):\n{problem}')
     result = _coordinate(config, files, names, driver, os.path.join(root, 'run'), check=processes.exited)
   if config.canary_audit.canaries:
-    from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+    from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
     sys.exit(canary_audit.report(result, os.path.join(root, 'run', 'canary_audit.json')))
   _sign(result.paths.export, files.coordinator_key)
   print(f'\nmodel:   {result.paths.export} (signed: {files.coordinator_public_key})')
@@ -103,16 +103,16 @@ def main(argv):
 
 
 def _credentials(pki: str, names: list[str]):
-  from tffaml.federation import credentials  # pylint: disable=g-import-not-at-top
+  from tffaml.security import credentials  # pylint: disable=g-import-not-at-top
   if not os.path.exists(pki):
     return credentials.write_federation(pki, hosts=['127.0.0.1', 'localhost'], institutions=names)
   return credentials.federation_files(pki)
 
 
 def _coordinate(config, files, names, driver: str, workdir: str, *, check):
-  from tffaml.federation import coordinator  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import coordinator  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   coordinator.at_coordinator(config)
   node_keys = {n: messages.load_public_key(os.path.join(files.nodes, f'{n}.pub')) for n in names}
@@ -124,7 +124,7 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
     federation = coordinator.Federation(transport, key=messages.load_private_key(files.coordinator_key),
                                         node_keys=node_keys)
     if config.canary_audit.canaries:
-      from tffaml.training import canary_audit  # pylint: disable=g-import-not-at-top
+      from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
       return canary_audit.audit_as_configured(config, runtime=federation, workdir=workdir)
     return program.run(config, workdir, runtime=federation)
   finally:
@@ -132,7 +132,7 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
 
 
 def _sign(export_dir: str, key: str) -> None:
-  from tffaml.export import signing  # pylint: disable=g-import-not-at-top
+  from tffaml.security import signing  # pylint: disable=g-import-not-at-top
   signing.sign(export_dir, key)
 
 

@@ -18,8 +18,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from tffaml import cli
-from tffaml.export import encryption
-from tffaml.export import signing
+from tffaml.security import encryption
+from tffaml.security import signing
 
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the keys go.', required=True)
 _ENCRYPTION_KEY = flags.DEFINE_bool('encryption_key', False, 'Also write an AES-256 key.')

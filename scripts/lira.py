@@ -1,4 +1,4 @@
-"""LiRA, the likelihood-ratio membership attack, against the config's training (tffaml.training.lira_audit).
+"""LiRA, the likelihood-ratio membership attack, against the config's training (tffaml.studies.lira_audit).
 
   python scripts/lira.py --workdir=runs/lira                 # the default config, 8 models
   python scripts/lira.py --config=configs/loan_risk.py:no_dp --workdir=runs/lira_no_dp
@@ -32,7 +32,7 @@ _SEED = flags.DEFINE_integer('seed', 0, "The models' halves and their DP noise."
 def main(argv):
   del argv
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  from tffaml.training import lira_audit  # pylint: disable=g-import-not-at-top
+  from tffaml.studies import lira_audit  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():  # Stops TFF's runtime on a refusal too.
     if _MODELS.value < lira_audit.MIN_MODELS:

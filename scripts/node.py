@@ -54,9 +54,9 @@ def main(argv):
   folder = _own_data(config)  # Before TFF is imported: a refusal leaves nothing behind.
   import secrets  # pylint: disable=g-import-not-at-top
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import flower  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import messages  # pylint: disable=g-import-not-at-top
-  from tffaml.federation import node as node_lib  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import node as node_lib  # pylint: disable=g-import-not-at-top
   from tffaml.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   key = messages.load_private_key(_KEY.value)

@@ -49,7 +49,7 @@ def main(argv):
     return
   if not _INSTITUTIONS.value:
     sys.exit('error: --institutions names the federation\'s institutions (or pass --cluster).')
-  from tffaml.federation import credentials  # pylint: disable=g-import-not-at-top
+  from tffaml.security import credentials  # pylint: disable=g-import-not-at-top
   try:
     files = credentials.write_federation(_OUT_DIR.value, hosts=_HOSTS.value, institutions=_INSTITUTIONS.value)
   except FileExistsError as e:
@@ -60,7 +60,7 @@ def main(argv):
 
 
 def _cluster():
-  from tffaml.cluster import tls  # pylint: disable=g-import-not-at-top
+  from tffaml.security import tls  # pylint: disable=g-import-not-at-top
   try:
     files = tls.write_cluster_tls(_OUT_DIR.value, hosts=_HOSTS.value)
   except FileExistsError as e:

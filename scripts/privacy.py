@@ -63,8 +63,8 @@ def _bare_mechanism() -> str:
 
 
 def _planned_run() -> str:
-  from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
-  plan, statement = experiment.plan_for_config(_CONFIG.value)
+  from tffaml.config import plan as config_plan
+  plan, statement = config_plan.plan_for_config(_CONFIG.value)
   lines = [statement.text()]
   for name, mechanism in (('record-level', plan.record), ('client-level', plan.client)):
     if mechanism is not None:

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from tffaml import cli
 from tffaml import runtime
-from tffaml.privacy import sweep
+from tffaml.studies import sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py:sweep', 'Base config.')
 _UNITS = flags.DEFINE_list('units', ['none', 'institution', 'record'], 'DP units: none, institution, record.')

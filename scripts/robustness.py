@@ -4,7 +4,7 @@
   python scripts/robustness.py --cases=AER/CreditCard,ISLR/Default --seeds=0,1 \
       --output_dir=runs/robustness
 
-Each case (tffaml.training.robustness.CASES: 1k to 60k rows, 3 to 50
+Each case (tffaml.studies.robustness.CASES: 1k to 60k rows, 3 to 50
 institutions) is written in the bring-your-own-data layout under
 <output_dir>/<table>/seed<S>/data and trained with --config (the defaults of
 configs/csv.py) and --reference (configs/csv.py:no_dp). Writes
@@ -39,7 +39,7 @@ flags.register_validator('seeds', lambda seeds: all(s.lstrip('-').isdigit() for 
 def main(argv):
   del argv
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
-  from tffaml.training import robustness  # pylint: disable=g-import-not-at-top
+  from tffaml.studies import robustness  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   seeds = [int(s) for s in _SEEDS.value]
   try:

@@ -19,7 +19,7 @@ from absl import flags
 from absl import logging
 
 from tffaml import cli
-from tffaml.export import signing
+from tffaml.security import signing
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Exported model directory.', required=True)
 _INPUT = flags.DEFINE_string('input', None, 'CSV with the schema\'s feature columns.', required=True)

@@ -29,10 +29,12 @@ def main(argv):
   # Imported here, after flag parsing: a mistyped flag is answered in a
   # second, not after TensorFlow and TFF have loaded.
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
+  from tffaml.cluster import runtime as cluster_runtime  # pylint: disable=g-import-not-at-top
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():
-    result = program.run(_CONFIG.value, _WORKDIR.value, checkpoint_key=_CHECKPOINT_KEY.key())
+    result = program.run(_CONFIG.value, _WORKDIR.value, runtime=cluster_runtime.configured(_CONFIG.value),
+                         checkpoint_key=_CHECKPOINT_KEY.key())
   paths = result.paths
   print(f'\nmodel:   {paths.export} (SavedModel, serving_default)')
   print(f'metrics: {paths.metrics}  (per round: {paths.metrics_csv}, {paths.curves})')

@@ -12,7 +12,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from tffaml import cli
-from tffaml.export import signing
+from tffaml.security import signing
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'Package directory to verify.', required=True)
 _PUBLIC_KEY = flags.DEFINE_string('public_key', None, 'The publisher\'s public key.', required=True)

@@ -49,7 +49,7 @@ def main(argv):
   if bool(_CERTIFICATES.value) == _INSECURE.value:
     raise errors.InputError('give --certificates=DIR (mutual TLS; scripts/pki.py --cluster makes them) or'
                             ' --insecure (worker_binary in the clear, authenticating nobody), not both.')
-  from tffaml.cluster import tls  # pylint: disable=g-import-not-at-top
+  from tffaml.security import tls  # pylint: disable=g-import-not-at-top
   from tffaml.cluster import worker  # pylint: disable=g-import-not-at-top
   certificates = tls.ClusterTls(_CERTIFICATES.value) if _CERTIFICATES.value else None
   if certificates:

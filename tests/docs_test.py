@@ -22,7 +22,7 @@ _HEADING = re.compile(r'^(#{1,6})\s+(.*?)\s*#*\s*$', re.MULTILINE)
 # A source path as the docs name one: tffaml/..., tests/..., scripts/..., configs/...
 _PATH = re.compile(r'\b((?:tffaml|tests|scripts|configs)/[\w./]*\w)')
 _DOTTED = re.compile(r'\b(tffaml(?:\.\w+)+)')
-# `module.name` inside a code span, e.g. `experiment.parse_choices` or `program.run(...)`.
+# `module.name` inside a code span, e.g. `checks.parse_choices` or `program.run(...)`.
 _QUALIFIED = re.compile(r'^([a-z_]\w*)((?:\.[A-Za-z_]\w*)+)')
 _FILE_SUFFIXES = {'json', 'txt', 'csv', 'py', 'md', 'png', 'pem', 'key', 'enc', 'lock'}
 
@@ -104,7 +104,7 @@ def dotted_exists(name: str) -> bool:
 
 
 def _modules_by_name() -> dict[str, list[str]]:
-  """Every tffaml module file, by its short name (`experiment` -> [.../training/experiment.py])."""
+  """Every tffaml module file, by its short name (`checks` -> [.../config/checks.py])."""
   modules: dict[str, list[str]] = {}
   for path in glob.glob(os.path.join(ROOT, 'tffaml', '**', '*.py'), recursive=True):
     modules.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
@@ -172,7 +172,8 @@ class DesignTest(unittest.TestCase):
 
   def test_design_names_every_layer_package(self):
     text = _read(DESIGN)
-    for package in ('data', 'models', 'federated', 'privacy', 'training', 'export', 'federation', 'cluster'):
+    for package in ('data', 'models', 'federated', 'privacy', 'security', 'export', 'config', 'training',
+                    'studies', 'consortium', 'cluster'):
       self.assertIn(f'tffaml/{package}/', text)
     self.assertIn('tffaml/features.py', text)
 
@@ -180,11 +181,11 @@ class DesignTest(unittest.TestCase):
     self.assertEqual(missing_names(_read(os.path.join(ROOT, 'CONTRIBUTING.md'))), [])
 
   def test_a_renamed_module_or_function_is_found(self):
-    self.assertEqual(missing_names('`tffaml/training/experiment.py` `experiment.parse_choices`'
+    self.assertEqual(missing_names('`tffaml/config/checks.py` `checks.parse_choices`'
                                    ' `program.Runtime` tffaml.cluster.runtime.Workers `schema.json`'), [])
-    self.assertEqual(missing_names('`tffaml/config/` `experiment.no_such_function` tffaml.cluster.nothing'
+    self.assertEqual(missing_names('`tffaml/config/experiment.py` `checks.no_such_function` tffaml.cluster.nothing'
                                    ' `program.Runtime.no_such_method`'),
-                     ['tffaml/config', 'tffaml.cluster.nothing', 'experiment.no_such_function',
+                     ['tffaml/config/experiment.py', 'tffaml.cluster.nothing', 'checks.no_such_function',
                       'program.Runtime.no_such_method'])
 
 

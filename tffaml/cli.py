@@ -38,7 +38,7 @@ class CheckpointKeyFlags:
       return None
     if self._file.value is not None and self._env.value is not None:
       raise errors.InputError('give one of --checkpoint_key_file and --checkpoint_key_env, not both.')
-    from tffaml.export import encryption  # pylint: disable=g-import-not-at-top
+    from tffaml.security import encryption  # pylint: disable=g-import-not-at-top
     return encryption.load_key(key_file=self._file.value, key_env=self._env.value)
 
 

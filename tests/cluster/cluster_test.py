@@ -20,12 +20,12 @@ from tffaml import features
 from tffaml import runtime
 from tffaml.cluster import runtime as cluster_runtime
 from tffaml.cluster import statistics
-from tffaml.cluster import tls
+from tffaml.security import tls
 from tffaml.cluster import worker as worker_lib
 from tffaml.data import csv_dir
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
-from tffaml.training import canary_audit
+from tffaml.studies import canary_audit
 from tffaml.training import program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,7 +119,7 @@ class TwoWorkersTest(absltest.TestCase):
     config.runtime.workers = ','.join(w.address for w in self.workers)
     config.data.dir = ''  # The coordinator holds no rows: the workers' files and its schema file.
     lines = []
-    spread = program.run(config, self.create_tempdir().full_path, log=lines.append)
+    spread = _run(config, self.create_tempdir().full_path, log=lines.append)
     self.assertIn(f'worker {self.workers[0].address}: bank_a, bank_b', lines)
     return one, spread
 
@@ -153,6 +153,11 @@ class TwoWorkersTest(absltest.TestCase):
                              one.metrics['federated']['institutions'][name]['loss'], places=5)
 
 
+def _run(config, workdir: str, **kwargs) -> program.RunResult:
+  """`program.run` on the runtime config.runtime names, as scripts/train.py runs it."""
+  return program.run(config, workdir, runtime=cluster_runtime.configured(config), **kwargs)
+
+
 class FaultsTest(absltest.TestCase):
 
   def test_a_killed_worker_fails_the_round_naming_it_and_the_run_resumes(self):
@@ -172,13 +177,13 @@ class FaultsTest(absltest.TestCase):
           second.stop(signal.SIGKILL)  # Mid-run; its watchdog stops the worker_binary (checked in stop).
 
       with self.assertRaisesRegex(errors.RunFailed, f'worker {second.address} failed .*rerun the same command'):
-        program.run(config, workdir, log=kill_after_round_1)
+        _run(config, workdir, log=kill_after_round_1)
       with self.assertRaisesRegex(errors.RunFailed, f'worker {second.address}: no answer after 5 s'):
-        program.run(config, workdir, log=lambda _: None)
+        _run(config, workdir, log=lambda _: None)
       second = WorkerProcess(parts['w2'], port=second.port)
       config.runtime.connect_seconds = 60.0  # A loaded machine took over 5 s to answer.
       lines = []
-      result = program.run(config, workdir, log=lines.append)
+      result = _run(config, workdir, log=lines.append)
       self.assertEqual(result.rounds_completed, 3)
       self.assertIn(f'resuming {workdir} after round 1', lines)
     finally:
@@ -190,7 +195,7 @@ class FaultsTest(absltest.TestCase):
     config.runtime.workers = f'localhost:{portpicker.pick_unused_port()}'
     config.runtime.connect_seconds = 0.5
     with self.assertRaisesRegex(errors.RunFailed, f'worker {config.runtime.workers}: no answer after 0.5 s'):
-      program.run(config, self.create_tempdir().full_path, log=lambda _: None)
+      _run(config, self.create_tempdir().full_path, log=lambda _: None)
 
 
 class TlsTest(absltest.TestCase):
@@ -203,7 +208,7 @@ class TlsTest(absltest.TestCase):
     worker = WorkerProcess(config.data.dir, certificates=files.directory, schema_file=config.data.schema_file)
     try:
       config.runtime.workers, config.runtime.certificates = worker.address, files.directory
-      result = program.run(config, os.path.join(root, 'run'), log=lambda _: None)
+      result = _run(config, os.path.join(root, 'run'), log=lambda _: None)
       self.assertEqual(result.rounds_completed, 1)
       for certificates in (None, stranger):  # In the clear; another CA's certificate.
         with self.assertRaisesRegex(errors.RunFailed, 'no answer'):
@@ -228,7 +233,7 @@ class RefusalsTest(absltest.TestCase):
       section, field = key.split('.')
       config[section][field] = value
       with self.subTest(key), self.assertRaisesRegex(errors.ConfigError, 'in one process'):
-        program.run(config, self.create_tempdir().full_path, log=lambda _: None)
+        _run(config, self.create_tempdir().full_path, log=lambda _: None)
 
   def test_record_level_dp_over_units_of_several_rows_is_refused(self):
     config = csv_config.get_config()
@@ -243,11 +248,11 @@ class RefusalsTest(absltest.TestCase):
     config = csv_config.get_config('smoke')
     config.runtime.workers = 'localhost'
     with self.assertRaisesRegex(errors.ConfigError, "config.runtime.workers: 'localhost' is not host:port"):
-      program.configured_runtime(config)
+      cluster_runtime.configured(config)
     config.runtime.workers = ''
-    self.assertIsInstance(program.configured_runtime(config), program.InProcess)
+    self.assertIsInstance(cluster_runtime.configured(config), program.InProcess)
     config.runtime.workers = ' a:1, b:2 '
-    self.assertEqual(program.configured_runtime(config).addresses, ('a:1', 'b:2'))
+    self.assertEqual(cluster_runtime.configured(config).addresses, ('a:1', 'b:2'))
 
   def test_commands_with_their_own_runtime_refuse_workers(self):
     config = helpers.smoke_config(self.create_tempdir().full_path)
@@ -256,6 +261,8 @@ class RefusalsTest(absltest.TestCase):
       canary_audit.audit(config, canaries=10, seed=0)
     with self.assertRaisesRegex(errors.ConfigError, 'this command runs in this process'):
       program.run(config, self.create_tempdir().full_path, runtime=program.InProcess())
+    with self.assertRaisesRegex(errors.ConfigError, 'this command runs in this process'):
+      program.run(config, self.create_tempdir().full_path)  # The workers are scripts/train.py's choice.
 
   def test_worker_script_needs_certificates_or_insecure(self):
     out = subprocess.run([sys.executable, worker_lib.SCRIPT, '--port=1',

@@ -63,7 +63,7 @@ class LoadingDispatchTest(tf.test.TestCase):
     from configs import loan_risk  # pylint: disable=g-import-not-at-top
     from tffaml import errors  # pylint: disable=g-import-not-at-top
     from tffaml.data import loading  # pylint: disable=g-import-not-at-top
-    from tffaml.training import experiment  # pylint: disable=g-import-not-at-top
+    from tffaml.config import data as config_data
     refusals = {
         loading.Source.LENDING_CLUB: ('column', 'nope', "config.data.column='nope' is not a column"),
         loading.Source.CSV_DIR: ('dir', '', 'needs config.data.dir and config.data.schema_file'),
@@ -77,7 +77,7 @@ class LoadingDispatchTest(tf.test.TestCase):
       config.data.source, config.data.max_rows = source.value, 3000
       config.data[key] = value
       with self.assertRaisesRegex(errors.InputError, message):
-        experiment.load_data(config, log=lambda _: None)
+        config_data.load_data(config, log=lambda _: None)
 
 if __name__ == '__main__':
   tf.test.main()

@@ -16,7 +16,7 @@ from tffaml.data import transaction_generator
 from tffaml.data import transactions
 from tffaml.export import scoring
 from tffaml.federated import client_data
-from tffaml.training import experiment
+from tffaml.config import data as config_data
 from tffaml.training import program
 
 CONFIGS = {'classifier': aml, 'autoencoder': aml_autoencoder, 'rarity': aml_rarity}
@@ -37,7 +37,7 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
       config.data.path = cls.path
       config.privacy.noise_seed = 0  # Runs to compare need the same DP noise.
       cls.results[name] = program.run(config, os.path.join(cls.root, name), log=lambda _: None)
-    cls.data = experiment.load_data(config, log=lambda _: None)
+    cls.data = config_data.load_data(config, log=lambda _: None)
     config = aml.get_config('smoke')
     config.data.path, config.data.stream, config.reference.centralized_epochs = cls.path, True, 0
     config.privacy.noise_seed = 0

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tffaml import errors
-from tffaml.export import encryption
+from tffaml.security import encryption
 from tffaml.training import checkpoints
 
 

@@ -85,7 +85,7 @@ class ProgramTest(tf.test.TestCase):
     self.assertEqual(pd.read_csv(resumed.paths.metrics_csv)['round'].tolist(), [1, 2, 3, 4])
 
   def test_encrypted_checkpoints_resume_to_the_same_model_and_only_with_their_key(self):
-    from tffaml.export import encryption  # pylint: disable=g-import-not-at-top
+    from tffaml.security import encryption  # pylint: disable=g-import-not-at-top
     key = encryption.load_key(key_file=encryption.generate_key(os.path.join(self.root, 'checkpoint.key')))
     workdir = os.path.join(self.root, 'sealed')
     stopped = program.run(self.config, workdir, stop_after_round=2, log=lambda _: None, checkpoint_key=key)

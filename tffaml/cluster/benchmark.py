@@ -48,7 +48,7 @@ from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
 from tffaml.federated import client_data
-from tffaml.training import benchmark
+from tffaml.studies import benchmark
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:

@@ -7,7 +7,7 @@ value (its file's name and the round's shuffle seed, or under DP-SGD the
 rows sampled for it), and an `Opener`'s computation, traced once, turns it
 into the dataset inside the worker: `compose` puts it in front of the
 round, `tff.federated_map`ped over the clients, so it runs in `up_to_merge`.
-The datasets are the ones `experiment.client_dataset` builds in one
+The datasets are the ones `config_builders.client_dataset` builds in one
 process (same batches, same samples).
 """
 
@@ -23,7 +23,7 @@ from tffaml.data import schema as schema_lib
 from tffaml.data import shards
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
-from tffaml.training import experiment
+from tffaml.config import builders as config_builders
 
 _PATH = tff.TensorType(np.str_)
 _SHUFFLED = tff.StructType([('path', _PATH), ('seed', tff.TensorType(np.int64))])
@@ -40,22 +40,22 @@ class Opener:
   value: Callable[[int, int], Any]
 
 
-def train_opener(config, work: experiment.ClientWork, plan, schema: schema_lib.Schema,
+def train_opener(config, work: config_builders.ClientWork, plan, schema: schema_lib.Schema,
                  institutions: Sequence[shards.StoredInstitution], *, noise_seed: int) -> Opener:
-  """The training data of `work`, as `experiment.client_dataset` makes it."""
+  """The training data of `work`, as `config_builders.client_dataset` makes it."""
   f = config.federated
-  if work is experiment.ClientWork.FEDERATED:
+  if work is config_builders.ClientWork.FEDERATED:
     return shuffled_opener(schema, institutions, batch_size=f.batch_size, epochs=f.client_epochs,
-                           seed_of=lambda index, round_num: experiment.shuffle_seed(config, round_num=round_num,
+                           seed_of=lambda index, round_num: config_builders.shuffle_seed(config, round_num=round_num,
                                                                                     index=index))
-  if work in (experiment.ClientWork.DP_SGD, experiment.ClientWork.DISTRIBUTED_DP_SGD):
+  if work in (config_builders.ClientWork.DP_SGD, config_builders.ClientWork.DISTRIBUTED_DP_SGD):
     @tff.tensorflow.computation(_SAMPLED)
     def sampled(path, rows, lengths, segments, step_seeds):
       return dp_sgd.selected_steps(path, schema, dp_sgd.Selection(rows=rows, lengths=lengths, segments=segments,
                                                                   step_seeds=step_seeds))
 
     def value(index: int, round_num: int):
-      selection = experiment.stored_selection(config, work, plan, schema, institutions[index], index=index,
+      selection = config_builders.stored_selection(config, work, plan, schema, institutions[index], index=index,
                                               round_num=round_num, noise_seed=noise_seed)
       return collections.OrderedDict(path=institutions[index].train_path, **dataclasses.asdict(selection))
 

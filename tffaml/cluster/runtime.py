@@ -20,7 +20,7 @@ never leave their worker. The worker's description of its files
 (`worker.json`) is read by a TFF graph too: no other channel is used.
 
 Secure sums run as the plain sums they compute: the workers are one
-researcher's machines, not institutions (for those, see tffaml.federation).
+researcher's machines, not institutions (for those, see tffaml.consortium).
 """
 
 import asyncio
@@ -47,14 +47,16 @@ from tffaml import errors
 from tffaml import features
 from tffaml.cluster import clients
 from tffaml.cluster import statistics
-from tffaml.cluster import tls
+from tffaml.security import tls
 from tffaml.cluster import worker as worker_lib
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.data import shards
 from tffaml.federated import processes
 from tffaml.training import evaluation
-from tffaml.training import experiment
+from tffaml.config import builders as config_builders
+from tffaml.config import checks as config_checks
+from tffaml.config import data as config_data
 from tffaml.training import program
 from tffaml.training import workdir as workdir_lib
 
@@ -226,8 +228,8 @@ class Workers:
     self.measured: dict[str, float] = {}
 
   @classmethod
-  def of(cls, spec: experiment.Cluster) -> 'Workers':
-    """The workers of `spec` (`experiment.cluster`: config.runtime)."""
+  def of(cls, spec: config_checks.Cluster) -> 'Workers':
+    """The workers of `spec` (`config_checks.cluster`: config.runtime)."""
     return cls(spec.addresses, certificates=tls.ClusterTls(spec.certificates) if spec.certificates else None,
                connect_seconds=spec.connect_seconds)
 
@@ -264,11 +266,11 @@ class Workers:
       # Each institution's share of the noise, drawn here as `features.answer` draws it.
       return [features.noised(a, params['noise_share'], (noise.seed, k), params['release'])
               for k, a in enumerate(answers)]
-    return experiment.feature_space(config, data, noise, ask=ask)
+    return config_data.feature_space(config, data, noise, ask=ask)
 
-  def build(self, config, choices: experiment.Choices, setup, space, noise_seed: int) -> program.Built:
+  def build(self, config, choices: config_checks.Choices, setup, space, noise_seed: int) -> program.Built:
     data, schema = setup.data, setup.data.schema
-    training = experiment.build_training(config, choices, setup.plan, space, schema, side=experiment.Side.WHOLE,
+    training = config_builders.build_training(config, choices, setup.plan, space, schema, side=config_builders.Side.WHOLE,
                                          cohort=setup.cohort, noise_seed=noise_seed)
     opener = clients.train_opener(config, training.work, setup.plan, schema, data.institutions,
                                   noise_seed=noise_seed)
@@ -348,3 +350,15 @@ class Workers:
             [w.traffic.received - before[a][1] for a, w in called.items()])),
     }
     return results
+
+
+def configured(config: ml_collections.ConfigDict) -> program.Runtime:
+  """The runtime config.runtime names: TFF workers, or this process (`program.InProcess`).
+
+  Here, not in `program`: the run knows only the `Runtime` protocol, and the
+  deployments build on it (scripts/train.py picks the runtime).
+  """
+  spec = config_checks.cluster(config)
+  if spec is None:
+    return program.InProcess()
+  return Workers.of(spec)

@@ -28,7 +28,7 @@ import tensorflow_federated as tff
 
 from tffaml import io
 from tffaml import runtime
-from tffaml.cluster import tls
+from tffaml.security import tls
 from tffaml.data import csv_dir
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib

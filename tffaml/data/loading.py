@@ -1,6 +1,6 @@
 """Builds a federation from a typed description of its data (`DataSpec`).
 
-The config layer (`training.experiment.data_spec`) turns a config's `data`
+The config layer (`config.data.data_spec`) turns a config's `data`
 section into a `DataSpec`; nothing here reads configs.
 """
 

@@ -26,7 +26,7 @@ from tffaml.data import interface as interface_lib
 from tffaml.data import schema as schema_lib
 from tffaml.data import transactions
 from tffaml.export import saved_model
-from tffaml.export import signing
+from tffaml.security import signing
 
 RANGE_SDS = 6.0  # Beyond mean ± this many training standard deviations: flagged.
 FLAGS_COLUMN = 'flags'

@@ -7,7 +7,7 @@ fall below, inside (per bin) and above an interval (`answer`, with its share
 of the DP noise when there is one), the answers are summed (a secure sum in
 a deployment), and `search` narrows the interval to the bin holding the
 quantile. Whoever sums decides the runtime: `local_ask` in simulation, a
-federation's nodes (`tffaml.federation`) in a deployment; the search is the
+federation's nodes (`tffaml.consortium`) in a deployment; the search is the
 same. Logs cover scores s >= 0 (probabilities and reconstruction errors
 alike) without a range known first.
 """

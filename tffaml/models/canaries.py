@@ -1,4 +1,4 @@
-"""Canary records for a one-run audit of record-level DP (used by `tffaml.training.canary_audit`).
+"""Canary records for a one-run audit of record-level DP (used by `tffaml.studies.canary_audit`).
 
 The audited model is the real one with one more weight per canary, w_j,
 which only canary j's gradient reaches: the white-box "Dirac canary" of

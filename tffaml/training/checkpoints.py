@@ -4,7 +4,7 @@ A checkpoint holds the model, the server optimizer's and aggregator's state,
 the privacy ledger and the released model's running average. On a shared or
 backed-up disk that is worth keeping unreadable: with a key,
 `EncryptedProgramStateManager` writes each round's state as one sealed file
-(`tffaml.export.encryption`, the code that seals model packages), bound to
+(`tffaml.security.encryption`, the code that seals model packages), bound to
 its round so that an old file cannot be passed off as a newer one.
 """
 
@@ -19,7 +19,7 @@ import tensorflow_federated as tff
 
 from tffaml import errors
 from tffaml import io
-from tffaml.export import encryption
+from tffaml.security import encryption
 
 _FILE = 'state_{version}.sealed'
 _FILE_PATTERN = re.compile(r'^state_(\d+)\.sealed$')

@@ -28,7 +28,7 @@ The run, in stages (each a function here):
     _claim_workdir start a run, or check that the checkpoints are this run's
                    (config, data, noise): all before any TFF work
     _build         feature statistics -> model, aggregator, the client work
-                   (`experiment.ClientWork`) and its client data (`Built`),
+                   (`config_builders.ClientWork`) and its client data (`Built`),
                    by the runtime (`InProcess`, or a federation's)
     _restore       the latest checkpoint, the noise seed put back
     _train_rounds  rounds, ledger, metrics, checkpoints; fails on non-finite
@@ -68,8 +68,11 @@ from tffaml.privacy import accounting
 from tffaml.training import centralized
 from tffaml.training import checkpoints
 from tffaml.training import evaluation
-from tffaml.training import experiment
-from tffaml.training import poisoning
+from tffaml.config import builders as config_builders
+from tffaml.config import checks as config_checks
+from tffaml.config import data as config_data
+from tffaml.config import plan as config_plan
+from tffaml.federated import poisoning
 from tffaml.training import report
 from tffaml.training import workdir as workdir_lib
 
@@ -252,9 +255,10 @@ def run(
       would (for tests); no evaluation or export then.
     log: Where progress lines go.
     runtime: Where the institutions' data and client work live: by default
-      config.runtime's (`configured_runtime`: this process, or TFF workers);
-      or a federation of nodes (`tffaml.federation.coordinator.Federation`).
-    checkpoint_key: An AES-256 key (`tffaml.export.encryption.load_key`):
+      this process (`InProcess`); TFF workers (`tffaml.cluster.runtime.configured`,
+      which scripts/train.py uses when config.runtime names them);
+      or a federation of nodes (`tffaml.consortium.coordinator.Federation`).
+    checkpoint_key: An AES-256 key (`tffaml.security.encryption.load_key`):
       checkpoints are sealed with it at rest. A run resumes only with the
       key it started with, or only without one.
 
@@ -267,16 +271,15 @@ def run(
       metrics are not finite (nothing exported), or a disk that filled
       (the same command resumes once space is freed).
   """
-  choices = experiment.parse_choices(config)
+  choices = config_checks.parse_choices(config)
   if config.canary_audit.canaries:
     raise errors.ConfigError(
         f'config.canary_audit.canaries={config.canary_audit.canaries} makes the run a canary audit, which'
         ' trains an instrumented model and exports nothing: run scripts/canary_audit.py (or'
         ' scripts/coordinator.py in a federation), or set config.canary_audit.canaries=0 to train.')
-  if runtime is None:
-    runtime = configured_runtime(config)
-  else:
+  if runtime is None or isinstance(runtime, InProcess):
     refuse_own_runtime(config, 'this command')
+    runtime = runtime or InProcess()
   runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
   if config.data.source == loading.Source.CSV_DIR.value and config.data.dir:
@@ -292,41 +295,31 @@ def run(
     raise
 
 
-def configured_runtime(config: ml_collections.ConfigDict) -> 'Runtime':
-  """The runtime config.runtime names: TFF workers (`tffaml.cluster`), or this process."""
-  spec = experiment.cluster(config)
-  if spec is None:
-    return InProcess()
-  # Imported here: tffaml.cluster builds on this module.
-  from tffaml.cluster import runtime as cluster_runtime  # pylint: disable=g-import-not-at-top
-  return cluster_runtime.Workers.of(spec)
-
-
 def refuse_own_runtime(config: ml_collections.ConfigDict, what: str) -> None:
   """Refuses config.runtime.workers for `what`, which runs in one process or a Flower federation."""
-  if experiment.cluster(config) is not None:
+  if config_checks.cluster(config) is not None:
     raise errors.ConfigError(f'config.runtime.workers={config.runtime.workers!r}: {what} runs in this process'
                              ' or a federation of nodes, not on TFF workers; unset config.runtime.workers'
                              ' (scripts/train.py trains on them).')
 
 
-def prepare(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
+def prepare(config, choices: config_checks.Choices, paths: Paths, runtime: 'Runtime', log) -> _Setup:
   """Loads and checks the data, the attack, the export's interface and the privacy plan."""
   data = runtime.load(config, paths, log=log)
-  experiment.check_model_fits(config, choices, data.schema)
-  attack = experiment.attack(config, data)
+  config_checks.check_model_fits(config, choices, data.schema)
+  attack = config_checks.attack(config, data)
   if attack.type is not poisoning.AttackType.NONE:
     log(f'simulated attack: {attack.type.value} by {", ".join(attack.malicious)}')
     data = poisoning.poison(data, attack)
   # By the source's kind alone: a runtime whose rows are elsewhere names no path.
-  interface = loading.interface(experiment.data_source(config), data.schema)
-  hardening = experiment.hardening(config)
+  interface = loading.interface(config_data.data_source(config), data.schema)
+  hardening = config_checks.hardening(config)
   try:
     saved_model.check_hardening(interface, hardening)
   except ValueError as e:
     raise errors.ConfigError(f'config.export.input_rounding: {e}') from None
-  cohort = experiment.clients_per_round(config, choices.sampling, len(data.institutions))
-  plan = experiment.privacy_plan_for_census(config, choices, data.schema, runtime.census(data),
+  cohort = config_plan.clients_per_round(config, choices.sampling, len(data.institutions))
+  plan = config_plan.privacy_plan_for_census(config, choices, data.schema, runtime.census(data),
                                             cohort=cohort)
   return _Setup(data=data, attack=attack, interface=interface, hardening=hardening,
                 cohort=cohort, plan=plan)
@@ -337,7 +330,7 @@ def _latest_round(state_manager: tff.program.ProgramStateManager) -> Optional[in
   return max(versions) if versions else None
 
 
-def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Runtime', *, stop_after_round,
+def _run_locked(config, choices: config_checks.Choices, paths: Paths, runtime: 'Runtime', *, stop_after_round,
                 log, checkpoint_key: Optional[bytes]) -> RunResult:
   removed = workdir_lib.remove_stale_temporaries(paths.root)
   if removed:
@@ -362,7 +355,7 @@ def _run_locked(config, choices: experiment.Choices, paths: Paths, runtime: 'Run
   space = runtime.feature_space(config, data, noise=statistics_noise(setup.plan, noise_seed))
   built = runtime.build(config, choices, setup, space, noise_seed)
   initial = built.initial_model()
-  crowded = experiment.crowding_note(setup.plan, weights=sum(np.size(w) for w in initial.trainable),
+  crowded = config_plan.crowding_note(setup.plan, weights=sum(np.size(w) for w in initial.trainable),
                                      epsilon=config.privacy.target_epsilon)
   if crowded:
     log(f'note: {crowded}')
@@ -415,7 +408,7 @@ class Built:
   aggregation: accounting.Aggregation = accounting.Aggregation.SIMULATED  # For the statement.
 
   def initial_model(self) -> tff.learning.models.ModelWeights:
-    return experiment.initial_weights(self.keras_model_fn)
+    return config_builders.initial_weights(self.keras_model_fn)
 
 
 class Runtime(Protocol):
@@ -436,7 +429,7 @@ class Runtime(Protocol):
   def feature_space(self, config: ml_collections.ConfigDict, data, noise) -> features.FeatureSpace:
     """The federated feature statistics."""
 
-  def build(self, config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
+  def build(self, config, choices: config_checks.Choices, setup: _Setup, space, noise_seed: int) -> Built:
     """The model, its processes and how rounds and evaluations run."""
 
 
@@ -464,28 +457,28 @@ class InProcess:
     del config  # The simulation runs every config parse_choices accepts.
 
   def load(self, config: ml_collections.ConfigDict, paths: Paths, *, log):
-    return experiment.load_data(config, shard_dir=paths.shards, log=log)
+    return config_data.load_data(config, shard_dir=paths.shards, log=log)
 
   def census(self, data) -> list[dict]:
-    return experiment.census(data)
+    return config_plan.census(data)
 
   def feature_space(self, config: ml_collections.ConfigDict, data, noise) -> features.FeatureSpace:
-    return experiment.feature_space(config, data, noise)
+    return config_data.feature_space(config, data, noise)
 
-  def build(self, config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
+  def build(self, config, choices: config_checks.Choices, setup: _Setup, space, noise_seed: int) -> Built:
     return _build(config, choices, setup, space, noise_seed)
 
 
-def _build(config, choices: experiment.Choices, setup: _Setup, space, noise_seed: int) -> Built:
+def _build(config, choices: config_checks.Choices, setup: _Setup, space, noise_seed: int) -> Built:
   schema = setup.data.schema
-  training = experiment.build_training(
-      config, choices, setup.plan, space, schema, side=experiment.Side.WHOLE, cohort=setup.cohort,
+  training = config_builders.build_training(
+      config, choices, setup.plan, space, schema, side=config_builders.Side.WHOLE, cohort=setup.cohort,
       noise_seed=noise_seed, boosting=setup.attack.type is poisoning.AttackType.BOOST)
   process, work, model_fn = training.process, training.work, training.model_fn
   institutions = setup.data.institutions
 
   def train_round(state, members: list[int], round_num: int):
-    datasets = [experiment.client_dataset(
+    datasets = [config_builders.client_dataset(
         config, work, setup.plan, schema, institutions[i], index=i, round_num=round_num,
         noise_seed=noise_seed, scale=setup.attack.scale(institutions[i].name)) for i in members]
     output = process.next(state, datasets)
@@ -720,7 +713,7 @@ def _warnings(pooled: Mapping, plan: accounting.PrivacyPlan) -> tuple[str, ...]:
 def _centralized_reference(config, choices, built: Built, data, log) -> dict:
   log('training the centralized reference (pooled data, same model)...')
   reference = centralized.train(
-      built.keras_model_fn, data, loss=tabular.keras_loss(experiment.loss_fn(config, choices)),
+      built.keras_model_fn, data, loss=tabular.keras_loss(config_builders.loss_fn(config, choices)),
       epochs=config.reference.centralized_epochs, batch_size=config.federated.batch_size,
       learning_rate=config.reference.learning_rate, seed=config.seed)
   return built.evaluate(tff.learning.models.ModelWeights.from_model(reference), True)

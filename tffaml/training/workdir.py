@@ -15,7 +15,7 @@ Four promises rest on this module:
     would change the calibrated noise (e.g. more rounds under a target ε), is
     refused naming what changed, because the statement is computed from the
     noise actually used.
-  * Checkpoints may travel (they are packages, see `tffaml.export.signing`);
+  * Checkpoints may travel (they are packages, see `tffaml.security.signing`);
     the DP noise seed must not. `redact` removes it from the state before a
     checkpoint is written and `restore` puts it back from
     `<workdir>/secret/noise_seed` (mode 0600), which never leaves the

@@ -1,0 +1,494 @@
+"""Nodes and the coordinator's runtime in this process: refusals, checks and combined metrics.
+
+The federation's model equals the simulation's: tested over separate processes in transport_test.
+"""
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from configs import csv as csv_config
+from tests import helpers
+from tffaml import errors
+from tffaml import features
+from tffaml.security import signing
+from tffaml.consortium import coordinator
+from tffaml.security import credentials
+from tffaml.consortium import messages
+from tffaml.consortium import node as node_lib
+from tffaml.studies import canary_audit
+from tffaml.config import builders as config_builders
+from tffaml.training import program
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _keys(root: str, names) -> tuple:
+  """(coordinator private key, its public key, {name: node private key}, {name: node public key})."""
+  private, public = signing.generate_keys(os.path.join(root, 'coordinator'))
+  node_private, node_public = {}, {}
+  for name in names:
+    key, pub = credentials.write_node_key(os.path.join(root, 'nodes'), name)
+    node_private[name], node_public[name] = messages.load_private_key(key), messages.load_public_key(pub)
+  return messages.load_private_key(private), messages.load_public_key(public), node_private, node_public
+
+
+def coordinator_config(config):
+  config = copy.deepcopy(config)
+  coordinator.at_coordinator(config)
+  return config
+
+
+class _NodesTestCase(tf.test.TestCase):
+  """The smoke federation's nodes and coordinator in this process (each test class's own tests)."""
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+    self.config = helpers.smoke_config(self.root, rounds=2)
+    self.config.privacy.noise_seed = 0
+    self.config.federated.eval_every = 0  # The final evaluation only: a faster test.
+    self.names = sorted(os.listdir(self.config.data.dir))
+    self.key, self.public, self.node_keys, self.node_public = _keys(self.root, self.names)
+
+  def _nodes(self, config=None):
+    return [node_lib.Node(config or self.config, folder=os.path.join(self.config.data.dir, n),
+                          key=self.node_keys[n], coordinator_key=self.public, noise_seed=0,
+                          log=lambda _: None) for n in self.names]
+
+  def _federation(self, nodes, **kwargs):
+    return coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
+                                  node_keys=self.node_public, log=lambda _: None, **kwargs)
+
+
+class FederationTest(_NodesTestCase):
+
+  def test_a_node_refuses_a_tampered_request_another_config_and_a_stale_round(self):
+    node = self._nodes()[0]
+    hello = messages.Message(node_lib.HELLO, {'agreement': node.agreement})
+
+    def reply(blob):
+      return messages.unseal(node.handle(blob), self.node_public[node.name], sender=node.name,
+                             kinds=(node_lib.reply_kind(node_lib.HELLO), node_lib.REFUSED))
+    self.assertEqual(reply(messages.seal(hello, self.key)).kind, 'hello_reply')
+    tampered = bytearray(messages.seal(hello, self.key))
+    tampered[-5] ^= 1
+    refused = reply(bytes(tampered))
+    self.assertEqual(refused.kind, node_lib.REFUSED)
+    self.assertIn('does not verify', refused.header['reason'])
+    other = messages.Message(node_lib.HELLO, {'agreement': 'f' * 64})
+    self.assertIn('another config', reply(messages.seal(other, self.key)).header['reason'])
+    forged = messages.seal(hello, self.node_keys[self.names[1]])  # Not the coordinator's key.
+    self.assertIn('does not verify', reply(forged).header['reason'])
+    weights = np.full(3, 1.5, np.float32)
+    train = messages.Message(node_lib.TRAIN, {'agreement': node.agreement, 'run': 'run', 'round': 1},
+                             (weights,))
+    model = bytearray(messages.seal(train, self.key))
+    model[model.index(weights.tobytes())] ^= 1  # A bit of the global model's weights.
+    refused = messages.unseal(node.handle(bytes(model)), self.node_public[node.name], sender=node.name,
+                              kinds=(node_lib.REFUSED,))
+    self.assertIn('does not verify', refused.header['reason'])
+    node._last_round['run'] = 5  # pylint: disable=protected-access
+    stale = messages.Message(node_lib.TRAIN, {'agreement': node.agreement, 'run': 'run', 'round': 4})
+    self.assertIn('stale', reply(messages.seal(stale, self.key)).header['reason'])
+
+  def test_the_coordinator_refuses_a_node_whose_plan_differs(self):
+    changed = copy.deepcopy(self.config)
+    changed.federated.client_learning_rate *= 2
+    nodes = self._nodes()[:2] + self._nodes(changed)[2:]
+    with self.assertRaisesRegex(errors.RunFailed, f'node {self.names[2]}: refused'):  # conftest's runtime.
+      program.run(coordinator_config(self.config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                  runtime=self._federation(nodes))
+
+  def _recode_labels(self, bank, splits, mapping):
+    for split in splits:
+      path = os.path.join(self.config.data.dir, bank, f'{split}.csv')
+      with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+      with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([dict(r, default=mapping[r['default']]) for r in rows])
+
+  def test_a_node_whose_files_hold_a_foreign_label_value_refuses_to_start(self):
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    self._recode_labels(self.names[1], ['test'], {'0': 'yes', '1': 'yes'})  # Loaded as all negatives.
+    with self.assertRaisesRegex(schema_lib.DataError,
+                                rf"{self.names[1]}/test.csv: line 2, label column 'default': 'yes' is neither"):
+      self._nodes()
+
+  def test_the_coordinator_refuses_nodes_that_code_the_label_with_another_pair(self):
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    # 1 = bad, 2 = good at one bank: consistent in its own files, inverted for the federation.
+    self._recode_labels(self.names[2], ['train', 'test'], {'0': '2', '1': '1'})
+    federation, config = self._federation(self._nodes()), coordinator_config(self.config)
+    federation.check(config)
+    with self.assertRaisesRegex(schema_lib.DataError, rf"node {self.names[2]}: label column 'default': '2' is"
+                                r" neither the positive value '1' nor '0', the negative value 2 source"):
+      federation.load(config, program.Paths(self.create_tempdir().full_path), log=lambda _: None)
+    with open(self.config.data.schema_file) as f:
+      named = dict(json.load(f), negative='0')
+    with open(self.config.data.schema_file, 'w') as f:
+      json.dump(named, f)
+    with self.assertRaisesRegex(schema_lib.DataError, rf"{self.names[2]}/train.csv: line \d+, label column"
+                                r" 'default': '2' is neither the positive value '1' nor the negative value '0'"):
+      self._nodes()
+
+  def test_configs_that_need_rows_in_one_process_are_refused(self):
+    config = coordinator_config(self.config)
+    config.reference.centralized_epochs = 1
+    with self.assertRaisesRegex(errors.ConfigError, 'config.reference.centralized_epochs'):
+      coordinator.check(config)
+
+  def test_alert_threshold_and_metrics_are_the_simulations(self):
+    config = csv_config.get_config()  # Record-level DP: the threshold is DP, each node adding its noise share.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
+    config.federation.secure_aggregation = False  # Updates in the clear: the same model to float rounding.
+    # A large budget: 180 training rows against the threshold's noise at ε = 1 (0.05 flags none).
+    config.model.alert_budget, config.evaluation.alert_budgets = 0.3, (0.1, 0.5)
+    simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
+    nodes, asked = self._nodes(config), {}
+
+    class Recording(coordinator.InProcessTransport):
+      def exchange(self, requests):
+        asked.update({n: b for n, b in requests.items() if messages.peek(b).kind == node_lib.SCORES})
+        return super().exchange(requests)
+
+    federated = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                            runtime=coordinator.Federation(Recording(nodes), key=self.key, node_keys=self.node_public,
+                                                           log=lambda _: None))
+    for a, b in zip(simulated.model.get_weights(), federated.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-6)
+    sim, fed = simulated.metrics['alerts'], federated.metrics['alerts']
+    self.assertEqual(program.saved_model.read_metadata(simulated.paths.export)['threshold'],
+                     program.saved_model.read_metadata(federated.paths.export)['threshold'])
+    for name in self.names:  # Each node's own test rows: exact.
+      for key, value in sim['institutions'][name].items():
+        if value is None:  # Undefined (nothing alerted): undefined in both.
+          self.assertIsNone(fed['institutions'][name][key], msg=f'{name} {key}')
+        else:
+          self.assertAllClose(fed['institutions'][name][key], value, atol=1e-6, msg=f'{name} {key}')
+    self.assertAllClose(fed['pooled']['alert_rate'], sim['pooled']['alert_rate'], atol=1e-9)
+    self.assertBetween(fed['pooled']['alert_rate'], 0.05, 0.95)  # A threshold inside the scores.
+    for key in ('auprc', 'recall_at_10%', 'f1_at_50%'):  # Pooled from binned scores: to a bin.
+      self.assertAllClose(fed['pooled'][key], sim['pooled'][key], atol=0.01)
+    self.assertIn('log-score bins', fed['pooled_ranking'])
+    # A node answers only the planned DP releases, with the planned noise: a coordinator's request for
+    # less noise, another unit cap or an extra pass (fresh noise, unaccounted) is refused; so are
+    # statistics without noise or outside their release numbers.
+    node, scores = nodes[0], messages.peek(asked[nodes[0].name])
+
+    def refusal(kind, header, arrays=()):
+      reply = messages.peek(node.handle(messages.seal(messages.Message(kind, header, arrays), self.key)))
+      self.assertEqual(reply.kind, node_lib.REFUSED, header)
+      return reply.header['reason']
+    for change in ({'stddev': 0.0}, {'cap': 0}, {'release': 5}):
+      header = dict(scores.header, histogram={**scores.header['histogram'], **change})
+      self.assertIn("is not the plan's", refusal(node_lib.SCORES, header, scores.arrays))
+    for params in ({'noise_share': None, 'release': 1}, {'noise_share': 1.0, 'release': 7}):
+      header = {'agreement': node.agreement, 'run': 'r', 'index': 0, 'request': 'histograms', 'params': params}
+      self.assertIn('answers only the planned releases', refusal(node_lib.STATISTICS, header))
+
+  def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
+    config = csv_config.get_config()  # The default: distributed record-level DP, secure aggregation.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
+    self.assertTrue(config.federation.secure_aggregation)
+    simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
+    nodes, sent = self._nodes(config), {}
+
+    class Recording(coordinator.InProcessTransport):
+      def secure_exchange(self, requests, **kwargs):
+        sent.update(requests)
+        return super().secure_exchange(requests, **kwargs)
+
+    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                         runtime=coordinator.Federation(Recording(nodes), key=self.key, node_keys=self.node_public,
+                                                        log=lambda _: None))
+    for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-5)
+    self.assertEqual(simulated.metrics['privacy']['epsilon'], secure.metrics['privacy']['epsilon'])
+    self.assertIn('which this federation ran (SecAgg+', secure.metrics['privacy']['text'])
+    # A sum that would hold fewer noise shares than the plan's census is refused by every node.
+    short = nodes[0].handle_secure(sent[nodes[0].name], summed_with=2)
+    self.assertEqual(short.update, ())
+    self.assertIn("would hold 2 institutions' noise shares, and the plan's noise counts on all 3",
+                  messages.peek(short.reply).header['reason'])
+    # A node whose config says secure aggregation never sends its update in the clear.
+    train = messages.Message(node_lib.TRAIN, {'agreement': nodes[0].agreement, 'run': 'r', 'round': 1})
+    reply = messages.unseal(nodes[0].handle(messages.seal(train, self.key)), self.node_public[nodes[0].name],
+                            sender=nodes[0].name, kinds=(node_lib.REFUSED,))
+    self.assertIn('for the update in the clear', reply.header['reason'])
+    config.record_dp.enabled, config.privacy.target_epsilon, config.aggregator.type = False, None, 'median'
+    with self.assertRaisesRegex(errors.ConfigError, "config.aggregator.type='median' needs each node"):
+      coordinator.check(config)
+
+  def test_client_level_dp_under_secure_aggregation_clips_at_the_nodes_and_equals_the_simulation(self):
+    config = copy.deepcopy(self.config)
+    config.aggregator.type, config.aggregator.clip = 'gaussian_fixed', 0.05  # Every update clipped.
+    config.federation.secure_aggregation = True
+    simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
+    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                         runtime=self._federation(self._nodes(config)))
+    for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-5)
+    self.assertIn('trusts the coordinator to add the noise to the securely summed updates',
+                  secure.metrics['privacy']['text'])
+
+  def test_a_node_lost_after_round_1_leaves_the_ledger_and_the_evaluation(self):
+    lost = set()
+
+    class Losing(coordinator.InProcessTransport):
+      def exchange(self, requests):
+        return super().exchange({n: b for n, b in requests.items() if n not in lost})
+
+      def secure_exchange(self, requests, **kwargs):
+        return super().secure_exchange({n: b for n, b in requests.items() if n not in lost}, **kwargs)
+
+    def lose_bank_c_after_round_1(line):
+      if line.startswith('round 1/'):
+        lost.add('bank_c')
+
+    federation = coordinator.Federation(Losing(self._nodes()), key=self.key, node_keys=self.node_public,
+                                        log=lambda _: None, min_nodes=2)
+    result = program.run(coordinator_config(self.config), os.path.join(self.root, 'lost'),
+                         log=lose_bank_c_after_round_1, runtime=federation)
+    with open(result.paths.metrics_csv) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 2.0])  # The ledger's view.
+    self.assertEqual(result.metrics['federated']['not_evaluated'], ['bank_c'])
+    # Distributed DP-SGD (the default, securely summed) plans every node's noise share each round:
+    # a round without bank_c is discarded, and the run stops where it can resume.
+    lost.clear()
+    default = csv_config.get_config()
+    default.data.dir, default.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    default.federated.rounds, default.federated.eval_every, default.privacy.noise_seed = 2, 0, 0
+    # The other nodes refuse too: the secure sum would hold fewer noise shares than the census.
+    with self.assertRaisesRegex(errors.RunFailed, r'round 2: no update from bank_a, bank_b, bank_c;'
+                                r' distributed DP-SGD needs every institution\'s share .* at its last'
+                                r' checkpoint \(round 1\)'):
+      program.run(coordinator_config(default), os.path.join(self.root, 'distributed'),
+                  log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
+                      Losing(self._nodes(default)), key=self.key, node_keys=self.node_public,
+                      log=lambda _: None, min_nodes=2))
+    with open(program.Paths(os.path.join(self.root, 'distributed')).metrics_csv) as f:
+      self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0])
+    # Planned for one lost node (each share σ/√2 of 3), the round goes on without bank_c's update.
+    lost.clear()
+    default.record_dp.tolerated_dropouts = 1
+    tolerant = program.run(coordinator_config(default), os.path.join(self.root, 'tolerant'),
+                           log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
+                               Losing(self._nodes(default)), key=self.key, node_keys=self.node_public,
+                               log=lambda _: None, min_nodes=2))
+    with open(tolerant.paths.metrics_csv) as f:
+      self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0, 2.0])
+    self.assertIn('a round may lose 1 institution', tolerant.metrics['privacy']['text'])
+    share, sigma = map(float, re.search(r'multiplier ([\d.]+)\); the sum carries noise multiplier ([\d.]+)',
+                                        tolerant.metrics['privacy']['text']).groups())
+    self.assertAllClose(share, sigma / np.sqrt(2), rtol=1e-3)  # Not σ/√3: any two shares carry σ.
+    lost.update({'bank_b', 'bank_c'})  # A new run needs every registered node at the start.
+    with self.assertRaisesRegex(errors.RunFailed, 'hello: node bank_b: no reply; node bank_c: no reply'):
+      program.run(coordinator_config(self.config), os.path.join(self.root, 'too_few'), log=lambda _: None,
+                  runtime=federation)
+
+  def test_a_node_with_a_secret_seed_serves_one_run_and_never_reuses_its_noise(self):
+    config = csv_config.get_config()  # Distributed DP-SGD: every node adds noise.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every = 2, 0
+    self.assertIsNone(config.privacy.noise_seed)  # Each node's own secret seed.
+    ledgers = {n: os.path.join(self.root, f'{n}_ledger.json') for n in self.names}
+
+    lines = []
+
+    def nodes():
+      return [node_lib.Node(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                            coordinator_key=self.public, noise_seed=7, log=lines.append,
+                            ledger=node_lib.Ledger(ledgers[n])) for n in self.names]
+    first = program.run(coordinator_config(config), os.path.join(self.root, 'first'), log=lambda _: None,
+                        runtime=self._federation(nodes()))
+    self.assertBetween(first.metrics['privacy']['epsilon'], 0.99, 1.0)
+    # Each node counts its own spending: the coordinator's ε, from the rounds it served.
+    spent = [float(line.split('record-level ε = ')[1].split()[0])
+             for line in lines if 'all 2 rounds served' in line]
+    self.assertLen(spent, 3)
+    for value in spent:
+      self.assertAlmostEqual(value, first.metrics['privacy']['epsilon'], delta=1e-3)
+    for restarted in (False, True):  # A second run would spend a second budget, restarted nodes too.
+      with self.assertRaisesRegex(errors.RunFailed, 'already served coordinator run .* budget .* is spent'):
+        program.run(coordinator_config(config), os.path.join(self.root, f'second_{restarted}'),
+                    log=lambda _: None, runtime=self._federation(nodes()))
+    node = nodes()[0]  # Were a ledger removed, a new run would draw fresh noise.
+    self.assertNotEqual(node._run_seed('a'), node._run_seed('b'))  # pylint: disable=protected-access
+    # Resuming the first run is free: its releases again for the same inputs.
+    ledger = node_lib.Ledger(ledgers['bank_a'])
+    agreement = nodes()[0].agreement
+    run_id = open(os.path.join(self.root, 'first', 'federation_run_id')).read().strip()
+    ledger.check(agreement, run_id, 'round 2', self._round_2_digest(ledgers['bank_a'], agreement))
+    with self.assertRaisesRegex(messages.Refused, 'round 2 was already answered for another input'):
+      ledger.check(agreement, run_id, 'round 2', 'f' * 64)
+
+  def _round_2_digest(self, path, agreement):
+    with open(path) as f:
+      return json.load(f)[agreement]['released']['round 2']
+
+  def test_training_metrics_add_counts_and_weight_means_by_examples(self):
+    combined = coordinator._train_metrics(  # pylint: disable=protected-access
+        [{'num_examples': 10.0, 'loss': 1.0}, {'num_examples': 30.0, 'loss': 3.0}])
+    self.assertEqual(combined, {'train/num_examples': 40.0, 'train/loss': 2.5})
+    self.assertAllClose(np.float32(2.5), combined['train/loss'])
+
+
+
+class CanaryAuditTest(_NodesTestCase):
+  """The record-level canary audit over the nodes (in this process): the nodes' own DP-SGD is what it audits."""
+
+  def _audit_config(self):
+    config = csv_config.get_config()  # Distributed record-level DP-SGD under secure aggregation.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.record_dp.sampling_rate, config.privacy.noise_seed = 10, 0.5, 0
+    config.canary_audit.canaries, config.canary_audit.institution = 200, 'bank_b'
+    return config
+
+  def _audit(self, config, nodes, **kwargs):
+    return canary_audit.audit_record_level(
+        coordinator_config(config), canaries=200, seed=0, log=lambda _: None, runtime=self._federation(nodes),
+        workdir=os.path.join(self.create_tempdir().full_path, 'audit'), **kwargs)
+
+  def test_the_federations_audit_is_the_simulations(self):
+    config = self._audit_config()
+    federated = self._audit(config, self._nodes(config))
+    simulated = canary_audit.audit_record_level(config, canaries=200, seed=0, log=lambda _: None)
+    self.assertEqual(federated, simulated)
+    self.assertFalse(federated.refutes_claim, federated)
+    self.assertEqual((federated.unit, federated.canaries, federated.guesses), ('record', 200, 40))
+
+  def test_nodes_without_noise_are_caught_and_a_coordinator_cannot_turn_their_noise_off(self):
+    config = self._audit_config()
+
+    class Noiseless(node_lib.Node):
+      """A DP-SGD bug planted for this test: the node adds no noise share."""
+
+      def _build(self, header):
+        work = super()._build(header)
+        plan = dataclasses.replace(work.plan, record=canary_audit._unchecked(  # pylint: disable=protected-access
+            work.plan.record, noise_multiplier=0.0))
+        training = config_builders.build_training(self._config, self._choices, plan, features.FeatureSpace.from_dict(
+            header['space'], self._schema), self._schema, side=config_builders.Side.NODE)
+        return dataclasses.replace(work, plan=plan, parts=training.parts)
+
+    nodes = [Noiseless(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                       coordinator_key=self.public, noise_seed=0, log=lambda _: None) for n in self.names]
+    broken = self._audit(config, nodes)
+    self.assertTrue(broken.refutes_claim, broken)
+    # The coordinator's own sabotage is a plan with less noise than the config promises: refused.
+    with self.assertRaisesRegex(errors.RunFailed, 'noise'):
+      self._audit(config, self._nodes(config), sabotage=canary_audit.Sabotage.NOISE_OFF)
+
+  def test_client_level_canaries_at_the_coordinator_stand_under_a_correct_claim_and_catch_noise_off(self):
+    config = copy.deepcopy(self.config)  # Client-level DP (smoke), without secure aggregation.
+    config.aggregator.type, config.aggregator.clip, config.privacy.target_epsilon = 'gaussian_fixed', 1.0, 1.0
+    config.model.hidden_units, config.federated.rounds = (64,), 10  # As the simulation's client-level test.
+    nodes = self._nodes(config)
+    for sabotage, refuted in ((canary_audit.Sabotage.NONE, False), (canary_audit.Sabotage.NOISE_OFF, True)):
+      result = canary_audit.audit_client_level(
+          coordinator_config(config), canaries=200, seed=0, sabotage=sabotage, log=lambda _: None,
+          runtime=self._federation(nodes), workdir=os.path.join(self.create_tempdir().full_path, 'audit'))
+      self.assertEqual((result.unit, result.refutes_claim), ('institution', refuted), result)
+
+  def test_the_holding_node_must_be_named(self):
+    config = self._audit_config()
+    config.canary_audit.institution = ''
+    with self.assertRaisesRegex(errors.ConfigError, 'config.canary_audit.institution'):
+      coordinator.check(config)
+
+
+class ScriptTest(tf.test.TestCase):
+
+  def test_a_bad_row_or_no_registered_node_is_one_message_before_any_connection(self):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    with open(os.path.join(data_dir, 'bank_b', 'train.csv'), 'a') as f:
+      f.write('1e200,10.0,A,0\n')
+    os.makedirs(os.path.join(root, 'no_nodes'))
+    tls = credentials.write_tls(os.path.join(root, 'pki'), hosts=['127.0.0.1'])
+    node_key, _ = credentials.write_node_key(os.path.join(root, 'pki'), 'bank_b')
+    private, public = signing.generate_keys(os.path.join(root, 'pki', 'coordinator'))
+    common = ['--config=configs/csv.py:smoke', f'--config.data.schema_file={schema_file}',
+              f'--ca={tls.ca_certificate}']
+    runs = {
+        'node': ['scripts/node.py', *common, f'--data_dir={data_dir}/bank_b', f'--workdir={root}/node',
+                 f'--key={node_key}', f'--coordinator_key={public}', '--superlink=127.0.0.1:1'],
+        'coordinator': ['scripts/coordinator.py', *common, f'--workdir={root}/run', f'--key={private}',
+                        f'--nodes={root}/no_nodes'],
+        'node_with_two_sources': ['scripts/node.py', *common, f'--data_dir={data_dir}/bank_b', f'--workdir={root}/n',
+                                  '--transactions=t.csv', f'--key={node_key}', f'--coordinator_key={public}'],
+    }
+    expected = {'node': r"error: .*bank_b/train.csv: line 62, column 'amount': '1e200' is beyond",
+                'coordinator': r'no_nodes: no <institution>.pub keys',
+                'node_with_two_sources': r'error: give the node its rows: --data_dir=.*, or --transactions='}
+    for name, argv in runs.items():
+      done = subprocess.run([sys.executable, *argv], cwd=_ROOT, capture_output=True, text=True, timeout=600)
+      self.assertNotEqual(done.returncode, 0, name)
+      self.assertRegex(done.stderr, expected[name])
+      self.assertNotIn('Traceback', done.stderr)
+
+
+class AmlNodesTest(tf.test.TestCase):
+  """Banks' nodes reading an AMLworld file, each its own bank's transactions."""
+
+  def test_bank_nodes_train_the_simulations_model_and_alert_threshold(self):
+    from configs import aml  # pylint: disable=g-import-not-at-top
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    from tffaml.data import transaction_generator  # pylint: disable=g-import-not-at-top
+    root = self.create_tempdir().full_path
+    path = os.path.join(root, 'transactions.csv')
+    transaction_generator.generate(path, num_banks=4, num_transactions=8000, seed=1, laundering_rate=0.01, days=10)
+    config = aml.get_config('smoke')  # Client-level DP: the coordinator's noise, seeded.
+    config.data.path, config.privacy.noise_seed, config.federated.eval_every = path, 0, 0
+    config.reference.centralized_epochs = 0  # Pools the rows: the simulation's alone.
+    config.federation.secure_aggregation = False  # Updates in the clear: the same model to float rounding.
+    simulated = program.run(config, os.path.join(root, 'sim'), log=lambda _: None)
+    names = [s['institution'] for s in simulated.metrics['institutions']]
+    self.assertLen(names, 4)
+    key, public, node_keys, node_public = _keys(root, names)
+    nodes = [node_lib.Node(config, bank=n[len('bank_'):], key=node_keys[n], coordinator_key=public, noise_seed=0,
+                           log=lambda _: None) for n in names]
+    federated = program.run(coordinator_config(config), os.path.join(root, 'fed'), log=lambda _: None,
+                            runtime=coordinator.Federation(coordinator.InProcessTransport(nodes), key=key,
+                                                           node_keys=node_public, log=lambda _: None))
+    for a, b in zip(simulated.model.get_weights(), federated.model.get_weights()):
+      self.assertAllClose(a, b, atol=1e-6)
+    self.assertEqual(federated.metrics['institutions'], simulated.metrics['institutions'])
+    threshold = program.saved_model.read_metadata(simulated.paths.export)['threshold']
+    self.assertEqual(program.saved_model.read_metadata(federated.paths.export)['threshold'], threshold)
+    self.assertEqual(program.saved_model.read_metadata(federated.paths.export)['serving'],  # Raw AMLworld fields.
+                     program.saved_model.read_metadata(simulated.paths.export)['serving'])
+    self.assertAllClose(federated.metrics['alerts']['pooled']['alert_rate'],
+                        simulated.metrics['alerts']['pooled']['alert_rate'], atol=1e-9)
+    # Each bank picks its validation threshold on its own exact scores; the pooled F1 sums their counts.
+    fed, sim = federated.metrics['alerts'], simulated.metrics['alerts']
+    self.assertIsNotNone(fed['pooled']['f1_at_validation_threshold'])
+    for scope, expected in [(fed['pooled'], sim['pooled']),
+                            *((fed['institutions'][n], sim['institutions'][n]) for n in names)]:
+      self.assertEqual(scope['f1_at_validation_threshold'] is None, expected['f1_at_validation_threshold'] is None)
+      if expected['f1_at_validation_threshold'] is not None:
+        self.assertAllClose(scope['f1_at_validation_threshold'], expected['f1_at_validation_threshold'], atol=1e-9)
+    # A bank the file does not hold, and one without enough transactions, are refused before any work.
+    with self.assertRaisesRegex(schema_lib.DataError, "no transaction of bank 'nope'"):
+      node_lib.own_rows(config, None, bank='nope')
+    config.data.min_rows = 100_000
+    with self.assertRaisesRegex(schema_lib.DataError, r'the agreed config needs 100000 .*config.data.min_rows'):
+      node_lib.own_rows(config, None, bank=names[0][len('bank_'):])
+
+
+if __name__ == '__main__':
+  tf.test.main()

@@ -1,0 +1,214 @@
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from configs import csv as csv_config
+from tests import helpers
+from tffaml import errors
+from tffaml.models import canaries
+from tffaml.privacy import one_run
+from tffaml.studies import canary_audit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class OneRunBoundTest(tf.test.TestCase):
+
+  def test_p_value_by_hand(self):
+    # 10 of 10 right at ε = 0: a fair coin ten times, 1/1024.
+    self.assertAlmostEqual(one_run.p_value(canaries=20, guesses=10, correct=10, epsilon=0.0, delta=0.0),
+                           1 / 1024)
+    # r = 2, v = 2, ε = 0, δ = 0.01, m = 4: P[B >= 2] = 1/4; the δ term's max over
+    # i = 1 (P[B = 1] / 1 = 1/2) and i = 2 (P[B <= 1] / 2 = 3/8) is 1/2: 1/4 + 2 * 4 * 0.01 / 2.
+    self.assertAlmostEqual(one_run.p_value(canaries=4, guesses=2, correct=2, epsilon=0.0, delta=0.01), 0.29)
+
+  def test_lower_bound_by_hand(self):
+    # 10 of 10 right refutes every ε with q^10 < 0.05: q = 0.05^0.1, ε = log(q / (1 - q)).
+    q = 0.05 ** 0.1
+    bound = one_run.epsilon_lower_bound(canaries=100, guesses=10, correct=10, delta=0.0)
+    self.assertAlmostEqual(bound, math.log(q / (1 - q)), places=5)
+    self.assertEqual(one_run.epsilon_lower_bound(canaries=100, guesses=10, correct=5, delta=0.0), 0.0)
+    with_delta = one_run.epsilon_lower_bound(canaries=100, guesses=10, correct=10, delta=1e-3)
+    self.assertLess(with_delta, bound)  # δ can only weaken the refutation.
+
+  def test_guesses_take_the_ends(self):
+    scores = np.array([0.9, 0.1, 0.5, 0.8, 0.2, 0.3, 0.7, 0.4, 0.6, 0.0])
+    included = np.array([1, 0, 1, 0, 0, 1, 1, 0, 0, 1], bool)
+    # k = 2: "in" for 0.9 (in) and 0.8 (out), "out" for 0.0 (in) and 0.1 (out): 2 of 4 right.
+    self.assertEqual(one_run.guess(scores, included, fraction=0.2),
+                     one_run.Guesses(canaries=10, guesses=4, correct=2))
+
+
+class _FederationTest(parameterized.TestCase, tf.test.TestCase):
+  """A small federation written once per class."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir, cls.schema_file = helpers.write_federation(tempfile.mkdtemp())
+
+
+class ClientLevelAuditTest(_FederationTest):
+
+  def _config(self, epsilon):
+    config = csv_config.get_config('smoke')
+    config.data.dir, config.data.schema_file = self.data_dir, self.schema_file
+    config.aggregator.type, config.aggregator.clip = 'gaussian_fixed', 1.0
+    config.privacy.target_epsilon = epsilon
+    config.model.hidden_units = (64,)  # Room for 200 nearly orthogonal canary directions.
+    config.federated.rounds = 10
+    return config
+
+  def _audit(self, epsilon, sabotage):
+    return canary_audit.audit_client_level(self._config(epsilon), canaries=200, seed=0, sabotage=sabotage,
+                                           log=lambda _: None)
+
+  @parameterized.parameters(canary_audit.Sabotage.NOISE_OFF, canary_audit.Sabotage.CLIPPING_OFF)
+  def test_a_broken_mechanism_is_caught(self, sabotage):
+    result = self._audit(1.0, sabotage)
+    self.assertAlmostEqual(result.claimed_epsilon, 1.0, places=2)
+    self.assertTrue(result.refutes_claim, result)
+    self.assertGreater(result.lower_bound, 2.0)
+
+  @parameterized.parameters(1.0, 4.0, 8.0)
+  def test_a_correct_mechanism_stays_under_its_claim(self, epsilon):
+    result = self._audit(epsilon, canary_audit.Sabotage.NONE)
+    self.assertFalse(result.refutes_claim, result)
+    self.assertEqual((result.canaries, result.guesses), (200, 40))
+
+  def test_only_client_level_dp_with_a_fixed_clip_is_audited(self):
+    config = self._config(1.0)
+    config.aggregator.type = 'gaussian_adaptive'
+    with self.assertRaisesRegex(errors.ConfigError, "config.aggregator.type='gaussian_fixed'"):
+      canary_audit.audit_client_level(config, canaries=10, seed=0, log=lambda _: None)
+
+
+class RecordLevelAuditTest(_FederationTest):
+
+  def _config(self, epsilon):
+    config = csv_config.get_config()  # Distributed record-level DP-SGD, the default.
+    config.data.dir, config.data.schema_file = self.data_dir, self.schema_file
+    config.privacy.target_epsilon = epsilon
+    config.record_dp.sampling_rate = 0.5
+    # A clip well below the unclipped canaries' gradient, so that turning
+    # clipping off shows (at the default rule's clip, 2 here, the bound was 1.5).
+    config.record_dp.clip = 1.0
+    config.federated.rounds = 10
+    return config
+
+  def _audit(self, epsilon, sabotage):
+    return canary_audit.audit(self._config(epsilon), canaries=200, seed=0, sabotage=sabotage, log=lambda _: None)
+
+  @parameterized.parameters(canary_audit.Sabotage.NOISE_OFF, canary_audit.Sabotage.CLIPPING_OFF)
+  def test_a_broken_mechanism_is_caught(self, sabotage):
+    result = self._audit(1.0, sabotage)
+    self.assertEqual(result.unit, 'record')
+    # The claim is the canaries' institution's ε from training alone: under the
+    # target, which also pays for the DP feature statistics.
+    self.assertBetween(result.claimed_epsilon, 0.5, 1.0)
+    self.assertTrue(result.refutes_claim, result)
+    self.assertGreater(result.lower_bound, 2.0)
+
+  @parameterized.parameters(1.0, 4.0, 8.0)
+  def test_a_correct_mechanism_stays_under_its_claim(self, epsilon):
+    result = self._audit(epsilon, canary_audit.Sabotage.NONE)
+    self.assertFalse(result.refutes_claim, result)
+    self.assertEqual((result.canaries, result.guesses), (200, 40))
+
+  @parameterized.parameters((canary_audit.Sabotage.NOISE_OFF, True), (canary_audit.Sabotage.NONE, False))
+  def test_account_level(self, sabotage, refuted):
+    schema_file = os.path.join(self.create_tempdir().full_path, 'schema_with_unit.json')
+    with open(schema_file, 'w') as f:
+      json.dump(dict(helpers.SCHEMA, unit='account'), f)  # 12 accounts of 5 rows in each institution.
+    config = self._config(1.0)
+    config.data.schema_file = schema_file
+    result = canary_audit.audit(config, canaries=200, seed=0, sabotage=sabotage, log=lambda _: None)
+    self.assertEqual(result.unit, 'account')
+    self.assertEqual(result.refutes_claim, refuted, result)
+
+  def test_the_canary_model_is_the_base_model_on_real_rows_and_a_dirac_gradient_on_canaries(self):
+
+    def base():
+      inputs = {'x': tf.keras.Input(shape=(2,), name='x')}
+      return tf.keras.Model(inputs, tf.keras.layers.Dense(1, activation='sigmoid', kernel_initializer='ones',
+                                                          bias_initializer='zeros')(inputs['x']))
+
+    model = canaries.canary_model(base, canaries=3)()
+    model.get_layer(canaries.CANARY_WEIGHTS).set_weights([np.array([[0.0], [0.5], [-1.0]], np.float32)])
+    x = np.array([[0.3, -1.0], [2.0, 0.5], [0.0, 0.0]], np.float32)
+    inputs = {'x': x, canaries.CANARY_COLUMN: np.array([-1.0, 1.0, 2.0], np.float32)}
+    with tf.GradientTape(persistent=True) as tape:
+      p = model(inputs)
+      losses = tf.keras.losses.binary_crossentropy(np.ones((3, 1), np.float32), p)
+    gradient = tape.jacobian(losses, model.get_layer(canaries.CANARY_WEIGHTS).kernel).numpy()[:, :, 0]
+    base_gradient = tape.jacobian(losses, [w for w in model.trainable_weights
+                                           if not w.name.startswith(canaries.CANARY_WEIGHTS)])
+    self.assertLen(base_gradient, 2)  # The base's kernel and bias.
+    # Logits: the base model's (0.3 - 1.0) on the real row, CANARY_LOGIT on the canaries, whatever w is.
+    p_expected = 1 / (1 + np.exp(-np.array([-0.7, canaries.CANARY_LOGIT, canaries.CANARY_LOGIT])))
+    self.assertAllClose(p.numpy().ravel(), p_expected, atol=1e-6)
+    # d loss / d w: nothing from the real row; -(1 - p) * CANARY_INPUT on the canary's own weight only.
+    expected = np.zeros((3, 3))
+    expected[1, 1], expected[2, 2] = -(1 - p_expected[1:]) * canaries.CANARY_INPUT
+    self.assertAllClose(gradient, expected, rtol=1e-3)  # Keras adds 1e-7 to p inside the log.
+    # And nothing of a canary's gradient reaches the base model's weights (the real row's does).
+    for g in base_gradient:
+      g = g.numpy().reshape(3, -1)
+      self.assertAllEqual(g[1:], np.zeros_like(g[1:]))
+      self.assertGreater(np.abs(g[0]).max(), 0.0)
+
+  def test_only_distributed_dp_sgd_of_a_classifier_is_audited(self):
+    config = self._config(1.0)
+    config.record_dp.mode = 'local'
+    with self.assertRaisesRegex(errors.ConfigError, "config.record_dp.mode='distributed'"):
+      canary_audit.audit(config, canaries=10, seed=0, log=lambda _: None)
+    config = self._config(1.0)
+    config.model.name, config.model.loss, config.model.alert_budget = 'autoencoder', 'reconstruction', 0.01
+    with self.assertRaisesRegex(errors.ConfigError, "config.model.name='autoencoder' is not one"):
+      canary_audit.audit(config, canaries=10, seed=0, log=lambda _: None)
+    config = self._config(1.0)
+    config.canary_audit.institution = 'bank_z'
+    with self.assertRaisesRegex(errors.ConfigError, "config.canary_audit.institution='bank_z' is none of"):
+      canary_audit.audit(config, canaries=10, seed=0, log=lambda _: None)
+
+
+class ScriptTest(tf.test.TestCase):
+
+  def _run(self, *flags):
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    output = os.path.join(root, 'audit.json')
+    done = subprocess.run(
+        [sys.executable, 'scripts/canary_audit.py', '--config=configs/csv.py', f'--config.data.dir={data_dir}',
+         f'--config.data.schema_file={schema_file}', '--config.record_dp.sampling_rate=0.5',
+         '--config.federated.rounds=5', '--canaries=100', f'--output={output}', *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return done, output
+
+  def test_a_refuted_claim_exits_1_with_the_bound_and_writes_json(self):
+    done, output = self._run('--sabotage=noise_off')
+    self.assertEqual(done.returncode, 1, done.stderr[-3000:])
+    self.assertIn('DP per record over 5 rounds', done.stdout)
+    self.assertIn('the audit REFUTES the claim', done.stdout)
+    with open(output) as f:
+      report = json.load(f)
+    self.assertGreater(report['lower_bound'], report['claimed_epsilon'])
+    self.assertEqual((report['sabotage'], report['unit']), ('noise_off', 'record'))
+
+  def test_a_mechanism_it_cannot_audit_is_refused_in_one_line(self):
+    done, output = self._run('--config.record_dp.mode=local')
+    self.assertEqual(done.returncode, 2, done.stderr[-3000:])
+    self.assertIn("config.record_dp.mode='distributed'", done.stderr)
+    self.assertNotIn('Traceback', done.stderr)
+    self.assertFalse(os.path.exists(output))
+
+
+if __name__ == '__main__':
+  tf.test.main()

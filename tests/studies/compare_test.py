@@ -1,0 +1,183 @@
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from configs import csv as csv_config
+from tests import helpers
+from tffaml import errors
+from tffaml.data import federated_data
+from tffaml.data import schema as schema_lib
+from tffaml.data import transaction_generator
+from tffaml.training import centralized
+from tffaml.studies import compare
+
+M = compare.Method
+CONFIGURED_METHODS = set(compare.CONFIGURED)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class CombineAndSummaryTest(tf.test.TestCase):
+
+  def test_average_and_vote(self):
+    per_model = [{'a': np.array([0.2, 0.7])}, {'a': np.array([0.6, 0.9])}]
+    self.assertAllClose(compare._combine(per_model)['a'], [0.4, 0.8])
+    # Model 1 votes at 0.5: [0, 1]; model 2 at 0.95: [0, 0].
+    self.assertAllClose(compare._combine(per_model, [0.5, 0.95])['a'], [0.0, 0.5])
+
+  def test_vote_threshold_flags_the_positive_rate(self):
+    scores = np.linspace(0, 1, 101)
+    labels = np.r_[np.zeros(91), np.ones(10)]
+    threshold = compare._vote_threshold(scores, labels)
+    self.assertEqual((scores >= threshold).sum(), 10)
+
+  def test_summary_over_seeds(self):
+    rows = []
+    for seed, (a, b, pooled) in enumerate([(0.6, 0.8, 0.7), (0.7, 0.9, 0.8)]):
+      rows += [{'method': 'fedavg', 'seed': seed, 'institution': 'x', 'train_rows': 10, 'auc': a},
+               {'method': 'fedavg', 'seed': seed, 'institution': 'y', 'train_rows': 20, 'auc': b},
+               {'method': 'fedavg', 'seed': seed, 'institution': 'all test rows',
+                'train_rows': 30, 'auc': pooled}]
+    summary = compare.summarize(pd.DataFrame(rows)).iloc[0]
+    self.assertAlmostEqual(summary['pooled_auc_mean'], 0.75)
+    self.assertAlmostEqual(summary['pooled_auc_std'], np.std([0.7, 0.8], ddof=1))
+    self.assertAlmostEqual(summary['median_institution_auc_mean'], 0.75)  # (0.7 + 0.8) / 2
+    self.assertAlmostEqual(summary['worst_institution_auc_mean'], 0.65)
+    self.assertEqual(summary['seeds'], 2)
+
+
+class ThresholdF1Test(tf.test.TestCase):
+
+  def test_validation_rows_pick_the_threshold_and_leave_the_metrics(self):
+    frame = lambda labels: pd.DataFrame({schema_lib.LABEL_COLUMN: labels})
+    a = federated_data.Institution('a', train=frame([0, 1]), test=frame([0, 1, 0, 1, 1, 0, 0, 0, 1, 0]))
+    scored = compare.Scored(data=federated_data.FederatedData(schema=None, institutions=(a,)))
+    # Validation (first 4 rows): the best F1 flags >= 0.6. Later rows: flags 0.7 (a 1), 0.65 (a 0).
+    scored.scores[M.FEDAVG] = {'a': np.array([0.9, 0.8, 0.7, 0.6, 0.7, 0.65, 0.1, 0.2, 0.3, 0.4])}
+    scored.thresholds[M.FEDAVG] = {'a': 0.35}  # Flags 0.7, 0.65, 0.4: one of two positives.
+    rows = compare._seed_rows(scored, 0, budgets=(), validation_fraction=0.4)
+    pooled = [r for r in rows if r['institution'] == 'all test rows'][0]
+    self.assertAlmostEqual(pooled['f1_at_validation_threshold'], 2 * 1 / (2 + 2))
+    self.assertAlmostEqual(pooled['f1_at_alert_threshold'], 2 * 1 / (3 + 2))
+    self.assertAlmostEqual(pooled['auc'], 0.75)  # The 6 later rows only: 0.7 and 0.3 among the 1s.
+
+
+class AmlCompareScriptTest(tf.test.TestCase):
+  """scripts/compare.py --config=configs/aml.py:compare with the shipped private default."""
+
+  def test_prints_the_table_with_minority_f1(self):
+    root = tempfile.mkdtemp()
+    path = os.path.join(root, 'transactions.csv')
+    transaction_generator.generate(path, num_banks=4, num_transactions=12_000, seed=2,
+                                   laundering_rate=0.01, days=10)
+    out = os.path.join(root, 'compare')
+    methods = ('gbt_centralized,gbt_local,centralized,fedavg_record_dp,autoencoder,rarity_model,'
+               'rarity_federated,rarity_local')
+    small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
+             '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
+    done = subprocess.run(
+        [sys.executable, 'scripts/compare.py', '--config=configs/aml.py:compare', f'--config.data.path={path}',
+         '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
+         '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--rarity_config=configs/aml_rarity.py:smoke',
+         f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+    for title in ("minority F1 at the threshold best on each institution's validation period",
+                  'minority F1 at the alert threshold', 'AUPRC:', 'recall at 1% alert budget'):
+      self.assertIn(title, done.stdout)
+    summary = pd.read_csv(os.path.join(out, 'compare.csv')).set_index('method')
+    self.assertEqual(summary.index.tolist(), methods.split(','))
+    self.assertTrue(summary['pooled_f1_at_validation_threshold_mean'].between(0, 1).all())
+    thresholds = summary['pooled_f1_at_alert_threshold_mean']
+    self.assertTrue(thresholds.drop(['rarity_federated', 'rarity_local']).between(0, 1).all())
+    self.assertTrue(thresholds[['rarity_federated', 'rarity_local']].isna().all())  # They export none.
+    # Laundering here is 1%, in large payments at any hour: the unlabelled rarity score finds it.
+    self.assertGreater(summary.loc['rarity_federated', 'pooled_auprc_mean'], 0.05)
+    with open(os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'privacy.txt')) as f:
+      self.assertRegex(f.read(), r'\(1(\.0+)?, 1e-05\)-differential privacy for each customer')
+
+
+class CompareRunTest(tf.test.TestCase):
+
+  def test_smoke_compare_every_method(self):
+    root = tempfile.mkdtemp()
+    base = helpers.smoke_config(root)
+    base.reference.centralized_epochs = 1
+    # As configs/loan_risk.py:compare: no DP in the base, a target ε for record-level DP.
+    base.aggregator.type, base.aggregator.noise_multiplier = 'mean', 0.0
+    base.privacy.target_epsilon = 5.0
+    out = os.path.join(root, 'compare')
+    # Every method but those for transactions (AmlCompareScriptTest runs them).
+    methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL)]
+    summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out,
+                                           log=lambda _: None)
+    self.assertEqual(summary['method'].tolist(), [m.value for m in methods])
+    self.assertLen(per_institution, len(methods) * 4)  # 3 banks + all test rows.
+    self.assertTrue(per_institution['auc'].between(0, 1).all())
+    for name in ('compare.csv', 'compare_institutions.csv', 'compare.md', 'compare.png'):
+      self.assertTrue(os.path.isfile(os.path.join(out, name)), name)
+    record = os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'privacy.txt')
+    with open(record) as f:
+      self.assertRegex(f.read(), r'\((5|4\.99\d*), 1e-05\)-differential privacy for each record')
+    client = os.path.join(out, 'runs', 'seed0', 'fedavg_client_dp', 'privacy.txt')
+    with open(client) as f:
+      self.assertIn('Gaussian noise multiplier 0.5 on updates', f.read())
+
+  def test_refusals_before_any_work(self):
+    base = csv_config.get_config('smoke')
+    base.reference.centralized_epochs = 1
+    for method, flag in (('autoencoder', 'autoencoder_config'), ('rarity_model', 'rarity_config')):
+      with self.assertRaisesRegex(errors.ConfigError,
+                                  f'{method} method needs its config \\(scripts/compare.py --{flag}\\)'):
+        compare.run(base, seeds=[0], methods=[M(method)], output_dir='/tmp/never')
+    self.assertFalse(os.path.exists('/tmp/never'))
+
+  def test_rarity_needs_transactions(self):
+    root = tempfile.mkdtemp()
+    base = helpers.smoke_config(root)
+    base.reference.centralized_epochs = 1
+    with self.assertRaisesRegex(ValueError, "rarity methods score transactions; this data has no"):
+      compare.run(base, seeds=[0], methods=[M.RARITY_FEDERATED],
+                  output_dir=os.path.join(root, 'out'), log=lambda _: None)
+
+  def test_own_data_base_trains_the_keras_models_the_default_epochs(self):
+    root = tempfile.mkdtemp()
+    base = helpers.smoke_config(root)  # configs/csv.py: no pooled reference in its runs.
+    self.assertEqual(base.reference.centralized_epochs, 0)
+    lines = []
+    with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
+      summary, _ = compare.run(base, seeds=[0], methods=[M.CENTRALIZED, M.LOCAL_ONLY],
+                               output_dir=os.path.join(root, 'out'), log=lines.append)
+    self.assertEqual(summary['method'].tolist(), ['centralized', 'local_only'])
+    self.assertTrue(summary['pooled_auc_mean'].between(0, 1).all())
+    epochs = compare.DEFAULT_REFERENCE_EPOCHS
+    self.assertIn(f'local-only models train {epochs} epochs', '\n'.join(lines))
+    # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs).
+    self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list], [epochs] + [math.ceil(epochs * 3)] * 3)
+
+  def test_negative_epochs_are_refused_before_any_work(self):
+    base = csv_config.get_config('smoke')
+    base.reference.centralized_epochs = -1
+    with self.assertRaisesRegex(errors.ConfigError, r'^config.reference.centralized_epochs=-1: compare trains'):
+      compare.run(base, seeds=[0], methods=[M.LOCAL_ONLY], output_dir='/tmp/never')
+    self.assertFalse(os.path.exists('/tmp/never'))
+
+  def test_default_methods_are_those_that_apply(self):
+    loans = schema_lib.Schema.from_dict(helpers.SCHEMA)
+    unlabelled = {M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL}
+    self.assertEqual(compare.default_methods(loans, {}), [m for m in M if m not in unlabelled])
+    with_autoencoder = compare.default_methods(loans, {M.AUTOENCODER: csv_config.get_config('smoke')})
+    self.assertIn(M.AUTOENCODER, with_autoencoder)
+    self.assertNotIn(M.RARITY_MODEL, with_autoencoder)
+    transactions = helpers.payment_space().schema
+    self.assertEqual(compare.default_methods(transactions, {}), [m for m in M if m not in CONFIGURED_METHODS])
+
+
+if __name__ == '__main__':
+  tf.test.main()

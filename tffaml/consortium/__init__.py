@@ -1,0 +1,1 @@
+"""A federation of separate institutions over Flower: coordinator, nodes and their messages."""

@@ -1,0 +1,446 @@
+"""The coordinator's runtime: the same training program, with the rows at the nodes.
+
+`Federation` is a `program.Runtime`: `program.run(config, workdir,
+runtime=Federation(...))` runs the round loop, privacy ledger, checkpoints,
+metrics and signed export of the simulation, while every computation on rows
+happens at the institutions' nodes (`node.Node`), reached through a
+`Transport` (Flower between machines, `InProcessTransport` in tests). The
+coordinator runs TFF's aggregator (client-level DP, robust aggregation) and
+the server optimizer on the updates the nodes send, on the same state as the
+simulation, so with the same seeds and no noise the two give the same model.
+
+What the coordinator sees: each node's sizes (rows, positives, DP units),
+its answers to the statistics requests (its candidate category values, and
+histograms and sums: noised under DP), each node's test metric counts, and
+each round's updates: with secure aggregation (config.federation, the
+default with distributed DP-SGD) only their sum, through Flower's SecAgg+
+between the nodes; without it each node's update, so that under distributed
+record-level DP, whose updates carry only a share of the noise, the
+record-level ε holds against the coordinator only at the collusion ε the
+statement gives. Against everyone who sees the released model it holds as
+stated either way.
+"""
+
+import dataclasses
+import os
+import secrets
+from typing import Callable, Mapping, Optional, Protocol, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tffaml import errors
+from tffaml import features
+from tffaml import io
+from tffaml.data import loading
+from tffaml.data import schema as schema_lib
+from tffaml.federated import processes
+from tffaml.federated import quantiles
+from tffaml.consortium import flower
+from tffaml.consortium import messages
+from tffaml.consortium import node as node_lib
+from tffaml.privacy import accounting
+from tffaml.training import evaluation
+from tffaml.config import builders as config_builders
+from tffaml.config import checks as config_checks
+from tffaml.config import data as config_data
+from tffaml.training import program
+
+
+class Transport(Protocol):
+  """Delivers signed requests to named nodes and returns their signed replies."""
+
+  def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Each node's reply; a node that did not answer is missing from the result."""
+
+  def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
+                      round_num: int) -> flower.SecureSum:
+    """Training requests through secure aggregation: the replies, the weighted mean of the updates."""
+
+
+class InProcessTransport:
+  """Nodes in this process (tests, and a coordinator's own checks): `Node.handle` called directly.
+
+  Its secure aggregation is simulated: the updates are averaged here in the clear.
+  """
+
+  def __init__(self, nodes: Sequence[node_lib.Node]):
+    self._nodes = {n.name: n for n in nodes}
+
+  def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {name: self._nodes[name].handle(blob) for name, blob in requests.items()}
+
+  def secure_exchange(self, requests: Mapping[str, bytes], *, settings: flower.SecureAggregation,
+                      round_num: int) -> flower.SecureSum:
+    del round_num
+    answers = {name: self._nodes[name].handle_secure(blob, summed_with=len(requests))
+               for name, blob in requests.items()}
+    answers = {name: a for name, a in answers.items() if a.update}  # As SecAgg+ drops a refusing node.
+    sent = _mean_bytes(requests.values())
+    received = sum(len(a.reply) + sum(u.nbytes for u in a.update) for a in answers.values())
+    if not answers:
+      return flower.SecureSum(replies={}, mean=None, sent=sent, received=0.0)
+    # As SecAgg+ does: each update scaled by its weight over max_weight, then clipped.
+    weights = np.array([a.weight for a in answers.values()], np.float64) / settings.max_weight
+    scaled = [[np.clip(w * u, -settings.clipping_range, settings.clipping_range) for u in a.update]
+              for w, a in zip(weights, answers.values())]
+    mean = [sum(u[k] for u in scaled) / weights.sum() for k in range(len(scaled[0]))]
+    return flower.SecureSum(replies={name: a.reply for name, a in answers.items()}, mean=mean, sent=sent,
+                            received=received / len(answers))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Roster:
+  """The federation as the coordinator knows it: names, schema and sizes, no rows."""
+
+  schema: schema_lib.Schema
+  institutions: tuple[_Member, ...]
+  summaries: tuple[dict, ...]
+  census: tuple[dict, ...]
+
+  def summary(self) -> list[dict]:
+    return list(self.summaries)
+
+
+# Aggregators that need only the sum of the updates: with secure aggregation
+# a gaussian_fixed node clips its own update (node.clip_for_secure_sum) and
+# the coordinator adds the noise to the sum.
+SECURE_AGGREGATORS = ('mean', 'gaussian_fixed')
+
+
+def at_coordinator(config: ml_collections.ConfigDict) -> None:
+  """Makes the agreed `config` the coordinator's: the same but for where the rows are (at the nodes)."""
+  config.data.source = loading.at_nodes(config_data.data_source(config)).value
+  config.data.dir = config.data.path = ''
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Refuses what needs rows in the coordinator's process, before any work."""
+  if config.data.stream:
+    raise errors.ConfigError('config.data.stream=True stores the rows in the coordinator\'s workdir; a'
+                             ' federation\'s rows are at its nodes: set it to False.')
+  program.refuse_needing_rows(config, runtime='a federation', fix='use scripts/train.py', alerts=True)
+  if config_checks.parse_choices(config).algorithm is not processes.Algorithm.FEDAVG:
+    raise errors.ConfigError(
+        f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'
+        " simulation; use 'fedavg' (FedAdam and FedYogi are fedavg with a server optimizer).")
+  if config.federation.secure_aggregation and config.aggregator.type not in SECURE_AGGREGATORS:
+    raise errors.ConfigError(
+        f'config.aggregator.type={config.aggregator.type!r} needs each node\'s update, which secure'
+        f' aggregation hides: set config.aggregator.type to one of {", ".join(SECURE_AGGREGATORS)}, or'
+        ' config.federation.secure_aggregation=False (the coordinator then sees every update, and the'
+        ' privacy statement says so).')
+  if config_data.canary_records(config) and not config.canary_audit.institution:
+    raise errors.ConfigError('a record-level canary audit in a federation needs the node that holds the'
+                             ' canaries: set config.canary_audit.institution to its institution name.')
+  if not 0 < config.federation.reconstruction_threshold <= 1:
+    raise errors.ConfigError(f'config.federation.reconstruction_threshold='
+                             f'{config.federation.reconstruction_threshold!r} must be in (0, 1].')
+
+
+# SecAgg+ among fewer nodes hides little: with two, each learns the other's update from the sum.
+MIN_SECURE_COHORT = 3
+
+
+def secure_aggregation(config, choices: config_checks.Choices, census: Sequence[dict],
+                       cohort: int) -> Optional[flower.SecureAggregation]:
+  """The SecAgg+ settings of `config.federation`, None when it is off."""
+  f = config.federation
+  if not f.secure_aggregation:
+    return None
+  if cohort < MIN_SECURE_COHORT:
+    raise errors.ConfigError(
+        f'config.federation.secure_aggregation=True needs at least {MIN_SECURE_COHORT} nodes a round; this'
+        f' federation has {cohort}: add institutions or raise config.federated.clients_per_round.')
+  weighted = choices.weighting is processes.Weighting.EXAMPLES
+  # A round's weight is the examples a node trained on: at most its rows times the epochs.
+  most = max(s['train_rows'] for s in census) * int(np.ceil(config.federated.client_epochs))
+  return flower.SecureAggregation(reconstruction_threshold=f.reconstruction_threshold,
+                                  clipping_range=f.clipping_range, max_weight=float(most) if weighted else 1.0)
+
+
+class Federation:
+  """`program.Runtime` whose institutions are nodes behind `transport`."""
+
+  def __init__(self, transport: Transport, *, key: messages.PrivateKey,
+               node_keys: Mapping[str, messages.PublicKey], min_nodes: int = 1,
+               log: Callable[[str], None] = print):
+    """`node_keys`: each registered institution's public key, by name; `min_nodes` per round."""
+    self._transport, self._key, self._node_keys = transport, key, dict(sorted(node_keys.items()))
+    self.min_nodes, self.log = min_nodes, log
+    self._agreement: Optional[str] = None
+    self.names: list[str] = list(self._node_keys)  # The federation's order: institution indices.
+    self.traffic = {'sent': 0.0, 'received': 0.0}  # Mean bytes per node of the last exchange.
+    self.run_id = ''  # Set by `load` (kept in the workdir).
+    # Aggregated beside the nodes' updates every round: a client-level canary
+    # audit's canary institutions (tffaml.studies.canary_audit); none otherwise.
+    self.extra_updates: Sequence[tff.learning.templates.ClientResult] = ()
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    check(config)
+    schema = config_data.agreed_schema(config)
+    self._agreement = node_lib.agreement(config, schema)
+
+  def ask(self, kind: str, headers: Mapping[str, dict], arrays: Sequence[np.ndarray] = (), *,
+          required: bool = True) -> dict[str, messages.Message]:
+    """Sends `kind` to the nodes in `headers`; their verified replies (all of them if `required`)."""
+    requests = self._seal(kind, headers, arrays)
+    answers = self._transport.exchange(requests)
+    self.traffic = {'sent': _mean_bytes(requests.values()), 'received': _mean_bytes(answers.values())}
+    return self._verify(kind, headers, requests, answers, required=required)
+
+  def ask_secure(self, headers: Mapping[str, dict], arrays: Sequence[np.ndarray], *,
+                 settings: flower.SecureAggregation, round_num: int
+                 ) -> tuple[dict[str, messages.Message], Optional[list[np.ndarray]]]:
+    """A training round through secure aggregation: (verified replies, the mean of their updates)."""
+    requests = self._seal(node_lib.TRAIN, headers, arrays)
+    secure = self._transport.secure_exchange(requests, settings=settings, round_num=round_num)
+    replies = self._verify(node_lib.TRAIN, headers, requests, secure.replies, required=False)
+    self.traffic = {'sent': secure.sent, 'received': secure.received}  # The whole protocol's.
+    if set(replies) != set(secure.replies):  # A reply that does not verify: its update is in the mean.
+      raise errors.RunFailed(f'round {round_num}: the securely summed updates include a node whose reply'
+                             ' did not verify (see the log above); the round is discarded.')
+    return replies, secure.mean
+
+  def _seal(self, kind: str, headers: Mapping[str, dict], arrays: Sequence[np.ndarray]) -> dict[str, bytes]:
+    return {name: messages.seal(messages.Message(kind, {**h, 'agreement': self._agreement}, tuple(arrays)),
+                                self._key)
+            for name, h in headers.items()}
+
+  def _verify(self, kind: str, headers: Mapping[str, dict], requests: Mapping[str, bytes],
+              answers: Mapping[str, bytes], *, required: bool) -> dict[str, messages.Message]:
+    """The verified, accepted replies; every problem logged, and raised if `required`."""
+    replies, problems = {}, {}
+    for name, blob in answers.items():
+      try:
+        reply = messages.unseal(blob, self._node_keys[name], sender=name,
+                                kinds=(node_lib.reply_kind(kind), node_lib.REFUSED))
+      except messages.Refused as e:
+        problems[name] = str(e)
+        continue
+      if reply.header.get('answers') != messages.digest(requests[name]):
+        problems[name] = 'its reply answers another request (a replay)'
+      elif reply.kind == node_lib.REFUSED:
+        problems[name] = f'refused: {reply.header["reason"]}'
+      else:
+        replies[name] = reply
+    problems.update({n: 'no reply' for n in headers if n not in replies and n not in problems})
+    for name, problem in problems.items():
+      self.log(f'{kind}: node {name}: {problem}')
+    if problems and required:
+      raise errors.RunFailed(f'{kind}: ' + '; '.join(f'node {n}: {p}' for n, p in sorted(problems.items())))
+    return replies
+
+  def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
+    del log
+    self.run_id = _run_id(paths.root)
+    replies = self.ask(node_lib.HELLO, {n: {} for n in self.names})
+    schema = config_data.agreed_schema(config)
+    for name, reply in replies.items():
+      if reply.header['institution'] != name:
+        raise errors.RunFailed(f'node {name} says it is {reply.header["institution"]!r}.')
+    # Each node checked its own files; only here are all codings of the label seen together.
+    schema_lib.check_label_agreement(schema, [schema_lib.LabelSighting(
+        f'node {n}', {v: (text, None) for v, text in replies[n].header.get('labels', {}).items()})
+        for n in self.names])
+    ordered = [replies[n] for n in self.names]
+    return Roster(schema=schema, institutions=tuple(_Member(n) for n in self.names),
+                  summaries=tuple(r.header['summary'] for r in ordered),
+                  census=tuple({'institution': r.header['institution'], 'units': r.header['units'],
+                                'train_rows': r.header['summary']['train_rows']} for r in ordered))
+
+  def census(self, data: Roster) -> list[dict]:
+    return list(data.census)
+
+  def feature_space(self, config: ml_collections.ConfigDict, data: Roster, noise) -> features.FeatureSpace:
+    def ask(request: features.Request, params: dict) -> list:
+      headers = {n: {'request': request.value, 'params': params, 'index': i, 'run': self.run_id}
+                 for i, n in enumerate(self.names)}
+      replies = self.ask(node_lib.STATISTICS, headers)
+      return [_statistics_answer(replies[n]) for n in self.names]
+    return config_data.feature_space(config, data, noise, ask=ask)
+
+  def build(self, config, choices: config_checks.Choices, setup, space: features.FeatureSpace,
+            noise_seed: int) -> program.Built:
+    training = config_builders.build_training(config, choices, setup.plan, space, setup.data.schema,
+                                         side=config_builders.Side.COORDINATOR, cohort=setup.cohort,
+                                         noise_seed=noise_seed)
+    plan = {'space': _jsonable(space.to_dict()), 'census': self.census(setup.data),
+            'noise': setup.plan.noise_multipliers()}
+    secure = secure_aggregation(config, choices, plan['census'], setup.cohort)
+    rounds = _Rounds(self, training.parts, training.model_fn, plan, secure,
+                     tolerated_losses=setup.plan.record.dropouts
+                     if training.work is config_builders.ClientWork.DISTRIBUTED_DP_SGD else None)
+    return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
+                         train_round=rounds.train_round, evaluate=rounds.evaluate,
+                         score_histogram=rounds.score_histogram, alert_metrics=rounds.alert_metrics,
+                         aggregation=accounting.Aggregation.SECURE if secure
+                         else accounting.Aggregation.VISIBLE_UPDATES)
+
+
+class _Rounds:
+  """A round and an evaluation over the nodes."""
+
+  def __init__(self, federation: Federation, parts, model_fn, plan: dict,
+               secure: Optional[flower.SecureAggregation], *, tolerated_losses: Optional[int]):
+    self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
+    self._secure = secure  # None: updates in the clear.
+    # Distributed DP-SGD's noise is planned as shares: how many a round may lose (None: any).
+    self._tolerated_losses = tolerated_losses
+    self._finalize = None  # Built at the first evaluation, from a state's type.
+    self.names = federation.names
+
+  def train_round(self, state, members: list[int], round_num: int):
+    weights = state.global_model_weights
+    headers = {self.names[i]: {**self._plan, 'run': self._federation.run_id, 'round': round_num, 'index': i}
+               for i in members}
+    replies, results = self._updates(headers, _flat(weights), weights.trainable, round_num)
+    took_part = [i for i in members if self.names[i] in replies]
+    missing = [self.names[i] for i in members if i not in took_part]
+    if self._tolerated_losses is not None and len(missing) > self._tolerated_losses:
+      t = self._tolerated_losses
+      needs = (f'the noise shares of all but {t} institutions' if t else 'every institution\'s share of the'
+               ' noise')
+      raise errors.RunFailed(
+          f'round {round_num}: no update from {", ".join(missing)}; distributed DP-SGD needs {needs} each'
+          ' round (its ε counts on it), so the round is discarded and the run stopped at its last checkpoint'
+          f' (round {round_num - 1}); rerun the same command to resume once the nodes are back'
+          ' (config.record_dp.tolerated_dropouts sets how many a round may lose, at a cost in noise).')
+    if len(took_part) < self._federation.min_nodes:
+      raise errors.RunFailed(
+          f'round {round_num}: {len(took_part)} of {len(members)} nodes sent an update, fewer than the'
+          f' minimum {self._federation.min_nodes}; the run stopped at its last checkpoint'
+          f' (round {round_num - 1}); rerun the same command to resume once nodes are back.')
+    ordered = [replies[self.names[i]] for i in took_part]
+    state, measurements = self._parts.server_update(state, results + list(self._federation.extra_updates))
+    values = {**_train_metrics([r.header['metrics'] for r in ordered]),
+              **program.flatten_metrics(measurements, 'aggregator/'),
+              **{f'federation/bytes_{k}_per_node': v for k, v in self._federation.traffic.items()}}
+    if values.get('train/clipped_coordinates'):
+      self._federation.log(f'round {round_num}: {values["train/clipped_coordinates"]:g} update coordinates'
+                            ' were clipped to config.federation.clipping_range before secure aggregation.')
+    return state, values, took_part
+
+  def _updates(self, headers: dict, arrays: list[np.ndarray], template, round_num: int):
+    """(verified replies, the `ClientResult`s to aggregate): one per node, or their secure mean."""
+    if self._secure is None:
+      replies = self._federation.ask(node_lib.TRAIN, headers, arrays, required=False)
+      return replies, [_client_result(template, replies[n]) for n in headers if n in replies]
+    replies, mean = self._federation.ask_secure(headers, arrays, settings=self._secure, round_num=round_num)
+    if mean is None:
+      return {}, []
+    # K copies of the mean of K updates: their mean is it and their sum is the updates' sum, and
+    # clipping leaves each copy as it is (the mean of updates clipped at the nodes is within the
+    # clip), so the aggregator (a mean, or gaussian_fixed's clip, sum and noise) takes the same step.
+    update = tf.nest.pack_sequence_as(template, [np.asarray(m, np.float32) for m in mean])
+    return replies, [tff.learning.templates.ClientResult(update=update, update_weight=np.float32(1.0))
+                     for _ in replies]
+
+  def evaluate(self, weights, per_institution: bool) -> dict:
+    headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}
+    replies = self._federation.ask(node_lib.EVALUATE, headers, _flat(weights), required=False)
+    if len(replies) < self._federation.min_nodes:
+      raise errors.RunFailed(f'evaluation: {len(replies)} nodes answered, fewer than the minimum'
+                             f' {self._federation.min_nodes}.')
+    states = {n: _metric_state(replies[n]) for n in self.names if n in replies}
+    if self._finalize is None:
+      self._finalize = evaluation.build_finalize(self._model_fn, next(iter(states.values())))
+    result = {'pooled': self._finalize(list(states.values()))}
+    if per_institution:
+      result['institutions'] = {n: self._finalize([s]) for n, s in states.items()}
+    missing = [n for n in self.names if n not in replies]
+    if missing:  # Pooled over the nodes that answered only: said where the metrics are.
+      result['not_evaluated'] = missing
+    return result
+
+
+  def score_histogram(self, weights, request: quantiles.HistogramRequest) -> np.ndarray:
+    """The nodes' histograms of their training scores, summed: every node's, for every noise share."""
+    headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i, 'histogram': request.to_dict()}
+               for i, n in enumerate(self.names)}
+    replies = self._federation.ask(node_lib.SCORES, headers, _flat(weights))
+    return np.sum([replies[n].arrays[0] for n in self.names], axis=0)
+
+  def alert_metrics(self, weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
+    """Each node's test alert metrics; pooled from their binned scores (`evaluation.combined`)."""
+    headers = {n: {**self._plan, 'index': i, 'threshold': threshold, 'budgets': list(budgets)}
+               for i, n in enumerate(self.names)}
+    replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights))
+    counts = lambda header, key: None if header.get(key) is None else tuple(header[key])
+    ranked = [evaluation.Ranked(positives=r.arrays[0], rows=r.arrays[1], alerted=counts(r.header, 'alerted'),
+                                validated=counts(r.header, 'validated'))
+              for r in (replies[n] for n in self.names)]
+    return {'pooled': evaluation.ranked_metrics(evaluation.combined(ranked), budgets=budgets),
+            'institutions': {n: replies[n].header['metrics'] for n in self.names},
+            'pooled_ranking': f'scores binned in {evaluation.RANKING_BINS} log-score bins at the nodes'}
+
+
+def _run_id(root: str) -> str:
+  """This run's id, kept in its workdir so that a resumed run keeps it (nodes order rounds by run)."""
+  path = os.path.join(root, 'federation_run_id')
+  if not os.path.exists(path):
+    io.write_text(path, secrets.token_hex(16) + '\n')
+  with open(path) as f:
+    return f.read().strip()
+
+
+def _mean_bytes(blobs) -> float:
+  blobs = list(blobs)
+  return sum(map(len, blobs)) / max(len(blobs), 1)
+
+
+def _flat(weights) -> list[np.ndarray]:
+  return [np.asarray(w) for w in tf.nest.flatten(weights)]
+
+
+def _client_result(template, reply: messages.Message):
+  return tff.learning.templates.ClientResult(
+      update=tf.nest.pack_sequence_as(template, list(reply.arrays)),
+      update_weight=np.float32(reply.header['update_weight']))
+
+
+# Metrics that add up over institutions; the others are averaged, weighted by examples.
+_SUMMED = ('num_examples', 'num_batches', 'steps', 'sampled_examples', 'positives')
+
+
+def _train_metrics(per_node: Sequence[dict]) -> dict[str, float]:
+  """The round's training metrics over the nodes that took part (`train/...`)."""
+  weights = np.array([m.get('num_examples', 1.0) for m in per_node], np.float64)
+  out = {}
+  for key in per_node[0]:
+    values = np.array([m[key] for m in per_node], np.float64)
+    total = values.sum() if key in _SUMMED else float(values @ weights / max(weights.sum(), 1.0))
+    out[f'train/{key}'] = float(total)
+  return out
+
+
+def _statistics_answer(reply: messages.Message):
+  if 'candidates' in reply.header:
+    return reply.header['candidates']
+  return dict(zip(reply.header['keys'], reply.arrays))
+
+
+def _metric_state(reply: messages.Message) -> dict:
+  state, offset = {}, 0
+  for name, count in reply.header['layout']:
+    state[name] = list(reply.arrays[offset:offset + count])
+    offset += count
+  return state
+
+
+def _jsonable(value):
+  """JSON-ready: tuples as lists, numpy scalars as floats."""
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value

@@ -1,1 +1,0 @@
-"""A federation of institutions' own machines (Flower transport)."""

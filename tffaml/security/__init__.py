@@ -1,0 +1,1 @@
+"""Signing, encryption, node credentials and TLS: the cryptography every deployment shares (all from `cryptography`)."""
