@@ -46,6 +46,13 @@ class TypeSignatureTest(tf.test.TestCase):
         [t.value for t in aggregators.AggregatorType if t.weighs_institutions],
         ['mean', 'robust', 'secure', 'clipping'])
 
+  def test_which_aggregators_need_each_update(self):
+    # Secure aggregation shows the coordinator only the sum: these are the
+    # types a federation with secure aggregation refuses.
+    self.assertCountEqual(
+        [t.value for t in aggregators.AggregatorType if t.needs_each_update],
+        ['gaussian_adaptive', 'robust', 'secure', 'clipping', 'median', 'trimmed_mean'])
+
   def test_bad_clip_is_named(self):
     with self.assertRaisesRegex(ValueError, 'clip must be > 0, got -1'):
       _fixed(clip=-1.0)

@@ -36,6 +36,7 @@ from tffaml import features
 from tffaml import io
 from tffaml.data import loading
 from tffaml.data import schema as schema_lib
+from tffaml.federated import aggregators
 from tffaml.federated import processes
 from tffaml.federated import quantiles
 from tffaml.consortium import flower
@@ -109,12 +110,6 @@ class Roster:
     return list(self.summaries)
 
 
-# Aggregators that need only the sum of the updates: with secure aggregation
-# a gaussian_fixed node clips its own update (node.clip_for_secure_sum) and
-# the coordinator adds the noise to the sum.
-SECURE_AGGREGATORS = ('mean', 'gaussian_fixed')
-
-
 def at_coordinator(config: ml_collections.ConfigDict) -> None:
   """Makes the agreed `config` the coordinator's: the same but for where the rows are (at the nodes)."""
   config.data.source = loading.at_nodes(config_data.data_source(config)).value
@@ -127,14 +122,16 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError('config.data.stream=True stores the rows in the coordinator\'s workdir; a'
                              ' federation\'s rows are at its nodes: set it to False.')
   program.refuse_needing_rows(config, runtime='a federation', fix='use scripts/train.py', alerts=True)
-  if config_checks.parse_choices(config).algorithm is not processes.Algorithm.FEDAVG:
+  choices = config_checks.parse_choices(config)
+  if choices.algorithm is not processes.Algorithm.FEDAVG:
     raise errors.ConfigError(
         f'config.federated.algorithm={config.federated.algorithm!r} is built whole by TFF and runs only in'
         " simulation; use 'fedavg' (FedAdam and FedYogi are fedavg with a server optimizer).")
-  if config.federation.secure_aggregation and config.aggregator.type not in SECURE_AGGREGATORS:
+  if config.federation.secure_aggregation and choices.aggregator.needs_each_update:
+    sum_only = ', '.join(t.value for t in aggregators.AggregatorType if not t.needs_each_update)
     raise errors.ConfigError(
         f'config.aggregator.type={config.aggregator.type!r} needs each node\'s update, which secure'
-        f' aggregation hides: set config.aggregator.type to one of {", ".join(SECURE_AGGREGATORS)}, or'
+        f' aggregation hides: set config.aggregator.type to one of {sum_only}, or'
         ' config.federation.secure_aggregation=False (the coordinator then sees every update, and the'
         ' privacy statement says so).')
   if config_data.canary_records(config) and not config.canary_audit.institution:

@@ -46,6 +46,16 @@ class AggregatorType(enum.Enum):
     return self in (AggregatorType.GAUSSIAN_FIXED, AggregatorType.GAUSSIAN_ADAPTIVE)
 
   @property
+  def needs_each_update(self) -> bool:
+    """Reads each institution's update, not only their sum: secure aggregation cannot hide them.
+
+    MEAN needs the sum alone; GAUSSIAN_FIXED too, once each node clips its own
+    update (the coordinator then adds the noise to the sum). The adaptive and
+    robust types estimate norms or order statistics from every update.
+    """
+    return self not in (AggregatorType.MEAN, AggregatorType.GAUSSIAN_FIXED)
+
+  @property
   def weighs_institutions(self) -> bool:
     """Has a form weighted by example counts (DP and the robust statistics count each once)."""
     return not self.is_dp and self not in (AggregatorType.MEDIAN, AggregatorType.TRIMMED_MEAN)
