@@ -224,8 +224,8 @@ _BOMS = ((codecs.BOM_UTF32_LE, 'utf-32'), (codecs.BOM_UTF32_BE, 'utf-32'), (code
 _BLOCK_BYTES = 1 << 20
 
 
-class _Undecodable(Exception):
-  """A byte the encoding cannot decode, on `line`."""
+class _Undecodable(errors.Refusal):
+  """A byte the encoding cannot decode, on `line` (caught here and refused as a `DataError`)."""
 
   def __init__(self, line: int, byte: int):
     super().__init__(line, byte)
