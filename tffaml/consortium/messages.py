@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import zipfile
 from typing import Any, Collection, Union
 
 from cryptography import exceptions as cryptography_exceptions
@@ -87,13 +88,28 @@ def unseal(blob: bytes, key: PublicKey, *, sender: str, kinds: Collection[str]) 
   except (cryptography_exceptions.InvalidSignature, ValueError, IndexError):
     raise Refused(f'a message claiming to be from {sender} does not verify with its registered key:'
                   ' it was altered, or someone else signed it; it was discarded.') from None
-  header_length = int.from_bytes(body[:4], 'big')
-  header = json.loads(body[4:4 + header_length])
-  with np.load(io.BytesIO(body[4 + header_length:]), allow_pickle=False) as archive:
-    arrays = tuple(archive[f'arr_{i}'] for i in range(len(archive.files)))
+  try:
+    header, arrays = _parse(body)
+  except (ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile) as e:
+    # Signed by a registered sender, yet not what `seal` writes (its bug, or malice): a refusal the
+    # coordinator drops that node's reply for, not a traceback that stops the federation.
+    raise Refused(f'{sender} sent a malformed message ({e}); it was discarded.') from None
   if header.get('kind') not in kinds:
     raise Refused(f'{sender} sent a {header.get("kind")!r} message where one of {sorted(kinds)} was due.')
   return Message(kind=header.pop('kind'), header=header, arrays=arrays)
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
+  """The header and arrays of a message's body; ValueError if `_body` did not write it."""
+  header_length = int.from_bytes(body[:4], 'big')
+  header = json.loads(body[4:4 + header_length])
+  if not isinstance(header, dict):
+    raise ValueError('its header is not a JSON object')
+  archive = np.load(io.BytesIO(body[4 + header_length:]), allow_pickle=False)
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise ValueError('its arrays are not an .npz')
+  with archive:
+    return header, tuple(archive[f'arr_{i}'] for i in range(len(archive.files)))
 
 
 def peek(blob: bytes) -> Message:
@@ -116,9 +132,13 @@ def load_private_key(path: str) -> PrivateKey:
   try:
     loader = (serialization.load_ssh_private_key if data.startswith(b'-----BEGIN OPENSSH')
               else serialization.load_pem_private_key)
-    return loader(data, password=None)
-  except ValueError as e:
+    key = loader(data, password=None)
+  except (ValueError, cryptography_exceptions.UnsupportedAlgorithm) as e:
     raise errors.InputError(f'{path}: not a private key ({e}); scripts/pki.py writes them.') from None
+  except TypeError:  # What cryptography raises for a key under a passphrase: it was a traceback.
+    raise errors.InputError(f'{path}: the key is encrypted with a passphrase; give an unencrypted key'
+                            ' readable by its owner only, as scripts/pki.py writes them.') from None
+  return _usable(key, path, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey))
 
 
 def load_public_key(path: str) -> PublicKey:
@@ -126,10 +146,21 @@ def load_public_key(path: str) -> PublicKey:
   data = _read(path)
   try:
     if data.startswith(b'-----BEGIN'):
-      return serialization.load_pem_public_key(data)
-    return serialization.load_ssh_public_key(data)
-  except ValueError as e:
+      key = serialization.load_pem_public_key(data)
+    else:
+      key = serialization.load_ssh_public_key(data)
+  except (ValueError, cryptography_exceptions.UnsupportedAlgorithm) as e:
     raise errors.InputError(f'{path}: not a public key ({e}); scripts/pki.py writes them.') from None
+  return _usable(key, path, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey))
+
+
+def _usable(key, path: str, types: tuple[type, ...]):
+  """`key` if messages can be signed or verified with it (else `_sign` or `_verify` fails with a traceback)."""
+  if not isinstance(key, types):
+    kind = type(key).__name__.removeprefix('_').replace('PrivateKey', '').replace('PublicKey', '')
+    raise errors.InputError(f'{path}: the key is {kind}; messages are signed with Ed25519 or EC keys,'
+                            ' as scripts/pki.py writes them.')
+  return key
 
 
 def _read(path: str) -> bytes:
