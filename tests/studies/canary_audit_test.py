@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,37 +12,9 @@ from configs import csv as csv_config
 from tests import helpers
 from tffaml import errors
 from tffaml.models import canaries
-from tffaml.privacy import one_run
 from tffaml.studies import canary_audit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class OneRunBoundTest(tf.test.TestCase):
-
-  def test_p_value_by_hand(self):
-    # 10 of 10 right at ε = 0: a fair coin ten times, 1/1024.
-    self.assertAlmostEqual(one_run.p_value(canaries=20, guesses=10, correct=10, epsilon=0.0, delta=0.0),
-                           1 / 1024)
-    # r = 2, v = 2, ε = 0, δ = 0.01, m = 4: P[B >= 2] = 1/4; the δ term's max over
-    # i = 1 (P[B = 1] / 1 = 1/2) and i = 2 (P[B <= 1] / 2 = 3/8) is 1/2: 1/4 + 2 * 4 * 0.01 / 2.
-    self.assertAlmostEqual(one_run.p_value(canaries=4, guesses=2, correct=2, epsilon=0.0, delta=0.01), 0.29)
-
-  def test_lower_bound_by_hand(self):
-    # 10 of 10 right refutes every ε with q^10 < 0.05: q = 0.05^0.1, ε = log(q / (1 - q)).
-    q = 0.05 ** 0.1
-    bound = one_run.epsilon_lower_bound(canaries=100, guesses=10, correct=10, delta=0.0)
-    self.assertAlmostEqual(bound, math.log(q / (1 - q)), places=5)
-    self.assertEqual(one_run.epsilon_lower_bound(canaries=100, guesses=10, correct=5, delta=0.0), 0.0)
-    with_delta = one_run.epsilon_lower_bound(canaries=100, guesses=10, correct=10, delta=1e-3)
-    self.assertLess(with_delta, bound)  # δ can only weaken the refutation.
-
-  def test_guesses_take_the_ends(self):
-    scores = np.array([0.9, 0.1, 0.5, 0.8, 0.2, 0.3, 0.7, 0.4, 0.6, 0.0])
-    included = np.array([1, 0, 1, 0, 0, 1, 1, 0, 0, 1], bool)
-    # k = 2: "in" for 0.9 (in) and 0.8 (out), "out" for 0.0 (in) and 0.1 (out): 2 of 4 right.
-    self.assertEqual(one_run.guess(scores, included, fraction=0.2),
-                     one_run.Guesses(canaries=10, guesses=4, correct=2))
 
 
 class _FederationTest(parameterized.TestCase, tf.test.TestCase):

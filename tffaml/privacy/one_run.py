@@ -23,6 +23,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats
 
+from tffaml import errors
+
 EPSILON_SEARCH_MAX = 50.0  # Beyond any ε a DP claim is made at.
 
 
@@ -41,6 +43,12 @@ def p_value(*, canaries: int, guesses: int, correct: int, epsilon: float, delta:
 def epsilon_lower_bound(*, canaries: int, guesses: int, correct: int, delta: float,
                         confidence: float = 0.95) -> float:
   """The largest ε that `correct` of `guesses` right refutes at `confidence` (0 when none is)."""
+  # Unchecked, a confidence of 95 (meant as 95%) or a δ of 1 gave a bound of 0 or EPSILON_SEARCH_MAX
+  # as if it had been measured.
+  if not 0 < confidence < 1:
+    raise errors.InputError(f'confidence must be in (0, 1), got {confidence}.')
+  if not 0 <= delta < 1:
+    raise errors.InputError(f'delta must be in [0, 1), got {delta}.')
   beta = 1.0 - confidence
 
   def excess(epsilon: float) -> float:
