@@ -1,11 +1,9 @@
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import tracemalloc
 from unittest import mock
@@ -20,7 +18,6 @@ from tffaml import errors
 from tffaml import features
 from tffaml.data import interface
 from tffaml.data import schema as schema_lib
-from tffaml.security import encryption
 from tffaml.export import saved_model
 from tffaml.export import scoring
 from tffaml.security import signing
@@ -247,87 +244,3 @@ class SigningTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(FileExistsError, 'never overwritten'):
       signing.generate_keys(os.path.dirname(self.private))
     self.assertEqual(os.stat(self.private).st_mode & 0o777, 0o600)
-
-
-class EncryptionTest(tf.test.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.root = self.create_tempdir().full_path
-    self.package = os.path.join(self.root, 'package')
-    os.makedirs(os.path.join(self.package, 'variables'))
-    for name, text in (('saved_model.pb', 'graph'), ('variables/v', 'weights')):
-      with open(os.path.join(self.package, name), 'w') as f:
-        f.write(text)
-    self.key = encryption.load_key(key_file=encryption.generate_key(os.path.join(self.root, 'k')))
-    self.sealed = os.path.join(self.root, 'package.enc')
-    encryption.encrypt_package(self.package, self.sealed, self.key)
-
-  def test_round_trip(self):
-    out = os.path.join(self.root, 'out')
-    encryption.decrypt_package(self.sealed, out, self.key)
-    with open(os.path.join(out, 'variables', 'v')) as f:
-      self.assertEqual(f.read(), 'weights')
-    with open(self.sealed, 'rb') as f:
-      self.assertNotIn(b'weights', f.read())
-
-  def test_wrong_key_or_altered_file_fails_loudly_and_writes_nothing(self):
-    out = os.path.join(self.root, 'out')
-    other = encryption.load_key(key_file=encryption.generate_key(os.path.join(self.root, 'k2')))
-    with self.assertRaisesRegex(encryption.DecryptionError, 'wrong key, or the file was altered'):
-      encryption.decrypt_package(self.sealed, out, other)
-    with open(self.sealed, 'r+b') as f:
-      f.seek(-5, os.SEEK_END)
-      byte = f.read(1)
-      f.seek(-5, os.SEEK_END)
-      f.write(bytes([byte[0] ^ 0x80]))
-    with self.assertRaisesRegex(encryption.DecryptionError, 'wrong key, or the file was altered'):
-      encryption.decrypt_package(self.sealed, out, self.key)
-    self.assertFalse(os.path.exists(out))
-
-  def test_decrypt_never_replaces_a_directory_unasked(self):
-    out = os.path.join(self.root, 'bank_files')
-    os.makedirs(out)
-    with open(os.path.join(out, 'ledger.xlsx'), 'w') as f:
-      f.write('irreplaceable')
-    with self.assertRaisesRegex(FileExistsError, 'exists and is not empty.*--overwrite'):
-      encryption.decrypt_package(self.sealed, out, self.key)
-    self.assertEqual(os.listdir(out), ['ledger.xlsx'])
-    key_file = os.path.join(self.root, 'k')
-    done = subprocess.run([sys.executable, 'scripts/encrypt.py', '--decrypt', f'--input={self.sealed}',
-                           f'--model_dir={out}', f'--key_file={key_file}'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    self.assertEqual(done.returncode, 1)
-    self.assertIn('exists and is not empty', done.stderr)
-    self.assertEqual(os.listdir(out), ['ledger.xlsx'])
-    encryption.decrypt_package(self.sealed, out, self.key, overwrite=True)  # Asked for: replaced.
-    self.assertEqual(sorted(os.listdir(out)), ['saved_model.pb', 'variables'])
-    empty = os.path.join(self.root, 'empty')
-    os.makedirs(empty)
-    encryption.decrypt_package(self.sealed, empty, self.key)  # An empty directory loses nothing.
-    self.assertEqual(sorted(os.listdir(empty)), ['saved_model.pb', 'variables'])
-
-  def test_links_are_neither_encrypted_nor_decrypted(self):
-    # A decrypted hard link would be a package file with two names (which verify refuses).
-    weights = os.path.join(self.package, 'variables', 'v')
-    os.link(weights, os.path.join(self.package, 'variables', 'v2'))
-    with self.assertRaisesRegex(errors.InputError, r"'./variables/v2?' is a hard link; .* cp -r"):
-      encryption.encrypt_package(self.package, os.path.join(self.root, 'linked.enc'), self.key)
-    archive = io.BytesIO()  # A hard link sealed by another tool, under the right key.
-    with tarfile.open(fileobj=archive, mode='w') as tar:
-      tar.add(self.package, arcname='.')
-    sealed = os.path.join(self.root, 'linked.enc')
-    with open(sealed, 'wb') as f:
-      f.write(encryption.seal(archive.getvalue(), self.key))
-    out = os.path.join(self.root, 'out')
-    with self.assertRaisesRegex(errors.InputError, rf"{sealed}: './variables/v2?' is a hard link"):
-      encryption.decrypt_package(sealed, out, self.key)
-    self.assertFalse(os.path.exists(out))
-
-  def test_key_from_environment(self):
-    with open(os.path.join(self.root, 'k')) as f:
-      os.environ['TFFAML_TEST_KEY'] = f.read()
-    self.assertEqual(encryption.load_key(key_env='TFFAML_TEST_KEY'), self.key)
-    os.environ['TFFAML_TEST_KEY'] = 'c2hvcnQ='
-    with self.assertRaisesRegex(ValueError, r'\$TFFAML_TEST_KEY: an AES-256 key is 32 bytes, got 5'):
-      encryption.load_key(key_env='TFFAML_TEST_KEY')

@@ -15,7 +15,6 @@ it is verified, so one is refused on both sides.
 """
 
 import base64
-import binascii
 import io as stdlib_io
 import os
 import secrets
@@ -54,7 +53,7 @@ def load_key(*, key_file: Optional[str] = None, key_env: Optional[str] = None) -
   if key_file is not None:
     if not os.path.isfile(key_file):
       raise FileNotFoundError(f'{key_file}: key file not found.')
-    with open(key_file) as f:
+    with open(key_file, 'rb') as f:  # Bytes: a raw binary key file must be refused, not a UnicodeDecodeError.
       text, source = f.read().strip(), key_file
   else:
     if key_env not in os.environ:
@@ -62,11 +61,18 @@ def load_key(*, key_file: Optional[str] = None, key_env: Optional[str] = None) -
     text, source = os.environ[key_env].strip(), f'${key_env}'
   try:
     key = base64.b64decode(text, validate=True)
-  except binascii.Error:
-    raise errors.InputError(f'{source}: not base64.') from None
+  except ValueError:  # binascii.Error, or non-ASCII text.
+    raise errors.InputError(f'{source}: not base64 (generate_key writes a key:'
+                            ' python scripts/encrypt.py --help).') from None
   if len(key) != 32:
     raise errors.InputError(f'{source}: an AES-256 key is 32 bytes, got {len(key)}.')
   return key
+
+
+def _check_key(key: bytes) -> None:
+  # AESGCM also takes 16- and 24-byte keys: a short key would silently be AES-128 or -192.
+  if len(key) != 32:
+    raise ValueError(f'an AES-256 key is 32 bytes, got {len(key)}.')
 
 
 def seal(data: bytes, key: bytes, *, context: bytes = b'') -> bytes:
@@ -75,6 +81,7 @@ def seal(data: bytes, key: bytes, *, context: bytes = b'') -> bytes:
   `context` is authenticated but not stored (e.g. what the data is, so that
   one sealed file cannot stand in for another); `unseal` needs the same.
   """
+  _check_key(key)
   nonce = secrets.token_bytes(_NONCE_BYTES)
   return MAGIC + nonce + aead.AESGCM(key).encrypt(nonce, data, MAGIC + context)
 
@@ -85,6 +92,7 @@ def unseal(blob: bytes, key: bytes, *, source: str, context: bytes = b'') -> byt
   Raises:
     DecryptionError: wrong key or context, altered or truncated data, not our format.
   """
+  _check_key(key)
   if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _NONCE_BYTES + 16:
     raise DecryptionError(f'{source}: not a tffaml encrypted file.')
   nonce = blob[len(MAGIC):len(MAGIC) + _NONCE_BYTES]
