@@ -10,11 +10,9 @@ is refused, a plaintext client gets no session) and the federation's runs.
 import csv
 import os
 import signal
-import stat
 
 import tensorflow as tf
 
-from tffaml import errors
 from tffaml.security import credentials
 from tffaml.consortium import local
 
@@ -35,25 +33,6 @@ _START_SECONDS = 240.0
 
 def _wait_for(path: str, text: str) -> bool:
   return local.wait_for_text(path, text, timeout=_START_SECONDS) is None
-
-
-class CredentialsTest(tf.test.TestCase):
-
-  def test_private_files_are_private_and_nothing_is_overwritten(self):
-    out = self.create_tempdir().full_path
-    tls = credentials.write_tls(out, hosts=['127.0.0.1', 'localhost'])
-    private, public = credentials.write_node_key(out, 'bank_a')
-    for path in (tls.ca_key, tls.key, private):
-      self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
-    with open(public) as f:
-      self.assertStartsWith(f.read(), 'ecdsa-sha2-nistp384 ')
-    with self.assertRaisesRegex(FileExistsError, 'never overwritten'):
-      credentials.write_node_key(out, 'bank_a')
-    with self.assertRaisesRegex(FileExistsError, 'never overwritten'):
-      credentials.write_tls(out, hosts=['localhost'])
-    with self.assertRaisesRegex(errors.InputError, 'not an OpenSSH public key'):
-      credentials.write_authorized_nodes(os.path.join(out, 'nodes.csv'), [private])
-    self.assertFalse(os.path.exists(os.path.join(out, 'nodes.csv')))
 
 
 class FederationOverFlowerTest(tf.test.TestCase):

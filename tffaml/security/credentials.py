@@ -129,10 +129,15 @@ def write_authorized_nodes(path: str, public_keys: Sequence[str]) -> str:
     with open(key_file, 'rb') as f:
       data = f.read().strip()
     try:
-      serialization.load_ssh_public_key(data)
+      key = serialization.load_ssh_public_key(data)
     except (ValueError, TypeError, cryptography_exceptions.UnsupportedAlgorithm):
       raise errors.InputError(f'{key_file}: not an OpenSSH public key (a node\'s {{name}}.pub from'
                               ' write_node_key); give each node\'s public key, never a private one.') from None
+    # Another key type stops the SuperLink at start without naming the file; a key on another
+    # curve loads, but cannot derive a shared secret with the SuperLink's CURVE key.
+    if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, CURVE)):
+      raise errors.InputError(f'{key_file}: not a {CURVE.name} EC key, which Flower\'s node authentication'
+                              ' needs; write each node\'s key with write_node_key (scripts/pki.py).')
     lines.append(data)
   return write_file(path, b'\n'.join(lines) + b'\n', private=False)
 
