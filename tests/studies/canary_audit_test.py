@@ -5,13 +5,11 @@ import sys
 import tempfile
 
 from absl.testing import parameterized
-import numpy as np
 import tensorflow as tf
 
 from configs import csv as csv_config
 from tests import helpers
 from tffaml import errors
-from tffaml.models import canaries
 from tffaml.studies import canary_audit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -103,37 +101,6 @@ class RecordLevelAuditTest(_FederationTest):
     result = canary_audit.audit(config, canaries=200, seed=0, sabotage=sabotage, log=lambda _: None)
     self.assertEqual(result.unit, 'account')
     self.assertEqual(result.refutes_claim, refuted, result)
-
-  def test_the_canary_model_is_the_base_model_on_real_rows_and_a_dirac_gradient_on_canaries(self):
-
-    def base():
-      inputs = {'x': tf.keras.Input(shape=(2,), name='x')}
-      return tf.keras.Model(inputs, tf.keras.layers.Dense(1, activation='sigmoid', kernel_initializer='ones',
-                                                          bias_initializer='zeros')(inputs['x']))
-
-    model = canaries.canary_model(base, canaries=3)()
-    model.get_layer(canaries.CANARY_WEIGHTS).set_weights([np.array([[0.0], [0.5], [-1.0]], np.float32)])
-    x = np.array([[0.3, -1.0], [2.0, 0.5], [0.0, 0.0]], np.float32)
-    inputs = {'x': x, canaries.CANARY_COLUMN: np.array([-1.0, 1.0, 2.0], np.float32)}
-    with tf.GradientTape(persistent=True) as tape:
-      p = model(inputs)
-      losses = tf.keras.losses.binary_crossentropy(np.ones((3, 1), np.float32), p)
-    gradient = tape.jacobian(losses, model.get_layer(canaries.CANARY_WEIGHTS).kernel).numpy()[:, :, 0]
-    base_gradient = tape.jacobian(losses, [w for w in model.trainable_weights
-                                           if not w.name.startswith(canaries.CANARY_WEIGHTS)])
-    self.assertLen(base_gradient, 2)  # The base's kernel and bias.
-    # Logits: the base model's (0.3 - 1.0) on the real row, CANARY_LOGIT on the canaries, whatever w is.
-    p_expected = 1 / (1 + np.exp(-np.array([-0.7, canaries.CANARY_LOGIT, canaries.CANARY_LOGIT])))
-    self.assertAllClose(p.numpy().ravel(), p_expected, atol=1e-6)
-    # d loss / d w: nothing from the real row; -(1 - p) * CANARY_INPUT on the canary's own weight only.
-    expected = np.zeros((3, 3))
-    expected[1, 1], expected[2, 2] = -(1 - p_expected[1:]) * canaries.CANARY_INPUT
-    self.assertAllClose(gradient, expected, rtol=1e-3)  # Keras adds 1e-7 to p inside the log.
-    # And nothing of a canary's gradient reaches the base model's weights (the real row's does).
-    for g in base_gradient:
-      g = g.numpy().reshape(3, -1)
-      self.assertAllEqual(g[1:], np.zeros_like(g[1:]))
-      self.assertGreater(np.abs(g[0]).max(), 0.0)
 
   def test_only_distributed_dp_sgd_of_a_classifier_is_audited(self):
     config = self._config(1.0)
