@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -78,8 +79,7 @@ class RequestTest(tf.test.TestCase):
         features.Request.HISTOGRAMS: {},
         features.Request.STATISTICS: {'candidates': {'grade': ['A', 'B']}, 'lower': [None, None],
                                       'upper': [100.0, None]},
-        features.Request.FINE_COUNTS: {'ranges': [(0.0, 1000.0, 1.0), (0.0, 10.0, 1.0)],
-                                       'candidates': {'grade': ['A', 'B']}},
+        features.Request.FINE_COUNTS: {'ranges': [(0.0, 1000.0, 1.0), (0.0, 10.0, 1.0)], 'hash_buckets': 8},
     }
     answers = {r: features.answer(frame, schema, r, params[r]) for r in features.Request}
     self.assertEqual(answers[features.Request.CANDIDATES], {'grade': ['A']})
@@ -88,6 +88,8 @@ class RequestTest(tf.test.TestCase):
     self.assertAllClose(statistics['sum'], [121.0, 18.0])  # 300 clipped to 100.
     self.assertAllClose(statistics['category_counts'], [2, 1])
     self.assertAllClose(answers[features.Request.FINE_COUNTS]['fine'].sum(axis=1), [3, 3])
+    slots = answers[features.Request.FINE_COUNTS]['category_counts']  # 8 hashed slots of 'grade'.
+    self.assertEqual((slots.shape, slots[features.hashed(['A'], 8)[0]]), ((8,), 2.0))
 
   def test_dp_answers_carry_the_institutions_noise_share(self):
     frame = pd.DataFrame({'amount': [1.0, 2.0], 'rate': [5.0, 6.0], 'grade': ['A', 'B'],
@@ -109,6 +111,11 @@ def _federation(frames):
   return federated_data.FederatedData(schema=schema, institutions=tuple(
       federated_data.Institution(name=f'bank_{i}', train=f, test=f)
       for i, f in enumerate(frames)))
+
+
+def _slots(*values):
+  """The DP vocabulary of `values`: their hashed slots."""
+  return features.HashedSlots(set(features.hashed(values, features.HASH_BUCKETS).tolist()), features.HASH_BUCKETS)
 
 
 def _frame(rng, rows: int, regions):
@@ -161,7 +168,7 @@ class DpFeatureStatisticsTest(tf.test.TestCase):
     self.assertAllClose(np.sqrt(space.variance['income']), income.std(), rtol=0.15)
     self.assertLessEqual(space.lower['income'], np.quantile(income, 0.01))
     self.assertGreaterEqual(space.upper['income'], np.quantile(income, 0.99))
-    self.assertEqual(space.vocabulary['region'], ('north', 'south'))
+    self.assertEqual(space.vocabulary['region'], _slots('north', 'south'))
     again = features.compute_feature_space(data, min_category_count=5, noise=noise)
     self.assertEqual(again, space)  # The seed fixes the noise: a resumed run agrees.
     other = features.compute_feature_space(
@@ -176,7 +183,7 @@ class DpFeatureStatisticsTest(tf.test.TestCase):
     frames[0].loc[:999, schema_lib.UNIT_COLUMN] = 0
     noise = features.StatisticsNoise(stddev=1.0, vocabulary_threshold=50.0, seed=0)
     space = features.compute_feature_space(_federation(frames), min_category_count=1, noise=noise)
-    self.assertEqual(space.vocabulary['region'], ('north', 'south'))
+    self.assertEqual(space.vocabulary['region'], _slots('north', 'south'))
     exact = features.compute_feature_space(_federation(frames), min_category_count=1)
     self.assertIn('rare', exact.vocabulary['region'])  # Without DP rows count, not units.
 
@@ -188,6 +195,60 @@ class DpFeatureStatisticsTest(tf.test.TestCase):
     self.assertEqual(space.vocabulary['region'], ())
     encoded = features.encode(features.keras_inputs(data.schema), space, embedding_dim=0)
     self.assertEqual(encoded.shape[-1], 1)  # Income only.
+
+
+class HashedSlotsTest(tf.test.TestCase):
+  """Under DP statistics no raw category value leaves an institution (issue 34)."""
+
+  RARE = 'Acme Widgets Ltd (employer)'
+
+  def _federation(self):
+    rng = np.random.default_rng(3)
+    frames = [_frame(rng, 2000, ['north', 'south']) for _ in range(3)]
+    frames[1].loc[7, 'region'] = self.RARE  # One row of one institution.
+    return _federation(frames)
+
+  def test_no_raw_value_reaches_the_coordinator_or_the_vocabulary(self):
+    data, sent = self._federation(), []
+    ask = features.local_ask(data, noise_seed=5)
+
+    def recording(request, params):
+      replies = ask(request, params)
+      sent.append((request, params, replies))
+      return replies
+    noise = features.StatisticsNoise(stddev=3.0, vocabulary_threshold=30.0, seed=5)
+    space = features.federated_feature_space(data.schema, recording, institutions=3, min_category_count=1,
+                                             noise=noise)
+    self.assertNotIn(features.Request.CANDIDATES, [r for r, _, _ in sent])
+    for request, params, replies in sent:  # Only numbers: no string of any institution's rows.
+      for reply in replies:
+        for value in reply.values():
+          self.assertEqual(np.asarray(value).dtype, np.float64, request)
+      self.assertNotIn('north', repr(params))
+    self.assertNotIn(self.RARE, json.dumps(space.to_dict()))
+    self.assertEqual(space.vocabulary['region'], _slots('north', 'south'))
+    self.assertEqual(features.FeatureSpace.from_dict(space.to_dict(), data.schema).vocabulary, space.vocabulary)
+    # Asked for its values under DP, an institution refuses (a node answers with this function).
+    with self.assertRaisesRegex(ValueError, 'no institution proposes its category values'):
+      features.answer(data.institutions[1].train, data.schema, features.Request.CANDIDATES,
+                      {'min_count': 1, 'noise_share': 1.0, 'release': 0}, noise_key=(5, 1))
+    # Without DP the values are proposed as before (a k-anonymity threshold, no privacy claim).
+    exact = features.compute_feature_space(data, min_category_count=1)
+    self.assertEqual(exact.vocabulary['region'], tuple(sorted(['north', 'south', self.RARE])))
+
+  def test_the_model_looks_up_a_values_slot_as_the_statistics_counted_it(self):
+    data = self._federation()
+    noise = features.StatisticsNoise(stddev=3.0, vocabulary_threshold=30.0, seed=5)
+    space = features.compute_feature_space(data, min_category_count=1, noise=noise)
+    vocabulary = space.vocabulary['region']
+    values = ['north', 'south', 'never seen', self.RARE]
+    expected = features.category_index(vocabulary, values)
+    # Frequent values: an index each; the rare and the unseen: out of vocabulary, as their slots are.
+    self.assertEqual(expected.tolist(), [1 + vocabulary.index(s) for s in features.hashed(values[:2], vocabulary.buckets)] + [0, 0])
+    layer = features.category_lookup(vocabulary, 'lookup_region')
+    self.assertAllEqual(layer(tf.constant(values)).numpy(), expected)
+    self.assertAllEqual(features.category_lookup(('a', 'b'), 'raw')(tf.constant(['b', 'z'])).numpy(),
+                        features.category_index(('a', 'b'), ['b', 'z']))
 
 
 if __name__ == '__main__':

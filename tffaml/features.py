@@ -8,9 +8,10 @@ would run; in simulation TFF executes it as a plain sum). Means and variances
 follow from the sums; a categorical value enters the vocabulary when it is
 seen at least `min_category_count` times in the federation.
 
-Which values exist must be known before their counts can be summed: each
-institution proposes the values it holds at least `min_category_count` times
-(a k-anonymity threshold), and the union of the proposals is what is counted.
+Without DP, which values exist must be known before their counts can be
+summed: each institution proposes the values it holds at least
+`min_category_count` times (a k-anonymity threshold, not DP), and the union
+of the proposals is what is counted.
 
 One participant's extreme values (a data error, or a hostile participant)
 must not set everyone's scale: numeric statistics are computed on values
@@ -27,9 +28,13 @@ and everything else is computed from the noisy counts. Two releases: a
 histogram on half-decade bins gives each numeric column's range (bins whose
 noisy count clears a threshold that an empty bin passes with probability
 `SPURIOUS_BIN` over all bins); a histogram of `FINE_BINS` bins inside that
-range gives its mean and variance, released with the counts of every
-category value present (a value enters the vocabulary only if its noisy
-count clears `vocabulary_threshold`).
+range gives its mean and variance, released with each categorical column's
+counts over `HASH_BUCKETS` hashed slots. No category value leaves an
+institution under DP, not even to say it exists: each counts its values into
+the slots of a public hash (`tf.strings.to_hash_bucket_fast`), and the
+vocabulary is the slots whose noisy count clears `vocabulary_threshold`
+(`HashedSlots`); the model hashes its input with the same function, so a
+value maps to its slot's index, or to the out-of-vocabulary index.
 
 The resulting `FeatureSpace` becomes Keras preprocessing layers
 (`Normalization`, `StringLookup`), so models, and the exported SavedModel,
@@ -65,6 +70,31 @@ _HALF_DECADES = np.array([10.0 ** (k / 2) for k in range(-12, 25)])
 RANGE_EDGES = np.concatenate([-_HALF_DECADES[::-1], _HALF_DECADES])
 SPURIOUS_BIN = 0.01  # Chance that noise alone makes any empty range bin count.
 FINE_BINS = 16  # Inside the range, evenly spaced in asinh(x / (max |bound| / 1000)).
+# Hashed slots of each categorical column under DP statistics: public and
+# fixed, so the counts are a Gaussian mechanism over a domain no row chooses.
+# Values that share a slot share its index; with 1,024 slots, 20 frequent
+# values of a column all get slots of their own with probability 0.83. (A
+# config field, config.features.hash_buckets, would set it per run.)
+HASH_BUCKETS = 1024
+
+
+class HashedSlots(tuple):
+  """A DP vocabulary: the hashed slots (ints, sorted) of `buckets` whose noisy count cleared the threshold.
+
+  A tuple, so that it stands where a vocabulary of values does; the
+  consumers that look values up (`category_lookup`, `category_index`) hash
+  the value first.
+  """
+
+  buckets: int
+
+  def __new__(cls, slots, buckets: int):
+    value = super().__new__(cls, sorted(int(s) for s in slots))
+    value.buckets = int(buckets)
+    return value
+
+  def __reduce__(self):
+    return HashedSlots, (tuple(self), self.buckets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +118,8 @@ class FeatureSpace:
     schema: The table's schema.
     mean: Numeric column -> mean over all institutions' training rows.
     variance: Numeric column -> population variance over the same rows.
-    vocabulary: Categorical column -> known values, sorted.
+    vocabulary: Categorical column -> known values, sorted; under DP
+      statistics, its `HashedSlots`.
     lower: Numeric column -> the value below which inputs are clipped
       (None: not clipped); see the module docstring.
     upper: Numeric column -> the value above which inputs are clipped.
@@ -102,24 +133,64 @@ class FeatureSpace:
   upper: dict[str, Optional[float]] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
-    return {
+    value = {
         'mean': self.mean,
         'variance': self.variance,
         'vocabulary': {k: list(v) for k, v in self.vocabulary.items()},
         'lower': self.lower,
         'upper': self.upper,
     }
+    hashed = {k: v.buckets for k, v in self.vocabulary.items() if isinstance(v, HashedSlots)}
+    if hashed:  # Column -> its slots; absent: vocabularies of values (exact statistics).
+      value['hash_buckets'] = hashed
+    return value
 
   @classmethod
   def from_dict(cls, value: dict, schema: schema_lib.Schema) -> 'FeatureSpace':
+    hashed = value.get('hash_buckets', {})
     return cls(
         schema=schema,
         mean=dict(value['mean']),
         variance=dict(value['variance']),
-        vocabulary={k: tuple(v) for k, v in value['vocabulary'].items()},
+        vocabulary={k: HashedSlots(v, hashed[k]) if k in hashed else tuple(v)
+                    for k, v in value['vocabulary'].items()},
         lower=dict(value.get('lower', {})),  # Exports before clipping have none.
         upper=dict(value.get('upper', {})),
     )
+
+
+def hashed(values, buckets: int) -> np.ndarray:
+  """Each string's slot of `buckets`: the hash the model computes (`tf.keras.layers.Hashing`)."""
+  values = np.asarray(values, dtype=object).astype(str)
+  if not values.size:
+    return np.zeros(0, np.int64)
+  return tf.strings.to_hash_bucket_fast(tf.constant(values, tf.string), buckets).numpy()
+
+
+def category_index(vocabulary: tuple, values) -> np.ndarray:
+  """Each value's index as the model looks it up: 1 + its position in `vocabulary`, 0 when unknown."""
+  keys = hashed(values, vocabulary.buckets) if isinstance(vocabulary, HashedSlots) else np.asarray(values, object)
+  index = {v: k + 1 for k, v in enumerate(vocabulary)}
+  return np.array([index.get(k, 0) for k in keys.tolist()], np.int64)
+
+
+class HashedLookup(tf.keras.layers.Layer):
+  """value -> 1 + the position of its hashed slot in `HashedSlots`, 0 when the slot is not in them."""
+
+  def __init__(self, slots: HashedSlots, **kwargs):
+    super().__init__(**kwargs)
+    self.hashing = tf.keras.layers.Hashing(slots.buckets)  # No salt: tf.strings.to_hash_bucket_fast.
+    self.lookup = tf.keras.layers.IntegerLookup(vocabulary=np.array(slots, np.int64), num_oov_indices=1)
+
+  def call(self, values):
+    return self.lookup(self.hashing(values))
+
+
+def category_lookup(vocabulary: tuple, name: str) -> tf.keras.layers.Layer:
+  """A layer giving each value its index in `vocabulary`, as `category_index` does (0: out of vocabulary)."""
+  if isinstance(vocabulary, HashedSlots):
+    return HashedLookup(vocabulary, name=name)
+  return tf.keras.layers.StringLookup(vocabulary=list(vocabulary), num_oov_indices=1, name=name)
 
 
 def _candidate_values(
@@ -185,6 +256,20 @@ def category_counts(frame: pd.DataFrame, schema: schema_lib.Schema,
   return np.concatenate(counts).astype(np.float64) if counts else np.zeros(0, np.float64)
 
 
+def bucket_counts(frame: pd.DataFrame, schema: schema_lib.Schema, buckets: int) -> np.ndarray:
+  """How many rows fall in each hashed slot, column after column: [categorical * buckets].
+
+  The DP statistics' category counts. A row adds 1 to one slot of each
+  column, as it added 1 to one value's count before slots: the L2
+  sensitivity `accounting.FeatureStatisticsDp` accounts for (√columns per
+  release, one row per unit) is unchanged, and the slots are public, so
+  the counts are a Gaussian mechanism whose threshold is post-processing.
+  """
+  counts = [np.bincount(hashed(frame[c].to_numpy(), buckets), minlength=buckets)
+            for c in schema.categorical]
+  return np.concatenate(counts).astype(np.float64) if counts else np.zeros(0, np.float64)
+
+
 def build_federated_sum(
     client_statistics_type: tff.types.StructType,
 ) -> tff.Computation:
@@ -207,10 +292,10 @@ class Request(enum.Enum):
   CANDIDATES, whose union is taken).
   """
 
-  CANDIDATES = 'candidates'  # {column: values it holds >= min_count times} (min_count 1 under DP).
+  CANDIDATES = 'candidates'  # {column: values it holds >= min_count times}; never under DP.
   HISTOGRAMS = 'histograms'  # counts [columns, bins] on HISTOGRAM_EDGES, or RANGE_EDGES under DP.
   STATISTICS = 'statistics'  # count, sum, sum of squares (clipped to the ranges), category counts.
-  FINE_COUNTS = 'fine_counts'  # Under DP: FINE_BINS counts inside each range, category counts.
+  FINE_COUNTS = 'fine_counts'  # Under DP: FINE_BINS counts inside each range, hashed slots' counts.
 
 
 # (request, parameters) -> one answer per institution, in the federation's order.
@@ -229,8 +314,9 @@ def answer(frame: pd.DataFrame, schema: schema_lib.Schema, request: Request, par
   if dp:
     frame = _one_row_per_unit(frame)
   if request is Request.CANDIDATES:
-    min_count = 1 if dp else params['min_count']
-    return collections.OrderedDict((c, sorted(_candidate_values(frame, c, min_count)))
+    if dp:  # Raw values, which no noise can cover: DP statistics count hashed slots instead.
+      raise ValueError('under DP statistics no institution proposes its category values.')
+    return collections.OrderedDict((c, sorted(_candidate_values(frame, c, params['min_count'])))
                                    for c in schema.categorical)
   if request is Request.HISTOGRAMS:
     value = collections.OrderedDict(counts=local_histograms(
@@ -241,7 +327,7 @@ def answer(frame: pd.DataFrame, schema: schema_lib.Schema, request: Request, par
   elif request is Request.FINE_COUNTS:
     value = collections.OrderedDict(
         fine=_fine_counts(frame, schema, params['ranges']),
-        category_counts=category_counts(frame, schema, params['candidates']))
+        category_counts=bucket_counts(frame, schema, params['hash_buckets']))
   else:
     raise ValueError(f'no answer to {request!r}.')
   return noised(value, params['noise_share'], noise_key, params['release']) if dp else value
@@ -396,7 +482,8 @@ def moments(counts: np.ndarray, midpoints: np.ndarray, lower: float, upper: floa
 
 # Under DP each request is one release, numbered (its noise is drawn from the
 # number); the alert threshold's passes follow (quantiles.FIRST_RELEASE).
-DP_RELEASES = {Request.CANDIDATES: 0, Request.HISTOGRAMS: 1, Request.FINE_COUNTS: 2}
+# Release 0 was the candidate values, sent without noise; no longer asked.
+DP_RELEASES = {Request.HISTOGRAMS: 1, Request.FINE_COUNTS: 2}
 
 
 def _dp_params(request: Request, share: float, **params) -> dict:
@@ -416,22 +503,23 @@ def _dp_ranges(schema, ask: Ask, share: float, noise: StatisticsNoise) -> list[t
 
 def _dp_feature_space(schema, ask: Ask, share: float, *, min_category_count: int,
                       noise: StatisticsNoise) -> FeatureSpace:
-  """Release 2: fine histograms inside the ranges and every present value's count, noised.
+  """Release 2: fine histograms inside the ranges and the hashed slots' counts, noised.
 
   Each of the K institutions adds N(0, σ²/K) to its counts, so their sum
-  carries N(0, σ²).
+  carries N(0, σ²). No value is proposed: the slots are `HASH_BUCKETS`
+  public ones per column, and a slot enters the vocabulary when its noisy
+  count clears the threshold.
   """
   ranges = _dp_ranges(schema, ask, share, noise)
   lower, upper = [r[0] for r in ranges], [r[1] for r in ranges]
-  # Every value present is counted; only the noisy threshold decides what is published.
-  present = ask(Request.CANDIDATES, _dp_params(Request.CANDIDATES, share))
-  candidates = {c: sorted(set().union(*(p[c] for p in present))) for c in schema.categorical}
   total = _federated_total(ask(Request.FINE_COUNTS, _dp_params(
-      Request.FINE_COUNTS, share, ranges=ranges, candidates=candidates)))
+      Request.FINE_COUNTS, share, ranges=ranges, hash_buckets=HASH_BUCKETS)))
   stats = [moments(counts, fine_edges(*r)[1], lo, hi)
            for counts, r, lo, hi in zip(total['fine'], ranges, lower, upper)]
-  vocabulary = _vocabularies(schema, candidates, total['category_counts'],
+  slots = {c: list(range(HASH_BUCKETS)) for c in schema.categorical}
+  vocabulary = _vocabularies(schema, slots, total['category_counts'],
                              max(noise.vocabulary_threshold, min_category_count))
+  vocabulary = {c: HashedSlots(v, HASH_BUCKETS) for c, v in vocabulary.items()}
   return _space(schema, [m for m, _ in stats], [v for _, v in stats], vocabulary, lower, upper)
 
 
@@ -470,7 +558,8 @@ def encode(
 
   Numeric columns are standardised with the federated mean and variance.
   Categorical columns are looked up in the federated vocabulary (unseen values
-  share one out-of-vocabulary index) and embedded in `embedding_dim`
+  share one out-of-vocabulary index; under DP statistics a value's hashed
+  slot is looked up, `category_lookup`) and embedded in `embedding_dim`
   dimensions, or one-hot encoded when `embedding_dim` is 0.
 
   Args:
@@ -499,9 +588,7 @@ def encode(
     vocabulary = list(space.vocabulary[column])
     if not vocabulary:  # No value cleared the DP threshold: the column carries nothing.
       continue
-    ids = tf.keras.layers.StringLookup(
-        vocabulary=vocabulary, num_oov_indices=1, name=f'lookup_{column}'
-    )(inputs[column])
+    ids = category_lookup(space.vocabulary[column], f'lookup_{column}')(inputs[column])
     if embedding_dim:
       embedded = tf.keras.layers.Embedding(
           len(vocabulary) + 1, embedding_dim, name=f'embed_{column}'

@@ -303,7 +303,7 @@ class WorkerDataTest(absltest.TestCase):
     stored = shards.store(data.institutions[1], data.schema, self.create_tempdir().full_path)
     key = (1234, 1)  # (noise seed, institution index)
     requests = [(features.Request.HISTOGRAMS, {'noise_share': 2.0, 'release': 0}),
-                (features.Request.FINE_COUNTS, {'noise_share': 2.0, 'release': 1, 'candidates': {'grade': ['A', 'B']},
+                (features.Request.FINE_COUNTS, {'noise_share': 2.0, 'release': 1, 'hash_buckets': 16,
                                                 'ranges': [(1000.0, 30000.0, 10.0), (5.0, 25.0, 0.1)]})]
     chunk_rows = statistics._CHUNK_ROWS
     self.addCleanup(setattr, statistics, '_CHUNK_ROWS', chunk_rows)
@@ -315,6 +315,11 @@ class WorkerDataTest(absltest.TestCase):
         expected = features.answer(stored.train, data.schema, request, params, noise_key=key)
         for name, value in features.noised(exact, params['noise_share'], key, params['release']).items():
           np.testing.assert_allclose(value, expected[name], rtol=1e-12)
+    # The hashed slots' counts (the model's hash, in a graph) are the Python ones; no raw value is asked for.
+    self.assertEqual(exact['category_counts'].shape, (16,))
+    with self.assertRaisesRegex(ValueError, 'no worker proposes its category values'):
+      statistics.computation(stored.train_path, data.schema, features.Request.CANDIDATES,
+                             {'min_count': 1, 'noise_share': 2.0, 'release': 0})
 
   def test_prepare_serves_a_data_dir_or_linked_shards(self):
     root = self.create_tempdir().full_path

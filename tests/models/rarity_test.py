@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from tests import helpers
+from tffaml import features
 from tffaml.federated import client_data
 from tffaml.models import rarity
 from tffaml.models import tabular
@@ -67,6 +68,18 @@ class RarityModelTest(tf.test.TestCase):
     no_vocabulary = rarity.Grid(formats=(), directions=())
     self.assertEqual(no_vocabulary.size, 16 * 24)
     self.assertEqual(no_vocabulary.cells(frame).tolist(), [3 * 24 + 9] * 2)
+
+  def test_under_dp_statistics_the_grid_looks_values_up_by_their_hashed_slot(self):
+    # Issue 34: a DP vocabulary is the slots of the values (no value left its bank); same cells as by value.
+    frame = helpers.payment_frame([('Wire', 'outgoing', 4.0, 9), ('ACH', 'incoming', 4.0, 9), ('Cash', 'x', 4.0, 9)])
+    slots = lambda *values: features.HashedSlots(features.hashed(values, 64).tolist(), 64)
+    in_slot_order = lambda *values: tuple(sorted(values, key=lambda v: features.hashed([v], 64)[0]))
+    by_value = rarity.Grid(formats=in_slot_order('ACH', 'Wire'),
+                           directions=in_slot_order('incoming', 'outgoing')).cells(frame)
+    by_slot = rarity.Grid(formats=slots('ACH', 'Wire'), directions=slots('incoming', 'outgoing')).cells(frame)
+    self.assertEqual(by_slot.tolist(), by_value.tolist())
+    self.assertEqual(len(set(by_slot.tolist())), 3)  # 'Cash' and 'x' in the extra slots, apart from the others.
+    self.assertEqual(rarity.grid_for({'payment_format': slots('ACH'), 'direction': slots('x')}).formats.buckets, 64)
 
 
 if __name__ == '__main__':

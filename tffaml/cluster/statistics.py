@@ -86,6 +86,14 @@ def _statistics(rows, schema: schema_lib.Schema, params: dict) -> collections.Or
                                  category_counts=_category_counts(rows, schema, params['candidates']))
 
 
+def _bucket_counts(rows, schema: schema_lib.Schema, buckets: int) -> tf.Tensor:
+  """`features.bucket_counts`: rows per hashed slot, column after column (the model's hash)."""
+  counts = [tf.math.bincount(tf.cast(tf.strings.to_hash_bucket_fast(rows[c], buckets), tf.int32),
+                             minlength=buckets, maxlength=buckets, dtype=tf.float64)
+            for c in schema.categorical]
+  return tf.concat(counts, 0) if counts else tf.zeros([0], tf.float64)
+
+
 def _fine_counts(rows, schema: schema_lib.Schema, params: dict) -> collections.OrderedDict:
   counts = []
   for column, (lower, upper, scale) in zip(schema.numeric, params['ranges']):
@@ -97,7 +105,7 @@ def _fine_counts(rows, schema: schema_lib.Schema, params: dict) -> collections.O
                                    maxlength=features.FINE_BINS, dtype=tf.float64))
   return collections.OrderedDict(
       fine=tf.stack(counts) if counts else tf.zeros([0, features.FINE_BINS], tf.float64),
-      category_counts=_category_counts(rows, schema, params['candidates']))
+      category_counts=_bucket_counts(rows, schema, params['hash_buckets']))
 
 
 def computation(path: str, schema: schema_lib.Schema, request: features.Request,
@@ -112,12 +120,14 @@ def computation(path: str, schema: schema_lib.Schema, request: features.Request,
   dp = params.get('noise_share') is not None
   if dp and schema.unit:
     raise ValueError(f'DP statistics on TFF workers count rows as units; {schema.unit!r} groups them.')
+  if dp and request is features.Request.CANDIDATES:  # Raw values: DP statistics count hashed slots.
+    raise ValueError('under DP statistics no worker proposes its category values.')
 
   @tff.tensorflow.computation
   def answer():
     chunks = _chunks(path, schema)
     if request is features.Request.CANDIDATES:
-      return _candidates(chunks, schema, 1 if dp else params['min_count'])
+      return _candidates(chunks, schema, params['min_count'])
     if request is features.Request.HISTOGRAMS:
       edges = features.RANGE_EDGES if dp else features.HISTOGRAM_EDGES
       return _summed(chunks, lambda rows: _histograms(rows, schema, edges))

@@ -5,7 +5,8 @@ non-numeric or non-finite value is rejected with its line and reasons and
 never scored; a row with a value the federation never saw (a numeric value
 more than `RANGE_SDS` standard deviations from the training mean, a
 category outside the vocabulary, which the model scores as
-out-of-vocabulary) is scored and flagged. Transaction files are validated
+out-of-vocabulary; under DP statistics, a category whose hashed slot is
+outside it) is scored and flagged. Transaction files are validated
 as a whole (`amlworld.read`). Files are read and text cells cleaned by the
 rules training used (`schema.read_csv`, `schema.text_cells`): the same
 encodings, surrounding whitespace stripped, missing-value markers missing.
@@ -82,13 +83,26 @@ def check_rows(raw: pd.DataFrame, schema: schema_lib.Schema, feature_space: dict
   for c in schema.categorical:
     text, empty = schema_lib.text_cells(raw[c])
     note(rejects, empty, lambda r, c=c: f'{c}: missing')
-    unknown = ~empty & ~text.isin(feature_space['vocabulary'][c]).to_numpy()
+    unknown = ~empty & ~_known(text, feature_space, c)
     note(flags, unknown, lambda r, c=c, t=text: f'{c}={t.iloc[r]!r} unknown (scored as out-of-vocabulary)')
     categorical[c] = text.to_numpy(str)
   accepted = np.array([not r for r in rejects])
   inputs = {c: v[accepted].astype(np.float32) for c, v in numeric.items()}
   inputs.update({c: v[accepted] for c, v in categorical.items()})
   return inputs, accepted, rejects, flags
+
+
+def _known(text: pd.Series, feature_space: dict, column: str) -> np.ndarray:
+  """Which values the model looks up in its vocabulary: by value, or by hashed slot under DP statistics."""
+  vocabulary = feature_space['vocabulary'][column]
+  buckets = feature_space.get('hash_buckets', {}).get(column)
+  if buckets is None:
+    return text.isin(vocabulary).to_numpy()
+  if text.empty:
+    return np.zeros(0, bool)
+  # The hash the model computes (tf.keras.layers.Hashing, no salt): see features.HashedSlots.
+  slots = tf.strings.to_hash_bucket_fast(tf.constant(text.to_numpy(str), tf.string), buckets).numpy()
+  return np.isin(slots, vocabulary)
 
 
 def _check_outputs_apart(input_path: str, *outputs: str) -> None:

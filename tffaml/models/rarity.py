@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tffaml import features
+
 # The transaction's own columns (tffaml.data.transactions' features).
 FORMAT, DIRECTION, LOG_AMOUNT = 'payment_format', 'direction', 'log_amount_paid'
 HOUR_SIN, HOUR_COS = 'hour_sin', 'hour_cos'
@@ -56,7 +58,8 @@ class Grid:
 
 def grid_for(vocabulary: Mapping[str, tuple[str, ...]]) -> Grid:
   """The grid over the federation's vocabularies of format and direction."""
-  return Grid(formats=tuple(vocabulary[FORMAT]), directions=tuple(vocabulary[DIRECTION]))
+  # As they are: under DP statistics they are `features.HashedSlots`, looked up by hash.
+  return Grid(formats=vocabulary[FORMAT], directions=vocabulary[DIRECTION])
 
 
 class Cells(tf.keras.layers.Layer):
@@ -86,7 +89,7 @@ class _Slot(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.slots = len(vocabulary) + 1
     # An attribute, so that a SavedModel tracks its table; None when no value cleared the DP vocabulary.
-    self.lookup = tf.keras.layers.StringLookup(vocabulary=list(vocabulary), num_oov_indices=1) if vocabulary else None
+    self.lookup = features.category_lookup(vocabulary, name='lookup') if vocabulary else None
 
   def call(self, values):
     if self.lookup is None:

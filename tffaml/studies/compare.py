@@ -147,8 +147,8 @@ def _forest_inputs(frame: pd.DataFrame, space: features.FeatureSpace) -> np.ndar
   """Numerics as they are, categoricals as their index in the federated vocabulary."""
   columns = [frame[c].to_numpy(np.float64) for c in space.schema.numeric]
   for c in space.schema.categorical:
-    index = {v: k for k, v in enumerate(space.vocabulary[c])}
-    columns.append(frame[c].map(index).fillna(-1).to_numpy(np.float64))
+    # The model's lookup (by hashed slot under DP statistics), 0 out of vocabulary, shifted so unknown is -1.
+    columns.append(features.category_index(space.vocabulary[c], frame[c].to_numpy()).astype(np.float64) - 1)
   return np.stack(columns, axis=1)
 
 
