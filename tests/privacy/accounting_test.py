@@ -5,6 +5,7 @@ import statistics as stdlib_statistics
 from absl.testing import parameterized
 import dp_accounting
 import numpy as np
+import pandas as pd
 from scipy import optimize
 from scipy import stats
 import tensorflow as tf
@@ -309,7 +310,8 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
     self.assertAlmostEqual(statement.epsilon, expected, places=6)
     without = accounting.PrivacyPlan(client=None, record=record, delta=1e-5)
     self.assertGreater(statement.epsilon, without.statement(rounds=30, participation=[30] * 4).epsilon)
-    self.assertIn('Covered: the whole exported package', statement.text())
+    self.assertIn('Covered: the model and every update it was computed from; the feature statistics',
+                  statement.text())
     self.assertIn('Not covered: the federated feature statistics',
                   without.statement(rounds=30, participation=[30] * 4).text())
     # Before any round the statistics alone have been released.
@@ -317,7 +319,7 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
     # An exact alert threshold in the metadata: the package is no longer wholly covered.
     with_threshold = dataclasses.replace(plan, exact_alert_threshold=True)
     text = with_threshold.statement(rounds=30, participation=[30] * 4).text()
-    self.assertNotIn('whole exported package', text)
+    self.assertNotIn('its alert threshold', text.split('Not covered:')[0])
     self.assertIn('Not covered: the alert threshold', text)
     self.assertEqual(with_threshold.statement(rounds=30, participation=[30] * 4).epsilon,
                      statement.epsilon)
@@ -328,10 +330,58 @@ class FeatureStatisticsDpTest(tf.test.TestCase):
         [dp_accounting.GaussianDpEvent(10.0)] * 4
         + [accounting.poisson_gaussian_event(sampling_rate=0.25, noise_multiplier=4.0, steps=30)]), 9e-6)
     self.assertAlmostEqual(covered.epsilon, expected, places=6)
-    self.assertIn('Covered: the whole exported package', covered.text())
-    self.assertIn('and its alert threshold.', covered.text())
+    self.assertIn('; its alert threshold. Not covered: the evaluation metrics', covered.text())
     self.assertIn('the alert threshold comes from 2 histograms of the training scores (each unit adding at'
                   ' most 16 rows\' worth) with noise of standard deviation 160', covered.text())
+
+  def test_hashed_slot_counts_have_the_sensitivity_the_statistics_event_counts(self):
+    # Issue 34: under DP the categorical counts are over public hashed slots. Removing any one
+    # unit's row changes the release 2 vector (fine histograms, slot counts) by exactly √columns in
+    # L2, as it did with per-value counts: noise σ = z·√columns is a Gaussian mechanism of
+    # multiplier z, what the statistics' DpEvent holds for each release.
+    from tffaml import features  # pylint: disable=g-import-not-at-top
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    schema = schema_lib.Schema(label='y', positive='1', numeric=('income', 'age'), categorical=('region', 'employer'))
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        'income': rng.lognormal(10, 1, 50), 'age': rng.uniform(18, 90, 50),
+        'region': rng.choice(['n', 's'], 50), 'employer': [f'employer {i}' for i in range(50)], 'y': 0})
+    ranges = [(1e3, 1e6, 1e3), (10.0, 100.0, 1.0)]
+
+    def release(rows):
+      answer = features.answer(rows, schema, features.Request.FINE_COUNTS,
+                               {'ranges': ranges, 'hash_buckets': features.HASH_BUCKETS})
+      return np.concatenate([answer['fine'].ravel(), answer['category_counts']])
+    full = release(frame)
+    self.assertLen(full, 2 * features.FINE_BINS + 2 * features.HASH_BUCKETS)
+    changes = {round(float(np.linalg.norm(full - release(frame.drop(index=i)))), 9) for i in range(50)}
+    self.assertEqual(changes, {round(math.sqrt(4), 9)})
+    statistics = self._statistics(numeric=2, categorical=2)
+    self.assertAlmostEqual(statistics.stddev / math.sqrt(4), statistics.noise_multiplier)
+    hand_built = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(10.0), 2)
+    self.assertEqual(statistics.event(), hand_built)
+    self.assertAlmostEqual(accounting.epsilon(statistics.event(), 1e-5),
+                           accounting.epsilon(hand_built, 1e-5), places=9)
+    self.assertIn('public hashed slots of 2 categorical columns', statistics.mechanism(1e-5))
+
+  def test_the_statement_lists_what_it_covers_and_the_exact_counts_it_does_not(self):
+    record = accounting.DistributedRecordDp(noise_multiplier=4.0, clip=1.0, sampling_rate=0.25,
+                                            units=(100, 300, 400, 200))
+    plan = accounting.PrivacyPlan(client=None, record=record, delta=1e-5, statistics=self._statistics())
+    statement = plan.statement(rounds=3, participation=[3] * 4)
+    value = statement.to_dict()
+    self.assertTrue(value['package_withholds_per_institution'])
+    self.assertIn(f' Covered: {"; ".join(value["covered"])}. Not covered: {"; ".join(value["not_covered"])}.',
+                  value['text'])
+    self.assertIn('no category value left an institution', value['covered'][1])
+    self.assertIn("each institution's numbers of training and test rows, of positives among them and of privacy"
+                  ' units, quoted in this statement, exact', value['not_covered'][-1])
+    self.assertIn('left out of the exported package', value['not_covered'][-1])
+    self.assertIn('the exported package holds the pooled ones only', value['not_covered'][-2])
+    # Without DP: nothing is claimed, and the statement is as it was.
+    none = accounting.PrivacyPlan(client=None, record=None, delta=1e-5).statement(rounds=3, participation=[3] * 4)
+    self.assertNotIn('covered', none.to_dict())
+    self.assertNotIn('package_withholds_per_institution', none.to_dict())
 
   def test_calibration_counts_the_statistics(self):
     record = accounting.DistributedRecordDp(noise_multiplier=1.0, clip=1.0, sampling_rate=0.25,

@@ -9,7 +9,10 @@ and account aggregates, returning `score` and `alert`. The preprocessing
 learned by federation is inside the graph, so a bank needs neither tffaml nor
 TFF to score: `tf.saved_model.load` or `saved_model_cli run` suffice.
 `metadata.json` beside `saved_model.pb` holds the schema, the interface, the
-threshold, config, metrics and privacy statement.
+threshold, config, metrics and privacy statement. Under DP the metrics are
+the pooled ones only (`package_metadata`): no figure of one institution
+(its rows, positives, test metrics) leaves in the package; the run's own
+metrics.json keeps them, and the statement names them as not covered.
 """
 
 import dataclasses
@@ -88,6 +91,33 @@ class _ServingModule(tf.Module):
     self.serve = serve
 
 
+# Where metrics hold one entry per institution (the data's summary, evaluation
+# and alert metrics): `{'institutions': {name: ...}}` or `[{institution: ...}]`.
+PER_INSTITUTION = 'institutions'
+
+
+def package_metadata(metadata: dict) -> dict:
+  """What the package holds of `metadata`: all of it, or under DP (the statement says which) no per-institution entry.
+
+  The statement (`metadata['privacy']`, `accounting.PrivacyStatement.to_dict`)
+  decides, so that what it names as left out is what is left out.
+  """
+  privacy = metadata.get('privacy') or {}
+  if not privacy.get('package_withholds_per_institution') or 'metrics' not in metadata:
+    return metadata
+  return dict(metadata, metrics=_without_institutions(metadata['metrics']))
+
+
+def _without_institutions(value):
+  """`value` with every per-institution entry (a dict or list under PER_INSTITUTION) removed, at any depth."""
+  if isinstance(value, dict):
+    return {k: _without_institutions(v) for k, v in value.items()
+            if not (k == PER_INSTITUTION and isinstance(v, (dict, list)))}
+  if isinstance(value, list):
+    return [_without_institutions(v) for v in value]
+  return value
+
+
 def export(
     model: tf.keras.Model,
     export_dir: str,
@@ -113,7 +143,7 @@ def export(
     serving = interface.to_dict() | {'hardening': hardening.to_dict()}
     if hardening.decision_only:
       del serving['score']
-    metadata = dict(metadata, schema=schema.to_dict(), serving=serving, threshold=threshold)
+    metadata = dict(package_metadata(metadata), schema=schema.to_dict(), serving=serving, threshold=threshold)
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       json.dump(metadata, f, indent=2, allow_nan=False)
 

@@ -405,10 +405,14 @@ class FeatureStatisticsDp:
   columns, counts of the categorical values): L2 sensitivity √columns per
   release. Every count gets N(0, σ²) with σ = noise_multiplier · √columns,
   added in shares by the institutions as for distributed DP-SGD. A
-  category value enters the vocabulary only if its noisy count clears
-  `vocabulary_threshold`: a value held by one unit alone is published with
-  probability at most `threshold_delta` over its categorical columns, which
-  adds to the accountant's δ.
+  categorical column's counts are over a public, fixed set of hashed slots
+  (`features.bucket_counts`): a unit adds 1 to one slot of each, as it added
+  1 to one value's count, so the sensitivity is the same. A slot enters the
+  vocabulary only if its noisy count clears `vocabulary_threshold`, set so
+  that one held by one unit alone is kept with probability at most
+  `threshold_delta` over the categorical columns; that share of δ is set
+  aside from the accountant's (over public slots the threshold is
+  post-processing, so this is conservative).
 
   A model that ships an alert threshold releases `alert_passes` more
   histograms, of its training scores (`quantiles.search`): each unit
@@ -465,12 +469,13 @@ class FeatureStatisticsDp:
 
   def mechanism(self, delta: float) -> str:
     return (f'the feature statistics exported with the model ({self.releases} releases of counts:'
-            f' histograms of {self.numeric} numeric and counts of {self.categorical} categorical'
-            f' columns, one row per unit) carry Gaussian noise of standard deviation'
+            f' histograms of {self.numeric} numeric columns and counts over public hashed slots of'
+            f' {self.categorical} categorical columns, one row per unit; no category value leaves an'
+            f' institution) carry Gaussian noise of standard deviation'
             f' {self.stddev:.4g} (noise multiplier {self.noise_multiplier:.4g}) added in shares'
-            ' by the institutions; a category value is kept only if its noisy count reaches'
-            f' {self.vocabulary_threshold(delta):.4g}, which spends'
-            f' δ = {self.threshold_delta(delta):.2g} of the δ' + (
+            ' by the institutions; a slot enters the vocabulary only if its noisy count reaches'
+            f' {self.vocabulary_threshold(delta):.4g}, for which'
+            f' δ = {self.threshold_delta(delta):.2g} of the δ is set aside' + (
                 f'; the alert threshold comes from {self.alert_passes} histograms of the training'
                 f' scores (each unit adding at most {self.alert_rows} {self._rows_worth})'
                 f' with noise of standard deviation {self.alert_stddev:.4g}'
@@ -590,6 +595,10 @@ class PrivacyStatement:
         'rounds': self.rounds,
         'institutions': self.institutions,
         'aggregation': self.aggregation.value,  # Who saw the individual updates.
+        # What the text lists, and what the package leaves out (only under DP: without, as before).
+        **({'covered': list(self.covered()), 'not_covered': list(self.not_covered()),
+            'package_withholds_per_institution': self.package_withholds_per_institution}
+           if self.guarantees else {}),
         'text': self.text(),
     }
 
@@ -611,26 +620,43 @@ class PrivacyStatement:
     return ' '.join(parts) + self._coverage() + (
         self.aggregation.client_note() if any(g.level == 'institution' for g in self.guarantees) else '')
 
+  @property
+  def package_withholds_per_institution(self) -> bool:
+    """Under DP the exported package holds no figure of one institution (`saved_model.package_metadata`)."""
+    return bool(self.guarantees)
+
+  def covered(self) -> tuple[str, ...]:
+    """What the guarantees cover, item by item (the text and `to_dict` list these)."""
+    if not self.statistics_covered:
+      return ('the model updates and everything computed from them (the aggregate, the released model)',)
+    return ('the model and every update it was computed from',
+            'the feature statistics and vocabularies in its metadata (no category value left an institution:'
+            ' each counted its values into public hashed slots, noised, and a slot is in the vocabulary only'
+            ' if its noisy count clears the threshold)') + (
+                ('its alert threshold',) if self.alert_threshold_covered else ())
+
+  def not_covered(self) -> tuple[str, ...]:
+    """What leaves the institutions outside the guarantees, item by item."""
+    items = []
+    if not self.statistics_covered:
+      items.append('the federated feature statistics (exact sums, and the histograms that set their clipping'
+                   ' ranges, shipped in the model\'s metadata, and the category values each institution'
+                   ' proposes for counting, sent without noise), DP only with record-level DP')
+    if self.exact_alert_threshold:
+      items.append('the alert threshold in the metadata, an exact quantile of the training rows\' scores'
+                   ' (federated histograms without noise)')
+    items.append('the evaluation metrics on the institutions\' test splits (rows never trained on: metric'
+                 ' counts, alert metrics and, from a federation\'s nodes, their test scores counted in bins for'
+                 ' the pooled alert metrics), exact and reported to the coordinator: the exported package'
+                 ' holds the pooled ones only, the run\'s metrics.json each institution\'s too')
+    quoted = ', quoted in this statement' if any(g.level == 'record' for g in self.guarantees) else ''
+    items.append('each institution\'s numbers of training and test rows, of positives among them and of'
+                 f' privacy units{quoted}, exact and reported to the coordinator (which plans the noise from'
+                 ' the unit counts): in the run\'s metrics.json, left out of the exported package')
+    return tuple(items)
+
   def _coverage(self) -> str:
-    evaluation = (' Evaluation metrics on the institutions\' test splits (rows never trained on: metric'
-                  ' counts, alert metrics and, from a federation\'s nodes, their test scores counted in'
-                  ' bins for the pooled alert metrics) are exact, reported to the coordinator, outside any'
-                  ' guarantee.')
-    threshold = (' Not covered: the alert threshold in the metadata, an exact quantile of the'
-                 ' training rows\' scores (federated histograms without noise).'
-                 if self.exact_alert_threshold else '')
-    if self.statistics_covered:
-      package = 'the whole exported package - ' if not self.exact_alert_threshold else ''
-      return (f' Covered: {package}the model, every update it was computed'
-              ' from, and the feature statistics and vocabularies in its metadata (the set of'
-              ' category values proposed for counting is exchanged without noise; only values'
-              ' whose noisy count clears the threshold are published)'
-              + (', and its alert threshold' if self.alert_threshold_covered else '') + '.'
-              + threshold + evaluation)
-    return (' Covered: the model updates and everything computed from them (the aggregate, the'
-            ' released model). Not covered: the federated feature statistics (exact sums, and'
-            ' the histograms that set their clipping ranges, shipped in the model\'s metadata);'
-            ' they are DP only with record-level DP.' + threshold + evaluation)
+    return f' Covered: {"; ".join(self.covered())}. Not covered: {"; ".join(self.not_covered())}.'
 
 
 @dataclasses.dataclass(frozen=True)
