@@ -197,6 +197,13 @@ class FederationTest(_NodesTestCase):
     for params in ({'noise_share': None, 'release': 1}, {'noise_share': 1.0, 'release': 7}):
       header = {'agreement': node.agreement, 'run': 'r', 'index': 0, 'request': 'histograms', 'params': params}
       self.assertIn('answers only the planned releases', refusal(node_lib.STATISTICS, header))
+    # Its category values, raw, are never answered under DP statistics (issue 34): only hashed slots' noisy counts.
+    header = {'agreement': node.agreement, 'run': 'r', 'index': 0, 'request': 'candidates',
+              'params': {'min_count': 1, 'noise_share': 1.0, 'release': 0}}
+    self.assertIn('answers only the planned releases', refusal(node_lib.STATISTICS, header))
+    space = lambda run: program.saved_model.read_metadata(run.paths.export)['feature_space']
+    self.assertEqual(space(federated), space(simulated))
+    self.assertIn('hash_buckets', space(federated))
 
   def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
     config = csv_config.get_config()  # The default: distributed record-level DP, secure aggregation.
