@@ -12,6 +12,7 @@ import enum
 from typing import Iterator, Mapping, Sequence, TypeVar
 
 E = TypeVar('E', bound=enum.Enum)
+V = TypeVar('V')
 
 
 class Refusal(Exception):
@@ -69,3 +70,15 @@ def parse_enum(enum_cls: type[E], value: str, key: str) -> E:
     return enum_cls(value)
   except ValueError:
     raise ConfigError(f'config.{key}={value!r} is not one of {[m.value for m in enum_cls]}.') from None
+
+
+def registered(registry: Mapping[E, V], member: E, where: str) -> V:
+  """`registry[member]`; a member without an entry is our bug, a ValueError naming the registry `where`.
+
+  Every enum-keyed registry (the models, aggregators and data sources) is
+  read through this, so a dispatch on an enum always ends in this raise.
+  """
+  try:
+    return registry[member]
+  except KeyError:
+    raise ValueError(f'{member!r} has no entry in {where}: add one.') from None

@@ -1,4 +1,5 @@
 import math
+from unittest import mock
 
 from absl.testing import parameterized
 import tensorflow as tf
@@ -9,6 +10,9 @@ from tffaml.config import builders as config_builders
 from tffaml.config import checks as config_checks
 from tffaml.config import data as config_data
 from tffaml.config import plan as config_plan
+from tffaml.data import loading
+from tffaml.data import transactions
+from tffaml.federated import aggregators
 from tffaml.privacy import accounting
 from tffaml.models import tabular
 
@@ -127,6 +131,54 @@ class ClientWorkTest(tf.test.TestCase):
       self.assertEqual(training.parts.aggregator is None, side is config_builders.Side.NODE, side)
       self.assertEqual(training.process is None, side is config_builders.Side.NODE, side)
 
+
+
+class RegistryTest(tf.test.TestCase):
+  """The config layer's readers: one entry per model, aggregator and data source."""
+
+  def test_every_member_has_a_reader(self):
+    # A new member without its reader fails here, not in a run.
+    self.assertCountEqual(config_builders.AGGREGATOR_PARAMS, aggregators.AggregatorType)
+    self.assertCountEqual(config_builders.MODEL_PARAMS, tabular.ModelType)
+    self.assertCountEqual(config_data.SPEC_READERS, loading.Source)
+
+  def test_a_member_without_a_reader_is_refused_by_name(self):
+    config = _config(aggregator__type='median')
+    choices = config_checks.parse_choices(config)
+    with mock.patch.dict(config_builders.AGGREGATOR_PARAMS):
+      del config_builders.AGGREGATOR_PARAMS[aggregators.AggregatorType.MEDIAN]
+      with self.assertRaisesRegex(ValueError, r'MEDIAN.*has no entry in tffaml.config.builders.AGGREGATOR_PARAMS'):
+        config_builders.aggregator_params(
+            config, choices, accounting.PrivacyPlan(client=None, record=None, delta=1e-5), cohort=3, noise_seed=0)
+    with mock.patch.dict(config_data.SPEC_READERS):
+      del config_data.SPEC_READERS[loading.Source.LENDING_CLUB]
+      with self.assertRaisesRegex(ValueError, r'LENDING_CLUB.*has no entry in tffaml.config.data.SPEC_READERS'):
+        config_data.data_spec(config)
+
+  def test_each_reader_reads_its_own_keys_of_its_section(self):
+    config = loan_risk.get_config()
+    config.aggregator.update(clip=0.3, zeroing_norm=2.0, trim_fraction=0.1, target_unclipped_quantile=0.7)
+    read = lambda t: config_builders.AGGREGATOR_PARAMS[t](config.aggregator)
+    self.assertEqual(read(aggregators.AggregatorType.CLIPPING), dict(clip=0.3, zeroing_norm=2.0))
+    self.assertEqual(read(aggregators.AggregatorType.TRIMMED_MEAN), dict(trim_fraction=0.1))
+    self.assertEqual(read(aggregators.AggregatorType.MEAN), {})
+    for aggregator_type in aggregators.AggregatorType:  # Every reader gives fields of aggregators.Params.
+      aggregators.Params(weighted=False, clients_per_round=3, **read(aggregator_type))
+    config.model.update(hidden_units=[8], embedding_dim=3)
+    self.assertEqual(config_builders.MODEL_PARAMS[tabular.ModelType.MLP](config.model),
+                     dict(hidden_units=(8,), embedding_dim=3))
+    for model_type in tabular.ModelType:
+      tabular.ModelParams(**config_builders.MODEL_PARAMS[model_type](config.model))
+
+  def test_every_source_reads_its_data_spec(self):
+    config = loan_risk.get_config()
+    config.data.update(path='t.csv', dir='d', schema_file='s.json')
+    for source in loading.Source:
+      config.data.source = source.value
+      self.assertIs(config_data.data_spec(config).source, source)
+    self.assertIs(config_data.agreed_schema(config), transactions.SCHEMA)  # amlworld_federation's own.
+    config.data.source = 'csv_dir'
+    self.assertEqual(config_data.data_spec(config).directory, 'd')
 
 
 class DefaultsTest(tf.test.TestCase):

@@ -1,3 +1,5 @@
+from unittest import mock
+
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
@@ -146,6 +148,27 @@ class DispatchTest(tf.test.TestCase):
           aggregator_type=aggregator_type, weighted=False, clients_per_round=3, noise_multiplier=0.5)
       process = factory.create(VECTOR)
       self.assertEqual(str(process.next.type_signature.result[1].member), 'float32[2]', aggregator_type)
+
+  def test_every_aggregator_type_has_a_builder(self):
+    # A new member without its entry in BUILDERS fails here, not in a run.
+    self.assertCountEqual(aggregators.BUILDERS, aggregators.AggregatorType)
+
+  def test_a_type_without_a_builder_is_refused_by_name(self):
+    with mock.patch.dict(aggregators.BUILDERS):
+      del aggregators.BUILDERS[aggregators.AggregatorType.MEDIAN]
+      with self.assertRaisesRegex(ValueError, r'MEDIAN.*has no entry in tffaml.federated.aggregators.BUILDERS'):
+        aggregators.build(aggregators.AggregatorType.MEDIAN, aggregators.Params(weighted=False, clients_per_round=3))
+
+  def test_each_builder_reads_its_own_params(self):
+    # `clipping` drops updates above its zeroing norm; the mean reads neither field.
+    params = aggregators.Params(weighted=False, clients_per_round=2, clip=1.0, zeroing_norm=2.0)
+    values = [np.array([3.0, 4.0], np.float32), np.array([0.3, 0.4], np.float32)]
+    results = {}
+    for kind in (aggregators.AggregatorType.CLIPPING, aggregators.AggregatorType.MEAN):
+      process = aggregators.build(kind, params).create(VECTOR)
+      results[kind] = process.next(process.initialize(), values).result
+    self.assertAllClose(results[aggregators.AggregatorType.CLIPPING], [0.15, 0.2])  # [3, 4] zeroed, then averaged.
+    self.assertAllClose(results[aggregators.AggregatorType.MEAN], [1.65, 2.2])
 
 
 if __name__ == '__main__':

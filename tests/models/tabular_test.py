@@ -1,5 +1,6 @@
 import math
 import random
+from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -80,6 +81,17 @@ class DispatchTest(tf.test.TestCase):
       model = tabular.build_model(model_type=model_type, feature_space=helpers.payment_space() if transactions else space,
                                   hidden_units=(4,))
       self.assertEqual(model(payments if transactions else inputs).shape, [2, 1], model_type)
+
+  def test_every_model_type_has_a_builder(self):
+    # A new member without its entry in BUILDERS fails here, not in a run.
+    self.assertCountEqual(tabular.BUILDERS, tabular.ModelType)
+
+  def test_a_type_without_a_builder_is_refused_by_name(self):
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    with mock.patch.dict(tabular.BUILDERS):
+      del tabular.BUILDERS[tabular.ModelType.LOGISTIC]
+      with self.assertRaisesRegex(ValueError, r'LOGISTIC.*has no entry in tffaml.models.tabular.BUILDERS'):
+        tabular.build_model(model_type=tabular.ModelType.LOGISTIC, feature_space=space)
 
   def test_rarity_refuses_data_without_payments(self):
     space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)

@@ -4,6 +4,7 @@ import dataclasses
 import enum
 from typing import Callable, Optional
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -23,23 +24,56 @@ from tffaml.models import tabular
 from tffaml.privacy import accounting
 
 
+def _no_params(section: ml_collections.ConfigDict) -> dict:
+  del section  # A model or aggregator with no parameters of its own.
+  return {}
+
+
+# How each model's parameters (`tabular.ModelParams` fields) are read from
+# config.model. tests/config/config_test.py holds that every
+# `tabular.ModelType` has an entry.
+MODEL_PARAMS: dict[tabular.ModelType, Callable[[ml_collections.ConfigDict], dict]] = {
+    tabular.ModelType.MLP: lambda m: dict(hidden_units=tuple(m.hidden_units), embedding_dim=m.embedding_dim),
+    tabular.ModelType.LOGISTIC: _no_params,
+    tabular.ModelType.AUTOENCODER: lambda m: dict(hidden_units=tuple(m.hidden_units)),
+    tabular.ModelType.RARITY: _no_params,
+}
+
+
+# How each aggregator's parameters are read from config.aggregator: the
+# `aggregators.Params` fields it uses beyond the run's (weighting, cohort,
+# noise multiplier and seed). tests/config/config_test.py holds that every
+# `aggregators.AggregatorType` has an entry.
+AGGREGATOR_PARAMS: dict[aggregators.AggregatorType, Callable[[ml_collections.ConfigDict], dict]] = {
+    aggregators.AggregatorType.MEAN: _no_params,
+    aggregators.AggregatorType.ROBUST: _no_params,
+    aggregators.AggregatorType.SECURE: _no_params,
+    aggregators.AggregatorType.CLIPPING: lambda a: dict(clip=a.clip, zeroing_norm=a.zeroing_norm),
+    aggregators.AggregatorType.MEDIAN: _no_params,
+    aggregators.AggregatorType.TRIMMED_MEAN: lambda a: dict(trim_fraction=a.trim_fraction),
+    aggregators.AggregatorType.GAUSSIAN_FIXED: lambda a: dict(clip=a.clip),
+    aggregators.AggregatorType.GAUSSIAN_ADAPTIVE: lambda a: dict(
+        clip=a.clip, target_unclipped_quantile=a.target_unclipped_quantile,
+        clip_learning_rate=a.clip_learning_rate, clipped_count_stddev=a.clipped_count_stddev),
+}
+
+
+def aggregator_params(config, choices: config_checks.Choices, plan: accounting.PrivacyPlan, *, cohort: int,
+                      noise_seed: int) -> aggregators.Params:
+  """The run's aggregator parameters: its weighting, cohort and noise, and the type's own (`AGGREGATOR_PARAMS`)."""
+  a = config.aggregator
+  read = errors.registered(AGGREGATOR_PARAMS, choices.aggregator, 'tffaml.config.builders.AGGREGATOR_PARAMS')
+  return aggregators.Params(
+      weighted=choices.weighting is processes.Weighting.EXAMPLES, clients_per_round=cohort,
+      noise_multiplier=plan.client.noise_multiplier if plan.client else a.noise_multiplier,
+      noise_seed=noise_seed, **read(a))
+
+
 def build_aggregator(
     config, choices: config_checks.Choices, plan: accounting.PrivacyPlan, *, cohort: int, noise_seed: int
 ) -> aggregators.Factory:
-  a = config.aggregator
-  return aggregators.configure_aggregator(
-      aggregator_type=choices.aggregator,
-      weighted=choices.weighting is processes.Weighting.EXAMPLES,
-      clients_per_round=cohort,
-      noise_multiplier=plan.client.noise_multiplier if plan.client else a.noise_multiplier,
-      clip=a.clip,
-      target_unclipped_quantile=a.target_unclipped_quantile,
-      clip_learning_rate=a.clip_learning_rate,
-      clipped_count_stddev=a.clipped_count_stddev,
-      noise_seed=noise_seed,
-      zeroing_norm=a.zeroing_norm,
-      trim_fraction=a.trim_fraction,
-  )
+  return aggregators.build(
+      choices.aggregator, aggregator_params(config, choices, plan, cohort=cohort, noise_seed=noise_seed))
 
 
 def loss_fn(config, choices: config_checks.Choices) -> tabular.PerExampleLoss:
@@ -49,10 +83,9 @@ def loss_fn(config, choices: config_checks.Choices) -> tabular.PerExampleLoss:
 
 def keras_model_fn(config, choices: config_checks.Choices, space) -> Callable[[], tf.keras.Model]:
   """Builds the config's Keras model on the federated feature statistics `space` (audited, in a canary audit)."""
+  read = errors.registered(MODEL_PARAMS, choices.model, 'tffaml.config.builders.MODEL_PARAMS')
   build = lambda: tabular.build_model(
-      model_type=choices.model, feature_space=space,
-      hidden_units=tuple(config.model.hidden_units),
-      embedding_dim=config.model.embedding_dim, seed=config.seed)
+      model_type=choices.model, feature_space=space, seed=config.seed, **read(config.model))
   if config_data.canary_records(config):
     return canaries_lib.canary_model(build, config_data.canary_records(config))
   return build

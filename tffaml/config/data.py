@@ -1,7 +1,7 @@
 """The `data`, `features` and `canary_audit` sections: what the run loads and how its statistics are made."""
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import ml_collections
 
@@ -29,35 +29,43 @@ def data_source(config: ml_collections.ConfigDict) -> loading.Source:
   return errors.parse_enum(loading.Source, config.data.source, 'data.source')
 
 
+def _amlworld(d: ml_collections.ConfigDict) -> dict:
+  return dict(selection=transactions.Selection(
+      path=d.path, test_fraction=d.test_fraction, min_rows=d.min_rows,
+      min_positives=d.min_positives, max_banks=d.max_banks))
+
+
+def _lending_club(d: ml_collections.ConfigDict) -> dict:
+  return dict(test_fraction=d.test_fraction, max_rows=d.max_rows, partitioning=loading.Partitioning(
+      method=errors.parse_enum(partition.Method, d.partition, 'data.partition'), column=d.column,
+      min_rows=d.min_rows, min_positives=d.min_positives, num_institutions=d.num_institutions, alpha=d.alpha))
+
+
+# How each source's `loading.DataSpec` fields are read from config.data
+# (besides source and stream); its keys go in DATA_KEYS, for its errors.
+# tests/config/config_test.py holds that every `loading.Source` has an entry.
+SPEC_READERS: dict[loading.Source, Callable[[ml_collections.ConfigDict], dict]] = {
+    loading.Source.LENDING_CLUB: _lending_club,
+    loading.Source.CSV_DIR: lambda d: dict(directory=d.dir, schema_file=d.schema_file),
+    loading.Source.AMLWORLD: _amlworld,
+    loading.Source.FEDERATION: lambda d: dict(schema_file=d.schema_file),
+    loading.Source.AMLWORLD_FEDERATION: lambda d: {},
+}
+
+
 def data_spec(config: ml_collections.ConfigDict) -> loading.DataSpec:
-  """The `data` section as the data layer takes it; each source reads its own keys."""
-  d = config.data
+  """The `data` section as the data layer takes it; each source reads its own keys (`SPEC_READERS`)."""
   source = data_source(config)
-  with errors.named_as(DATA_KEYS):
-    if source is loading.Source.AMLWORLD:
-      return loading.DataSpec(source=source, stream=d.stream, selection=transactions.Selection(
-          path=d.path, test_fraction=d.test_fraction, min_rows=d.min_rows,
-          min_positives=d.min_positives, max_banks=d.max_banks))
-    if source is loading.Source.CSV_DIR:
-      return loading.DataSpec(source=source, stream=d.stream, directory=d.dir, schema_file=d.schema_file)
-    if source is loading.Source.FEDERATION:
-      return loading.DataSpec(source=source, stream=d.stream, schema_file=d.schema_file)
-    if source is loading.Source.AMLWORLD_FEDERATION:
-      return loading.DataSpec(source=source, stream=d.stream)
-    if source is loading.Source.LENDING_CLUB:
-      return loading.DataSpec(
-          source=source, stream=d.stream, test_fraction=d.test_fraction, max_rows=d.max_rows,
-          partitioning=loading.Partitioning(
-              method=errors.parse_enum(partition.Method, d.partition, 'data.partition'), column=d.column,
-              min_rows=d.min_rows, min_positives=d.min_positives,
-              num_institutions=d.num_institutions, alpha=d.alpha))
-  raise ValueError(f'no data spec for {source!r}.')
+  read = errors.registered(SPEC_READERS, source, 'tffaml.config.data.SPEC_READERS')
+  with errors.named_as(DATA_KEYS):  # The readers' typed values check themselves too (transactions.Selection).
+    return loading.DataSpec(source=source, stream=config.data.stream, **read(config.data))
 
 
 def agreed_schema(config: ml_collections.ConfigDict) -> schema_lib.Schema:
-  """The schema every party of a federation agrees on: AMLworld's, or config.data.schema_file's."""
-  if data_source(config) in (loading.Source.AMLWORLD, loading.Source.AMLWORLD_FEDERATION):
-    return transactions.SCHEMA
+  """The schema every party of a federation agrees on: the source's own (AMLworld's), or config.data.schema_file's."""
+  fixed = loading.loader(data_source(config)).schema
+  if fixed is not None:
+    return fixed
   with errors.named_as(DATA_KEYS):
     if not config.data.schema_file:
       raise errors.InputError('a federation needs the agreed {schema_file}.', blames=('schema_file',))

@@ -7,7 +7,7 @@ section into a `DataSpec`; nothing here reads configs.
 import dataclasses
 import enum
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -60,31 +60,60 @@ class DataSpec:
   stream: bool = False  # amlworld, csv_dir: institutions' rows stored, then streamed in training.
 
   def __post_init__(self):
-    if self.stream and self.source not in (Source.AMLWORLD, Source.CSV_DIR):
-      raise errors.InputError(f'{{stream}} is for the amlworld and csv_dir sources, not {self.source.value!r}.',
+    entry = loader(self.source)
+    if self.stream and not entry.streams:
+      streaming = ' and '.join(sorted(s.value for s, e in LOADERS.items() if e.streams))
+      raise errors.InputError(f'{{stream}} is for the {streaming} sources, not {self.source.value!r}.',
                               blames=('stream',))
-    if self.source is Source.FEDERATION and not self.schema_file:
-      raise errors.InputError("the federation's coordinator needs the agreed {schema_file}.",
-                              blames=('schema_file',))
-    if self.source is Source.CSV_DIR and not (self.directory and self.schema_file):
-      raise errors.InputError('the csv_dir source needs {directory} and {schema_file}.',
-                              blames=('directory', 'schema_file'))
-    if self.source is Source.AMLWORLD and self.selection is None:
-      raise errors.InputError('the amlworld source needs a {selection} of banks.', blames=('selection',))
+    entry.check(self)
+
+
+# `(spec, *, seed, shard_dir, log) -> FederatedData`: see `load`.
+Load = Callable[..., federated_data.FederatedData]
+
+
+def _no_check(spec: DataSpec) -> None:
+  del spec  # A source with no fields of its own to check.
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+  """What the data layer does with one `Source` (its entry in `LOADERS`).
+
+  Attributes:
+    load: Loads the federation its `DataSpec` describes (see `load`).
+    at_nodes: The source as a federation's coordinator sees it (the rows at
+      the nodes).
+    check: Refuses a `DataSpec` missing the source's own fields.
+    streams: Whether its institutions' rows can be stored and streamed
+      (`DataSpec.stream`).
+    schema: The schema every party agrees on when the source fixes it; None:
+      the schema file the run names.
+    interface: What the export of a model trained on its data takes and
+      returns, given the data's schema.
+  """
+
+  load: Load
+  at_nodes: Source
+  check: Callable[[DataSpec], None] = _no_check
+  streams: bool = False
+  schema: Optional[schema_lib.Schema] = None
+  interface: Callable[[schema_lib.Schema], interface_lib.Interface] = interface_lib.table_interface
+
+
+def loader(source: Source) -> Loader:
+  """`source`'s entry in `LOADERS`."""
+  return errors.registered(LOADERS, source, 'tffaml.data.loading.LOADERS')
 
 
 def interface(source: Source, schema: schema_lib.Schema) -> interface_lib.Interface:
   """What the export of a model trained on `source`'s data takes and returns."""
-  if source in (Source.AMLWORLD, Source.AMLWORLD_FEDERATION):
-    return transactions.interface()
-  return interface_lib.table_interface(schema)
+  return loader(source).interface(schema)
 
 
 def at_nodes(source: Source) -> Source:
   """The source as a federation's coordinator sees it: the rows are at the nodes."""
-  if source in (Source.AMLWORLD, Source.AMLWORLD_FEDERATION):
-    return Source.AMLWORLD_FEDERATION
-  return Source.FEDERATION
+  return loader(source).at_nodes
 
 
 def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
@@ -97,23 +126,49 @@ def load(spec: DataSpec, *, seed: int, shard_dir: Optional[str] = None,
   if spec.stream and not shard_dir:
     raise errors.InputError('{stream} needs a directory for the stored rows (a training run).',
                             blames=('stream',))
-  if spec.source is Source.AMLWORLD:
-    return transactions.load(spec.selection, shard_dir=shard_dir if spec.stream else None, log=log)
-  if spec.source is Source.CSV_DIR:
-    data = csv_dir.load(spec.directory, schema_lib.Schema.from_json(spec.schema_file))
-    if not spec.stream:
-      return data
-    # Stored afresh every time: the user's files may have changed since.
-    return shards.store_federation(data, shard_dir, key={'csv_dir': os.path.abspath(spec.directory)})
-  if spec.source is Source.LENDING_CLUB:
-    return _lending_club(spec, seed=seed)
-  if spec.source in (Source.FEDERATION, Source.AMLWORLD_FEDERATION):
-    raise errors.InputError(f'{{source}}={spec.source.value}: the rows are at the institutions\' nodes; train'
-                            ' with scripts/coordinator.py.', blames=('source',))
-  raise ValueError(f'no loader for {spec.source!r}.')
+  return loader(spec.source).load(spec, seed=seed, shard_dir=shard_dir, log=log)
 
 
-def _lending_club(spec: DataSpec, *, seed: int) -> federated_data.FederatedData:
+def _amlworld(spec: DataSpec, *, seed: int, shard_dir: Optional[str], log) -> federated_data.FederatedData:
+  del seed  # Each bank's rows are its own: nothing is drawn.
+  return transactions.load(spec.selection, shard_dir=shard_dir if spec.stream else None, log=log)
+
+
+def _check_amlworld(spec: DataSpec) -> None:
+  if spec.selection is None:
+    raise errors.InputError('the amlworld source needs a {selection} of banks.', blames=('selection',))
+
+
+def _csv_dir(spec: DataSpec, *, seed: int, shard_dir: Optional[str], log) -> federated_data.FederatedData:
+  del seed, log  # Already partitioned, read as it is.
+  data = csv_dir.load(spec.directory, schema_lib.Schema.from_json(spec.schema_file))
+  if not spec.stream:
+    return data
+  # Stored afresh every time: the user's files may have changed since.
+  return shards.store_federation(data, shard_dir, key={'csv_dir': os.path.abspath(spec.directory)})
+
+
+def _check_csv_dir(spec: DataSpec) -> None:
+  if not (spec.directory and spec.schema_file):
+    raise errors.InputError('the csv_dir source needs {directory} and {schema_file}.',
+                            blames=('directory', 'schema_file'))
+
+
+def _at_the_nodes(spec: DataSpec, **unused) -> federated_data.FederatedData:
+  """A federation's rows are not here: refused."""
+  del unused
+  raise errors.InputError(f'{{source}}={spec.source.value}: the rows are at the institutions\' nodes; train'
+                          ' with scripts/coordinator.py.', blames=('source',))
+
+
+def _check_federation(spec: DataSpec) -> None:
+  if not spec.schema_file:
+    raise errors.InputError("the federation's coordinator needs the agreed {schema_file}.",
+                            blames=('schema_file',))
+
+
+def _lending_club(spec: DataSpec, *, seed: int, shard_dir: Optional[str], log) -> federated_data.FederatedData:
+  del shard_dir, log  # Partitioned here, in memory.
   raw = lending_club.load_raw()
   rng = np.random.default_rng(seed)
   if spec.max_rows and spec.max_rows < len(raw):
@@ -141,3 +196,23 @@ def _assignment(p: Partitioning, raw, labels: np.ndarray, rng: np.random.Generat
   if p.method is partition.Method.QUANTITY:
     return partition.quantity_skew(len(labels), p.num_institutions, p.alpha, rng)
   raise ValueError(f'no partition for {p.method!r}.')
+
+
+def _transactions_interface(schema: schema_lib.Schema) -> interface_lib.Interface:
+  del schema  # Always AMLworld's transactions (`transactions.SCHEMA`).
+  return transactions.interface()
+
+
+# Each Source's entry (tests/data/loading_test.py holds that every member has
+# one); its config reader is in tffaml.config.data.SPEC_READERS.
+LOADERS: dict[Source, Loader] = {
+    Source.LENDING_CLUB: Loader(load=_lending_club, at_nodes=Source.FEDERATION),
+    Source.CSV_DIR: Loader(load=_csv_dir, at_nodes=Source.FEDERATION, check=_check_csv_dir, streams=True),
+    Source.AMLWORLD: Loader(
+        load=_amlworld, at_nodes=Source.AMLWORLD_FEDERATION, check=_check_amlworld, streams=True,
+        schema=transactions.SCHEMA, interface=_transactions_interface),
+    Source.FEDERATION: Loader(load=_at_the_nodes, at_nodes=Source.FEDERATION, check=_check_federation),
+    Source.AMLWORLD_FEDERATION: Loader(
+        load=_at_the_nodes, at_nodes=Source.AMLWORLD_FEDERATION, schema=transactions.SCHEMA,
+        interface=_transactions_interface),
+}

@@ -1,21 +1,24 @@
 """Model-update aggregators: plain, client-level DP, and robust.
 
-`configure_aggregator` maps an `AggregatorType` onto a TFF aggregation
-factory. The DP types protect each *institution's* whole contribution in a
-round (client-level DP): updates are clipped to an L2 norm and Gaussian noise
-is added to their sum (McMahan et al. 2018, arXiv:1710.06963). They average
-institutions uniformly, so they pair with uniform weighting only: weighting by
-example count would let one institution's data size leak and break the
-sensitivity bound.
+`build` maps an `AggregatorType` and its `Params` onto a TFF aggregation
+factory, through the builder each type registers in `BUILDERS`. The DP types
+protect each *institution's* whole contribution in a round (client-level
+DP): updates are clipped to an L2 norm and Gaussian noise is added to their
+sum (McMahan et al. 2018, arXiv:1710.06963). They average institutions
+uniformly, so they pair with uniform weighting only: weighting by example
+count would let one institution's data size leak and break the sensitivity
+bound.
 """
 
+import dataclasses
 import enum
 import logging
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
+from tffaml import errors
 from tffaml.federated import dp_queries
 from tffaml.federated import robust
 
@@ -185,29 +188,16 @@ def _check_weighting(aggregator_type: AggregatorType, weighted: bool) -> None:
                      ' it has no weighted form (weighted=False).')
 
 
-def configure_aggregator(
-    *,
-    aggregator_type: AggregatorType,
-    weighted: bool,
-    clients_per_round: float,
-    noise_multiplier: float = 0.0,
-    clip: float = 1.0,
-    target_unclipped_quantile: float = 0.5,
-    clip_learning_rate: float = 0.2,
-    clipped_count_stddev: Optional[float] = None,
-    noise_seed: int = 0,
-    zeroing_norm: Optional[float] = None,
-    trim_fraction: float = 0.2,
-) -> Factory:
-  """The aggregation factory for `aggregator_type`.
+@dataclasses.dataclass(frozen=True)
+class Params:
+  """What an aggregator is built from; each type's builder reads the fields it needs.
 
-  Args:
-    aggregator_type: Which aggregator.
+  Attributes:
     weighted: Whether institutions are weighted by example count. DP types
       require `False`.
     clients_per_round: Expected institutions per round (DP normalisation).
     noise_multiplier: DP noise multiplier.
-    clip: DP clip (fixed), or initial clip (adaptive).
+    clip: DP clip (fixed), or initial clip (adaptive); `clipping`'s clip.
     target_unclipped_quantile: Adaptive clipping's target quantile.
     clip_learning_rate: Adaptive clipping's learning rate.
     clipped_count_stddev: Adaptive clipping's count noise (default: see
@@ -216,32 +206,81 @@ def configure_aggregator(
     zeroing_norm: `clipping`: updates above this norm are dropped (default
       10 * clip).
     trim_fraction: `trimmed_mean`: fraction trimmed at each end.
-
-  Returns:
-    A weighted factory when `weighted`, else an unweighted one.
   """
-  _check_weighting(aggregator_type, weighted)
-  if aggregator_type is AggregatorType.MEAN:
-    return tff.aggregators.MeanFactory() if weighted else tff.aggregators.UnweightedMeanFactory()
-  if aggregator_type is AggregatorType.ROBUST:
-    return tff.learning.robust_aggregator(zeroing=True, clipping=True, weighted=weighted)
-  if aggregator_type is AggregatorType.SECURE:
-    return tff.learning.secure_aggregator(zeroing=True, clipping=True, weighted=weighted)
-  if aggregator_type is AggregatorType.CLIPPING:
-    return robust.fixed_clipping_and_zeroing(
-        clip=clip, zeroing_norm=zeroing_norm or 10 * clip, weighted=weighted)
-  if aggregator_type in (AggregatorType.MEDIAN, AggregatorType.TRIMMED_MEAN):
-    return robust.median() if aggregator_type is AggregatorType.MEDIAN else robust.trimmed_mean(trim_fraction)
-  if aggregator_type is AggregatorType.GAUSSIAN_FIXED:
-    return gaussian_fixed(
-        noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
-        clip=clip, noise_seed=noise_seed,
-    )
-  if aggregator_type is AggregatorType.GAUSSIAN_ADAPTIVE:
-    return gaussian_adaptive(
-        noise_multiplier=noise_multiplier, clients_per_round=clients_per_round,
-        initial_clip=clip, target_unclipped_quantile=target_unclipped_quantile,
-        clip_learning_rate=clip_learning_rate,
-        clipped_count_stddev=clipped_count_stddev, noise_seed=noise_seed,
-    )
-  raise ValueError(f'no aggregator for {aggregator_type!r}.')
+
+  weighted: bool
+  clients_per_round: float
+  noise_multiplier: float = 0.0
+  clip: float = 1.0
+  target_unclipped_quantile: float = 0.5
+  clip_learning_rate: float = 0.2
+  clipped_count_stddev: Optional[float] = None
+  noise_seed: int = 0
+  zeroing_norm: Optional[float] = None
+  trim_fraction: float = 0.2
+
+
+Builder = Callable[[Params], Factory]
+
+
+def build(aggregator_type: AggregatorType, params: Params) -> Factory:
+  """The aggregation factory for `aggregator_type`: weighted when `params.weighted`, else unweighted."""
+  _check_weighting(aggregator_type, params.weighted)
+  return errors.registered(BUILDERS, aggregator_type, 'tffaml.federated.aggregators.BUILDERS')(params)
+
+
+def configure_aggregator(*, aggregator_type: AggregatorType, **params) -> Factory:
+  """`build(aggregator_type, Params(**params))`: the fields of `Params` as keywords."""
+  return build(aggregator_type, Params(**params))
+
+
+def _mean(p: Params) -> Factory:
+  return tff.aggregators.MeanFactory() if p.weighted else tff.aggregators.UnweightedMeanFactory()
+
+
+def _robust(p: Params) -> Factory:
+  return tff.learning.robust_aggregator(zeroing=True, clipping=True, weighted=p.weighted)
+
+
+def _secure(p: Params) -> Factory:
+  return tff.learning.secure_aggregator(zeroing=True, clipping=True, weighted=p.weighted)
+
+
+def _clipping(p: Params) -> Factory:
+  return robust.fixed_clipping_and_zeroing(clip=p.clip, zeroing_norm=p.zeroing_norm or 10 * p.clip,
+                                           weighted=p.weighted)
+
+
+def _median(p: Params) -> Factory:
+  del p  # No parameters.
+  return robust.median()
+
+
+def _trimmed_mean(p: Params) -> Factory:
+  return robust.trimmed_mean(p.trim_fraction)
+
+
+def _gaussian_fixed(p: Params) -> Factory:
+  return gaussian_fixed(noise_multiplier=p.noise_multiplier, clients_per_round=p.clients_per_round,
+                        clip=p.clip, noise_seed=p.noise_seed)
+
+
+def _gaussian_adaptive(p: Params) -> Factory:
+  return gaussian_adaptive(
+      noise_multiplier=p.noise_multiplier, clients_per_round=p.clients_per_round, initial_clip=p.clip,
+      target_unclipped_quantile=p.target_unclipped_quantile, clip_learning_rate=p.clip_learning_rate,
+      clipped_count_stddev=p.clipped_count_stddev, noise_seed=p.noise_seed)
+
+
+# Each AggregatorType's builder (tests/federated/aggregators_test.py holds
+# that every member has one).
+BUILDERS: dict[AggregatorType, Builder] = {
+    AggregatorType.MEAN: _mean,
+    AggregatorType.GAUSSIAN_FIXED: _gaussian_fixed,
+    AggregatorType.GAUSSIAN_ADAPTIVE: _gaussian_adaptive,
+    AggregatorType.ROBUST: _robust,
+    AggregatorType.SECURE: _secure,
+    AggregatorType.CLIPPING: _clipping,
+    AggregatorType.MEDIAN: _median,
+    AggregatorType.TRIMMED_MEAN: _trimmed_mean,
+}

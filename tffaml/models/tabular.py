@@ -18,6 +18,7 @@ score per row, shape [batch, 1]:
 """
 
 import contextlib
+import dataclasses
 import enum
 import random
 from typing import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ import tensorflow as tf
 from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 from keras.src import backend as keras_backend  # pylint: disable=g-direct-tensorflow-import
 
+from tffaml import errors
 from tffaml import features
 from tffaml.models import rarity
 
@@ -88,37 +90,42 @@ def keras_loss(loss_fn: PerExampleLoss) -> tf.keras.losses.Loss:
   return _MeanLoss(loss_fn)
 
 
-def build_model(
-    *,
-    model_type: ModelType,
-    feature_space: features.FeatureSpace,
-    hidden_units: Sequence[int] = (64, 32),
-    embedding_dim: int = 4,
-    seed: int = 0,
-) -> tf.keras.Model:
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+  """What a model is built from beyond the feature statistics; each type's builder reads the fields it needs.
+
+  Attributes:
+    hidden_units: Widths of the MLP's hidden layers, or of the autoencoder's
+      encoder (the last is the bottleneck; the decoder mirrors it).
+    embedding_dim: Categorical embedding size of the MLP (must be >= 1).
+  """
+
+  hidden_units: Sequence[int] = (64, 32)
+  embedding_dim: int = 4
+
+
+# The raw named inputs (`features.keras_inputs`), the feature statistics and
+# the parameters, to the model.
+Builder = Callable[[dict, features.FeatureSpace, ModelParams], tf.keras.Model]
+
+
+def build_model(*, model_type: ModelType, feature_space: features.FeatureSpace, seed: int = 0,
+                **params) -> tf.keras.Model:
   """Builds an uncompiled model whose initial weights depend only on `seed`.
 
   Args:
-    model_type: Which architecture.
+    model_type: Which architecture (its builder in `BUILDERS`).
     feature_space: Federated feature statistics, baked into the model.
-    hidden_units: Widths of the MLP's hidden layers, or of the autoencoder's
-      encoder (the last is the bottleneck; the decoder mirrors it); ignored
-      for logistic and rarity.
-    embedding_dim: Categorical embedding size of the MLP (must be >= 1).
     seed: Seed of the initial weights.
+    **params: The fields of `ModelParams`.
 
   Returns:
-    A `tf.keras.Model` from raw feature dict to probability.
+    A `tf.keras.Model` from raw feature dict to one score per row.
   """
-  missing = rarity.missing_columns(feature_space.schema.columns) if model_type is ModelType.RARITY else []
-  if missing:
-    raise ValueError(f'the rarity model scores transactions; this data has no {missing} columns.')
-  if model_type is ModelType.MLP and embedding_dim < 1:
-    raise ValueError(f'embedding_dim must be >= 1 for mlp, got {embedding_dim}.')
-  if model_type in (ModelType.MLP, ModelType.AUTOENCODER) and (not hidden_units or min(hidden_units) < 1):
-    raise ValueError(f'hidden_units must be positive widths, got {hidden_units}.')
+  builder = errors.registered(BUILDERS, model_type, 'tffaml.models.tabular.BUILDERS')
+  params = ModelParams(**params)
   with _seeded(seed):
-    return _build(model_type, feature_space, hidden_units, embedding_dim)
+    return builder(features.keras_inputs(feature_space.schema), feature_space, params)
 
 
 @contextlib.contextmanager
@@ -143,35 +150,48 @@ def _seeded(seed: int) -> Iterator[None]:
     keras_backend._SEED_GENERATOR.generator = keras_generator  # pylint: disable=protected-access
 
 
-def _build(model_type: ModelType, feature_space: features.FeatureSpace, hidden_units: Sequence[int],
-           embedding_dim: int) -> tf.keras.Model:
-  inputs = features.keras_inputs(feature_space.schema)
-  if model_type is ModelType.RARITY:
-    return rarity.build(inputs, feature_space.vocabulary)
-  encoded = features.encode(
-      inputs,
-      feature_space,
-      embedding_dim=embedding_dim if model_type is ModelType.MLP else 0,
-  )
-  if model_type is ModelType.AUTOENCODER:
-    return _autoencoder(inputs, encoded, hidden_units)
-  hidden = encoded
-  if model_type is ModelType.MLP:
-    for i, units in enumerate(hidden_units):
-      hidden = tf.keras.layers.Dense(units, activation='relu', name=f'hidden_{i}')(hidden)
-  elif model_type is not ModelType.LOGISTIC:
-    raise ValueError(f'no model for {model_type!r}.')
+def _check_hidden_units(hidden_units: Sequence[int]) -> None:
+  if not hidden_units or min(hidden_units) < 1:
+    raise ValueError(f'hidden_units must be positive widths, got {hidden_units}.')
+
+
+def _mlp(inputs, feature_space: features.FeatureSpace, p: ModelParams) -> tf.keras.Model:
+  if p.embedding_dim < 1:
+    raise ValueError(f'embedding_dim must be >= 1 for mlp, got {p.embedding_dim}.')
+  _check_hidden_units(p.hidden_units)
+  hidden = features.encode(inputs, feature_space, embedding_dim=p.embedding_dim)
+  for i, units in enumerate(p.hidden_units):
+    hidden = tf.keras.layers.Dense(units, activation='relu', name=f'hidden_{i}')(hidden)
+  return _classifier(inputs, hidden, 'glorot_uniform', ModelType.MLP)
+
+
+def _logistic(inputs, feature_space: features.FeatureSpace, p: ModelParams) -> tf.keras.Model:
+  del p  # One-hot categoricals and standardised numerics into one unit: no parameters.
   # Logistic regression starts at zero (its loss is convex): a random start
   # is noise that DP training's few, noisy steps then have to undo.
-  initializer = 'zeros' if model_type is ModelType.LOGISTIC else 'glorot_uniform'
+  return _classifier(inputs, features.encode(inputs, feature_space, embedding_dim=0), 'zeros', ModelType.LOGISTIC)
+
+
+def _classifier(inputs, hidden: tf.Tensor, initializer: str, model_type: ModelType) -> tf.keras.Model:
+  """`hidden` into one sigmoid unit: the probability of the positive class."""
   probability = tf.keras.layers.Dense(1, activation='sigmoid', kernel_initializer=initializer,
                                       name='probability')(hidden)
   return tf.keras.Model(inputs, probability, name=model_type.value)
 
 
-def _autoencoder(inputs, encoded: tf.Tensor, hidden_units: Sequence[int]) -> tf.keras.Model:
+def _rarity(inputs, feature_space: features.FeatureSpace, p: ModelParams) -> tf.keras.Model:
+  del p  # The cells are fixed (`rarity`): no parameters.
+  missing = rarity.missing_columns(feature_space.schema.columns)
+  if missing:
+    raise ValueError(f'the rarity model scores transactions; this data has no {missing} columns.')
+  return rarity.build(inputs, feature_space.vocabulary)
+
+
+def _autoencoder(inputs, feature_space: features.FeatureSpace, p: ModelParams) -> tf.keras.Model:
   """Score: mean squared error of reconstructing the (fixed) encoded features."""
-  widths = list(hidden_units) + list(reversed(hidden_units[:-1]))
+  _check_hidden_units(p.hidden_units)
+  encoded = features.encode(inputs, feature_space, embedding_dim=0)
+  widths = list(p.hidden_units) + list(reversed(p.hidden_units[:-1]))
   hidden = encoded
   for i, units in enumerate(widths):
     hidden = tf.keras.layers.Dense(units, activation='relu', name=f'autoencoder_{i}')(hidden)
@@ -180,3 +200,14 @@ def _autoencoder(inputs, encoded: tf.Tensor, hidden_units: Sequence[int]) -> tf.
       lambda t: tf.reduce_mean(tf.square(t[0] - t[1]), axis=-1, keepdims=True),
       name='reconstruction_error')([reconstruction, encoded])
   return tf.keras.Model(inputs, error, name='autoencoder')
+
+
+# Each ModelType's builder (tests/models/tabular_test.py holds that every
+# member has one). A model with its own layers keeps them in its own module,
+# as `rarity` does.
+BUILDERS: dict[ModelType, Builder] = {
+    ModelType.MLP: _mlp,
+    ModelType.LOGISTIC: _logistic,
+    ModelType.AUTOENCODER: _autoencoder,
+    ModelType.RARITY: _rarity,
+}
