@@ -497,5 +497,83 @@ class AmlNodesTest(tf.test.TestCase):
       node_lib.own_rows(config, None, bank=names[0][len('bank_'):])
 
 
+class _Hostile(node_lib.Node):
+  """A node that sends what it is told to (`poison`), its own non-finite check off when `bypass`."""
+
+  poison: dict = {}  # Header values to claim, and 'nan': put a NaN in the update.
+  bypass = True
+
+  def _train(self, request):
+    reply = super()._train(request)
+    arrays = list(reply.arrays)
+    if self.poison.get('nan'):
+      arrays[0] = np.full_like(arrays[0], np.nan)
+    header = {**reply.header, **{k: v for k, v in self.poison.items() if k != 'nan'}}
+    return messages.Message(reply.kind, header, tuple(arrays))
+
+  def _refuse_non_finite(self, request, reply):
+    if not self.bypass:
+      super()._refuse_non_finite(request, reply)
+
+
+class HostileNodesTest(_NodesTestCase):
+  """Issue 35: a node's claimed weight, a non-finite update, a secure sum beyond the clip."""
+
+  def _run(self, config, hostile: dict, workdir: str, lines: list, node_lines=None):
+    """A 2-round federation whose nodes named in `hostile` send `hostile[name]` (a `_Hostile.poison`)."""
+    nodes = []
+    for n in self.names:
+      kind = type('Poisoned', (_Hostile,), dict(hostile[n])) if n in hostile else node_lib.Node
+      nodes.append(kind(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                        coordinator_key=self.public, noise_seed=0,
+                        log=(node_lines.append if node_lines is not None else lambda _: None)))
+    federation = coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
+                                        node_keys=self.node_public, log=lines.append)
+    return program.run(coordinator_config(config), os.path.join(self.root, workdir), log=lambda _: None,
+                       runtime=federation)
+
+  def _in_round(self, result):
+    with open(result.paths.metrics_csv) as f:
+      return [float(r['institutions_in_round']) for r in csv.DictReader(f)]
+
+  def test_a_weight_beyond_the_census_entry_is_refused_and_the_round_goes_on(self):
+    config = copy.deepcopy(self.config)
+    config.aggregator.type, config.federated.weighting, config.privacy.target_epsilon = 'mean', 'examples', None
+    lines = []
+    result = self._run(config, {'bank_b': {'poison': {'update_weight': 1e9}}}, 'weight', lines)
+    refused = [l for l in lines if 'node bank_b: it claims update weight 1000000000.0, beyond its census entry' in l]
+    self.assertLen(refused, 2, lines)  # One line a round, naming the node.
+    self.assertIn('its update is refused and dropped from the round', refused[0])
+    self.assertEqual(self._in_round(result), [2.0, 2.0])
+
+  def test_a_node_refuses_to_send_nan_and_the_coordinator_drops_one_that_does(self):
+    lines, node_lines = [], []
+    hostile = {'bank_a': {'poison': {'nan': True}, 'bypass': False},  # Diverged: it refuses to send.
+               'bank_b': {'poison': {'nan': True}}}  # Modified: it sends NaN anyway.
+    result = self._run(self.config, hostile, 'nan', lines, node_lines)
+    self.assertIn('refused a request: bank_a: round 1: its update or training metrics hold non-finite values'
+                  ' (NaN or Inf', '\n'.join(node_lines))
+    self.assertIn('round 1: node bank_b: its update or metrics hold non-finite values (NaN or Inf): its update'
+                  ' is refused and dropped from the round.', lines)
+    self.assertTrue(any(l.startswith('train: node bank_a: refused: bank_a: round 1:') for l in lines), lines)
+    self.assertEqual(self._in_round(result), [1.0, 1.0])
+    for w in result.model.get_weights():
+      self.assertTrue(np.all(np.isfinite(w)))
+
+  def test_a_secure_sum_beyond_the_clip_is_refused_nothing_exported_and_the_run_resumes(self):
+    config = copy.deepcopy(self.config)
+    config.aggregator.type, config.aggregator.clip = 'gaussian_fixed', 0.05
+    config.federation.secure_aggregation = True
+    lines = []
+    with self.assertRaisesRegex(errors.RunFailed, r'round 1: the securely summed updates of 3 nodes have L2 norm'
+                                r' [\d.e+]+, beyond the 0.15\d* that config.aggregator.clip 0.05 an update allows:'
+                                r' .* nothing is exported, .* \(round 0\): rerun the same command to resume.'):
+      self._run(config, {'bank_b': {'poison': {'nan': True}}}, 'secure', lines)
+    paths = program.Paths(os.path.join(self.root, 'secure'))
+    self.assertFalse(os.path.exists(paths.export))
+    resumed = self._run(config, {}, 'secure', lines)  # The same workdir, the node mended.
+    self.assertTrue(os.path.exists(resumed.paths.export))
+
+
 if __name__ == '__main__':
   tf.test.main()

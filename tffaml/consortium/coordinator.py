@@ -83,9 +83,11 @@ class InProcessTransport:
     received = sum(len(a.reply) + sum(u.nbytes for u in a.update) for a in answers.values())
     if not answers:
       return flower.SecureSum(replies={}, mean=None, sent=sent, received=0.0)
-    # As SecAgg+ does: each update scaled by its weight over max_weight, then clipped.
+    # As SecAgg+ does: each update scaled by its weight over max_weight, then clipped; a NaN becomes
+    # -clipping_range, as Flower 1.12's quantizer makes it (its int cast, INT_MIN, is 0 modulo the field).
     weights = np.array([a.weight for a in answers.values()], np.float64) / settings.max_weight
-    scaled = [[np.clip(w * u, -settings.clipping_range, settings.clipping_range) for u in a.update]
+    cut = settings.clipping_range
+    scaled = [[np.where(np.isnan(u), -cut, np.clip(w * u, -cut, cut)) for u in a.update]
               for w, a in zip(weights, answers.values())]
     mean = [sum(u[k] for u in scaled) / weights.sum() for k in range(len(scaled[0]))]
     return flower.SecureSum(replies={name: a.reply for name, a in answers.items()}, mean=mean, sent=sent,
@@ -157,10 +159,92 @@ def secure_aggregation(config, choices: config_checks.Choices, census: Sequence[
         f'config.federation.secure_aggregation=True needs at least {MIN_SECURE_COHORT} nodes a round; this'
         f' federation has {cohort}: add institutions or raise config.federated.clients_per_round.')
   weighted = choices.weighting is processes.Weighting.EXAMPLES
-  # A round's weight is the examples a node trained on: at most its rows times the epochs.
-  most = max(s['train_rows'] for s in census) * int(np.ceil(config.federated.client_epochs))
+  most = max(weight_bound(config, s) for s in census)
   return flower.SecureAggregation(reconstruction_threshold=f.reconstruction_threshold,
                                   clipping_range=f.clipping_range, max_weight=float(most) if weighted else 1.0)
+
+
+def weight_bound(config: ml_collections.ConfigDict, entry: Mapping) -> float:
+  """The largest update weight a node's census `entry` allows: its training rows times the epochs.
+
+  Weighted by examples, a round's weight is the examples the node trained
+  on (FedAvg: its rows, each epoch); otherwise it is 1. Either way an honest
+  node stays within this.
+  """
+  return float(entry['train_rows'] * int(np.ceil(config.federated.client_epochs)))
+
+
+def update_problem(reply: messages.Message, *, bound: float, shapes: Sequence[tuple[int, ...]]) -> Optional[str]:
+  """Why a node's update in the clear must not be aggregated, or None.
+
+  A claimed weight beyond its census entry (`bound`) is refused rather than
+  cut to the bound: no honest node claims it, so the node is broken or
+  hostile and its update is as suspect as its weight (one claiming 1e9
+  rescaled a whole model), and a bounded weight would still let it count as
+  the largest node. The round goes on without it, as without a silent node.
+  """
+  weight = reply.header.get('update_weight')
+  if not isinstance(weight, (int, float)) or not 0 < weight <= bound:
+    return (f'it claims update weight {weight!r}, beyond its census entry ({bound:g}: its training rows'
+            ' times config.federated.client_epochs)')
+  arrays = reply.arrays
+  if len(arrays) != len(shapes) or any(a.shape != tuple(s) or a.dtype.kind != 'f' for a, s in zip(arrays, shapes)):
+    return 'its update does not have the global model\'s layout'
+  metrics = reply.header.get('metrics')
+  if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+    return 'its training metrics are not numbers'
+  if not (np.all([np.all(np.isfinite(a)) for a in arrays]) and np.all(np.isfinite(list(metrics.values())))):
+    return 'its update or metrics hold non-finite values (NaN or Inf)'
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SumBound:
+  """The largest L2 norm a round's securely summed updates may have, by what the nodes clip.
+
+  The coordinator sees only the decoded sum, and Flower's quantizer turns a
+  NaN into a finite value (-clipping_range), so a broken or hostile node's
+  update can pass for a good one; what its clip allows bounds the sum:
+    * client-level DP (gaussian_fixed): each update is clipped to L2
+      config.aggregator.clip at its node, so K of them sum to at most K·clip;
+    * distributed DP-SGD: each update is K/B (Σ of the sampled units'
+      gradients, each clipped to C, plus its noise share), B the federation's
+      expected batch: with n units sampled in all and the K' shares' noise
+      N(0, K'(σ_share C)² I_d) in the sum, the sum is at most
+      K/B·C·(n + σ_share √K' (√d + 10)). A Gaussian's norm exceeds
+      σ(√d + t) with probability at most exp(-t²/2), and n (Poisson, mean B)
+      exceeds B + 10√B + 34 with probability at most exp(-50) (Bernstein):
+      the bound fails an honest round with probability below 1e-21.
+  Each also allows Flower's quantization (a step of 2·clipping_range/2^22 per
+  coordinate and node) and float rounding. Without a clip (plain FedAvg
+  under SecAgg+) there is no bound to check: the nodes' own refusal to send
+  a non-finite update (`node.Node`) is what protects the sum.
+  """
+
+  per_update: float  # Each update's L2 norm is at most this (client-level DP's clip).
+  fixed: float = 0.0  # The sum's clipped gradients, at most (distributed DP-SGD).
+  noise: float = 0.0  # Distributed DP-SGD: σ_share·C·K/B, each share's noise stddev in the update's units.
+  what: str = ''  # What sets the bound, for the message.
+
+  def limit(self, updates: int, dim: int, clipping_range: float) -> float:
+    noise = self.noise * np.sqrt(updates) * (np.sqrt(dim) + 10.0)
+    quantization = updates * np.sqrt(dim) * 2.0 * clipping_range / 2 ** 22
+    return (updates * self.per_update + self.fixed + noise) * (1.0 + 1e-4) + quantization
+
+
+def sum_bound(config: ml_collections.ConfigDict, plan, work: config_builders.ClientWork) -> Optional[SumBound]:
+  """What the clip allows of a round's securely summed updates (`SumBound`); None without a clip."""
+  if work is config_builders.ClientWork.DISTRIBUTED_DP_SGD:
+    r = plan.record
+    scale = len(r.units) / r.expected_batch_size  # Each update is its noised gradient sum over B/K.
+    batch = r.expected_batch_size
+    most = min(sum(r.units), batch + 10.0 * np.sqrt(batch) + 34.0)  # Units sampled in all, at most.
+    return SumBound(per_update=0.0, fixed=scale * r.clip * most, noise=scale * r.noise_share * r.clip,
+                    what=f'DP-SGD\'s clip {r.clip:g} a unit, noise multiplier {r.noise_share:.4g} a share')
+  if config.aggregator.type == 'gaussian_fixed':  # As node.clip_for_secure_sum clips.
+    clip = config.aggregator.clip
+    return SumBound(per_update=clip, what=f'config.aggregator.clip {clip:g} an update')
+  return None
 
 
 class Federation:
@@ -274,7 +358,9 @@ class Federation:
     secure = secure_aggregation(config, choices, plan['census'], setup.cohort)
     rounds = _Rounds(self, training.parts, training.model_fn, plan, secure,
                      tolerated_losses=setup.plan.record.dropouts
-                     if training.work is config_builders.ClientWork.DISTRIBUTED_DP_SGD else None)
+                     if training.work is config_builders.ClientWork.DISTRIBUTED_DP_SGD else None,
+                     weight_bounds={e['institution']: weight_bound(config, e) for e in plan['census']},
+                     sum_bound=sum_bound(config, setup.plan, training.work))
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
                          score_histogram=rounds.score_histogram, alert_metrics=rounds.alert_metrics,
@@ -286,9 +372,11 @@ class _Rounds:
   """A round and an evaluation over the nodes."""
 
   def __init__(self, federation: Federation, parts, model_fn, plan: dict,
-               secure: Optional[flower.SecureAggregation], *, tolerated_losses: Optional[int]):
+               secure: Optional[flower.SecureAggregation], *, tolerated_losses: Optional[int],
+               weight_bounds: Mapping[str, float], sum_bound: Optional[SumBound]):
     self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
     self._secure = secure  # None: updates in the clear.
+    self._weight_bounds, self._sum_bound = weight_bounds, sum_bound  # By each node's census entry; its clip.
     # Distributed DP-SGD's noise is planned as shares: how many a round may lose (None: any).
     self._tolerated_losses = tolerated_losses
     self._finalize = None  # Built at the first evaluation, from a state's type.
@@ -329,16 +417,54 @@ class _Rounds:
     """(verified replies, the `ClientResult`s to aggregate): one per node, or their secure mean."""
     if self._secure is None:
       replies = self._federation.ask(node_lib.TRAIN, headers, arrays, required=False)
+      replies = self._accepted(replies, [np.shape(t) for t in tf.nest.flatten(template)], round_num)
       return replies, [_client_result(template, replies[n]) for n in headers if n in replies]
     replies, mean = self._federation.ask_secure(headers, arrays, settings=self._secure, round_num=round_num)
     if mean is None:
       return {}, []
+    self._check_secure(replies, mean, round_num)
     # K copies of the mean of K updates: their mean is it and their sum is the updates' sum, and
     # clipping leaves each copy as it is (the mean of updates clipped at the nodes is within the
     # clip), so the aggregator (a mean, or gaussian_fixed's clip, sum and noise) takes the same step.
     update = tf.nest.pack_sequence_as(template, [np.asarray(m, np.float32) for m in mean])
     return replies, [tff.learning.templates.ClientResult(update=update, update_weight=np.float32(1.0))
                      for _ in replies]
+
+  def _accepted(self, replies: dict[str, messages.Message], shapes, round_num: int) -> dict[str, messages.Message]:
+    """The replies whose update may be aggregated; each other one dropped from the round, in one line."""
+    accepted = {}
+    for name, reply in replies.items():
+      problem = update_problem(reply, bound=self._weight_bounds[name], shapes=shapes)
+      if problem:
+        self._federation.log(f'round {round_num}: node {name}: {problem}: its update is refused and dropped'
+                             ' from the round.')
+      else:
+        accepted[name] = reply
+    return accepted
+
+  def _check_secure(self, replies: Mapping[str, messages.Message], mean: list[np.ndarray], round_num: int) -> None:
+    """Refuses a round whose securely summed updates the nodes' weights or clip cannot have made.
+
+    Their updates are already in the sum: a node's wrong weight or update
+    discards the round, which stops where it can resume.
+    """
+    stop = (f'the round is refused, nothing is exported, and the run stopped at its last checkpoint'
+            f' (round {round_num - 1}): rerun the same command to resume.')
+    for name, reply in sorted(replies.items()):
+      weight = reply.header.get('update_weight')
+      if not isinstance(weight, (int, float)) or not 0 < weight <= self._weight_bounds[name]:
+        raise errors.RunFailed(f'round {round_num}: node {name} claims update weight {weight!r}, beyond its'
+                               f' census entry ({self._weight_bounds[name]:g}); {stop}')
+    if self._sum_bound is None:
+      return
+    # Both clipped modes weigh every update 1 (DP needs uniform weighting): the sum is K times the mean.
+    total = len(replies) * float(np.sqrt(sum(np.sum(np.square(m, dtype=np.float64)) for m in mean)))
+    limit = self._sum_bound.limit(len(replies), sum(int(np.size(m)) for m in mean), self._secure.clipping_range)
+    if not total <= limit:  # Also when NaN.
+      raise errors.RunFailed(
+          f'round {round_num}: the securely summed updates of {len(replies)} nodes have L2 norm {total:.4g},'
+          f' beyond the {limit:.4g} that {self._sum_bound.what} allows: a node sent an update outside its'
+          f' clip (a non-finite value, which SecAgg+ makes finite, or a modified node); {stop}')
 
   def evaluate(self, weights, per_institution: bool) -> dict:
     headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}

@@ -239,6 +239,8 @@ class Node:
       if secure:
         self._check_shares(request, summed_with)
       reply = self._answer(request)
+      if request.kind == TRAIN:
+        self._refuse_non_finite(request, reply)
       if secure:
         reply, update, weight = self._for_masking(reply)
     except (messages.Refused, errors.Refusal) as e:
@@ -246,6 +248,22 @@ class Node:
       reply = messages.Message(REFUSED, {'reason': str(e)})
     reply.header['answers'] = messages.digest(blob)
     return SecureUpdate(reply=messages.seal(reply, self._key), update=update, weight=weight)
+
+  def _refuse_non_finite(self, request: messages.Message, reply: messages.Message) -> None:
+    """Sends no update, weight or metric that is not finite (NaN or Inf).
+
+    In the clear one would spoil the model; under secure aggregation worse:
+    Flower's quantizer turns a NaN into a finite value, so the coordinator
+    cannot see it in the sum. Without a clip (plain FedAvg under SecAgg+)
+    this refusal is all that keeps it out.
+    """
+    values = [reply.header['update_weight'], *reply.header['metrics'].values()]
+    if all(np.all(np.isfinite(a)) for a in reply.arrays) and np.all(np.isfinite(values)):
+      return
+    raise messages.Refused(
+        f'{self.name}: round {request.header["round"]}: its update or training metrics hold non-finite values'
+        ' (NaN or Inf; its training diverged: a learning rate too large for its rows, or extreme feature'
+        ' values), so it sends nothing this round.')
 
   def _check_channel(self, request: messages.Message, secure: bool) -> None:
     """Updates travel only the way the agreed config says: masked (SecAgg+) or in the clear."""
