@@ -506,8 +506,8 @@ class _Hostile(node_lib.Node):
   def _train(self, request):
     reply = super()._train(request)
     arrays = list(reply.arrays)
-    if self.poison.get('nan'):
-      arrays[0] = np.full_like(arrays[0], np.nan)
+    if self.poison.get('nan'):  # Diverged: NaN everywhere (DP-SGD's clip by norm spreads one NaN to all).
+      arrays = [np.full_like(a, np.nan) for a in arrays]
     header = {**reply.header, **{k: v for k, v in self.poison.items() if k != 'nan'}}
     return messages.Message(reply.kind, header, tuple(arrays))
 
@@ -573,6 +573,16 @@ class HostileNodesTest(_NodesTestCase):
     self.assertFalse(os.path.exists(paths.export))
     resumed = self._run(config, {}, 'secure', lines)  # The same workdir, the node mended.
     self.assertTrue(os.path.exists(resumed.paths.export))
+
+  def test_a_nan_under_distributed_dp_sgd_and_secagg_is_refused(self):
+    config = csv_config.get_config()  # The default: distributed record-level DP-SGD, secure aggregation.
+    config.data.dir, config.data.schema_file = self.config.data.dir, self.config.data.schema_file
+    config.federated.rounds, config.federated.eval_every, config.privacy.noise_seed = 2, 0, 0
+    # A NaN reaches the sum as -clipping_range (Flower's quantizer): beyond the clip's and the noise's bound.
+    with self.assertRaisesRegex(errors.RunFailed, r"round 1: the securely summed updates of 3 nodes have L2 norm"
+                                r" [\d.]+, beyond the [\d.]+ that DP-SGD's clip 1 a unit, noise multiplier"):
+      self._run(config, {'bank_b': {'poison': {'nan': True}}}, 'distributed', [])
+    self.assertFalse(os.path.exists(program.Paths(os.path.join(self.root, 'distributed')).export))
 
 
 if __name__ == '__main__':
