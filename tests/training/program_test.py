@@ -216,7 +216,7 @@ class RecordLevelDpProgramTest(tf.test.TestCase):
     lines = []
     result = program.run(config, os.path.join(self.root, 'account'), log=lines.append)
     record = result.metrics['privacy']['guarantees'][0]
-    self.assertIn('and its alert threshold.', result.metrics['privacy']['text'])
+    self.assertIn('; its alert threshold. Not covered:', result.metrics['privacy']['text'])  # Covered, as DP.
     self.assertIn('the alert threshold comes from 2 histograms', record['mechanism'])
     self.assertTrue(any(line.endswith('(federated quantile, DP)') for line in lines))
     threshold = program.saved_model.read_metadata(result.paths.export)['threshold']
