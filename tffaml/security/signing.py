@@ -102,12 +102,19 @@ def fingerprint(public_key: ed25519.Ed25519PublicKey) -> str:
   return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _digest(path: str) -> str:
+def _sha256(f, out=None) -> str:
+  """SHA-256 of the rest of the open file `f`, read once in blocks; each block also written to `out` if given."""
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
+  for block in iter(lambda: f.read(_BLOCK), b''):
+    digest.update(block)
+    if out:
+      out.write(block)
   return digest.hexdigest()
+
+
+def _digest(path: str) -> str:
+  with open(path, 'rb') as f:
+    return _sha256(f)
 
 
 def _kind(mode: int) -> str:
@@ -208,14 +215,9 @@ def _open_package_file(package_dir: str, name: str) -> int:
 
 def _hash_file(package_dir: str, name: str, copy_to: Optional[str]) -> str:
   """SHA-256 of `name`'s bytes, read once; those same bytes are written to `copy_to`/`name`."""
-  digest = hashlib.sha256()
   with open(_open_package_file(package_dir, name), 'rb') as f, contextlib.ExitStack() as stack:
     out = stack.enter_context(open(os.path.join(copy_to, name), 'xb')) if copy_to else None
-    for block in iter(lambda: f.read(_BLOCK), b''):
-      digest.update(block)
-      if out:
-        out.write(block)
-  return digest.hexdigest()
+    return _sha256(f, out)
 
 
 def _read_signature(package_dir: str) -> tuple[dict, bytes]:
