@@ -27,6 +27,14 @@ def institution_frame(rows: int, seed: int) -> pd.DataFrame:
   })
 
 
+def write_bytes(directory: str, name: str, data: bytes) -> str:
+  """Writes `data` to `directory`/`name`; returns the path."""
+  path = os.path.join(directory, name)
+  with open(path, 'wb') as f:
+    f.write(data)
+  return path
+
+
 def write_federation(root: str, institutions=('bank_a', 'bank_b', 'bank_c'), rows=60) -> tuple[str, str]:
   """Writes <root>/data/<institution>/{train,test}.csv and schema.json."""
   data_dir = os.path.join(root, 'data')

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric import rsa
 import numpy as np
 
+from tests import helpers
 from tffaml import errors
 from tffaml.consortium import messages
 from tffaml.security import credentials
@@ -113,10 +114,7 @@ class KeyFilesTest(absltest.TestCase):
     self.dir = self.create_tempdir().full_path
 
   def _write(self, name: str, data: bytes) -> str:
-    path = os.path.join(self.dir, name)
-    with open(path, 'wb') as f:
-      f.write(data)
-    return path
+    return helpers.write_bytes(self.dir, name, data)
 
   def test_the_keys_pki_writes_load_and_sign_for_each_other(self):
     private, public = credentials.write_node_key(self.dir, 'bank_a')

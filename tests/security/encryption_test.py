@@ -11,6 +11,7 @@ from unittest import mock
 
 from absl.testing import absltest
 
+from tests import helpers
 from tffaml import errors
 from tffaml.security import encryption
 
@@ -76,10 +77,7 @@ class KeyTest(absltest.TestCase):
     self.dir = self.create_tempdir().full_path
 
   def _write(self, name: str, data: bytes) -> str:
-    path = os.path.join(self.dir, name)
-    with open(path, 'wb') as f:
-      f.write(data)
-    return path
+    return helpers.write_bytes(self.dir, name, data)
 
   def test_a_generated_key_is_32_random_bytes_readable_by_its_owner_only(self):
     first = encryption.generate_key(os.path.join(self.dir, 'a.key'))
