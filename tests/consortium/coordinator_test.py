@@ -610,5 +610,41 @@ class HostileNodesTest(_NodesTestCase):
     self.assertFalse(os.path.exists(program.Paths(os.path.join(self.root, 'distributed')).export))
 
 
+
+class _OtherMetrics(node_lib.Node):
+  """A node whose training metrics lack or add names (`change`: the metrics it sends, from its own)."""
+
+  change = staticmethod(lambda metrics: metrics)
+
+  def _train(self, request):
+    reply = super()._train(request)
+    return messages.Message(reply.kind, {**reply.header, 'metrics': self.change(reply.header['metrics'])},
+                            reply.arrays)
+
+
+class MalformedMetricsTest(_NodesTestCase):
+  """Issue 35: a node whose training metrics miss or add keys is dropped from the round, not a KeyError."""
+
+  def _run(self, name: str, change, lines: list):
+    nodes = [(type('Changed', (_OtherMetrics,), {'change': staticmethod(change)}) if n == name else node_lib.Node)(
+        self.config, folder=os.path.join(self.config.data.dir, n), key=self.node_keys[n],
+        coordinator_key=self.public, noise_seed=0, log=lambda _: None) for n in self.names]
+    federation = coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
+                                        node_keys=self.node_public, log=lines.append)
+    return program.run(coordinator_config(self.config), os.path.join(self.root, name), log=lambda _: None,
+                       runtime=federation)
+
+  def test_a_reply_with_missing_or_extra_metric_keys_is_refused_in_one_line(self):
+    for name, change, differ in (('bank_a', lambda m: {**m, 'bogus': 1.0}, 'add bogus'),  # The first node.
+                                 ('bank_c', lambda m: {'loss': m['loss']}, 'lack ')):
+      lines = []
+      result = self._run(name, change, lines)
+      refused = [l for l in lines if l.startswith(f'round 1: node {name}: its training metrics {differ}')]
+      self.assertLen(refused, 1, lines)
+      self.assertIn("unlike the other nodes' (it runs other client code than the agreed): its update is refused"
+                    ' and dropped from the round.', refused[0])
+      with open(result.paths.metrics_csv) as f:
+        self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [2.0, 2.0])
+
 if __name__ == '__main__':
   tf.test.main()

@@ -198,6 +198,29 @@ def update_problem(reply: messages.Message, *, bound: float, shapes: Sequence[tu
   return None
 
 
+def metric_keys(replies) -> frozenset:
+  """The training metrics' names most replies give (ties: the earliest reply's): every honest node's.
+
+  Honest nodes run the same agreed training, so they report the same
+  metrics; a reply with other names is broken or hostile.
+  """
+  sets = [frozenset(r.header['metrics']) for r in replies if isinstance(r.header.get('metrics'), dict)]
+  return max(sets, key=sets.count, default=frozenset())
+
+
+def metrics_problem(reply: messages.Message, keys: frozenset) -> Optional[str]:
+  """Why a reply's training metrics cannot be combined with the others' (`keys`), or None."""
+  metrics = reply.header.get('metrics')
+  if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+    return 'its training metrics are not numbers'
+  if set(metrics) != keys:
+    differ = [f'{what} {", ".join(sorted(names))}' for what, names in
+              (('lack', keys - set(metrics)), ('add', set(metrics) - keys)) if names]
+    return (f'its training metrics {" and ".join(differ)}, unlike the other nodes\' (it runs other client'
+            ' code than the agreed)')
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class SumBound:
   """The largest L2 norm a round's securely summed updates may have, by what the nodes clip.
@@ -404,6 +427,12 @@ class _Rounds:
           f' minimum {self._federation.min_nodes}; the run stopped at its last checkpoint'
           f' (round {round_num - 1}); rerun the same command to resume once nodes are back.')
     ordered = [replies[self.names[i]] for i in took_part]
+    if self._secure is not None:  # Their updates are in the sum; a malformed reply's metrics only are left out.
+      keys = metric_keys(ordered)
+      for name in [self.names[i] for i in took_part if metrics_problem(replies[self.names[i]], keys)]:
+        self._federation.log(f'round {round_num}: node {name}: {metrics_problem(replies[name], keys)}: its'
+                             ' metrics are left out of the round\'s training metrics.')
+      ordered = [r for r in ordered if not metrics_problem(r, keys)]
     state, measurements = self._parts.server_update(state, results + list(self._federation.extra_updates))
     values = {**_train_metrics([r.header['metrics'] for r in ordered]),
               **program.flatten_metrics(measurements, 'aggregator/'),
@@ -432,9 +461,10 @@ class _Rounds:
 
   def _accepted(self, replies: dict[str, messages.Message], shapes, round_num: int) -> dict[str, messages.Message]:
     """The replies whose update may be aggregated; each other one dropped from the round, in one line."""
-    accepted = {}
+    accepted, keys = {}, metric_keys(replies.values())
     for name, reply in replies.items():
-      problem = update_problem(reply, bound=self._weight_bounds[name], shapes=shapes)
+      problem = (update_problem(reply, bound=self._weight_bounds[name], shapes=shapes)
+                 or metrics_problem(reply, keys))
       if problem:
         self._federation.log(f'round {round_num}: node {name}: {problem}: its update is refused and dropped'
                              ' from the round.')
