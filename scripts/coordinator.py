@@ -49,6 +49,7 @@ _REPLY_TIMEOUT = flags.DEFINE_float('reply_timeout', 600.0,
 def main(argv):
   del argv
   from tffaml import errors  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
   # The registry and the CA are checked before TFF is imported: a refusal leaves nothing behind.
   node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
@@ -64,22 +65,23 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   coordinator.at_coordinator(config)
+  logs.log(f'connecting to the SuperLink\'s Driver API at {_DRIVER_API.value}')
   transport = flower.FlowerTransport(_DRIVER_API.value, root_certificates=root_certificates,
-                                     node_keys=node_keys, timeout=_REPLY_TIMEOUT.value)
+                                     node_keys=node_keys, timeout=_REPLY_TIMEOUT.value, log=logs.log)
   try:
-    print(f'waiting for {len(node_keys)} nodes: {", ".join(node_keys)}', flush=True)
+    logs.log(f'waiting for {len(node_keys)} nodes: {", ".join(node_keys)}')
     transport.wait_for(node_keys, timeout=_WAIT.value)
     federation = coordinator.Federation(transport, key=messages.load_private_key(_KEY.value),
-                                        node_keys=node_keys, min_nodes=_MIN_NODES.value)
+                                        node_keys=node_keys, min_nodes=_MIN_NODES.value, log=logs.log)
     with runtime.local_runtime():
       if config.canary_audit.canaries:
         return _audit(config, federation)
-      result = program.run(config, _WORKDIR.value, runtime=federation, checkpoint_key=_CHECKPOINT_KEY.key())
+      result = program.run(config, _WORKDIR.value, runtime=federation, checkpoint_key=_CHECKPOINT_KEY.key(),
+                           log=logs.log)
   finally:
     transport.close()
-  print(f'\nmodel:   {result.paths.export} (SavedModel, serving_default)')
-  print(f'metrics: {result.paths.metrics}')
-  print(f'privacy: {result.paths.privacy}')
+  logs.log(f'\nmodel:   {result.paths.export} (SavedModel, serving_default)\nmetrics: {result.paths.metrics}'
+           f'\nprivacy: {result.paths.privacy}')
 
 
 def _audit(config, federation) -> None:

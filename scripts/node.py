@@ -55,6 +55,7 @@ def main(argv):
   import secrets  # pylint: disable=g-import-not-at-top
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import node as node_lib  # pylint: disable=g-import-not-at-top
   from tffaml.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -67,9 +68,10 @@ def main(argv):
   with runtime.local_runtime():
     node = node_lib.Node(config, folder=folder, bank=_BANK.value or '', key=key, noise_seed=noise_seed,
                          coordinator_key=messages.load_public_key(_COORDINATOR_KEY.value),
-                         ledger=node_lib.Ledger(os.path.join(_WORKDIR.value, 'privacy_ledger.json')))
-    print(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
-          f' connecting to {_SUPERLINK.value}', flush=True)
+                         ledger=node_lib.Ledger(os.path.join(_WORKDIR.value, 'privacy_ledger.json')),
+                         log=logs.log)
+    logs.log(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
+             f' connecting to {_SUPERLINK.value}')
     flower.run_node(node, key, superlink=_SUPERLINK.value, root_certificates=root_certificates,
                     authentication_keys=(key, key.public_key()))
 

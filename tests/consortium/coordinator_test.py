@@ -646,5 +646,34 @@ class MalformedMetricsTest(_NodesTestCase):
       with open(result.paths.metrics_csv) as f:
         self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [2.0, 2.0])
 
+
+class TimestampTest(tf.test.TestCase):
+  """Issue 35: every line of the coordinator's and the nodes' logs starts with its UTC time."""
+
+  def test_stamped_prefixes_each_line(self):
+    from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
+    import datetime  # pylint: disable=g-import-not-at-top
+    when = datetime.datetime(2026, 12, 6, 21, 15, 42, 900, tzinfo=datetime.timezone.utc)
+    self.assertEqual(logs.stamped('\nmodel: m\nmetrics: x', now=when),
+                     '\n2026-12-06T21:15:42Z model: m\n2026-12-06T21:15:42Z metrics: x')
+
+  def test_a_line_of_the_coordinator_script_starts_with_its_utc_time(self):
+    from tffaml.consortium import local  # pylint: disable=g-import-not-at-top
+    root = self.create_tempdir().full_path
+    data_dir, schema_file = helpers.write_federation(root)
+    del data_dir
+    tls = credentials.write_tls(os.path.join(root, 'pki'), hosts=['127.0.0.1'])
+    credentials.write_node_key(os.path.join(root, 'nodes'), 'bank_a')
+    private, _ = signing.generate_keys(os.path.join(root, 'coordinator'))
+    closed = local.free_port()  # Nothing listens there: the script logs its first line, then stops.
+    done = subprocess.run(
+        [sys.executable, 'scripts/coordinator.py', '--config=configs/csv.py:smoke',
+         f'--config.data.schema_file={schema_file}', f'--ca={tls.ca_certificate}', f'--workdir={root}/run',
+         f'--key={private}', f'--nodes={root}/nodes', f'--driver_api=127.0.0.1:{closed}'],
+        cwd=_ROOT, capture_output=True, text=True, timeout=600)
+    self.assertRegex(done.stdout, rf'^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ connecting to the SuperLink\'s Driver API'
+                                  rf' at 127.0.0.1:{closed}\n')
+    self.assertRegex(done.stderr, 'error: cannot reach the SuperLink')
+
 if __name__ == '__main__':
   tf.test.main()
