@@ -675,5 +675,42 @@ class TimestampTest(tf.test.TestCase):
                                   rf' at 127.0.0.1:{closed}\n')
     self.assertRegex(done.stderr, 'error: cannot reach the SuperLink')
 
+
+class LostNodeAlertsTest(_NodesTestCase):
+  """Issue 35: a node lost after round 1 and the alert threshold, the test alerts."""
+
+  def test_tolerated_dropouts_with_a_dp_alert_threshold_is_refused_before_any_work(self):
+    config = coordinator_config(_alerting_config(self.config.data.dir, self.config.data.schema_file))
+    coordinator.check(config)  # Every node's share, every round: accepted.
+    config.record_dp.tolerated_dropouts = 1
+    with self.assertRaisesRegex(errors.ConfigError, r'^config.record_dp.tolerated_dropouts=1 lets a round lose'
+                                r' nodes, but the DP alert threshold of config.model.alert_budget=0.3 sums every'
+                                r" node's noise share .*: set config.record_dp.tolerated_dropouts=0, or"):
+      coordinator.check(config)
+
+  def test_a_node_lost_after_round_1_leaves_the_threshold_and_the_alerts(self):
+    lost, lines = set(), []
+
+    class Losing(coordinator.InProcessTransport):
+      def exchange(self, requests):
+        return super().exchange({n: b for n, b in requests.items() if n not in lost})
+
+    def lose_bank_c_after_round_1(line):
+      if line.startswith('round 1/'):
+        lost.add('bank_c')
+
+    config = copy.deepcopy(self.config)
+    config.model.alert_budget, config.evaluation.alert_budgets = 0.3, (0.1, 0.5)
+    federation = coordinator.Federation(Losing(self._nodes(config)), key=self.key, node_keys=self.node_public,
+                                        log=lines.append, min_nodes=2)
+    result = program.run(coordinator_config(config), os.path.join(self.root, 'lost'),
+                         log=lose_bank_c_after_round_1, runtime=federation)
+    alerts = result.metrics['alerts']
+    self.assertEqual(alerts['not_evaluated'], ['bank_c'])
+    self.assertEqual(sorted(alerts['institutions']), ['bank_a', 'bank_b'])
+    self.assertBetween(alerts['pooled']['alert_rate'], 0.05, 0.95)
+    self.assertTrue(os.path.exists(result.paths.export))
+    self.assertIn('scores: node bank_c: no reply', lines)
+
 if __name__ == '__main__':
   tf.test.main()

@@ -139,6 +139,13 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config_data.canary_records(config) and not config.canary_audit.institution:
     raise errors.ConfigError('a record-level canary audit in a federation needs the node that holds the'
                              ' canaries: set config.canary_audit.institution to its institution name.')
+  if (config.model.alert_budget and config.record_dp.enabled and config.record_dp.tolerated_dropouts
+      and choices.record_dp_mode is accounting.RecordDpMode.DISTRIBUTED):
+    raise errors.ConfigError(
+        f'config.record_dp.tolerated_dropouts={config.record_dp.tolerated_dropouts} lets a round lose nodes,'
+        f' but the DP alert threshold of config.model.alert_budget={config.model.alert_budget:g} sums every'
+        ' node\'s noise share (one lost would leave less noise than its ε counts): set'
+        ' config.record_dp.tolerated_dropouts=0, or config.model.alert_budget=0 with a config.model.threshold.')
   if not 0 < config.federation.reconstruction_threshold <= 1:
     raise errors.ConfigError(f'config.federation.reconstruction_threshold='
                              f'{config.federation.reconstruction_threshold!r} must be in (0, 1].')
@@ -515,24 +522,47 @@ class _Rounds:
 
 
   def score_histogram(self, weights, request: quantiles.HistogramRequest) -> np.ndarray:
-    """The nodes' histograms of their training scores, summed: every node's, for every noise share."""
+    """The nodes' histograms of their training scores, summed.
+
+    A DP pass needs every node's noise share (each is sized σ/√K, for all K
+    of the census); an exact one goes on without a lost node, the threshold
+    then flagging the budget of the answering nodes' rows.
+    """
     headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i, 'histogram': request.to_dict()}
                for i, n in enumerate(self.names)}
-    replies = self._federation.ask(node_lib.SCORES, headers, _flat(weights))
-    return np.sum([replies[n].arrays[0] for n in self.names], axis=0)
+    replies = self._federation.ask(node_lib.SCORES, headers, _flat(weights), required=False)
+    missing = [n for n in self.names if n not in replies]
+    if missing and request.stddev:
+      raise errors.RunFailed(
+          f'alert threshold: no histogram from {", ".join(missing)}; each DP pass sums every node\'s noise'
+          ' share, so without it the threshold would have less noise than its ε counts: rerun the same command'
+          ' once the node is back (the trained rounds are checkpointed).')
+    self._enough('alert threshold', replies)
+    return np.sum([r.arrays[0] for r in replies.values()], axis=0)
+
+  def _enough(self, step: str, replies: Mapping[str, messages.Message]) -> None:
+    if len(replies) < self._federation.min_nodes:
+      raise errors.RunFailed(f'{step}: {len(replies)} nodes answered, fewer than the minimum'
+                             f' {self._federation.min_nodes} (--min_nodes); rerun the same command once nodes'
+                             ' are back.')
 
   def alert_metrics(self, weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
     """Each node's test alert metrics; pooled from their binned scores (`evaluation.combined`)."""
     headers = {n: {**self._plan, 'index': i, 'threshold': threshold, 'budgets': list(budgets)}
                for i, n in enumerate(self.names)}
-    replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights))
+    replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights), required=False)
+    self._enough('test alerts', replies)
+    answered = [n for n in self.names if n in replies]
     counts = lambda header, key: None if header.get(key) is None else tuple(header[key])
     ranked = [evaluation.Ranked(positives=r.arrays[0], rows=r.arrays[1], alerted=counts(r.header, 'alerted'),
                                 validated=counts(r.header, 'validated'))
-              for r in (replies[n] for n in self.names)]
-    return {'pooled': evaluation.ranked_metrics(evaluation.combined(ranked), budgets=budgets),
-            'institutions': {n: replies[n].header['metrics'] for n in self.names},
-            'pooled_ranking': f'scores binned in {evaluation.RANKING_BINS} log-score bins at the nodes'}
+              for r in (replies[n] for n in answered)]
+    result = {'pooled': evaluation.ranked_metrics(evaluation.combined(ranked), budgets=budgets),
+              'institutions': {n: replies[n].header['metrics'] for n in answered},
+              'pooled_ranking': f'scores binned in {evaluation.RANKING_BINS} log-score bins at the nodes'}
+    if len(answered) < len(self.names):  # Pooled over the nodes that answered only: said where the metrics are.
+      result['not_evaluated'] = [n for n in self.names if n not in replies]
+    return result
 
 
 def _run_id(root: str) -> str:
