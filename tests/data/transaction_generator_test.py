@@ -106,7 +106,10 @@ class LiSettingTest(tf.test.TestCase):
     self.assertBetween(payers['to_account'].isin(network).mean(), 0.35, 0.75)
 
   def test_laundering_looks_normal_beside_hi(self):
-    hi = amlworld_stats.describe(GeneratorTest.path, usd_per_unit=generator.CURRENCIES)
+    # Its own HI file (as GeneratorTest's): classes may run in different processes.
+    path = os.path.join(self.create_tempdir().full_path, 'hi.csv')
+    generator.generate(path, num_banks=8, num_transactions=20_000, seed=3, laundering_rate=0.01, days=10)
+    hi = amlworld_stats.describe(path, usd_per_unit=generator.CURRENCIES)
     # HI's laundering pays far more than normal payments; LI's about the same.
     self.assertGreater(hi['laundering_usd'][0], 10 * hi['normal_usd'][0])
     self.assertLess(self.stats['laundering_usd'][0], 3 * self.stats['normal_usd'][0])
