@@ -594,8 +594,10 @@ def encode(
           len(vocabulary) + 1, embedding_dim, name=f'embed_{column}'
       )(ids)
     else:
+      # Ids as [rows, 1]: Keras reads a rank-1 input whose last size is 1 (a
+      # batch of one row, as DP-SGD's per-row gradients use) as one sample.
       embedded = tf.keras.layers.CategoryEncoding(
           len(vocabulary) + 1, output_mode='one_hot', name=f'one_hot_{column}'
-      )(ids)
+      )(tf.expand_dims(ids, -1))
     parts.append(embedded)
   return tf.keras.layers.Concatenate(name='encoded_features')(parts)

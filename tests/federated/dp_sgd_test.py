@@ -148,7 +148,7 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
     super().setUpClass()
     cls.data = helpers.load_federation()
     cls.space = features.compute_feature_space(cls.data, min_category_count=1)
-    element_spec = client_data.to_dataset(
+    cls.element_spec = element_spec = client_data.to_dataset(
         cls.data.institutions[0].train, cls.data.schema, batch_size=8).element_spec
     cls.keras_model_fn = staticmethod(lambda: tabular.build_model(
         model_type=tabular.ModelType.LOGISTIC, feature_space=cls.space))
@@ -171,6 +171,21 @@ class DpSgdProcessTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIn('int64[2]', str(signature.parameter[2].member))
     self.assertEqual(
         str(signature.result[2].member), '<train=<steps=int64,sampled_examples=int64>>')
+
+  @parameterized.named_parameters(('logistic_one_hot', tabular.ModelType.LOGISTIC),
+                                  ('mlp_embeddings', tabular.ModelType.MLP))
+  def test_per_row_gradients_are_each_rows_own(self, model_type):
+    x, y, _, _ = next(iter(self._datasets()[0]))
+    keras_model = tabular.build_model(model_type=model_type, feature_space=self.space, hidden_units=(6,),
+                                      embedding_dim=2)
+    loss_fn = tf.keras.losses.binary_crossentropy
+    model = processes.build_model_fn(keras_model_fn=lambda: keras_model, element_spec=self.element_spec)()
+    got = dp_sgd._per_row_gradients(model, loss_fn, keras_model.trainable_variables, x, y)
+    for row in range(y.shape[0]):
+      with tf.GradientTape() as tape:
+        loss = loss_fn(y[row:row + 1], keras_model({k: v[row:row + 1] for k, v in x.items()}))
+      expected = [tf.convert_to_tensor(g) for g in tape.gradient(loss, keras_model.trainable_variables)]
+      self.assertAllClose([g[row] for g in got], expected, atol=1e-6)
 
   def test_one_step_without_noise_or_binding_clip_is_sgd_on_the_sampled_sum(self):
     batch = next(iter(self._datasets()[0]))

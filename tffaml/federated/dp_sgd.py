@@ -6,8 +6,8 @@ every step takes a Poisson sample of the institution's privacy units (each
 independently with probability q = expected_batch_size / units), clips each
 unit's gradient to L2 norm `l2_norm_clip`, sums, adds Gaussian noise of
 standard deviation `noise_multiplier * l2_norm_clip` and divides by the
-expected batch size. Per-row gradients are computed in one vectorised
-Jacobian (`tf.GradientTape.jacobian` with pfor), not a loop over rows.
+expected batch size. Per-row gradients are computed by one vectorised
+map over rows (`tf.vectorized_map`), not a loop over rows.
 
 The unit is a row (record-level DP), or, when the schema names a `unit`
 column such as an account id, all rows sharing its value (user-level
@@ -246,6 +246,25 @@ def _clipped_noised_mean_gradient(
   return result
 
 
+def _per_row_gradients(model, loss_fn, trainable, x, y) -> list[tf.Tensor]:
+  """Each row's loss gradient, [rows, *shape] per variable.
+
+  `tf.vectorized_map` over rows runs one row's forward and backward pass,
+  vectorised: O(rows x weights) memory and work. The Jacobian of the batch's
+  losses (`tape.jacobian` with pfor) carries a [rows, rows, width] tensor
+  through every layer's backward pass instead: 150 times slower for the
+  logistic model on 6,000 rows, and out of memory for a 64-unit MLP.
+  """
+
+  def row_gradient(row):
+    x_row, y_row = tf.nest.map_structure(lambda t: t[tf.newaxis], row)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(loss_fn(y_row, model.predict_on_batch(x_row, training=True)))
+    return [tf.convert_to_tensor(g) for g in tape.gradient(loss, trainable)]
+
+  return tf.vectorized_map(row_gradient, (x, y))
+
+
 def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multiplier, expected_batch_size,
                          loop_implementation):
   """DP-SGD over an institution's `poisson_batches`; returns (ClientResult, counts)."""
@@ -261,9 +280,7 @@ def _build_client_update(model, optimizer, *, loss_fn, l2_norm_clip, noise_multi
     def step(carry, batch):
       optimizer_state, steps, sampled = carry
       x, y, segments, seed = batch
-      with tf.GradientTape() as tape:
-        losses = loss_fn(y, model.predict_on_batch(x, training=True))
-      per_example = tape.jacobian(losses, trainable, experimental_use_pfor=True)
+      per_example = _per_row_gradients(model, loss_fn, trainable, x, y)
       gradients = _clipped_noised_mean_gradient(
           per_example, l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
           expected_batch_size=float(expected_batch_size), seed=seed, segments=segments)
