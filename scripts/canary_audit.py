@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from tffaml import cli
+from tffaml.config import values as config_values
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
 _CANARIES = flags.DEFINE_integer('canaries', 1000, 'Canaries (records or institutions, by the config\'s DP'
@@ -33,6 +34,12 @@ _CONFIDENCE = flags.DEFINE_float('confidence', 0.95, 'Of the lower bound.')
 _SABOTAGE = flags.DEFINE_enum('sabotage', 'none', ['none', 'noise_off', 'clipping_off'],
                               'Break the mechanism on purpose (the claim stays the config\'s).')
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON report.')
+
+
+def check() -> None:
+  """The config's ranges, before TensorFlow loads (`cli.run`), in the audit's order."""
+  if config_values.cluster(_CONFIG.value) is None:  # Workers: refused by the audit, after TensorFlow.
+    config_values.check_values(_CONFIG.value)
 
 
 def main(argv):
@@ -48,4 +55,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, import_tensorflow=True)
+  cli.run(main, import_tensorflow=True, check=check)

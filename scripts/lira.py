@@ -22,11 +22,20 @@ from ml_collections import config_flags
 
 from tffaml import cli
 from tffaml import errors
+from tffaml.config import values as config_values
+from tffaml.privacy import lira
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the models and the report go.', required=True)
 _MODELS = flags.DEFINE_integer('models', 8, 'Models trained (each the target once, the others its shadows).')
 _SEED = flags.DEFINE_integer('seed', 0, "The models' halves and their DP noise.")
+
+
+def check() -> None:
+  """The flags and the config's ranges, before TensorFlow loads (`cli.run`)."""
+  if _MODELS.value < lira.MIN_MODELS:
+    raise errors.InputError(f'--models must be at least {lira.MIN_MODELS}, got {_MODELS.value}.')
+  config_values.check_values(_CONFIG.value)  # Each model's program.run checks them first.
 
 
 def main(argv):
@@ -35,8 +44,6 @@ def main(argv):
   from tffaml.studies import lira_audit  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   with runtime.local_runtime():  # Stops TFF's runtime on a refusal too.
-    if _MODELS.value < lira_audit.MIN_MODELS:
-      raise errors.InputError(f'--models must be at least {lira_audit.MIN_MODELS}, got {_MODELS.value}.')
     result = lira_audit.attack(_CONFIG.value, _WORKDIR.value, models=_MODELS.value, seed=_SEED.value)
   print(f'LiRA over {result.models} models, {result.rows} rows: AUC {result.pooled.auc:.4f}')
   for fpr, tpr in result.pooled.tpr_at_fpr.items():
@@ -50,4 +57,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, import_tensorflow=True)
+  cli.run(main, import_tensorflow=True, check=check)

@@ -17,11 +17,19 @@ from absl import logging
 from ml_collections import config_flags
 
 from tffaml import cli
+from tffaml.config import values as config_values
 
 EXIT_WARNING = 3  # Trained and exported, but the model is not usable as it is.
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/loan_risk.py', 'Experiment config.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
 _CHECKPOINT_KEY = cli.CheckpointKeyFlags()
+
+
+def check() -> None:
+  """What main refuses first, in its order, before TensorFlow loads (`cli.run`)."""
+  config_values.cluster(_CONFIG.value)  # cluster_runtime.configured's check.
+  _CHECKPOINT_KEY.key()
+  config_values.check_values(_CONFIG.value)  # program.run's first check.
 
 
 def main(argv):
@@ -51,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, import_tensorflow=True)
+  cli.run(main, import_tensorflow=True, check=check)

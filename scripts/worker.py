@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,6 +33,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 from tffaml import cli
 from tffaml import errors
+from tffaml.security import tls
 
 _PORT = flags.DEFINE_integer('port', None, 'The port clients connect to.', required=True)
 _DATA_DIR = flags.DEFINE_string('data_dir', None, "The institutions' files this worker holds.", required=True)
@@ -44,16 +46,26 @@ _INSECURE = flags.DEFINE_bool('insecure', False, 'Serve without TLS or authentic
                               ' trusted private network only).')
 
 
-def main(argv):
-  del argv
+def _certificates() -> Optional[tls.ClusterTls]:
+  """--certificates, read (missing files refused), or None with --insecure."""
   if bool(_CERTIFICATES.value) == _INSECURE.value:
     raise errors.InputError('give --certificates=DIR (mutual TLS; scripts/pki.py --cluster makes them) or'
                             ' --insecure (worker_binary in the clear, authenticating nobody), not both.')
-  from tffaml.security import tls  # pylint: disable=g-import-not-at-top
-  from tffaml.cluster import worker  # pylint: disable=g-import-not-at-top
   certificates = tls.ClusterTls(_CERTIFICATES.value) if _CERTIFICATES.value else None
   if certificates:
     certificates.read('worker_key', 'worker_certificate', 'ca_certificate')  # Missing: refused now.
+  return certificates
+
+
+def check() -> None:
+  """The security flags and certificate files, before TensorFlow loads (`cli.run`)."""
+  _certificates()
+
+
+def main(argv):
+  del argv
+  from tffaml.cluster import worker  # pylint: disable=g-import-not-at-top
+  certificates = _certificates()
   serve_dir = _SERVE_DIR.value or tempfile.mkdtemp(prefix='tffaml_worker_')
   try:
     worker.prepare(_DATA_DIR.value, serve_dir, schema_file=_SCHEMA_FILE.value)
@@ -66,4 +78,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, import_tensorflow=True)
+  cli.run(main, import_tensorflow=True, check=check)

@@ -27,6 +27,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 LOW_FPRS = (0.001, 0.01)
+MIN_MODELS = 3  # A target and, for most rows, a shadow on each side.
 MIN_PROBABILITY = 1e-12  # Probabilities are clipped here before the logit.
 
 

@@ -41,7 +41,7 @@ from tffaml.config import builders as config_builders
 from tffaml.config import data as config_data
 from tffaml.training import program
 
-MIN_MODELS = 3  # A target and, for most rows, a shadow on each side.
+MIN_MODELS = lira.MIN_MODELS  # Here too: scripts/lira.py reads lira's, without TensorFlow.
 
 
 @dataclasses.dataclass(frozen=True)
