@@ -25,10 +25,25 @@ _OVERRIDES = {'federated.rounds': 2, 'privacy.noise_seed': 0, 'federated.eval_ev
               'record_dp.mode': 'local', 'federated.batch_size': 16}
 
 
-# A deadline, not a speed check: each Flower process imports TensorFlow (flwr's
-# TensorBoard helper does) and takes about 17 s to start on an idle core, far
-# longer beside the rest of the suite.
+# A deadline, not a speed check: each node process imports TensorFlow and TFF
+# and takes about 17 s to start on an idle core, far longer beside the rest of
+# the suite.
 _START_SECONDS = 240.0
+
+# Flower's own processes import TensorFlow only for a TensorBoard helper
+# unused here (flwr.server.utils.tensorboard: `except ModuleNotFoundError`):
+# started without it, the SuperLink and each intruding SuperNode take about
+# 1 CPU-s instead of 10. The nodes (scripts/node.py) need it and keep it.
+_ENTRY_POINTS = {'flower-superlink': 'flwr.server.app:run_superlink',
+                 'flower-supernode': 'flwr.client.supernode.app:run_supernode'}
+
+
+def _without_tensorflow(argv: list[str]) -> list[str]:
+  """Flower's console script `argv[0]`, run as `python -c` with TensorFlow unimportable."""
+  module, function = _ENTRY_POINTS[argv[0]].split(':')
+  code = (f"import sys; sys.modules['tensorflow'] = None; sys.argv[0] = {argv[0]!r}\n"
+          f'from {module} import {function}\nsys.exit({function}())')
+  return ['python', '-c', code, *argv[1:]]
 
 
 def _wait_for(path: str, text: str) -> bool:
@@ -47,7 +62,8 @@ class FederationOverFlowerTest(tf.test.TestCase):
   def _federation(self, config, names):
     files = credentials.write_federation(os.path.join(self.dir, 'pki'), hosts=['127.0.0.1'], institutions=names)
     fleet, driver = f'127.0.0.1:{local.free_port()}', f'127.0.0.1:{local.free_port()}'
-    self.link = self.processes.start('superlink', local.superlink_argv(files, fleet=fleet, driver=driver))
+    self.link = self.processes.start('superlink', _without_tensorflow(
+        local.superlink_argv(files, fleet=fleet, driver=driver)))
     for name in names:  # Each node: its own process, folder, key and noise seed file.
       self.processes.start(name, local.node_argv(
           files, name=name, rows=[f'--data_dir={os.path.join(config.data.dir, name)}'],
@@ -61,12 +77,12 @@ class FederationOverFlowerTest(tf.test.TestCase):
     self.assertTrue(_wait_for(self.link, 'Starting Fleet API'), open(self.link).read())
     # Beside them: a node whose key is not listed, and a client without TLS.
     intruder = credentials.write_node_key(self.dir, 'intruder')
-    self.refused = self.processes.start('intruder', [
+    self.refused = self.processes.start('intruder', _without_tensorflow([
         'flower-supernode', '--root-certificates', files.tls.ca_certificate, '--superlink', fleet,
         '--auth-supernode-private-key', intruder[0], '--auth-supernode-public-key', intruder[1],
-        '--max-retries', '1'])
-    self.plaintext = self.processes.start(
-        'plaintext', ['flower-supernode', '--insecure', '--superlink', fleet, '--max-retries', '1'])
+        '--max-retries', '1']))
+    self.plaintext = self.processes.start('plaintext', _without_tensorflow(
+        ['flower-supernode', '--insecure', '--superlink', fleet, '--max-retries', '1']))
     with open(files.tls.ca_certificate, 'rb') as f:
       ca = f.read()
     return ca, driver, files.coordinator_key, {n: os.path.join(files.nodes, n + '.pub') for n in names}
