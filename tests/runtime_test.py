@@ -1,6 +1,7 @@
 """The TFF worker process never outlives the program that started it."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import time
 
 import psutil
 import tensorflow as tf
+
+from tffaml import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,6 +109,29 @@ class RuntimeTest(tf.test.TestCase):
     left = [p.pid for p in psutil.process_iter(['cmdline'])
             if ' '.join(p.info['cmdline'] or ()) in (*binaries, silent)]
     self.assertEqual(left, [], 'a fake worker was left running')
+
+  def test_a_child_ending_as_the_watchdog_looks_leaves_the_workers_running(self):
+    # Under load a short-lived child (a subprocess, a test's worker script) often ends between the
+    # watchdog's listing and its look at that child; the watchdog then stopped every worker while we lived.
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp)
+    fake = os.path.join(tmp, 'worker_binary')  # A worker to the watchdog, by its name.
+    shutil.copy('/bin/sleep', fake)
+    worker = subprocess.Popen([fake, '300'])
+    ending = subprocess.Popen(['sleep', '300'])
+    for process in (worker, ending):
+      self.addCleanup(process.wait)
+      self.addCleanup(process.kill)
+    ends_when_looked_at = (  # psutil's answer for a child gone since it was listed.
+        'import psutil\n_name = psutil.Process.name\n'
+        f'psutil.Process.name = lambda p: _name(p) if p.pid != {ending.pid} else exec("raise psutil.NoSuchProcess(p.pid)")\n')
+    source = ends_when_looked_at + runtime._WATCHDOG_SOURCE.format(parent_pid=os.getpid())
+    watchdog = subprocess.Popen([sys.executable, '-c', source], stdin=subprocess.PIPE)
+    time.sleep(5)  # Several of its polls.
+    self.assertIsNone(worker.poll(), 'the watchdog stopped a worker while its parent lives')
+    watchdog.stdin.close()  # As runtime.owned_workers ends: now it stops them.
+    watchdog.wait(timeout=60)
+    self.assertEqual(worker.wait(timeout=30), -signal.SIGTERM)
 
   def test_worker_is_stopped_when_its_parent_is_killed(self):
     child = subprocess.Popen(

@@ -44,11 +44,15 @@ while parent is not None:
   if ready and not sys.stdin.buffer.read1(1):
     break
   try:
-    for child in parent.children(recursive=True):
+    children = parent.children(recursive=True)
+  except psutil.Error:  # We are gone.
+    break
+  for child in children:
+    try:
       if child.name() == {_WORKER_NAME!r}:
         workers[child.pid] = child
-  except psutil.Error:
-    break
+    except psutil.Error:  # A child that ended since it was listed: not a reason to stop our workers.
+      pass
 # A worker started within the last poll is not among them yet: every worker
 # inherits our OWNER_ENV, so find the rest by it (reparented, they are not our
 # descendants any more).
