@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from configs import csv as csv_config
 from tffaml.data import csv_dir
 from tffaml.data import schema as schema_lib
 from tffaml.studies import robustness
@@ -67,15 +68,15 @@ class SummaryTest(tf.test.TestCase):
                   ' record |', text)
 
 
-class ScriptTest(tf.test.TestCase):
+class RunTest(tf.test.TestCase):
 
   def test_smoke_run_writes_per_run_and_summary(self):
+    # In-process, on scripts/robustness.py's default configs (ScriptTest runs the script itself).
     out = os.path.join(self.create_tempdir().full_path, 'robustness')
-    done = subprocess.run(
-        [sys.executable, 'scripts/robustness.py', '--cases=AER/CreditCard', f'--output_dir={out}',
-         '--config.federated.rounds=2', '--reference.federated.rounds=1'],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+    default, no_dp = csv_config.get_config(), csv_config.get_config('no_dp')
+    default.federated.rounds, no_dp.federated.rounds = 2, 1
+    robustness.run({'default': default, 'no_dp': no_dp}, cases=[robustness.case_named('AER/CreditCard')],
+                   seeds=[0], output_dir=out, default='default', reference='no_dp', log=lambda _: None)
     runs = pd.read_csv(os.path.join(out, 'robustness.csv'))
     self.assertEqual(runs['variant'].tolist(), ['default', 'no_dp'])
     self.assertTrue(runs['auc'].between(0, 1).all())
@@ -86,6 +87,9 @@ class ScriptTest(tf.test.TestCase):
       self.assertIn('| AER/CreditCard | 1319 | 7 + 2 | 3 |', f.read())
     with open(os.path.join(out, 'CreditCard', 'seed0', 'default', 'metrics.json')) as f:
       self.assertEqual(json.load(f)['rounds'], 2)
+
+
+class ScriptTest(tf.test.TestCase):
 
   def test_bad_seed_is_one_message(self):
     done = subprocess.run(
