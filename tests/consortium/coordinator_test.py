@@ -49,22 +49,85 @@ def coordinator_config(config):
   return config
 
 
+class _Faulty(node_lib.Node):
+  """A node, honest until a test sets its faults (`_NodesTestCase._fault`): what it sends, and its own checks.
+
+  `poison`: header values to claim, and 'nan': put a NaN in the update; `bypass`: its own non-finite check
+  off; `change`: the training metrics it sends, from its own.
+  """
+
+  poison: dict = {}
+  bypass = False
+  change = None
+
+  def _train(self, request):
+    reply = super()._train(request)
+    arrays = list(reply.arrays)
+    if self.poison.get('nan'):  # Diverged: NaN everywhere (DP-SGD's clip by norm spreads one NaN to all).
+      arrays = [np.full_like(a, np.nan) for a in arrays]
+    header = {**reply.header, **{k: v for k, v in self.poison.items() if k != 'nan'}}
+    if self.change is not None:
+      header['metrics'] = self.change(header['metrics'])  # pylint: disable=not-callable
+    return messages.Message(reply.kind, header, tuple(arrays))
+
+  def _refuse_non_finite(self, request, reply):
+    if not self.bypass:
+      super()._refuse_non_finite(request, reply)
+
+
 class _NodesTestCase(tf.test.TestCase):
-  """The smoke federation's nodes and coordinator in this process (each test class's own tests)."""
+  """The smoke federation's nodes and coordinator in this process (each test class's own tests).
+
+  One federation (rows and keys) per class, and one set of nodes per config (`_nodes`): a node builds its
+  client work (Keras models, DP-SGD, TFF) once per plan, about 5 CPU-s, so a class's runs of one config
+  share it. A test that edits the rows writes its own (`_own_rows`).
+  """
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.class_root = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, cls.class_root, ignore_errors=True)
+    cls.base_config = helpers.smoke_config(cls.class_root, rounds=2)
+    cls.base_config.privacy.noise_seed = 0
+    cls.base_config.federated.eval_every = 0  # The final evaluation only: a faster test.
+    cls.names = sorted(os.listdir(cls.base_config.data.dir))
+    cls.key, cls.public, cls.node_keys, cls.node_public = _keys(cls.class_root, cls.names)
+    cls.built = {}  # The config's JSON: its nodes.
 
   def setUp(self):
     super().setUp()
     self.root = self.create_tempdir().full_path
-    self.config = helpers.smoke_config(self.root, rounds=2)
-    self.config.privacy.noise_seed = 0
-    self.config.federated.eval_every = 0  # The final evaluation only: a faster test.
-    self.names = sorted(os.listdir(self.config.data.dir))
-    self.key, self.public, self.node_keys, self.node_public = _keys(self.root, self.names)
+    self.config = copy.deepcopy(self.base_config)
 
-  def _nodes(self, config=None):
-    return [node_lib.Node(config or self.config, folder=os.path.join(self.config.data.dir, n),
-                          key=self.node_keys[n], coordinator_key=self.public, noise_seed=0,
-                          log=lambda _: None) for n in self.names]
+  def _own_rows(self):
+    """Points self.config at this test's own copy of the rows (the same rows: write_federation is seeded)."""
+    self.config.data.dir, self.config.data.schema_file = helpers.write_federation(self.root)
+
+  def _nodes(self, config=None, *, shared=True):
+    """The config's nodes: the class's (built once, honest unless `_fault`), or new ones."""
+    config = copy.deepcopy(config or self.config)  # A node keeps its config: the test's later edits stay out.
+    key = config.to_json_best_effort(sort_keys=True)
+    if shared and key in self.built:
+      return list(self.built[key])
+    nodes = [_Faulty(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                     coordinator_key=self.public, noise_seed=0, log=lambda _: None) for n in self.names]
+    if shared:
+      self.built[key] = nodes
+    return list(nodes)
+
+  def _fault(self, node, log=None, **faults):
+    """Sets a shared node's `_Faulty` faults (and where its log goes) for this test, or until `_mend`."""
+    for name, value in faults.items():
+      setattr(node, name, value)
+    if log is not None:
+      node._log = log  # pylint: disable=protected-access
+    self.addCleanup(self._mend, node)
+
+  def _mend(self, node):
+    for name in ('poison', 'bypass', 'change'):
+      node.__dict__.pop(name, None)
+    node._log = lambda _: None  # pylint: disable=protected-access
 
   def _federation(self, nodes, **kwargs):
     return coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
@@ -93,15 +156,12 @@ class FederationTest(_NodesTestCase):
   def setUpClass(cls):
     super().setUpClass()
     # The simulation that both the federation in the clear and the securely summed one must give:
-    # config.federation is the federation's alone, the simulation never reads it. The tests' own
-    # federations (setUp) are the same rows: helpers.write_federation is seeded.
-    cls.class_root = tempfile.mkdtemp()
-    cls.addClassCleanup(shutil.rmtree, cls.class_root, ignore_errors=True)
-    config = _alerting_config(*helpers.write_federation(cls.class_root))
+    # config.federation is the federation's alone, the simulation never reads it.
+    config = _alerting_config(cls.base_config.data.dir, cls.base_config.data.schema_file)
     cls.simulated = program.run(config, os.path.join(cls.class_root, 'sim'), log=lambda _: None)
 
   def test_a_node_refuses_a_tampered_request_another_config_and_a_stale_round(self):
-    node = self._nodes()[0]
+    node = self._nodes(shared=False)[0]
     hello = messages.Message(node_lib.HELLO, {'agreement': node.agreement})
 
     def reply(blob):
@@ -149,16 +209,18 @@ class FederationTest(_NodesTestCase):
 
   def test_a_node_whose_files_hold_a_foreign_label_value_refuses_to_start(self):
     from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    self._own_rows()
     self._recode_labels(self.names[1], ['test'], {'0': 'yes', '1': 'yes'})  # Loaded as all negatives.
     with self.assertRaisesRegex(schema_lib.DataError,
                                 rf"{self.names[1]}/test.csv: line 2, label column 'default': 'yes' is neither"):
-      self._nodes()
+      self._nodes(shared=False)
 
   def test_the_coordinator_refuses_nodes_that_code_the_label_with_another_pair(self):
     from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
     # 1 = bad, 2 = good at one bank: consistent in its own files, inverted for the federation.
+    self._own_rows()
     self._recode_labels(self.names[2], ['train', 'test'], {'0': '2', '1': '1'})
-    federation, config = self._federation(self._nodes()), coordinator_config(self.config)
+    federation, config = self._federation(self._nodes(shared=False)), coordinator_config(self.config)
     federation.check(config)
     with self.assertRaisesRegex(schema_lib.DataError, rf"node {self.names[2]}: label column 'default': '2' is"
                                 r" neither the positive value '1' nor '0', the negative value 2 source"):
@@ -169,7 +231,7 @@ class FederationTest(_NodesTestCase):
       json.dump(named, f)
     with self.assertRaisesRegex(schema_lib.DataError, rf"{self.names[2]}/train.csv: line \d+, label column"
                                 r" 'default': '2' is neither the positive value '1' nor the negative value '0'"):
-      self._nodes()
+      self._nodes(shared=False)
 
   def test_configs_that_need_rows_in_one_process_are_refused(self):
     config = coordinator_config(self.config)
@@ -267,15 +329,25 @@ class FederationTest(_NodesTestCase):
     config.aggregator.type, config.aggregator.clip = 'gaussian_fixed', 0.05  # Every update clipped.
     config.federation.secure_aggregation = True
     simulated = program.run(config, os.path.join(self.root, 'sim'), log=lambda _: None)
-    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
-                         runtime=self._federation(self._nodes(config)))
+    # Issue 35: bank_b sends NaN (its own check bypassed), which Flower's quantizer turns into -clipping_range:
+    # a secure sum beyond the clip is refused, nothing exported, and the same command resumes once it is mended.
+    nodes, workdir = self._nodes(config), os.path.join(self.root, 'fed')
+    self._fault(nodes[1], poison={'nan': True}, bypass=True)
+    with self.assertRaisesRegex(errors.RunFailed, r'round 1: the securely summed updates of 3 nodes have L2 norm'
+                                r' [\d.e+]+, beyond the 0.15\d* that config.aggregator.clip 0.05 an update allows:'
+                                r' .* nothing is exported, .* \(round 0\): rerun the same command to resume.'):
+      program.run(coordinator_config(config), workdir, log=lambda _: None, runtime=self._federation(nodes))
+    self.assertFalse(os.path.exists(program.Paths(workdir).export))
+    self._mend(nodes[1])  # The same nodes, restarted coordinator: a node may train a round again.
+    secure = program.run(coordinator_config(config), workdir, log=lambda _: None, runtime=self._federation(nodes))
+    self.assertTrue(os.path.exists(secure.paths.export))
     for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
       self.assertAllClose(a, b, atol=1e-5)
     self.assertIn('trusts the coordinator to add the noise to the securely summed updates',
                   secure.metrics['privacy']['text'])
 
-  def test_a_node_lost_after_round_1_leaves_the_ledger_and_the_evaluation(self):
-    lost = set()
+  def test_a_node_lost_after_round_1_leaves_the_ledger_the_evaluation_the_threshold_and_the_alerts(self):
+    lost, lines = set(), []
 
     class Losing(coordinator.InProcessTransport):
       def exchange(self, requests):
@@ -288,30 +360,41 @@ class FederationTest(_NodesTestCase):
       if line.startswith('round 1/'):
         lost.add('bank_c')
 
-    federation = coordinator.Federation(Losing(self._nodes()), key=self.key, node_keys=self.node_public,
-                                        log=lambda _: None, min_nodes=2)
-    result = program.run(coordinator_config(self.config), os.path.join(self.root, 'lost'),
+    # Issue 35: with an alert threshold too (a DP quantile pooled over the nodes that answer).
+    config = copy.deepcopy(self.config)
+    config.model.alert_budget, config.evaluation.alert_budgets = 0.3, (0.1, 0.5)
+    federation = coordinator.Federation(Losing(self._nodes(config)), key=self.key, node_keys=self.node_public,
+                                        log=lines.append, min_nodes=2)
+    result = program.run(coordinator_config(config), os.path.join(self.root, 'lost'),
                          log=lose_bank_c_after_round_1, runtime=federation)
     with open(result.paths.metrics_csv) as f:
       rows = list(csv.DictReader(f))
     self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 2.0])  # The ledger's view.
     self.assertEqual(result.metrics['federated']['not_evaluated'], ['bank_c'])
+    alerts = result.metrics['alerts']
+    self.assertEqual(alerts['not_evaluated'], ['bank_c'])
+    self.assertEqual(sorted(alerts['institutions']), ['bank_a', 'bank_b'])
+    self.assertBetween(alerts['pooled']['alert_rate'], 0.05, 0.95)
+    self.assertTrue(os.path.exists(result.paths.export))
+    self.assertIn('scores: node bank_c: no reply', lines)
     # Distributed DP-SGD (the default, securely summed) plans every node's noise share each round:
     # a round without bank_c is discarded, and the run stops where it can resume.
     lost.clear()
-    default = _default_config(self.config.data.dir, self.config.data.schema_file)
+    # The default with an alert threshold: test_secure_aggregation's config, and its nodes.
+    alerting = _alerting_config(self.config.data.dir, self.config.data.schema_file)
     # The other nodes refuse too: the secure sum would hold fewer noise shares than the census.
     with self.assertRaisesRegex(errors.RunFailed, r'round 2: no update from bank_a, bank_b, bank_c;'
                                 r' distributed DP-SGD needs every institution\'s share .* at its last'
                                 r' checkpoint \(round 1\)'):
-      program.run(coordinator_config(default), os.path.join(self.root, 'distributed'),
+      program.run(coordinator_config(alerting), os.path.join(self.root, 'distributed'),
                   log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
-                      Losing(self._nodes(default)), key=self.key, node_keys=self.node_public,
+                      Losing(self._nodes(alerting)), key=self.key, node_keys=self.node_public,
                       log=lambda _: None, min_nodes=2))
     with open(program.Paths(os.path.join(self.root, 'distributed')).metrics_csv) as f:
       self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0])
     # Planned for one lost node (each share σ/√2 of 3), the round goes on without bank_c's update.
     lost.clear()
+    default = _default_config(self.config.data.dir, self.config.data.schema_file)
     default.record_dp.tolerated_dropouts = 1
     tolerant = program.run(coordinator_config(default), os.path.join(self.root, 'tolerant'),
                            log=lose_bank_c_after_round_1, runtime=coordinator.Federation(
@@ -325,7 +408,7 @@ class FederationTest(_NodesTestCase):
     self.assertAllClose(share, sigma / np.sqrt(2), rtol=1e-3)  # Not σ/√3: any two shares carry σ.
     lost.update({'bank_b', 'bank_c'})  # A new run needs every registered node at the start.
     with self.assertRaisesRegex(errors.RunFailed, 'hello: node bank_b: no reply; node bank_c: no reply'):
-      program.run(coordinator_config(self.config), os.path.join(self.root, 'too_few'), log=lambda _: None,
+      program.run(coordinator_config(config), os.path.join(self.root, 'too_few'), log=lambda _: None,
                   runtime=federation)
 
   def test_a_node_with_a_secret_seed_serves_one_run_and_never_reuses_its_noise(self):
@@ -446,26 +529,30 @@ class CanaryAuditTest(_NodesTestCase):
 class ScriptTest(tf.test.TestCase):
 
   def test_a_bad_row_or_no_registered_node_is_one_message_before_any_connection(self):
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
     root = self.create_tempdir().full_path
-    data_dir, schema_file = helpers.write_federation(root)
+    config = helpers.smoke_config(root)
+    data_dir, schema_file = config.data.dir, config.data.schema_file
     with open(os.path.join(data_dir, 'bank_b', 'train.csv'), 'a') as f:
       f.write('1e200,10.0,A,0\n')
     os.makedirs(os.path.join(root, 'no_nodes'))
     tls = credentials.write_tls(os.path.join(root, 'pki'), hosts=['127.0.0.1'])
     node_key, _ = credentials.write_node_key(os.path.join(root, 'pki'), 'bank_b')
     private, public = signing.generate_keys(os.path.join(root, 'pki', 'coordinator'))
+    # The bad row, in this process (scripts/node.py builds this Node before it connects; its refusals are
+    # one line, as node_with_two_sources shows): each script's own CLI below costs a TensorFlow import.
+    with self.assertRaisesRegex(schema_lib.DataError, r"bank_b/train.csv: line 62, column 'amount': '1e200' is beyond"):
+      node_lib.Node(config, folder=os.path.join(data_dir, 'bank_b'), key=messages.load_private_key(node_key),
+                    coordinator_key=messages.load_public_key(public), noise_seed=0, log=lambda _: None)
     common = ['--config=configs/csv.py:smoke', f'--config.data.schema_file={schema_file}',
               f'--ca={tls.ca_certificate}']
     runs = {
-        'node': ['scripts/node.py', *common, f'--data_dir={data_dir}/bank_b', f'--workdir={root}/node',
-                 f'--key={node_key}', f'--coordinator_key={public}', '--superlink=127.0.0.1:1'],
         'coordinator': ['scripts/coordinator.py', *common, f'--workdir={root}/run', f'--key={private}',
                         f'--nodes={root}/no_nodes'],
         'node_with_two_sources': ['scripts/node.py', *common, f'--data_dir={data_dir}/bank_b', f'--workdir={root}/n',
                                   '--transactions=t.csv', f'--key={node_key}', f'--coordinator_key={public}'],
     }
-    expected = {'node': r"error: .*bank_b/train.csv: line 62, column 'amount': '1e200' is beyond",
-                'coordinator': r'no_nodes: no <institution>.pub keys',
+    expected = {'coordinator': r'no_nodes: no <institution>.pub keys',
                 'node_with_two_sources': r'error: give the node its rows: --data_dir=.*, or --transactions='}
     for name, argv in runs.items():
       done = subprocess.run([sys.executable, *argv], cwd=_ROOT, capture_output=True, text=True, timeout=600)
@@ -483,14 +570,15 @@ class AmlNodesTest(tf.test.TestCase):
     from tffaml.data import transaction_generator  # pylint: disable=g-import-not-at-top
     root = self.create_tempdir().full_path
     path = os.path.join(root, 'transactions.csv')
-    transaction_generator.generate(path, num_banks=4, num_transactions=4000, seed=1, laundering_rate=0.01, days=10)
+    # Two banks, not four: each bank's node builds its own models (about 12 CPU-s), the rows cost little.
+    transaction_generator.generate(path, num_banks=2, num_transactions=4000, seed=1, laundering_rate=0.01, days=10)
     config = aml.get_config('smoke')  # Client-level DP: the coordinator's noise, seeded.
     config.data.path, config.privacy.noise_seed, config.federated.eval_every = path, 0, 0
     config.reference.centralized_epochs = 0  # Pools the rows: the simulation's alone.
     config.federation.secure_aggregation = False  # Updates in the clear: the same model to float rounding.
     simulated = program.run(config, os.path.join(root, 'sim'), log=lambda _: None)
     names = [s['institution'] for s in simulated.metrics['institutions']]
-    self.assertLen(names, 4)
+    self.assertLen(names, 2)
     key, public, node_keys, node_public = _keys(root, names)
     nodes = [node_lib.Node(config, bank=n[len('bank_'):], key=node_keys[n], coordinator_key=public, noise_seed=0,
                            log=lambda _: None) for n in names]
@@ -522,59 +610,50 @@ class AmlNodesTest(tf.test.TestCase):
       node_lib.own_rows(config, None, bank=names[0][len('bank_'):])
 
 
-class _Hostile(node_lib.Node):
-  """A node that sends what it is told to (`poison`), its own non-finite check off when `bypass`."""
-
-  poison: dict = {}  # Header values to claim, and 'nan': put a NaN in the update.
-  bypass = True
-
-  def _train(self, request):
-    reply = super()._train(request)
-    arrays = list(reply.arrays)
-    if self.poison.get('nan'):  # Diverged: NaN everywhere (DP-SGD's clip by norm spreads one NaN to all).
-      arrays = [np.full_like(a, np.nan) for a in arrays]
-    header = {**reply.header, **{k: v for k, v in self.poison.items() if k != 'nan'}}
-    return messages.Message(reply.kind, header, tuple(arrays))
-
-  def _refuse_non_finite(self, request, reply):
-    if not self.bypass:
-      super()._refuse_non_finite(request, reply)
-
-
 class HostileNodesTest(_NodesTestCase):
-  """Issue 35: a node's claimed weight, a non-finite update, a secure sum beyond the clip."""
+  """Issue 35: a node's claimed weight, its training metrics' keys, a non-finite update, a secure sum beyond the clip.
 
-  def _run(self, config, hostile: dict, workdir: str, lines: list, node_lines=None):
-    """A 2-round federation whose nodes named in `hostile` send `hostile[name]` (a `_Hostile.poison`)."""
-    nodes = []
-    for n in self.names:
-      kind = type('Poisoned', (_Hostile,), dict(hostile[n])) if n in hostile else node_lib.Node
-      nodes.append(kind(config, folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
-                        coordinator_key=self.public, noise_seed=0,
-                        log=(node_lines.append if node_lines is not None else lambda _: None)))
+  A client-level secure sum beyond the clip, and its resumed run: FederationTest's client-level DP.
+  """
+
+  def _run(self, config, faults: dict, workdir: str, lines: list, node_lines=None):
+    """A 2-round federation of the config's nodes, those named in `faults` with `faults[name]` (`_Faulty`'s)."""
+    nodes = self._nodes(config)
+    for node in nodes:
+      self._fault(node, log=node_lines.append if node_lines is not None else None, **faults.get(node.name, {}))
     federation = coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
                                         node_keys=self.node_public, log=lines.append)
-    return program.run(coordinator_config(config), os.path.join(self.root, workdir), log=lambda _: None,
-                       runtime=federation)
+    try:
+      return program.run(coordinator_config(config), os.path.join(self.root, workdir), log=lambda _: None,
+                         runtime=federation)
+    finally:
+      for node in nodes:
+        self._mend(node)
 
   def _in_round(self, result):
     with open(result.paths.metrics_csv) as f:
       return [float(r['institutions_in_round']) for r in csv.DictReader(f)]
 
-  def test_a_weight_beyond_the_census_entry_is_refused_and_the_round_goes_on(self):
+  def test_a_weight_beyond_the_census_entry_or_lacking_metric_keys_is_refused_and_the_round_goes_on(self):
     config = copy.deepcopy(self.config)
     config.aggregator.type, config.federated.weighting, config.privacy.target_epsilon = 'mean', 'examples', None
     lines = []
-    result = self._run(config, {'bank_b': {'poison': {'update_weight': 1e9}}}, 'weight', lines)
+    # One run, two faults: bank_b's weight, and bank_c's training metrics lacking keys.
+    result = self._run(config, {'bank_b': {'poison': {'update_weight': 1e9}},
+                                'bank_c': {'change': lambda m: {'loss': m['loss']}}}, 'weight', lines)
     refused = [l for l in lines if 'node bank_b: it claims update weight 1000000000.0, beyond its census entry' in l]
     self.assertLen(refused, 2, lines)  # One line a round, naming the node.
     self.assertIn('its update is refused and dropped from the round', refused[0])
-    self.assertEqual(self._in_round(result), [2.0, 2.0])
+    refused = [l for l in lines if l.startswith('round 1: node bank_c: its training metrics lack ')]
+    self.assertLen(refused, 1, lines)
+    self.assertIn("unlike the other nodes' (it runs other client code than the agreed): its update is refused"
+                  ' and dropped from the round.', refused[0])
+    self.assertEqual(self._in_round(result), [1.0, 1.0])
 
   def test_a_node_refuses_to_send_nan_and_the_coordinator_drops_one_that_does(self):
     lines, node_lines = [], []
-    hostile = {'bank_a': {'poison': {'nan': True}, 'bypass': False},  # Diverged: it refuses to send.
-               'bank_b': {'poison': {'nan': True}}}  # Modified: it sends NaN anyway.
+    hostile = {'bank_a': {'poison': {'nan': True}},  # Diverged: it refuses to send.
+               'bank_b': {'poison': {'nan': True}, 'bypass': True}}  # Modified: it sends NaN anyway.
     result = self._run(self.config, hostile, 'nan', lines, node_lines)
     self.assertIn('refused a request: bank_a: round 1: its update or training metrics hold non-finite values'
                   ' (NaN or Inf', '\n'.join(node_lines))
@@ -585,19 +664,16 @@ class HostileNodesTest(_NodesTestCase):
     for w in result.model.get_weights():
       self.assertTrue(np.all(np.isfinite(w)))
 
-  def test_a_secure_sum_beyond_the_clip_is_refused_nothing_exported_and_the_run_resumes(self):
-    config = copy.deepcopy(self.config)
-    config.aggregator.type, config.aggregator.clip = 'gaussian_fixed', 0.05
-    config.federation.secure_aggregation = True
+  def test_a_reply_with_extra_metric_keys_is_refused_in_one_line(self):
+    # Issue 35: dropped from the round, not a KeyError. The first node (the earliest reply): its keys are
+    # still outvoted. A node lacking keys: the weight test.
     lines = []
-    with self.assertRaisesRegex(errors.RunFailed, r'round 1: the securely summed updates of 3 nodes have L2 norm'
-                                r' [\d.e+]+, beyond the 0.15\d* that config.aggregator.clip 0.05 an update allows:'
-                                r' .* nothing is exported, .* \(round 0\): rerun the same command to resume.'):
-      self._run(config, {'bank_b': {'poison': {'nan': True}}}, 'secure', lines)
-    paths = program.Paths(os.path.join(self.root, 'secure'))
-    self.assertFalse(os.path.exists(paths.export))
-    resumed = self._run(config, {}, 'secure', lines)  # The same workdir, the node mended.
-    self.assertTrue(os.path.exists(resumed.paths.export))
+    result = self._run(self.config, {'bank_a': {'change': lambda m: {**m, 'bogus': 1.0}}}, 'bogus', lines)
+    refused = [l for l in lines if l.startswith('round 1: node bank_a: its training metrics add bogus')]
+    self.assertLen(refused, 1, lines)
+    self.assertIn("unlike the other nodes' (it runs other client code than the agreed): its update is refused"
+                  ' and dropped from the round.', refused[0])
+    self.assertEqual(self._in_round(result), [2.0, 2.0])
 
   def test_a_nan_under_distributed_dp_sgd_and_secagg_is_refused(self):
     config = csv_config.get_config()  # The default: distributed record-level DP-SGD, secure aggregation.
@@ -606,45 +682,9 @@ class HostileNodesTest(_NodesTestCase):
     # A NaN reaches the sum as -clipping_range (Flower's quantizer): beyond the clip's and the noise's bound.
     with self.assertRaisesRegex(errors.RunFailed, r"round 1: the securely summed updates of 3 nodes have L2 norm"
                                 r" [\d.]+, beyond the [\d.]+ that DP-SGD's clip 1 a unit, noise multiplier"):
-      self._run(config, {'bank_b': {'poison': {'nan': True}}}, 'distributed', [])
+      self._run(config, {'bank_b': {'poison': {'nan': True}, 'bypass': True}}, 'distributed', [])
     self.assertFalse(os.path.exists(program.Paths(os.path.join(self.root, 'distributed')).export))
 
-
-
-class _OtherMetrics(node_lib.Node):
-  """A node whose training metrics lack or add names (`change`: the metrics it sends, from its own)."""
-
-  change = staticmethod(lambda metrics: metrics)
-
-  def _train(self, request):
-    reply = super()._train(request)
-    return messages.Message(reply.kind, {**reply.header, 'metrics': self.change(reply.header['metrics'])},
-                            reply.arrays)
-
-
-class MalformedMetricsTest(_NodesTestCase):
-  """Issue 35: a node whose training metrics miss or add keys is dropped from the round, not a KeyError."""
-
-  def _run(self, name: str, change, lines: list):
-    nodes = [(type('Changed', (_OtherMetrics,), {'change': staticmethod(change)}) if n == name else node_lib.Node)(
-        self.config, folder=os.path.join(self.config.data.dir, n), key=self.node_keys[n],
-        coordinator_key=self.public, noise_seed=0, log=lambda _: None) for n in self.names]
-    federation = coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
-                                        node_keys=self.node_public, log=lines.append)
-    return program.run(coordinator_config(self.config), os.path.join(self.root, name), log=lambda _: None,
-                       runtime=federation)
-
-  def test_a_reply_with_missing_or_extra_metric_keys_is_refused_in_one_line(self):
-    for name, change, differ in (('bank_a', lambda m: {**m, 'bogus': 1.0}, 'add bogus'),  # The first node.
-                                 ('bank_c', lambda m: {'loss': m['loss']}, 'lack ')):
-      lines = []
-      result = self._run(name, change, lines)
-      refused = [l for l in lines if l.startswith(f'round 1: node {name}: its training metrics {differ}')]
-      self.assertLen(refused, 1, lines)
-      self.assertIn("unlike the other nodes' (it runs other client code than the agreed): its update is refused"
-                    ' and dropped from the round.', refused[0])
-      with open(result.paths.metrics_csv) as f:
-        self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [2.0, 2.0])
 
 
 class TimestampTest(tf.test.TestCase):
@@ -677,7 +717,7 @@ class TimestampTest(tf.test.TestCase):
 
 
 class LostNodeAlertsTest(_NodesTestCase):
-  """Issue 35: a node lost after round 1 and the alert threshold, the test alerts."""
+  """Issue 35: a lost node and the DP alert threshold (a run losing one: FederationTest's lost node)."""
 
   def test_tolerated_dropouts_with_a_dp_alert_threshold_is_refused_before_any_work(self):
     config = coordinator_config(_alerting_config(self.config.data.dir, self.config.data.schema_file))
@@ -688,29 +728,6 @@ class LostNodeAlertsTest(_NodesTestCase):
                                 r" node's noise share .*: set config.record_dp.tolerated_dropouts=0, or"):
       coordinator.check(config)
 
-  def test_a_node_lost_after_round_1_leaves_the_threshold_and_the_alerts(self):
-    lost, lines = set(), []
-
-    class Losing(coordinator.InProcessTransport):
-      def exchange(self, requests):
-        return super().exchange({n: b for n, b in requests.items() if n not in lost})
-
-    def lose_bank_c_after_round_1(line):
-      if line.startswith('round 1/'):
-        lost.add('bank_c')
-
-    config = copy.deepcopy(self.config)
-    config.model.alert_budget, config.evaluation.alert_budgets = 0.3, (0.1, 0.5)
-    federation = coordinator.Federation(Losing(self._nodes(config)), key=self.key, node_keys=self.node_public,
-                                        log=lines.append, min_nodes=2)
-    result = program.run(coordinator_config(config), os.path.join(self.root, 'lost'),
-                         log=lose_bank_c_after_round_1, runtime=federation)
-    alerts = result.metrics['alerts']
-    self.assertEqual(alerts['not_evaluated'], ['bank_c'])
-    self.assertEqual(sorted(alerts['institutions']), ['bank_a', 'bank_b'])
-    self.assertBetween(alerts['pooled']['alert_rate'], 0.05, 0.95)
-    self.assertTrue(os.path.exists(result.paths.export))
-    self.assertIn('scores: node bank_c: no reply', lines)
 
 if __name__ == '__main__':
   tf.test.main()
