@@ -75,6 +75,9 @@ def _features_and_model(config: ml_collections.ConfigDict) -> None:
   config.model.loss = 'bce'  # bce | focal | weighted_bce | reconstruction (autoencoder)
   config.model.positive_weight = 1.0  # weighted_bce: weight of a positive row.
   config.model.focal_gamma = 2.0  # focal: down-weights easy rows.
+  # mlp, logistic: the score before training (the output bias starts at its
+  # log-odds). A public prior, not read from the data: no privacy cost.
+  config.model.prior_positive_rate = 0.5
   # > 0: the exported threshold flags this fraction of training rows instead,
   # found from federated score quantiles (tffaml.federated.quantiles).
   config.model.alert_budget = 0.0

@@ -62,6 +62,31 @@ class AutoencoderTest(tf.test.TestCase):
     self.assertEqual(widths, [4, 2, 4, encoded.shape[1]])
 
 
+class PriorTest(tf.test.TestCase, parameterized.TestCase):
+
+  INPUTS = {'amount': tf.constant([1000.0, 20000.0, 3.0]), 'rate': tf.constant([5.0, 20.0, 7.0]),
+            'grade': tf.constant(['A', 'Z', 'B'])}
+
+  def test_untrained_logistic_scores_every_row_at_the_prior(self):
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    for prior in (0.001, 0.5, 0.2):
+      model = tabular.build_model(model_type=tabular.ModelType.LOGISTIC, feature_space=space,
+                                  prior_positive_rate=prior)
+      self.assertAllClose(model(self.INPUTS)[:, 0], [prior] * 3, rtol=1e-5)
+
+  def test_mlp_output_bias_is_the_priors_log_odds(self):
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    model = tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=space, hidden_units=(4,),
+                                prior_positive_rate=0.001)
+    self.assertAllClose(model.get_layer('probability').bias, [math.log(0.001 / 0.999)])
+
+  @parameterized.parameters(0.0, 1.0, -0.1)
+  def test_a_prior_outside_0_1_is_refused(self, prior):
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    with self.assertRaisesRegex(ValueError, 'prior_positive_rate must be in'):
+      tabular.build_model(model_type=tabular.ModelType.LOGISTIC, feature_space=space, prior_positive_rate=prior)
+
+
 class DispatchTest(tf.test.TestCase):
 
   def test_every_loss_type_gives_one_loss_per_row(self):

@@ -33,8 +33,9 @@ def _no_params(section: ml_collections.ConfigDict) -> dict:
 # config.model. tests/config/config_test.py holds that every
 # `tabular.ModelType` has an entry.
 MODEL_PARAMS: dict[tabular.ModelType, Callable[[ml_collections.ConfigDict], dict]] = {
-    tabular.ModelType.MLP: lambda m: dict(hidden_units=tuple(m.hidden_units), embedding_dim=m.embedding_dim),
-    tabular.ModelType.LOGISTIC: _no_params,
+    tabular.ModelType.MLP: lambda m: dict(hidden_units=tuple(m.hidden_units), embedding_dim=m.embedding_dim,
+                                          prior_positive_rate=m.prior_positive_rate),
+    tabular.ModelType.LOGISTIC: lambda m: dict(prior_positive_rate=m.prior_positive_rate),
     tabular.ModelType.AUTOENCODER: lambda m: dict(hidden_units=tuple(m.hidden_units)),
     tabular.ModelType.RARITY: _no_params,
 }

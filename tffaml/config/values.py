@@ -44,7 +44,7 @@ _RANGES = {
     'data.alpha': _POSITIVE, 'data.test_fraction': _FRACTION, 'data.max_banks': _NON_NEGATIVE,
     'features.min_category_count': _AT_LEAST_ONE,
     'model.embedding_dim': _NON_NEGATIVE, 'model.threshold': _PROBABILITY,
-    'model.positive_weight': _POSITIVE, 'model.focal_gamma': _NON_NEGATIVE,
+    'model.positive_weight': _POSITIVE, 'model.prior_positive_rate': _FRACTION, 'model.focal_gamma': _NON_NEGATIVE,
     'federated.rounds': _AT_LEAST_ONE, 'federated.client_epochs': _AT_LEAST_ONE,
     'federated.batch_size': _AT_LEAST_ONE, 'federated.eval_batch_size': _AT_LEAST_ONE,
     'federated.clients_per_round': _NON_NEGATIVE, 'federated.eval_every': _NON_NEGATIVE,
