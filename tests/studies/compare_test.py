@@ -85,6 +85,7 @@ class AmlCompareScriptTest(tf.test.TestCase):
         [sys.executable, 'scripts/compare.py', '--config=configs/aml.py:compare', f'--config.data.path={path}',
          '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
          '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--rarity_config=configs/aml_rarity.py:smoke',
+         '--autoencoder_config.federated.eval_every=0', '--rarity_config.federated.eval_every=0',
          f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     self.assertEqual(done.returncode, 0, done.stderr[-3000:])
@@ -107,17 +108,19 @@ class CompareRunTest(tf.test.TestCase):
 
   def test_smoke_compare_every_method(self):
     root = tempfile.mkdtemp()
-    base = helpers.smoke_config(root)
-    base.reference.centralized_epochs = 1
+    base = helpers.smoke_config(root)  # configs/csv.py: no pooled reference in its runs.
+    self.assertEqual(base.reference.centralized_epochs, 0)
     # As configs/loan_risk.py:compare: no DP in the base, a target ε for record-level DP.
     base.aggregator.type, base.aggregator.noise_multiplier = 'mean', 0.0
     base.privacy.target_epsilon = 5.0
     out = os.path.join(root, 'compare')
     # Every method but those for transactions (AmlCompareScriptTest runs them).
     methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL)]
-    summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out,
-                                           log=lambda _: None)
+    lines = []
+    with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
+      summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out, log=lines.append)
     self.assertEqual(summary['method'].tolist(), [m.value for m in methods])
+    self.assertTrue(summary['pooled_auc_mean'].between(0, 1).all())
     self.assertLen(per_institution, len(methods) * 4)  # 3 banks + all test rows.
     self.assertTrue(per_institution['auc'].between(0, 1).all())
     for name in ('compare.csv', 'compare_institutions.csv', 'compare.md', 'compare.png'):
@@ -128,6 +131,11 @@ class CompareRunTest(tf.test.TestCase):
     client = os.path.join(out, 'runs', 'seed0', 'fedavg_client_dp', 'privacy.txt')
     with open(client) as f:
       self.assertIn('Gaussian noise multiplier 0.5 on updates', f.read())
+    # The own-data base trains the Keras models the default epochs.
+    epochs = compare.DEFAULT_REFERENCE_EPOCHS
+    self.assertIn(f'local-only models train {epochs} epochs', '\n'.join(lines))
+    # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs).
+    self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list], [epochs] + [math.ceil(epochs * 3)] * 3)
 
   def test_refusals_before_any_work(self):
     base = csv_config.get_config('smoke')
@@ -145,21 +153,6 @@ class CompareRunTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "rarity methods score transactions; this data has no"):
       compare.run(base, seeds=[0], methods=[M.RARITY_FEDERATED],
                   output_dir=os.path.join(root, 'out'), log=lambda _: None)
-
-  def test_own_data_base_trains_the_keras_models_the_default_epochs(self):
-    root = tempfile.mkdtemp()
-    base = helpers.smoke_config(root)  # configs/csv.py: no pooled reference in its runs.
-    self.assertEqual(base.reference.centralized_epochs, 0)
-    lines = []
-    with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
-      summary, _ = compare.run(base, seeds=[0], methods=[M.CENTRALIZED, M.LOCAL_ONLY],
-                               output_dir=os.path.join(root, 'out'), log=lines.append)
-    self.assertEqual(summary['method'].tolist(), ['centralized', 'local_only'])
-    self.assertTrue(summary['pooled_auc_mean'].between(0, 1).all())
-    epochs = compare.DEFAULT_REFERENCE_EPOCHS
-    self.assertIn(f'local-only models train {epochs} epochs', '\n'.join(lines))
-    # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs).
-    self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list], [epochs] + [math.ceil(epochs * 3)] * 3)
 
   def test_negative_epochs_are_refused_before_any_work(self):
     base = csv_config.get_config('smoke')
