@@ -45,7 +45,8 @@ class ScriptTest(tf.test.TestCase):
     data_dir, schema_file = helpers.write_federation(root)
     workdir = os.path.join(root, 'lira')
     argv = [sys.executable, 'scripts/lira.py', '--config=configs/csv.py', f'--config.data.dir={data_dir}',
-            f'--config.data.schema_file={schema_file}', '--config.federated.rounds=2', '--models=3',
+            f'--config.data.schema_file={schema_file}', '--config.federated.rounds=2',
+            '--config.federated.eval_every=0', '--models=3',
             f'--workdir={workdir}']
     first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
     self.assertEqual(first.returncode, 0, first.stderr[-3000:])
@@ -63,6 +64,7 @@ class ScriptTest(tf.test.TestCase):
     # The resume is the study's, not the script's: in-process, on the script's config.
     config = csv_config.get_config()
     config.data.dir, config.data.schema_file, config.federated.rounds = data_dir, schema_file, 2
+    config.federated.eval_every = 0
     os.remove(os.path.join(workdir, 'lira.json'))
     lines = []
     lira_audit.attack(config, workdir, models=3, seed=0, log=lines.append)
