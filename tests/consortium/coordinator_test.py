@@ -486,12 +486,14 @@ class CanaryAuditTest(_NodesTestCase):
 
   def test_nodes_without_noise_are_caught_and_a_coordinator_cannot_turn_their_noise_off(self):
     config = self._audit_config()
+    honest = {n.name: n for n in self._nodes(config)}  # The class's: test_the_federations_audit's nodes.
 
     class Noiseless(node_lib.Node):
       """A DP-SGD bug planted for this test: the node adds no noise share."""
 
       def _build(self, header):
-        work = super()._build(header)
+        # The honest node's build (once per class), its training rebuilt without the noise.
+        work = honest[self.name]._work(header)  # pylint: disable=protected-access
         plan = dataclasses.replace(work.plan, record=canary_audit._unchecked(  # pylint: disable=protected-access
             work.plan.record, noise_multiplier=0.0))
         training = config_builders.build_training(self._config, self._choices, plan, features.FeatureSpace.from_dict(
