@@ -111,60 +111,57 @@ class TwoWorkersTest(absltest.TestCase):
     config.features.min_category_count = 1
     return config
 
-  def _both(self, config) -> tuple[program.RunResult, program.RunResult]:
-    """The run in this process (rows streamed from files, as on the workers), and on the workers."""
+  def _single(self, config) -> program.RunResult:
+    """The run in this process, rows streamed from files as on the workers."""
     single = config.copy_and_resolve_references()
     single.data.stream = True
-    one = program.run(single, self.create_tempdir().full_path, log=lambda _: None)
+    return program.run(single, self.create_tempdir().full_path, log=lambda _: None)
+
+  def _on_workers(self, config) -> None:
     config.runtime.workers = ','.join(w.address for w in self.workers)
     config.data.dir = ''  # The coordinator holds no rows: the workers' files and its schema file.
+
+  def _both(self, config) -> tuple[program.RunResult, program.RunResult]:
+    """The run in this process, and on the workers."""
+    one = self._single(config)
+    self._on_workers(config)
     lines = []
     spread = _run(config, self.create_tempdir().full_path, log=lines.append)
     self.assertIn(f'worker {self.workers[0].address}: bank_a, bank_b', lines)
     return one, spread
 
-  def test_seeded_client_dp_gives_the_single_process_model(self):
-    config = self._config('smoke')  # Client-level DP, adaptive clipping, noise drawn in the coordinator.
+  def test_seeded_client_dp_with_a_worker_idle_in_a_round_gives_the_single_process_model(self):
+    # One run for both claims (each run costs ~15 CPU-s on each side): client-level DP with adaptive
+    # clipping, its noise drawn in the coordinator; one institution a round, so one worker idles.
+    config = self._config('smoke')
     config.privacy.noise_seed = 3
+    config.federated.sampling, config.federated.clients_per_round = 'fixed_size', 1
     one, spread = self._both(config)
     np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
     self.assertAlmostEqual(spread.metrics['federated']['pooled']['auc'], one.metrics['federated']['pooled']['auc'],
                            places=5)
     self.assertEqual(spread.metrics['privacy'], one.metrics['privacy'])
     self.assertEqual(set(spread.metrics['federated']['institutions']), set(INSTITUTIONS))
-    rows = open(os.path.join(spread.paths.root, 'results', 'metrics.csv')).read()
-    self.assertIn('cluster/bytes_sent_per_worker', rows)
-
-  def test_the_default_record_level_dp_gives_the_single_process_model(self):
-    config = self._config('')  # Distributed DP-SGD at ε = 1 and DP feature statistics.
-    config.privacy.noise_seed = 5
-    one, spread = self._both(config)
-    np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
-    self.assertEqual(spread.metrics['privacy'], one.metrics['privacy'])
-    self.assertIn('record', json.dumps(spread.metrics['privacy']))
-
-  def test_no_dp_with_a_worker_idle_in_a_round(self):
-    config = self._config('no_dp')
-    config.federated.sampling, config.federated.clients_per_round = 'fixed_size', 1  # One worker idles.
-    one, spread = self._both(config)
-    np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
     for name in INSTITUTIONS:
       self.assertAlmostEqual(spread.metrics['federated']['institutions'][name]['loss'],
                              one.metrics['federated']['institutions'][name]['loss'], places=5)
+    rows = open(os.path.join(spread.paths.root, 'results', 'metrics.csv')).read()
+    self.assertIn('cluster/bytes_sent_per_worker', rows)
 
-
-  def test_a_killed_worker_fails_the_round_naming_it_and_the_run_resumes(self):
-    # The class's workers (no second pair to start); the killed one is replaced on its port for the others.
+  def test_record_level_dp_killed_in_a_round_fails_naming_the_worker_and_resumes_to_the_single_process_model(self):
+    # One run on the workers for both claims (each run costs ~15 CPU-s): a killed worker fails the round
+    # naming it, the same command resumes, and the resumed run is the single-process run (a resumed run
+    # ends with the uninterrupted run's model). The class's workers; the killed one is replaced on its port.
+    config = self._config('')  # Distributed DP-SGD at ε = 1 and DP feature statistics.
+    config.privacy.noise_seed = 5
+    one = self._single(config)
     first, second = self.workers
-    config = csv_config.get_config('no_dp')
-    config.data.schema_file, config.data.dir = self.schema_file, ''
-    config.federated.rounds, config.features.min_category_count = 2, 1  # A round before the kill, one after.
-    config.runtime.workers = f'{first.address},{second.address}'
+    self._on_workers(config)
     config.runtime.connect_seconds = 5.0
     workdir = os.path.join(self.create_tempdir().full_path, 'run')
 
     def kill_after_round_1(line: str) -> None:
-      if line.startswith('round 1/2'):
+      if line.startswith('round 1/2'):  # A round before the kill, one after.
         second.stop(signal.SIGKILL)  # Mid-run; its watchdog stops the worker_binary (checked in stop).
 
     try:
@@ -177,9 +174,12 @@ class TwoWorkersTest(absltest.TestCase):
         self.workers[1] = WorkerProcess(self.parts['w2'], port=second.port)  # The class's list: theirs too.
     config.runtime.connect_seconds = 60.0  # A loaded machine took over 5 s to answer.
     lines = []
-    result = _run(config, workdir, log=lines.append)
-    self.assertEqual(result.rounds_completed, 2)
+    spread = _run(config, workdir, log=lines.append)
+    self.assertEqual(spread.rounds_completed, 2)
     self.assertIn(f'resuming {workdir} after round 1', lines)
+    np.testing.assert_allclose(_weights(spread), _weights(one), atol=1e-6)
+    self.assertEqual(spread.metrics['privacy'], one.metrics['privacy'])
+    self.assertIn('record', json.dumps(spread.metrics['privacy']))
 
 
 def _run(config, workdir: str, **kwargs) -> program.RunResult:
