@@ -1,6 +1,9 @@
 """Smoke runs of the AML configs on a generated federation, export round trips."""
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import parameterized
@@ -11,7 +14,6 @@ import tensorflow as tf
 from configs import aml
 from configs import aml_autoencoder
 from configs import aml_rarity
-from tests import helpers
 from tffaml.data import transaction_generator
 from tffaml.data import transactions
 from tffaml.export import scoring
@@ -20,6 +22,25 @@ from tffaml.config import data as config_data
 from tffaml.training import program
 
 CONFIGS = {'classifier': aml, 'autoencoder': aml_autoencoder, 'rarity': aml_rarity}
+# Every one of them has the smoke preset's 200 training rows.
+BANKS = 10
+
+
+def _serve_in_one_fresh_process(model_dirs: list[str], inputs: dict[str, list]) -> list[dict[str, list]]:
+  """helpers.serve_in_fresh_process for several exports: one TensorFlow import, not one each."""
+  code = (
+      'import json, sys, tensorflow as tf\n'
+      'inputs = json.load(sys.stdin)\n'
+      'args = {k: tf.constant(v, tf.float32 if isinstance(v[0], float) else tf.string) for k, v in inputs.items()}\n'
+      'served = []\n'
+      f'for model_dir in {model_dirs!r}:\n'
+      '  out = tf.saved_model.load(model_dir).signatures["serving_default"](**args)\n'
+      '  served.append({k: v.numpy().tolist() for k, v in out.items()})\n'
+      'assert not any(m.startswith(("tffaml", "tensorflow_federated")) for m in sys.modules)\n'
+      'print(json.dumps(served))\n')
+  done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
+                        capture_output=True, text=True, check=True, timeout=300)
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
@@ -29,18 +50,19 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
     cls.path = os.path.join(cls.root, 'transactions.csv')
-    transaction_generator.generate(cls.path, num_banks=10, num_transactions=20_000, seed=1,
+    transaction_generator.generate(cls.path, num_banks=BANKS, num_transactions=20_000, seed=1,
                                    laundering_rate=0.01, days=10)
     cls.results = {}
     for name, module in CONFIGS.items():
       config = module.get_config('smoke')
       config.data.path = cls.path
       config.privacy.noise_seed = 0  # Runs to compare need the same DP noise.
+      config.federated.eval_every = 0  # Measured once, at the end: all these tests read.
       cls.results[name] = program.run(config, os.path.join(cls.root, name), log=lambda _: None)
     cls.data = config_data.load_data(config, log=lambda _: None)
     config = aml.get_config('smoke')
     config.data.path, config.data.stream, config.reference.centralized_epochs = cls.path, True, 0
-    config.privacy.noise_seed = 0
+    config.privacy.noise_seed, config.federated.eval_every = 0, 0
     cls.streamed = program.run(config, os.path.join(cls.root, 'streamed'), log=lambda _: None)
 
   def test_streamed_banks_train_from_their_files(self):
@@ -64,7 +86,7 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters('classifier', 'autoencoder', 'rarity')
   def test_metrics_as_aml_teams_measure(self, name):
     metrics = self.results[name].metrics
-    self.assertGreaterEqual(len(metrics['institutions']), 10)
+    self.assertLen(metrics['institutions'], BANKS)
     pooled = metrics['alerts']['pooled']
     for key in ('auprc', 'recall_at_0.1%', 'recall_at_1%', 'precision_at_1%', 'alert_f1',
                 'f1_at_validation_threshold'):
@@ -85,38 +107,42 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     if name != 'rarity':  # Rarity's scores tie within a cell: it may flag well under the budget.
       self.assertGreaterEqual(flagged, 0.009)
 
-  @parameterized.parameters('classifier', 'autoencoder', 'rarity')
-  def test_a_bank_scores_raw_transactions_as_training_saw_them(self, name):
-    result = self.results[name]
+  def test_a_bank_scores_raw_transactions_as_training_saw_them(self):
     institution = self.data.institutions[1]
     bank = institution.name.removeprefix('bank_')
     table = pd.read_csv(self.path, dtype=str)
     own = table[(table['From Bank'] == bank) | (table['To Bank'] == bank)]
-    bank_file = os.path.join(self.root, f'{name}_{bank}.csv')
+    bank_file = os.path.join(self.root, f'{bank}.csv')
     own.to_csv(bank_file, index=False, header=list(transactions.amlworld.HEADER))
-    output = os.path.join(self.root, f'{name}_{bank}_scored.csv')
-    self.assertEqual(scoring.score_csv(result.paths.export, bank_file, output, public_key=None).scored,
-                     len(own))
-    scored = pd.read_csv(output)
-    self.assertEqual(list(scored.columns[-2:]), ['score', 'alert'])
+    # New transactions have no label yet: the same scores without the column.
+    unlabelled = os.path.join(self.root, f'{bank}_unlabelled.csv')
+    own.iloc[:, :-1].to_csv(unlabelled, index=False, header=list(transactions.amlworld.HEADER[:-1]))
     # The same rows, in the same (time) order, as the institution's train then test rows.
     rows = pd.concat([institution.train, institution.test], ignore_index=True)
-    expected = client_data.predict(result.model, rows, self.data.schema)
-    self.assertAllClose(scored['score'], expected, rtol=1e-4, atol=1e-6)
-    # New transactions have no label yet: the same scores without the column.
-    unlabelled = os.path.join(self.root, f'{name}_{bank}_unlabelled.csv')
-    own.iloc[:, :-1].to_csv(unlabelled, index=False, header=list(transactions.amlworld.HEADER[:-1]))
-    scoring.score_csv(result.paths.export, unlabelled, output, public_key=None)
-    without_label = pd.read_csv(output)
-    self.assertNotIn('Is Laundering', without_label.columns)
-    self.assertAllClose(without_label['score'], scored['score'])
+    expected, alerts = {}, {}
+    for name, result in self.results.items():
+      with self.subTest(name):
+        output = os.path.join(self.root, f'{name}_{bank}_scored.csv')
+        self.assertEqual(scoring.score_csv(result.paths.export, bank_file, output, public_key=None).scored,
+                         len(own))
+        scored = pd.read_csv(output)
+        self.assertEqual(list(scored.columns[-2:]), ['score', 'alert'])
+        expected[name] = client_data.predict(result.model, rows, self.data.schema)
+        self.assertAllClose(scored['score'], expected[name], rtol=1e-4, atol=1e-6)
+        scoring.score_csv(result.paths.export, unlabelled, output, public_key=None)
+        without_label = pd.read_csv(output)
+        self.assertNotIn('Is Laundering', without_label.columns)
+        self.assertAllClose(without_label['score'], scored['score'])
+        alerts[name] = scored['alert'][:50].tolist()
 
-    # Plain TensorFlow in a fresh process: raw fields plus aggregates in.
+    # Plain TensorFlow in a fresh process (one for the three exports): raw fields plus aggregates in.
     _, inputs = transactions.serving_inputs(bank_file)
-    served = helpers.serve_in_fresh_process(
-        result.paths.export, {k: v[:50].tolist() for k, v in inputs.items()})
-    self.assertAllClose(served['score'], expected[:50], rtol=1e-4, atol=1e-6)
-    self.assertEqual(served['alert'], scored['alert'][:50].tolist())
+    served = _serve_in_one_fresh_process([r.paths.export for r in self.results.values()],
+                                         {k: v[:50].tolist() for k, v in inputs.items()})
+    for name, out in zip(self.results, served):
+      with self.subTest(name):
+        self.assertAllClose(out['score'], expected[name][:50], rtol=1e-4, atol=1e-6)
+        self.assertEqual(out['alert'], alerts[name])
 
   @parameterized.parameters('autoencoder', 'rarity')
   def test_labels_do_not_train_the_unsupervised_models(self, name):
@@ -126,7 +152,8 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
     table['Is Laundering'] = np.where(table['Is Laundering'] == '1', '0', '1')
     table.to_csv(flipped, index=False, header=list(transactions.amlworld.HEADER))
     config = CONFIGS[name].get_config('smoke')
-    config.data.path, config.privacy.noise_seed = flipped, 0
+    config.data.path, config.privacy.noise_seed, config.federated.eval_every = flipped, 0, 0
+    config.reference.centralized_epochs = 0  # The pooled reference is another model: not compared here.
     result = program.run(config, os.path.join(self.root, f'flipped_{name}'), log=lambda _: None)
     self.assertEqual(result.metrics['institutions'][0]['institution'], self.data.names[0])
     rows = self.data.institutions[0].test
