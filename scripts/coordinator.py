@@ -48,14 +48,8 @@ _REPLY_TIMEOUT = flags.DEFINE_float('reply_timeout', 600.0,
 
 def main(argv):
   del argv
-  from tffaml import errors  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
-  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
-  # The registry and the CA are checked before TFF is imported: a refusal leaves nothing behind.
-  node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
-               for p in sorted(glob.glob(os.path.join(_NODES.value, '*.pub')))}
-  if not node_keys:
-    raise errors.InputError(f'{_NODES.value}: no <institution>.pub keys; scripts/pki.py writes them.')
+  node_keys = _node_keys()
   with open(_CA.value, 'rb') as f:
     root_certificates = f.read()
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
@@ -84,6 +78,26 @@ def main(argv):
            f'\nprivacy: {result.paths.privacy}')
 
 
+def _node_keys() -> dict:
+  """The registered nodes' public keys, by institution."""
+  from tffaml import errors  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
+  node_keys = {os.path.basename(p)[:-len('.pub')]: messages.load_public_key(p)
+               for p in sorted(glob.glob(os.path.join(_NODES.value, '*.pub')))}
+  if not node_keys:
+    raise errors.InputError(f'{_NODES.value}: no <institution>.pub keys; scripts/pki.py writes them.')
+  return node_keys
+
+
+def _check() -> None:
+  """The refusals that need no TensorFlow (a refusal leaves nothing behind): the registry, the CA, the ranges."""
+  from tffaml.config import values  # pylint: disable=g-import-not-at-top
+  _node_keys()
+  with open(_CA.value, 'rb'):
+    pass
+  values.check_values(_CONFIG.value)
+
+
 def _audit(config, federation) -> None:
   """A canary audit of the run's DP (config.canary_audit): exit 1 when it refutes the claim."""
   from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
@@ -92,4 +106,4 @@ def _audit(config, federation) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, import_tensorflow=True)
+  cli.run(main, import_tensorflow=True, check=_check)

@@ -93,5 +93,12 @@ def _own_data(config) -> str:
   return folder
 
 
+def _check() -> None:
+  """The refusals that need no TensorFlow: which rows are this node's, and the config's ranges."""
+  from tffaml.config import values  # pylint: disable=g-import-not-at-top
+  _own_data(_CONFIG.value)
+  values.check_values(_CONFIG.value)
+
+
 if __name__ == '__main__':
-  cli.run(main, import_tensorflow=True)
+  cli.run(main, import_tensorflow=True, check=_check)

@@ -52,6 +52,12 @@ class RefusalBeforeTensorFlowTest(tf.test.TestCase):
         ('worker.py', '--port=1', f'--data_dir={ROOT}'): 'error: give --certificates=DIR',
         ('worker.py', '--port=1', f'--data_dir={ROOT}', f'--certificates={workdir}'):
             f'error: {workdir}/worker.key: not found',
+        ('node.py', '--ca=c', '--key=k', '--coordinator_key=p', f'--workdir={workdir}'):
+            'error: give the node its rows: --data_dir=<its folder>, or --transactions=',
+        ('node.py', f'--transactions={ROOT}/t.csv', '--ca=c', '--key=k', '--coordinator_key=p',
+         f'--workdir={workdir}'): 'error: --transactions needs an AML config',
+        ('coordinator.py', f'--nodes={ROOT}', '--ca=c', '--key=k', f'--workdir={workdir}'):
+            f'error: {ROOT}: no <institution>.pub keys; scripts/pki.py writes them.',
     }
     for (script, *args), message in cases.items():
       with self.subTest(' '.join([script, *args[:-1]])):
