@@ -71,14 +71,21 @@ def serve_in_fresh_process(model_dir: str, inputs: dict[str, list]) -> dict[str,
 
   `inputs`: column -> values (floats become float32 tensors, text strings).
   """
+  return serve_all_in_fresh_process([model_dir], inputs)[0]
+
+
+def serve_all_in_fresh_process(model_dirs: list[str], inputs: dict[str, list]) -> list[dict[str, list]]:
+  """`serve_in_fresh_process` for several exports: one TensorFlow import, not one each."""
   code = (
       'import json, sys, tensorflow as tf\n'
       'inputs = json.load(sys.stdin)\n'
-      f'serve = tf.saved_model.load({model_dir!r}).signatures["serving_default"]\n'
       'args = {k: tf.constant(v, tf.float32 if isinstance(v[0], float) else tf.string) for k, v in inputs.items()}\n'
-      'out = serve(**args)\n'
+      'served = []\n'
+      f'for model_dir in {list(model_dirs)!r}:\n'
+      '  out = tf.saved_model.load(model_dir).signatures["serving_default"](**args)\n'
+      '  served.append({k: v.numpy().tolist() for k, v in out.items()})\n'
       'assert not any(m.startswith(("tffaml", "tensorflow_federated")) for m in sys.modules)\n'
-      'print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n')
+      'print(json.dumps(served))\n')
   done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
                         capture_output=True, text=True, check=True, timeout=300)
   return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,9 +1,6 @@
 """Smoke runs of the AML configs on a generated federation, export round trips."""
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import parameterized
@@ -14,6 +11,7 @@ import tensorflow as tf
 from configs import aml
 from configs import aml_autoencoder
 from configs import aml_rarity
+from tests import helpers
 from tffaml.data import transaction_generator
 from tffaml.data import transactions
 from tffaml.export import scoring
@@ -24,23 +22,6 @@ from tffaml.training import program
 CONFIGS = {'classifier': aml, 'autoencoder': aml_autoencoder, 'rarity': aml_rarity}
 # Every one of them has the smoke preset's 200 training rows.
 BANKS = 10
-
-
-def _serve_in_one_fresh_process(model_dirs: list[str], inputs: dict[str, list]) -> list[dict[str, list]]:
-  """helpers.serve_in_fresh_process for several exports: one TensorFlow import, not one each."""
-  code = (
-      'import json, sys, tensorflow as tf\n'
-      'inputs = json.load(sys.stdin)\n'
-      'args = {k: tf.constant(v, tf.float32 if isinstance(v[0], float) else tf.string) for k, v in inputs.items()}\n'
-      'served = []\n'
-      f'for model_dir in {model_dirs!r}:\n'
-      '  out = tf.saved_model.load(model_dir).signatures["serving_default"](**args)\n'
-      '  served.append({k: v.numpy().tolist() for k, v in out.items()})\n'
-      'assert not any(m.startswith(("tffaml", "tensorflow_federated")) for m in sys.modules)\n'
-      'print(json.dumps(served))\n')
-  done = subprocess.run([sys.executable, '-c', code], input=json.dumps(inputs),
-                        capture_output=True, text=True, check=True, timeout=300)
-  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
@@ -137,7 +118,7 @@ class AmlProgramTest(tf.test.TestCase, parameterized.TestCase):
 
     # Plain TensorFlow in a fresh process (one for the three exports): raw fields plus aggregates in.
     _, inputs = transactions.serving_inputs(bank_file)
-    served = _serve_in_one_fresh_process([r.paths.export for r in self.results.values()],
+    served = helpers.serve_all_in_fresh_process([r.paths.export for r in self.results.values()],
                                          {k: v[:50].tolist() for k, v in inputs.items()})
     for name, out in zip(self.results, served):
       with self.subTest(name):
