@@ -117,21 +117,28 @@ class RuntimeTest(tf.test.TestCase):
     self.addCleanup(shutil.rmtree, tmp)
     fake = os.path.join(tmp, 'worker_binary')  # A worker to the watchdog, by its name.
     shutil.copy('/bin/sleep', fake)
-    worker = subprocess.Popen([fake, '300'])
-    ending = subprocess.Popen(['sleep', '300'])
-    for process in (worker, ending):
-      self.addCleanup(process.wait)
-      self.addCleanup(process.kill)
+    # The watchdog guards a parent of its own, not this process: on leaving it stops every worker
+    # its parent owns, and this test process owns the session's real TFF worker (tests/conftest.py).
+    parent = subprocess.Popen(['sh', '-c', f'{fake} 300 & sleep 300 & wait'])
+    self.addCleanup(parent.wait)
+    self.addCleanup(lambda: [c.kill() for c in psutil.Process(parent.pid).children()] and None)
+    children = []
+    while len(children) < 2:
+      time.sleep(0.1)
+      children = psutil.Process(parent.pid).children()
+    worker = next(c for c in children if c.name() == 'worker_binary')
+    ending = next(c for c in children if c.name() != 'worker_binary')
     ends_when_looked_at = (  # psutil's answer for a child gone since it was listed.
         'import psutil\n_name = psutil.Process.name\n'
         f'psutil.Process.name = lambda p: _name(p) if p.pid != {ending.pid} else exec("raise psutil.NoSuchProcess(p.pid)")\n')
-    source = ends_when_looked_at + runtime._WATCHDOG_SOURCE.format(parent_pid=os.getpid())
+    source = ends_when_looked_at + runtime._WATCHDOG_SOURCE.format(parent_pid=parent.pid)
     watchdog = subprocess.Popen([sys.executable, '-c', source], stdin=subprocess.PIPE)
     time.sleep(5)  # Several of its polls.
-    self.assertIsNone(worker.poll(), 'the watchdog stopped a worker while its parent lives')
+    self.assertTrue(worker.is_running(), 'the watchdog stopped a worker while its parent lives')
     watchdog.stdin.close()  # As runtime.owned_workers ends: now it stops them.
     watchdog.wait(timeout=60)
-    self.assertEqual(worker.wait(timeout=30), -signal.SIGTERM)
+    worker.wait(timeout=30)  # Not our child: psutil waits for it to end, raising if it does not.
+    self.assertFalse(worker.is_running())
 
   def test_worker_is_stopped_when_its_parent_is_killed(self):
     child = subprocess.Popen(

@@ -166,7 +166,9 @@ class RegistryTest(tf.test.TestCase):
       aggregators.Params(weighted=False, clients_per_round=3, **read(aggregator_type))
     config.model.update(hidden_units=[8], embedding_dim=3)
     self.assertEqual(config_builders.MODEL_PARAMS[tabular.ModelType.MLP](config.model),
-                     dict(hidden_units=(8,), embedding_dim=3))
+                     dict(hidden_units=(8,), embedding_dim=3, prior_positive_rate=0.5))
+    self.assertEqual(config_builders.MODEL_PARAMS[tabular.ModelType.LOGISTIC](config.model),
+                     dict(prior_positive_rate=0.5))
     for model_type in tabular.ModelType:
       tabular.ModelParams(**config_builders.MODEL_PARAMS[model_type](config.model))
 
