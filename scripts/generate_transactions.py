@@ -30,6 +30,10 @@ _SETTING = flags.DEFINE_enum_class(
 _LAUNDERING_RATE = flags.DEFINE_float('laundering_rate', None, 'Fraction of laundering transactions'
                                       ' (default: the setting\'s, 0.001 for hi, 1/1942 for li).')
 _DAYS = flags.DEFINE_integer('days', 30, 'Days the file spans.')
+_AMOUNT_SCALE = flags.DEFINE_float('amount_scale', 1.0, 'Every amount times this (structuring stays'
+                                   ' just under the reporting threshold).')
+_TYPOLOGIES = flags.DEFINE_list('typologies', None, 'The patterns\' typologies, in turn (repeat one to weigh'
+                                ' it more); default: every typology once.')
 _DESCRIBE = flags.DEFINE_bool('describe', False, 'Print the written file\'s statistics beside those'
                                ' published for AMLworld (reads the file back).')
 _PATTERNS_OUTPUT = flags.DEFINE_string('patterns_output', None, 'Optional CSV of the laundering'
@@ -41,7 +45,8 @@ def main(argv):
   report = transaction_generator.generate(
       _OUTPUT.value, num_banks=_NUM_BANKS.value, num_transactions=_NUM_TRANSACTIONS.value,
       seed=_SEED.value, setting=_SETTING.value, laundering_rate=_LAUNDERING_RATE.value, days=_DAYS.value,
-      patterns_output=_PATTERNS_OUTPUT.value, log=print)
+      patterns_output=_PATTERNS_OUTPUT.value, log=print, amount_scale=_AMOUNT_SCALE.value,
+      typologies=tuple(_TYPOLOGIES.value) if _TYPOLOGIES.value else None)
   print(f'\n{report.transactions:,} transactions ({report.laundering:,} laundering in'
         f' {sum(report.patterns.values())} patterns), {report.banks} banks, {report.accounts:,}'
         f' accounts -> {_OUTPUT.value}')

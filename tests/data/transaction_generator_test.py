@@ -74,7 +74,28 @@ class GeneratorTest(tf.test.TestCase):
       generator.generate(os.path.join(self.dir, 'x.csv'), num_banks=1, num_transactions=100, seed=0)
     with self.assertRaisesRegex(ValueError, '--num_transactions=20 is too few'):
       generator.generate(os.path.join(self.dir, 'x.csv'), num_banks=3, num_transactions=20, seed=0)
+    with self.assertRaisesRegex(ValueError, "unknown typologies \\['ring'\\]"):
+      generator.generate(os.path.join(self.dir, 'x.csv'), num_banks=3, num_transactions=2000, seed=0,
+                         typologies=('fan_out', 'ring'))
+    with self.assertRaisesRegex(ValueError, 'amount_scale must be > 0, got 0'):
+      generator.generate(os.path.join(self.dir, 'x.csv'), num_banks=3, num_transactions=2000, seed=0,
+                         amount_scale=0.0)
     self.assertFalse(os.path.exists(os.path.join(self.dir, 'x.csv')))
+
+  def test_a_public_corpus_unlike_it(self):
+    """--amount_scale and --typologies: another corpus for public pretraining (tffaml.training.public)."""
+    path, patterns = os.path.join(self.dir, 'public.csv'), os.path.join(self.dir, 'public_patterns.csv')
+    kept = generator.TYPOLOGIES[:2]
+    generator.generate(path, num_banks=8, num_transactions=20_000, seed=3, laundering_rate=0.01, days=10,
+                       amount_scale=3.0, typologies=kept, patterns_output=patterns)
+    table = amlworld.read(path)
+    typologies = pd.read_csv(patterns)['typology'].unique()
+    self.assertCountEqual(set(typologies) - {'integration'}, kept)
+    # The same seed draws the same payments, three times larger (amounts are rounded to cents).
+    normal = self.table['is_laundering'] == 0
+    ratio = np.median(table.loc[table['is_laundering'] == 0, 'amount_paid']) / np.median(
+        self.table.loc[normal, 'amount_paid'])
+    self.assertBetween(ratio, 2.5, 3.5)
 
 
 class LiSettingTest(tf.test.TestCase):

@@ -360,6 +360,8 @@ def generate(
     accounts_per_transaction: float = 0.05,
     patterns_output: Optional[str] = None,
     log: Callable[[str], None] = lambda _: None,
+    amount_scale: float = 1.0,
+    typologies: Optional[tuple[str, ...]] = None,
 ) -> Report:
   """Writes `num_transactions` transactions to `output` (AMLworld CSV), atomically.
 
@@ -377,22 +379,36 @@ def generate(
     patterns_output: Optional CSV of the laundering payments with their
       pattern id and typology (AMLworld ships such a file too).
     log: Progress lines.
+    amount_scale: Every amount times this, but structuring's (the reporting
+      threshold is law, not scale): a public corpus unlike the data it
+      helps (tffaml.training.public).
+    typologies: The patterns' typologies, in turn (repeat one to weigh it
+      more); None: every one of `TYPOLOGIES` once.
 
   Returns:
     Counts and the time taken.
   """
+  if not amount_scale > 0:
+    raise errors.InputError(f'{{amount_scale}} must be > 0, got {amount_scale}.', blames=('amount_scale',))
   manner = style(setting)
+  if amount_scale != 1.0:  # Every amount but structuring's (the reporting threshold is law, not scale).
+    manner = dataclasses.replace(manner, base_usd=(manner.base_usd[0] + np.log(amount_scale), manner.base_usd[1]))
+  typologies = tuple(typologies or TYPOLOGIES)
+  unknown = set(typologies) - set(TYPOLOGIES)
+  if unknown:
+    raise errors.InputError(f'unknown typologies {sorted(unknown)}; known: {TYPOLOGIES}.')
   target = _check(num_banks=num_banks, num_transactions=num_transactions,
                   laundering_rate=manner.laundering_rate if laundering_rate is None else laundering_rate, days=days)
   num_accounts = max(20 * num_banks, int(accounts_per_transaction * num_transactions))
   started = time.monotonic()
   rng = np.random.default_rng(seed)
   population = make_population(num_banks=num_banks, num_accounts=num_accounts, rng=rng)
-  laundering = _laundering(population, manner, target=target, days=days, rng=rng)
+  laundering = _laundering(population, manner, target=target, days=days, rng=rng, typologies=typologies,
+                           amount_scale=amount_scale)
   if len(laundering) > num_transactions // 2:
     raise errors.InputError(f'--num_transactions={num_transactions} is too few for the patterns.')
   _write_days(output, population, laundering, normal=num_transactions - len(laundering), days=days,
-              rng=rng, log=log)
+              rng=rng, log=log, amount_scale=amount_scale)
   if patterns_output:
     patterns = laundering.assign(timestamp=_timestamps(laundering['minute'].to_numpy()))
     with io.atomic_path(patterns_output) as tmp:
@@ -421,12 +437,13 @@ def _check(*, num_banks: int, num_transactions: int, laundering_rate: float, day
   return target
 
 
-def _laundering(population, manner: _Style, *, target: int, days: int, rng: np.random.Generator) -> pd.DataFrame:
+def _laundering(population, manner: _Style, *, target: int, days: int, rng: np.random.Generator,
+                typologies: tuple[str, ...] = TYPOLOGIES, amount_scale: float = 1.0) -> pd.DataFrame:
   """Whole patterns, typologies in turn, then integration payments by their payees, until
   `target` payments; those inside `days`, by time."""
   frames, received, count, pattern_id = [], [], 0, 0
   while count < target * (1.0 - manner.integration_share):
-    typology = TYPOLOGIES[pattern_id % len(TYPOLOGIES)]
+    typology = typologies[pattern_id % len(typologies)]
     payments = _pattern(typology, population, manner, rng)
     start = int(rng.integers(0, max(1, days - manner.spread_days) * 24 * 60))
     frame = _rows(population, payments, start, label=1)
@@ -436,13 +453,14 @@ def _laundering(population, manner: _Style, *, target: int, days: int, rng: np.r
     pattern_id += 1
   if count < target:
     payments = _integration(population, tuple(np.concatenate(a) for a in zip(*received)), target - count, rng)
+    payments['usd'] = payments['usd'] * amount_scale
     frames.append(_rows(population, payments, 0, label=1).assign(pattern=-1, typology='integration'))
   laundering = pd.concat(frames, ignore_index=True)
   return laundering[laundering['minute'] < days * 24 * 60].sort_values('minute', kind='stable')
 
 
 def _write_days(output: str, population, laundering: pd.DataFrame, *, normal: int, days: int,
-                rng: np.random.Generator, log) -> None:
+                rng: np.random.Generator, log, amount_scale: float = 1.0) -> None:
   """The file, a day at a time: `normal` ordinary payments (fewer at weekends) among the laundering."""
   weekdays = [(START + datetime.timedelta(days=d)).weekday() for d in range(days)]
   weights = np.array([0.6 if w >= 5 else 1.0 for w in weekdays])
@@ -452,8 +470,9 @@ def _write_days(output: str, population, laundering: pd.DataFrame, *, normal: in
   with io.atomic_path(output) as tmp, open(tmp, 'w', newline='') as f:
     f.write(','.join(amlworld.HEADER) + '\n')
     for day in range(days):
-      normal = _rows(population, _normal_payments(population, int(per_day[day]), weekdays[day], rng),
-                     day * 24 * 60, label=0)
+      payments = _normal_payments(population, int(per_day[day]), weekdays[day], rng)
+      payments['usd'] = payments['usd'] * amount_scale
+      normal = _rows(population, payments, day * 24 * 60, label=0)
       rows = pd.concat([normal, laundering[laundering_day == day][normal.columns]], ignore_index=True)
       rows = rows.sort_values('minute', kind='stable')
       rows.insert(0, 'timestamp', _timestamps(rows.pop('minute').to_numpy()))
