@@ -21,6 +21,16 @@ Run:
       --seed=0 --output=data/transactions.csv
   python scripts/train.py --config=configs/aml.py \
       --config.data.path=data/transactions.csv --workdir=runs/aml
+A public start (tffaml/training/public.py): with --config.public.path=P, a
+public corpus nobody's customers are in, the statistics come from it exactly
+(the whole ε trains), the model is pretrained on it and the federation
+fine-tunes it under the same account-level DP, e.g.
+  python scripts/generate_transactions.py --seed=1000 --num_banks=7 \
+      --num_transactions=300000 --days=45 --amount_scale=1.3 --laundering_rate=0.0015 \
+      --typologies=fan_out,fan_in,cycle,cycle,scatter_gather,gather_scatter,bipartite,stack,stack,random,structuring \
+      --output=data/public_transactions.csv
+  python scripts/train.py --config=configs/aml.py --config.data.path=data/transactions.csv \
+      --config.public.path=data/public_transactions.csv --config.federated.rounds=30 --workdir=runs/aml_public
 Presets (`--config=configs/aml.py:NAME`):
   client_dp  the former default: MLP FedAvg with client-level DP (fixed clip
              1, noise 0.3), a weak guarantee for each bank.

@@ -93,6 +93,22 @@ def _features_and_model(config: ml_collections.ConfigDict) -> None:
   config.evaluation.validation_fraction = 0.0
 
 
+def _public(config: ml_collections.ConfigDict) -> None:
+  """A public corpus: statistics and a starting model that cost no privacy (tffaml.training.public)."""
+  config.public = ml_collections.ConfigDict()
+  # A file (or, for data.source='csv_dir', a directory with the same schema)
+  # of rows no institution's customers are in, read by the same source as
+  # config.data: e.g. scripts/generate_transactions.py with another seed, bank
+  # count, typology mix, time span and amount scale. Set, the feature
+  # statistics and the alert threshold come from it exactly (the whole ε goes
+  # to training) and the federation starts from a model pretrained on it.
+  # '': none.
+  config.public.path = ''
+  config.public.epochs = 2  # Central pretraining epochs on it; 0: its statistics only.
+  config.public.batch_size = 256
+  config.public.learning_rate = 1e-3
+
+
 def _federated(config: ml_collections.ConfigDict) -> None:
   """The federated algorithm, its rounds, cohorts and optimizers."""
   config.federated = ml_collections.ConfigDict()
@@ -303,8 +319,8 @@ def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Data split, initial weights, cohorts, batch order.
-  for section in (_data, _features_and_model, _federated, _privacy, _export_attack_reference, _federation,
-                  _runtime):
+  for section in (_data, _features_and_model, _public, _federated, _privacy, _export_attack_reference,
+                  _federation, _runtime):
     section(config)
   _apply_preset(config, preset)
   return config

@@ -42,6 +42,8 @@ class RefusalBeforeTensorFlowTest(tf.test.TestCase):
             'error: config.federated.rounds must be >= 1, got -1.',
         ('train.py', '--config.runtime.workers=localhost', f'--workdir={workdir}'):
             "error: config.runtime.workers: 'localhost' is not host:port.",
+        ('train.py', '--config=configs/aml.py', '--config.public.path=/nonexistent/p.csv', f'--workdir={workdir}'):
+            "error: config.public.path='/nonexistent/p.csv' does not exist: give the public corpus's file",
         ('train.py', '--checkpoint_key_file=k', '--checkpoint_key_env=K', f'--workdir={workdir}'):
             'error: give one of --checkpoint_key_file and --checkpoint_key_env, not both.',
         ('lira.py', '--models=2', f'--workdir={workdir}'): 'error: --models must be at least 3, got 2.',

@@ -35,13 +35,15 @@ def write_bytes(directory: str, name: str, data: bytes) -> str:
   return path
 
 
-def write_federation(root: str, institutions=('bank_a', 'bank_b', 'bank_c'), rows=60) -> tuple[str, str]:
-  """Writes <root>/data/<institution>/{train,test}.csv and schema.json."""
+def write_federation(root: str, institutions=('bank_a', 'bank_b', 'bank_c'), rows=60,
+                     seed=0) -> tuple[str, str]:
+  """Writes <root>/data/<institution>/{train,test}.csv and schema.json (other rows for another `seed`)."""
   data_dir = os.path.join(root, 'data')
   for i, name in enumerate(institutions):
     os.makedirs(os.path.join(data_dir, name), exist_ok=True)
-    institution_frame(rows, seed=2 * i).to_csv(os.path.join(data_dir, name, 'train.csv'), index=False)
-    institution_frame(rows // 2, seed=2 * i + 1).to_csv(os.path.join(data_dir, name, 'test.csv'), index=False)
+    institution_frame(rows, seed=seed + 2 * i).to_csv(os.path.join(data_dir, name, 'train.csv'), index=False)
+    institution_frame(rows // 2, seed=seed + 2 * i + 1).to_csv(os.path.join(data_dir, name, 'test.csv'),
+                                                               index=False)
   schema_file = os.path.join(root, 'schema.json')
   with open(schema_file, 'w') as f:
     json.dump(SCHEMA, f)

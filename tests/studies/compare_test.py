@@ -76,14 +76,18 @@ class AmlCompareScriptTest(tf.test.TestCase):
     path = os.path.join(root, 'transactions.csv')
     transaction_generator.generate(path, num_banks=4, num_transactions=12_000, seed=2,
                                    laundering_rate=0.01, days=10)
+    public = os.path.join(root, 'public.csv')  # Another seed, bank count, time span, scale and mix.
+    transaction_generator.generate(public, num_banks=3, num_transactions=8_000, seed=7, laundering_rate=0.01,
+                                   days=8, amount_scale=1.3, typologies=transaction_generator.TYPOLOGIES[1:])
     out = os.path.join(root, 'compare')
-    methods = ('gbt_centralized,gbt_local,centralized,fedavg_record_dp,autoencoder,rarity_model,'
+    methods = ('gbt_centralized,gbt_local,centralized,public_only,fedavg_record_dp,autoencoder,rarity_model,'
                'rarity_federated,rarity_local')
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
     done = subprocess.run(
         [sys.executable, 'scripts/compare.py', '--config=configs/aml.py:compare', f'--config.data.path={path}',
          '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
+         f'--private_config.public.path={public}', '--private_config.public.epochs=1',
          '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--rarity_config=configs/aml_rarity.py:smoke',
          '--autoencoder_config.federated.eval_every=0', '--rarity_config.federated.eval_every=0',
          f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
@@ -101,7 +105,10 @@ class AmlCompareScriptTest(tf.test.TestCase):
     # Laundering here is 1%, in large payments at any hour: the unlabelled rarity score finds it.
     self.assertGreater(summary.loc['rarity_federated', 'pooled_auprc_mean'], 0.05)
     with open(os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'privacy.txt')) as f:
-      self.assertRegex(f.read(), r'\(1(\.0+)?, 1e-05\)-differential privacy for each customer')
+      statement = f.read()
+    self.assertRegex(statement, r'\((1(\.0+)?|0\.99\d*), 1e-05\)-differential privacy for each customer')
+    self.assertIn(f"the model training started from, computed from the public corpus '{public}' alone", statement)
+    self.assertIn('public_only\n  public corpus', done.stdout)  # Pretrained once more for its row.
 
 
 class CompareRunTest(tf.test.TestCase):
@@ -115,7 +122,9 @@ class CompareRunTest(tf.test.TestCase):
     base.privacy.target_epsilon = 5.0
     out = os.path.join(root, 'compare')
     # Every method but those for transactions (AmlCompareScriptTest runs them).
-    methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL)]
+    # (public_only: AmlCompareScriptTest, with a public corpus.)
+    methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL,
+                                         M.PUBLIC_ONLY)]
     lines = []
     with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
       summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out, log=lines.append)
@@ -164,12 +173,21 @@ class CompareRunTest(tf.test.TestCase):
   def test_default_methods_are_those_that_apply(self):
     loans = schema_lib.Schema.from_dict(helpers.SCHEMA)
     unlabelled = {M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL}
-    self.assertEqual(compare.default_methods(loans, {}), [m for m in M if m not in unlabelled])
+    self.assertEqual(compare.default_methods(loans, {}), [m for m in M if m not in unlabelled | {M.PUBLIC_ONLY}])
+    private = csv_config.get_config('')
+    private.public.path = '/data/public'  # Only named here: default_methods reads no file.
+    self.assertIn(M.PUBLIC_ONLY, compare.default_methods(loans, {M.FEDAVG_RECORD_DP: private}))
     with_autoencoder = compare.default_methods(loans, {M.AUTOENCODER: csv_config.get_config('smoke')})
     self.assertIn(M.AUTOENCODER, with_autoencoder)
     self.assertNotIn(M.RARITY_MODEL, with_autoencoder)
     transactions = helpers.payment_space().schema
-    self.assertEqual(compare.default_methods(transactions, {}), [m for m in M if m not in CONFIGURED_METHODS])
+    self.assertEqual(compare.default_methods(transactions, {}),
+                     [m for m in M if m not in CONFIGURED_METHODS and m is not M.PUBLIC_ONLY])
+
+  def test_public_only_without_a_public_corpus_is_refused(self):
+    base = helpers.smoke_config(tempfile.mkdtemp())
+    with self.assertRaisesRegex(errors.ConfigError, '^--methods: public_only scores the model pretrained on'):
+      compare.method_scores(base, [M.PUBLIC_ONLY], tempfile.mkdtemp(), log=lambda _: None)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ import ml_collections
 
 from tffaml import errors
 from tffaml import features
+from tffaml.config import values as config_values
 from tffaml.data import federated_data
 from tffaml.data import loading
 from tffaml.data import partition
@@ -83,6 +84,35 @@ def load_data(config: ml_collections.ConfigDict, *, shard_dir: Optional[str] = N
   holder = canary_holder(config, [i.name for i in data.institutions])
   return dataclasses.replace(data, institutions=tuple(
       audited_institution(config, i, data.schema, holds=k == holder) for k, i in enumerate(data.institutions)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicCorpus:
+  """config.public, typed: rows no institution's customers are in, and how the model pretrains on them."""
+
+  path: str
+  epochs: int  # Central pretraining epochs; 0: the statistics only.
+  batch_size: int
+  learning_rate: float
+
+
+def public_corpus(config: ml_collections.ConfigDict) -> Optional[PublicCorpus]:
+  """config.public, or None when config.public.path is '' (or the config has no such section)."""
+  if 'public' not in config or not config.public.path:
+    return None
+  p = config.public
+  return PublicCorpus(path=p.path, epochs=int(p.epochs), batch_size=int(p.batch_size),
+                      learning_rate=float(p.learning_rate))
+
+
+def load_public(config: ml_collections.ConfigDict) -> federated_data.FederatedData:
+  """The public corpus, read by config.data's source as if it were the federation's rows (never streamed)."""
+  config_values.check_public(config)
+  key = config_values.PUBLIC_DATA_KEYS[config.data.source]
+  public = ml_collections.ConfigDict(config.to_dict())
+  public.data[key], public.data.stream = config.public.path, False
+  with errors.named_as({key: 'config.public.path'}):
+    return load_data(public, log=lambda _: None)
 
 
 def canary_holder(config: ml_collections.ConfigDict, names: Sequence[str]) -> int:

@@ -84,9 +84,13 @@ def privacy_plan(
   if calibrating and record is None:
     client = dataclasses.replace(
         client, noise_multiplier=accounting.calibrate_client_noise(client, **target))
+  public = config_data.public_corpus(config)
   return accounting.PrivacyPlan(client=client, record=record, delta=p.delta,
                                 accountant=choices.accountant, statistics=statistics,
-                                exact_alert_threshold=config.model.alert_budget > 0 and statistics is None)
+                                exact_alert_threshold=(config.model.alert_budget > 0 and statistics is None
+                                                       and public is None),
+                                public_corpus=public.path if public is not None else '',
+                                public_alert_threshold=public is not None and config.model.alert_budget > 0)
 
 
 def _check_statistics_budget(statistics: Optional[accounting.FeatureStatisticsDp], *,
@@ -108,8 +112,8 @@ def _statistics_mechanism(config, columns: tuple[int, int], *, institutions: int
                           units_have_rows: bool) -> Optional[accounting.FeatureStatisticsDp]:
   """DP feature statistics: with record-level DP, unless config.features.noise_multiplier is None."""
   z = config.features.noise_multiplier
-  if not config.record_dp.enabled or z is None:
-    return None
+  if not config.record_dp.enabled or z is None or config_data.public_corpus(config) is not None:
+    return None  # With a public corpus they come from it, exactly (tffaml.training.public).
   return accounting.FeatureStatisticsDp(
       noise_multiplier=z, numeric=columns[0], categorical=columns[1], institutions=institutions,
       alert_passes=len(quantiles.BINS) if config.model.alert_budget > 0 else 0,

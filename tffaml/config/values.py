@@ -7,6 +7,7 @@ that are not scripts.
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 import ml_collections
@@ -61,6 +62,7 @@ _RANGES = {
     'export.score_decimals': _NON_NEGATIVE,
     'attack.count': _NON_NEGATIVE, 'attack.boost_factor': _NON_NEGATIVE,
     'reference.centralized_epochs': _NON_NEGATIVE, 'reference.learning_rate': _POSITIVE,
+    'public.epochs': _NON_NEGATIVE, 'public.batch_size': _AT_LEAST_ONE, 'public.learning_rate': _POSITIVE,
 }
 
 
@@ -92,6 +94,36 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError('config.reference.centralized_epochs pools every row in memory;'
                              ' set it to 0 with config.data.stream.')
 
+
+# The config.data key holding each source's file or folder (by
+# config.data.source): a public corpus is read by the same source, from
+# config.public.path instead (tffaml.training.public).
+PUBLIC_DATA_KEYS = {'amlworld': 'path', 'csv_dir': 'dir'}
+
+
+def check_public(config: ml_collections.ConfigDict) -> None:
+  """Refuses a public corpus the run cannot read as one (no file is read, only its path)."""
+  path = config.public.path if 'public' in config else ''
+  if not path:
+    return
+  key = PUBLIC_DATA_KEYS.get(config.data.source)
+  if key is None:
+    raise errors.ConfigError(
+        f'config.public.path is read as config.data.path (amlworld) or config.data.dir (csv_dir), not for'
+        f' config.data.source={config.data.source!r}: set config.public.path=\'\'.')
+  own = config.data[key]
+  if own and os.path.realpath(own) == os.path.realpath(path):
+    raise errors.ConfigError(
+        f'config.public.path={path!r} is config.data.{key}: the public corpus must differ from the'
+        ' rows the federation trains and is evaluated on (e.g. scripts/generate_transactions.py with another'
+        ' --seed, bank count, typologies, --days and --amount_scale).')
+  if not os.path.exists(path):
+    raise errors.ConfigError(f'config.public.path={path!r} does not exist: give the public corpus\'s'
+                             f' {"file" if key == "path" else "folder"}, or \'\' for none.')
+  if config.canary_audit.canaries:
+    raise errors.ConfigError(
+        'config.public.path with a canary audit is not built: the audit measures the DP-SGD mechanism,'
+        ' which a public start does not change; audit with config.public.path=\'\'.')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -570,6 +570,9 @@ class PrivacyStatement:
   exact_alert_threshold: bool = False
   alert_threshold_covered: bool = False  # It is DP, in the record guarantee.
   aggregation: Aggregation = Aggregation.SIMULATED  # Who saw individual updates.
+  # The public corpus (config.public.path) the feature statistics, the alert
+  # threshold and the starting model were computed from; '': none.
+  public_corpus: str = ''
 
   @property
   def epsilon(self) -> float:
@@ -627,6 +630,13 @@ class PrivacyStatement:
 
   def covered(self) -> tuple[str, ...]:
     """What the guarantees cover, item by item (the text and `to_dict` list these)."""
+    if self.public_corpus:
+      return ('the model and every update it was computed from',
+              f'the feature statistics and vocabularies in its metadata and the model training started from,'
+              f' computed from the public corpus {self.public_corpus!r} alone: they read no institution\'s'
+              ' rows, so they cost no privacy') + (
+                  ('its alert threshold, a quantile of the released model\'s scores on that corpus',)
+                  if self.alert_threshold_covered else ())
     if not self.statistics_covered:
       return ('the model updates and everything computed from them (the aggregate, the released model)',)
     return ('the model and every update it was computed from',
@@ -638,7 +648,7 @@ class PrivacyStatement:
   def not_covered(self) -> tuple[str, ...]:
     """What leaves the institutions outside the guarantees, item by item."""
     items = []
-    if not self.statistics_covered:
+    if not self.statistics_covered and not self.public_corpus:
       items.append('the federated feature statistics (exact sums, and the histograms that set their clipping'
                    ' ranges, shipped in the model\'s metadata, and the category values each institution'
                    ' proposes for counting, sent without noise), DP only with record-level DP')
@@ -669,6 +679,8 @@ class PrivacyPlan:
   accountant: Accountant = Accountant.RDP
   statistics: Optional[FeatureStatisticsDp] = None  # Record-level DP feature statistics.
   exact_alert_threshold: bool = False  # See PrivacyStatement.
+  public_corpus: str = ''  # See PrivacyStatement.
+  public_alert_threshold: bool = False  # The alert threshold is placed on the public corpus.
 
   @property
   def is_private(self) -> bool:
@@ -709,8 +721,9 @@ class PrivacyPlan:
         guarantees=tuple(guarantees), rounds=int(rounds), institutions=len(participation),
         statistics_covered=self.statistics is not None,
         exact_alert_threshold=self.exact_alert_threshold,
-        alert_threshold_covered=self.statistics is not None and self.statistics.alert_passes > 0,
-        aggregation=aggregation)
+        alert_threshold_covered=(self.statistics is not None and self.statistics.alert_passes > 0
+                                 or self.public_alert_threshold),
+        aggregation=aggregation, public_corpus=self.public_corpus)
 
   def epsilons(self, *, rounds: int, participation: Sequence[int]) -> dict[str, float]:
     """ε of each guarantee level ('record', 'institution'), without the statement's prose.

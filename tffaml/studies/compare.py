@@ -104,6 +104,10 @@ class Method(enum.Enum):
   RARITY_MODEL = 'rarity_model'
   RARITY_FEDERATED = 'rarity_federated'
   RARITY_LOCAL = 'rarity_local'
+  # The model fedavg_record_dp's config pretrains on its public corpus
+  # (config.public.path), scored as it starts, before any private step:
+  # what the public data alone achieves, beside the private fine-tune.
+  PUBLIC_ONLY = 'public_only'
 
 
 # The methods that train the program on a config of their own, and the
@@ -260,8 +264,10 @@ class Scored:
 def default_methods(schema: schema_lib.Schema, configs: dict[Method, ml_collections.ConfigDict]) -> list[Method]:
   """Every method that applies: those with a config of their own when given it, the rarity counts on transactions."""
   transactions = not rarity_model.missing_columns(schema.columns)
+  public = config_data.public_corpus(configs.get(Method.FEDAVG_RECORD_DP, ml_collections.ConfigDict())) is not None
   return [m for m in Method
-          if (m not in CONFIGURED or m in configs) and (m not in _RARITY_COUNTS or transactions)]
+          if (m not in CONFIGURED or m in configs) and (m not in _RARITY_COUNTS or transactions)
+          and (m is not Method.PUBLIC_ONLY or public)]
 
 
 def reference_epochs(base: ml_collections.ConfigDict, log: Callable[[str], None]) -> int:
@@ -313,6 +319,8 @@ def method_scores(
     scored.thresholds.update(thresholds)
   if {Method.RARITY_FEDERATED, Method.RARITY_LOCAL} & set(methods):
     _rarity_methods(scored, space, methods)
+  if Method.PUBLIC_ONLY in methods:
+    _public_only(scored, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), log)
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, *CONFIGURED):
     if method in methods:
       log(method.value)
@@ -350,6 +358,23 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
         for f in forests]
     scored.scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
     scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
+
+
+def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None:
+  """The public corpus's pretrained model (fedavg_record_dp's config.public), scored as the federation starts."""
+  corpus = config_data.public_corpus(config)
+  if corpus is None or not corpus.epochs:
+    raise errors.ConfigError('--methods: public_only scores the model pretrained on fedavg_record_dp\'s public'
+                             ' corpus; set --private_config.public.path (and public.epochs > 0), or leave'
+                             ' public_only out of --methods.')
+  log('public_only')
+  public = program.public_start(config, config_checks.parse_choices(config), pretrain=True,
+                                log=lambda line: log(f'  {line}'))
+  model = public.model
+  scored.scores[Method.PUBLIC_ONLY] = _keras_scores(model, scored.data)
+  if config.model.alert_budget:
+    scored.thresholds[Method.PUBLIC_ONLY] = dict.fromkeys(
+        scored.data.names, public.threshold(model, config.model.alert_budget))
 
 
 def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:

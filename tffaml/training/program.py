@@ -68,10 +68,12 @@ from tffaml.privacy import accounting
 from tffaml.training import centralized
 from tffaml.training import checkpoints
 from tffaml.training import evaluation
+from tffaml.training import public as public_lib
 from tffaml.config import builders as config_builders
 from tffaml.config import checks as config_checks
 from tffaml.config import data as config_data
 from tffaml.config import plan as config_plan
+from tffaml.config import values as config_values
 from tffaml.federated import poisoning
 from tffaml.training import report
 from tffaml.training import workdir as workdir_lib
@@ -280,6 +282,11 @@ def run(
   if runtime is None or isinstance(runtime, InProcess):
     refuse_own_runtime(config, 'this command')
     runtime = runtime or InProcess()
+  elif config_data.public_corpus(config) is not None:
+    raise errors.ConfigError(
+        f'config.public.path={config.public.path!r}: a public start runs in the simulation only for now'
+        ' (scripts/train.py without config.runtime.workers); set config.public.path=\'\' here.')
+  config_values.check_public(config)
   runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
   if config.data.source == loading.Source.CSV_DIR.value and config.data.dir:
@@ -352,9 +359,15 @@ def _run_locked(config, choices: config_checks.Choices, paths: Paths, runtime: '
         f' at δ = {config.privacy.delta:g} over {config.federated.rounds} rounds'
         f' ({choices.accountant.value})')
   noise_seed = workdir_lib.noise_seed(paths.root, config.privacy.noise_seed, lambda: secrets.randbits(62))
-  space = runtime.feature_space(config, data, noise=statistics_noise(setup.plan, noise_seed))
+  public = public_start(config, choices, pretrain=checkpoint_round is None, log=log)
+  if public is not None:  # Exact statistics from the public corpus: no institution answers.
+    space = public.space
+  else:
+    space = runtime.feature_space(config, data, noise=statistics_noise(setup.plan, noise_seed))
   built = runtime.build(config, choices, setup, space, noise_seed)
-  initial = built.initial_model()
+  if public is not None:
+    built = dataclasses.replace(built, public=public)
+  initial = public.initial_weights(built.keras_model_fn) if public is not None else built.initial_model()
   crowded = config_plan.crowding_note(setup.plan, weights=sum(np.size(w) for w in initial.trainable),
                                      epsilon=config.privacy.target_epsilon)
   if crowded:
@@ -373,6 +386,19 @@ def _run_locked(config, choices: config_checks.Choices, paths: Paths, runtime: '
   released = tf.nest.pack_sequence_as(initial, released)
   return _finish(config, choices, setup, built, paths, released=released, participation=participation,
                  space=space, per_round=per_round, log=log)
+
+
+def public_start(config, choices: config_checks.Choices, *, pretrain: bool, log) -> Optional[public_lib.Public]:
+  """The public corpus's statistics and (unless resuming: the checkpoint holds the model) pretrained model."""
+  corpus = config_data.public_corpus(config)
+  if corpus is None:
+    return None
+  if not pretrain:
+    corpus = dataclasses.replace(corpus, epochs=0)
+  return public_lib.prepare(
+      corpus, config_data.load_public(config), min_category_count=config.features.min_category_count,
+      keras_model_fn=lambda space: config_builders.keras_model_fn(config, choices, space),
+      loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), seed=config.seed, log=log)
 
 
 def statistics_noise(plan: accounting.PrivacyPlan, noise_seed: int) -> Optional[features.StatisticsNoise]:
@@ -406,6 +432,8 @@ class Built:
   # reference); None in a federation (`Runtime.check` refuses those).
   rows: Optional[Any] = None
   aggregation: accounting.Aggregation = accounting.Aggregation.SIMULATED  # For the statement.
+  # With config.public.path: the public corpus, which places the alert threshold.
+  public: Optional[public_lib.Public] = None
 
   def initial_model(self) -> tff.learning.models.ModelWeights:
     return config_builders.initial_weights(self.keras_model_fn)
@@ -670,7 +698,13 @@ def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) ->
   """The export's threshold (from config.model.alert_budget when set) and the test splits' alert metrics."""
   threshold = config.model.threshold
   budgets = tuple(config.evaluation.alert_budgets)
-  if config.model.alert_budget:
+  if config.model.alert_budget and built.public is not None:
+    model = built.keras_model_fn()
+    weights.assign_weights_to(model)
+    threshold = built.public.threshold(model, config.model.alert_budget)
+    log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of the public corpus\'s'
+        ' training rows')
+  elif config.model.alert_budget:
     threshold = _alert_threshold(config.model.alert_budget, setup.plan,
                                  lambda request: built.score_histogram(weights, request))
     log(f'alert threshold {threshold:.6g}: flags {config.model.alert_budget:g} of training rows'
