@@ -30,6 +30,7 @@ def check() -> None:
   config_values.cluster(_CONFIG.value)  # cluster_runtime.configured's check.
   _CHECKPOINT_KEY.key()
   config_values.check_values(_CONFIG.value)  # program.run's first check.
+  config_values.check_public(_CONFIG.value)
 
 
 def main(argv):
