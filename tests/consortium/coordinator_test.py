@@ -793,6 +793,7 @@ class DeliveryTest(_NodesTestCase):
       self.assertLess(trains[0]['epsilon'], trains[1]['epsilon'])
       self.assertAllClose(trains[1]['epsilon'], result.metrics['privacy']['epsilon'], rtol=1e-6)
       self.assertFalse([a for a in answers if a['kind'] == 'evaluate' and a['noised']])
+      self.assertEqual({a['run'] for a in answers if a['kind'] != 'hello'}, {trains[0]['run']})  # One run.
       self.assertEqual(answers[-1]['kind'], 'deliver')
     # A bank scores with the delivered package as it would run it.
     bank = self.names[0]

@@ -574,7 +574,8 @@ class _Rounds:
           f' clip (a non-finite value, which SecAgg+ makes finite, or a modified node); {stop}')
 
   def evaluate(self, weights, per_institution: bool) -> dict:
-    headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}
+    # The run named too (as in every request of a run), for the nodes' answers logs.
+    headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i} for i, n in enumerate(self.names)}
     replies = self._federation.ask(node_lib.EVALUATE, headers, _flat(weights), required=False)
     if len(replies) < self._federation.min_nodes:
       raise errors.RunFailed(f'evaluation: {len(replies)} nodes answered, fewer than the minimum'
@@ -618,7 +619,8 @@ class _Rounds:
 
   def alert_metrics(self, weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
     """Each node's test alert metrics; pooled from their binned scores (`evaluation.combined`)."""
-    headers = {n: {**self._plan, 'index': i, 'threshold': threshold, 'budgets': list(budgets)}
+    headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i, 'threshold': threshold,
+                   'budgets': list(budgets)}
                for i, n in enumerate(self.names)}
     replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights), required=False)
     self._enough('test alerts', replies)
