@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -829,8 +830,15 @@ class DeliveryTest(_NodesTestCase):
     node = self._kept_nodes(self.config)[0]
     export = os.path.join(self.root, 'export')
     helpers.export_rate_model(export)
+    with self.assertRaisesRegex(errors.InputError, r'export: not signed \(no tffaml-signature.json\); the'
+                                ' coordinator signs its export before delivering it'):
+      delivery.package(export)
     signing.sign(export, os.path.join(self.class_root, 'coordinator', signing.PRIVATE_KEY_FILE))
     header, arrays = delivery.package(export)
+    small = mock.patch.object(delivery, 'MAX_PACKAGE_BYTES', sum(a.nbytes for a in arrays) - 1)
+    with small, self.assertRaisesRegex(errors.InputError, r'bytes, beyond the [\d,]+ one Flower message carries'
+                                       r' \(flwr.common.GRPC_MAX_MESSAGE_LENGTH\)'):
+      delivery.package(export)
     index = header['files'].index('saved_model.pb')
     arrays = list(arrays)
     arrays[index] = arrays[index].copy()
@@ -844,6 +852,10 @@ class DeliveryTest(_NodesTestCase):
                                              r" .*file 'saved_model.pb' was modified.*nothing was kept")
     self.assertFalse(os.path.exists(os.path.join(self.root, f'node_{node.name}', 'model')))
     self.assertEqual([os.listdir(os.path.join(self.root, f'node_{node.name}'))], [['answers.jsonl']])
+    other = dict(header, institution=self.names[1])  # Another bank's delivery (its metrics): not kept here.
+    reply = messages.peek(node.handle(messages.seal(messages.Message(node_lib.DELIVER, other, tuple(arrays)),
+                                                    self.key)))
+    self.assertIn(f"the delivery is addressed to '{self.names[1]}'", reply.header['reason'])
     for bad in (['../escape'], ['/abs']):  # A path that would leave the package.
       header2 = dict(header, files=bad + header['files'][1:])
       reply = messages.peek(node.handle(messages.seal(messages.Message(node_lib.DELIVER, header2, tuple(arrays)),
