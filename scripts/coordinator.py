@@ -8,6 +8,11 @@ A `flower-superlink` must be running (see README "Deployment"); the nodes in
 `--nodes` (one <institution>.pub each) connect to it with scripts/node.py.
 Rounds, checkpoints and resume, the privacy ledger, metrics and the export
 are the simulation's (scripts/train.py); rerunning the same command resumes.
+After each round it rewrites <workdir>/status.json (round k/n, the nodes that
+answered or dropped, ε spent, ETA). At the end it signs <workdir>/export
+with --key and delivers it to every node, with that node's own metrics and
+the privacy statement (each keeps them in <its workdir>/model/ once the
+package verifies; a rerun delivers again to a node that missed it).
 
 With --config.canary_audit.canaries=M (on the nodes too: the config is
 agreed) the run is a one-run canary audit instead (tffaml.studies.canary_audit):
@@ -55,6 +60,7 @@ def main(argv):
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import coordinator  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
   from tffaml.training import program  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
@@ -72,9 +78,11 @@ def main(argv):
         return _audit(config, federation)
       result = program.run(config, _WORKDIR.value, runtime=federation, checkpoint_key=_CHECKPOINT_KEY.key(),
                            log=logs.log)
+      coordinator.deliver(federation, result, key_file=_KEY.value)
   finally:
     transport.close()
-  logs.log(f'\nmodel:   {result.paths.export} (SavedModel, serving_default)\nmetrics: {result.paths.metrics}'
+  logs.log(f'\nmodel:   {result.paths.export} (SavedModel, serving_default, signed with --key)'
+           f'\nmetrics: {result.paths.metrics}'
            f'\nprivacy: {result.paths.privacy}')
 
 

@@ -14,7 +14,10 @@ Writes under --workdir: data/<institution>/ (each node's folder, from
 process); starts a SuperLink and a node process per institution on
 localhost (TLS and node authentication on), runs the coordinator here
 with --config, and writes run/ (as scripts/train.py's workdir: metrics,
-privacy statement, export) and signs run/export with the coordinator's key.
+privacy statement, export, status.json), signs run/export with the
+coordinator's key and delivers it to every node (nodes/<institution>/model/:
+the verified package, its own metrics, the statement; nodes/<institution>/
+answers.jsonl logs what each node answered).
 With --config.canary_audit.canaries=M (and, under record-level DP,
 --config.canary_audit.institution=NAME) the run is a canary audit instead
 (see scripts/coordinator.py): run/canary_audit.json, exit 1 when refuted.
@@ -97,7 +100,6 @@ def main(argv):
   if config.canary_audit.canaries:
     from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
     sys.exit(canary_audit.report(result, os.path.join(root, 'run', 'canary_audit.json')))
-  _sign(result.paths.export, files.coordinator_key)
   print(f'\nmodel:   {result.paths.export} (signed: {files.coordinator_public_key})')
   print(f'privacy: {result.paths.privacy}')
 
@@ -126,14 +128,11 @@ def _coordinate(config, files, names, driver: str, workdir: str, *, check):
     if config.canary_audit.canaries:
       from tffaml.studies import canary_audit  # pylint: disable=g-import-not-at-top
       return canary_audit.audit_as_configured(config, runtime=federation, workdir=workdir)
-    return program.run(config, workdir, runtime=federation)
+    result = program.run(config, workdir, runtime=federation)
+    coordinator.deliver(federation, result, key_file=files.coordinator_key)  # Signs it, then delivers it.
+    return result
   finally:
     transport.close()
-
-
-def _sign(export_dir: str, key: str) -> None:
-  from tffaml.security import signing  # pylint: disable=g-import-not-at-top
-  signing.sign(export_dir, key)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,11 @@ ledger in `--workdir/privacy_ledger.json`: with a secret seed it serves one
 coordinator run per agreed config and never answers a noised release twice
 for different inputs (remove the ledger to grant a new budget). With
 `config.federation.secure_aggregation` its updates leave it only masked
-(SecAgg+). Stop it with SIGTERM or Ctrl-C.
+(SecAgg+). It appends what it answers to `--workdir/answers.jsonl` (never
+rewritten), and keeps the coordinator's delivered model, once it verifies
+against --coordinator_key, in `--workdir/model/` (export/ for
+scripts/score.py, its own metrics.json, privacy.txt). Stop it with SIGTERM
+or Ctrl-C.
 """
 
 import os
@@ -54,10 +58,12 @@ def main(argv):
   folder = _own_data(config)  # Before TFF is imported: a refusal leaves nothing behind.
   import secrets  # pylint: disable=g-import-not-at-top
   from tffaml import runtime  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import delivery  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import node as node_lib  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import status  # pylint: disable=g-import-not-at-top
   from tffaml.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   key = messages.load_private_key(_KEY.value)
@@ -69,7 +75,8 @@ def main(argv):
     node = node_lib.Node(config, folder=folder, bank=_BANK.value or '', key=key, noise_seed=noise_seed,
                          coordinator_key=messages.load_public_key(_COORDINATOR_KEY.value),
                          ledger=node_lib.Ledger(os.path.join(_WORKDIR.value, 'privacy_ledger.json')),
-                         log=logs.log)
+                         log=logs.log, inbox=delivery.Inbox(_WORKDIR.value, _COORDINATOR_KEY.value),
+                         answers=status.AnswerLog(os.path.join(_WORKDIR.value, status.ANSWERS_FILE)))
     logs.log(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
              f' connecting to {_SUPERLINK.value}')
     flower.run_node(node, key, superlink=_SUPERLINK.value, root_certificates=root_certificates,

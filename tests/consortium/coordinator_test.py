@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -733,3 +734,155 @@ class LostNodeAlertsTest(_NodesTestCase):
 
 if __name__ == '__main__':
   tf.test.main()
+
+
+class DeliveryTest(_NodesTestCase):
+  """Issue 35: the signed model reaches every bank with its own metrics and the statement; status and answers logs."""
+
+  def _kept_nodes(self, config, lines=None):
+    """The config's nodes, each keeping deliveries and its answers log in its own workdir under self.root."""
+    from tffaml.consortium import delivery  # pylint: disable=g-import-not-at-top
+    from tffaml.consortium import status  # pylint: disable=g-import-not-at-top
+    public_file = os.path.join(self.class_root, 'coordinator', signing.PUBLIC_KEY_FILE)
+    log = (lambda _: None) if lines is None else lines.append
+    return [_Faulty(copy.deepcopy(config), folder=os.path.join(config.data.dir, n), key=self.node_keys[n],
+                    coordinator_key=self.public, noise_seed=0, log=log,
+                    inbox=delivery.Inbox(os.path.join(self.root, 'node_' + n), public_file),
+                    answers=status.AnswerLog(os.path.join(self.root, 'node_' + n, status.ANSWERS_FILE)))
+            for n in self.names]
+
+  def _answers(self, name):
+    with open(os.path.join(self.root, 'node_' + name, 'answers.jsonl')) as f:
+      return [json.loads(line) for line in f]
+
+  def test_every_bank_keeps_the_verified_model_its_own_metrics_and_the_statement_and_logs_its_answers(self):
+    from tffaml.consortium import status  # pylint: disable=g-import-not-at-top
+    # The default: distributed record-level DP-SGD (each node noises its update), secure aggregation.
+    config = _default_config(self.config.data.dir, self.config.data.schema_file)
+    nodes, lines = self._kept_nodes(config), []
+    federation = coordinator.Federation(coordinator.InProcessTransport(nodes), key=self.key,
+                                        node_keys=self.node_public, log=lines.append)
+    result = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
+                         runtime=federation)
+    private = os.path.join(self.class_root, 'coordinator', signing.PRIVATE_KEY_FILE)
+    public = os.path.join(self.class_root, 'coordinator', signing.PUBLIC_KEY_FILE)
+    kept = coordinator.deliver(federation, result, key_file=private)
+    self.assertEqual(sorted(kept), self.names)
+    signing.verify(result.paths.export, public)  # The coordinator's own export is signed (scripts/verify.py's check).
+    # Status: the last round's, in status.json and one line a round.
+    with open(os.path.join(result.paths.root, 'status.json')) as f:
+      state = json.load(f)
+    self.assertEqual((state['round'], state['rounds'], state['state']), (2, 2, 'trained'))
+    self.assertEqual(state['nodes'], {'joined': self.names, 'asked': self.names, 'answered': self.names,
+                                      'dropped': []})
+    self.assertAllClose(state['epsilon']['record'], result.metrics['privacy']['epsilon'], rtol=1e-6)
+    self.assertEqual([l.split(':')[1] for l in lines if l.startswith('status: ')], [' round 1/2', ' round 2/2'])
+    for node in nodes:
+      home = os.path.join(self.root, 'node_' + node.name, 'model')
+      signing.verify(os.path.join(home, 'export'), public)
+      with open(os.path.join(home, 'metrics.json')) as f:
+        own = json.load(f)
+      self.assertEqual(own['federated'], result.metrics['federated']['institutions'][node.name])
+      others = [n for n in self.names if n != node.name]
+      self.assertFalse([n for n in others if n in json.dumps(own)], own)  # No other bank's figures.
+      with open(os.path.join(home, 'privacy.txt')) as f, open(result.paths.privacy) as g:
+        self.assertEqual(f.read(), g.read())
+      # Its answers: every request, appended; its updates noised, ε growing by its own count.
+      answers = self._answers(node.name)
+      trains = [a for a in answers if a['kind'] == 'train']
+      self.assertEqual([(a['round'], a['noised']) for a in trains], [(1, True), (2, True)])
+      self.assertLess(trains[0]['epsilon'], trains[1]['epsilon'])
+      self.assertAllClose(trains[1]['epsilon'], result.metrics['privacy']['epsilon'], rtol=1e-6)
+      self.assertFalse([a for a in answers if a['kind'] == 'evaluate' and a['noised']])
+      self.assertEqual({a['run'] for a in answers if a['kind'] != 'hello'}, {trains[0]['run']})  # One run.
+      self.assertEqual(answers[-1]['kind'], 'deliver')
+    # A bank scores with the delivered package as it would run it.
+    bank = self.names[0]
+    done = subprocess.run(
+        [sys.executable, 'scripts/score.py', f'--model_dir={self.root}/node_{bank}/model/export',
+         f'--public_key={public}', f'--input={self.config.data.dir}/{bank}/test.csv', f'--output={self.root}/s.csv'],
+        cwd=_ROOT, capture_output=True, text=True, timeout=600)
+    self.assertEqual(done.returncode, 0, done.stderr)
+    self.assertRegex(done.stdout, r'scored \d+ rows')
+    # Delivered again (a rerun): the first stays. Another run's model is refused, the kept one untouched.
+    path = os.path.join(self.root, f'node_{bank}', 'model', 'delivery.json')
+    with open(path) as f:
+      receipt = f.read()
+    self.assertIn('already kept in', coordinator.deliver(federation, result, key_file=private)[bank])
+    with open(os.path.join(result.paths.export, 'metadata.json'), 'a') as f:  # Another run's model.
+      f.write('\n')
+    federation.run_id, lines[:] = 'f' * 32, []
+    self.assertEqual(coordinator.deliver(federation, result, key_file=private), {})
+    self.assertTrue(any(f'deliver: node {bank}: refused: {bank}: ' in l and 'already holds another model' in l
+                        for l in lines), lines)
+    with open(path) as f:
+      self.assertEqual(f.read(), receipt)
+    # The answers log survives a restart: read back, it counts the rounds trained; never rewritten.
+    before = open(os.path.join(self.root, f'node_{bank}', 'answers.jsonl')).read()
+    restarted = status.AnswerLog(os.path.join(self.root, f'node_{bank}', 'answers.jsonl'))
+    self.assertEqual(restarted.rounds_trained('f' * 32), 0)  # The refused run trained nothing.
+    self.assertEqual(restarted.rounds_trained(trains[0]['run']), 2)
+    restarted.append({'kind': 'hello'})
+    self.assertTrue(open(os.path.join(self.root, f'node_{bank}', 'answers.jsonl')).read().startswith(before))
+
+  def test_a_package_that_does_not_verify_is_not_kept(self):
+    from tffaml.consortium import delivery  # pylint: disable=g-import-not-at-top
+    node = self._kept_nodes(self.config)[0]
+    export = os.path.join(self.root, 'export')
+    helpers.export_rate_model(export)
+    with self.assertRaisesRegex(errors.InputError, r'export: not signed \(no tffaml-signature.json\); the'
+                                ' coordinator signs its export before delivering it'):
+      delivery.package(export)
+    signing.sign(export, os.path.join(self.class_root, 'coordinator', signing.PRIVATE_KEY_FILE))
+    header, arrays = delivery.package(export)
+    small = mock.patch.object(delivery, 'MAX_PACKAGE_BYTES', sum(a.nbytes for a in arrays) - 1)
+    with small, self.assertRaisesRegex(errors.InputError, r'bytes, beyond the [\d,]+ one Flower message carries'
+                                       r' \(flwr.common.GRPC_MAX_MESSAGE_LENGTH\)'):
+      delivery.package(export)
+    index = header['files'].index('saved_model.pb')
+    arrays = list(arrays)
+    arrays[index] = arrays[index].copy()
+    arrays[index][-1] ^= 1  # The coordinator's message is signed, yet the package is not what it signed.
+    header = {**header, 'agreement': node.agreement, 'run': 'r', 'institution': node.name, 'metrics': {},
+              'privacy': ''}
+    reply = messages.peek(node.handle(messages.seal(messages.Message(node_lib.DELIVER, header, tuple(arrays)),
+                                                    self.key)))
+    self.assertEqual(reply.kind, node_lib.REFUSED)
+    self.assertRegex(reply.header['reason'], r"the delivered model does not verify against the coordinator's key"
+                                             r" .*file 'saved_model.pb' was modified.*nothing was kept")
+    self.assertFalse(os.path.exists(os.path.join(self.root, f'node_{node.name}', 'model')))
+    self.assertEqual([os.listdir(os.path.join(self.root, f'node_{node.name}'))], [['answers.jsonl']])
+    other = dict(header, institution=self.names[1])  # Another bank's delivery (its metrics): not kept here.
+    reply = messages.peek(node.handle(messages.seal(messages.Message(node_lib.DELIVER, other, tuple(arrays)),
+                                                    self.key)))
+    self.assertIn(f"the delivery is addressed to '{self.names[1]}'", reply.header['reason'])
+    for bad in (['../escape'], ['/abs']):  # A path that would leave the package.
+      header2 = dict(header, files=bad + header['files'][1:])
+      reply = messages.peek(node.handle(messages.seal(messages.Message(node_lib.DELIVER, header2, tuple(arrays)),
+                                                      self.key)))
+      self.assertIn('the delivered package is malformed', reply.header['reason'])
+
+  def test_status_names_the_node_dropped_from_a_round(self):
+    lost, lines = set(), []
+
+    class Losing(coordinator.InProcessTransport):
+      def exchange(self, requests):
+        return super().exchange({n: b for n, b in requests.items() if n not in lost})
+
+    def lose_bank_c_after_round_1(line):
+      if line.startswith('round 1/'):
+        lost.add('bank_c')
+    federation = coordinator.Federation(Losing(self._nodes()), key=self.key, node_keys=self.node_public,
+                                        log=lines.append, min_nodes=2)
+    result = program.run(coordinator_config(self.config), os.path.join(self.root, 'lost'),
+                         log=lose_bank_c_after_round_1, runtime=federation)
+    with open(os.path.join(result.paths.root, 'status.json')) as f:
+      state = json.load(f)
+    self.assertEqual(state['nodes']['dropped'], ['bank_c'])
+    self.assertEqual(state['nodes']['answered'], ['bank_a', 'bank_b'])
+    self.assertIn('institution', state['epsilon'])  # The smoke config's client-level DP.
+    self.assertRegex(state['eta'], r'^\d\d:\d\d:\d\d$')
+    status_lines = [l for l in lines if l.startswith('status: ')]
+    self.assertRegex(status_lines[0], r'^status: round 1/2: 3 nodes joined, 3 of 3 answered, dropped: none \|'
+                                      r' ε\(institution\)=[\d.]+ \| ETA ')
+    self.assertIn('status: round 2/2: 3 nodes joined, 2 of 3 answered, dropped: bank_c', status_lines[1])

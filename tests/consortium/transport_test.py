@@ -105,15 +105,18 @@ class FederationOverFlowerTest(tf.test.TestCase):
     ca, driver, private, public = self._federation(config, names)
     node_keys = {n: messages.load_public_key(p) for n, p in public.items()}
 
-    def run(workdir, *, timeout=600.0, min_nodes=1, **kwargs):
+    def run(workdir, *, timeout=600.0, min_nodes=1, deliver=False, **kwargs):
       transport = flower.FlowerTransport(driver, root_certificates=ca, node_keys=node_keys, timeout=timeout,
                                          log=lambda _: None)
       try:
         transport.wait_for(names, timeout=240.0)
         federation = coordinator.Federation(transport, key=messages.load_private_key(private),
                                             node_keys=node_keys, min_nodes=min_nodes, log=lambda _: None)
-        return program.run(coordinator_test.coordinator_config(config), os.path.join(self.dir, workdir),
-                           runtime=federation, **kwargs)
+        result = program.run(coordinator_test.coordinator_config(config), os.path.join(self.dir, workdir),
+                             runtime=federation, **kwargs)
+        if deliver:  # Issue 35: signed, then sent to every node over Flower.
+          self.assertEqual(sorted(coordinator.deliver(federation, result, key_file=private)), names)
+        return result
       finally:
         transport.close()
 
@@ -126,7 +129,7 @@ class FederationOverFlowerTest(tf.test.TestCase):
     # A coordinator stopped after round 1 and restarted on its workdir
     # ends as an uninterrupted run, which is the simulation.
     self.assertIsNone(run('resumed', stop_after_round=1, log=lambda _: None).metrics)
-    resumed = run('resumed', log=lambda _: None)
+    resumed = run('resumed', log=lambda _: None, deliver=True)
     lost = run('lost', timeout=10.0, min_nodes=2, log=kill_bank_c_after_round_1)
     # The secure sum is of updates quantized to 2^22 levels over +-8 (4e-6 a step).
     for a, b in zip(simulated.model.get_weights(), resumed.model.get_weights()):
@@ -146,6 +149,12 @@ class FederationOverFlowerTest(tf.test.TestCase):
       self.assertEqual(f.read().count(_ADMITTED), len(names))  # The registered nodes only.
     with open(self.plaintext) as f:
       self.assertNotIn('node_id', f.read())
+    from tffaml.security import signing  # pylint: disable=g-import-not-at-top
+    public_key = os.path.join(os.path.dirname(private), signing.PUBLIC_KEY_FILE)
+    for name in names:  # Each node process kept the verified model, and logged what it answered.
+      signing.verify(os.path.join(self.dir, 'node_' + name, 'model', 'export'), public_key)
+      with open(os.path.join(self.dir, 'node_' + name, 'answers.jsonl')) as f:
+        self.assertIn('"kind": "deliver"', f.read())
 
 if __name__ == '__main__':
   tf.test.main()

@@ -19,6 +19,11 @@ record-level DP, whose updates carry only a share of the noise, the
 record-level ε holds against the coordinator only at the collusion ε the
 statement gives. Against everyone who sees the released model it holds as
 stated either way.
+
+Each round the coordinator rewrites `<workdir>/status.json` (`status`) and
+logs it in one line; at the end `Federation.deliver` signs the export and
+delivers it to every node with its own metrics and the privacy statement
+(`delivery`).
 """
 
 import dataclasses
@@ -39,15 +44,18 @@ from tffaml.data import schema as schema_lib
 from tffaml.federated import aggregators
 from tffaml.federated import processes
 from tffaml.federated import quantiles
+from tffaml.consortium import delivery
 from tffaml.consortium import flower
 from tffaml.consortium import messages
 from tffaml.consortium import node as node_lib
+from tffaml.consortium import status as status_lib
 from tffaml.privacy import accounting
 from tffaml.training import evaluation
 from tffaml.config import builders as config_builders
 from tffaml.config import checks as config_checks
 from tffaml.config import data as config_data
 from tffaml.training import program
+from tffaml.security import signing
 
 
 class Transport(Protocol):
@@ -290,6 +298,7 @@ class Federation:
     self.names: list[str] = list(self._node_keys)  # The federation's order: institution indices.
     self.traffic = {'sent': 0.0, 'received': 0.0}  # Mean bytes per node of the last exchange.
     self.run_id = ''  # Set by `load` (kept in the workdir).
+    self.root = ''  # The run's workdir, set by `load`: where status.json goes.
     # Aggregated beside the nodes' updates every round: a client-level canary
     # audit's canary institutions (tffaml.studies.canary_audit); none otherwise.
     self.extra_updates: Sequence[tff.learning.templates.ClientResult] = ()
@@ -351,7 +360,7 @@ class Federation:
 
   def load(self, config: ml_collections.ConfigDict, paths: program.Paths, *, log) -> Roster:
     del log
-    self.run_id = _run_id(paths.root)
+    self.run_id, self.root = _run_id(paths.root), paths.root
     replies = self.ask(node_lib.HELLO, {n: {} for n in self.names})
     schema = config_data.agreed_schema(config)
     for name, reply in replies.items():
@@ -390,12 +399,51 @@ class Federation:
                      tolerated_losses=setup.plan.record.dropouts
                      if training.work is config_builders.ClientWork.DISTRIBUTED_DP_SGD else None,
                      weight_bounds={e['institution']: weight_bound(config, e) for e in plan['census']},
-                     sum_bound=sum_bound(config, setup.plan, training.work))
+                     sum_bound=sum_bound(config, setup.plan, training.work),
+                     progress=_Progress(rounds=config.federated.rounds, unit=setup.plan.headline_unit,
+                                        delta=setup.plan.delta if setup.plan.is_private else None))
     return program.Built(keras_model_fn=training.keras_model_fn, process=training.process,
                          train_round=rounds.train_round, evaluate=rounds.evaluate,
                          score_histogram=rounds.score_histogram, alert_metrics=rounds.alert_metrics,
-                         aggregation=accounting.Aggregation.SECURE if secure
+                         on_round=rounds.on_round, aggregation=accounting.Aggregation.SECURE if secure
                          else accounting.Aggregation.VISIBLE_UPDATES)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Progress:
+  """What the status needs of the run's plan: its rounds, the headline unit of ε, δ (None without DP)."""
+
+  rounds: int
+  unit: str
+  delta: Optional[float]
+
+
+def deliver(federation: Federation, result: program.RunResult, *, key_file: str) -> dict[str, str]:
+  """Signs the run's export with the coordinator's key, then delivers it to every node (`delivery`).
+
+  Each node gets the package, its own final metrics (not another bank's)
+  and the privacy statement, and keeps them once the package verifies
+  against the coordinator's public key. A node that does not (down, or
+  refusing) is logged in one line; the signed export stays in the workdir.
+
+  Returns:
+    {institution: what its node did} for the nodes that answered.
+  """
+  signing.sign(result.paths.export, key_file)
+  header, arrays = delivery.package(result.paths.export)
+  with open(result.paths.privacy) as f:
+    statement = f.read()
+  headers = {n: {**header, 'run': federation.run_id, 'institution': n, 'privacy': statement,
+                 'metrics': _jsonable(delivery.own_metrics(result.metrics, n))} for n in federation.names}
+  replies = federation.ask(node_lib.DELIVER, headers, arrays, required=False)
+  kept = {n: str(r.header.get('kept', '')) for n, r in replies.items()}
+  for name, what in kept.items():
+    federation.log(f'deliver: node {name}: the signed model verified and {what}')
+  missing = [n for n in federation.names if n not in kept]
+  if missing:
+    federation.log(f'deliver: the model did not reach {", ".join(missing)} (see above); it is signed in'
+                   f' {result.paths.export}: rerun the same command to deliver it again.')
+  return kept
 
 
 class _Rounds:
@@ -403,7 +451,8 @@ class _Rounds:
 
   def __init__(self, federation: Federation, parts, model_fn, plan: dict,
                secure: Optional[flower.SecureAggregation], *, tolerated_losses: Optional[int],
-               weight_bounds: Mapping[str, float], sum_bound: Optional[SumBound]):
+               weight_bounds: Mapping[str, float], sum_bound: Optional[SumBound],
+               progress: Optional[_Progress] = None):
     self._federation, self._parts, self._model_fn, self._plan = federation, parts, model_fn, plan
     self._secure = secure  # None: updates in the clear.
     self._weight_bounds, self._sum_bound = weight_bounds, sum_bound  # By each node's census entry; its clip.
@@ -411,6 +460,26 @@ class _Rounds:
     self._tolerated_losses = tolerated_losses
     self._finalize = None  # Built at the first evaluation, from a state's type.
     self.names = federation.names
+    self._progress = progress
+    self._round_nodes: tuple[int, list[str], list[str]] = (0, [], [])  # The last round trained, asked, answered.
+
+  def on_round(self, round_num: int, values: Mapping[str, float], eta: float) -> None:
+    """Rewrites status.json after a round, and logs it in one line (`status`)."""
+    if self._progress is None or not self._federation.root:
+      return
+    epsilon = {}
+    if 'privacy/epsilon' in values:
+      epsilon[self._progress.unit] = float(values['privacy/epsilon'])
+    if 'privacy/institution_epsilon' in values:
+      epsilon['institution'] = float(values['privacy/institution_epsilon'])
+    trained, asked, answered = self._round_nodes
+    if trained != round_num:  # A Poisson round that drew nobody: no node was asked.
+      asked, answered = [], []
+    written = status_lib.write_status(
+        self._federation.root, round_num=round_num, rounds=self._progress.rounds, registered=self.names,
+        asked=asked, answered=answered, epsilon=epsilon, delta=self._progress.delta,
+        round_seconds=float(values.get('round_seconds', 0.0)), eta_seconds=eta)
+    self._federation.log(status_lib.status_line(written))
 
   def train_round(self, state, members: list[int], round_num: int):
     weights = state.global_model_weights
@@ -419,6 +488,7 @@ class _Rounds:
     replies, results = self._updates(headers, _flat(weights), weights.trainable, round_num)
     took_part = [i for i in members if self.names[i] in replies]
     missing = [self.names[i] for i in members if i not in took_part]
+    self._round_nodes = (round_num, [self.names[i] for i in members], [self.names[i] for i in took_part])
     if self._tolerated_losses is not None and len(missing) > self._tolerated_losses:
       t = self._tolerated_losses
       needs = (f'the noise shares of all but {t} institutions' if t else 'every institution\'s share of the'
@@ -504,7 +574,8 @@ class _Rounds:
           f' clip (a non-finite value, which SecAgg+ makes finite, or a modified node); {stop}')
 
   def evaluate(self, weights, per_institution: bool) -> dict:
-    headers = {n: {**self._plan, 'index': i} for i, n in enumerate(self.names)}
+    # The run named too (as in every request of a run), for the nodes' answers logs.
+    headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i} for i, n in enumerate(self.names)}
     replies = self._federation.ask(node_lib.EVALUATE, headers, _flat(weights), required=False)
     if len(replies) < self._federation.min_nodes:
       raise errors.RunFailed(f'evaluation: {len(replies)} nodes answered, fewer than the minimum'
@@ -548,7 +619,8 @@ class _Rounds:
 
   def alert_metrics(self, weights, threshold: Optional[float], budgets: tuple[float, ...]) -> dict:
     """Each node's test alert metrics; pooled from their binned scores (`evaluation.combined`)."""
-    headers = {n: {**self._plan, 'index': i, 'threshold': threshold, 'budgets': list(budgets)}
+    headers = {n: {**self._plan, 'run': self._federation.run_id, 'index': i, 'threshold': threshold,
+                   'budgets': list(budgets)}
                for i, n in enumerate(self.names)}
     replies = self._federation.ask(node_lib.ALERTS, headers, _flat(weights), required=False)
     self._enough('test alerts', replies)

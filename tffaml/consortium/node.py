@@ -18,12 +18,17 @@ rows. The coordinator sends signed messages (`messages`), never code:
                     here): one pass of the alert threshold's search
     alerts       -> its test rows' alert metrics, and their scores binned
                     (`evaluation.binned`) for the pooled ranking
+    deliver      -> at the end of a run: the coordinator's signed export, this
+                    node's own metrics and the privacy statement, kept in its
+                    workdir once the package verifies (`delivery.Inbox`)
 
 Every request carries the hash of the agreed config (`agreement`); a node
 refuses one whose hash differs from its operator's config, a request its
 coordinator did not sign, and a training round older than one it already
 served. Each reply is signed with the node's key and names the request it
-answers.
+answers. With an answers log (`status.AnswerLog`) each answer or refusal is
+recorded there first: what was asked, whether the answer carried DP noise,
+and the ε its rows have spent by its own count.
 """
 
 import contextlib
@@ -49,7 +54,9 @@ from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
 from tffaml.federated import processes
 from tffaml.federated import quantiles
+from tffaml.consortium import delivery
 from tffaml.consortium import messages
+from tffaml.consortium import status as status_lib
 from tffaml.models import canaries
 from tffaml.privacy import accounting
 from tffaml.training import evaluation
@@ -59,7 +66,8 @@ from tffaml.config import data as config_data
 from tffaml.config import plan as config_plan
 
 HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS = 'hello', 'statistics', 'train', 'evaluate', 'scores', 'alerts'
-KINDS = (HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS)
+DELIVER = 'deliver'
+KINDS = (HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS, DELIVER)
 REFUSED = 'refused'
 # Where a config may differ between parties: where each one's rows (or none) are.
 _LOCAL_KEYS = ('source', 'dir', 'schema_file', 'path')
@@ -196,10 +204,13 @@ class Node:
 
   def __init__(self, config: ml_collections.ConfigDict, *, key: messages.PrivateKey,
                coordinator_key: messages.PublicKey, noise_seed: int, folder: str = '', bank: str = '',
-               ledger: Optional[Ledger] = None, log: Callable[[str], None] = print):
+               ledger: Optional[Ledger] = None, log: Callable[[str], None] = print,
+               inbox: Optional[delivery.Inbox] = None, answers: Optional[status_lib.AnswerLog] = None):
     """Checks the config and loads the institution's rows (`own_rows`).
 
-    `ledger`: the rounds it served (in memory only when None).
+    `ledger`: the rounds it served (in memory only when None); `inbox`: where
+    it keeps a delivered model (none: it refuses deliveries); `answers`: its
+    append-only log of what it answered (none: not logged).
     """
     self._config, self._choices = config, config_checks.parse_choices(config)
     self._schema = config_data.agreed_schema(config)
@@ -217,6 +228,7 @@ class Node:
     self._trained: dict[str, set[int]] = {}  # Per coordinator run: the rounds trained.
     self._works: dict[str, _Work] = {}
     self._ledger = ledger or Ledger()
+    self._inbox, self._answers = inbox, answers
 
   def handle(self, blob: bytes) -> bytes:
     """The signed reply to one signed request (a signed refusal when refused)."""
@@ -231,7 +243,7 @@ class Node:
     return self._respond(blob, secure=True, summed_with=summed_with)
 
   def _respond(self, blob: bytes, *, secure: bool, summed_with: int = 0) -> 'SecureUpdate':
-    update, weight = (), 0
+    update, weight, request = (), 0, None
     try:
       request = messages.unseal(blob, self._coordinator_key, sender='the coordinator', kinds=KINDS)
       self._check_agreement(request)
@@ -246,8 +258,44 @@ class Node:
     except (messages.Refused, errors.Refusal) as e:
       self._log(f'refused a request: {e}')
       reply = messages.Message(REFUSED, {'reason': str(e)})
+    self._record(request, reply)
     reply.header['answers'] = messages.digest(blob)
     return SecureUpdate(reply=messages.seal(reply, self._key), update=update, weight=weight)
+
+  def _record(self, request: Optional[messages.Message], reply: messages.Message) -> None:
+    """Appends what this node answers (or refuses) to its answers log, before the reply leaves."""
+    if self._answers is None:
+      return
+    header = request.header if request is not None else {}
+    entry = {'kind': request.kind if request is not None else 'unverified', 'run': header.get('run'),
+             'round': header.get('round'), 'noised': False}
+    if reply.kind == REFUSED:
+      entry['refused'] = reply.header['reason']
+    else:
+      entry['noised'] = self._noised(request)
+      if request.kind == TRAIN:
+        entry['epsilon'] = self._epsilon_so_far(header)
+    self._answers.append(entry)
+
+  def _noised(self, request: messages.Message) -> bool:
+    """Whether this node's answer carried its own DP noise (client-level DP's noise is the coordinator's)."""
+    record = bool(self._config.record_dp.enabled)
+    if request.kind == TRAIN:
+      return record
+    if request.kind == STATISTICS:
+      return record and self._config.features.noise_multiplier is not None
+    if request.kind == SCORES:
+      return bool(request.header['histogram'].get('stddev'))
+    return False
+
+  def _epsilon_so_far(self, header: dict) -> Optional[float]:
+    """The record-level ε its rows have spent in this run, by its own count of the rounds it trained."""
+    plan = self._work(header).plan
+    if plan.record is None:
+      return None
+    rounds = self._answers.rounds_trained(header['run'], header['round'])
+    participation = [rounds if i == header['index'] else 0 for i in range(len(plan.record.units))]
+    return float(plan.epsilons(rounds=rounds, participation=participation)['record'])
 
   def _refuse_non_finite(self, request: messages.Message, reply: messages.Message) -> None:
     """Sends no update, weight or metric that is not finite (NaN or Inf).
@@ -326,6 +374,8 @@ class Node:
       return self._score_histogram(request)
     if request.kind == ALERTS:
       return self._alerts(request)
+    if request.kind == DELIVER:
+      return self._keep(request)
     raise ValueError(f'no answer to {request.kind!r}.')
 
   def _statistics(self, header: dict) -> messages.Message:
@@ -488,6 +538,18 @@ class Node:
     return messages.Message(reply_kind(ALERTS), {
         'metrics': evaluation.ranked_metrics(exact, budgets=budgets),
         'alerted': binned.alerted, 'validated': binned.validated}, (binned.positives, binned.rows))
+
+
+  def _keep(self, request: messages.Message) -> messages.Message:
+    """Keeps the delivered model, its own metrics and the statement in its workdir (`delivery.Inbox`)."""
+    if self._inbox is None:
+      raise messages.Refused(f'{self.name}: this node keeps no delivered model (it runs without a workdir).')
+    if request.header.get('institution') != self.name:
+      raise messages.Refused(f'{self.name}: the delivery is addressed to {request.header.get("institution")!r},'
+                             ' with that institution\'s metrics; nothing was kept.')
+    kept = self._inbox.keep(request, self.name)
+    self._log(f'{self.name}: the model of run {str(request.header.get("run"))[:12]}… verified and {kept}')
+    return messages.Message(reply_kind(DELIVER), {'kept': kept})
 
 
 def _scalars(metrics) -> dict:

@@ -181,13 +181,15 @@ class _Progress:
     self._total, self._log = total_rounds, log
     self._seconds: list[float] = []  # This session's rounds, each alone.
 
-  def round_done(self, round_num: int, summary: str, seconds: float) -> None:
+  def round_done(self, round_num: int, summary: str, seconds: float) -> float:
+    """Logs the round's line; returns the ETA in seconds."""
     self._seconds.append(seconds)
     eta = round_estimate(self._seconds) * (self._total - round_num)
     self._log(
         f'round {round_num}/{self._total} | {summary} | {seconds:.2f} s this round'
         f' | ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}'
     )
+    return eta
 
   @property
   def mean_seconds(self) -> Optional[float]:
@@ -434,6 +436,9 @@ class Built:
   aggregation: accounting.Aggregation = accounting.Aggregation.SIMULATED  # For the statement.
   # With config.public.path: the public corpus, which places the alert threshold.
   public: Optional[public_lib.Public] = None
+  # (round, its released metric values, ETA in seconds), after each round is checkpointed: a
+  # runtime's own progress report (a federation's status.json); None: nothing more than the log line.
+  on_round: Optional[Callable[[int, Mapping[str, float], float], None]] = None
 
   def initial_model(self) -> tff.learning.models.ModelWeights:
     return config_builders.initial_weights(self.keras_model_fn)
@@ -626,7 +631,9 @@ def _train_rounds(config, choices, setup: _Setup, built: Built, state_manager, p
         [workdir_lib.redact(state), round_num, participation, released], round_num))
     values['round_seconds'] = time.monotonic() - start  # This round alone.
     asyncio.run(releaser.release(values, key=round_num))
-    progress.round_done(round_num, _summary(values, setup.plan), values['round_seconds'])
+    eta = progress.round_done(round_num, _summary(values, setup.plan), values['round_seconds'])
+    if built.on_round is not None:
+      built.on_round(round_num, values, eta)
   return released, progress.mean_seconds
 
 
