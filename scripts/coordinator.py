@@ -41,6 +41,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/csv.py', 'The agree
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it holds a run).', required=True)
 _CHECKPOINT_KEY = cli.CheckpointKeyFlags()
 _DRIVER_API = flags.DEFINE_string('driver_api', '127.0.0.1:9091', "The SuperLink's Driver API, HOST:PORT.")
+_DRIVER_SERVER_NAME = flags.DEFINE_string(
+    'driver_server_name', None, "The host name the SuperLink's certificate holds, when --driver_api dials"
+    ' another (127.0.0.1): its TLS is checked for this name.')
 _CA = flags.DEFINE_string('ca', None, 'The federation CA certificate (PEM).', required=True)
 _KEY = flags.DEFINE_string('key', None, "The coordinator's Ed25519 private key (PEM).", required=True)
 _NODES = flags.DEFINE_string('nodes', None, 'Directory of the registered nodes\' <institution>.pub keys.',
@@ -67,7 +70,8 @@ def main(argv):
   coordinator.at_coordinator(config)
   logs.log(f'connecting to the SuperLink\'s Driver API at {_DRIVER_API.value}')
   transport = flower.FlowerTransport(_DRIVER_API.value, root_certificates=root_certificates,
-                                     node_keys=node_keys, timeout=_REPLY_TIMEOUT.value, log=logs.log)
+                                     node_keys=node_keys, timeout=_REPLY_TIMEOUT.value, log=logs.log,
+                                     server_name=_DRIVER_SERVER_NAME.value)
   try:
     logs.log(f'waiting for {len(node_keys)} nodes: {", ".join(node_keys)}')
     transport.wait_for(node_keys, timeout=_WAIT.value)

@@ -29,7 +29,9 @@ from flwr.common import ConfigsRecord
 from flwr.common import Message as FlowerMessage
 from flwr.common import RecordSet
 from flwr.common import recordset_compat
+from flwr.common import grpc as flwr_grpc
 from flwr.common.secure_aggregation import secaggplus_constants
+from flwr.proto import driver_pb2_grpc
 from flwr.proto import run_pb2
 from flwr.server import strategy as strategy_lib
 from flwr.server.compat import driver_client_proxy
@@ -133,14 +135,42 @@ def run_node(node: node_lib.Node, key: messages.PrivateKey, *, superlink: str, r
 _POLL_SECONDS = 0.2  # Between pulls of replies (Flower's send_and_receive waits 3 s).
 
 
+class _NamedDriver(grpc_driver.GrpcDriver):
+  """A GrpcDriver that checks the SuperLink's certificate for `server_name`, not the address dialled.
+
+  Flower 1.12 serves the Driver API with the Fleet API's certificate (one
+  `--ssl-certfile`), which names the coordinator's public host; the Driver
+  API listens on 127.0.0.1 only, so without this a certificate would need
+  127.0.0.1 among its names ('Peer name 127.0.0.1 is not in peer certificate').
+  """
+
+  def __init__(self, *, server_name: str, **kwargs):
+    super().__init__(**kwargs)
+    self._server_name = server_name
+
+  def _connect(self) -> None:
+    if self._is_connected:
+      return
+    options = [('grpc.max_send_message_length', flwr_grpc.GRPC_MAX_MESSAGE_LENGTH),
+               ('grpc.max_receive_message_length', flwr_grpc.GRPC_MAX_MESSAGE_LENGTH),
+               ('grpc.ssl_target_name_override', self._server_name)]
+    self._channel = grpc.secure_channel(self._addr, grpc.ssl_channel_credentials(self._cert), options=options)
+    self._grpc_stub = driver_pb2_grpc.DriverStub(self._channel)
+
+
 class FlowerTransport:
   """`coordinator.Transport` over a SuperLink's Driver API."""
 
   def __init__(self, driver_api: str, *, root_certificates: bytes,
                node_keys: Mapping[str, messages.PublicKey], timeout: float = 600.0,
-               log: Callable[[str], None] = print):
-    self._driver = grpc_driver.GrpcDriver(run_id=0, driver_service_address=driver_api,
-                                          root_certificates=root_certificates)
+               log: Callable[[str], None] = print, server_name: Optional[str] = None):
+    """`server_name`: the name the SuperLink's certificate must hold, when not the host of `driver_api`."""
+    if server_name:
+      self._driver = _NamedDriver(server_name=server_name, run_id=0, driver_service_address=driver_api,
+                                  root_certificates=root_certificates)
+    else:
+      self._driver = grpc_driver.GrpcDriver(run_id=0, driver_service_address=driver_api,
+                                            root_certificates=root_certificates)
     # As flwr's own `flower-server-app` does: a run without an app bundle
     # (nodes run the client code installed at their institution).
     try:
