@@ -19,7 +19,7 @@ import dataclasses
 import datetime
 import ipaddress
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from cryptography import exceptions as cryptography_exceptions
 from cryptography import x509
@@ -186,3 +186,25 @@ def write_federation(out_dir: str, *, hosts: Sequence[str], institutions: Sequen
   authorized = write_authorized_nodes(os.path.join(out_dir, 'authorized_nodes.csv'), node_keys)
   return FederationFiles(tls=tls, superlink_key=superlink_key, coordinator_key=private,
                          coordinator_public_key=public, nodes=nodes, authorized_nodes=authorized)
+
+
+EXPIRY_WARNING_DAYS = 30  # A party is warned this long before its certificate stops every connection.
+
+
+def check_expiry(path: str, *, now: Optional[datetime.datetime] = None) -> Optional[str]:
+  """A warning line when the certificate at `path` expires within 30 days, else None; refuses an expired one.
+
+  An expired CA or SuperLink certificate fails every TLS handshake with a
+  message that does not say why: the parties' `start` checks first.
+  """
+  with open(path, 'rb') as f:
+    certificate = x509.load_pem_x509_certificate(f.read())
+  now = now or datetime.datetime.now(datetime.timezone.utc)
+  expires = certificate.not_valid_after_utc
+  if expires <= now:
+    raise errors.InputError(f'{path}: the certificate expired on {expires:%Y-%m-%d}; every TLS connection would'
+                            ' fail: provision new credentials (scripts/provision.py) before starting.')
+  if expires - now <= datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+    return (f'warning: {path} expires on {expires:%Y-%m-%d} ({(expires - now).days} days): provision new'
+            ' credentials (scripts/provision.py) before then.')
+  return None

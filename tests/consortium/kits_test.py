@@ -1,0 +1,251 @@
+"""Startup kits (scripts/provision.py, a kit's `start`): what each party holds, what it refuses, a run.
+
+The federation test provisions a coordinator and 3 banks, moves each kit to
+a folder of its own (a party's "host") and deletes everything else
+provisioning wrote, then runs each party's `start` with its kit as the
+working directory and relative paths: a party that needed another's files
+could not find them. The coordinator's host is `localhost` and its
+certificate names nothing else (no 127.0.0.1), while its coordinator dials
+the Driver API at 127.0.0.1. The banks connect out and listen on nothing:
+their own hostnames never enter TLS.
+"""
+
+import csv
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests import helpers
+from tffaml import errors
+from tffaml.consortium import kits
+from tffaml.consortium import local
+from tffaml.security import credentials
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BANKS = ('bank_a', 'bank_b', 'bank_c')
+_SECRETS = ('ca.key', 'server.key', 'superlink', 'signing_key.pem')  # Besides the banks' node keys.
+# Generous: every party imports TensorFlow on a machine shared with the rest of the suite.
+_RUN_SECONDS = 1200.0
+
+
+def _provision(root: str, *args: str, fleet_port: int = 9092) -> subprocess.CompletedProcess:
+  """scripts/provision.py for the 3 banks on the smoke config, 2 rounds, into root/out."""
+  _, schema_file = helpers.write_federation(root)
+  argv = [sys.executable, os.path.join(_REPO, 'scripts', 'provision.py'), '--coordinator_host=localhost',
+          f'--institutions={",".join(_BANKS)}', f'--config={os.path.join(_REPO, "configs", "csv.py")}:smoke',
+          '--config.federated.rounds=2', f'--schema_file={schema_file}', f'--out_dir={root}/out',
+          f'--fleet_port={fleet_port}', *args]
+  return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+
+
+def _files(kit: str) -> set[str]:
+  return {os.path.relpath(os.path.join(d, f), kit) for d, _, fs in os.walk(kit) for f in fs}
+
+
+class ProvisionTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.create_tempdir().full_path
+
+  def test_each_kit_holds_its_own_secrets_and_the_public_files_it_needs(self):
+    result = _provision(self.root)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    out = os.path.join(self.root, 'out')
+    self.assertEqual(set(os.listdir(out)), {'ca', 'coordinator', *_BANKS})  # No staging left behind.
+    self.assertEqual(_files(os.path.join(out, 'ca')), {'ca.key', 'ca.crt'})
+    agreed = {'ca.crt', 'config.py', 'config.json', 'schema.json', 'kit.json', 'start'}
+    self.assertEqual(_files(os.path.join(out, 'coordinator')), agreed | {
+        'server.pem', 'server.key', 'superlink', 'superlink.pub', 'signing_key.pem', 'signing_key.pub.pem',
+        'authorized_nodes.csv', *(f'nodes/{b}.pub' for b in _BANKS)})
+    for bank in _BANKS:  # Its own key pair and the coordinator's public key; no one else's key.
+      self.assertEqual(_files(os.path.join(out, bank)), agreed | {bank, f'{bank}.pub', 'coordinator.pub.pem'})
+    with open(os.path.join(out, 'coordinator', 'server.pem'), 'rb') as f:
+      names = x509.load_pem_x509_certificate(f.read()).extensions.get_extension_for_class(
+          x509.SubjectAlternativeName).value
+    self.assertEqual([n.value for n in names], ['localhost'])  # The host the banks use, and nothing else.
+    with open(os.path.join(out, 'bank_a', 'kit.json')) as f:
+      manifest = json.load(f)
+    self.assertEqual(set(manifest['files']), _files(os.path.join(out, 'bank_a')) - {'kit.json'})
+    self.assertEqual(manifest['overrides'], ['--config.federated.rounds=2'])
+    self.assertNotIn(self.root, json.dumps(manifest))  # Relative paths: a kit can move.
+
+  def test_refuses_a_non_empty_out_dir_in_one_line(self):
+    os.makedirs(os.path.join(self.root, 'out'))
+    open(os.path.join(self.root, 'out', 'old'), 'w').close()
+    result = _provision(self.root)
+    self.assertEqual(result.returncode, 2)
+    self.assertEqual(result.stderr.strip().count('\n'), 0, result.stderr)
+    self.assertIn('--out_dir', result.stderr)
+    self.assertEqual(os.listdir(os.path.join(self.root, 'out')), ['old'])
+
+  def test_refuses_bad_names_and_a_local_override_before_writing(self):
+    with self.assertRaisesRegex(errors.InputError, 'distinct names'):
+      kits.check_names('coordinator.example', ['bank_a', 'bank_a'])
+    with self.assertRaisesRegex(errors.InputError, 'distinct names'):
+      kits.check_names('coordinator.example', ['coordinator'])
+    with self.assertRaisesRegex(errors.InputError, 'without a port'):
+      kits.check_names('coordinator.example:9092', ['bank_a'])
+    kits.check_names('10.0.0.1', ['bank_a'])
+    result = _provision(self.root, '--config.data.dir=/data')
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('--config.data.dir=/data', result.stderr)
+    self.assertFalse(os.path.exists(os.path.join(self.root, 'out')))
+
+
+class StartRefusesTest(absltest.TestCase):
+  """A kit's `start` refuses in one line, before anything runs."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp()
+    assert _provision(cls.root).returncode == 0
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root)
+    super().tearDownClass()
+
+  def _start(self, kit: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(['./start', *args], cwd=kit, capture_output=True, text=True, check=False, timeout=120)
+
+  def _assert_refused(self, result, text: str) -> None:
+    self.assertEqual(result.returncode, 2, result.stderr)
+    self.assertEqual(result.stderr.strip().count('\n'), 0, result.stderr)
+    self.assertIn(text, result.stderr)
+
+  def test_a_data_folder_named_after_another_institution(self):
+    kit = os.path.join(self.root, 'out', 'bank_a')
+    self._assert_refused(self._start(kit, '--data_dir=../../data/bank_b'), "this kit is bank_a's")
+
+  def test_a_bank_code_of_another_bank(self):
+    kit = os.path.join(self.root, 'out', 'bank_a')
+    self._assert_refused(self._start(kit, '--transactions=t.csv', '--bank=b'), 'bank_b')
+
+  def test_a_changed_agreed_file(self):
+    kit = os.path.join(self.root, 'changed')
+    shutil.copytree(os.path.join(self.root, 'out', 'bank_c'), kit)
+    with open(os.path.join(kit, 'schema.json'), 'a') as f:
+      f.write(' ')
+    self._assert_refused(self._start(kit, '--data_dir=../data/bank_c'), 'schema.json: changed since provisioning')
+
+
+class CertificateExpiryTest(absltest.TestCase):
+
+  def _certificate(self, days: int) -> str:
+    key = ec.generate_private_key(credentials.CURVE())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'test CA')])
+    path = os.path.join(self.create_tempdir().full_path, 'ca.crt')
+    certificate = credentials.make_certificate(name, key.public_key(), name, key, days=days, ca=True)
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=g-import-not-at-top
+    with open(path, 'wb') as f:
+      f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+  def test_warns_within_30_days_and_refuses_an_expired_certificate(self):
+    soon, later = self._certificate(days=10), self._certificate(days=90)
+    self.assertRegex(credentials.check_expiry(soon), r'^warning: .*ca.crt expires on .* \((9|10) days\)')
+    self.assertIsNone(credentials.check_expiry(later))
+    after = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=11)
+    with self.assertRaisesRegex(errors.InputError, 'ca.crt: the certificate expired on'):
+      credentials.check_expiry(soon, now=after)
+
+
+class DriverApiTlsTest(absltest.TestCase):
+  """The SuperLink's certificate names the coordinator's host only; its Driver API is on 127.0.0.1."""
+
+  def test_the_coordinator_checks_the_certificate_for_the_kits_host(self):
+    from tests.consortium import transport_test  # pylint: disable=g-import-not-at-top
+    from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
+    root = self.create_tempdir().full_path
+    self.assertEqual(_provision(root).returncode, 0)
+    kit = kits.load(os.path.join(root, 'out', 'coordinator'))
+    driver = f'127.0.0.1:{local.free_port()}'
+    with local.Processes(os.path.join(root, 'logs')) as processes:
+      link = processes.start('superlink', transport_test._without_tensorflow(local.superlink_argv(  # pylint: disable=protected-access
+          kits.superlink_files(kit), fleet=f'localhost:{local.free_port()}', driver=driver)))
+      self.assertIsNone(local.wait_for_text(link, 'Starting Driver API', timeout=240.0))
+      with open(kit.path('ca.crt'), 'rb') as f:
+        ca = f.read()
+      with self.assertRaisesRegex(errors.RunFailed, 'Peer name 127.0.0.1 is not in peer certificate'):
+        flower.FlowerTransport(driver, root_certificates=ca, node_keys={}).close()
+      flower.FlowerTransport(driver, root_certificates=ca, node_keys={}, server_name=kit.host).close()
+
+
+class _Parties:
+  """Each party's `start` in its own session, cwd its kit; every one stopped on leaving."""
+
+  def __init__(self, log_dir: str):
+    self._log_dir, self.children = log_dir, {}
+
+  def __enter__(self):
+    return self
+
+  def start(self, name: str, kit: str, *args: str) -> str:
+    log = os.path.join(self._log_dir, f'{name}.log')
+    with open(log, 'w') as f:
+      self.children[name] = subprocess.Popen(['./start', *args], cwd=kit, stdout=f, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+    return log
+
+  def __exit__(self, *exc):
+    for signum in (signal.SIGTERM, signal.SIGKILL):  # A node may ignore SIGTERM for a while.
+      for child in self.children.values():
+        try:
+          os.killpg(child.pid, signum)
+        except ProcessLookupError:
+          pass
+      for child in self.children.values():
+        try:
+          child.wait(timeout=local.STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+          pass
+
+
+class KitsFederationTest(absltest.TestCase):
+
+  def test_every_party_runs_from_its_own_kit_two_rounds_and_an_export(self):
+    root = self.create_tempdir().full_path
+    self.assertEqual(_provision(root, fleet_port=local.free_port()).returncode, 0)
+    hosts = os.path.join(root, 'hosts')
+    for party in ('coordinator', *_BANKS):  # Each party's folder alone; the rest is deleted.
+      os.makedirs(os.path.join(hosts, party))
+      os.rename(os.path.join(root, 'out', party), os.path.join(hosts, party, 'kit'))
+    for bank in _BANKS:
+      os.rename(os.path.join(root, 'data', bank), os.path.join(hosts, bank, bank))
+    shutil.rmtree(os.path.join(root, 'out'))
+    with _Parties(root) as parties:
+      coordinator = os.path.join(hosts, 'coordinator', 'kit')
+      log = parties.start('coordinator', coordinator, f'--driver_port={local.free_port()}', '--',
+                          '--wait=900', '--reply_timeout=600')
+      for bank in _BANKS:
+        parties.start(bank, os.path.join(hosts, bank, 'kit'), f'--data_dir=../{bank}')
+      returncode = parties.children['coordinator'].wait(timeout=_RUN_SECONDS)
+      with open(log) as f:
+        text = f.read()
+      self.assertEqual(returncode, 0, text[-3000:])
+    run = os.path.join(coordinator, 'workdir', 'run')
+    self.assertTrue(os.path.exists(os.path.join(run, 'export', 'saved_model.pb')))
+    with open(os.path.join(run, 'results', 'metrics.csv')) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 3.0])  # The ledger: all 3, twice.
+    self.assertIn('Fleet API on localhost:', text)
+    for bank in _BANKS:  # Each node's state in its own kit's workdir.
+      self.assertTrue(os.path.exists(os.path.join(hosts, bank, 'kit', 'workdir', 'secret', 'noise_seed')))
+    with open(os.path.join(coordinator, 'workdir', 'logs', 'superlink.log')) as f:
+      self.assertIn('Node authentication enabled with 3 known public keys', f.read())
+
+
+if __name__ == '__main__':
+  absltest.main()
