@@ -129,6 +129,10 @@ class StartRefusesTest(absltest.TestCase):
     kit = os.path.join(self.root, 'out', 'bank_a')
     self._assert_refused(self._start(kit, '--data_dir=../../data/bank_b'), "this kit is bank_a's")
 
+  def test_the_kit_itself_as_the_data_folder(self):  # Named after the institution too.
+    kit = os.path.join(self.root, 'out', 'bank_a')
+    self._assert_refused(self._start(kit, '--data_dir=.'), "that is this kit's folder")
+
   def test_a_bank_code_of_another_bank(self):
     kit = os.path.join(self.root, 'out', 'bank_a')
     self._assert_refused(self._start(kit, '--transactions=t.csv', '--bank=b'), 'bank_b')

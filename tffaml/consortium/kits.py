@@ -235,6 +235,9 @@ def node_argv(kit: Kit, *, workdir: str, data_dir: Optional[str] = None, transac
                             ' or --transactions=<its AMLworld file> with --bank=<its code>.')
   if data_dir:
     folder = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
+    if os.path.commonpath([os.path.abspath(data_dir), kit.dir]) == kit.dir:  # Both are named after it.
+      raise errors.InputError(f'--data_dir={data_dir}: that is this kit\'s folder; give the folder of'
+                              f' {kit.party}\'s rows (train.csv, test.csv), named {kit.party}, outside the kit.')
     if folder != kit.party:  # scripts/node.py names the institution after its folder.
       raise errors.InputError(f'--data_dir={data_dir}: this kit is {kit.party}\'s, and the folder is named'
                               f' {folder!r}; a node is named after its folder: rename it (or link it) to'
