@@ -80,6 +80,16 @@ class ProvisionTest(absltest.TestCase):
     self.assertEqual(manifest['overrides'], ['--config.federated.rounds=2'])
     self.assertNotIn(self.root, json.dumps(manifest))  # Relative paths: a kit can move.
 
+  def test_refuses_values_the_installed_config_resolves_otherwise(self):
+    self.assertEqual(_provision(self.root).returncode, 0)
+    kit = kits.load(os.path.join(self.root, 'out', 'bank_b'))
+    with open(kit.path('config.json')) as f:
+      values = json.load(f)
+    kits.check_agreed_values(kit, values)
+    values['federated']['rounds'] = 3  # What configs/csv.py:smoke says without the agreed override.
+    with self.assertRaisesRegex(errors.InputError, r'other values than config.json agreed \(config.federated.rounds\)'):
+      kits.check_agreed_values(kit, values)
+
   def test_refuses_a_non_empty_out_dir_in_one_line(self):
     os.makedirs(os.path.join(self.root, 'out'))
     open(os.path.join(self.root, 'out', 'old'), 'w').close()
