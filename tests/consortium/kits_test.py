@@ -187,8 +187,8 @@ class DriverApiTlsTest(absltest.TestCase):
     kit = kits.load(os.path.join(root, 'out', 'coordinator'))
     driver = f'127.0.0.1:{local.free_port()}'
     with local.Processes(os.path.join(root, 'logs')) as processes:
-      link = processes.start('superlink', transport_test._without_tensorflow(local.superlink_argv(  # pylint: disable=protected-access
-          kits.superlink_files(kit), fleet=f'localhost:{local.free_port()}', driver=driver)))
+      argv = local.superlink_argv(kits.superlink_files(kit), fleet=f'localhost:{local.free_port()}', driver=driver)
+      link = processes.start('superlink', transport_test._without_tensorflow(argv))  # pylint: disable=protected-access
       self.assertIsNone(local.wait_for_text(link, 'Starting Driver API', timeout=240.0))
       with open(kit.path('ca.crt'), 'rb') as f:
         ca = f.read()
