@@ -255,8 +255,10 @@ class KitsFederationTest(absltest.TestCase):
       rows = list(csv.DictReader(f))
     self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 3.0])  # The ledger: all 3, twice.
     self.assertIn('Fleet API on localhost:', text)
-    for bank in _BANKS:  # Each node's state in its own kit's workdir.
-      self.assertTrue(os.path.exists(os.path.join(hosts, bank, 'kit', 'workdir', 'secret', 'noise_seed')))
+    for bank in _BANKS:  # Each node's state, and the model delivered to it, in its own kit's workdir.
+      workdir = os.path.join(hosts, bank, 'kit', 'workdir')
+      self.assertTrue(os.path.exists(os.path.join(workdir, 'secret', 'noise_seed')))
+      self.assertTrue(os.path.exists(os.path.join(workdir, 'model', 'export', 'saved_model.pb')))
     with open(os.path.join(coordinator, 'workdir', 'logs', 'superlink.log')) as f:
       self.assertIn('Node authentication enabled with 3 known public keys', f.read())
 
