@@ -62,8 +62,7 @@ class FederationOverFlowerTest(tf.test.TestCase):
   def _federation(self, config, names):
     files = credentials.write_federation(os.path.join(self.dir, 'pki'), hosts=['127.0.0.1'], institutions=names)
     fleet, driver = f'127.0.0.1:{local.free_port()}', f'127.0.0.1:{local.free_port()}'
-    self.link = self.processes.start('superlink', _without_tensorflow(
-        local.superlink_argv(files, fleet=fleet, driver=driver)))
+    self.link = self.processes.start('superlink', local.superlink_argv(files, fleet=fleet, driver=driver))
     for name in names:  # Each node: its own process, folder, key and noise seed file.
       self.processes.start(name, local.node_argv(
           files, name=name, rows=[f'--data_dir={os.path.join(config.data.dir, name)}'],
