@@ -133,7 +133,8 @@ class SuperLinkTest(tf.test.TestCase):
 
   def test_keys_admitted_rotated_and_revoked_while_the_federation_runs(self):
     transport = self._transport([])
-    transport._node_keys = registry.LiveKeys(self.files.nodes)  # pylint: disable=protected-access  # As scripts/coordinator.py.
+    # The registry read live, as scripts/coordinator.py gives it.
+    transport._node_keys = registry.LiveKeys(self.files.nodes)  # pylint: disable=protected-access
     transport.wait_for(['bank_a', 'bank_b'], timeout=_START_SECONDS)
     # Revoked: bank_b's next request is refused, and the SuperLink says so in one line.
     self.assertIn('revoked bank_b', self._keys('revoke', '--institution=bank_b'))

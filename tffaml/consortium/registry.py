@@ -41,11 +41,15 @@ def _write_list(nodes: str, key_list: str) -> None:
     f.write(content)
 
 
+def _read(path: str) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read()
+
+
 def _copy_in(public_key: str, path: str) -> None:
   credentials.authorized_nodes([public_key])  # A node's OpenSSH EC key on Flower's curve, or refused.
-  with open(public_key, 'rb') as f:
-    data = f.read()
-  if any(open(p, 'rb').read().strip() == data.strip() for p in glob.glob(os.path.join(os.path.dirname(path), '*.pub'))):
+  data = _read(public_key)
+  if any(_read(p).strip() == data.strip() for p in glob.glob(os.path.join(os.path.dirname(path), '*.pub'))):
     raise RegistryError(f'{public_key}: this key is already registered; each institution needs its own key.')
   with io.atomic_path(path) as tmp, open(tmp, 'wb') as f:
     f.write(data)
@@ -110,9 +114,11 @@ class LiveKeys(Mapping[str, messages.PublicKey]):
     self._current()
 
   def _current(self) -> dict[str, messages.PublicKey]:
-    mtime = os.stat(self._nodes).st_mtime_ns  # Each change renames a file into or out of the folder.
-    if mtime != self._seen:
-      self._keys, self._seen = read_keys(self._nodes), mtime
+    # Each change renames a new file in (a new inode) or one out; modification times alone
+    # are as coarse as the kernel's clock tick, too coarse for two changes in a row.
+    seen = sorted((e.name, e.inode()) for e in os.scandir(self._nodes) if e.name.endswith('.pub'))
+    if seen != self._seen:
+      self._keys, self._seen = read_keys(self._nodes), seen
     return self._keys
 
   def __getitem__(self, name: str) -> messages.PublicKey:

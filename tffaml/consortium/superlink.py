@@ -157,15 +157,21 @@ def _interceptor_class(base, log: Callable[[str], None]):
   return Interceptor
 
 
+def _version(path: str) -> tuple[int, int, int]:
+  """What changes with the file: a new inode when replaced atomically, its time and size when edited."""
+  stat = os.stat(path)
+  return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def watch_key_list(path: str, state, log: Callable[[str], None], stop: threading.Event) -> None:
-  """Until `stop`: the admitted keys follow `path` whenever its modification time changes."""
-  seen = os.stat(path).st_mtime_ns
+  """Until `stop`: the admitted keys follow `path` whenever it changes (replaced, or written in place)."""
+  seen = _version(path)
   while not stop.wait(RELOAD_SECONDS):
     try:
-      mtime = os.stat(path).st_mtime_ns
-      if mtime == seen:
+      version = _version(path)
+      if version == seen:
         continue
-      seen, keys = mtime, read_key_list(path)
+      seen, keys = version, read_key_list(path)
     except (OSError, ValueError) as e:  # A list being replaced, or a broken one: keep the current keys.
       log(f'{path}: not reloaded ({e}); the SuperLink keeps its current node keys.')
       continue
