@@ -57,7 +57,11 @@ _REPLY_TIMEOUT = flags.DEFINE_float('reply_timeout', 600.0,
 def main(argv):
   del argv
   from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
-  node_keys = _node_keys()
+  from tffaml.consortium import messages  # pylint: disable=g-import-not-at-top
+  from tffaml.consortium import registry  # pylint: disable=g-import-not-at-top
+  _node_keys()
+  # Read again when scripts/keys.py changes the registry: a rotated key applies within the run.
+  node_keys = registry.LiveKeys(_NODES.value)
   with open(_CA.value, 'rb') as f:
     root_certificates = f.read()
   from tffaml import runtime  # pylint: disable=g-import-not-at-top

@@ -292,10 +292,11 @@ class Federation:
                node_keys: Mapping[str, messages.PublicKey], min_nodes: int = 1,
                log: Callable[[str], None] = print):
     """`node_keys`: each registered institution's public key, by name; `min_nodes` per round."""
-    self._transport, self._key, self._node_keys = transport, key, dict(sorted(node_keys.items()))
+    # Kept as given: a live registry (`registry.LiveKeys`) applies a rotated or revoked key mid-run.
+    self._transport, self._key, self._node_keys = transport, key, node_keys
     self.min_nodes, self.log = min_nodes, log
     self._agreement: Optional[str] = None
-    self.names: list[str] = list(self._node_keys)  # The federation's order: institution indices.
+    self.names: list[str] = sorted(node_keys)  # The federation's order: institution indices.
     self.traffic = {'sent': 0.0, 'received': 0.0}  # Mean bytes per node of the last exchange.
     self.run_id = ''  # Set by `load` (kept in the workdir).
     self.root = ''  # The run's workdir, set by `load`: where status.json goes.
@@ -339,6 +340,9 @@ class Federation:
     """The verified, accepted replies; every problem logged, and raised if `required`."""
     replies, problems = {}, {}
     for name, blob in answers.items():
+      if name not in self._node_keys:
+        problems[name] = 'its key was revoked (scripts/keys.py)'
+        continue
       try:
         reply = messages.unseal(blob, self._node_keys[name], sender=name,
                                 kinds=(node_lib.reply_kind(kind), node_lib.REFUSED))

@@ -16,6 +16,7 @@ registry of institutions' public keys.
 """
 
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from flwr.common import Message as FlowerMessage
 from flwr.common import RecordSet
 from flwr.common import recordset_compat
 from flwr.common import grpc as flwr_grpc
+from flwr.common import retry_invoker
 from flwr.common.secure_aggregation import secaggplus_constants
 from flwr.proto import driver_pb2_grpc
 from flwr.proto import run_pb2
@@ -43,6 +45,7 @@ import grpc
 import numpy as np
 
 from tffaml import errors
+from tffaml.consortium import logs
 from tffaml.consortium import messages
 from tffaml.consortium import node as node_lib
 
@@ -115,6 +118,67 @@ class _PollingClock:
 
 
 _FLOWER_IDLE_SECONDS = 3  # flwr 1.12 client/app.py: `time.sleep(3)  # Wait for 3s before asking again`.
+_RETRY_SECONDS = 10  # Longest wait between a node's tries to reach its SuperLink (Flower's doubles unbounded).
+OUTAGE_LOG_SECONDS = 30.0  # Between a node's lines about a SuperLink it cannot reach.
+
+
+class _Outage:
+  """A node's view of its SuperLink's outages: one clear line every `every` s, and one when it is back.
+
+  Flower 1.12 retries forever, logging 'Connection attempt failed' at
+  doubling intervals (hours apart after a long outage), and says nothing
+  once it is through.
+  """
+
+  def __init__(self, superlink: str, log: Callable[[str], None], every: float):
+    self._superlink, self._log, self._every = superlink, log, every
+    self._since: Optional[float] = None
+    self._logged = 0.0
+
+  def backoff(self, state) -> None:
+    now = time.time()
+    if self._since is None:
+      self._since, self._logged = now, -self._every
+    if now - self._logged >= self._every:
+      self._logged = now
+      since = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self._since))
+      self._log(f'SuperLink {_reason(state.exception, self._superlink)} since {since}; retrying')
+
+  def success(self, state) -> None:
+    del state
+    if self._since is not None:
+      self._log(f'SuperLink at {self._superlink} reached again after {time.time() - self._since:.0f} s')
+      self._since = None
+
+
+def _reason(error: Exception, superlink: str) -> str:
+  code = error.code() if isinstance(error, grpc.RpcError) else None
+  if code == grpc.StatusCode.UNAUTHENTICATED:
+    return (f'at {superlink} refuses this node ({error.details()}: is its key in the coordinator\'s'
+            ' --auth-list-public-keys? scripts/keys.py admit)')
+  return f'unreachable at {superlink} ({error.details() if code else error})'
+
+
+def _retrying(outage: _Outage):
+  """Flower's RetryInvoker as the SuperNode makes it, its waits capped and outages logged by `outage`."""
+
+  def make(*args, wait_gen_factory=None, on_backoff=None, on_success=None, **kwargs):
+    del wait_gen_factory
+
+    def backoff(state):
+      outage.backoff(state)
+      if on_backoff:
+        on_backoff(state)
+
+    def success(state):
+      outage.success(state)
+      if on_success:
+        on_success(state)
+
+    return retry_invoker.RetryInvoker(functools.partial(retry_invoker.exponential, max_delay=_RETRY_SECONDS),
+                                      *args, on_backoff=backoff, on_success=success, **kwargs)
+
+  return make
 
 
 def run_node(node: node_lib.Node, key: messages.PrivateKey, *, superlink: str, root_certificates: bytes,
@@ -125,6 +189,7 @@ def run_node(node: node_lib.Node, key: messages.PrivateKey, *, superlink: str, r
   (Flower 1.12 waits 3 s; each costs the SuperLink one small TLS request).
   """
   client_app_lib.time = _PollingClock(poll_seconds)  # This process is the node's alone.
+  client_app_lib.RetryInvoker = _retrying(_Outage(superlink, logs.log, OUTAGE_LOG_SECONDS))
   app = build_client_app(node, key)
   client_app_lib.start_client_internal(
       server_address=superlink, node_config={}, load_client_app_fn=lambda *_: app,
@@ -180,8 +245,10 @@ class FlowerTransport:
       raise errors.RunFailed(f'cannot reach the SuperLink\'s Driver API at {driver_api}: {e.details()}; start'
                              ' flower-superlink (README "Deployment") or check --driver_api and --ca.') from None
     self._driver._run_id = self._run_id = response.run_id  # pylint: disable=protected-access
-    self._node_keys, self._timeout, self._log = dict(node_keys), timeout, log
+    # Kept as given: a live registry (`registry.LiveKeys`) applies an admitted, rotated or revoked key.
+    self._node_keys, self._timeout, self._log = node_keys, timeout, log
     self._ids: dict[str, int] = {}
+    self._asked: set[int] = set()  # Node ids asked to identify themselves.
     logging.getLogger('flwr').setLevel(logging.WARNING)  # SecAgg+ logs each stage at INFO: not progress.
 
   def wait_for(self, names, *, timeout: float, check: Callable[[], Optional[str]] = lambda: None) -> None:
@@ -205,6 +272,7 @@ class FlowerTransport:
   def _identify(self) -> None:
     """Learns which connected node id is which institution (a signed fresh nonce each)."""
     nonces = {i: secrets.token_bytes(16) for i in self._driver.get_node_ids()}
+    self._asked |= set(nonces)
     requests = [self._driver.create_message(_content(_IDENTIFY, nonce), 'query', i, 'identify')
                 for i, nonce in nonces.items()]
     self._ids = {}
@@ -226,8 +294,11 @@ class FlowerTransport:
 
   def _node_ids(self, names) -> dict[int, str]:
     """Flower's node id of each of `names` that is connected, re-identifying when one is unknown."""
-    if set(names) - set(self._ids):
-      self._identify()  # A restarted node comes back with a new node id.
+    # A restarted node comes back with a new node id, its old one gone
+    # (each new id is asked once: an unregistered node is not asked every round).
+    connected = set(self._driver.get_node_ids())
+    if set(names) - set(self._ids) or set(self._ids.values()) - connected or connected - self._asked:
+      self._identify()
     return {self._ids[name]: name for name in names if name in self._ids}
 
   def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -120,8 +120,12 @@ def wait_for_text(path: str, text: str, *, timeout: float) -> Optional[str]:
 
 
 def superlink_argv(files, *, fleet: str, driver: str) -> list[str]:
-  """A SuperLink with TLS and node authentication (`files`: `credentials.FederationFiles`)."""
-  return ['flower-superlink', '--ssl-ca-certfile', files.tls.ca_certificate,
+  """A SuperLink with TLS and node authentication (`files`: `credentials.FederationFiles`).
+
+  Flower's SuperLink through scripts/superlink.py: restarted nodes rejoin and
+  the admitted keys follow `files.authorized_nodes` live.
+  """
+  return ['python', os.path.join(_REPO, 'scripts', 'superlink.py'), '--ssl-ca-certfile', files.tls.ca_certificate,
           '--ssl-certfile', files.tls.certificate, '--ssl-keyfile', files.tls.key,
           '--auth-list-public-keys', files.authorized_nodes,
           '--auth-superlink-private-key', files.superlink_key,

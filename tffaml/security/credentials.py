@@ -124,6 +124,11 @@ def write_node_key(out_dir: str, name: str) -> tuple[str, str]:
 
 def write_authorized_nodes(path: str, public_keys: Sequence[str]) -> str:
   """The SuperLink's list of admitted nodes (--auth-list-public-keys), one key a line."""
+  return write_file(path, authorized_nodes(public_keys), private=False)
+
+
+def authorized_nodes(public_keys: Sequence[str]) -> bytes:
+  """The content of a SuperLink's list of the node keys in the files `public_keys` (each checked)."""
   lines = []
   for key_file in public_keys:
     with open(key_file, 'rb') as f:
@@ -139,7 +144,7 @@ def write_authorized_nodes(path: str, public_keys: Sequence[str]) -> str:
       raise errors.InputError(f'{key_file}: not a {CURVE.name} EC key, which Flower\'s node authentication'
                               ' needs; write each node\'s key with write_node_key (scripts/pki.py).')
     lines.append(data)
-  return write_file(path, b'\n'.join(lines) + b'\n', private=False)
+  return b'\n'.join(lines) + b'\n'
 
 
 @dataclasses.dataclass(frozen=True)
