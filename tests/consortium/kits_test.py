@@ -76,7 +76,14 @@ class ProvisionTest(absltest.TestCase):
     self.assertEqual([n.value for n in names], ['localhost'])  # The host the banks use, and nothing else.
     with open(os.path.join(out, 'bank_a', 'kit.json')) as f:
       manifest = json.load(f)
-    self.assertEqual(set(manifest['files']), _files(os.path.join(out, 'bank_a')) - {'kit.json'})
+    # Its own key pair is rotatable (scripts/keys.py), so it is not hashed; every agreed file is.
+    self.assertEqual(set(manifest['files']), _files(os.path.join(out, 'bank_a')) - {'kit.json', 'bank_a',
+                                                                                    'bank_a.pub'})
+    with open(os.path.join(out, 'coordinator', 'kit.json')) as f:
+      hashed = set(json.load(f)['files'])
+    self.assertNotIn('authorized_nodes.csv', hashed)  # The registry scripts/keys.py edits live.
+    self.assertFalse([p for p in hashed if p.startswith('nodes/')])
+    self.assertIn('ca.crt', hashed)
     self.assertEqual(manifest['overrides'], ['--config.federated.rounds=2'])
     self.assertNotIn(self.root, json.dumps(manifest))  # Relative paths: a kit can move.
 

@@ -150,10 +150,23 @@ def _write_agreed(kit: str, party: str, agreement: Agreement, schema_file: Optio
   if schema_file:
     shutil.copyfile(schema_file, os.path.join(kit, SCHEMA))
   _write_start(os.path.join(kit, START), party)
-  listed = sorted(os.path.relpath(os.path.join(d, f), kit) for d, _, fs in os.walk(kit) for f in fs)
+  listed = sorted(p for p in (os.path.relpath(os.path.join(d, f), kit) for d, _, fs in os.walk(kit) for f in fs)
+                  if not _rotatable(p, party))
   io.write_json(os.path.join(kit, KIT_FILE), {
       'party': party, 'coordinator_host': host, 'fleet_port': fleet_port, 'preset': agreement.preset,
       'overrides': list(agreement.overrides), 'files': {p: _sha256(os.path.join(kit, p)) for p in listed}})
+
+
+def _rotatable(path: str, party: str) -> bool:
+  """Node keys, which change after provisioning (scripts/keys.py admit|rotate|revoke): not in kit.json's hashes.
+
+  The hashes hold what every party must agree on (config, schema, start, the
+  CA certificate, the coordinator's public key); a bank's own key pair and the
+  coordinator's registry of node keys are rotated without new kits.
+  """
+  if party == COORDINATOR:
+    return path == 'authorized_nodes.csv' or path.startswith('nodes' + os.sep)
+  return path in (party, f'{party}.pub')
 
 
 def _write_start(path: str, party: str) -> None:
