@@ -196,12 +196,15 @@ class DefaultsTest(tf.test.TestCase):
   def test_every_aml_preset_parses_and_the_default_protects_accounts(self):
     from configs import aml  # pylint: disable=g-import-not-at-top
     from configs import aml_autoencoder  # pylint: disable=g-import-not-at-top
-    for preset in ('', 'client_dp', 'smoke', 'no_dp', 'compare', 'stream'):
+    for preset in ('', 'public', 'client_dp', 'smoke', 'no_dp', 'compare', 'stream'):
       config = aml.get_config(preset)
       config.data.path = 'transactions.csv'
       config_checks.parse_choices(config)
       self.assertEqual(config_data.data_spec(config).selection.path, 'transactions.csv')
-      self.assertEqual(config.record_dp.enabled, preset == '', preset)
+      self.assertEqual(config.record_dp.enabled, preset in ('', 'public'), preset)
+    public = aml.get_config('public')  # The default's mechanism, from make train-aml's public corpus.
+    self.assertEqual((public.public.path, public.federated.rounds), (aml.PUBLIC_CORPUS, 30))
+    self.assertEqual(public.privacy.target_epsilon, aml.get_config().privacy.target_epsilon)
     with self.assertRaisesRegex(ValueError, "unknown preset 'nope'"):
       aml.get_config('nope')
     config = aml.get_config()
