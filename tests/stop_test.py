@@ -17,7 +17,6 @@ import psutil
 import tensorflow as tf
 
 from tests import helpers
-from tests.consortium import transport_test
 from tffaml.consortium import local
 from tffaml.security import credentials
 
@@ -110,12 +109,14 @@ class StopOnSigtermTest(tf.test.TestCase):
                            workdir=os.path.join(self.dir, 'node'), fleet=nowhere)
     process, log = self._start('node', [sys.executable, *argv[1:]])
     self._assert_stops(process, log, 'connecting to', settle=3.0)
+    with open(log) as f:  # What it waited for, in its own words (not Flower's "may be offline").
+      self.assertIn(f'SuperLink unreachable at {nowhere} (', f.read())
 
   def test_a_coordinator_waiting_for_its_nodes(self):
     files, schema_file = self._federation()
     fleet, driver = f'127.0.0.1:{local.free_port()}', f'127.0.0.1:{local.free_port()}'
-    link, link_log = self._start('superlink', [sys.executable, *transport_test._without_tensorflow(  # pylint: disable=protected-access
-        local.superlink_argv(files, fleet=fleet, driver=driver))[1:]])
+    link, link_log = self._start('superlink', [sys.executable, *local.superlink_argv(files, fleet=fleet,
+                                                                                   driver=driver)[1:]])
     self.assertIsNone(local.wait_for_text(link_log, 'Starting Driver API', timeout=_READY_SECONDS))
     process, log = self._start('coordinator', [
         sys.executable, os.path.join(_SCRIPTS, 'coordinator.py'), '--config=configs/csv.py',
