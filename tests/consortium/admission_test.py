@@ -65,6 +65,8 @@ class MisconfiguredNodeTest(tf.test.TestCase):
         self.assertLen(errors, 1, output[-3000:])
         self.assertIn(cases[name][1], errors[0])
         self.assertNotIn(_MISLEADING, output)
+      with open(link) as f:  # The coordinator's side: scripts/superlink.py logs the refused key in one line.
+        self.assertIn('refused a node at', f.read())
     finally:
       for process, _ in nodes.values():
         if process.poll() is None:
