@@ -80,7 +80,8 @@ def main(argv):
     logs.log(f'node {node.name}: {len(node.institution.train)} training rows; config {node.agreement[:12]}…;'
              f' connecting to {_SUPERLINK.value}')
     flower.run_node(node, key, superlink=_SUPERLINK.value, root_certificates=root_certificates,
-                    authentication_keys=(key, key.public_key()))
+                    authentication_keys=(key, key.public_key()), ca=f'--ca={_CA.value}',
+                    key_file=_KEY.value)
 
 
 def _own_data(config) -> str:

@@ -5,7 +5,9 @@
     ml_collections raises as a garbled AttributeError), are one line naming
     the flag and the nearest known key;
   * an `errors.Refusal` raised by `main` (bad data, config, workdir, or a
-    diverged run) prints `error: <message>` and exits with status 2.
+    diverged run) prints `error: <message>` and exits with status 2;
+  * SIGTERM or SIGHUP ends it within seconds, with status 128 + the signal
+    (`runtime.stops_on_signals`).
 Anything else is our bug and keeps its traceback.
 """
 
@@ -108,7 +110,10 @@ def run(main: Callable[[list[str]], None], *, import_tensorflow: bool = False,
     return rest
 
   def guarded(argv):
-    _refusing(lambda: main(argv))
+    # SIGTERM ends every script within seconds, in any state (waiting on a
+    # SuperLink that is gone, mid-round in the TFF worker): `runtime.stops_on_signals`.
+    with runtime.stops_on_signals():
+      _refusing(lambda: main(argv))
 
   try:
     app.run(guarded, flags_parser=parser)

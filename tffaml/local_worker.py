@@ -31,7 +31,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import grpc
 import psutil
@@ -88,9 +88,11 @@ def _listening_port(process: subprocess.Popen) -> Optional[int]:
 class Worker:
   """This process's worker_binary and a stub on it, started again when found dead."""
 
-  def __init__(self):
+  def __init__(self, stopping: Callable[[], bool] = lambda: False):
+    """`stopping`: whether the process is being stopped (by a signal): a dead worker is not started again."""
     # Port 0: the kernel picks a free one as the worker binds it.
     self._command = [BINARY, '--port=0', '--max_concurrent_computation_calls=-1']
+    self._stopping = stopping
     self._process: Optional[subprocess.Popen] = None
     self._channel: Optional[grpc.Channel] = None
     self._stub = None
@@ -104,6 +106,8 @@ class Worker:
       except grpc.FutureTimeoutError:
         pass
     self.stop()
+    if self._stopping():  # Killed by the stop: starting another would only delay the exit.
+      raise WorkerFailed(f'the TFF worker was stopped with this process. Nothing is lost: {_RESUME}.')
     problems = []
     for _ in range(START_ATTEMPTS):
       problem = self._start()

@@ -8,7 +8,9 @@ keeps our stdout open, so `python scripts/train.py | tail` never returns.
 that fails the run in bounded time when it dies or does not answer
 (`local_worker`), and guarantees the worker is stopped:
   * on leaving the `with` block, on exceptions, and on SIGTERM/SIGHUP (turned
-    into `SystemExit` so `finally` blocks and checkpoints unwind normally);
+    into `SystemExit` so `finally` blocks and checkpoints unwind normally;
+    `stops_on_signals` ends the process within `STOP_SECONDS` even when they
+    cannot: a main thread blocked in C, a library's own signal handler);
   * on SIGKILL of this process, by a small watchdog process that waits for our
     end (EOF on a pipe only we hold) and then stops the workers we started,
     found as our descendants while we live and, for one started just before
@@ -21,6 +23,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Iterator
 
 import psutil
@@ -29,6 +33,14 @@ _WORKER_NAME = 'worker_binary'
 OWNER_ENV = 'TFFAML_RUNTIME_OWNER'  # Set for the workers we start: whose they are.
 _WATCHDOG_POLL_SECONDS = 0.5
 _STOP_TIMEOUT_SECONDS = 5.0
+# From SIGTERM to a forced exit: the unwinding (finally blocks, the checkpoint
+# being written, which is atomic) gets this long, and the whole stop, with a
+# loaded machine's delays, stays under the 5 s a supervisor is promised.
+STOP_SECONDS = 3.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_stopping = threading.Event()  # Set once a stop signal came: no worker starts any more.
+_armed = threading.Event()  # `stops_on_signals` is active in this process.
+_signal_received: list[int] = []  # The stop signal, once it came.
 
 # Runs in its own process, with no handle on our stdout/stderr. It records the
 # workers among our children while we live, and stops them once we are gone.
@@ -120,7 +132,99 @@ def _start_watchdog() -> subprocess.Popen:
 
 def _raise_system_exit(signum, frame):
   del frame
+  _note_stop(signum)
   raise SystemExit(128 + signum)
+
+
+def _note_stop(signum: int) -> None:
+  if not _signal_received:
+    _signal_received.append(signum)
+  _stopping.set()
+
+
+def stopping() -> bool:
+  """Whether a stop signal came (`stops_on_signals`): then nothing new should start."""
+  return _stopping.is_set()
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+  for process in processes:
+    try:
+      process.kill()
+    except psutil.Error:  # Already gone.
+      pass
+
+
+def _stop_on_signal(read_fd: int) -> None:
+  """The stop thread: waits for a stop signal's number on the wakeup pipe, then ends the process in time."""
+  while True:
+    received = os.read(read_fd, 64)
+    if not received:  # The block ended without a stop signal.
+      os.close(read_fd)
+      return
+    signums = [s for s in received if s in _STOP_SIGNALS]  # The pipe gets every handled signal's number.
+    if signums:
+      break
+  _note_stop(signums[0])
+  # The computation in progress is lost anyway, and a main thread blocked in a
+  # gRPC call into the worker returns once it is gone.
+  _kill(worker_processes())
+  time.sleep(STOP_SECONDS)
+  _kill(psutil.Process().children(recursive=True))  # Still here: nothing we started may outlive us.
+  _exit_now()
+
+
+def _exit_now() -> None:
+  """Ends the process with the stop signal's status, without the interpreter's slow teardown.
+
+  Once the main thread has unwound, what is left (atexit handlers, TensorFlow's
+  and gRPC's teardown, joining their threads) took seconds on a loaded
+  machine, and this thread cannot act then: Python stops daemon threads as
+  it finalizes. Only output is kept; the files we write are atomic.
+  """
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # pylint: disable=broad-except  (a closed or broken stream: nothing to keep)
+      pass
+  os._exit(128 + _signal_received[0])  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def stops_on_signals() -> Iterator[None]:
+  """In the block, SIGTERM/SIGHUP end this process within `STOP_SECONDS` (plus a moment), in any state.
+
+  The signal is raised in the main thread as `SystemExit(128 + signum)`, so
+  `finally` blocks unwind. Python runs that handler only between the main
+  thread's bytecodes, and only if it is still ours: the main thread may be
+  blocked in C (a call into the TFF worker, Flower's gRPC) or a library may
+  have put its own handler in (Flower's SuperNode, whose handler deregisters
+  from a SuperLink that may be gone, retrying for minutes). So the C-level
+  handler also writes the signal to a pipe (`signal.set_wakeup_fd`) that a
+  daemon thread waits on: it kills our TFF workers at once, and if the
+  process is still alive `STOP_SECONDS` later, kills everything it started
+  and exits (`os._exit`) with the same status. Call from the main thread;
+  nested blocks are the outer one's.
+  """
+  if _armed.is_set() or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)  # As set_wakeup_fd requires: a full pipe must not block the handler.
+  previous_handlers = {sig: signal.signal(sig, _raise_system_exit) for sig in _STOP_SIGNALS}
+  previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  threading.Thread(target=_stop_on_signal, args=(read_fd,), name='tffaml-stop', daemon=True).start()
+  _armed.set()
+  try:
+    yield
+  finally:
+    if _stopping.is_set():
+      _exit_now()
+    signal.set_wakeup_fd(previous_fd)
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
+    os.close(write_fd)  # EOF: the thread ends.
+    _armed.clear()
 
 
 @contextlib.contextmanager
@@ -128,22 +232,18 @@ def owned_workers() -> Iterator[None]:
   """Stops every TFF worker this process starts in the block, however the block or the process ends.
 
   On leaving the block (exceptions included), on SIGTERM/SIGHUP (raised as
-  `SystemExit`), and, by the watchdog, on SIGKILL of this process.
+  `SystemExit`, the process ended in bounded time: `stops_on_signals`), and,
+  by the watchdog, on SIGKILL of this process.
   """
   os.environ[OWNER_ENV] = str(os.getpid())  # Inherited by every worker_binary we start.
-  watchdog = _start_watchdog()
-  previous_handlers = {
-      sig: signal.signal(sig, _raise_system_exit)
-      for sig in (signal.SIGTERM, signal.SIGHUP)
-  }
-  try:
-    yield
-  finally:
-    stop_workers()
-    for sig, handler in previous_handlers.items():
-      signal.signal(sig, handler)
-    watchdog.stdin.close()
-    watchdog.wait()
+  with stops_on_signals():  # Outside: a stop ends the process only once the workers are stopped.
+    watchdog = _start_watchdog()
+    try:
+      yield
+    finally:
+      stop_workers()
+      watchdog.stdin.close()
+      watchdog.wait()
 
 
 @contextlib.contextmanager
@@ -160,7 +260,7 @@ def local_runtime() -> Iterator[None]:
     # aggregation) into the plain sums they compute: the C++ runtime has no
     # secure aggregation protocol, so the simulation runs them in the clear.
     # Its worker is ours (`local_worker`): TFF's can wait forever on a dead one.
-    worker = local_worker.Worker()
+    worker = local_worker.Worker(stopping=stopping)
     local_worker.set_context(worker)
     try:
       yield

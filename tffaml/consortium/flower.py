@@ -159,8 +159,63 @@ def _reason(error: Exception, superlink: str) -> str:
   return f'unreachable at {superlink} ({error.details() if code else error})'
 
 
-def _retrying(outage: _Outage):
-  """Flower's RetryInvoker as the SuperNode makes it, its waits capped and outages logged by `outage`."""
+class NotAdmitted(errors.InputError):
+  """The SuperLink refused this node for good: its key, or the TLS certificates, or the host name."""
+
+
+def _not_admitted(error: grpc.RpcError, *, superlink: str, ca: str, key: str) -> Optional[str]:
+  """What is wrong with this node's credentials and how to fix it, in one line; None if retrying may help.
+
+  Flower 1.12 says "Can't get server public key, SuperLink may be offline"
+  for all of these, and retries forever. `ca`, `key`: the flags that gave them.
+  """
+  details = error.details() or ''
+  host = superlink.rsplit(':', 1)[0]
+  if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+    return (f'the SuperLink at {superlink} refused this node\'s key ({key}): it is not registered there. Send'
+            f' {key}.pub to the coordinator to register (its --auth-list-public-keys), or give --key the key'
+            ' that was registered.')
+  if 'is not in peer certificate' in details or 'No match found for server name' in details:
+    return (f'the SuperLink\'s TLS certificate is not for {host!r} (--superlink={superlink}): connect by a host'
+            ' name its certificate names (scripts/pki.py --hosts), not another name or address of that machine.')
+  if 'handshake failed' in details.lower() or 'CERTIFICATE_VERIFY_FAILED' in details:
+    return (f'TLS with the SuperLink at {superlink} failed ({details.rsplit(": ", 1)[-1]}): its certificate is'
+            f' not signed by the CA in {ca}: give --ca the federation\'s CA certificate (the coordinator\'s'
+            ' ca.crt).')
+  return None
+
+
+class _Refusal:
+  """Gives up Flower's retries on what retrying cannot fix (`should_giveup`), keeping it for `run_node`.
+
+  Flower's connection swallows (logs) any exception and then returns as if
+  stopped: `run_node` raises the refusal kept here.
+  """
+
+  def __init__(self, *, superlink: str, ca: str, key: str):
+    self._where = dict(superlink=superlink, ca=ca, key=key)
+    self.refused: Optional[NotAdmitted] = None
+
+  def permanent(self, error: Exception) -> bool:
+    problem = _not_admitted(error, **self._where) if isinstance(error, grpc.RpcError) else None
+    if problem is not None:
+      self.refused = NotAdmitted(problem)
+      raise self.refused from None
+    return False
+
+
+class _OnlyOurWords(logging.Filter):
+  """Drops Flower's lines that `NotAdmitted` replaces: "SuperLink may be offline", and its log of our refusal."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not isinstance(record.msg, NotAdmitted) and "Can't get server public key" not in record.getMessage()
+
+
+def _retrying(outage: _Outage, refusal: Optional[_Refusal] = None):
+  """Flower's RetryInvoker as the SuperNode makes it, its waits capped and outages logged by `outage`.
+
+  With `refusal`, what retrying cannot fix ends the retries at once.
+  """
 
   def make(*args, wait_gen_factory=None, on_backoff=None, on_success=None, **kwargs):
     del wait_gen_factory
@@ -175,6 +230,8 @@ def _retrying(outage: _Outage):
       if on_success:
         on_success(state)
 
+    if refusal is not None:
+      kwargs['should_giveup'] = refusal.permanent
     return retry_invoker.RetryInvoker(functools.partial(retry_invoker.exponential, max_delay=_RETRY_SECONDS),
                                       *args, on_backoff=backoff, on_success=success, **kwargs)
 
@@ -182,19 +239,26 @@ def _retrying(outage: _Outage):
 
 
 def run_node(node: node_lib.Node, key: messages.PrivateKey, *, superlink: str, root_certificates: bytes,
-             authentication_keys, poll_seconds: float = 0.2) -> None:
+             authentication_keys, poll_seconds: float = 0.2, ca: str = '--ca', key_file: str = '--key') -> None:
   """Serves `node` through the SuperLink at `superlink` until stopped (TLS and node authentication on).
 
   `poll_seconds`: between the node's requests for work when it has none
   (Flower 1.12 waits 3 s; each costs the SuperLink one small TLS request).
+  A key the SuperLink does not admit, or TLS that fails (another CA, a host
+  name the certificate does not name), is `NotAdmitted`: one line naming
+  the flag (`ca`, `key_file`) to fix.
   """
   client_app_lib.time = _PollingClock(poll_seconds)  # This process is the node's alone.
-  client_app_lib.RetryInvoker = _retrying(_Outage(superlink, logs.log, OUTAGE_LOG_SECONDS))
+  refusal = _Refusal(superlink=superlink, ca=ca, key=key_file)
+  client_app_lib.RetryInvoker = _retrying(_Outage(superlink, logs.log, OUTAGE_LOG_SECONDS), refusal)
+  logging.getLogger('flwr').addFilter(_OnlyOurWords())
   app = build_client_app(node, key)
   client_app_lib.start_client_internal(
       server_address=superlink, node_config={}, load_client_app_fn=lambda *_: app,
       root_certificates=root_certificates, insecure=False, transport='grpc-rere',
       authentication_keys=authentication_keys)
+  if refusal.refused is not None:
+    raise refusal.refused
 
 
 _POLL_SECONDS = 0.2  # Between pulls of replies (Flower's send_and_receive waits 3 s).
