@@ -14,7 +14,13 @@ Writes, under --out_dir (which must be empty or new):
   authorized_nodes.csv   the SuperLink's --auth-list-public-keys
 
 In a deployment each institution makes its own node key on its own host and
-sends only the .pub; this writes them all for a demo or a test consortium.
+sends only the .pub:
+
+  python scripts/pki.py --node_key=bank_a --out_dir=my_keys
+
+writes my_keys/bank_a (secret: it never leaves the institution) and
+my_keys/bank_a.pub (for scripts/provision.py --public_keys or scripts/keys.py
+admit). Without --node_key this writes them all, for a demo or a test.
 
   python scripts/pki.py --cluster --out_dir=cluster_pki --hosts=worker1.lab,worker2.lab
 
@@ -40,12 +46,17 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the credentials go (empty
 _HOSTS = flags.DEFINE_list('hosts', ['127.0.0.1', 'localhost'], "The SuperLink's host names or addresses.")
 _INSTITUTIONS = flags.DEFINE_list('institutions', None, 'Institution names (one node key each).')
 _CLUSTER = flags.DEFINE_bool('cluster', False, "A TFF workers' cluster's mutual TLS instead (--hosts: the workers').")
+_NODE_KEY = flags.DEFINE_string('node_key', None, "Only this institution's own node key pair (run at the"
+                                ' institution: the private key never leaves it; send only the .pub).')
 
 
 def main(argv):
   del argv
   if _CLUSTER.value:
     _cluster()
+    return
+  if _NODE_KEY.value:
+    _node_key(_NODE_KEY.value)
     return
   if not _INSTITUTIONS.value:
     sys.exit('error: --institutions names the federation\'s institutions (or pass --cluster).')
@@ -57,6 +68,21 @@ def main(argv):
   print(f'CA certificate:   {files.tls.ca_certificate}\nSuperLink TLS:    {files.tls.certificate}'
         f'\ncoordinator key:  {files.coordinator_key} (secret)\nnode keys:        {files.nodes}/'
         f'\nadmitted nodes:   {files.authorized_nodes}')
+
+
+def _node_key(name: str) -> None:
+  from tffaml.consortium import kits  # pylint: disable=g-import-not-at-top
+  from tffaml.security import credentials  # pylint: disable=g-import-not-at-top
+  if not kits.is_institution_name(name):
+    sys.exit(f'error: --node_key={name!r}: give the institution\'s name as the consortium agreed it (letters,'
+             ' digits, _ . -), the name of its kit and its data folder.')
+  try:
+    private, public = credentials.write_node_key(_OUT_DIR.value, name)
+  except FileExistsError as e:
+    sys.exit(f'error: {e}')
+  print(f'node key:         {private} (secret: it stays here; copy it into your kit once it arrives)'
+        f'\npublic key:       {public} (send it to the coordinator: scripts/provision.py --public_keys,'
+        ' or scripts/keys.py admit)')
 
 
 def _cluster():

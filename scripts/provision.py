@@ -32,6 +32,9 @@ _INSTITUTIONS = flags.DEFINE_list('institutions', None, 'The institutions: one k
 _SCHEMA = flags.DEFINE_string('schema_file', None, 'The agreed schema.json (a csv_dir config needs one).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the kits go (new or empty).', required=True)
 _FLEET_PORT = flags.DEFINE_integer('fleet_port', 9092, "The SuperLink's Fleet API port on --coordinator_host.")
+_PUBLIC_KEYS = flags.DEFINE_string(
+    'public_keys', None, "A folder of institutions' own node public keys (<institution>.pub, from scripts/pki.py"
+    ' --node_key): their kits hold no private key; the other institutions\' key pairs are made here.')
 
 
 def _agreement():
@@ -54,6 +57,7 @@ def _check() -> None:
   from tffaml.config import values  # pylint: disable=g-import-not-at-top
   from tffaml.consortium import kits  # pylint: disable=g-import-not-at-top
   kits.check_names(_HOST.value, _INSTITUTIONS.value)
+  kits.own_public_keys(_PUBLIC_KEYS.value, _INSTITUTIONS.value)
   _agreement()
   values.check_values(_CONFIG.value)
   if _SCHEMA.value:
@@ -65,7 +69,8 @@ def main(argv):
   del argv
   from tffaml.consortium import kits  # pylint: disable=g-import-not-at-top
   written = kits.provision(_OUT_DIR.value, host=_HOST.value, institutions=_INSTITUTIONS.value,
-                           agreement=_agreement(), schema_file=_SCHEMA.value, fleet_port=_FLEET_PORT.value)
+                           agreement=_agreement(), schema_file=_SCHEMA.value, fleet_port=_FLEET_PORT.value,
+                           public_keys=_PUBLIC_KEYS.value)
   for party, kit in written.items():
     print(f'{party + ":":14}{kit}/  (give it to {party}\'s operator: {kit}/start)')
   print(f'{"CA key:":14}{os.path.join(_OUT_DIR.value, kits.CA, "ca.key")}  (keep it offline; it is in no kit)')

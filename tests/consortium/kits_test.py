@@ -162,6 +162,46 @@ class StartRefusesTest(absltest.TestCase):
     self._assert_refused(self._start(kit, '--data_dir=../data/bank_c'), 'schema.json: changed since provisioning')
 
 
+class OwnKeyTest(absltest.TestCase):
+  """An institution makes its own node key; only its .pub reaches the coordinator and the kits."""
+
+  def test_a_kit_for_an_own_key_holds_no_private_key_and_start_asks_for_it(self):
+    root = self.create_tempdir().full_path
+    keys = os.path.join(root, 'bank_b_keys')  # At bank_b, never sent.
+    made = subprocess.run([sys.executable, os.path.join(_REPO, 'scripts', 'pki.py'), '--node_key=bank_b',
+                           f'--out_dir={keys}', '--institutions=unused'], capture_output=True, text=True,
+                          timeout=120)
+    self.assertEqual(made.returncode, 0, made.stderr)
+    sent = os.path.join(root, 'received')
+    os.makedirs(sent)
+    shutil.copy(os.path.join(keys, 'bank_b.pub'), sent)
+    result = _provision(root, f'--public_keys={sent}')
+    self.assertEqual(result.returncode, 0, result.stderr)
+    out = os.path.join(root, 'out')
+    self.assertNotIn('bank_b', _files(os.path.join(out, 'bank_b')))  # No private key was made for it.
+    self.assertIn('bank_a', _files(os.path.join(out, 'bank_a')))  # The others' pairs are made here.
+    with open(os.path.join(keys, 'bank_b.pub'), 'rb') as f:
+      own = f.read().strip()
+    for path in ('bank_b/bank_b.pub', 'coordinator/nodes/bank_b.pub', 'coordinator/authorized_nodes.csv'):
+      with open(os.path.join(out, path), 'rb') as f:
+        self.assertIn(own, f.read(), path)
+    data = os.path.join(root, 'data', 'bank_b')
+    refused = subprocess.run(['./start', f'--data_dir={data}'], cwd=os.path.join(out, 'bank_b'),
+                             capture_output=True, text=True, timeout=120)
+    self.assertEqual(refused.returncode, 2, refused.stderr)
+    self.assertIn("bank_b: missing: this kit holds bank_b's public key only", refused.stderr)
+    private = os.path.join(root, 'bank_b_private_copy')
+    shutil.copy(os.path.join(keys, 'bank_b'), private)
+    with open(private, 'w') as f:  # Not a key: refused in one line, before any kit is written.
+      f.write('not a key')
+    bad = os.path.join(root, 'bad')
+    os.makedirs(bad)
+    shutil.copy(private, os.path.join(bad, 'bank_c.pub'))
+    again = _provision(self.create_tempdir().full_path, f'--public_keys={bad}')
+    self.assertEqual(again.returncode, 2, again.stderr)
+    self.assertIn('bank_c.pub: not an OpenSSH public key', again.stderr)
+
+
 class CertificateExpiryTest(absltest.TestCase):
 
   def _certificate(self, days: int) -> str:

@@ -79,11 +79,15 @@ def _is_host(host: str) -> bool:
     return bool(host) and not any(c in host for c in ':/[] ')
 
 
+def is_institution_name(name: str) -> bool:
+  return bool(_NAME.match(name)) and name not in (COORDINATOR, CA)
+
+
 def check_names(host: str, institutions: Sequence[str]) -> None:
   if not _is_host(host):
     raise errors.InputError(f'--coordinator_host={host!r}: give the name (or address) the banks reach the'
                             ' coordinator by, without a port or scheme (e.g. coordinator.example).')
-  bad = [n for n in institutions if not _NAME.match(n) or n in (COORDINATOR, CA)]
+  bad = [n for n in institutions if not is_institution_name(n)]
   if bad or not institutions or len(set(institutions)) != len(institutions):
     raise errors.InputError(f'--institutions={",".join(institutions)}: give distinct names of letters, digits,'
                             f' _ . - (not {COORDINATOR!r} or {CA!r}); each names its kit and its data folder.')
@@ -98,26 +102,59 @@ def check_overrides(overrides: Sequence[str]) -> None:
                               ' and each bank its rows when it starts (start --data_dir=...).')
 
 
+def own_public_keys(public_keys: Optional[str], institutions: Sequence[str]) -> dict[str, str]:
+  """The institutions' own node public keys in `public_keys` (<institution>.pub, checked), by institution."""
+  if not public_keys:
+    return {}
+  found = {n: os.path.join(public_keys, f'{n}.pub') for n in institutions
+           if os.path.exists(os.path.join(public_keys, f'{n}.pub'))}
+  if not found:
+    raise errors.InputError(f'--public_keys={public_keys}: holds no <institution>.pub of {", ".join(institutions)};'
+                            ' each institution writes its own with scripts/pki.py --node_key=<institution>.')
+  credentials.authorized_nodes(list(found.values()))  # One message for a file that is not such a key.
+  return found
+
+
 def provision(out_dir: str, *, host: str, institutions: Sequence[str], agreement: Agreement,
-              schema_file: Optional[str], fleet_port: int) -> dict[str, str]:
-  """Writes the kits (module docstring); returns each party's kit folder, by party."""
+              schema_file: Optional[str], fleet_port: int, public_keys: Optional[str] = None) -> dict[str, str]:
+  """Writes the kits (module docstring); returns each party's kit folder, by party.
+
+  `public_keys`: a folder of institutions' own node public keys
+  (<institution>.pub): their kits then hold no private key, which never
+  left the institution; the others' key pairs are made here.
+  """
   check_names(host, institutions)
   check_overrides(agreement.overrides)
+  own = own_public_keys(public_keys, institutions)
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     raise errors.InputError(f'--out_dir={out_dir} is not empty; kits hold fresh secrets: give a new folder.')
   staging = os.path.join(out_dir, '.credentials')  # Every file moves into one kit, or ca/.
   files = credentials.write_federation(staging, hosts=[host], institutions=institutions)
+  _use_own_keys(files, own, institutions)
   kits = {COORDINATOR: _coordinator_kit(out_dir, files, institutions)}
   for name in institutions:
-    kits[name] = _move(out_dir, name, {name: os.path.join(files.nodes, name),
-                                       f'{name}.pub': os.path.join(files.nodes, f'{name}.pub'),
-                                       COORDINATOR_PUBLIC_KEY: files.coordinator_public_key,
+    key_pair = {f'{name}.pub': os.path.join(files.nodes, f'{name}.pub')}
+    if name not in own:
+      key_pair[name] = os.path.join(files.nodes, name)
+    kits[name] = _move(out_dir, name, {**key_pair, COORDINATOR_PUBLIC_KEY: files.coordinator_public_key,
                                        'ca.crt': files.tls.ca_certificate}, keep=('ca.crt', COORDINATOR_PUBLIC_KEY))
   _move(out_dir, CA, {'ca.key': files.tls.ca_key, 'ca.crt': files.tls.ca_certificate})
   shutil.rmtree(staging)
   for party, kit in kits.items():
     _write_agreed(kit, party, agreement, schema_file, host=host, fleet_port=fleet_port)
   return kits
+
+
+def _use_own_keys(files: credentials.FederationFiles, own: dict[str, str], institutions: Sequence[str]) -> None:
+  """Replaces the staged key pairs of institutions that sent their own public key (the private ones go)."""
+  if not own:
+    return
+  for name, public in own.items():
+    os.remove(os.path.join(files.nodes, name))
+    shutil.copyfile(public, os.path.join(files.nodes, f'{name}.pub'))
+  os.remove(files.authorized_nodes)
+  credentials.write_authorized_nodes(files.authorized_nodes,
+                                     [os.path.join(files.nodes, f'{n}.pub') for n in institutions])
 
 
 def _coordinator_kit(out_dir: str, files: credentials.FederationFiles, institutions: Sequence[str]) -> str:
@@ -261,6 +298,9 @@ def node_argv(kit: Kit, *, workdir: str, data_dir: Optional[str] = None, transac
       raise errors.InputError(f'--bank={bank}: this kit is {kit.party}\'s, and bank {bank}\'s node would be'
                               f' bank_{bank}: give this kit\'s own bank code.')
     rows = [f'--transactions={os.path.abspath(transactions)}', f'--bank={bank}']
+  if not os.path.exists(kit.path(kit.party)):
+    raise errors.InputError(f'{kit.path(kit.party)}: missing: this kit holds {kit.party}\'s public key only; copy'
+                            f' the private key {kit.party} made (scripts/pki.py --node_key={kit.party}) here.')
   return [sys.executable, os.path.join(_REPO, 'scripts', 'node.py'), *kit.config_args(), *rows,
           f'--workdir={os.path.abspath(workdir)}', f'--superlink={kit.host}:{kit.fleet_port}',
           f'--ca={kit.path("ca.crt")}', f'--key={kit.path(kit.party)}',
