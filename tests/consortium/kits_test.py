@@ -227,7 +227,6 @@ class DriverApiTlsTest(absltest.TestCase):
   """The SuperLink's certificate names the coordinator's host only; its Driver API is on 127.0.0.1."""
 
   def test_the_coordinator_checks_the_certificate_for_the_kits_host(self):
-    from tests.consortium import transport_test  # pylint: disable=g-import-not-at-top
     from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
     root = self.create_tempdir().full_path
     self.assertEqual(_provision(root).returncode, 0)
@@ -235,7 +234,7 @@ class DriverApiTlsTest(absltest.TestCase):
     driver = f'127.0.0.1:{local.free_port()}'
     with local.Processes(os.path.join(root, 'logs')) as processes:
       argv = local.superlink_argv(kits.superlink_files(kit), fleet=f'localhost:{local.free_port()}', driver=driver)
-      link = processes.start('superlink', transport_test._without_tensorflow(argv))  # pylint: disable=protected-access
+      link = processes.start('superlink', argv)  # scripts/superlink.py: Flower's, without TensorFlow.
       self.assertIsNone(local.wait_for_text(link, 'Starting Driver API', timeout=240.0))
       with open(kit.path('ca.crt'), 'rb') as f:
         ca = f.read()
