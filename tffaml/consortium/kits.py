@@ -15,7 +15,6 @@ folder anywhere.
 """
 
 import dataclasses
-import hashlib
 import ipaddress
 import json
 import os
@@ -191,7 +190,8 @@ def _write_agreed(kit: str, party: str, agreement: Agreement, schema_file: Optio
                   if not _rotatable(p, party))
   io.write_json(os.path.join(kit, KIT_FILE), {
       'party': party, 'coordinator_host': host, 'fleet_port': fleet_port, 'preset': agreement.preset,
-      'overrides': list(agreement.overrides), 'files': {p: _sha256(os.path.join(kit, p)) for p in listed}})
+      'overrides': list(agreement.overrides),
+      'files': {p: signing.file_digest(os.path.join(kit, p)) for p in listed}})
 
 
 def _rotatable(path: str, party: str) -> bool:
@@ -219,11 +219,6 @@ def _write_start(path: str, party: str) -> None:
   os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _sha256(path: str) -> str:
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
 def load(kit_dir: str) -> Kit:
   """The kit at `kit_dir`, refused when a file it lists is missing or changed since provisioning."""
   kit_dir = os.path.abspath(kit_dir)
@@ -235,7 +230,7 @@ def load(kit_dir: str) -> Kit:
                             ' (scripts/provision.py writes them).') from None
   for name, digest in manifest['files'].items():
     path = os.path.join(kit_dir, name)
-    if not os.path.exists(path) or _sha256(path) != digest:
+    if not os.path.exists(path) or signing.file_digest(path) != digest:
       raise errors.InputError(f'{path}: {"missing" if not os.path.exists(path) else "changed"} since'
                               ' provisioning (kit.json holds its sha256); every party must run the agreed'
                               ' files: ask the coordinator for this kit again.')

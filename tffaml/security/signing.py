@@ -112,7 +112,8 @@ def _sha256(f, out=None) -> str:
   return digest.hexdigest()
 
 
-def _digest(path: str) -> str:
+def file_digest(path: str) -> str:
+  """SHA-256 (hex) of the file at `path`, read in blocks."""
   with open(path, 'rb') as f:
     return _sha256(f)
 
@@ -157,7 +158,7 @@ def tree(package_dir: str) -> tuple[list[str], list[str]]:
 def manifest(package_dir: str) -> dict:
   """{'files': relative path -> SHA-256 (all but the signature), 'directories': [relative path]}."""
   files, directories = tree(package_dir)
-  return {'files': {name: _digest(os.path.join(package_dir, name))
+  return {'files': {name: file_digest(os.path.join(package_dir, name))
                     for name in files if name != SIGNATURE_FILE},
           'directories': directories}
 
