@@ -9,7 +9,9 @@ UV := $(PYTHON) -m uv
 $(PY): pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv \
 		|| $(PYTHON) -m pip install --quiet uv
-	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON)
+	@# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on CI) every process would
+	@# otherwise compile TensorFlow from source, 16 s instead of 5 s per import.
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	@touch $(PY)
 
 venv: $(PY)
