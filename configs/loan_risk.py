@@ -109,6 +109,18 @@ def _public(config: ml_collections.ConfigDict) -> None:
   config.public.learning_rate = 1e-3
 
 
+def _personalize(config: ml_collections.ConfigDict) -> None:
+  """Each institution's own copy of the release, fine-tuned on its own rows (tffaml.training.personalize)."""
+  config.personalize = ml_collections.ConfigDict()
+  # > 0: after the run, each institution trains a copy of the released model
+  # that many epochs on its own training rows, without DP (as it would train
+  # a model alone), exported to <workdir>/personalized/<institution>/export
+  # with its own alert threshold. The other institutions' customers keep the
+  # release's guarantee (post-processing); its own customers get none. 0: off.
+  config.personalize.epochs = 0
+  config.personalize.learning_rate = 1e-3  # Keras's Adam.
+
+
 def _federated(config: ml_collections.ConfigDict) -> None:
   """The federated algorithm, its rounds, cohorts and optimizers."""
   config.federated = ml_collections.ConfigDict()
@@ -319,8 +331,8 @@ def _apply_preset(config: ml_collections.ConfigDict, preset: str) -> None:
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # Data split, initial weights, cohorts, batch order.
-  for section in (_data, _features_and_model, _public, _federated, _privacy, _export_attack_reference,
-                  _federation, _runtime):
+  for section in (_data, _features_and_model, _public, _personalize, _federated, _privacy,
+                  _export_attack_reference, _federation, _runtime):
     section(config)
   _apply_preset(config, preset)
   return config

@@ -143,8 +143,10 @@ class CompareRunTest(tf.test.TestCase):
     # The own-data base trains the Keras models the default epochs.
     epochs = compare.DEFAULT_REFERENCE_EPOCHS
     self.assertIn(f'local-only models train {epochs} epochs', '\n'.join(lines))
-    # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs).
-    self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list], [epochs] + [math.ceil(epochs * 3)] * 3)
+    # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs), alone
+    # and then (personalized) from the private release.
+    self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list],
+                     [epochs] + [math.ceil(epochs * 3)] * 3 + [math.ceil(epochs * 3)] * 3)
 
   def test_refusals_before_any_work(self):
     base = csv_config.get_config('smoke')

@@ -63,6 +63,7 @@ _RANGES = {
     'attack.count': _NON_NEGATIVE, 'attack.boost_factor': _NON_NEGATIVE,
     'reference.centralized_epochs': _NON_NEGATIVE, 'reference.learning_rate': _POSITIVE,
     'public.epochs': _NON_NEGATIVE, 'public.batch_size': _AT_LEAST_ONE, 'public.learning_rate': _POSITIVE,
+    'personalize.epochs': _NON_NEGATIVE, 'personalize.learning_rate': _POSITIVE,
 }
 
 

@@ -82,6 +82,7 @@ from tffaml.models import rarity as rarity_model
 from tffaml.models import tabular
 from tffaml.training import centralized
 from tffaml.training import evaluation
+from tffaml.training import personalize
 from tffaml.config import builders as config_builders
 from tffaml.config import checks as config_checks
 from tffaml.config import data as config_data
@@ -108,6 +109,9 @@ class Method(enum.Enum):
   # (config.public.path), scored as it starts, before any private step:
   # what the public data alone achieves, beside the private fine-tune.
   PUBLIC_ONLY = 'public_only'
+  # fedavg_record_dp's released model, then fine-tuned by each institution on
+  # its own rows without DP (as local_only trains), scoring its own test rows.
+  PERSONALIZED = 'personalized'
 
 
 # The methods that train the program on a config of their own, and the
@@ -321,8 +325,9 @@ def method_scores(
     _rarity_methods(scored, space, methods)
   if Method.PUBLIC_ONLY in methods:
     _public_only(scored, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), log)
+  private = None
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, *CONFIGURED):
-    if method in methods:
+    if method in methods or (method is Method.FEDAVG_RECORD_DP and Method.PERSONALIZED in methods):
       log(method.value)
       config = _run_config(base, method, configs or {})
       result = program.run(config, os.path.join(workdir, f'seed{base.seed}', method.value),
@@ -330,6 +335,10 @@ def method_scores(
       scored.scores[method] = _keras_scores(result.model, data)
       if config.model.alert_budget:
         scored.thresholds[method] = dict.fromkeys(data.names, result.threshold)
+      if method is Method.FEDAVG_RECORD_DP:
+        private = (config, result.model)
+  if Method.PERSONALIZED in methods:
+    _personalized(scored, base, *private, log)
   scored.scores = {m: scored.scores[m] for m in methods}
   return scored
 
@@ -358,6 +367,26 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
         for f in forests]
     scored.scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
     scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
+
+
+def _personalized(scored: Scored, base, config, model, log) -> None:
+  """Each institution fine-tunes the private release on its own rows, with local_only's epochs and rate."""
+  log('personalized')
+  data, choices = scored.data, config_checks.parse_choices(config)
+  loss = tabular.keras_loss(config_builders.loss_fn(config, choices))
+  pooled_rows = sum(len(i.train) for i in data.institutions)
+  scored.scores[Method.PERSONALIZED], thresholds = {}, {}
+  for institution in data.institutions:
+    how = personalize.FineTune(
+        epochs=math.ceil(base.reference.centralized_epochs * pooled_rows / len(institution.train)),
+        batch_size=base.federated.batch_size, learning_rate=base.reference.learning_rate, seed=base.seed)
+    tuned = personalize.fine_tune(model, institution, data.schema, loss=loss, how=how)
+    scored.scores[Method.PERSONALIZED][institution.name] = client_data.predict(tuned, institution.test, data.schema)
+    if base.model.alert_budget:
+      thresholds[institution.name] = _budget_threshold(
+          client_data.predict(tuned, institution.train, data.schema), base.model.alert_budget)
+  if thresholds:
+    scored.thresholds[Method.PERSONALIZED] = thresholds
 
 
 def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None:

@@ -8,7 +8,7 @@ compute without moving data.
 import collections
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -287,6 +287,11 @@ def _f1(precision: Optional[float], recall: Optional[float]) -> float:
   return _ratio(2 * precision * recall, precision + recall) if precision and recall else 0.0
 
 
+def auc(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
+  """ROC AUC of the rows; None with a single class."""
+  return float(sk_metrics.roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
+
+
 def alert_summary(metrics: Mapping[str, Any], budgets: Sequence[float]) -> str:
   """`ranked_metrics`' headline figures in one line (minority F1 is the positive class's)."""
   figure = lambda value: 'undefined' if value is None else f'{value:.3f}'
@@ -303,13 +308,15 @@ def alert_summary(metrics: Mapping[str, Any], budgets: Sequence[float]) -> str:
 
 
 def alert_metrics(by_institution: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-                  budgets: Sequence[float], threshold: float, validation_fraction: float = 0.0) -> dict:
+                  budgets: Sequence[float], threshold: Union[Optional[float], Mapping[str, float]],
+                  validation_fraction: float = 0.0) -> dict:
   """`ranking_metrics` per institution and over all institutions' test rows.
 
   Args:
     by_institution: Institution -> (0/1 labels, scores) of its test rows.
     budgets: Fractions of rows flagged.
-    threshold: The exported model's alert threshold.
+    threshold: The exported model's alert threshold, or each institution's
+      own (personalized models): the pooled alerts are their alerts summed.
     validation_fraction: > 0: each institution's earliest such fraction of
       test rows (in order) picks its own best-F1 threshold, and
       `f1_at_validation_threshold` is measured on its later rows (pooled:
@@ -320,10 +327,12 @@ def alert_metrics(by_institution: Mapping[str, tuple[np.ndarray, np.ndarray]], *
     every institution's rows: a payment between two member banks counts at
     each (each bank alerts on its own side).
   """
-  parts = {name: ranked(l, s, threshold, validation_fraction) for name, (l, s) in by_institution.items()}
+  thresholds = threshold if isinstance(threshold, Mapping) else dict.fromkeys(by_institution, threshold)
+  parts = {name: ranked(l, s, thresholds[name], validation_fraction) for name, (l, s) in by_institution.items()}
   labels = np.concatenate([l for l, _ in by_institution.values()])
   scores = np.concatenate([s for _, s in by_institution.values()])
   pooled = ranked_metrics(dataclasses.replace(
-      ranked(labels, scores, threshold), validated=_summed([r.validated for r in parts.values()])), budgets=budgets)
+      ranked(labels, scores), alerted=_summed([r.alerted for r in parts.values()]),
+      validated=_summed([r.validated for r in parts.values()])), budgets=budgets)
   return {'pooled': pooled,
           'institutions': {name: ranked_metrics(r, budgets=budgets) for name, r in parts.items()}}

@@ -68,6 +68,7 @@ from tffaml.privacy import accounting
 from tffaml.training import centralized
 from tffaml.training import checkpoints
 from tffaml.training import evaluation
+from tffaml.training import personalize
 from tffaml.training import public as public_lib
 from tffaml.config import builders as config_builders
 from tffaml.config import checks as config_checks
@@ -98,6 +99,8 @@ class Paths:
   privacy = property(lambda self: self._join('privacy.txt'))
   export = property(lambda self: self._join('export'))
   shards = property(lambda self: self._join('shards'))  # Institutions' rows, with config.data.stream.
+  # config.personalize: each institution's fine-tuned copy (export/, privacy.txt) under its name.
+  personalized = property(lambda self: self._join('personalized'))
 
 
 def sample_cohort(
@@ -288,6 +291,11 @@ def run(
     raise errors.ConfigError(
         f'config.public.path={config.public.path!r}: a public start runs in the simulation only for now'
         ' (scripts/train.py without config.runtime.workers); set config.public.path=\'\' here.')
+  elif config.personalize.epochs:
+    raise errors.ConfigError(
+        f'config.personalize.epochs={config.personalize.epochs}: personalized copies are trained where the'
+        ' rows are, in the simulation only for now (scripts/train.py without config.runtime.workers); set'
+        ' config.personalize.epochs=0 here.')
   config_values.check_public(config)
   runtime.check(config)
   paths = Paths(os.path.abspath(workdir))
@@ -685,20 +693,43 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
   statement = setup.plan.statement(rounds=f.rounds, participation=participation,
                                    aggregation=built.aggregation)
   metrics['privacy'] = statement.to_dict()
+  export = lambda model, path, threshold, privacy, metrics: saved_model.export(
+      model, path, schema=schema, interface=setup.interface, threshold=threshold, hardening=setup.hardening,
+      replace=True, metadata={'feature_space': space.to_dict(), 'config': _public_config(config),
+                              'metrics': metrics, 'privacy': privacy})
+  if config.personalize.epochs:
+    metrics['personalized'] = _personalized(config, choices, setup, built, model, statement, paths, export, log)
   io.write_json(paths.metrics, metrics)
   io.write_text(paths.privacy, statement.text() + '\n')
   report.plot_training_curves(paths.metrics_csv, paths.curves)
-  saved_model.export(
-      model, paths.export, schema=schema, interface=setup.interface, threshold=threshold,
-      hardening=setup.hardening, replace=True,
-      metadata={
-          'feature_space': space.to_dict(),
-          'config': _public_config(config),
-          'metrics': metrics,
-          'privacy': statement.to_dict(),
-      })
+  export(model, paths.export, threshold, statement.to_dict(), metrics)
   return RunResult(paths=paths, metrics=metrics, rounds_completed=f.rounds, model=model,
                    warnings=warnings, threshold=threshold)
+
+
+def _personalized(config, choices, setup: _Setup, built: Built, model, statement, paths: Paths, export,
+                  log) -> dict:
+  """Each institution's copy of the release, fine-tuned on its own rows and exported; their test metrics."""
+  how = personalize.FineTune(epochs=config.personalize.epochs, batch_size=config.federated.batch_size,
+                             learning_rate=config.personalize.learning_rate, seed=config.seed)
+  scored, thresholds, aucs = {}, {}, {}
+  for own in personalize.each(model, built.rows.institutions, setup.data.schema,
+                              loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=how,
+                              alert_budget=config.model.alert_budget, threshold=config.model.threshold, log=log):
+    note = personalize.privacy_note(own.name, statement.text())
+    root = os.path.join(paths.personalized, own.name)
+    export(own.model, os.path.join(root, 'export'), own.threshold, {'text': note, 'release': statement.to_dict()},
+           {})
+    io.write_text(os.path.join(root, 'privacy.txt'), note + '\n')
+    scored[own.name], thresholds[own.name], aucs[own.name] = own.test, own.threshold, evaluation.auc(*own.test)
+  metrics = evaluation.alert_metrics(scored, budgets=tuple(config.evaluation.alert_budgets), threshold=thresholds,
+                                     validation_fraction=config.evaluation.validation_fraction)
+  metrics['pooled']['auc'] = evaluation.auc(*map(np.concatenate, zip(*scored.values())))
+  for name, auc in aucs.items():
+    metrics['institutions'][name]['auc'] = auc
+  log(f'personalized models, all institutions: AUC {metrics["pooled"]["auc"]:.4f} | '
+      + evaluation.alert_summary(metrics['pooled'], tuple(config.evaluation.alert_budgets)))
+  return metrics
 
 
 def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) -> Optional[float]:
