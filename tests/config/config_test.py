@@ -204,6 +204,9 @@ class DefaultsTest(tf.test.TestCase):
       self.assertEqual(config.record_dp.enabled, preset in ('', 'public'), preset)
     public = aml.get_config('public')  # The default's mechanism, from make train-aml's public corpus.
     self.assertEqual((public.public.path, public.federated.rounds), (aml.PUBLIC_CORPUS, 30))
+    # Each bank's own copy too; no other preset personalizes (compare's private row uses its own config).
+    self.assertEqual(public.personalize.epochs, 3)
+    self.assertEqual(aml.get_config().personalize.epochs, 0)
     self.assertEqual(public.privacy.target_epsilon, aml.get_config().privacy.target_epsilon)
     with self.assertRaisesRegex(ValueError, "unknown preset 'nope'"):
       aml.get_config('nope')

@@ -110,7 +110,7 @@ class Method(enum.Enum):
   # what the public data alone achieves, beside the private fine-tune.
   PUBLIC_ONLY = 'public_only'
   # fedavg_record_dp's released model, then fine-tuned by each institution on
-  # its own rows without DP (as local_only trains), scoring its own test rows.
+  # its own rows without DP (its config.personalize), scoring its own test rows.
   PERSONALIZED = 'personalized'
 
 
@@ -370,20 +370,23 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
 
 
 def _personalized(scored: Scored, base, config, model, log) -> None:
-  """Each institution fine-tunes the private release on its own rows, with local_only's epochs and rate."""
+  """Each institution fine-tunes the private release on its own rows: the private config's
+  `personalize` (as scripts/train.py exports them), or with its epochs 0 local_only's epochs and rate."""
   log('personalized')
   data, choices = scored.data, config_checks.parse_choices(config)
   loss = tabular.keras_loss(config_builders.loss_fn(config, choices))
   pooled_rows = sum(len(i.train) for i in data.institutions)
   scored.scores[Method.PERSONALIZED], thresholds = {}, {}
   for institution in data.institutions:
+    local_epochs = math.ceil(base.reference.centralized_epochs * pooled_rows / len(institution.train))
     how = personalize.FineTune(
-        epochs=math.ceil(base.reference.centralized_epochs * pooled_rows / len(institution.train)),
-        batch_size=base.federated.batch_size, learning_rate=base.reference.learning_rate, seed=base.seed)
+        epochs=config.personalize.epochs or local_epochs, batch_size=config.federated.batch_size,
+        learning_rate=config.personalize.learning_rate if config.personalize.epochs else base.reference.learning_rate,
+        seed=base.seed)
     tuned = personalize.fine_tune(model, institution, data.schema, loss=loss, how=how)
     scored.scores[Method.PERSONALIZED][institution.name] = client_data.predict(tuned, institution.test, data.schema)
     if base.model.alert_budget:
-      thresholds[institution.name] = _budget_threshold(
+      thresholds[institution.name] = personalize.own_threshold(
           client_data.predict(tuned, institution.train, data.schema), base.model.alert_budget)
   if thresholds:
     scored.thresholds[Method.PERSONALIZED] = thresholds
