@@ -293,22 +293,39 @@ class FederationTest(_NodesTestCase):
     self.assertEqual(space(federated), space(simulated))
     self.assertIn('hash_buckets', space(federated))
 
-  def test_secure_aggregation_gives_the_simulations_model_and_updates_never_travel_in_the_clear(self):
+  def test_secure_aggregation_gives_the_simulations_model_a_node_restarted_mid_run_included_never_in_the_clear(self):
     # The default: distributed record-level DP, secure aggregation (and the simulation's alerts).
     config = _alerting_config(self.config.data.dir, self.config.data.schema_file)
     self.assertTrue(config.federation.secure_aggregation)
     simulated, nodes, sent = self.simulated, self._nodes(config), {}
+    # A restarted scripts/node.py is a new Node on the same folder, key and noise seed, which has served no
+    # request of this run: bank_c's, after round 1. Its rejoining over Flower, killed or stopped, is
+    # superlink_test's (echo nodes).
+    restarted = _Faulty(copy.deepcopy(config), folder=os.path.join(config.data.dir, 'bank_c'),
+                        key=self.node_keys['bank_c'], coordinator_key=self.public, noise_seed=0, log=lambda _: None)
+    asked_restarted = []  # Per round.
 
     class Recording(coordinator.InProcessTransport):
       def secure_exchange(self, requests, **kwargs):
         sent.update(requests)
+        asked_restarted.append(self._nodes['bank_c'] is restarted and 'bank_c' in requests)
         return super().secure_exchange(requests, **kwargs)
 
-    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'), log=lambda _: None,
-                         runtime=coordinator.Federation(Recording(nodes), key=self.key, node_keys=self.node_public,
-                                                        log=lambda _: None))
+    transport = Recording(nodes)
+
+    def restart_bank_c_after_round_1(line):
+      if line.startswith('round 1/'):
+        transport._nodes['bank_c'] = restarted  # pylint: disable=protected-access
+
+    secure = program.run(coordinator_config(config), os.path.join(self.root, 'fed'),
+                         log=restart_bank_c_after_round_1, runtime=coordinator.Federation(
+                             transport, key=self.key, node_keys=self.node_public, log=lambda _: None))
+    self.assertEqual(asked_restarted, [False, True])
+    with open(secure.paths.metrics_csv) as f:  # Distributed DP-SGD: a round without its share would stop.
+      self.assertEqual([float(r['institutions_in_round']) for r in csv.DictReader(f)], [3.0, 3.0])
+    self.assertNotIn('not_evaluated', secure.metrics['federated'])
     for a, b in zip(simulated.model.get_weights(), secure.model.get_weights()):
-      self.assertAllClose(a, b, atol=1e-5)
+      self.assertAllClose(a, b, atol=1e-5)  # The restarted node's round 2, noise share included, too.
     self.assertEqual(simulated.metrics['privacy']['epsilon'], secure.metrics['privacy']['epsilon'])
     self.assertIn('which this federation ran (SecAgg+', secure.metrics['privacy']['text'])
     # A sum that would hold fewer noise shares than the plan's census is refused by every node.
@@ -564,6 +581,19 @@ class ScriptTest(tf.test.TestCase):
       self.assertNotIn('Traceback', done.stderr)
 
 
+  def test_an_unreachable_driver_api_is_one_message(self):
+    # What scripts/coordinator.py prints after `error: ` (its line before, stamped, is kits_test's).
+    from tffaml.consortium import flower  # pylint: disable=g-import-not-at-top
+    from tffaml.consortium import local  # pylint: disable=g-import-not-at-top
+    tls = credentials.write_tls(os.path.join(self.create_tempdir().full_path, 'pki'), hosts=['127.0.0.1'])
+    with open(tls.ca_certificate, 'rb') as f:
+      ca = f.read()
+    closed = f'127.0.0.1:{local.free_port()}'  # Nothing listens there.
+    with self.assertRaisesRegex(errors.RunFailed, f"cannot reach the SuperLink's Driver API at {closed}: .*;"
+                                r' start flower-superlink'):
+      flower.FlowerTransport(closed, root_certificates=ca, node_keys={}, log=lambda _: None)
+
+
 class AmlNodesTest(tf.test.TestCase):
   """Banks' nodes reading an AMLworld file, each its own bank's transactions."""
 
@@ -691,7 +721,10 @@ class HostileNodesTest(_NodesTestCase):
 
 
 class TimestampTest(tf.test.TestCase):
-  """Issue 35: every line of the coordinator's and the nodes' logs starts with its UTC time."""
+  """Issue 35: every line of the coordinator's and the nodes' logs starts with its UTC time.
+
+  The scripts' own lines, stamped: kits_test's federation, whose parties are real processes.
+  """
 
   def test_stamped_prefixes_each_line(self):
     from tffaml.consortium import logs  # pylint: disable=g-import-not-at-top
@@ -699,24 +732,6 @@ class TimestampTest(tf.test.TestCase):
     when = datetime.datetime(2026, 12, 6, 21, 15, 42, 900, tzinfo=datetime.timezone.utc)
     self.assertEqual(logs.stamped('\nmodel: m\nmetrics: x', now=when),
                      '\n2026-12-06T21:15:42Z model: m\n2026-12-06T21:15:42Z metrics: x')
-
-  def test_a_line_of_the_coordinator_script_starts_with_its_utc_time(self):
-    from tffaml.consortium import local  # pylint: disable=g-import-not-at-top
-    root = self.create_tempdir().full_path
-    data_dir, schema_file = helpers.write_federation(root)
-    del data_dir
-    tls = credentials.write_tls(os.path.join(root, 'pki'), hosts=['127.0.0.1'])
-    credentials.write_node_key(os.path.join(root, 'nodes'), 'bank_a')
-    private, _ = signing.generate_keys(os.path.join(root, 'coordinator'))
-    closed = local.free_port()  # Nothing listens there: the script logs its first line, then stops.
-    done = subprocess.run(
-        [sys.executable, 'scripts/coordinator.py', '--config=configs/csv.py:smoke',
-         f'--config.data.schema_file={schema_file}', f'--ca={tls.ca_certificate}', f'--workdir={root}/run',
-         f'--key={private}', f'--nodes={root}/nodes', f'--driver_api=127.0.0.1:{closed}'],
-        cwd=_ROOT, capture_output=True, text=True, timeout=600)
-    self.assertRegex(done.stdout, rf'^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ connecting to the SuperLink\'s Driver API'
-                                  rf' at 127.0.0.1:{closed}\n')
-    self.assertRegex(done.stderr, 'error: cannot reach the SuperLink')
 
 
 class LostNodeAlertsTest(_NodesTestCase):

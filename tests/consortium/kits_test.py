@@ -247,7 +247,7 @@ class _Parties:
   """Each party's `start` in its own session, cwd its kit; every one stopped on leaving."""
 
   def __init__(self, log_dir: str):
-    self._log_dir, self.children = log_dir, {}
+    self._log_dir, self.children, self.logs = log_dir, {}, {}
 
   def __enter__(self):
     return self
@@ -257,6 +257,7 @@ class _Parties:
     with open(log, 'w') as f:
       self.children[name] = subprocess.Popen(['./start', *args], cwd=kit, stdout=f, stderr=subprocess.STDOUT,
                                              start_new_session=True)
+    self.logs[name] = log
     return log
 
   def __exit__(self, *exc):
@@ -301,6 +302,12 @@ class KitsFederationTest(absltest.TestCase):
       rows = list(csv.DictReader(f))
     self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 3.0])  # The ledger: all 3, twice.
     self.assertIn('Fleet API on localhost:', text)
+    # Issue 35: the coordinator's and each node's lines start with their UTC time (logs.stamped).
+    stamp = r'(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ '
+    self.assertRegex(text, stamp + r"connecting to the SuperLink's Driver API at 127\.0\.0\.1:")
+    for bank in _BANKS:
+      with open(parties.logs[bank]) as f:
+        self.assertRegex(f.read(), stamp + f'node {bank}: ')
     for bank in _BANKS:  # Each node's state, and the model delivered to it, in its own kit's workdir.
       workdir = os.path.join(hosts, bank, 'kit', 'workdir')
       self.assertTrue(os.path.exists(os.path.join(workdir, 'secret', 'noise_seed')))
