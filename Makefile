@@ -40,7 +40,7 @@ federation: $(PY)
 	$(PY) scripts/federation.py --workdir=runs/federation
 
 test: $(PY)
-	$(PY) -m pytest -q -n 2 --dist loadgroup  # Two workers (CI has two cores); a class with a setUpClass fixture stays on one (tests/conftest.py).
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25  # Two workers (CI has two cores); a class with a setUpClass fixture stays on one (tests/conftest.py).
 
 clean:
 	rm -rf runs

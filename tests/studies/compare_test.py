@@ -80,8 +80,8 @@ class AmlCompareScriptTest(tf.test.TestCase):
     transaction_generator.generate(public, num_banks=3, num_transactions=8_000, seed=7, laundering_rate=0.01,
                                    days=8, amount_scale=1.3, typologies=transaction_generator.TYPOLOGIES[1:])
     out = os.path.join(root, 'compare')
-    methods = ('gbt_centralized,gbt_local,centralized,public_only,fedavg_record_dp,autoencoder,rarity_model,'
-               'rarity_federated,rarity_local')
+    methods = ('gbt_centralized,gbt_local,centralized,public_only,fedavg_record_dp,personalized,autoencoder,'
+               'rarity_model,rarity_federated,rarity_local')
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
     done = subprocess.run(
