@@ -68,7 +68,6 @@ import numpy as np
 import lightgbm
 import pandas as pd
 from sklearn import ensemble
-from sklearn import metrics as sk_metrics
 
 from tffaml import errors
 from tffaml import features
@@ -374,22 +373,20 @@ def _personalized(scored: Scored, base, config, model, log) -> None:
   `personalize` (as scripts/train.py exports them), or with its epochs 0 local_only's epochs and rate."""
   log('personalized')
   data, choices = scored.data, config_checks.parse_choices(config)
-  loss = tabular.keras_loss(config_builders.loss_fn(config, choices))
   pooled_rows = sum(len(i.train) for i in data.institutions)
-  scored.scores[Method.PERSONALIZED], thresholds = {}, {}
-  for institution in data.institutions:
+  p = config.personalize
+
+  def how(institution) -> personalize.FineTune:
     local_epochs = math.ceil(base.reference.centralized_epochs * pooled_rows / len(institution.train))
-    how = personalize.FineTune(
-        epochs=config.personalize.epochs or local_epochs, batch_size=config.federated.batch_size,
-        learning_rate=config.personalize.learning_rate if config.personalize.epochs else base.reference.learning_rate,
-        seed=base.seed)
-    tuned = personalize.fine_tune(model, institution, data.schema, loss=loss, how=how)
-    scored.scores[Method.PERSONALIZED][institution.name] = client_data.predict(tuned, institution.test, data.schema)
-    if base.model.alert_budget:
-      thresholds[institution.name] = personalize.own_threshold(
-          client_data.predict(tuned, institution.train, data.schema), base.model.alert_budget)
-  if thresholds:
-    scored.thresholds[Method.PERSONALIZED] = thresholds
+    return personalize.FineTune(epochs=p.epochs or local_epochs, batch_size=config.federated.batch_size,
+                                learning_rate=p.learning_rate if p.epochs else base.reference.learning_rate,
+                                seed=base.seed)
+  copies = list(personalize.each(model, data.institutions, data.schema,
+                                 loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=how,
+                                 alert_budget=base.model.alert_budget, threshold=None, log=lambda _: None))
+  scored.scores[Method.PERSONALIZED] = {c.name: c.test[1] for c in copies}
+  if base.model.alert_budget:
+    scored.thresholds[Method.PERSONALIZED] = {c.name: c.threshold for c in copies}
 
 
 def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None:
@@ -433,7 +430,8 @@ def _run_config(base, method: Method, configs: dict[Method, ml_collections.Confi
 
 
 def _auc(labels, scores) -> float:
-  return float(sk_metrics.roc_auc_score(labels, scores)) if len(set(labels)) == 2 else float('nan')
+  value = evaluation.auc(labels, scores)
+  return float('nan') if value is None else value
 
 
 def run(

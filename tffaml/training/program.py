@@ -714,7 +714,7 @@ def _personalized(config, choices, setup: _Setup, built: Built, model, statement
                              learning_rate=config.personalize.learning_rate, seed=config.seed)
   scored, thresholds, aucs = {}, {}, {}
   for own in personalize.each(model, built.rows.institutions, setup.data.schema,
-                              loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=how,
+                              loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=lambda _: how,
                               alert_budget=config.model.alert_budget, threshold=config.model.threshold, log=log):
     note = personalize.privacy_note(own.name, statement.text())
     root = os.path.join(paths.personalized, own.name)
