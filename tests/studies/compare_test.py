@@ -88,6 +88,7 @@ class AmlCompareScriptTest(tf.test.TestCase):
         [sys.executable, 'scripts/compare.py', '--config=configs/aml.py:compare', f'--config.data.path={path}',
          '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
          f'--private_config.public.path={public}', '--private_config.public.epochs=1',
+         '--private_config.personalize.epochs=1',
          '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--rarity_config=configs/aml_rarity.py:smoke',
          '--autoencoder_config.federated.eval_every=0', '--rarity_config.federated.eval_every=0',
          f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
@@ -109,6 +110,9 @@ class AmlCompareScriptTest(tf.test.TestCase):
     self.assertRegex(statement, r'\((1(\.0+)?|0\.99\d*), 1e-05\)-differential privacy for each customer')
     self.assertIn(f"the model training started from, computed from the public corpus '{public}' alone", statement)
     self.assertIn('public_only\n  public corpus', done.stdout)  # Pretrained once more for its row.
+    # The personalized row's copies are compare's: the private run releases its model only.
+    self.assertFalse(os.path.exists(os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'personalized')))
+    self.assertNotIn('  personalized 1/', done.stdout)
 
 
 class CompareRunTest(tf.test.TestCase):

@@ -329,7 +329,9 @@ def method_scores(
     if method in methods or (method is Method.FEDAVG_RECORD_DP and Method.PERSONALIZED in methods):
       log(method.value)
       config = _run_config(base, method, configs or {})
-      result = program.run(config, os.path.join(workdir, f'seed{base.seed}', method.value),
+      release = ml_collections.ConfigDict(config.to_dict())
+      release.personalize.epochs = 0  # The personalized row's copies are trained below, once.
+      result = program.run(release, os.path.join(workdir, f'seed{base.seed}', method.value),
                            log=lambda line: log(f'  {line}'))
       scored.scores[method] = _keras_scores(result.model, data)
       if config.model.alert_budget:
