@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,24 @@ class FaultsTest(absltest.TestCase):
     config.runtime.connect_seconds = 0.5
     with self.assertRaisesRegex(errors.RunFailed, f'worker {config.runtime.workers}: no answer after 0.5 s'):
       _run(config, self.create_tempdir().full_path, log=lambda _: None)
+
+
+  def test_the_worker_binary_listens_before_serve_returns_and_a_taken_port_is_refused(self):
+    # Not inside runtime.owned_workers(): leaving it stops every worker_binary of this process,
+    # this module's local runtime included.
+    serve_dir = self.create_tempdir().full_path
+    binary, port = worker_lib.start_listening(serve_dir, port=None)
+    self.addCleanup(binary.wait)
+    self.addCleanup(binary.kill)
+    self.assertIsNone(binary.poll())
+    with socket.create_connection(('127.0.0.1', port), timeout=5):
+      pass  # Accepted: the TLS proxy forwards to a worker that answers.
+    binary.kill()
+    binary.wait()
+    with socket.create_server(('', port)):  # Taken (without SO_REUSEPORT, which gRPC servers share).
+      with self.assertRaisesRegex(errors.InputError, f'--port={port}: .*pick a free port'):
+        other, _ = worker_lib.start_listening(serve_dir, port=port)  # It exits at once (status 0).
+        other.kill()
 
 
 class TlsTest(absltest.TestCase):

@@ -24,8 +24,10 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import portpicker
+import psutil
 import tensorflow_federated as tff
 
+from tffaml import errors
 from tffaml import io
 from tffaml import runtime
 from tffaml.security import tls
@@ -107,6 +109,49 @@ def start_binary(serve_dir: str, port: int) -> subprocess.Popen:
                             stdout=log_file, stderr=subprocess.STDOUT)
 
 
+def _listening(binary: subprocess.Popen, port: int) -> bool:
+  """Whether `binary` itself listens on `port` (a TCP probe would also count another process's socket)."""
+  try:
+    sockets = psutil.Process(binary.pid).net_connections(kind='tcp')
+  except psutil.Error:
+    return False
+  return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
+
+
+def start_listening(serve_dir: str, *, port: Optional[int], timeout: float = 60.0
+                    ) -> tuple[subprocess.Popen, int]:
+  """The worker_binary for `serve_dir` and its port, once it accepts connections.
+
+  `port` None: a free port of our choosing, chosen again if another process
+  takes it first (the worker_binary then exits at once, with status 0).
+
+  Raises:
+    errors.InputError: `port` is in use.
+    RuntimeError: it exited, or did not listen within `timeout` s.
+  """
+  for _ in range(_PORT_TRIES):
+    chosen = port or portpicker.pick_unused_port()
+    binary = start_binary(serve_dir, chosen)
+    deadline = time.monotonic() + timeout
+    while binary.poll() is None and not _listening(binary, chosen):
+      if time.monotonic() > deadline:
+        binary.kill()
+        binary.wait()
+        raise RuntimeError(f'worker_binary did not listen on port {chosen} within {timeout:.0f} s;'
+                           f' see {os.path.join(serve_dir, LOG)}.')
+      time.sleep(0.1)
+    if binary.poll() is None:
+      return binary, chosen
+    if port:
+      raise errors.InputError(f'--port={port}: the worker_binary cannot listen there (in use by another'
+                              ' process?); pick a free port.')
+  raise RuntimeError(f'worker_binary found no free port in {_PORT_TRIES} tries;'
+                     f' see {os.path.join(serve_dir, LOG)}.')
+
+
+_PORT_TRIES = 5
+
+
 def serve(serve_dir: str, *, port: int, host: str = '127.0.0.1', certificates: Optional[tls.ClusterTls],
           log: Callable[[str], None] = print, until: Callable[[], bool] = lambda: False) -> None:
   """Runs the worker for `serve_dir` until SIGTERM, SIGINT or `until()`; stops it however we end.
@@ -114,15 +159,14 @@ def serve(serve_dir: str, *, port: int, host: str = '127.0.0.1', certificates: O
   With `certificates`, clients reach it on `host`:`port` through mutual TLS
   and the worker_binary itself listens on a free port (still on every
   interface: firewall it); without, the worker_binary listens on `port`.
+  Either way it prints READY only once the worker_binary accepts connections.
   """
   with runtime.owned_workers():
-    worker_port = portpicker.pick_unused_port() if certificates else port
-    binary = start_binary(serve_dir, worker_port)
+    binary, worker_port = start_listening(serve_dir, port=None if certificates else port)
     proxy = None
     try:
       if certificates:
         proxy = tls.start_proxy(listen=f'{host}:{port}', worker_port=worker_port, files=certificates)
-      if certificates:
         log(f'{READY} on {host}:{port} (mutual TLS); its worker_binary listens in the clear on port'
             f' {worker_port} of every interface: firewall it from other machines. Serving {serve_dir}')
       else:
