@@ -17,8 +17,10 @@ authentication interceptor rather than in a fork:
   the id it holds, so no bank restarts.
 - The list of admitted keys (`--auth-list-public-keys`) was read once, at
   start. Here it is read again whenever the file changes (scripts/keys.py
-  admits, rotates and revokes keys by rewriting it): a removed key's next
-  request is refused and its node id dropped. Every refused key is logged
+  admits, rotates and revokes keys by rewriting it), within a second, and
+  before any key is refused, so a node started right after its key was
+  admitted is never turned away: a removed key's next request is refused and
+  its node id dropped. Every refused key is logged
   in one line (at most once a minute per key).
 
 Flower imports TensorFlow only for a TensorBoard helper the SuperLink never
@@ -108,8 +110,13 @@ def _claimed_node_id(request) -> Optional[int]:
   return node.node_id if node is not None and node.node_id else None
 
 
-def _interceptor_class(base, log: Callable[[str], None]):
-  """Flower's node authentication, re-admitting the nodes of a restarted SuperLink and logging refusals."""
+def _interceptor_class(base, log: Callable[[str], None], refresh: Callable[[], None] = lambda: None):
+  """Flower's node authentication, re-admitting the nodes of a restarted SuperLink and logging refusals.
+
+  `refresh` rereads the key list before a key is refused: a key admitted a
+  moment ago (scripts/keys.py has returned) is never refused for the watcher's
+  second of delay, which would stop the node it was admitted for.
+  """
   import grpc  # pylint: disable=g-import-not-at-top
   from flwr.common import constant  # pylint: disable=g-import-not-at-top
   from flwr.common.secure_aggregation.crypto import symmetric_encryption  # pylint: disable=g-import-not-at-top
@@ -127,6 +134,8 @@ def _interceptor_class(base, log: Callable[[str], None]):
       def handler(request, context):
         metadata = dict(context.invocation_metadata())
         key = base64.urlsafe_b64decode(metadata.get('public-key', ''))
+        if key not in self.node_public_keys:
+          refresh()
         if key not in self.node_public_keys:
           self._log_refusal(key, context.peer())
         elif not isinstance(request, fleet_pb2.CreateNodeRequest):
@@ -163,23 +172,35 @@ def _version(path: str) -> tuple[int, int, int]:
   return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def watch_key_list(path: str, state, log: Callable[[str], None], stop: threading.Event) -> None:
-  """Until `stop`: the admitted keys follow `path` whenever it changes (replaced, or written in place)."""
-  seen = _version(path)
-  while not stop.wait(RELOAD_SECONDS):
-    try:
-      version = _version(path)
-      if version == seen:
-        continue
-      seen, keys = version, read_key_list(path)
-    except (OSError, ValueError) as e:  # A list being replaced, or a broken one: keep the current keys.
-      log(f'{path}: not reloaded ({e}); the SuperLink keeps its current node keys.')
-      continue
-    before = set(state.get_node_public_keys())
-    removed = state.replace_node_public_keys(keys)
-    added = keys - before
-    log(f'{path} reloaded: {len(keys)} node keys; admitted {sorted(map(fingerprint, added))},'
-        f' revoked {sorted(map(fingerprint, removed))}')
+class KeyList:
+  """The admitted keys of a state, following the key list file whenever it changes."""
+
+  def __init__(self, path: str, state, log: Callable[[str], None]):
+    self.path, self._state, self._log = path, state, log
+    self._seen = _version(path)
+    self._lock = threading.Lock()
+
+  def refresh(self) -> None:
+    """Reloads the file if it changed since last read (replaced, or written in place)."""
+    with self._lock:
+      try:
+        version = _version(self.path)
+        if version == self._seen:
+          return
+        keys = read_key_list(self.path)
+      except (OSError, ValueError) as e:  # A list being replaced, or a broken one: keep the current keys.
+        self._log(f'{self.path}: not reloaded ({e}); the SuperLink keeps its current node keys.')
+        return
+      self._seen = version
+      before = set(self._state.get_node_public_keys())
+      removed = self._state.replace_node_public_keys(keys)
+      self._log(f'{self.path} reloaded: {len(keys)} node keys; admitted {sorted(map(fingerprint, keys - before))},'
+                f' revoked {sorted(map(fingerprint, removed))}')
+
+  def watch(self, stop: threading.Event) -> None:
+    """Until `stop`: `refresh` every RELOAD_SECONDS (a revoked key is refused within about that long)."""
+    while not stop.wait(RELOAD_SECONDS):
+      self.refresh()
 
 
 def _log(text: str) -> None:
@@ -201,17 +222,19 @@ def main() -> None:
   app, state_factory = _flower()
   state_class = _state_class(state_factory.InMemoryState)
   state_factory.InMemoryState = state_class
-  app.AuthenticateServerInterceptor = _interceptor_class(app.AuthenticateServerInterceptor, _log)
-  key_list = _key_list_flag(sys.argv[1:])
-  if key_list:
+  key_lists: list[KeyList] = []  # The one in-memory state's, once the SuperLink makes it.
+  app.AuthenticateServerInterceptor = _interceptor_class(
+      app.AuthenticateServerInterceptor, _log, refresh=lambda: [k.refresh() for k in key_lists])
+  path = _key_list_flag(sys.argv[1:])
+  if path:
     factory_init = state_factory.StateFactory.__init__
 
     def init(self, database):  # The watcher follows the one in-memory state the SuperLink makes.
       factory_init(self, database)
       state = self.state()
       if isinstance(state, state_class):
-        threading.Thread(target=watch_key_list, args=(key_list, state, _log, threading.Event()),
-                         daemon=True).start()
+        key_lists.append(KeyList(path, state, _log))
+        threading.Thread(target=key_lists[-1].watch, args=(threading.Event(),), daemon=True).start()
 
     state_factory.StateFactory.__init__ = init
     app.StateFactory = state_factory.StateFactory
