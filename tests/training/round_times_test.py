@@ -60,8 +60,9 @@ class RoundTimesTest(tf.test.TestCase):
     self.assertGreaterEqual(evals[4], EVAL)
     self.assertTrue((seconds >= evals).all(), rows)
     self.assertGreaterEqual(seconds[2], SLOW + EVAL)
-    # A running mean would carry at least a third of round 2's delay into round 3.
-    self.assertLess(seconds[3], SLOW / 3, rows)
+    # A running mean would carry at least a third of round 2's delay into round 3. Measured against
+    # round 4's training, not a fixed time: beside the suite a plain round took 1.6 s once.
+    self.assertLess(seconds[3], seconds[4] - evals[4] + SLOW / 3, rows)
     progress = [line for line in lines if line.startswith('round 2/4 ')]
     self.assertLen(progress, 1)
     self.assertIn(f'| {seconds[2]:.2f} s this round | ETA ', progress[0])
