@@ -33,6 +33,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 
 from tffaml import cli
 from tffaml import errors
+from tffaml import runtime
 from tffaml.security import tls
 
 _PORT = flags.DEFINE_integer('port', None, 'The port clients connect to.', required=True)
@@ -58,8 +59,9 @@ def _certificates() -> Optional[tls.ClusterTls]:
 
 
 def check() -> None:
-  """The security flags and certificate files, before TensorFlow loads (`cli.run`)."""
+  """The security flags, certificate files and port, before TensorFlow loads (`cli.run`)."""
   _certificates()
+  runtime.check_port_free(_PORT.value)
 
 
 def main(argv):

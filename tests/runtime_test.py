@@ -12,6 +12,7 @@ import time
 import psutil
 import tensorflow as tf
 
+from tffaml import errors
 from tffaml import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,6 +174,18 @@ class RuntimeTest(tf.test.TestCase):
       self.assertLess(time.monotonic(), deadline, 'worker_binary outlived its parent')
       time.sleep(0.2)
 
+
+
+class PortTest(tf.test.TestCase):
+
+  def test_a_listening_port_is_taken_and_refused_by_name_and_a_closed_one_is_free(self):
+    with socket.create_server(('127.0.0.1', 0)) as server:
+      port = server.getsockname()[1]
+      self.assertTrue(runtime.port_taken(port))
+      with self.assertRaisesRegex(errors.InputError, f'--port={port}: another process listens there'):
+        runtime.check_port_free(port)
+    self.assertFalse(runtime.port_taken(port))
+    runtime.check_port_free(port)
 
 if __name__ == '__main__':
   tf.test.main()

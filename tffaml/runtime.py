@@ -29,6 +29,8 @@ from typing import Iterator
 
 import psutil
 
+from tffaml import errors
+
 _WORKER_NAME = 'worker_binary'
 OWNER_ENV = 'TFFAML_RUNTIME_OWNER'  # Set for the workers we start: whose they are.
 _WATCHDOG_POLL_SECONDS = 0.5
@@ -91,6 +93,23 @@ def worker_processes(parent_pid: int | None = None) -> list[psutil.Process]:
       for child in parent.children(recursive=True)
       if child.name() == _WORKER_NAME
   ]
+
+
+def port_taken(port: int) -> bool:
+  """Whether any process of this machine listens on TCP `port`.
+
+  gRPC servers (TFF's worker_binary among them) set SO_REUSEPORT: a second
+  one on a port the first serves binds it too, and clients' calls are then
+  split between the two. So a port is checked before a worker starts on it.
+  """
+  return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.net_connections(kind='tcp'))
+
+
+def check_port_free(port: int) -> None:
+  """Raises errors.InputError naming `port` (as --port) if a process listens on it (`port_taken`)."""
+  if port_taken(port):
+    raise errors.InputError(f'--port={port}: another process listens there (a worker still running?);'
+                            ' stop it or pick a free port.')
 
 
 def stop_workers() -> None:

@@ -208,6 +208,10 @@ class FaultsTest(absltest.TestCase):
     self.assertIsNone(binary.poll())
     with socket.create_connection(('127.0.0.1', port), timeout=5):
       pass  # Accepted: the TLS proxy forwards to a worker that answers.
+    # A second worker on its port would bind it too (SO_REUSEPORT) and take half the calls: refused.
+    with self.assertRaisesRegex(errors.InputError, f'--port={port}: another process listens there'):
+      other, _ = worker_lib.start_listening(serve_dir, port=port)
+      other.kill()
     binary.kill()
     binary.wait()
     with socket.create_server(('', port)):  # Taken (without SO_REUSEPORT, which gRPC servers share).

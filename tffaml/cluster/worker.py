@@ -131,6 +131,10 @@ def start_listening(serve_dir: str, *, port: Optional[int], timeout: float = 60.
   """
   for _ in range(_PORT_TRIES):
     chosen = port or portpicker.pick_unused_port()
+    if port:
+      runtime.check_port_free(port)
+    elif runtime.port_taken(chosen):
+      continue
     binary = start_binary(serve_dir, chosen)
     deadline = time.monotonic() + timeout
     while binary.poll() is None and not _listening(binary, chosen):

@@ -65,12 +65,13 @@ def each(release: tf.keras.Model, institutions, schema: schema_lib.Schema, *, lo
   """Every institution's fine-tuned copy (`how` it trains), in turn; its threshold flags `alert_budget` of
   its own training rows (0: the release's `threshold`)."""
   for k, institution in enumerate(institutions, 1):
-    tuned = fine_tune(release, institution, schema, loss=loss, how=how(institution))
+    chosen = how(institution)
+    tuned = fine_tune(release, institution, schema, loss=loss, how=chosen)
     own = threshold
     if alert_budget:
       own = own_threshold(client_data.predict(tuned, institution.train, schema), alert_budget)
     labels = institution.test[schema_lib.LABEL_COLUMN].to_numpy()
-    log(f'personalized {k}/{len(institutions)}: {institution.name} ({how(institution).epochs} epochs on its'
+    log(f'personalized {k}/{len(institutions)}: {institution.name} ({chosen.epochs} epochs on its'
         f' {len(institution.train)} training rows)')
     yield Personalized(institution.name, tuned, own, (labels, client_data.predict(tuned, institution.test, schema)))
 
