@@ -147,3 +147,48 @@ class RankedTest(tf.test.TestCase):
       self.assertAllClose(summed[key], pooled[key], atol=2e-3)
     self.assertNotAllClose(summed['auprc'], evaluation.ranked_metrics(evaluation.combined(
         [evaluation.binned(labels[p][::-1], scores[p], 0.6) for p in parts]), budgets=())['auprc'])
+
+
+class LocalEvaluatorTest(tf.test.TestCase):
+  """The eager evaluation is TFF's federated evaluation (`build_fed_eval`), pooled and per institution."""
+
+  def _model_fn(self):
+    from tffaml.federated import processes  # pylint: disable=g-import-not-at-top
+
+    def keras_model():
+      return tf.keras.Sequential([tf.keras.Input(shape=(2,)), tf.keras.layers.Dense(1, activation='sigmoid')])
+
+    spec = (tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, 1], tf.float32))
+    return processes.build_model_fn(keras_model_fn=keras_model, element_spec=spec, threshold=0.5)
+
+  def _test_sets(self):
+    rng = np.random.default_rng(3)
+    sets = {}
+    for name, rows in (('bank_a', 37), ('bank_b', 20)):  # Uneven batches: 37 = 3 * 10 + 7.
+      x = rng.normal(size=(rows, 2)).astype(np.float32)
+      y = (x[:, :1] + rng.normal(scale=0.5, size=(rows, 1)) > 0).astype(np.float32)
+      sets[name] = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)
+    return sets
+
+  def test_the_same_metrics_as_tffs_federated_evaluation(self):
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    from tffaml.federated import processes  # pylint: disable=g-import-not-at-top
+    model_fn, test_sets = self._model_fn(), self._test_sets()
+    keras = tf.keras.Sequential([tf.keras.Input(shape=(2,)), tf.keras.layers.Dense(1, activation='sigmoid')])
+    keras.set_weights([np.array([[1.5], [-0.4]], np.float32), np.array([0.2], np.float32)])
+    weights = tff.learning.models.ModelWeights.from_model(keras)
+    expected = evaluation.evaluate(processes.build_eval_process(model_fn), weights, test_sets)
+    evaluator = evaluation.LocalEvaluator(model_fn)
+    got = evaluator.evaluate(weights, test_sets)
+    self.assertEqual(got['pooled']['num_examples'], 57)
+    for ours, theirs in [(got['pooled'], expected['pooled']),
+                         *((got['institutions'][n], expected['institutions'][n]) for n in test_sets)]:
+      self.assertEqual(sorted(ours), sorted(theirs))
+      for key in ours:
+        self.assertAllClose(ours[key], theirs[key], rtol=1e-6, atol=1e-7, msg=key)
+    # Evaluating other weights after these starts from fresh metrics (nothing carried over).
+    keras.set_weights([np.zeros((2, 1), np.float32), np.zeros(1, np.float32)])
+    constant = evaluator.evaluate(tff.learning.models.ModelWeights.from_model(keras), test_sets)
+    self.assertEqual(constant['pooled']['num_examples'], 57)
+    self.assertAllClose(constant['pooled']['auc'], 0.5)  # Every row scored 0.5: no ranking.
+    self.assertAllClose(constant['pooled']['loss'], np.log(2.0), rtol=1e-5)

@@ -462,7 +462,7 @@ class _Rounds:
     self._weight_bounds, self._sum_bound = weight_bounds, sum_bound  # By each node's census entry; its clip.
     # Distributed DP-SGD's noise is planned as shares: how many a round may lose (None: any).
     self._tolerated_losses = tolerated_losses
-    self._finalize = None  # Built at the first evaluation, from a state's type.
+    self._finalize = None  # Made at the first evaluation (a Keras model for its finalizers).
     self.names = federation.names
     self._progress = progress
     self._round_nodes: tuple[int, list[str], list[str]] = (0, [], [])  # The last round trained, asked, answered.
@@ -586,7 +586,7 @@ class _Rounds:
                              f' {self._federation.min_nodes}.')
     states = {n: _metric_state(replies[n]) for n in self.names if n in replies}
     if self._finalize is None:
-      self._finalize = evaluation.build_finalize(self._model_fn, next(iter(states.values())))
+      self._finalize = evaluation.LocalEvaluator(self._model_fn).finalize
     result = {'pooled': self._finalize(list(states.values()))}
     if per_institution:
       result['institutions'] = {n: self._finalize([s]) for n, s in states.items()}

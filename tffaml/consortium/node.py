@@ -172,7 +172,7 @@ class _Work:
   parts: Any  # processes.Parts: only the client work runs here.
   work: config_builders.ClientWork
   plan: Any
-  evaluate: Any  # evaluation.build_local_evaluation's computation.
+  evaluate: evaluation.LocalEvaluator  # Its metric state of the weights sent, on its test rows.
   test: Any  # The test split as batches.
   scores: client_data.Scorer  # The model's scores of this institution's rows.
 
@@ -459,7 +459,7 @@ class Node:
                                            batch_size=config.federated.eval_batch_size)
     return _Work(model_fn=training.model_fn, template=config_builders.initial_weights(training.keras_model_fn),
                  work=training.work, plan=plan, parts=training.parts,
-                 evaluate=evaluation.build_local_evaluation(training.model_fn, test.element_spec), test=test,
+                 evaluate=evaluation.LocalEvaluator(training.model_fn), test=test,
                  scores=client_data.Scorer(training.keras_model_fn, schema))
 
   def _train(self, request: messages.Message) -> messages.Message:
@@ -496,7 +496,7 @@ class Node:
   def _evaluate(self, request: messages.Message) -> messages.Message:
     work = self._work(request.header)
     weights = tf.nest.pack_sequence_as(work.template, list(request.arrays))
-    state = evaluation.local_metric_state(work.evaluate, weights, work.test)
+    state = work.evaluate.state(weights, work.test)
     return messages.Message(reply_kind(EVALUATE), {'layout': [[k, len(v)] for k, v in state.items()]},
                             tuple(a for parts in state.values() for a in parts))
 

@@ -61,7 +61,6 @@ from tffaml.data import schema as schema_lib
 from tffaml.export import saved_model
 from tffaml.federated import client_data
 from tffaml.federated import dp_sgd
-from tffaml.federated import processes
 from tffaml.federated import quantiles
 from tffaml.models import tabular
 from tffaml.privacy import accounting
@@ -526,7 +525,7 @@ def _build(config, choices: config_checks.Choices, setup: _Setup, space, noise_s
     return output.state, {**flatten_metrics(output.metrics['client_work']['train'], 'train/'),
                           **flatten_metrics(output.metrics['aggregator'], 'aggregator/')}, members
 
-  eval_process = processes.build_eval_process(model_fn)
+  evaluator = evaluation.LocalEvaluator(model_fn)  # TFF's federated evaluation, without its build.
   test_sets = {
       i.name: client_data.institution_dataset(i, 'test', schema, batch_size=config.federated.eval_batch_size)
       for i in institutions
@@ -548,8 +547,8 @@ def _build(config, choices: config_checks.Choices, setup: _Setup, space, noise_s
         validation_fraction=config.evaluation.validation_fraction)
 
   return Built(keras_model_fn=training.keras_model_fn, process=process, train_round=train_round,
-               evaluate=lambda weights, per_institution: evaluation.evaluate(
-                   eval_process, weights, test_sets, per_institution=per_institution),
+               evaluate=lambda weights, per_institution: evaluator.evaluate(
+                   weights, test_sets, per_institution=per_institution),
                score_histogram=score_histogram, alert_metrics=alert_metrics, rows=setup.data)
 
 
