@@ -95,14 +95,18 @@ def worker_processes(parent_pid: int | None = None) -> list[psutil.Process]:
   ]
 
 
-def port_taken(port: int) -> bool:
-  """Whether any process of this machine listens on TCP `port`.
+def port_taken(port: int, *, pid: int | None = None) -> bool:
+  """Whether a process of this machine (process `pid`, if given) listens on TCP `port`.
 
   gRPC servers (TFF's worker_binary among them) set SO_REUSEPORT: a second
   one on a port the first serves binds it too, and clients' calls are then
   split between the two. So a port is checked before a worker starts on it.
   """
-  return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.net_connections(kind='tcp'))
+  try:
+    sockets = psutil.Process(pid).net_connections(kind='tcp') if pid else psutil.net_connections(kind='tcp')
+  except psutil.Error:  # `pid` has exited.
+    return False
+  return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
 
 
 def check_port_free(port: int) -> None:

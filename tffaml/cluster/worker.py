@@ -24,7 +24,6 @@ from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import portpicker
-import psutil
 import tensorflow_federated as tff
 
 from tffaml import errors
@@ -109,15 +108,6 @@ def start_binary(serve_dir: str, port: int) -> subprocess.Popen:
                             stdout=log_file, stderr=subprocess.STDOUT)
 
 
-def _listening(binary: subprocess.Popen, port: int) -> bool:
-  """Whether `binary` itself listens on `port` (a TCP probe would also count another process's socket)."""
-  try:
-    sockets = psutil.Process(binary.pid).net_connections(kind='tcp')
-  except psutil.Error:
-    return False
-  return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
-
-
 def start_listening(serve_dir: str, *, port: Optional[int], timeout: float = 60.0
                     ) -> tuple[subprocess.Popen, int]:
   """The worker_binary for `serve_dir` and its port, once it accepts connections.
@@ -129,15 +119,16 @@ def start_listening(serve_dir: str, *, port: Optional[int], timeout: float = 60.
     errors.InputError: `port` is in use.
     RuntimeError: it exited, or did not listen within `timeout` s.
   """
-  for _ in range(_PORT_TRIES):
+  if port:
+    runtime.check_port_free(port)
+  for _ in range(1 if port else _PORT_TRIES):
     chosen = port or portpicker.pick_unused_port()
-    if port:
-      runtime.check_port_free(port)
-    elif runtime.port_taken(chosen):
+    if not port and runtime.port_taken(chosen):
       continue
     binary = start_binary(serve_dir, chosen)
     deadline = time.monotonic() + timeout
-    while binary.poll() is None and not _listening(binary, chosen):
+    # Its own socket: a probe connecting to the port would also count another process's.
+    while binary.poll() is None and not runtime.port_taken(chosen, pid=binary.pid):
       if time.monotonic() > deadline:
         binary.kill()
         binary.wait()
