@@ -12,6 +12,7 @@ from tffaml import errors
 from tffaml.config import data as config_data
 from tffaml.export import saved_model
 from tffaml.export import scoring
+from tffaml.training import evaluation
 from tffaml.training import personalize
 from tffaml.training import program
 
@@ -87,7 +88,7 @@ class OwnThresholdTest(tf.test.TestCase):
 
   def test_flags_the_budget_of_the_rows(self):
     scores = np.arange(1000, dtype=np.float64) / 1000
-    self.assertAllClose(np.mean(scores >= personalize.own_threshold(scores, 0.01)), 0.01, atol=1e-3)
+    self.assertAllClose(np.mean(scores >= evaluation.budget_threshold(scores, 0.01)), 0.01, atol=1e-3)
 
 
 class RefusedTest(tf.test.TestCase):

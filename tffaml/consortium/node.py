@@ -457,9 +457,9 @@ class Node:
         header['space'], schema), schema, side=config_builders.Side.NODE)
     test = client_data.institution_dataset(self.institution, 'test', config_data.training_schema(config, schema),
                                            batch_size=config.federated.eval_batch_size)
-    return _Work(model_fn=training.model_fn, template=config_builders.initial_weights(training.keras_model_fn),
-                 work=training.work, plan=plan, parts=training.parts,
-                 evaluate=evaluation.LocalEvaluator(training.model_fn), test=test,
+    evaluator = evaluation.LocalEvaluator(training.model_fn)  # Its model gives the weights' layout too.
+    return _Work(model_fn=training.model_fn, template=evaluator.layout, work=training.work, plan=plan,
+                 parts=training.parts, evaluate=evaluator, test=test,
                  scores=client_data.Scorer(training.keras_model_fn, schema))
 
   def _train(self, request: messages.Message) -> messages.Message:

@@ -218,11 +218,6 @@ def _gbt(frame: pd.DataFrame, space: features.FeatureSpace, seed: int) -> lightg
       categorical_feature=categorical or 'auto')
 
 
-def _budget_threshold(train_scores: np.ndarray, budget: float) -> float:
-  """The score flagging `budget` of the training rows, as an export's alert threshold does."""
-  return float(np.quantile(train_scores, 1.0 - budget))
-
-
 def _gbt_scores(data, space, methods, seed: int, budget: float) -> tuple[dict, dict]:
   """The requested GBT methods' test scores and their alert thresholds at `budget` (0: none)."""
   scores, thresholds = {}, {}
@@ -233,13 +228,13 @@ def _gbt_scores(data, space, methods, seed: int, budget: float) -> tuple[dict, d
     scores[Method.GBT_CENTRALIZED] = {i.name: score(pooled, i.test) for i in data.institutions}
     if budget:
       thresholds[Method.GBT_CENTRALIZED] = dict.fromkeys(
-          data.names, _budget_threshold(score(pooled, train), budget))
+          data.names, evaluation.budget_threshold(score(pooled, train), budget))
   if Method.GBT_LOCAL in methods:  # Each bank's trees score its own test rows only.
     models = {i.name: _gbt(i.train, space, seed) for i in data.institutions}
     scores[Method.GBT_LOCAL] = {i.name: score(models[i.name], i.test) for i in data.institutions}
     if budget:
       thresholds[Method.GBT_LOCAL] = {
-          i.name: _budget_threshold(score(models[i.name], i.train), budget) for i in data.institutions}
+          i.name: evaluation.budget_threshold(score(models[i.name], i.train), budget) for i in data.institutions}
   return scores, thresholds
 
 
@@ -312,7 +307,7 @@ def method_scores(
     scored.scores[Method.CENTRALIZED] = _keras_scores(model, data)
     if budget:
       train = client_data.predict(model, data.pooled('train'), data.schema)
-      scored.thresholds[Method.CENTRALIZED] = dict.fromkeys(data.names, _budget_threshold(train, budget))
+      scored.thresholds[Method.CENTRALIZED] = dict.fromkeys(data.names, evaluation.budget_threshold(train, budget))
   if _LOCAL & set(methods):
     _local_methods(scored, space, base, methods, log)
   if {Method.GBT_CENTRALIZED, Method.GBT_LOCAL} & set(methods):
@@ -358,7 +353,7 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
   scored.scores[Method.LOCAL_ONLY] = {i.name: keras_scores[k][i.name] for k, i in enumerate(data.institutions)}
   if base.model.alert_budget:
     scored.thresholds[Method.LOCAL_ONLY] = {
-        i.name: _budget_threshold(scores, base.model.alert_budget)
+        i.name: evaluation.budget_threshold(scores, base.model.alert_budget)
         for scores, i in zip(train_scores, data.institutions)}
   scored.scores[Method.ENSEMBLE_AVERAGE] = _combine(keras_scores)
   scored.scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
@@ -379,10 +374,12 @@ def _personalized(scored: Scored, base, config, model, log) -> None:
   p = config.personalize
 
   def how(institution) -> personalize.FineTune:
-    local_epochs = math.ceil(base.reference.centralized_epochs * pooled_rows / len(institution.train))
-    return personalize.FineTune(epochs=p.epochs or local_epochs, batch_size=config.federated.batch_size,
-                                learning_rate=p.learning_rate if p.epochs else base.reference.learning_rate,
-                                seed=base.seed)
+    if p.epochs:
+      return personalize.FineTune(epochs=p.epochs, batch_size=config.federated.batch_size,
+                                  learning_rate=p.learning_rate, seed=base.seed)
+    return personalize.FineTune(  # local_only's rule.
+        epochs=math.ceil(base.reference.centralized_epochs * pooled_rows / len(institution.train)),
+        batch_size=config.federated.batch_size, learning_rate=base.reference.learning_rate, seed=base.seed)
   copies = list(personalize.each(model, data.institutions, data.schema,
                                  loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=how,
                                  alert_budget=base.model.alert_budget, threshold=None, log=lambda _: None))

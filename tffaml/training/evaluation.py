@@ -71,7 +71,8 @@ class LocalEvaluator:
 
   def __init__(self, model_fn: Callable[[], tff.learning.models.VariableModel]):
     self._model = model_fn()
-    self._variables = tf.nest.flatten(tff.learning.models.ModelWeights.from_model(self._model))
+    self.layout = tff.learning.models.ModelWeights.from_model(self._model)  # What weights arrive as.
+    self._variables = tf.nest.flatten(self.layout)
     self._forward = tf.function(lambda batch: self._model.forward_pass(batch, training=False),
                                 reduce_retracing=True)  # The last, smaller batch: one trace more at most.
 
@@ -101,6 +102,11 @@ class LocalEvaluator:
     if per_institution:
       result['institutions'] = {name: self.finalize([state]) for name, state in states.items()}
     return result
+
+
+def budget_threshold(scores: np.ndarray, budget: float) -> float:
+  """The exact score flagging `budget` of `scores` (rows someone may see: its own, or public ones)."""
+  return float(np.quantile(scores, 1.0 - budget))
 
 
 def chance_level(pooled: Mapping[str, Optional[float]]) -> Optional[str]:

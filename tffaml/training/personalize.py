@@ -18,6 +18,7 @@ from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.federated import client_data
 from tffaml.training import centralized
+from tffaml.training import evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +55,6 @@ class Personalized:
   test: tuple[np.ndarray, np.ndarray]
 
 
-def own_threshold(scores: np.ndarray, budget: float) -> float:
-  """The score flagging `budget` of the institution's own training rows (exact: they are its own)."""
-  return float(np.quantile(scores, 1.0 - budget))
-
-
 def each(release: tf.keras.Model, institutions, schema: schema_lib.Schema, *, loss: tf.keras.losses.Loss,
          how: Callable[[federated_data.InstitutionLike], FineTune], alert_budget: float,
          threshold: Optional[float], log: Callable[[str], None]) -> Iterator[Personalized]:
@@ -69,7 +65,8 @@ def each(release: tf.keras.Model, institutions, schema: schema_lib.Schema, *, lo
     tuned = fine_tune(release, institution, schema, loss=loss, how=chosen)
     own = threshold
     if alert_budget:
-      own = own_threshold(client_data.predict(tuned, institution.train, schema), alert_budget)
+      # Exact: they are the institution's own rows.
+      own = evaluation.budget_threshold(client_data.predict(tuned, institution.train, schema), alert_budget)
     labels = institution.test[schema_lib.LABEL_COLUMN].to_numpy()
     log(f'personalized {k}/{len(institutions)}: {institution.name} ({chosen.epochs} epochs on its'
         f' {len(institution.train)} training rows)')

@@ -23,7 +23,6 @@ import dataclasses
 import time
 from typing import Callable, Optional
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -32,6 +31,7 @@ from tffaml.config import data as config_data
 from tffaml.data import federated_data
 from tffaml.federated import client_data
 from tffaml.training import centralized
+from tffaml.training import evaluation
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ class Public:
   def threshold(self, model: tf.keras.Model, budget: float) -> float:
     """The score flagging `budget` of the public corpus's training rows."""
     scores = client_data.predict(model, self.data.pooled('train'), self.data.schema)
-    return float(np.quantile(scores, 1.0 - budget))
+    return evaluation.budget_threshold(scores, budget)
 
 
 def prepare(corpus: config_data.PublicCorpus, data: federated_data.FederatedData, *, min_category_count: int,
