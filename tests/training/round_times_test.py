@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import os
 import time
+from unittest import mock
 
 import pandas as pd
 import tensorflow as tf
@@ -11,8 +12,29 @@ import tensorflow as tf
 from tests import helpers
 from tffaml.training import program
 
-SLOW = 4.5  # Round 2's injected delay, in seconds.
-EVAL = 0.3  # Each per-round evaluation's injected delay.
+# Injected delays, in seconds, on the run's clock (not slept): a plain round beside the suite varied
+# by over 1.5 s, more than a slept delay short enough for a test could be told apart from.
+SLOW = 600.0  # Round 2's.
+EVAL = 30.0  # Each per-round evaluation's.
+
+
+class _Clock:
+  """`time` as program.py sees it, its monotonic clock advanced by `advance` (all else is `time`'s)."""
+
+  def __init__(self):
+    self.offset = 0.0
+
+  def monotonic(self) -> float:
+    return time.monotonic() + self.offset
+
+  def advance(self, seconds: float) -> None:
+    self.offset += seconds
+
+  def __getattr__(self, name):
+    return getattr(time, name)
+
+
+CLOCK = _Clock()
 
 
 class _SlowRound2(program.InProcess):
@@ -23,12 +45,12 @@ class _SlowRound2(program.InProcess):
 
     def train_round(state, members, round_num):
       if round_num == 2:
-        time.sleep(SLOW)
+        CLOCK.advance(SLOW)
       return built.train_round(state, members, round_num)
 
     def evaluate(weights, per_institution):
       if not per_institution:  # The rounds' pooled evaluation, not the final one.
-        time.sleep(EVAL)
+        CLOCK.advance(EVAL)
       return built.evaluate(weights, per_institution)
 
     return dataclasses.replace(built, train_round=train_round, evaluate=evaluate)
@@ -51,7 +73,8 @@ class RoundTimesTest(tf.test.TestCase):
     config = helpers.smoke_config(root, rounds=4)
     config.federated.eval_every = 2  # Rounds 2 and 4 evaluate; 1 and 3 do not.
     lines = []
-    result = program.run(config, os.path.join(root, 'run'), runtime=_SlowRound2(), log=lines.append)
+    with mock.patch.object(program, 'time', CLOCK):
+      result = program.run(config, os.path.join(root, 'run'), runtime=_SlowRound2(), log=lines.append)
     rows = pd.read_csv(result.paths.metrics_csv).set_index('round')
     seconds, evals = rows['round_seconds'], rows['eval_seconds']
     self.assertEqual(evals[1], 0.0)
@@ -60,8 +83,7 @@ class RoundTimesTest(tf.test.TestCase):
     self.assertGreaterEqual(evals[4], EVAL)
     self.assertTrue((seconds >= evals).all(), rows)
     self.assertGreaterEqual(seconds[2], SLOW + EVAL)
-    # A running mean would carry at least a third of round 2's delay into round 3. Measured against
-    # round 4's training, not a fixed time: beside the suite a plain round took 1.6 s once.
+    # A running mean would carry at least a third of round 2's delay (200 s) into round 3.
     self.assertLess(seconds[3], seconds[4] - evals[4] + SLOW / 3, rows)
     progress = [line for line in lines if line.startswith('round 2/4 ')]
     self.assertLen(progress, 1)
