@@ -253,3 +253,37 @@ class HashedSlotsTest(tf.test.TestCase):
 
 if __name__ == '__main__':
   tf.test.main()
+
+
+class StandardiseTest(tf.test.TestCase):
+  """The numeric columns' one layer: what a `Normalization` layer per column, after the clip, gives."""
+
+  def test_each_column_clipped_to_its_range_then_standardised_by_hand(self):
+    schema = schema_lib.Schema(label='y', positive='1', numeric=('both', 'low', 'high', 'free', 'flat'),
+                               categorical=())
+    space = features.FeatureSpace(
+        schema=schema, mean={'both': 1.5, 'low': -2.0, 'high': 10.0, 'free': 0.25, 'flat': 3.0},
+        variance={'both': 4.0, 'low': 0.25, 'high': 100.0, 'free': 1.0, 'flat': 0.0}, vocabulary={},
+        lower={'both': -1.0, 'low': 0.0, 'high': None, 'free': None}, upper={'both': 2.0, 'low': None, 'high': 20.0})
+    big = schema_lib.FLOAT32_MAX
+    values = {c: np.array([-5.0, 1.0, 50.0, np.inf, -np.inf, np.nan], np.float32) for c in schema.numeric}
+    out = features.Standardise(space)([tf.constant(values[c]) for c in schema.numeric]).numpy()
+    expected = np.stack([
+        (np.array([-1.0, 1.0, 2.0, 2.0, -1.0, np.nan]) - 1.5) / 2.0,  # Clipped to [-1, 2].
+        (np.array([0.0, 1.0, 50.0, big, 0.0, np.nan]) + 2.0) / 0.5,  # Below only: the float32 range above.
+        (np.array([-5.0, 1.0, 20.0, 20.0, -big, np.nan]) - 10.0) / 10.0,
+        np.array([-5.25, 0.75, 49.75, np.inf, -np.inf, np.nan]),  # No range: not clipped.
+        (values['flat'] - 3.0) / tf.keras.backend.epsilon(),  # A constant column: divided by ε, as Keras does.
+    ], axis=-1).astype(np.float32)
+    self.assertAllClose(out, expected, rtol=1e-6)
+    self.assertAllEqual(np.isnan(out), np.isnan(expected))
+
+  def test_bit_for_bit_the_per_column_layers_it_replaces(self):
+    data_dir, _ = helpers.write_federation(self.create_tempdir().full_path)
+    data = csv_dir.load(data_dir, schema_lib.Schema.from_dict(helpers.SCHEMA))
+    space = features.compute_feature_space(data, min_category_count=1)
+    rows = data.pooled('test')
+    columns = [tf.constant(rows[c].to_numpy(np.float32)) for c in space.schema.numeric]
+    per_column = [tf.keras.layers.Normalization(axis=None, mean=space.mean[c], variance=space.variance[c])(
+        tf.clip_by_value(v, space.lower[c], space.upper[c])) for c, v in zip(space.schema.numeric, columns)]
+    self.assertAllEqual(features.Standardise(space)(columns), tf.stack(per_column, axis=-1))

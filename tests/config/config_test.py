@@ -1,3 +1,6 @@
+import collections
+import copy
+import dataclasses
 import math
 from unittest import mock
 
@@ -125,11 +128,54 @@ class ClientWorkTest(tf.test.TestCase):
       process = config_builders.build_train_process(config, choices, plan, work=work, model_fn=model_fn,
                                                aggregator=aggregator)
       self.assertIn('next', dir(process), work)
-    for side in config_builders.Side:  # Every side builds; only a node's has no aggregator.
-      training = config_builders.build_training(config, choices, plain, space, data.schema, side=side, cohort=3)
-      self.assertIs(training.work, config_builders.ClientWork.FEDERATED)
-      self.assertEqual(training.parts.aggregator is None, side is config_builders.Side.NODE, side)
-      self.assertEqual(training.process is None, side is config_builders.Side.NODE, side)
+    built = {}
+    with mock.patch.object(config_builders, '_BUILT', collections.OrderedDict()), \
+        mock.patch.object(config_builders, 'BUILT_KEPT', 2):
+      for side in reversed(config_builders.Side):  # Every side builds; only a node's has no aggregator.
+        built[side] = config_builders.build_training(config, choices, plain, space, data.schema, side=side, cohort=3)
+        self.assertIs(built[side].work, config_builders.ClientWork.FEDERATED)
+        self.assertEqual(built[side].parts.aggregator is None, side is config_builders.Side.NODE, side)
+        self.assertEqual(built[side].process is None, side is config_builders.Side.NODE, side)
+      # Built once per process: the same config elsewhere on disk is the same build ...
+      moved = copy.deepcopy(config)
+      moved.data.dir, moved.data.schema_file = '/elsewhere', '/elsewhere/schema.json'
+      counts = config_builders.build_counts()
+      again = config_builders.build_training(moved, choices, plain, space, data.schema,
+                                             side=config_builders.Side.WHOLE, cohort=3)
+      self.assertIs(again, built[config_builders.Side.WHOLE])
+      # ... while the two most recent are kept: the node's, built first, is built again.
+      node = config_builders.build_training(config, choices, plain, space, data.schema,
+                                            side=config_builders.Side.NODE, cohort=3)
+      self.assertIsNot(node, built[config_builders.Side.NODE])
+      self.assertEqual(config_builders.build_counts(),
+                       {'hits': counts['hits'] + 1, 'misses': counts['misses'] + 1})
+    # A kept build's model is the config's when it was built, whatever the config becomes.
+    first = config_builders.initial_weights(node.keras_model_fn)
+    config.seed += 1
+    for kept, built_first in zip(config_builders.initial_weights(node.keras_model_fn).trainable, first.trainable):
+      self.assertAllEqual(kept, built_first)
+    self.assertNotAllClose(config_builders.initial_weights(config_builders.keras_model_fn(config, choices, space))
+                           .trainable[0], first.trainable[0])
+
+  def test_a_build_is_keyed_by_all_it_reads_but_the_file_locations(self):
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    from tffaml import features  # pylint: disable=g-import-not-at-top
+    data = helpers.load_federation()
+    config = _config(aggregator__type='mean')
+    plan = config_plan.privacy_plan_for_data(config, config_checks.parse_choices(config), data, cohort=3)
+    space = features.compute_feature_space(data, min_category_count=1)
+    key = lambda c=config, p=plan, s=space, **kw: config_builders._build_key(  # pylint: disable=protected-access
+        c, p, s, data.schema, **{'side': 'whole', 'noise_seed': 0, **kw})
+    moved = copy.deepcopy(config)
+    moved.data.update(dir='/a', path='/b.csv', schema_file='/c.json')
+    moved.public.path = '/d.csv'
+    self.assertEqual(key(moved), key())
+    changed_rate = copy.deepcopy(config)
+    changed_rate.federated.client_learning_rate *= 2
+    changed_space = dataclasses.replace(space, mean={**space.mean, 'amount': space.mean['amount'] + 1})
+    others = [key(changed_rate), key(s=changed_space), key(side='node'), key(noise_seed=1),
+              key(p=dataclasses.replace(plan, delta=plan.delta / 2))]
+    self.assertLen(set(others + [key()]), len(others) + 1)
 
 
 

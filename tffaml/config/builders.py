@@ -1,7 +1,10 @@
 """The models, aggregator, training process and client data a config builds (typed choices in, TFF out)."""
 
+import collections
 import dataclasses
 import enum
+import hashlib
+import json
 from typing import Callable, Optional
 
 import ml_collections
@@ -85,10 +88,11 @@ def loss_fn(config, choices: config_checks.Choices) -> tabular.PerExampleLoss:
 def keras_model_fn(config, choices: config_checks.Choices, space) -> Callable[[], tf.keras.Model]:
   """Builds the config's Keras model on the federated feature statistics `space` (audited, in a canary audit)."""
   read = errors.registered(MODEL_PARAMS, choices.model, 'tffaml.config.builders.MODEL_PARAMS')
-  build = lambda: tabular.build_model(
-      model_type=choices.model, feature_space=space, seed=config.seed, **read(config.model))
-  if config_data.canary_records(config):
-    return canaries_lib.canary_model(build, config_data.canary_records(config))
+  # Read now: the builder outlives this call (`build_training` keeps it), the config may change.
+  model_type, seed, params, canaries = choices.model, config.seed, read(config.model), config_data.canary_records(config)
+  build = lambda: tabular.build_model(model_type=model_type, feature_space=space, seed=seed, **params)
+  if canaries:
+    return canaries_lib.canary_model(build, canaries)
   return build
 
 
@@ -157,9 +161,38 @@ class Training:
   process: Optional[tff.learning.templates.LearningProcess]  # None at a node.
 
 
+# Where a config names its files: where the rows are read from, never what is built.
+_LOCATION_KEYS = (('data', 'dir'), ('data', 'path'), ('data', 'schema_file'), ('public', 'path'))
+# Built trainings by what they were built from (`_build_key`), the most recent last.
+_BUILT: collections.OrderedDict[str, Training] = collections.OrderedDict()
+BUILT_KEPT = 8  # Each holds its traced TFF computations: a few MB.
+_build_counts = {'hits': 0, 'misses': 0}
+
+
+def _build_key(config, plan: accounting.PrivacyPlan, space, schema, **arguments) -> str:
+  """Everything a build reads: the config (all but its file locations), plan, feature space and schema."""
+  values = config.to_dict()
+  for section, key in _LOCATION_KEYS:
+    if section in values and key in values[section]:
+      values[section][key] = ''
+  described = [values, repr(plan), space.to_dict(), schema.to_dict(), sorted(arguments.items(), key=str)]
+  return hashlib.sha256(json.dumps(described, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def build_counts() -> dict[str, int]:
+  """How often `build_training` reused a built training ('hits') or built one ('misses') in this process."""
+  return dict(_build_counts)
+
+
 def build_training(config, choices: config_checks.Choices, plan: accounting.PrivacyPlan, space, schema, *,
                    side: Side, cohort: int = 0, noise_seed: int = 0, boosting: bool = False) -> Training:
-  """The models and training of `config` on feature space `space`, for `side`.
+  """The models and training of `config` on feature space `space`, for `side`: built once per process.
+
+  Building traces the client work and the process into TFF computations:
+  most of a short run's CPU (about 3 of a smoke run's 5 CPU-s). A built
+  training holds no run's state (a process's state is its `initialize()`),
+  so runs from the same config, plan, feature space and schema share one,
+  wherever their files are: a study's runs, a resumed run, a node's runs.
 
   Args:
     config: The experiment config.
@@ -175,6 +208,23 @@ def build_training(config, choices: config_checks.Choices, plan: accounting.Priv
   Raises:
     errors.ConfigError: a federation (COORDINATOR or NODE) of FedProx or FedSGD.
   """
+  key = _build_key(config, plan, space, schema, side=side.value, cohort=cohort, noise_seed=noise_seed,
+                   boosting=boosting)
+  if BUILT_KEPT and key in _BUILT:
+    _build_counts['hits'] += 1
+    _BUILT.move_to_end(key)
+    return _BUILT[key]
+  _build_counts['misses'] += 1
+  training = _build_training(config, choices, plan, space, schema, side=side, cohort=cohort,
+                             noise_seed=noise_seed, boosting=boosting)
+  _BUILT[key] = training
+  while len(_BUILT) > BUILT_KEPT:
+    _BUILT.popitem(last=False)
+  return training
+
+
+def _build_training(config, choices: config_checks.Choices, plan: accounting.PrivacyPlan, space, schema, *,
+                    side: Side, cohort: int, noise_seed: int, boosting: bool) -> Training:
   keras_model = keras_model_fn(config, choices, space)
   model = model_fn(config, choices, keras_model, client_data.element_spec(config_data.training_schema(config, schema)))
   work = client_work(plan, boosting=boosting)
