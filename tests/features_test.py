@@ -267,7 +267,7 @@ class StandardiseTest(tf.test.TestCase):
         lower={'both': -1.0, 'low': 0.0, 'high': None, 'free': None}, upper={'both': 2.0, 'low': None, 'high': 20.0})
     big = schema_lib.FLOAT32_MAX
     values = {c: np.array([-5.0, 1.0, 50.0, np.inf, -np.inf, np.nan], np.float32) for c in schema.numeric}
-    out = features.Standardise(space)([tf.constant(values[c]) for c in schema.numeric]).numpy()
+    out = features.Standardise.for_space(space)([tf.constant(values[c]) for c in schema.numeric]).numpy()
     expected = np.stack([
         (np.array([-1.0, 1.0, 2.0, 2.0, -1.0, np.nan]) - 1.5) / 2.0,  # Clipped to [-1, 2].
         (np.array([0.0, 1.0, 50.0, big, 0.0, np.nan]) + 2.0) / 0.5,  # Below only: the float32 range above.
@@ -286,4 +286,6 @@ class StandardiseTest(tf.test.TestCase):
     columns = [tf.constant(rows[c].to_numpy(np.float32)) for c in space.schema.numeric]
     per_column = [tf.keras.layers.Normalization(axis=None, mean=space.mean[c], variance=space.variance[c])(
         tf.clip_by_value(v, space.lower[c], space.upper[c])) for c, v in zip(space.schema.numeric, columns)]
-    self.assertAllEqual(features.Standardise(space)(columns), tf.stack(per_column, axis=-1))
+    layer = features.Standardise.for_space(space)
+    self.assertAllEqual(layer(columns), tf.stack(per_column, axis=-1))
+    self.assertAllEqual(layer.from_config(layer.get_config())(columns), layer(columns))  # How Keras clones it.

@@ -198,18 +198,29 @@ class Standardise(tf.keras.layers.Layer):
   other side, as before.
   """
 
-  def __init__(self, space: 'FeatureSpace', **kwargs):
+  def __init__(self, *, lower, upper, mean, variance, **kwargs):
     super().__init__(**kwargs)
+    self.lower, self.upper, self.mean, self.variance = (
+        np.asarray(v, np.float32) for v in (lower, upper, mean, variance))
+
+  @classmethod
+  def for_space(cls, space: 'FeatureSpace', **kwargs) -> 'Standardise':
+    """The layer for `space`'s numeric columns, in the schema's order."""
     columns = space.schema.numeric
-    bounded = lambda c: space.lower.get(c) is not None or space.upper.get(c) is not None
-    self.lower = np.array([(-np.inf if not bounded(c) else
-                            -schema_lib.FLOAT32_MAX if space.lower.get(c) is None else space.lower[c])
-                           for c in columns], np.float32)
-    self.upper = np.array([(np.inf if not bounded(c) else
-                            schema_lib.FLOAT32_MAX if space.upper.get(c) is None else space.upper[c])
-                           for c in columns], np.float32)
-    self.mean = np.array([space.mean[c] for c in columns], np.float32)
-    self.variance = np.array([space.variance[c] for c in columns], np.float32)
+
+    def bound(column: str, bounds: dict, sign: float) -> float:
+      if space.lower.get(column) is None and space.upper.get(column) is None:
+        return sign * np.inf  # No range: not clipped.
+      value = bounds.get(column)
+      return sign * schema_lib.FLOAT32_MAX if value is None else value
+
+    return cls(lower=[bound(c, space.lower, -1.0) for c in columns],
+               upper=[bound(c, space.upper, 1.0) for c in columns],
+               mean=[space.mean[c] for c in columns], variance=[space.variance[c] for c in columns], **kwargs)
+
+  def get_config(self) -> dict:  # Keras clones a model (a personalized copy) from its layers' configs.
+    return {**super().get_config(), 'lower': self.lower.tolist(), 'upper': self.upper.tolist(),
+            'mean': self.mean.tolist(), 'variance': self.variance.tolist()}
 
   def call(self, values):
     stacked = tf.stack([tf.cast(v, tf.float32) for v in values], axis=-1)
@@ -601,7 +612,7 @@ def encode(
   Returns:
     A float32 tensor of shape [batch, encoded width].
   """
-  parts = [Standardise(space, name='standardise')([inputs[c] for c in space.schema.numeric])] \
+  parts = [Standardise.for_space(space, name='standardise')([inputs[c] for c in space.schema.numeric])] \
       if space.schema.numeric else []
   for column in space.schema.categorical:
     vocabulary = list(space.vocabulary[column])
