@@ -40,7 +40,9 @@ federation: $(PY)
 	$(PY) scripts/federation.py --workdir=runs/federation
 
 test: $(PY)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25  # Two workers (CI has two cores); a class with a setUpClass fixture stays on one (tests/conftest.py).
+	@# Three workers on CI's two cores: many tests wait on processes they start, and a third worker
+	@# fills those waits (docs/results.md, "The test suite"). A class with a setUpClass fixture stays on one (tests/conftest.py).
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=25
 
 clean:
 	rm -rf runs

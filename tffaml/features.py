@@ -223,6 +223,8 @@ class Standardise(tf.keras.layers.Layer):
             'mean': self.mean.tolist(), 'variance': self.variance.tolist()}
 
   def call(self, values):
+    if not isinstance(values, (list, tuple)):  # One column: Keras calls a clone with it unwrapped.
+      values = [values]
     stacked = tf.stack([tf.cast(v, tf.float32) for v in values], axis=-1)
     clipped = tf.clip_by_value(stacked, self.lower, self.upper)
     return (clipped - self.mean) / tf.maximum(tf.sqrt(self.variance), tf.keras.backend.epsilon())
@@ -630,4 +632,6 @@ def encode(
           len(vocabulary) + 1, output_mode='one_hot', name=f'one_hot_{column}'
       )(tf.expand_dims(ids, -1))
     parts.append(embedded)
+  if len(parts) == 1:  # Keras's Concatenate refuses a single input (numeric columns only).
+    return tf.keras.layers.Identity(name='encoded_features')(parts[0])
   return tf.keras.layers.Concatenate(name='encoded_features')(parts)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import random
 from unittest import mock
@@ -106,6 +107,22 @@ class DispatchTest(tf.test.TestCase):
       model = tabular.build_model(model_type=model_type, feature_space=helpers.payment_space() if transactions else space,
                                   hidden_units=(4,))
       self.assertEqual(model(payments if transactions else inputs).shape, [2, 1], model_type)
+
+  def test_numeric_or_categorical_columns_alone_build(self):
+    # E.g. every categorical value under the DP vocabulary threshold: the model has numeric columns only;
+    # Keras clones a model (a personalized copy) by calling its layers again.
+    space = features.compute_feature_space(helpers.load_federation(), min_category_count=1)
+    inputs = {'amount': tf.constant([1000.0, 20000.0]), 'rate': tf.constant([5.0, 20.0]),
+              'grade': tf.constant(['A', 'Z'])}
+    for kept in (('amount', 'rate'), ('amount',), ('grade',)):
+      schema = dataclasses.replace(space.schema, numeric=tuple(c for c in kept if c != 'grade'),
+                                   categorical=tuple(c for c in kept if c == 'grade'))
+      for model_type in (tabular.ModelType.MLP, tabular.ModelType.LOGISTIC, tabular.ModelType.AUTOENCODER):
+        model = tabular.build_model(model_type=model_type, feature_space=dataclasses.replace(space, schema=schema),
+                                    hidden_units=(4,))
+        self.assertEqual(model({c: inputs[c] for c in kept}).shape, [2, 1], (kept, model_type))
+        copy = tf.keras.models.clone_model(model)  # As a personalized copy is made.
+        self.assertEqual(copy({c: inputs[c] for c in kept}).shape, [2, 1], (kept, model_type))
 
   def test_every_model_type_has_a_builder(self):
     # A new member without its entry in BUILDERS fails here, not in a run.
