@@ -5,6 +5,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import threading
 from typing import Callable, Optional
 
 import ml_collections
@@ -165,8 +166,9 @@ class Training:
 _LOCATION_KEYS = (('data', 'dir'), ('data', 'path'), ('data', 'schema_file'), ('public', 'path'))
 # Built trainings by what they were built from (`_build_key`), the most recent last.
 _BUILT: collections.OrderedDict[str, Training] = collections.OrderedDict()
-BUILT_KEPT = 8  # Each holds its traced TFF computations: a few MB.
+BUILT_KEPT = 8  # Each holds its traced TFF computations and Keras builders.
 _build_counts = {'hits': 0, 'misses': 0}
+_built_lock = threading.Lock()
 
 
 def _build_key(config, plan: accounting.PrivacyPlan, space, schema, **arguments) -> str:
@@ -210,16 +212,18 @@ def build_training(config, choices: config_checks.Choices, plan: accounting.Priv
   """
   key = _build_key(config, plan, space, schema, side=side.value, cohort=cohort, noise_seed=noise_seed,
                    boosting=boosting)
-  if BUILT_KEPT and key in _BUILT:
-    _build_counts['hits'] += 1
-    _BUILT.move_to_end(key)
-    return _BUILT[key]
-  _build_counts['misses'] += 1
+  with _built_lock:  # A node may answer requests on several threads.
+    if key in _BUILT:
+      _build_counts['hits'] += 1
+      _BUILT.move_to_end(key)
+      return _BUILT[key]
+    _build_counts['misses'] += 1
   training = _build_training(config, choices, plan, space, schema, side=side, cohort=cohort,
                              noise_seed=noise_seed, boosting=boosting)
-  _BUILT[key] = training
-  while len(_BUILT) > BUILT_KEPT:
-    _BUILT.popitem(last=False)
+  with _built_lock:
+    _BUILT[key] = training
+    while len(_BUILT) > BUILT_KEPT:
+      _BUILT.popitem(last=False)
   return training
 
 
