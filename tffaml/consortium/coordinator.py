@@ -462,7 +462,7 @@ class _Rounds:
     self._weight_bounds, self._sum_bound = weight_bounds, sum_bound  # By each node's census entry; its clip.
     # Distributed DP-SGD's noise is planned as shares: how many a round may lose (None: any).
     self._tolerated_losses = tolerated_losses
-    self._finalize = None  # Made at the first evaluation (a Keras model for its finalizers).
+    self._evaluator = None  # Made at the first evaluation (a Keras model for its finalizers).
     self.names = federation.names
     self._progress = progress
     self._round_nodes: tuple[int, list[str], list[str]] = (0, [], [])  # The last round trained, asked, answered.
@@ -585,11 +585,9 @@ class _Rounds:
       raise errors.RunFailed(f'evaluation: {len(replies)} nodes answered, fewer than the minimum'
                              f' {self._federation.min_nodes}.')
     states = {n: _metric_state(replies[n]) for n in self.names if n in replies}
-    if self._finalize is None:
-      self._finalize = evaluation.LocalEvaluator(self._model_fn).finalize
-    result = {'pooled': self._finalize(list(states.values()))}
-    if per_institution:
-      result['institutions'] = {n: self._finalize([s]) for n, s in states.items()}
+    if self._evaluator is None:
+      self._evaluator = evaluation.LocalEvaluator(self._model_fn)
+    result = self._evaluator.pool(states, per_institution=per_institution)
     missing = [n for n in self.names if n not in replies]
     if missing:  # Pooled over the nodes that answered only: said where the metrics are.
       result['not_evaluated'] = missing

@@ -95,13 +95,17 @@ class LocalEvaluator:
       finalized[metric.name] = np.asarray(metric.result())
     return _named(finalized)
 
-  def evaluate(self, weights, test_sets: Mapping[str, tf.data.Dataset], *, per_institution: bool = True) -> dict:
-    """`evaluate`'s {'pooled': metrics, 'institutions': {name: metrics}}, from states computed here."""
-    states = {name: self.state(weights, dataset) for name, dataset in test_sets.items()}
+  def pool(self, states: Mapping[str, Mapping[str, Sequence[np.ndarray]]], *, per_institution: bool) -> dict:
+    """`evaluate`'s {'pooled': metrics, 'institutions': {name: metrics}} from each institution's state."""
     result = {'pooled': self.finalize(list(states.values()))}
     if per_institution:
       result['institutions'] = {name: self.finalize([state]) for name, state in states.items()}
     return result
+
+  def evaluate(self, weights, test_sets: Mapping[str, tf.data.Dataset], *, per_institution: bool = True) -> dict:
+    """`pool` of the states computed here, on each institution's test set."""
+    return self.pool({name: self.state(weights, dataset) for name, dataset in test_sets.items()},
+                     per_institution=per_institution)
 
 
 def budget_threshold(scores: np.ndarray, budget: float) -> float:
