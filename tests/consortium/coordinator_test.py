@@ -189,6 +189,11 @@ class FederationTest(_NodesTestCase):
     node._last_round['run'] = 5  # pylint: disable=protected-access
     stale = messages.Message(node_lib.TRAIN, {'agreement': node.agreement, 'run': 'run', 'round': 4})
     self.assertIn('stale', reply(messages.seal(stale, self.key)).header['reason'])
+    # A plan to prepare whose census entry is not this node's rows: refused before any build.
+    prepare = messages.Message(node_lib.PREPARE, {
+        'agreement': node.agreement, 'run': 'run', 'index': 0, 'space': {}, 'noise': {},
+        'census': [{'institution': node.name, 'units': 1, 'train_rows': 1}]})
+    self.assertIn("the plan's census entry", reply(messages.seal(prepare, self.key)).header['reason'])
 
   def test_the_coordinator_refuses_a_node_whose_plan_differs(self):
     changed = copy.deepcopy(self.config)
@@ -897,6 +902,8 @@ class DeliveryTest(_NodesTestCase):
     self.assertEqual(state['nodes']['answered'], ['bank_a', 'bank_b'])
     self.assertIn('institution', state['epsilon'])  # The smoke config's client-level DP.
     self.assertRegex(state['eta'], r'^\d\d:\d\d:\d\d$')
+    # Every node built its client work for the plan before round 1 (nodes in this process: in turn).
+    self.assertEqual(len([l for l in lines if l.startswith('prepare: 3 of 3 nodes built their client work')]), 1)
     status_lines = [l for l in lines if l.startswith('status: ')]
     self.assertRegex(status_lines[0], r'^status: round 1/2: 3 nodes joined, 3 of 3 answered, dropped: none \|'
                                       r' ε\(institution\)=[\d.]+ \| ETA ')

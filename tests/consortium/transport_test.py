@@ -10,6 +10,7 @@ echo nodes) and coordinator_test (a new Node serves the next round).
 """
 
 import csv
+import json
 import os
 import signal
 
@@ -107,13 +108,15 @@ class FederationOverFlowerTest(tf.test.TestCase):
     ca, driver, private, public = self._federation(config, names)
     node_keys = {n: messages.load_public_key(p) for n, p in public.items()}
 
+    lines = []  # The coordinator's own log.
+
     def run(workdir, *, timeout=600.0, min_nodes=1, deliver=False, **kwargs):
       transport = flower.FlowerTransport(driver, root_certificates=ca, node_keys=node_keys, timeout=timeout,
                                          log=lambda _: None)
       try:
         transport.wait_for(names, timeout=240.0)
         federation = coordinator.Federation(transport, key=messages.load_private_key(private),
-                                            node_keys=node_keys, min_nodes=min_nodes, log=lambda _: None)
+                                            node_keys=node_keys, min_nodes=min_nodes, log=lines.append)
         result = program.run(coordinator_test.coordinator_config(config), os.path.join(self.dir, workdir),
                              runtime=federation, **kwargs)
         if deliver:  # Issue 35: signed, then sent to every node over Flower.
@@ -156,7 +159,11 @@ class FederationOverFlowerTest(tf.test.TestCase):
     for name in names:  # Each node process kept the verified model, and logged what it answered.
       signing.verify(os.path.join(self.dir, 'node_' + name, 'model', 'export'), public_key)
       with open(os.path.join(self.dir, 'node_' + name, 'answers.jsonl')) as f:
-        self.assertIn('"kind": "deliver"', f.read())
+        kinds = [json.loads(line)['kind'] for line in f]
+      self.assertIn('deliver', kinds)
+      self.assertLess(kinds.index('prepare'), kinds.index('train'))  # Its build, before round 1.
+    # Each run's nodes built their client work beside the coordinator's own build (a thread of its own).
+    self.assertEqual(len([l for l in lines if l.startswith('prepare: 3 of 3 nodes built their client work')]), 3)
 
 
 if __name__ == '__main__':

@@ -26,10 +26,13 @@ delivers it to every node with its own metrics and the privacy statement
 (`delivery`).
 """
 
+import contextlib
 import dataclasses
 import os
 import secrets
-from typing import Callable, Mapping, Optional, Protocol, Sequence
+import threading
+import time
+from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import ml_collections
 import numpy as np
@@ -61,6 +64,10 @@ from tffaml.security import signing
 class Transport(Protocol):
   """Delivers signed requests to named nodes and returns their signed replies."""
 
+  # Whether `exchange` may run on another thread while this process builds its own TFF
+  # computations (nodes in other processes); nodes in this process share its TensorFlow.
+  concurrent: bool
+
   def exchange(self, requests: Mapping[str, bytes]) -> dict[str, bytes]:
     """Each node's reply; a node that did not answer is missing from the result."""
 
@@ -74,6 +81,8 @@ class InProcessTransport:
 
   Its secure aggregation is simulated: the updates are averaged here in the clear.
   """
+
+  concurrent = False  # Its nodes would build their TFF computations beside this process's own.
 
   def __init__(self, nodes: Sequence[node_lib.Node]):
     self._nodes = {n.name: n for n in nodes}
@@ -380,6 +389,30 @@ class Federation:
                   census=tuple({'institution': r.header['institution'], 'units': r.header['units'],
                                 'train_rows': r.header['summary']['train_rows']} for r in ordered))
 
+  @contextlib.contextmanager
+  def _preparing(self, plan: dict) -> Iterator[None]:
+    """Has every node build its client work for `plan` while this process builds its own.
+
+    A node's first build (tracing its DP-SGD step) takes seconds to tens of
+    seconds; done here, it is off round 1's reply time. Best effort: a node
+    that refuses or does not answer is logged, and round 1 asks it again.
+    """
+    headers = {n: {**plan, 'run': self.run_id, 'index': i} for i, n in enumerate(self.names)}
+    started, replies = time.monotonic(), {}
+    if not getattr(self._transport, 'concurrent', False):
+      replies = self.ask(node_lib.PREPARE, headers, required=False)
+      yield
+    else:
+      # A daemon thread, not an executor: a failed build must not wait out the nodes' reply timeout.
+      thread = threading.Thread(target=lambda: replies.update(self.ask(node_lib.PREPARE, headers, required=False)),
+                                name='prepare', daemon=True)
+      thread.start()
+      yield
+      thread.join()
+    slowest = max((float(r.header.get('seconds', 0.0)) for r in replies.values()), default=0.0)
+    self.log(f'prepare: {len(replies)} of {len(headers)} nodes built their client work for the plan'
+             f' (slowest {slowest:.1f} s; {time.monotonic() - started:.1f} s here, beside this build)')
+
   def census(self, data: Roster) -> list[dict]:
     return list(data.census)
 
@@ -393,11 +426,12 @@ class Federation:
 
   def build(self, config, choices: config_checks.Choices, setup, space: features.FeatureSpace,
             noise_seed: int) -> program.Built:
-    training = config_builders.build_training(config, choices, setup.plan, space, setup.data.schema,
-                                         side=config_builders.Side.COORDINATOR, cohort=setup.cohort,
-                                         noise_seed=noise_seed)
     plan = {'space': _jsonable(space.to_dict()), 'census': self.census(setup.data),
             'noise': setup.plan.noise_multipliers()}
+    with self._preparing(plan):
+      training = config_builders.build_training(config, choices, setup.plan, space, setup.data.schema,
+                                                side=config_builders.Side.COORDINATOR, cohort=setup.cohort,
+                                                noise_seed=noise_seed)
     secure = secure_aggregation(config, choices, plan['census'], setup.cohort)
     rounds = _Rounds(self, training.parts, training.model_fn, plan, secure,
                      tolerated_losses=setup.plan.record.dropouts

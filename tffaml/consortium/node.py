@@ -6,6 +6,9 @@ rows. The coordinator sends signed messages (`messages`), never code:
     hello        -> the node's schema, sizes (rows, positives, DP units) and
                     label values, which the coordinator checks all nodes share
     statistics   -> its answer to a `features.Request` (DP noise share added here)
+    prepare      -> once the run's plan is set (feature space, census, noise),
+                    before round 1: it builds its client work for that plan
+                    and checks its census entry, so round 1 is not its build
     train        -> its update from the signed global model, with the client
                     work installed here (FedAvg, or DP-SGD with its own secret
                     sample and noise), for the round and index in the plan;
@@ -36,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Any, Callable, Iterator, Optional
 
 import ml_collections
@@ -67,7 +71,10 @@ from tffaml.config import plan as config_plan
 
 HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS = 'hello', 'statistics', 'train', 'evaluate', 'scores', 'alerts'
 DELIVER = 'deliver'
-KINDS = (HELLO, STATISTICS, TRAIN, EVALUATE, SCORES, ALERTS, DELIVER)
+# Sent once a run's plan is known, before round 1: the node builds (traces) its client work then,
+# beside the coordinator's own build, instead of inside round 1's reply time.
+PREPARE = 'prepare'
+KINDS = (HELLO, STATISTICS, PREPARE, TRAIN, EVALUATE, SCORES, ALERTS, DELIVER)
 REFUSED = 'refused'
 # Where a config may differ between parties: where each one's rows (or none) are.
 _LOCAL_KEYS = ('source', 'dir', 'schema_file', 'path')
@@ -366,6 +373,10 @@ class Node:
           'units': self._units, 'labels': self._labels})
     if request.kind == STATISTICS:
       return self._statistics(request.header)
+    if request.kind == PREPARE:
+      started = time.monotonic()
+      self._work(request.header)  # Checks the plan's census entry and noise, as a round would.
+      return messages.Message(reply_kind(PREPARE), {'seconds': time.monotonic() - started})
     if request.kind == TRAIN:
       return self._train(request)
     if request.kind == EVALUATE:
