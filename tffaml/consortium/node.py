@@ -374,9 +374,7 @@ class Node:
     if request.kind == STATISTICS:
       return self._statistics(request.header)
     if request.kind == PREPARE:
-      started = time.monotonic()
-      self._work(request.header)  # Checks the plan's census entry and noise, as a round would.
-      return messages.Message(reply_kind(PREPARE), {'seconds': time.monotonic() - started})
+      return self._prepare(request.header)
     if request.kind == TRAIN:
       return self._train(request)
     if request.kind == EVALUATE:
@@ -472,6 +470,22 @@ class Node:
     return _Work(model_fn=training.model_fn, template=evaluator.layout, work=training.work, plan=plan,
                  parts=training.parts, evaluate=evaluator, test=test,
                  scores=client_data.Scorer(training.keras_model_fn, schema))
+
+  def _prepare(self, header: dict) -> messages.Message:
+    """Builds the client work for the plan (checking its census entry and noise) and runs it once on no rows.
+
+    The first run of a TFF computation, and the first trace of the
+    evaluation's forward pass, cost seconds each; on no rows nothing is
+    sampled, noised or sent, and round 1 then takes as long as any other.
+    """
+    started = time.monotonic()
+    work = self._work(header)
+    dataset = config_builders.client_dataset(
+        self._config, work.work, work.plan, self._schema, self.institution, index=header['index'], round_num=0,
+        noise_seed=0)  # Never run: only its type is used (take(0)).
+    work.parts.client_update(work.template, dataset.take(0))
+    work.evaluate.trace(work.test.element_spec)
+    return messages.Message(reply_kind(PREPARE), {'seconds': time.monotonic() - started})
 
   def _train(self, request: messages.Message) -> messages.Message:
     run, round_num = request.header['run'], request.header['round']

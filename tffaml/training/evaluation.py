@@ -76,6 +76,11 @@ class LocalEvaluator:
     self._forward = tf.function(lambda batch: self._model.forward_pass(batch, training=False),
                                 reduce_retracing=True)  # The last, smaller batch: one trace more at most.
 
+  def trace(self, element_spec) -> None:
+    """Traces the forward pass for batches of `element_spec`, of any size, before the first evaluation."""
+    self._forward.get_concrete_function(tf.nest.map_structure(
+        lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), element_spec))
+
   def state(self, weights: tff.learning.models.ModelWeights, dataset: tf.data.Dataset) -> dict:
     """{metric: [arrays]}: the unfinalized metrics of `weights` on `dataset` (one institution's test rows)."""
     for variable, value in zip(self._variables, tf.nest.flatten(weights), strict=True):
