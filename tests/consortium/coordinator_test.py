@@ -892,7 +892,8 @@ class DeliveryTest(_NodesTestCase):
     def lose_bank_c_after_round_1(line):
       if line.startswith('round 1/'):
         lost.add('bank_c')
-    federation = coordinator.Federation(Losing(self._nodes()), key=self.key, node_keys=self.node_public,
+    nodes = self._nodes()
+    federation = coordinator.Federation(Losing(nodes), key=self.key, node_keys=self.node_public,
                                         log=lines.append, min_nodes=2)
     result = program.run(coordinator_config(self.config), os.path.join(self.root, 'lost'),
                          log=lose_bank_c_after_round_1, runtime=federation)
@@ -902,8 +903,12 @@ class DeliveryTest(_NodesTestCase):
     self.assertEqual(state['nodes']['answered'], ['bank_a', 'bank_b'])
     self.assertIn('institution', state['epsilon'])  # The smoke config's client-level DP.
     self.assertRegex(state['eta'], r'^\d\d:\d\d:\d\d$')
-    # Every node built its client work for the plan before round 1 (nodes in this process: in turn).
+    # Every node built its client work for the plan before round 1 (nodes in this process: in turn),
+    # and traced its evaluation there for every batch size: the rounds traced nothing more.
     self.assertEqual(len([l for l in lines if l.startswith('prepare: 3 of 3 nodes built their client work')]), 1)
+    for node in nodes:
+      work, = node._works.values()  # pylint: disable=protected-access
+      self.assertEqual(work.evaluate._forward.experimental_get_tracing_count(), 1)  # pylint: disable=protected-access
     status_lines = [l for l in lines if l.startswith('status: ')]
     self.assertRegex(status_lines[0], r'^status: round 1/2: 3 nodes joined, 3 of 3 answered, dropped: none \|'
                                       r' ε\(institution\)=[\d.]+ \| ETA ')

@@ -1,13 +1,9 @@
-"""Startup kits (scripts/provision.py, a kit's `start`): what each party holds, what it refuses, a run.
+"""Startup kits (scripts/provision.py, a kit's `start`): what each party holds, what it refuses, a drill.
 
-The federation test provisions a coordinator and 3 banks, moves each kit to
-a folder of its own (a party's "host") and deletes everything else
-provisioning wrote, then runs each party's `start` with its kit as the
-working directory and relative paths: a party that needed another's files
-could not find them. The coordinator's host is `localhost` and its
-certificate names nothing else (no 127.0.0.1), while its coordinator dials
-the Driver API at 127.0.0.1. The banks connect out and listen on nothing:
-their own hostnames never enter TLS.
+The drill (`DeploymentDrillTest`) follows docs/deployment.md as its parties
+would: provisioning, each party in a folder of its own running its kit's
+`start`, a bank's node restarted and another bank's key rotated mid-run,
+and the signed model delivered to every bank.
 """
 
 import csv
@@ -19,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl.testing import absltest
 from cryptography import x509
@@ -38,12 +35,13 @@ _SECRETS = ('ca.key', 'server.key', 'superlink', 'signing_key.pem')  # Besides t
 _RUN_SECONDS = 1200.0
 
 
-def _provision(root: str, *args: str, fleet_port: int = 9092) -> subprocess.CompletedProcess:
-  """scripts/provision.py for the 3 banks on the smoke config, 2 rounds, into root/out."""
+def _provision(root: str, *args: str, fleet_port: int = 9092, host: str = 'localhost',
+               rounds: int = 2) -> subprocess.CompletedProcess:
+  """scripts/provision.py for the 3 banks on the smoke config, `rounds` rounds, into root/out."""
   _, schema_file = helpers.write_federation(root)
-  argv = [sys.executable, os.path.join(_REPO, 'scripts', 'provision.py'), '--coordinator_host=localhost',
+  argv = [sys.executable, os.path.join(_REPO, 'scripts', 'provision.py'), f'--coordinator_host={host}',
           f'--institutions={",".join(_BANKS)}', f'--config={os.path.join(_REPO, "configs", "csv.py")}:smoke',
-          '--config.federated.rounds=2', f'--schema_file={schema_file}', f'--out_dir={root}/out',
+          f'--config.federated.rounds={rounds}', f'--schema_file={schema_file}', f'--out_dir={root}/out',
           f'--fleet_port={fleet_port}', *args]
   return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
 
@@ -260,6 +258,11 @@ class _Parties:
     self.logs[name] = log
     return log
 
+  def stop(self, name: str) -> int:
+    """SIGTERM to the party's process group, as a supervisor stops it; its exit status (within 5 s)."""
+    os.killpg(self.children[name].pid, signal.SIGTERM)
+    return self.children[name].wait(timeout=local.STOP_SECONDS)
+
   def __exit__(self, *exc):
     for signum in (signal.SIGTERM, signal.SIGKILL):  # A node may ignore SIGTERM for a while.
       for child in self.children.values():
@@ -274,11 +277,28 @@ class _Parties:
           pass
 
 
-class KitsFederationTest(absltest.TestCase):
+class DeploymentDrillTest(absltest.TestCase):
+  """docs/deployment.md's steps as its parties run them, with a restart and a key rotation mid-run.
 
-  def test_every_party_runs_from_its_own_kit_two_rounds_and_an_export(self):
+  Provisioning, then each party in a folder of its own (its "host") holding
+  its kit and, for a bank, its data; everything else provisioning wrote is
+  deleted, and each party runs its kit's `start` from its kit with relative
+  paths, so a party that needed another's files could not find them. The
+  coordinator's host is 127.0.0.2, a loopback address no other party uses:
+  its certificate names that address alone, the banks connect to it, and
+  its coordinator dials the Driver API at 127.0.0.1. The banks listen on
+  nothing. After round 1, bank_c's node is stopped and started again with
+  the same command, and bank_a rotates its key (a pair it makes itself;
+  scripts/keys.py at the coordinator; its old node is refused and stops;
+  it starts again with the new key). The coordinator process is paused
+  (SIGSTOP) meanwhile, so that both happen mid-run however fast the rounds
+  go; the SuperLink and the nodes run on. The run ends, both banks train
+  its last round, and every bank keeps the signed model.
+  """
+
+  def test_provision_start_restart_rotate_and_deliver(self):
     root = self.create_tempdir().full_path
-    self.assertEqual(_provision(root, fleet_port=local.free_port()).returncode, 0)
+    self.assertEqual(_provision(root, fleet_port=local.free_port(), host='127.0.0.2', rounds=3).returncode, 0)
     hosts = os.path.join(root, 'hosts')
     for party in ('coordinator', *_BANKS):  # Each party's folder alone; the rest is deleted.
       os.makedirs(os.path.join(hosts, party))
@@ -286,34 +306,109 @@ class KitsFederationTest(absltest.TestCase):
     for bank in _BANKS:
       os.rename(os.path.join(root, 'data', bank), os.path.join(hosts, bank, bank))
     shutil.rmtree(os.path.join(root, 'out'))
+    coordinator, kit = os.path.join(hosts, 'coordinator', 'kit'), lambda bank: os.path.join(hosts, bank, 'kit')
     with _Parties(root) as parties:
-      coordinator = os.path.join(hosts, 'coordinator', 'kit')
       log = parties.start('coordinator', coordinator, f'--driver_port={local.free_port()}', '--',
-                          '--wait=900', '--reply_timeout=600')
+                          '--wait=900', '--reply_timeout=600', '--min_nodes=1')
       for bank in _BANKS:
-        parties.start(bank, os.path.join(hosts, bank, 'kit'), f'--data_dir=../{bank}')
+        parties.start(bank, kit(bank), f'--data_dir=../{bank}')
+      self.assertIsNone(local.wait_for_text(log, 'round 1/3', timeout=_RUN_SECONDS))
+      with _Paused(_process_running('scripts/coordinator.py', coordinator)):
+        admissions = _Admissions(os.path.join(coordinator, 'workdir', 'logs', 'superlink.log'))
+        # bank_c's operator stops its node (as a supervisor does: SIGTERM) and starts it again.
+        self.assertEqual(parties.stop('bank_c'), 128 + signal.SIGTERM)
+        parties.start('bank_c_again', kit('bank_c'), '--data_dir=../bank_c')
+        admissions.wait_for(1)
+        # bank_a makes a new pair and sends its .pub; the coordinator's operator rotates it in.
+        new = os.path.join(hosts, 'bank_a', 'new_key')
+        for argv in ([os.path.join(_REPO, 'scripts', 'pki.py'), '--node_key=bank_a', f'--out_dir={new}',
+                      '--institutions=bank_a'],
+                     [os.path.join(_REPO, 'scripts', 'keys.py'), 'rotate', f'--nodes={coordinator}/nodes',
+                      f'--key_list={coordinator}/authorized_nodes.csv', '--institution=bank_a',
+                      f'--public_key={new}/bank_a.pub']):
+          made = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120)
+          self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(parties.children['bank_a'].wait(timeout=120), 2)  # Its old key refused: it stops.
+        with open(parties.logs['bank_a']) as f:
+          self.assertIn("refused this node's key", f.read())
+        for name in ('bank_a', 'bank_a.pub'):
+          shutil.copy(os.path.join(new, name), os.path.join(kit('bank_a'), name))
+        parties.start('bank_a_again', kit('bank_a'), '--data_dir=../bank_a')
+        admissions.wait_for(2)
       returncode = parties.children['coordinator'].wait(timeout=_RUN_SECONDS)
       with open(log) as f:
         text = f.read()
       self.assertEqual(returncode, 0, text[-3000:])
     run = os.path.join(coordinator, 'workdir', 'run')
-    self.assertTrue(os.path.exists(os.path.join(run, 'export', 'saved_model.pb')))
     with open(os.path.join(run, 'results', 'metrics.csv')) as f:
       rows = list(csv.DictReader(f))
-    self.assertEqual([float(r['institutions_in_round']) for r in rows], [3.0, 3.0])  # The ledger: all 3, twice.
-    self.assertIn('Fleet API on localhost:', text)
-    # Issue 35: the coordinator's and each node's lines start with their UTC time (logs.stamped).
+    self.assertEqual(float(rows[0]['institutions_in_round']), 3.0)
+    self.assertEqual(float(rows[-1]['institutions_in_round']), 3.0)  # Both back within a round.
+    self.assertIn('Fleet API on 127.0.0.2:', text)
+    # The coordinator's and each node's lines start with their UTC time (logs.stamped).
     stamp = r'(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ '
     self.assertRegex(text, stamp + r"connecting to the SuperLink's Driver API at 127\.0\.0\.1:")
-    for bank in _BANKS:
+    self.assertRegex(text, stamp + r'prepare: 3 of 3 nodes built their client work')
+    from tffaml.security import signing  # pylint: disable=g-import-not-at-top
+    for bank in _BANKS:  # Each node's state, and the signed model delivered to it, in its own kit's workdir.
+      workdir = os.path.join(kit(bank), 'workdir')
       with open(parties.logs[bank]) as f:
         self.assertRegex(f.read(), stamp + f'node {bank}: ')
-    for bank in _BANKS:  # Each node's state, and the model delivered to it, in its own kit's workdir.
-      workdir = os.path.join(hosts, bank, 'kit', 'workdir')
       self.assertTrue(os.path.exists(os.path.join(workdir, 'secret', 'noise_seed')))
-      self.assertTrue(os.path.exists(os.path.join(workdir, 'model', 'export', 'saved_model.pb')))
+      signing.verify(os.path.join(workdir, 'model', 'export'), os.path.join(kit(bank), 'coordinator.pub.pem'))
+      with open(os.path.join(workdir, 'answers.jsonl')) as f:
+        answered = [json.loads(line) for line in f]
+      self.assertIn({'kind': 'train', 'round': 3}, [{k: a.get(k) for k in ('kind', 'round')} for a in answered])
     with open(os.path.join(coordinator, 'workdir', 'logs', 'superlink.log')) as f:
       self.assertIn('Node authentication enabled with 3 known public keys', f.read())
+
+
+def _process_running(script: str, cwd: str) -> int:
+  """The pid of the process running `script` whose working directory is under `cwd`."""
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        argv = f.read().decode(errors='replace').split('\0')
+      if any(a.endswith(script) for a in argv) and os.readlink(f'/proc/{pid}/cwd').startswith(cwd):
+        return int(pid)
+    except OSError:
+      continue
+  raise AssertionError(f'no process runs {script} in {cwd}')
+
+
+class _Paused:
+  """A process stopped (SIGSTOP) inside the block, continued on leaving it."""
+
+  def __init__(self, pid: int):
+    self._pid = pid
+
+  def __enter__(self):
+    os.kill(self._pid, signal.SIGSTOP)
+    return self
+
+  def __exit__(self, *exc):
+    os.kill(self._pid, signal.SIGCONT)
+
+
+class _Admissions:
+  """Counts the nodes the SuperLink admits (a node id created for an admitted key) after it is made."""
+
+  _ADMITTED = 'AuthenticateServerInterceptor: Created node_id='
+
+  def __init__(self, log: str):
+    self._log = log
+    self._before = self._count()
+
+  def _count(self) -> int:
+    with open(self._log, errors='replace') as f:
+      return f.read().count(self._ADMITTED)
+
+  def wait_for(self, more: int, timeout: float = _RUN_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while self._count() < self._before + more:
+      if time.monotonic() > deadline:
+        raise AssertionError(f'{more} more nodes were not admitted within {timeout:g} s')
+      time.sleep(0.5)
 
 
 if __name__ == '__main__':

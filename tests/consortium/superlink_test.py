@@ -37,6 +37,33 @@ def _exited(pid: int) -> bool:
     return True
 
 
+class StateTest(tf.test.TestCase):
+  """The SuperLink's state (`superlink._state_class`) on its own, without a server."""
+
+  def test_a_request_to_a_node_deleted_before_replying_is_answered_as_unavailable(self):
+    from flwr.common import Message, Metadata, RecordSet  # pylint: disable=g-import-not-at-top
+    from flwr.common.serde import message_to_taskins  # pylint: disable=g-import-not-at-top
+    from flwr.server.superlink.state.in_memory_state import InMemoryState  # pylint: disable=g-import-not-at-top
+    from tffaml.consortium import superlink  # pylint: disable=g-import-not-at-top
+
+    def pull_after_the_node_left(state):
+      run_id = state.create_run(None, None, None, {})
+      node_id = state.create_node(ping_interval=30.0, public_key=b'key')
+      task_ins = message_to_taskins(Message(metadata=Metadata(
+          run_id=run_id, message_id='', src_node_id=0, dst_node_id=node_id, reply_to_message='', group_id='',
+          ttl=60.0, message_type='query'), content=RecordSet()))
+      task_ins.task.pushed_at = time.time()
+      task_id = state.store_task_ins(task_ins)
+      state.delete_node(node_id, b'key')  # Stopped (or revoked) before it pulled the request.
+      return state.get_task_res({task_id})
+
+    with self.assertRaises(KeyError):  # Flower 1.12's own: the Driver API's pull fails.
+      pull_after_the_node_left(InMemoryState())
+    replies = pull_after_the_node_left(superlink._state_class(InMemoryState)())  # pylint: disable=protected-access
+    self.assertLen(replies, 1)
+    self.assertIn('Node Unavailable', replies[0].task.error.reason)
+
+
 class SuperLinkTest(tf.test.TestCase):
 
   def setUp(self):

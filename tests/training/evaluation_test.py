@@ -192,3 +192,15 @@ class LocalEvaluatorTest(tf.test.TestCase):
     self.assertEqual(constant['pooled']['num_examples'], 57)
     self.assertAllClose(constant['pooled']['auc'], 0.5)  # Every row scored 0.5: no ranking.
     self.assertAllClose(constant['pooled']['loss'], np.log(2.0), rtol=1e-5)
+
+  def test_traced_ahead_it_evaluates_every_batch_size_without_tracing_again(self):
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    evaluator, test_sets = evaluation.LocalEvaluator(self._model_fn()), self._test_sets()
+    evaluator.trace(test_sets['bank_a'].element_spec)
+    forward = evaluator._forward  # pylint: disable=protected-access
+    self.assertEqual(forward.experimental_get_tracing_count(), 1)
+    before = evaluator.evaluate(evaluator.layout, test_sets)  # Batches of 10 and 7 rows.
+    self.assertEqual(forward.experimental_get_tracing_count(), 1)
+    fresh = evaluation.LocalEvaluator(self._model_fn())
+    weights = tff.learning.models.ModelWeights.from_model(evaluator._model)  # pylint: disable=protected-access
+    self.assertAllClose(before, fresh.evaluate(weights, test_sets))  # Tracing ahead changes no metric.

@@ -2,7 +2,7 @@
 
     python scripts/superlink.py <flower-superlink's own flags>
 
-(`local.superlink_argv` writes the command.) Three gaps of Flower 1.12's
+(`local.superlink_argv` writes the command.) Four gaps of Flower 1.12's
 SuperLink with node authentication, closed here in its state and its
 authentication interceptor rather than in a fork:
 
@@ -11,6 +11,11 @@ authentication interceptor rather than in a fork:
   restarts, so the node never counts as connected again (upstream flower
   issue #4844, still in 1.14). Deleting a node here drops its key's mapping,
   so a restart gets a fresh, live id.
+- A node deleted (stopped, or its key revoked) while a request to it was
+  unanswered failed every Driver API pull of those requests with a KeyError
+  ("Exception calling application: <node id>"), which stopped the
+  coordinator. Here the pull answers for it as for an offline node: an
+  error reply, so that the round goes on without it.
 - A restarted SuperLink (its state is in memory) refused every running node:
   their requests carry node ids it no longer knows. A request whose key is
   listed and whose HMAC (from that key) checks out re-admits the node under
@@ -34,6 +39,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from typing import Callable, Optional
 
 RELOAD_SECONDS = 1.0  # Between looks at the key list's modification time.
@@ -70,7 +76,30 @@ def fingerprint(key: bytes) -> str:
 def _state_class(base):
   """Flower's in-memory state, where deleting a node forgets its key's node id (issue #4844)."""
 
+  from flwr.server.superlink.state import utils as state_utils  # pylint: disable=g-import-not-at-top
+
   class RejoiningState(base):
+
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      self.lock = threading.RLock()  # `get_task_res` below holds it around Flower's own.
+
+    def get_task_res(self, task_ids):
+      """Flower's, answering for a node deleted (stopped, revoked) before it replied as for an offline one.
+
+      Flower 1.12 looks up the node of each unanswered task and raised
+      KeyError for a deleted node: every Driver API pull of that round failed
+      ("Exception calling application: <node id>"), stopping the coordinator.
+      """
+      with self.lock:
+        for task_id in task_ids:
+          task_ins = self.task_ins_store.get(task_id)
+          if task_ins is None or task_ins.task.consumer.node_id in self.node_ids:
+            continue
+          if not any(r.task.ancestry and r.task.ancestry[0] == str(task_id) for r in self.task_res_store.values()):
+            unavailable = state_utils.make_node_unavailable_taskres(ref_taskins=task_ins)
+            self.task_res_store[uuid.UUID(unavailable.task_id)] = unavailable
+        return super().get_task_res(task_ids)
 
     def delete_node(self, node_id: int, public_key: Optional[bytes] = None) -> None:
       super().delete_node(node_id, public_key)
