@@ -398,20 +398,26 @@ class Federation:
     that refuses or does not answer is logged, and round 1 asks it again.
     """
     headers = {n: {**plan, 'run': self.run_id, 'index': i} for i, n in enumerate(self.names)}
-    started, replies = time.monotonic(), {}
+    started, replies, failed = time.monotonic(), {}, []
+
+    def prepare():
+      try:
+        replies.update(self.ask(node_lib.PREPARE, headers, required=False))
+      except errors.RunFailed as e:  # The transport's: round 1 meets it again and stops the run there.
+        failed.append(e)
     if not getattr(self._transport, 'concurrent', False):
-      replies = self.ask(node_lib.PREPARE, headers, required=False)
+      prepare()
       yield
     else:
       # A daemon thread, not an executor: a failed build must not wait out the nodes' reply timeout.
-      thread = threading.Thread(target=lambda: replies.update(self.ask(node_lib.PREPARE, headers, required=False)),
-                                name='prepare', daemon=True)
+      thread = threading.Thread(target=prepare, name='prepare', daemon=True)
       thread.start()
       yield
       thread.join()
     slowest = max((float(r.header.get('seconds', 0.0)) for r in replies.values()), default=0.0)
     self.log(f'prepare: {len(replies)} of {len(headers)} nodes built their client work for the plan'
-             f' (slowest {slowest:.1f} s; {time.monotonic() - started:.1f} s here, beside this build)')
+             f' (slowest {slowest:.1f} s; {time.monotonic() - started:.1f} s here, beside this build)'
+             + ''.join(f'; {e}' for e in failed))
 
   def census(self, data: Roster) -> list[dict]:
     return list(data.census)

@@ -262,9 +262,6 @@ def run_node(node: node_lib.Node, key: messages.PrivateKey, *, superlink: str, r
 
 
 _POLL_SECONDS = 0.2  # Between pulls of replies (Flower's send_and_receive waits 3 s).
-# Between checks that the nodes still waited for are connected: one stopped mid-round (its
-# SuperNode deletes its node id as it stops) would otherwise hold the round for the reply timeout.
-_GONE_SECONDS = 2.0
 
 
 class _NamedDriver(grpc_driver.GrpcDriver):
@@ -388,31 +385,18 @@ class FlowerTransport:
     if not outgoing:
       return []
     try:
-      # Message id -> the node it is for (Flower returns the ids in the order pushed).
-      pending = dict(zip(self._driver.push_messages(outgoing), (m.metadata.dst_node_id for m in outgoing)))
-      deadline, replies, checked = time.monotonic() + timeout, [], time.monotonic()
+      # A node stopped before replying is answered for by the SuperLink (scripts/superlink.py) as unavailable.
+      pending = set(self._driver.push_messages(outgoing))
+      deadline, replies = time.monotonic() + timeout, []
       while pending and time.monotonic() < deadline:
         time.sleep(_POLL_SECONDS)
-        pulled = list(self._driver.pull_messages(list(pending)))
+        pulled = list(self._driver.pull_messages(pending))
         replies.extend(pulled)
-        for message in pulled:
-          pending.pop(message.metadata.reply_to_message, None)
-        if pending and time.monotonic() - checked > _GONE_SECONDS:
-          checked = time.monotonic()
-          self._forget_gone(pending)
+        pending -= {m.metadata.reply_to_message for m in pulled}
     except grpc.RpcError as e:
       raise errors.RunFailed(f'the SuperLink failed a request: {e.details()}; the run stopped at its last'
                              ' checkpoint: rerun the same command to resume once it is back.') from None
     return replies
-
-  def _forget_gone(self, pending: dict[str, int]) -> None:
-    """Stops waiting for the nodes that left the SuperLink (a node stopped mid-round never replies)."""
-    gone = set(pending.values()) - set(self._driver.get_node_ids())
-    names = {i: n for n, i in self._ids.items()}
-    for message_id, node_id in list(pending.items()):
-      if node_id in gone:
-        del pending[message_id]
-        self._log(f'node {names.get(node_id, node_id)} left the SuperLink before replying: not waited for')
 
   def secure_exchange(self, requests: Mapping[str, bytes], *, settings: 'SecureAggregation',
                       round_num: int) -> 'SecureSum':

@@ -467,25 +467,31 @@ class Node:
     test = client_data.institution_dataset(self.institution, 'test', config_data.training_schema(config, schema),
                                            batch_size=config.federated.eval_batch_size)
     evaluator = evaluation.LocalEvaluator(training.model_fn)  # Its model gives the weights' layout too.
-    return _Work(model_fn=training.model_fn, template=evaluator.layout, work=training.work, plan=plan,
+    work = _Work(model_fn=training.model_fn, template=evaluator.layout, work=training.work, plan=plan,
                  parts=training.parts, evaluate=evaluator, test=test,
                  scores=client_data.Scorer(training.keras_model_fn, schema))
+    self._warm(work, header['index'])
+    return work
 
   def _prepare(self, header: dict) -> messages.Message:
-    """Builds the client work for the plan (checking its census entry and noise) and runs it once on no rows.
-
-    The first run of a TFF computation, and the first trace of the
-    evaluation's forward pass, cost seconds each; on no rows nothing is
-    sampled, noised or sent, and round 1 then takes as long as any other.
-    """
+    """Builds (and warms, `_build`) the client work for the plan, checking its census entry and noise."""
     started = time.monotonic()
-    work = self._work(header)
-    dataset = config_builders.client_dataset(
-        self._config, work.work, work.plan, self._schema, self.institution, index=header['index'], round_num=0,
-        noise_seed=0)  # Never run: only its type is used (take(0)).
+    self._work(header)
+    return messages.Message(reply_kind(PREPARE), {'seconds': time.monotonic() - started})
+
+  def _warm(self, work: _Work, index: int) -> None:
+    """Runs the client work once on no rows, and traces the evaluation's forward pass.
+
+    The first run of a TFF computation and the first trace cost seconds each,
+    which round 1 would otherwise carry; on no rows nothing is sampled into
+    the run, noised or sent. Done as the work is built: Keras models made
+    since (TFF makes them in graph mode) would leave this one's class v1.
+    """
+    # Only the dataset's type is used (take(0)): no row of the throwaway sample (seed 0) reaches the run.
+    dataset = config_builders.client_dataset(self._config, work.work, work.plan, self._schema, self.institution,
+                                             index=index, round_num=0, noise_seed=0)
     work.parts.client_update(work.template, dataset.take(0))
     work.evaluate.trace(work.test.element_spec)
-    return messages.Message(reply_kind(PREPARE), {'seconds': time.monotonic() - started})
 
   def _train(self, request: messages.Message) -> messages.Message:
     run, round_num = request.header['run'], request.header['round']
