@@ -5,8 +5,10 @@ rows with the private release's log-odds as one more column, beside compare's gb
   python docs/prototypes/trees_on_release.py TRANSACTIONS.csv PUBLIC.csv OUT_DIR SEED [NOISE_SEED]
 
 It runs (or resumes) configs/aml.py:public in OUT_DIR/runs/seed<SEED>/fedavg_record_dp, as
-scripts/compare.py does, and prints compare's summary; the prototype's row is named
-ensemble_average. It calls compare's private functions: a sketch to measure, not an API.
+scripts/compare.py does, and prints compare's summary. Its rows: ensemble_average is the trees on
+the release's log-odds; ensemble_vote the trees on the release's and the bank's personalized copy's
+(3 epochs, as configs/aml.py:public); personalized the copies alone. It calls compare's private
+functions: a sketch to measure, not an API.
 """
 import os, sys, json
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -49,6 +51,29 @@ with runtime.local_runtime():
         X, inst.train[schema_lib.LABEL_COLUMN].to_numpy(), categorical_feature=categorical or 'auto')
     stacked[inst.name] = m.predict_proba(np.column_stack([compare._forest_inputs(inst.test, space), logit(te)]))[:, 1]
     thresholds[inst.name] = evaluation.budget_threshold(m.predict_proba(X)[:, 1], budget)
+  # Variant: the bank's personalized Keras copy's log-odds as a second column.
+  from tffaml.training import personalize
+  from tffaml.config import checks as config_checks, builders as config_builders
+  from tffaml.models import tabular
+  choices = config_checks.parse_choices(config)
+  how = lambda inst: personalize.FineTune(epochs=3, batch_size=config.federated.batch_size,
+                                          learning_rate=config.personalize.learning_rate, seed=seed)
+  copies = {c.name: c for c in personalize.each(result.model, data.institutions, data.schema,
+      loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=how, alert_budget=0,
+      threshold=None, log=lambda _: None)}
+  both, both_thresholds = {}, {}
+  for inst in data.institutions:
+    copy = copies[inst.name].model
+    rel = [logit(client_data.predict(result.model, f, data.schema)) for f in (inst.train, inst.test)]
+    own = [logit(client_data.predict(copy, f, data.schema)) for f in (inst.train, inst.test)]
+    X = np.column_stack([compare._forest_inputs(inst.train, space), rel[0], own[0]])
+    m = lightgbm.LGBMClassifier(random_state=seed, **compare.GBT_PARAMETERS).fit(
+        X, inst.train[schema_lib.LABEL_COLUMN].to_numpy(), categorical_feature=categorical or 'auto')
+    both[inst.name] = m.predict_proba(np.column_stack([compare._forest_inputs(inst.test, space), rel[1], own[1]]))[:, 1]
+    both_thresholds[inst.name] = evaluation.budget_threshold(m.predict_proba(X)[:, 1], budget)
+  scored.scores[compare.Method.ENSEMBLE_VOTE] = both  # 'trees on the release's and the copy's scores'.
+  scored.thresholds[compare.Method.ENSEMBLE_VOTE] = both_thresholds
+  scored.scores[compare.Method.PERSONALIZED] = {n: c.test[1] for n, c in copies.items()}
   scored.scores[compare.Method.ENSEMBLE_AVERAGE] = stacked  # 'stacked' in this prototype.
   scored.thresholds[compare.Method.ENSEMBLE_AVERAGE] = thresholds
   rows = compare._seed_rows(scored, seed, budgets=tuple(base.evaluation.alert_budgets),
