@@ -1,7 +1,7 @@
 """Prototype (not shipped; docs/results.md, "an unseen federation"): each bank's LightGBM on its own
 rows with the private release's log-odds as one more column, beside compare's gbt_local and the release.
 
-  PERS_EPOCHS=<the private run's personalize.epochs, if resuming compare's run> \
+  [LOCAL_ONLY=1: compare's local_only too] PERS_EPOCHS=<the private run's personalize.epochs, if resuming compare's run> \
   python docs/prototypes/trees_on_release.py TRANSACTIONS.csv PUBLIC.csv OUT_DIR SEED [NOISE_SEED]
 
 It runs (or resumes) configs/aml.py:public in OUT_DIR/runs/seed<SEED>/fedavg_record_dp, as
@@ -33,6 +33,8 @@ with runtime.local_runtime():
   space = config_data.feature_space(base, data)
   scored = compare.Scored(data)
   budget = base.model.alert_budget
+  if os.environ.get('LOCAL_ONLY'):  # Each bank's Keras model alone, as compare's local_only.
+    compare._local_methods(scored, space, base, [compare.Method.LOCAL_ONLY], print)
   s, t = compare._gbt_scores(data, space, [compare.Method.GBT_LOCAL], seed, budget)
   scored.scores.update(s); scored.thresholds.update(t)
   config = compare._run_config(base, compare.Method.FEDAVG_RECORD_DP, configs)
