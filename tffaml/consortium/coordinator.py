@@ -405,7 +405,7 @@ class Federation:
         replies.update(self.ask(node_lib.PREPARE, headers, required=False))
       except errors.RunFailed as e:  # The transport's: round 1 meets it again and stops the run there.
         failed.append(e)
-    if not getattr(self._transport, 'concurrent', False):
+    if not self._transport.concurrent:
       prepare()
       yield
     else:
