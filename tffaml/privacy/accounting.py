@@ -32,6 +32,7 @@ pessimistic discretisation keeps ε an upper bound.
 
 import dataclasses
 import enum
+import functools
 import math
 import statistics
 from typing import Callable, Optional, Sequence
@@ -482,6 +483,15 @@ class FeatureStatisticsDp:
                 if self.alert_passes else ''))
 
 
+# A process plans one mechanism many times (a coordinator and its nodes, a
+# simulation beside its federation, compare's seeds, a resumed run), and one
+# calibration is a bisection over PLD compositions, about a second: the
+# calibrations below answer repeats from memory. Their arguments are frozen
+# dataclasses and numbers, so equal arguments are the same question.
+_calibration_cache = functools.lru_cache(maxsize=256)
+
+
+@_calibration_cache
 def calibrate_client_noise(
     client: ClientLevelDp, *, rounds: int, target_epsilon: float, delta: float,
     accountant: Accountant,
@@ -506,6 +516,7 @@ def accountant_delta(delta: float, statistics: Optional[FeatureStatisticsDp]) ->
   return delta - (statistics.threshold_delta(delta) if statistics is not None else 0.0)
 
 
+@_calibration_cache
 def calibrate_record_noise(
     record: 'RecordLevelDp | DistributedRecordDp', *, rounds: int, target_epsilon: float, delta: float,
     accountant: Accountant, statistics: Optional[FeatureStatisticsDp] = None,
