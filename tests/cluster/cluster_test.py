@@ -90,14 +90,23 @@ def _weights(result: program.RunResult) -> np.ndarray:
 
 
 class TwoWorkersTest(absltest.TestCase):
-  """Two workers holding two institutions each, started once for these tests."""
+  """Two workers holding two institutions each, over mutual TLS, started once for these tests.
+
+  Every run here goes over TLS, as a deployment's would (`test_mutual_tls_refuses_clients_without_the_
+  cluster_certificate`: what it keeps out).
+  """
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp()
     cls.data_dir, cls.schema_file, cls.parts = write_split_federation(cls.root)
-    cls.workers = [WorkerProcess(cls.parts[w]) for w, _ in SPLIT]
+    cls.tls = tls.write_cluster_tls(os.path.join(cls.root, 'pki'), hosts=['localhost'])
+    cls.workers = [cls._worker(w) for w, _ in SPLIT]
+
+  @classmethod
+  def _worker(cls, name: str, port: int = 0) -> WorkerProcess:
+    return WorkerProcess(cls.parts[name], port=port, certificates=cls.tls.directory)
 
   @classmethod
   def tearDownClass(cls):
@@ -120,6 +129,7 @@ class TwoWorkersTest(absltest.TestCase):
 
   def _on_workers(self, config) -> None:
     config.runtime.workers = ','.join(w.address for w in self.workers)
+    config.runtime.certificates = self.tls.directory
     config.data.dir = ''  # The coordinator holds no rows: the workers' files and its schema file.
 
   def _both(self, config) -> tuple[program.RunResult, program.RunResult]:
@@ -149,6 +159,13 @@ class TwoWorkersTest(absltest.TestCase):
     rows = open(os.path.join(spread.paths.root, 'results', 'metrics.csv')).read()
     self.assertIn('cluster/bytes_sent_per_worker', rows)
 
+  def test_mutual_tls_refuses_clients_without_the_cluster_certificate(self):
+    stranger = tls.write_cluster_tls(os.path.join(self.create_tempdir().full_path, 'other'), hosts=['localhost'])
+    for certificates in (None, stranger):  # In the clear; another CA's certificate.
+      with self.subTest(certificates=certificates), self.assertRaisesRegex(errors.RunFailed, 'no answer'):
+        cluster_runtime.connect(self.workers[0].address, certificates, timeout=1.0)
+    cluster_runtime.connect(self.workers[0].address, self.tls, timeout=60.0)  # The cluster's own: answered.
+
   def test_record_level_dp_killed_in_a_round_fails_naming_the_worker_and_resumes_to_the_single_process_model(self):
     # One run on the workers for both claims (each run costs ~15 CPU-s): a killed worker fails the round
     # naming it, the same command resumes, and the resumed run is the single-process run (a resumed run
@@ -172,7 +189,7 @@ class TwoWorkersTest(absltest.TestCase):
         _run(config, workdir, log=lambda _: None)
     finally:
       if second.process.poll() is not None:
-        self.workers[1] = WorkerProcess(self.parts['w2'], port=second.port)  # The class's list: theirs too.
+        self.workers[1] = self._worker('w2', port=second.port)  # The class's list: theirs too.
     config.runtime.connect_seconds = 60.0  # A loaded machine took over 5 s to answer.
     lines = []
     spread = _run(config, workdir, log=lines.append)
@@ -221,22 +238,6 @@ class FaultsTest(absltest.TestCase):
 
 
 class TlsTest(absltest.TestCase):
-
-  def test_mutual_tls_trains_and_refuses_clients_without_the_cluster_certificate(self):
-    root = self.create_tempdir().full_path
-    files = tls.write_cluster_tls(os.path.join(root, 'pki'), hosts=['localhost'])
-    stranger = tls.write_cluster_tls(os.path.join(root, 'other'), hosts=['localhost'])
-    config = helpers.smoke_config(root, rounds=1)
-    worker = WorkerProcess(config.data.dir, certificates=files.directory, schema_file=config.data.schema_file)
-    try:
-      config.runtime.workers, config.runtime.certificates = worker.address, files.directory
-      result = _run(config, os.path.join(root, 'run'), log=lambda _: None)
-      self.assertEqual(result.rounds_completed, 1)
-      for certificates in (None, stranger):  # In the clear; another CA's certificate.
-        with self.assertRaisesRegex(errors.RunFailed, 'no answer'):
-          cluster_runtime.connect(worker.address, certificates, timeout=1.0)
-    finally:
-      worker.stop()
 
   def test_certificates_are_never_overwritten(self):
     directory = self.create_tempdir().full_path
