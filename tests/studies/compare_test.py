@@ -80,8 +80,8 @@ class AmlCompareScriptTest(tf.test.TestCase):
     transaction_generator.generate(public, num_banks=3, num_transactions=8_000, seed=7, laundering_rate=0.01,
                                    days=8, amount_scale=1.3, typologies=transaction_generator.TYPOLOGIES[1:])
     out = os.path.join(root, 'compare')
-    methods = ('gbt_centralized,gbt_local,centralized,public_only,fedavg_record_dp,personalized,autoencoder,'
-               'rarity_model,rarity_federated,rarity_local')
+    methods = ('gbt_centralized,gbt_local,centralized,public_only,fedavg_record_dp,personalized,trees_on_release,'
+               'autoencoder,rarity_model,rarity_federated,rarity_local')
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
     done = subprocess.run(
@@ -101,7 +101,7 @@ class AmlCompareScriptTest(tf.test.TestCase):
     self.assertEqual(summary.index.tolist(), methods.split(','))
     self.assertTrue(summary['pooled_f1_at_validation_threshold_mean'].between(0, 1).all())
     thresholds = summary['pooled_f1_at_alert_threshold_mean']
-    self.assertTrue(thresholds.drop(['rarity_federated', 'rarity_local']).between(0, 1).all())
+    self.assertTrue(thresholds.drop(['rarity_federated', 'rarity_local']).between(0, 1).all())  # trees' too.
     self.assertTrue(thresholds[['rarity_federated', 'rarity_local']].isna().all())  # They export none.
     # Laundering here is 1%, in large payments at any hour: the unlabelled rarity score finds it.
     self.assertGreater(summary.loc['rarity_federated', 'pooled_auprc_mean'], 0.05)
@@ -113,6 +113,39 @@ class AmlCompareScriptTest(tf.test.TestCase):
     # The personalized row's copies are compare's: the private run releases its model only.
     self.assertFalse(os.path.exists(os.path.join(out, 'runs', 'seed0', 'fedavg_record_dp', 'personalized')))
     self.assertNotIn('  personalized 1/', done.stdout)
+
+
+class TreesOnReleaseTest(tf.test.TestCase):
+
+  def test_the_release_reaches_the_trees_as_log_odds(self):
+    from sklearn import metrics  # pylint: disable=g-import-not-at-top
+    from tffaml.config import data as config_data  # pylint: disable=g-import-not-at-top
+    config = csv_config.get_config('smoke')
+    # 300 rows a bank: LightGBM's leaves hold at least 20 rows, so 60 could not split off the positives.
+    config.data.dir, config.data.schema_file = helpers.write_federation(tempfile.mkdtemp(), rows=300)
+    config.model.alert_budget = 0.1
+    data = config_data.load_data(config, log=lambda _: None)
+    space = config_data.feature_space(config, data)
+    label = lambda frame: frame[schema_lib.LABEL_COLUMN].to_numpy()
+
+    def predict(model, frame, schema):  # A release that knows every label; copies that know nothing.
+      del schema
+      return 0.1 + 0.8 * label(frame) if model == 'release' else np.full(len(frame), 0.5)
+
+    scored = compare.Scored(data)
+    with mock.patch.object(compare.client_data, 'predict', side_effect=predict):
+      compare._trees_on_release(scored, space, config, 'release', dict.fromkeys(data.names, 'copy'),
+                                log=lambda _: None)
+    gbt, _ = compare._gbt_scores(data, space, [M.GBT_LOCAL], seed=0, budget=0.0)
+    for institution in data.institutions:
+      trees = scored.scores[M.TREES_ON_RELEASE][institution.name]
+      self.assertAlmostEqual(metrics.roc_auc_score(label(institution.test), trees), 1.0, places=9)
+      self.assertLess(metrics.roc_auc_score(label(institution.test), gbt[M.GBT_LOCAL][institution.name]), 0.95)
+    self.assertEqual(set(scored.thresholds[M.TREES_ON_RELEASE]), set(data.names))
+
+  def test_log_odds_stay_finite(self):
+    self.assertAllClose(compare._log_odds(np.array([0.5, 0.0, 1.0])), [0.0, np.log(1e-7 / (1 - 1e-7)),
+                                                                        np.log((1 - 1e-7) / 1e-7)])
 
 
 class CompareRunTest(tf.test.TestCase):

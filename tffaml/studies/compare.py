@@ -30,7 +30,15 @@ splits, trains and scores:
   baseline AML teams run: on pooled rows (an upper bound no consortium may
   build), and each institution's own on its own rows. They take the same
   features as the Keras model, raw (trees need no scaling), categoricals as
-  LightGBM categories.
+  LightGBM categories;
+* `public_only`, `personalized`: fedavg_record_dp's model as pretrained on
+  its public corpus, before any private step; its release fine-tuned by
+  each institution on its own rows;
+* `trees_on_release`: gbt_local's trees with two more columns, the
+  log-odds of fedavg_record_dp's release and of the institution's
+  personalized copy (the release reaches the trees only as a score: its DP
+  guarantee stands for the other institutions' customers, and the trees are
+  as private as gbt_local for the institution's own).
 
 By default every method that applies runs (`default_methods`). The
 centralized and local-only Keras models train
@@ -68,6 +76,7 @@ import numpy as np
 import lightgbm
 import pandas as pd
 from sklearn import ensemble
+import tensorflow as tf
 
 from tffaml import errors
 from tffaml import features
@@ -111,6 +120,11 @@ class Method(enum.Enum):
   # fedavg_record_dp's released model, then fine-tuned by each institution on
   # its own rows without DP (its config.personalize), scoring its own test rows.
   PERSONALIZED = 'personalized'
+  # Each institution's LightGBM (gbt_local's) on its own rows, with two more
+  # columns: the log-odds of fedavg_record_dp's release and of its personalized
+  # copy. The trees see what the federation learnt under DP through the
+  # release alone; the institution's rows train them without DP, as gbt_local.
+  TREES_ON_RELEASE = 'trees_on_release'
 
 
 # The methods that train the program on a config of their own, and the
@@ -212,10 +226,15 @@ GBT_PARAMETERS = dict(n_estimators=300, learning_rate=0.05, num_leaves=31, subsa
 
 def _gbt(frame: pd.DataFrame, space: features.FeatureSpace, seed: int) -> lightgbm.LGBMClassifier:
   """LightGBM on `frame`'s rows (`_forest_inputs`; categoricals as categories)."""
+  return _gbt_fit(_forest_inputs(frame, space), frame, space, seed)
+
+
+def _gbt_fit(inputs: np.ndarray, frame: pd.DataFrame, space: features.FeatureSpace,
+             seed: int) -> lightgbm.LGBMClassifier:
+  """LightGBM on `inputs` (`_forest_inputs` first, any further columns numeric) and `frame`'s labels."""
   categorical = list(range(len(space.schema.numeric), len(space.schema.numeric) + len(space.schema.categorical)))
   return lightgbm.LGBMClassifier(random_state=seed, **GBT_PARAMETERS).fit(
-      _forest_inputs(frame, space), frame[schema_lib.LABEL_COLUMN].to_numpy(),
-      categorical_feature=categorical or 'auto')
+      inputs, frame[schema_lib.LABEL_COLUMN].to_numpy(), categorical_feature=categorical or 'auto')
 
 
 def _gbt_scores(data, space, methods, seed: int, budget: float) -> tuple[dict, dict]:
@@ -321,7 +340,7 @@ def method_scores(
     _public_only(scored, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), log)
   private = None
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, *CONFIGURED):
-    if method in methods or (method is Method.FEDAVG_RECORD_DP and Method.PERSONALIZED in methods):
+    if method in methods or (method is Method.FEDAVG_RECORD_DP and _ON_RELEASE & set(methods)):
       log(method.value)
       config = _run_config(base, method, configs or {})
       release = ml_collections.ConfigDict(config.to_dict())
@@ -333,10 +352,16 @@ def method_scores(
         scored.thresholds[method] = dict.fromkeys(data.names, result.threshold)
       if method is Method.FEDAVG_RECORD_DP:
         private = (config, result.model)
-  if Method.PERSONALIZED in methods:
-    _personalized(scored, base, *private, log)
+  if _ON_RELEASE & set(methods):
+    copies = _personalized(scored, base, *private, log)
+    if Method.TREES_ON_RELEASE in methods:
+      _trees_on_release(scored, space, base, private[1], copies, log)
   scored.scores = {m: scored.scores[m] for m in methods}
   return scored
+
+
+# The methods built on fedavg_record_dp's release and each institution's copy of it.
+_ON_RELEASE = {Method.PERSONALIZED, Method.TREES_ON_RELEASE}
 
 
 _LOCAL = {Method.LOCAL_ONLY, Method.ENSEMBLE_AVERAGE, Method.ENSEMBLE_VOTE, Method.FOREST_AVERAGE, Method.FOREST_VOTE}
@@ -365,7 +390,7 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
     scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
 
 
-def _personalized(scored: Scored, base, config, model, log) -> None:
+def _personalized(scored: Scored, base, config, model, log) -> dict[str, tf.keras.Model]:
   """Each institution fine-tunes the private release on its own rows: the private config's
   `personalize` (as scripts/train.py exports them), or with its epochs 0 local_only's epochs and rate."""
   log('personalized')
@@ -386,6 +411,33 @@ def _personalized(scored: Scored, base, config, model, log) -> None:
   scored.scores[Method.PERSONALIZED] = {c.name: c.test[1] for c in copies}
   if base.model.alert_budget:
     scored.thresholds[Method.PERSONALIZED] = {c.name: c.threshold for c in copies}
+  return {c.name: c.model for c in copies}
+
+
+def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model, copies: dict[str, tf.keras.Model],
+                      log) -> None:
+  """Each institution's LightGBM on its rows' columns and the release's and its copy's log-odds."""
+  log('trees on the release')
+  data, budget = scored.data, base.model.alert_budget
+  scores, thresholds = {}, {}
+  for institution in data.institutions:
+    def inputs(frame: pd.DataFrame) -> np.ndarray:
+      odds = [_log_odds(client_data.predict(m, frame, data.schema)) for m in (release, copies[institution.name])]
+      return np.column_stack([_forest_inputs(frame, space), *odds])
+    train = inputs(institution.train)
+    trees = _gbt_fit(train, institution.train, space, base.seed)
+    scores[institution.name] = trees.predict_proba(inputs(institution.test))[:, 1]
+    if budget:
+      thresholds[institution.name] = evaluation.budget_threshold(trees.predict_proba(train)[:, 1], budget)
+  scored.scores[Method.TREES_ON_RELEASE] = scores
+  if budget:
+    scored.thresholds[Method.TREES_ON_RELEASE] = thresholds
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+  """log(p / (1 - p)), finite: a score of exactly 0 or 1 stays a number the trees can split."""
+  p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+  return np.log(p / (1 - p))
 
 
 def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None:
