@@ -104,5 +104,54 @@ class ForestTest(tf.test.TestCase):
     self.assertAllClose(loaded.serve(test).numpy(), model.booster_.predict(test, raw_score=True), rtol=0, atol=1e-9)
 
 
+class ForestOnScoresTest(tf.test.TestCase):
+
+  def test_log_odds_stay_finite(self):
+    self.assertAllClose(trees.log_odds(np.array([0.5, 0.0, 1.0, 0.9])),
+                        [0.0, np.log(1e-7 / (1 - 1e-7)), np.log((1 - 1e-7) / 1e-7), np.log(9.0)])
+
+  def test_compares_trees_on_release_served_by_plain_tensorflow(self):
+    # compare's trees_on_release for one bank: LightGBM on its columns and two models' log-odds,
+    # exported as a SavedModel and served in a process that imports TensorFlow alone.
+    import tempfile  # pylint: disable=g-import-not-at-top
+    from configs import csv as csv_config  # pylint: disable=g-import-not-at-top
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    from tffaml.config import data as config_data  # pylint: disable=g-import-not-at-top
+    from tffaml.data import interface  # pylint: disable=g-import-not-at-top
+    from tffaml.export import saved_model  # pylint: disable=g-import-not-at-top
+    from tffaml.federated import client_data  # pylint: disable=g-import-not-at-top
+    from tffaml.models import tabular  # pylint: disable=g-import-not-at-top
+    from tffaml.studies import compare  # pylint: disable=g-import-not-at-top
+    config = csv_config.get_config('smoke')
+    config.data.dir, config.data.schema_file = helpers.write_federation(tempfile.mkdtemp(), rows=300)
+    data = config_data.load_data(config, log=lambda _: None)
+    space = config_data.feature_space(config, data)
+    release, copy = (tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=space, seed=s)
+                     for s in (0, 1))  # Untrained: their scores still differ by row.
+    bank = data.institutions[0]
+
+    def columns(frame):
+      odds = [trees.log_odds(client_data.predict(m, frame, data.schema)).numpy() for m in (release, copy)]
+      return np.column_stack([compare._forest_inputs(frame, space), *odds])
+    lightgbm_model = compare._gbt_fit(columns(bank.train), bank.train, space, seed=0)
+    stacked = trees.ForestOnScores(trees.Forest.from_lightgbm(lightgbm_model), space, [release, copy])
+    expected = lightgbm_model.predict_proba(columns(bank.test))[:, 1]
+    self.assertAllClose(client_data.predict(stacked, bank.test, data.schema), expected, rtol=0, atol=1e-6)
+    model_dir = self.create_tempdir().full_path + '/export'
+    saved_model.export(stacked, model_dir, schema=data.schema, interface=interface.table_interface(data.schema),
+                       threshold=0.5, metadata={})
+    inputs = {c: bank.test[c].astype(float).tolist() for c in data.schema.numeric}
+    inputs.update({c: bank.test[c].astype(str).tolist() for c in data.schema.categorical})
+    served = helpers.serve_in_fresh_process(model_dir, inputs)
+    self.assertAllClose(served['probability'], expected, rtol=0, atol=1e-6)
+
+  def test_a_forest_of_other_columns_is_refused(self):
+    from tests import helpers  # pylint: disable=g-import-not-at-top
+    space = helpers.payment_space()
+    forest = trees.Forest.from_dump(_dump({'leaf_value': 0.0}))  # Two columns.
+    with self.assertRaisesRegex(ValueError, 'the trees read 2 columns; .* make'):
+      trees.ForestOnScores(forest, space, [])
+
+
 if __name__ == '__main__':
   tf.test.main()

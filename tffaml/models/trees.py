@@ -21,6 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+from tffaml import features
+
 # LightGBM's kZeroThreshold: |x| at or below it counts as zero.
 _ZERO = 1e-35
 
@@ -171,3 +173,39 @@ class _Nodes:
         categorical=column('categorical', bool), offset=column('offset', np.int32),
         size=column('size', np.int32), categories=np.array(self.categories, bool),
         roots=np.array(roots, np.int32), depth=depth, num_features=num_features)
+
+
+def log_odds(p: tf.Tensor) -> tf.Tensor:
+  """log(p / (1 - p)) in float64, p clipped to [1e-7, 1 - 1e-7]: a score of 0 or 1 stays a number to split."""
+  p = tf.clip_by_value(tf.cast(p, tf.float64), 1e-7, 1 - 1e-7)
+  return tf.math.log(p / (1 - p))
+
+
+class ForestOnScores(tf.keras.Model):
+  """Trees over a row's raw columns and the log-odds of other models' scores, as one Keras model.
+
+  What compare's `trees_on_release` trains, served: the inputs are the
+  models' own (raw named features, `features.keras_inputs`); the trees read
+  the numeric columns as they are, each categorical column as its index in
+  the federation's vocabulary minus 1 (-1 out of it, as compare's
+  `_forest_inputs`), then one log-odds column per model in `scorers`. The
+  output is the trees' probability, float32 [rows, 1], like any classifier
+  here, so the export serves it unchanged.
+  """
+
+  def __init__(self, forest: Forest, space, scorers, **kwargs):
+    super().__init__(**kwargs)
+    self.forest, self.scorers = forest, list(scorers)
+    self.numeric, self.categorical = tuple(space.schema.numeric), tuple(space.schema.categorical)
+    expected = len(self.numeric) + len(self.categorical) + len(self.scorers)
+    if forest.num_features != expected:
+      raise ValueError(f'the trees read {forest.num_features} columns; {len(self.numeric)} numeric,'
+                       f' {len(self.categorical)} categorical and {len(self.scorers)} scores make {expected}.')
+    self.lookups = {c: features.category_lookup(space.vocabulary[c], name=f'trees_{c}') for c in self.categorical}
+
+  def call(self, inputs, training=False):
+    del training  # The trees are fixed.
+    columns = [tf.cast(inputs[c], tf.float64) for c in self.numeric]
+    columns += [tf.cast(self.lookups[c](inputs[c]), tf.float64) - 1.0 for c in self.categorical]
+    columns += [log_odds(tf.reshape(m(inputs, training=False), [-1])) for m in self.scorers]
+    return tf.cast(tf.sigmoid(self.forest.raw_scores(tf.stack(columns, axis=1))), tf.float32)[:, tf.newaxis]

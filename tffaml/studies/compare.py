@@ -88,6 +88,7 @@ from tffaml.federated import client_data
 from tffaml.federated import rarity
 from tffaml.models import rarity as rarity_model
 from tffaml.models import tabular
+from tffaml.models import trees
 from tffaml.training import centralized
 from tffaml.training import evaluation
 from tffaml.training import personalize
@@ -422,22 +423,17 @@ def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model, copi
   scores, thresholds = {}, {}
   for institution in data.institutions:
     def inputs(frame: pd.DataFrame) -> np.ndarray:
-      odds = [_log_odds(client_data.predict(m, frame, data.schema)) for m in (release, copies[institution.name])]
+      odds = [trees.log_odds(client_data.predict(m, frame, data.schema)).numpy()
+              for m in (release, copies[institution.name])]
       return np.column_stack([_forest_inputs(frame, space), *odds])
     train = inputs(institution.train)
-    trees = _gbt_fit(train, institution.train, space, base.seed)
-    scores[institution.name] = trees.predict_proba(inputs(institution.test))[:, 1]
+    model = _gbt_fit(train, institution.train, space, base.seed)
+    scores[institution.name] = model.predict_proba(inputs(institution.test))[:, 1]
     if budget:
-      thresholds[institution.name] = evaluation.budget_threshold(trees.predict_proba(train)[:, 1], budget)
+      thresholds[institution.name] = evaluation.budget_threshold(model.predict_proba(train)[:, 1], budget)
   scored.scores[Method.TREES_ON_RELEASE] = scores
   if budget:
     scored.thresholds[Method.TREES_ON_RELEASE] = thresholds
-
-
-def _log_odds(p: np.ndarray) -> np.ndarray:
-  """log(p / (1 - p)), finite: a score of exactly 0 or 1 stays a number the trees can split."""
-  p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-  return np.log(p / (1 - p))
 
 
 def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None:
