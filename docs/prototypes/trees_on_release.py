@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np, pandas as pd, lightgbm, ml_collections
 from tffaml import runtime
 from tffaml.studies import compare
+from tffaml.models import trees
 from tffaml.config import data as config_data
 from tffaml.federated import client_data
 from tffaml.training import program, evaluation
@@ -48,10 +49,10 @@ with runtime.local_runtime():
   for inst in data.institutions:
     tr = client_data.predict(result.model, inst.train, data.schema)
     te = client_data.predict(result.model, inst.test, data.schema)
-    X = np.column_stack([compare._forest_inputs(inst.train, space), logit(tr)])
-    m = lightgbm.LGBMClassifier(random_state=seed, **compare.GBT_PARAMETERS).fit(
+    X = np.column_stack([trees.forest_inputs(inst.train, space), logit(tr)])
+    m = lightgbm.LGBMClassifier(random_state=seed, **trees.GBT_PARAMETERS).fit(
         X, inst.train[schema_lib.LABEL_COLUMN].to_numpy(), categorical_feature=categorical or 'auto')
-    stacked[inst.name] = m.predict_proba(np.column_stack([compare._forest_inputs(inst.test, space), logit(te)]))[:, 1]
+    stacked[inst.name] = m.predict_proba(np.column_stack([trees.forest_inputs(inst.test, space), logit(te)]))[:, 1]
     thresholds[inst.name] = evaluation.budget_threshold(m.predict_proba(X)[:, 1], budget)
   # Variant: the bank's personalized Keras copy's log-odds as a second column.
   from tffaml.training import personalize
@@ -68,10 +69,10 @@ with runtime.local_runtime():
     copy = copies[inst.name].model
     rel = [logit(client_data.predict(result.model, f, data.schema)) for f in (inst.train, inst.test)]
     own = [logit(client_data.predict(copy, f, data.schema)) for f in (inst.train, inst.test)]
-    X = np.column_stack([compare._forest_inputs(inst.train, space), rel[0], own[0]])
-    m = lightgbm.LGBMClassifier(random_state=seed, **compare.GBT_PARAMETERS).fit(
+    X = np.column_stack([trees.forest_inputs(inst.train, space), rel[0], own[0]])
+    m = lightgbm.LGBMClassifier(random_state=seed, **trees.GBT_PARAMETERS).fit(
         X, inst.train[schema_lib.LABEL_COLUMN].to_numpy(), categorical_feature=categorical or 'auto')
-    both[inst.name] = m.predict_proba(np.column_stack([compare._forest_inputs(inst.test, space), rel[1], own[1]]))[:, 1]
+    both[inst.name] = m.predict_proba(np.column_stack([trees.forest_inputs(inst.test, space), rel[1], own[1]]))[:, 1]
     both_thresholds[inst.name] = evaluation.budget_threshold(m.predict_proba(X)[:, 1], budget)
   scored.scores[compare.Method.ENSEMBLE_VOTE] = both  # 'trees on the release's and the copy's scores'.
   scored.thresholds[compare.Method.ENSEMBLE_VOTE] = both_thresholds

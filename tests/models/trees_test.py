@@ -4,6 +4,7 @@ import lightgbm
 import numpy as np
 import tensorflow as tf
 
+from tffaml.data import schema as schema_lib
 from tffaml.models import trees
 
 
@@ -121,7 +122,6 @@ class ForestOnScoresTest(tf.test.TestCase):
     from tffaml.export import saved_model  # pylint: disable=g-import-not-at-top
     from tffaml.federated import client_data  # pylint: disable=g-import-not-at-top
     from tffaml.models import tabular  # pylint: disable=g-import-not-at-top
-    from tffaml.studies import compare  # pylint: disable=g-import-not-at-top
     config = csv_config.get_config('smoke')
     config.data.dir, config.data.schema_file = helpers.write_federation(tempfile.mkdtemp(), rows=300)
     data = config_data.load_data(config, log=lambda _: None)
@@ -132,8 +132,9 @@ class ForestOnScoresTest(tf.test.TestCase):
 
     def columns(frame):
       odds = [trees.log_odds(client_data.predict(m, frame, data.schema)).numpy() for m in (release, copy)]
-      return np.column_stack([compare._forest_inputs(frame, space), *odds])
-    lightgbm_model = compare._gbt_fit(columns(bank.train), bank.train, space, seed=0)
+      return np.column_stack([trees.forest_inputs(frame, space), *odds])
+    lightgbm_model = trees.fit_lightgbm(columns(bank.train), bank.train[schema_lib.LABEL_COLUMN].to_numpy(), space,
+                                        seed=0)
     stacked = trees.ForestOnScores(trees.Forest.from_lightgbm(lightgbm_model), space, [release, copy])
     expected = lightgbm_model.predict_proba(columns(bank.test))[:, 1]
     self.assertAllClose(client_data.predict(stacked, bank.test, data.schema), expected, rtol=0, atol=1e-6)

@@ -165,15 +165,6 @@ def _keras_scores(model, data: federated_data.FederatedData) -> Scores:
   return {i.name: client_data.predict(model, i.test, data.schema) for i in data.institutions}
 
 
-def _forest_inputs(frame: pd.DataFrame, space: features.FeatureSpace) -> np.ndarray:
-  """Numerics as they are, categoricals as their index in the federated vocabulary."""
-  columns = [frame[c].to_numpy(np.float64) for c in space.schema.numeric]
-  for c in space.schema.categorical:
-    # The model's lookup (by hashed slot under DP statistics), 0 out of vocabulary, shifted so unknown is -1.
-    columns.append(features.category_index(space.vocabulary[c], frame[c].to_numpy()).astype(np.float64) - 1)
-  return np.stack(columns, axis=1)
-
-
 def _combine(per_model: list[Scores], thresholds: Optional[Sequence[float]] = None) -> Scores:
   """Average of the models' probabilities, or the fraction of models whose
   score reaches their own threshold."""
@@ -209,39 +200,22 @@ def _local_models(data, space, config, seed, *, forests: bool):
     if forests:
       forest = ensemble.RandomForestClassifier(
           n_estimators=200, min_samples_leaf=5, n_jobs=-1, random_state=seed, oob_score=True)
-      forest_models.append(forest.fit(_forest_inputs(institution.train, space), labels))
+      forest_models.append(forest.fit(trees.forest_inputs(institution.train, space), labels))
       oob = np.nan_to_num(forest.oob_decision_function_[:, 1], nan=labels.mean())
       thresholds['forest'].append(_vote_threshold(oob, labels))
   return keras_models, train_scores, forest_models, thresholds
 
 
-# Gradient-boosted trees as an AML team would first run them: more, smaller
-# steps (shrinkage 0.05), row and column subsampling, and XGBoost's default
-# leaf regularisation (a hessian of at least 1 per leaf, L2 1). LightGBM's
-# own floor (1e-3) lets a leaf hold a few rows when positives are 0.1%: on
-# 1M generated transactions its trees overfit (pooled AUC 0.92, and 0.68
-# with more and larger trees, against 0.99 with the floor of 1).
-GBT_PARAMETERS = dict(n_estimators=300, learning_rate=0.05, num_leaves=31, subsample=0.8, subsample_freq=1,
-                      colsample_bytree=0.8, min_child_weight=1.0, reg_lambda=1.0, verbose=-1)
-
-
 def _gbt(frame: pd.DataFrame, space: features.FeatureSpace, seed: int) -> lightgbm.LGBMClassifier:
-  """LightGBM on `frame`'s rows (`_forest_inputs`; categoricals as categories)."""
-  return _gbt_fit(_forest_inputs(frame, space), frame, space, seed)
-
-
-def _gbt_fit(inputs: np.ndarray, frame: pd.DataFrame, space: features.FeatureSpace,
-             seed: int) -> lightgbm.LGBMClassifier:
-  """LightGBM on `inputs` (`_forest_inputs` first, any further columns numeric) and `frame`'s labels."""
-  categorical = list(range(len(space.schema.numeric), len(space.schema.numeric) + len(space.schema.categorical)))
-  return lightgbm.LGBMClassifier(random_state=seed, **GBT_PARAMETERS).fit(
-      inputs, frame[schema_lib.LABEL_COLUMN].to_numpy(), categorical_feature=categorical or 'auto')
+  """LightGBM on `frame`'s rows (`trees.forest_inputs`; categoricals as categories)."""
+  return trees.fit_lightgbm(trees.forest_inputs(frame, space), frame[schema_lib.LABEL_COLUMN].to_numpy(),
+                            space, seed=seed)
 
 
 def _gbt_scores(data, space, methods, seed: int, budget: float) -> tuple[dict, dict]:
   """The requested GBT methods' test scores and their alert thresholds at `budget` (0: none)."""
   scores, thresholds = {}, {}
-  score = lambda model, frame: model.predict_proba(_forest_inputs(frame, space))[:, 1]
+  score = lambda model, frame: model.predict_proba(trees.forest_inputs(frame, space))[:, 1]
   if Method.GBT_CENTRALIZED in methods:
     train = data.pooled('train')
     pooled = _gbt(train, space, seed)
@@ -385,7 +359,7 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
   scored.scores[Method.ENSEMBLE_VOTE] = _combine(keras_scores, thresholds['keras'])
   if with_forests:
     forest_scores = [
-        {i.name: f.predict_proba(_forest_inputs(i.test, space))[:, 1] for i in data.institutions}
+        {i.name: f.predict_proba(trees.forest_inputs(i.test, space))[:, 1] for i in data.institutions}
         for f in forests]
     scored.scores[Method.FOREST_AVERAGE] = _combine(forest_scores)
     scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
@@ -425,9 +399,9 @@ def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model, copi
     def inputs(frame: pd.DataFrame) -> np.ndarray:
       odds = [trees.log_odds(client_data.predict(m, frame, data.schema)).numpy()
               for m in (release, copies[institution.name])]
-      return np.column_stack([_forest_inputs(frame, space), *odds])
+      return np.column_stack([trees.forest_inputs(frame, space), *odds])
     train = inputs(institution.train)
-    model = _gbt_fit(train, institution.train, space, base.seed)
+    model = trees.fit_lightgbm(train, institution.train[schema_lib.LABEL_COLUMN].to_numpy(), space, seed=base.seed)
     scores[institution.name] = model.predict_proba(inputs(institution.test))[:, 1]
     if budget:
       thresholds[institution.name] = evaluation.budget_threshold(model.predict_proba(train)[:, 1], budget)
