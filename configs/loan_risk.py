@@ -119,6 +119,11 @@ def _personalize(config: ml_collections.ConfigDict) -> None:
   # release's guarantee (post-processing); its own customers get none. 0: off.
   config.personalize.epochs = 0
   config.personalize.learning_rate = 1e-3  # Keras's Adam.
+  # With epochs > 0: each institution also trains LightGBM on its own rows'
+  # columns and the release's and its copy's log-odds (tffaml.training.
+  # personalize.trees_on_scores), exported beside the copy in
+  # <workdir>/personalized/<institution>/trees/export; the same guarantee.
+  config.personalize.trees = False
 
 
 def _federated(config: ml_collections.ConfigDict) -> None:

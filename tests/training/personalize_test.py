@@ -30,6 +30,7 @@ class PersonalizedRunTest(tf.test.TestCase):
     cls.config.model.alert_budget = 0.1
     cls.config.personalize.epochs = 3
     cls.config.personalize.learning_rate = 0.05  # Large: 3 epochs of 60 rows must move the weights.
+    cls.config.personalize.trees = True
     cls.result = program.run(cls.config, os.path.join(cls.root, 'run'), log=lambda _: None)
     cls.names = sorted(os.listdir(cls.config.data.dir))
 
@@ -71,6 +72,21 @@ class PersonalizedRunTest(tf.test.TestCase):
     output = os.path.join(self.create_tempdir().full_path, 'scored.csv')
     scoring.score_csv(export, rows, output, public_key=None)
     return pd.read_csv(output)['probability'].to_numpy()
+
+  def test_each_institutions_trees_serve_its_metrics_under_the_copys_statement(self):
+    from tffaml.training import evaluation  # pylint: disable=g-import-not-at-top
+    trees = self.result.metrics['personalized']['trees']
+    self.assertCountEqual(trees['institutions'], self.names)
+    for name in self.names:
+      root = os.path.join(self.result.paths.personalized, name)
+      export = os.path.join(root, 'trees', 'export')
+      self.assertEqual(saved_model.read_metadata(export)['privacy'],
+                       saved_model.read_metadata(os.path.join(root, 'export'))['privacy'])
+      rows = os.path.join(self.config.data.dir, name, 'test.csv')
+      served = self._scores(export, rows)
+      self.assertGreater(np.max(np.abs(served - self._scores(os.path.join(root, 'export'), rows))), 1e-3)
+      labels = pd.read_csv(rows)['default'].to_numpy()
+      self.assertAlmostEqual(evaluation.auc(labels, served), trees['institutions'][name]['auc'], places=4)
 
   def test_metrics_pool_each_copy_on_its_own_test_rows(self):
     personalized = self.result.metrics['personalized']

@@ -396,15 +396,12 @@ def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model, copi
   data, budget = scored.data, base.model.alert_budget
   scores, thresholds = {}, {}
   for institution in data.institutions:
-    def inputs(frame: pd.DataFrame) -> np.ndarray:
-      odds = [trees.log_odds(client_data.predict(m, frame, data.schema)).numpy()
-              for m in (release, copies[institution.name])]
-      return np.column_stack([trees.forest_inputs(frame, space), *odds])
-    train = inputs(institution.train)
-    model = trees.fit_lightgbm(train, institution.train[schema_lib.LABEL_COLUMN].to_numpy(), space, seed=base.seed)
-    scores[institution.name] = model.predict_proba(inputs(institution.test))[:, 1]
+    model = personalize.trees_on_scores(release, copies[institution.name], institution, data.schema, space,
+                                        seed=base.seed)
+    scores[institution.name] = client_data.predict(model, institution.test, data.schema)
     if budget:
-      thresholds[institution.name] = evaluation.budget_threshold(model.predict_proba(train)[:, 1], budget)
+      train = client_data.predict(model, institution.train, data.schema)
+      thresholds[institution.name] = evaluation.budget_threshold(train, budget)
   scored.scores[Method.TREES_ON_RELEASE] = scores
   if budget:
     scored.thresholds[Method.TREES_ON_RELEASE] = thresholds

@@ -6,6 +6,11 @@ model alone: the copy stays at the bank. For every other institution's
 customers it is post-processing of the release, so their guarantee (ε, δ)
 is unchanged; for the bank's own customers it carries no guarantee, exactly
 like a model the bank trains alone (`privacy_note`).
+
+`trees_on_scores` goes one step further, as AML teams run trees first: the
+bank's own LightGBM on its rows, reading the release's and its copy's
+log-odds as two more columns, served as one Keras model (`trees.ForestOnScores`)
+with the same guarantee as the copy.
 """
 
 import dataclasses
@@ -16,7 +21,9 @@ import tensorflow as tf
 
 from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
+from tffaml import features
 from tffaml.federated import client_data
+from tffaml.models import trees
 from tffaml.training import centralized
 from tffaml.training import evaluation
 
@@ -71,6 +78,16 @@ def each(release: tf.keras.Model, institutions, schema: schema_lib.Schema, *, lo
     log(f'personalized {k}/{len(institutions)}: {institution.name} ({chosen.epochs} epochs on its'
         f' {len(institution.train)} training rows)')
     yield Personalized(institution.name, tuned, own, (labels, client_data.predict(tuned, institution.test, schema)))
+
+
+def trees_on_scores(release: tf.keras.Model, copy: tf.keras.Model, institution: federated_data.InstitutionLike,
+                    schema: schema_lib.Schema, space: features.FeatureSpace, *, seed: int) -> tf.keras.Model:
+  """The institution's LightGBM on its training rows' columns and the release's and `copy`'s log-odds."""
+  scorers = (release, copy)
+  odds = [trees.log_odds(client_data.predict(m, institution.train, schema)).numpy() for m in scorers]
+  fitted = trees.fit_lightgbm(np.column_stack([trees.forest_inputs(institution.train, space), *odds]),
+                              institution.train[schema_lib.LABEL_COLUMN].to_numpy(), space, seed=seed)
+  return trees.ForestOnScores(trees.Forest.from_lightgbm(fitted), space, scorers)
 
 
 def privacy_note(institution: str, statement_text: str) -> str:

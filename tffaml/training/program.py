@@ -697,7 +697,8 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
       replace=True, metadata={'feature_space': space.to_dict(), 'config': _public_config(config),
                               'metrics': metrics, 'privacy': privacy})
   if config.personalize.epochs:
-    metrics['personalized'] = _personalized(config, choices, setup, built, model, statement, paths, export, log)
+    metrics['personalized'] = _personalized(config, choices, setup, built, model, statement, paths, export, log,
+                                            space=space)
   io.write_json(paths.metrics, metrics)
   io.write_text(paths.privacy, statement.text() + '\n')
   report.plot_training_curves(paths.metrics_csv, paths.curves)
@@ -707,28 +708,55 @@ def _finish(config, choices, setup: _Setup, built: Built, paths: Paths, *, relea
 
 
 def _personalized(config, choices, setup: _Setup, built: Built, model, statement, paths: Paths, export,
-                  log) -> dict:
-  """Each institution's copy of the release, fine-tuned on its own rows and exported; their test metrics."""
+                  log, *, space: features.FeatureSpace) -> dict:
+  """Each institution's copy of the release, fine-tuned on its own rows and exported (and with
+  config.personalize.trees its trees on the release's and the copy's scores); their test metrics."""
   how = personalize.FineTune(epochs=config.personalize.epochs, batch_size=config.federated.batch_size,
                              learning_rate=config.personalize.learning_rate, seed=config.seed)
-  scored, thresholds, aucs = {}, {}, {}
-  for own in personalize.each(model, built.rows.institutions, setup.data.schema,
+  schema, budget = setup.data.schema, config.model.alert_budget
+  copies, trees = _Owned(), _Owned()
+  institutions = {i.name: i for i in built.rows.institutions}
+  for own in personalize.each(model, built.rows.institutions, schema,
                               loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=lambda _: how,
-                              alert_budget=config.model.alert_budget, threshold=config.model.threshold, log=log):
+                              alert_budget=budget, threshold=config.model.threshold, log=log):
     note = personalize.privacy_note(own.name, statement.text())
     root = os.path.join(paths.personalized, own.name)
-    export(own.model, os.path.join(root, 'export'), own.threshold, {'text': note, 'release': statement.to_dict()},
-           {})
+    privacy = {'text': note, 'release': statement.to_dict()}
+    export(own.model, os.path.join(root, 'export'), own.threshold, privacy, {})
     io.write_text(os.path.join(root, 'privacy.txt'), note + '\n')
-    scored[own.name], thresholds[own.name], aucs[own.name] = own.test, own.threshold, evaluation.auc(*own.test)
-  metrics = evaluation.alert_metrics(scored, budgets=tuple(config.evaluation.alert_budgets), threshold=thresholds,
-                                     validation_fraction=config.evaluation.validation_fraction)
-  metrics['pooled']['auc'] = evaluation.auc(*map(np.concatenate, zip(*scored.values())))
-  for name, auc in aucs.items():
-    metrics['institutions'][name]['auc'] = auc
-  log(f'personalized models, all institutions: AUC {metrics["pooled"]["auc"]:.4f} | '
-      + evaluation.alert_summary(metrics['pooled'], tuple(config.evaluation.alert_budgets)))
+    copies.add(own.name, own.test, own.threshold)
+    if config.personalize.trees:
+      institution = institutions[own.name]
+      stacked = personalize.trees_on_scores(model, own.model, institution, schema, space, seed=config.seed)
+      threshold = (evaluation.budget_threshold(client_data.predict(stacked, institution.train, schema), budget)
+                   if budget else config.model.threshold)
+      export(stacked, os.path.join(root, 'trees', 'export'), threshold, privacy, {})
+      trees.add(own.name, (own.test[0], client_data.predict(stacked, institution.test, schema)), threshold)
+  metrics = copies.metrics(config, 'personalized models', log)
+  if config.personalize.trees:
+    metrics['trees'] = trees.metrics(config, 'their trees on the release\'s and the copy\'s scores', log)
   return metrics
+
+
+class _Owned:
+  """Each institution's own model's test (labels, scores) and alert threshold, and their metrics."""
+
+  def __init__(self):
+    self.scored, self.thresholds = {}, {}
+
+  def add(self, name: str, test: tuple[np.ndarray, np.ndarray], threshold: float) -> None:
+    self.scored[name], self.thresholds[name] = test, threshold
+
+  def metrics(self, config, what: str, log) -> dict:
+    budgets = tuple(config.evaluation.alert_budgets)
+    metrics = evaluation.alert_metrics(self.scored, budgets=budgets, threshold=self.thresholds,
+                                       validation_fraction=config.evaluation.validation_fraction)
+    metrics['pooled']['auc'] = evaluation.auc(*map(np.concatenate, zip(*self.scored.values())))
+    for name, test in self.scored.items():
+      metrics['institutions'][name]['auc'] = evaluation.auc(*test)
+    log(f'{what}, all institutions: AUC {metrics["pooled"]["auc"]:.4f} | '
+        + evaluation.alert_summary(metrics['pooled'], budgets))
+    return metrics
 
 
 def _alerts(config, setup: _Setup, built: Built, weights, metrics: dict, log) -> Optional[float]:
