@@ -326,7 +326,8 @@ class IntegrityTest(tf.test.TestCase):
         ('aggregator.trim_fraction', 0.7, r'config.aggregator.trim_fraction must be in \[0, 0.5\)'),
         ('federated.client_learning_rate', -0.1, r'config.federated.client_learning_rate must be > 0'),
         ('features.min_category_count', 0, r'config.features.min_category_count must be >= 1'),
-        ('model.hidden_units', (8, 0), r'config.model.hidden_units must be positive integers')):
+        ('model.hidden_units', (8, 0), r'config.model.hidden_units must be positive integers'),
+        ('personalize.trees', True, r'config.personalize.trees reads each institution\'s personalized copy')):
       config = _config(self.data_dir, self.schema_file, rounds=1)
       config.update_from_flattened_dict({key: value})
       workdir = os.path.join(self.root, f'bad_{key}')

@@ -91,6 +91,9 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   if not all(isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in units):
     raise errors.ConfigError(
         f'config.model.hidden_units must be positive integers (e.g. 64,32), got {units!r}.')
+  if 'personalize' in config and config.personalize.get('trees') and not config.personalize.epochs:
+    raise errors.ConfigError('config.personalize.trees reads each institution\'s personalized copy;'
+                             ' set config.personalize.epochs > 0 (3 in configs/aml.py:public) or trees=False.')
   if config.data.stream and config.reference.centralized_epochs:
     raise errors.ConfigError('config.reference.centralized_epochs pools every row in memory;'
                              ' set it to 0 with config.data.stream.')
