@@ -17,6 +17,7 @@ from tffaml.data import federated_data
 from tffaml.data import schema as schema_lib
 from tffaml.data import transaction_generator
 from tffaml.training import centralized
+from tffaml.training import personalize
 from tffaml.studies import compare
 
 M = compare.Method
@@ -138,7 +139,8 @@ class TreesOnReleaseTest(tf.test.TestCase):
     data = federated_data.FederatedData(data.schema, tuple(
         dataclasses.replace(i, train=knows(i.train), test=knows(i.test)) for i in data.institutions))
     scored = compare.Scored(data)
-    compare._trees_on_release(scored, space, config, release, dict.fromkeys(data.names, copy), log=lambda _: None)
+    copies = {n: personalize.Personalized(n, copy, None, (None, None)) for n in data.names}
+    compare._trees_on_release(scored, space, config, release, copies, log=lambda _: None)
     gbt, _ = compare._gbt_scores(data, space, [M.GBT_LOCAL], seed=0, budget=0.0)
     label = lambda frame: frame[schema_lib.LABEL_COLUMN].to_numpy()
     for institution in data.institutions:

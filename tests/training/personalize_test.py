@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,34 @@ from tffaml.export import scoring
 from tffaml.training import evaluation
 from tffaml.training import personalize
 from tffaml.training import program
+
+
+class OutOfFoldTest(tf.test.TestCase):
+
+  def test_no_row_is_scored_by_a_copy_that_trained_on_its_unit(self):
+    from tffaml.data import federated_data  # pylint: disable=g-import-not-at-top
+    from tffaml.data import schema as schema_lib  # pylint: disable=g-import-not-at-top
+    train = pd.DataFrame({'x': np.arange(40.0), schema_lib.UNIT_COLUMN: [f'acct{i % 7}' for i in range(40)]})
+    institution = federated_data.Institution('bank_a', train, train.iloc[:0])
+    trained = []
+
+    def fine_tune(release, rows, schema, *, loss, how):  # A "copy" is the units it trained on.
+      del release, schema, loss, how
+      trained.append(set(rows.train[schema_lib.UNIT_COLUMN]))
+      return trained[-1]
+
+    def predict(copy, frame, schema):  # 1 where the copy trained on the row's unit.
+      del schema
+      return frame[schema_lib.UNIT_COLUMN].isin(copy).to_numpy(float)
+
+    how = personalize.FineTune(epochs=1, batch_size=8, learning_rate=0.1, seed=0)
+    with mock.patch.object(personalize, 'fine_tune', side_effect=fine_tune), \
+         mock.patch.object(personalize.client_data, 'predict', side_effect=predict):
+      scores = personalize.out_of_fold_scores(None, institution, None, loss=None, how=how, folds=3)
+    self.assertLen(trained, 3)
+    self.assertAllEqual(scores, np.zeros(40))  # Every row: a copy that never saw its account.
+    self.assertEqual(set().union(*trained), {f'acct{i}' for i in range(7)})  # Each account trains 2 of 3.
+    self.assertTrue(all(len(t) < 7 for t in trained))
 
 
 class PersonalizedRunTest(tf.test.TestCase):

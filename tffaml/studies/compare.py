@@ -328,7 +328,7 @@ def method_scores(
       if method is Method.FEDAVG_RECORD_DP:
         private = (config, result.model)
   if _ON_RELEASE & set(methods):
-    copies = _personalized(scored, base, *private, log)
+    copies = _personalized(scored, base, *private, log, out_of_fold=Method.TREES_ON_RELEASE in methods)
     if Method.TREES_ON_RELEASE in methods:
       _trees_on_release(scored, space, base, private[1], copies, log)
   scored.scores = {m: scored.scores[m] for m in methods}
@@ -365,7 +365,8 @@ def _local_methods(scored: Scored, space, base, methods, log) -> None:
     scored.scores[Method.FOREST_VOTE] = _combine(forest_scores, thresholds['forest'])
 
 
-def _personalized(scored: Scored, base, config, model, log) -> dict[str, tf.keras.Model]:
+def _personalized(scored: Scored, base, config, model, log, *,
+                  out_of_fold: bool = False) -> dict[str, personalize.Personalized]:
   """Each institution fine-tunes the private release on its own rows: the private config's
   `personalize` (as scripts/train.py exports them), or with its epochs 0 local_only's epochs and rate."""
   log('personalized')
@@ -382,22 +383,24 @@ def _personalized(scored: Scored, base, config, model, log) -> dict[str, tf.kera
         batch_size=config.federated.batch_size, learning_rate=base.reference.learning_rate, seed=base.seed)
   copies = list(personalize.each(model, data.institutions, data.schema,
                                  loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=how,
-                                 alert_budget=base.model.alert_budget, threshold=None, log=lambda _: None))
+                                 alert_budget=base.model.alert_budget, threshold=None, log=lambda _: None,
+                                 out_of_fold=out_of_fold))
   scored.scores[Method.PERSONALIZED] = {c.name: c.test[1] for c in copies}
   if base.model.alert_budget:
     scored.thresholds[Method.PERSONALIZED] = {c.name: c.threshold for c in copies}
-  return {c.name: c.model for c in copies}
+  return {c.name: c for c in copies}
 
 
-def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model, copies: dict[str, tf.keras.Model],
-                      log) -> None:
-  """Each institution's LightGBM on its rows' columns and the release's and its copy's log-odds."""
+def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model,
+                      copies: dict[str, personalize.Personalized], log) -> None:
+  """Each institution's LightGBM on its rows' columns and the release's and its copy's log-odds (out of fold)."""
   log('trees on the release')
   data, budget = scored.data, base.model.alert_budget
   scores, thresholds = {}, {}
   for institution in data.institutions:
-    model = personalize.trees_on_scores(release, copies[institution.name], institution, data.schema, space,
-                                        seed=base.seed)
+    own = copies[institution.name]
+    model = personalize.trees_on_scores(release, own.model, institution, data.schema, space, seed=base.seed,
+                                        copy_train_scores=own.out_of_fold)
     scores[institution.name] = client_data.predict(model, institution.test, data.schema)
     if budget:
       train = client_data.predict(model, institution.train, data.schema)

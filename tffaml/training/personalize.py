@@ -60,13 +60,14 @@ class Personalized:
   model: tf.keras.Model
   threshold: Optional[float]
   test: tuple[np.ndarray, np.ndarray]
+  out_of_fold: Optional[np.ndarray] = None  # Its training rows' `out_of_fold_scores`, when asked for.
 
 
 def each(release: tf.keras.Model, institutions, schema: schema_lib.Schema, *, loss: tf.keras.losses.Loss,
          how: Callable[[federated_data.InstitutionLike], FineTune], alert_budget: float,
-         threshold: Optional[float], log: Callable[[str], None]) -> Iterator[Personalized]:
+         threshold: Optional[float], log: Callable[[str], None], out_of_fold: bool = False) -> Iterator[Personalized]:
   """Every institution's fine-tuned copy (`how` it trains), in turn; its threshold flags `alert_budget` of
-  its own training rows (0: the release's `threshold`)."""
+  its own training rows (0: the release's `threshold`); with `out_of_fold`, its `out_of_fold_scores` too."""
   for k, institution in enumerate(institutions, 1):
     chosen = how(institution)
     tuned = fine_tune(release, institution, schema, loss=loss, how=chosen)
@@ -77,14 +78,48 @@ def each(release: tf.keras.Model, institutions, schema: schema_lib.Schema, *, lo
     labels = institution.test[schema_lib.LABEL_COLUMN].to_numpy()
     log(f'personalized {k}/{len(institutions)}: {institution.name} ({chosen.epochs} epochs on its'
         f' {len(institution.train)} training rows)')
-    yield Personalized(institution.name, tuned, own, (labels, client_data.predict(tuned, institution.test, schema)))
+    held_out = out_of_fold_scores(release, institution, schema, loss=loss, how=chosen) if out_of_fold else None
+    yield Personalized(institution.name, tuned, own, (labels, client_data.predict(tuned, institution.test, schema)),
+                       held_out)
+
+
+def out_of_fold_scores(release: tf.keras.Model, institution: federated_data.Institution, schema, *,
+                       loss: tf.keras.losses.Loss, how: FineTune, folds: int = 3) -> np.ndarray:
+  """A copy's score for each training row from a copy that never trained on it.
+
+  The training rows are split into `folds` by privacy unit (an account's
+  rows stay together; each row its own unit without one); each fold is
+  scored by a copy fine-tuned (`how`) on the others. A copy scores the rows
+  it trained on better than new ones, and trees learning from those scores
+  would trust them too much: stacking needs out-of-fold scores.
+  """
+  train = institution.train
+  units = (train[schema_lib.UNIT_COLUMN].to_numpy(str) if schema_lib.UNIT_COLUMN in train
+           else np.arange(len(train)).astype(str))
+  distinct = np.unique(units)
+  fold_of_unit = np.random.default_rng(how.seed).permutation(len(distinct)) % folds
+  fold = fold_of_unit[np.searchsorted(distinct, units)]
+  scores = np.zeros(len(train), np.float64)
+  for k in range(folds):
+    held = fold == k
+    rest = dataclasses.replace(institution, train=train[~held].reset_index(drop=True))
+    tuned = fine_tune(release, rest, schema, loss=loss, how=how)
+    scores[held] = client_data.predict(tuned, train[held], schema)
+  return scores
 
 
 def trees_on_scores(release: tf.keras.Model, copy: tf.keras.Model, institution: federated_data.InstitutionLike,
-                    schema: schema_lib.Schema, space: features.FeatureSpace, *, seed: int) -> tf.keras.Model:
-  """The institution's LightGBM on its training rows' columns and the release's and `copy`'s log-odds."""
+                    schema: schema_lib.Schema, space: features.FeatureSpace, *, seed: int,
+                    copy_train_scores: Optional[np.ndarray] = None) -> tf.keras.Model:
+  """The institution's LightGBM on its training rows' columns and the release's and `copy`'s log-odds.
+
+  `copy_train_scores`: the copy's column on the training rows (`out_of_fold_scores`); None: `copy`'s own.
+  """
   scorers = (release, copy)
-  odds = [trees.log_odds(client_data.predict(m, institution.train, schema)).numpy() for m in scorers]
+  if copy_train_scores is None:
+    copy_train_scores = client_data.predict(copy, institution.train, schema)
+  odds = [trees.log_odds(s).numpy() for s in (client_data.predict(release, institution.train, schema),
+                                                copy_train_scores)]
   fitted = trees.fit_lightgbm(np.column_stack([trees.forest_inputs(institution.train, space), *odds]),
                               institution.train[schema_lib.LABEL_COLUMN].to_numpy(), space, seed=seed)
   return trees.ForestOnScores(trees.Forest.from_lightgbm(fitted), space, scorers)

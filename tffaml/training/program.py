@@ -718,7 +718,8 @@ def _personalized(config, choices, setup: _Setup, built: Built, model, statement
   institutions = {i.name: i for i in built.rows.institutions}
   for own in personalize.each(model, built.rows.institutions, schema,
                               loss=tabular.keras_loss(config_builders.loss_fn(config, choices)), how=lambda _: how,
-                              alert_budget=budget, threshold=config.model.threshold, log=log):
+                              alert_budget=budget, threshold=config.model.threshold, log=log,
+                              out_of_fold=config.personalize.trees):
     note = personalize.privacy_note(own.name, statement.text())
     root = os.path.join(paths.personalized, own.name)
     privacy = {'text': note, 'release': statement.to_dict()}
@@ -727,7 +728,8 @@ def _personalized(config, choices, setup: _Setup, built: Built, model, statement
     copies.add(own.name, own.test, own.threshold)
     if config.personalize.trees:
       institution = institutions[own.name]
-      stacked = personalize.trees_on_scores(model, own.model, institution, schema, space, seed=config.seed)
+      stacked = personalize.trees_on_scores(model, own.model, institution, schema, space, seed=config.seed,
+                                            copy_train_scores=own.out_of_fold)
       threshold = (evaluation.budget_threshold(client_data.predict(stacked, institution.train, schema), budget)
                    if budget else config.model.threshold)
       export(stacked, os.path.join(root, 'trees', 'export'), threshold, privacy, {})
