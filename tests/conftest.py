@@ -51,7 +51,7 @@ def tff_runtime(temp_root):  # pylint: disable=redefined-outer-name,unused-argum
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
   """Keeps each class that builds a shared fixture in `setUpClass` on one xdist worker.
 
-  `make test` runs `-n 3 --dist loadgroup`: split across workers, such
+  `make test` runs `-n 4 --dist loadgroup`: split across workers, such
   a class would build its fixture (trained federations, up to minutes) twice.
   Every other test is scheduled one by one, as `--dist load` does.
   """
