@@ -91,39 +91,42 @@ class Forest:
   def raw_scores(self, x: tf.Tensor) -> tf.Tensor:
     """The sum of every tree's leaf for each row of `x` (float64 [rows, num_features]): [rows]."""
     x = tf.convert_to_tensor(x, tf.float64)
-    rows = tf.shape(x)[0]
-    at = tf.tile(tf.constant(self.roots)[tf.newaxis, :], [rows, 1])  # [rows, trees].
-    for _ in range(self.depth):
-      at = self._step(x, at)
-    return tf.reduce_sum(tf.gather(tf.constant(self.value), at), axis=1)
+    # Each array once in the graph, and one loop body: unrolled, a SavedModel held them once per level.
+    nodes = {f.name: tf.constant(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in
+             ('depth', 'num_features')}
+    at = tf.tile(nodes['roots'][tf.newaxis, :], [tf.shape(x)[0], 1])  # [rows, trees].
+    _, at = tf.while_loop(lambda level, _: level < self.depth,
+                          lambda level, at: (level + 1, _step(x, at, nodes)), (tf.constant(0), at))
+    return tf.reduce_sum(tf.gather(nodes['value'], at), axis=1)
 
-  def _step(self, x: tf.Tensor, at: tf.Tensor) -> tf.Tensor:
-    """Every row one level down in every tree: LightGBM's decision at each node."""
-    node = lambda array: tf.gather(tf.constant(array), at)
-    value = tf.gather(x, node(self.feature), batch_dims=1)
-    go_left = tf.where(node(self.categorical), self._categorical_left(value, at),
-                       self._numerical_left(value, node(self.threshold), node(self.missing),
-                                            node(self.default_left)))
-    return tf.where(go_left, node(self.left), node(self.right))
 
-  @staticmethod
-  def _numerical_left(value, threshold, missing, default_left):
-    nan = tf.math.is_nan(value)
-    value = tf.where(nan & (missing != Missing.NAN), tf.zeros_like(value), value)
-    default = (((missing == Missing.ZERO) & (tf.abs(value) <= _ZERO))
-               | ((missing == Missing.NAN) & tf.math.is_nan(value)))
-    return tf.where(default, default_left, value <= threshold)
+def _step(x: tf.Tensor, at: tf.Tensor, nodes: dict[str, tf.Tensor]) -> tf.Tensor:
+  """Every row one level down in every tree: LightGBM's decision at each node (a leaf stays)."""
+  node = lambda name: tf.gather(nodes[name], at)
+  value = tf.gather(x, node('feature'), batch_dims=1)
+  go_left = tf.where(node('categorical'), _categorical_left(value, at, nodes),
+                     _numerical_left(value, node('threshold'), node('missing'), node('default_left')))
+  return tf.where(go_left, node('left'), node('right'))
 
-  def _categorical_left(self, value, at):
-    """int(x) among the node's categories; NaN, negative or unseen values go right."""
-    nan = tf.math.is_nan(value)
-    # A cast truncates toward zero, as LightGBM's static_cast<int> does (-0.5 reads as category 0).
-    category = tf.cast(tf.where(nan, -tf.ones_like(value), value), tf.int64)
-    size = tf.cast(tf.gather(tf.constant(self.size), at), tf.int64)
-    known = (category >= 0) & (category < size)
-    mark = tf.cast(tf.gather(tf.constant(self.offset), at), tf.int64) + tf.where(known, category, 0)
-    # A categories array of one False mark keeps the gather valid for forests without categorical splits.
-    return known & tf.gather(tf.constant(self.categories), mark)
+
+def _numerical_left(value, threshold, missing, default_left):
+  nan = tf.math.is_nan(value)
+  value = tf.where(nan & (missing != Missing.NAN), tf.zeros_like(value), value)
+  default = (((missing == Missing.ZERO) & (tf.abs(value) <= _ZERO))
+             | ((missing == Missing.NAN) & tf.math.is_nan(value)))
+  return tf.where(default, default_left, value <= threshold)
+
+
+def _categorical_left(value, at, nodes):
+  """int(x) among the node's categories; NaN, negative or unseen values go right."""
+  nan = tf.math.is_nan(value)
+  # A cast truncates toward zero, as LightGBM's static_cast<int> does (-0.5 reads as category 0).
+  category = tf.cast(tf.where(nan, -tf.ones_like(value), value), tf.int64)
+  size = tf.cast(tf.gather(nodes['size'], at), tf.int64)
+  known = (category >= 0) & (category < size)
+  mark = tf.cast(tf.gather(nodes['offset'], at), tf.int64) + tf.where(known, category, 0)
+  # A categories array of one False mark keeps the gather valid for forests without categorical splits.
+  return known & tf.gather(nodes['categories'], mark)
 
 
 class _Nodes:
