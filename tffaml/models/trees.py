@@ -111,9 +111,8 @@ def _step(x: tf.Tensor, at: tf.Tensor, nodes: dict[str, tf.Tensor]) -> tf.Tensor
 
 def _numerical_left(value, threshold, missing, default_left):
   nan = tf.math.is_nan(value)
-  value = tf.where(nan & (missing != Missing.NAN), tf.zeros_like(value), value)
-  default = (((missing == Missing.ZERO) & (tf.abs(value) <= _ZERO))
-             | ((missing == Missing.NAN) & tf.math.is_nan(value)))
+  value = tf.where(nan & (missing != Missing.NAN), tf.zeros_like(value), value)  # NaN reads as 0 there.
+  default = ((missing == Missing.ZERO) & (tf.abs(value) <= _ZERO)) | ((missing == Missing.NAN) & nan)
   return tf.where(default, default_left, value <= threshold)
 
 

@@ -395,19 +395,12 @@ def _trees_on_release(scored: Scored, space, base, release: tf.keras.Model,
                       copies: dict[str, personalize.Personalized], log) -> None:
   """Each institution's LightGBM on its rows' columns and the release's and its copy's log-odds (out of fold)."""
   log('trees on the release')
-  data, budget = scored.data, base.model.alert_budget
-  scores, thresholds = {}, {}
-  for institution in data.institutions:
-    own = copies[institution.name]
-    model = personalize.trees_on_scores(release, own.model, institution, data.schema, space, seed=base.seed,
-                                        copy_train_scores=own.out_of_fold)
-    scores[institution.name] = client_data.predict(model, institution.test, data.schema)
-    if budget:
-      train = client_data.predict(model, institution.train, data.schema)
-      thresholds[institution.name] = evaluation.budget_threshold(train, budget)
-  scored.scores[Method.TREES_ON_RELEASE] = scores
-  if budget:
-    scored.thresholds[Method.TREES_ON_RELEASE] = thresholds
+  owned = [personalize.own_trees(release, copies[i.name], i, scored.data.schema, space, seed=base.seed,
+                                 alert_budget=base.model.alert_budget, threshold=None)
+           for i in scored.data.institutions]
+  scored.scores[Method.TREES_ON_RELEASE] = {o.name: o.test[1] for o in owned}
+  if base.model.alert_budget:
+    scored.thresholds[Method.TREES_ON_RELEASE] = {o.name: o.threshold for o in owned}
 
 
 def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None:

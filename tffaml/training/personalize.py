@@ -125,6 +125,18 @@ def trees_on_scores(release: tf.keras.Model, copy: tf.keras.Model, institution: 
   return trees.ForestOnScores(trees.Forest.from_lightgbm(fitted), space, scorers)
 
 
+def own_trees(release: tf.keras.Model, own: Personalized, institution: federated_data.Institution,
+              schema: schema_lib.Schema, space: features.FeatureSpace, *, seed: int, alert_budget: float,
+              threshold: Optional[float]) -> Personalized:
+  """`own`'s institution's `trees_on_scores` (from `own.out_of_fold` where given), scored as `each` scores a
+  copy: its threshold flags `alert_budget` of its training rows (0: `threshold`), its test (labels, scores)."""
+  model = trees_on_scores(release, own.model, institution, schema, space, seed=seed,
+                          copy_train_scores=own.out_of_fold)
+  if alert_budget:
+    threshold = evaluation.budget_threshold(client_data.predict(model, institution.train, schema), alert_budget)
+  return Personalized(own.name, model, threshold, (own.test[0], client_data.predict(model, institution.test, schema)))
+
+
 def privacy_note(institution: str, statement_text: str) -> str:
   """What a personalized model's privacy is: the release's for the others' customers, none for its own."""
   return (f'Personalized for {institution}: the federation\'s released model, then trained on'

@@ -727,13 +727,10 @@ def _personalized(config, choices, setup: _Setup, built: Built, model, statement
     io.write_text(os.path.join(root, 'privacy.txt'), note + '\n')
     copies.add(own.name, own.test, own.threshold)
     if config.personalize.trees:
-      institution = institutions[own.name]
-      stacked = personalize.trees_on_scores(model, own.model, institution, schema, space, seed=config.seed,
-                                            copy_train_scores=own.out_of_fold)
-      threshold = (evaluation.budget_threshold(client_data.predict(stacked, institution.train, schema), budget)
-                   if budget else config.model.threshold)
-      export(stacked, os.path.join(root, 'trees', 'export'), threshold, privacy, {})
-      trees.add(own.name, (own.test[0], client_data.predict(stacked, institution.test, schema)), threshold)
+      stacked = personalize.own_trees(model, own, institutions[own.name], schema, space, seed=config.seed,
+                                      alert_budget=budget, threshold=config.model.threshold)
+      export(stacked.model, os.path.join(root, 'trees', 'export'), stacked.threshold, privacy, {})
+      trees.add(own.name, stacked.test, stacked.threshold)
   metrics = copies.metrics(config, 'personalized models', log)
   if config.personalize.trees:
     metrics['trees'] = trees.metrics(config, 'their trees on the release\'s and the copy\'s scores', log)
