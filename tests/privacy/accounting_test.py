@@ -1,6 +1,7 @@
 import dataclasses
 import math
 import statistics as stdlib_statistics
+from unittest import mock
 
 from absl.testing import parameterized
 import dp_accounting
@@ -123,6 +124,31 @@ class CalibrationTest(tf.test.TestCase, parameterized.TestCase):
     self.assertBetween(eps, 2.97, 3.0)
     # The smallest institution (384 rows: the largest sampling rate) is the worst.
     self.assertIn('384 units', calibrated.statement(rounds=20, participation=[20] * 3).text())
+
+  def test_record_noise_is_the_largest_institutions_own_and_calibrates_only_those_it_leaves_short(self):
+    target = dict(rounds=5, target_epsilon=2.0, delta=1e-5, accountant=A.Accountant.RDP)
+    own = lambda record, i: A.noise_for_epsilon(
+        lambda z: dataclasses.replace(record, noise_multiplier=z).event(i, 5), target_epsilon=2.0,
+        delta=1e-5, accountant=A.Accountant.RDP)
+    record = _record(units=(400, 993, 384, 384))
+    with mock.patch.object(A, 'noise_for_epsilon', wraps=A.noise_for_epsilon) as calibrations:
+      noise = A.calibrate_record_noise.__wrapped__(record, **target)  # Not from memory.
+    self.assertLen(calibrations.call_args_list, 1)  # The 384-unit banks' noise covers the larger ones.
+    self.assertAlmostEqual(noise, max(own(record, i) for i in range(4)), delta=1e-3)
+
+    class LargerTrainsLonger(A.RecordLevelDp):  # 100 rounds' steps for the larger: it needs more noise.
+      def event(self, institution, rounds):
+        return super().event(institution, rounds * (20 if self.units[institution] > 500 else 1))
+
+    longer = LargerTrainsLonger(**dataclasses.asdict(record))
+    with mock.patch.object(A, 'noise_for_epsilon', wraps=A.noise_for_epsilon) as calibrations:
+      noise = A.calibrate_record_noise.__wrapped__(longer, **target)
+    self.assertLen(calibrations.call_args_list, 2)
+    self.assertAlmostEqual(noise, own(longer, 1), delta=1e-3)
+    self.assertGreater(noise, own(longer, 2) + 0.1)
+    for i in range(4):
+      met = dataclasses.replace(longer, noise_multiplier=noise).event(i, 5)
+      self.assertLessEqual(A.epsilon(met, 1e-5, accountant=A.Accountant.RDP), 2.0)
 
   def test_a_repeated_calibration_is_answered_from_memory_and_another_is_not(self):
     target = dict(rounds=7, target_epsilon=2.5, delta=1e-5, accountant=A.Accountant.RDP)  # RDP: fast.

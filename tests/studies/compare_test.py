@@ -82,9 +82,9 @@ class AmlCompareScriptTest(tf.test.TestCase):
     transaction_generator.generate(public, num_banks=3, num_transactions=8_000, seed=7, laundering_rate=0.01,
                                    days=8, amount_scale=1.3, typologies=transaction_generator.TYPOLOGIES[1:])
     out = os.path.join(root, 'compare')
-    # (gbt_centralized and centralized: CompareRunTest, the same code on any rows.)
-    methods = ('gbt_local,public_only,fedavg_record_dp,personalized,trees_on_release,'
-               'autoencoder,rarity_model,rarity_federated,rarity_local')
+    # (gbt_centralized, centralized and trees_on_release: CompareRunTest, the same code on any rows;
+    # rarity_model: autoencoder's path, a program run on its own config, aml_program_test trains it.)
+    methods = 'gbt_local,public_only,fedavg_record_dp,personalized,autoencoder,rarity_federated,rarity_local'
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
     done = subprocess.run(
@@ -92,8 +92,7 @@ class AmlCompareScriptTest(tf.test.TestCase):
          '--private_config=configs/aml.py', '--private_config.federated.rounds=3',
          f'--private_config.public.path={public}', '--private_config.public.epochs=1',
          '--private_config.personalize.epochs=1',
-         '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--rarity_config=configs/aml_rarity.py:smoke',
-         '--autoencoder_config.federated.eval_every=0', '--rarity_config.federated.eval_every=0',
+         '--autoencoder_config=configs/aml_autoencoder.py:smoke', '--autoencoder_config.federated.eval_every=0',
          f'--methods={methods}', '--seeds=0', f'--output_dir={out}', *small],
         capture_output=True, text=True, timeout=900, cwd=ROOT)
     self.assertEqual(done.returncode, 0, done.stderr[-3000:])
@@ -104,7 +103,7 @@ class AmlCompareScriptTest(tf.test.TestCase):
     self.assertEqual(summary.index.tolist(), methods.split(','))
     self.assertTrue(summary['pooled_f1_at_validation_threshold_mean'].between(0, 1).all())
     thresholds = summary['pooled_f1_at_alert_threshold_mean']
-    self.assertTrue(thresholds.drop(['rarity_federated', 'rarity_local']).between(0, 1).all())  # trees' too.
+    self.assertTrue(thresholds.drop(['rarity_federated', 'rarity_local']).between(0, 1).all())
     self.assertTrue(thresholds[['rarity_federated', 'rarity_local']].isna().all())  # They export none.
     # Laundering here is 1%, in large payments at any hour: the unlabelled rarity score finds it.
     self.assertGreater(summary.loc['rarity_federated', 'pooled_auprc_mean'], 0.05)
@@ -161,11 +160,10 @@ class CompareRunTest(tf.test.TestCase):
     base.aggregator.type, base.aggregator.noise_multiplier = 'mean', 0.0
     base.privacy.target_epsilon = 5.0
     out = os.path.join(root, 'compare')
-    # Every method but those for transactions (AmlCompareScriptTest runs them).
-    # (public_only: AmlCompareScriptTest, with a public corpus; trees_on_release there too, and
-    # TreesOnReleaseTest: its out-of-fold copies would add 9 fine-tunes here.)
+    # Every method but those for transactions (AmlCompareScriptTest runs them; public_only there too,
+    # with a public corpus).
     methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL,
-                                         M.PUBLIC_ONLY, M.TREES_ON_RELEASE)]
+                                         M.PUBLIC_ONLY)]
     lines = []
     with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
       summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out, log=lines.append)
@@ -185,9 +183,10 @@ class CompareRunTest(tf.test.TestCase):
     epochs = compare.DEFAULT_REFERENCE_EPOCHS
     self.assertIn(f'local-only models train {epochs} epochs', '\n'.join(lines))
     # Centralized on 180 pooled rows; each bank's own 60 rows as many steps' worth (3x the epochs), alone
-    # and then (personalized) from the private release.
+    # and then (personalized) from the private release, with (trees_on_release) a copy on each two of
+    # three folds of its rows.
     self.assertEqual([c.kwargs['epochs'] for c in train.call_args_list],
-                     [epochs] + [math.ceil(epochs * 3)] * 3 + [math.ceil(epochs * 3)] * 3)
+                     [epochs] + [math.ceil(epochs * 3)] * 3 + [math.ceil(epochs * 3)] * (3 + 3 * 3))
 
   def test_refusals_before_any_work(self):
     base = csv_config.get_config('smoke')

@@ -22,6 +22,9 @@ import os
 from typing import Mapping, Optional
 
 import tensorflow as tf
+# Keras 2.14's switch for tracing every layer's call into a SavedModel; the
+# stack pins Keras 2.14 with TensorFlow 2.14 (uv.lock).
+from keras.src.saving.legacy.saved_model import utils as keras_saving  # pylint: disable=g-direct-third-party-import
 
 from tffaml import io
 from tffaml.data import interface as interface_lib
@@ -139,7 +142,11 @@ def export(
   check_hardening(interface, hardening)
   module = _ServingModule(model, interface, threshold, hardening)
   with io.atomic_path(export_dir, directory=True, replace=replace) as tmp:
-    tf.saved_model.save(module, tmp, signatures={SIGNATURE: module.serve})
+    # Only the signature serves: Keras's traces of each layer's call (for
+    # tf.keras.models.load_model) double the package and its save time; banks
+    # load it with tf.saved_model.load or saved_model_cli.
+    with keras_saving.keras_option_scope(save_traces=False):
+      tf.saved_model.save(module, tmp, signatures={SIGNATURE: module.serve})
     serving = interface.to_dict() | {'hardening': hardening.to_dict()}
     if hardening.decision_only:
       del serving['score']

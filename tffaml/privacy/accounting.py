@@ -528,15 +528,23 @@ def calibrate_record_noise(
   (`statistics`). ε decreases in the noise at each institution, so the noise
   needed is the largest of the institutions' own.
   """
-  def noise_for(institution: int) -> float:
-    return noise_for_epsilon(
-        lambda z: with_statistics(
-            dataclasses.replace(record, noise_multiplier=z).event(institution, rounds), statistics),
-        target_epsilon=target_epsilon, delta=accountant_delta(delta, statistics),
-        accountant=accountant)
+  event_at = lambda institution, z: with_statistics(
+      dataclasses.replace(record, noise_multiplier=z).event(institution, rounds), statistics)
+  spend = accountant_delta(delta, statistics)
 
-  distinct_sizes = {units: i for i, units in enumerate(record.units)}
-  return max(noise_for(i) for i in distinct_sizes.values())
+  def noise_for(institution: int) -> float:
+    return noise_for_epsilon(functools.partial(event_at, institution), target_epsilon=target_epsilon,
+                             delta=spend, accountant=accountant)
+
+  # Fewest units first: the highest sampling rate, which usually needs the most
+  # noise. A later institution is only calibrated when that noise leaves it above
+  # the target (one accounting instead of a dozen: 20 banks took 20 calibrations).
+  distinct_sizes = sorted({units: i for i, units in enumerate(record.units)}.items())
+  noise = noise_for(distinct_sizes[0][1])
+  for _, institution in distinct_sizes[1:]:
+    if epsilon(event_at(institution, noise), spend, accountant=accountant) > target_epsilon:
+      noise = noise_for(institution)  # ε falls with the noise: the earlier ones stay met.
+  return noise
 
 
 @dataclasses.dataclass(frozen=True)
