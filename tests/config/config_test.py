@@ -169,11 +169,20 @@ class ClientWorkTest(tf.test.TestCase):
     moved = copy.deepcopy(config)
     moved.data.update(dir='/a', path='/b.csv', schema_file='/c.json')
     moved.public.path = '/d.csv'
+    moved.data.stream = not config.data.stream
     self.assertEqual(key(moved), key())
+    run_only = copy.deepcopy(config)  # What a run reads after its build: one build for both.
+    run_only.evaluation.validation_fraction /= 2
+    run_only.reference.centralized_epochs += 1
+    run_only.personalize.epochs += 1
+    run_only.runtime.workers = 'localhost:1'
+    self.assertEqual(key(run_only), key())
     changed_rate = copy.deepcopy(config)
     changed_rate.federated.client_learning_rate *= 2
+    changed_model = copy.deepcopy(config)
+    changed_model.model.threshold /= 2
     changed_space = dataclasses.replace(space, mean={**space.mean, 'amount': space.mean['amount'] + 1})
-    others = [key(changed_rate), key(s=changed_space), key(side='node'), key(noise_seed=1),
+    others = [key(changed_rate), key(changed_model), key(s=changed_space), key(side='node'), key(noise_seed=1),
               key(p=dataclasses.replace(plan, delta=plan.delta / 2))]
     self.assertLen(set(others + [key()]), len(others) + 1)
 

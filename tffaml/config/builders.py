@@ -163,7 +163,12 @@ class Training:
 
 
 # Where a config names its files: where the rows are read from, never what is built.
-_LOCATION_KEYS = (('data', 'dir'), ('data', 'path'), ('data', 'schema_file'), ('public', 'path'))
+_LOCATION_KEYS = (('data', 'dir'), ('data', 'path'), ('data', 'schema_file'), ('public', 'path'),
+                  ('data', 'stream'))  # Whether rows are read from files (by the datasets, not the build).
+# What only a run reads, after its build (its evaluation, the pooled reference,
+# the copies it fine-tunes, where its rounds run): runs that differ only there,
+# as a study's and a streamed run do, share one build.
+_RUN_SECTIONS = ('evaluation', 'reference', 'personalize', 'runtime')
 # Built trainings by what they were built from (`_build_key`), the most recent last.
 _BUILT: collections.OrderedDict[str, Training] = collections.OrderedDict()
 BUILT_KEPT = 8  # Each holds its traced TFF computations and Keras builders.
@@ -172,11 +177,13 @@ _built_lock = threading.Lock()
 
 
 def _build_key(config, plan: accounting.PrivacyPlan, space, schema, **arguments) -> str:
-  """Everything a build reads: the config (all but its file locations), plan, feature space and schema."""
+  """Everything a build reads: the config (but its file locations and run sections), plan, feature space, schema."""
   values = config.to_dict()
   for section, key in _LOCATION_KEYS:
     if section in values and key in values[section]:
       values[section][key] = ''
+  for section in _RUN_SECTIONS:
+    values.pop(section, None)
   described = [values, repr(plan), space.to_dict(), schema.to_dict(), sorted(arguments.items(), key=str)]
   return hashlib.sha256(json.dumps(described, sort_keys=True, default=repr).encode()).hexdigest()
 
