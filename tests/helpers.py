@@ -68,6 +68,16 @@ def smoke_config(root: str, *, rounds: int = 2, batch_size: int = 16):
   return config
 
 
+def loaded_smoke_federation(rows: int):
+  """configs/csv.py:smoke on a federation of `rows` rows a bank: (config, loaded data, feature space)."""
+  from configs import csv as csv_config  # pylint: disable=g-import-not-at-top
+  from tffaml.config import data as config_data  # pylint: disable=g-import-not-at-top
+  config = csv_config.get_config('smoke')
+  config.data.dir, config.data.schema_file = write_federation(tempfile.mkdtemp(), rows=rows)
+  data = config_data.load_data(config, log=lambda _: None)
+  return config, data, config_data.feature_space(config, data)
+
+
 def serve_in_fresh_process(model_dir: str, inputs: dict[str, list]) -> dict[str, list]:
   """Calls the export's signature in a process that imports only TensorFlow.
 

@@ -1,14 +1,11 @@
 """client_data.predict: a model's scores of a table's rows, as Keras's Model.predict gives them."""
 
-import tempfile
 from unittest import mock
 
-from configs import csv as csv_config
 import numpy as np
 import tensorflow as tf
 
 from tests import helpers
-from tffaml.config import data as config_data
 from tffaml.federated import client_data
 from tffaml.models import tabular
 
@@ -16,11 +13,8 @@ from tffaml.models import tabular
 class PredictTest(tf.test.TestCase):
 
   def test_scores_equal_keras_predict_across_batches_and_an_empty_table_has_none(self):
-    config = csv_config.get_config('smoke')
-    config.data.dir, config.data.schema_file = helpers.write_federation(tempfile.mkdtemp(), rows=100)
-    data = config_data.load_data(config, log=lambda _: None)
-    model = tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=config_data.feature_space(
-        config, data), seed=0)
+    _, data, space = helpers.loaded_smoke_federation(rows=100)
+    model = tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=space, seed=0)
     rows = data.pooled('train')
     expected = model.predict(client_data.feature_tensors(rows, data.schema), verbose=0)[:, 0]
     with mock.patch.object(client_data, 'PREDICT_BATCH', 64):  # Several batches, the last one short.

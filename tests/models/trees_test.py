@@ -114,18 +114,12 @@ class ForestOnScoresTest(tf.test.TestCase):
   def test_compares_trees_on_release_served_by_plain_tensorflow(self):
     # compare's trees_on_release for one bank: LightGBM on its columns and two models' log-odds,
     # exported as a SavedModel and served in a process that imports TensorFlow alone.
-    import tempfile  # pylint: disable=g-import-not-at-top
-    from configs import csv as csv_config  # pylint: disable=g-import-not-at-top
     from tests import helpers  # pylint: disable=g-import-not-at-top
-    from tffaml.config import data as config_data  # pylint: disable=g-import-not-at-top
     from tffaml.data import interface  # pylint: disable=g-import-not-at-top
     from tffaml.export import saved_model  # pylint: disable=g-import-not-at-top
     from tffaml.federated import client_data  # pylint: disable=g-import-not-at-top
     from tffaml.models import tabular  # pylint: disable=g-import-not-at-top
-    config = csv_config.get_config('smoke')
-    config.data.dir, config.data.schema_file = helpers.write_federation(tempfile.mkdtemp(), rows=300)
-    data = config_data.load_data(config, log=lambda _: None)
-    space = config_data.feature_space(config, data)
+    _, data, space = helpers.loaded_smoke_federation(rows=300)
     release, copy = (tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=space, seed=s)
                      for s in (0, 1))  # Untrained: their scores still differ by row.
     bank = data.institutions[0]

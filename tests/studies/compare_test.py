@@ -121,15 +121,11 @@ class TreesOnReleaseTest(tf.test.TestCase):
 
   def test_the_release_reaches_the_trees_as_log_odds(self):
     from sklearn import metrics  # pylint: disable=g-import-not-at-top
-    from tffaml.config import data as config_data  # pylint: disable=g-import-not-at-top
     from tffaml.federated import client_data  # pylint: disable=g-import-not-at-top
     from tffaml.models import tabular  # pylint: disable=g-import-not-at-top
-    config = csv_config.get_config('smoke')
     # 300 rows a bank: LightGBM's leaves hold at least 20 rows, so 60 could not split off the positives.
-    config.data.dir, config.data.schema_file = helpers.write_federation(tempfile.mkdtemp(), rows=300)
+    config, data, space = helpers.loaded_smoke_federation(rows=300)
     config.model.alert_budget = 0.1
-    data = config_data.load_data(config, log=lambda _: None)
-    space = config_data.feature_space(config, data)
     release, copy = (tabular.build_model(model_type=tabular.ModelType.MLP, feature_space=space, seed=s)
                      for s in (0, 1))
     # Labels the release's score sets (above its 70% quantile on one bank's rows): a release that knows them all.

@@ -162,9 +162,10 @@ class Training:
   process: Optional[tff.learning.templates.LearningProcess]  # None at a node.
 
 
-# Where a config names its files: where the rows are read from, never what is built.
-_LOCATION_KEYS = (('data', 'dir'), ('data', 'path'), ('data', 'schema_file'), ('public', 'path'),
-                  ('data', 'stream'))  # Whether rows are read from files (by the datasets, not the build).
+# Where a config names its files and whether rows stream from them: where the
+# rows are read from and how, never what is built.
+_ROW_SOURCE_KEYS = (('data', 'dir'), ('data', 'path'), ('data', 'schema_file'), ('public', 'path'),
+                    ('data', 'stream'))
 # What only a run reads, after its build (its evaluation, the pooled reference,
 # the copies it fine-tunes, where its rounds run): runs that differ only there,
 # as a study's and a streamed run do, share one build.
@@ -177,9 +178,9 @@ _built_lock = threading.Lock()
 
 
 def _build_key(config, plan: accounting.PrivacyPlan, space, schema, **arguments) -> str:
-  """Everything a build reads: the config (but its file locations and run sections), plan, feature space, schema."""
+  """Everything a build reads: the config (but its row sources and run sections), plan, feature space, schema."""
   values = config.to_dict()
-  for section, key in _LOCATION_KEYS:
+  for section, key in _ROW_SOURCE_KEYS:
     if section in values and key in values[section]:
       values[section][key] = ''
   for section in _RUN_SECTIONS:
