@@ -113,6 +113,24 @@ class CalibrationTest(tf.test.TestCase, parameterized.TestCase):
     noise = A.noise_for_epsilon(event, target_epsilon=1e4, delta=1e-5, accountant=accountant)
     self.assertEqual(noise, A.MIN_NOISE_MULTIPLIER)
 
+  @parameterized.parameters((A.Accountant.PLD, 0.05, 40, 1.0), (A.Accountant.RDP, 0.05, 40, 1.0),
+                            (A.Accountant.PLD, 0.2, 200, 1.0), (A.Accountant.PLD, 0.05, 40, 8.0))
+  def test_the_noise_is_dp_accountings_own_search_without_accounting_the_least_noise(
+      self, accountant, q, steps, target):
+    event = lambda z: _dp_sgd(q, z, steps)
+    asked = []
+    noise = A.noise_for_epsilon(lambda z: asked.append(z) or event(z), target_epsilon=target, delta=1e-5,
+                                accountant=accountant)
+    # dp_accounting's whole search from the same (lower end, guess), as before the shortcut.
+    expected = dp_accounting.calibrate_dp_mechanism(
+        lambda: accountant.make(), event, target, 1e-5,
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(A.MIN_NOISE_MULTIPLIER, 1.0), tol=1e-3)
+    self.assertEqual(noise, expected)  # The same interval: brentq's same steps, bit for bit.
+    if noise > 1.0:  # The guess has too little noise, and so has the least: never accounted.
+      self.assertNotIn(A.MIN_NOISE_MULTIPLIER, asked)
+    else:
+      self.assertIn(A.MIN_NOISE_MULTIPLIER, asked)
+
   @parameterized.parameters(A.Accountant.RDP, A.Accountant.PLD)
   def test_record_noise_meets_target_at_the_worst_institution(self, accountant):
     record = _record()
