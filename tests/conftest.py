@@ -1,5 +1,6 @@
-"""One TFF local runtime and one temporary folder for the whole session, stopped and removed at its end."""
+"""One TFF local runtime and one temporary folder for the whole session: the runtime stopped at its end, the folder removed at exit."""
 
+import atexit
 import os
 import shutil
 import sys
@@ -20,13 +21,18 @@ flags.FLAGS.mark_as_parsed()
 
 @pytest.fixture(scope='session', autouse=True)
 def temp_root():
-  """Every temporary file of the session under one folder, removed at its end.
+  """Every temporary file of the session under one folder, removed when the process exits.
 
   Tests' `tempfile.mkdtemp()` folders, absl's `create_tempdir`, autograph's
   files and the processes tests start (through TMPDIR) all land there: without
   it each run of the suite left a few GB in /tmp.
   """
   root = tempfile.mkdtemp(prefix='tffaml-tests-')
+  # Removed when the process exits, after TensorFlow's `tf.test.get_temp_dir()`
+  # folder inside it: TF removes that at exit too, and exit handlers run last
+  # registered first. Removed here at the session's end, root was gone when TF
+  # came to it ("Error removing .../<string>...: not found" at the suite's end).
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
   saved = tempfile.tempdir, os.environ.get('TMPDIR'), flags.FLAGS.test_tmpdir
   tempfile.tempdir, os.environ['TMPDIR'] = root, root
   flags.FLAGS.test_tmpdir = os.path.join(root, 'absl_testing')
@@ -38,7 +44,6 @@ def temp_root():
       os.environ.pop('TMPDIR', None)
     else:
       os.environ['TMPDIR'] = saved[1]
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope='session', autouse=True)
