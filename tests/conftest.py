@@ -1,4 +1,4 @@
-"""One TFF local runtime and one temporary folder for the whole session: the runtime stopped at its end, the folder removed at exit."""
+"""One TFF local runtime for the session, stopped at its end; one temporary folder, removed at exit."""
 
 import atexit
 import os
