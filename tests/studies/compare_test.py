@@ -22,6 +22,7 @@ from tffaml.studies import compare
 
 M = compare.Method
 CONFIGURED_METHODS = set(compare.CONFIGURED)
+_ON_PUBLIC = (M.PUBLIC_ONLY, M.PUBLIC_GBT, M.GBT_LOCAL_PUBLIC)  # They need a public corpus.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -84,7 +85,8 @@ class AmlCompareScriptTest(tf.test.TestCase):
     out = os.path.join(root, 'compare')
     # (gbt_centralized, centralized and trees_on_release: CompareRunTest, the same code on any rows;
     # rarity_model: autoencoder's path, a program run on its own config, aml_program_test trains it.)
-    methods = 'gbt_local,public_only,fedavg_record_dp,personalized,autoencoder,rarity_federated,rarity_local'
+    methods = ('gbt_local,public_only,public_gbt,gbt_local_public,fedavg_record_dp,personalized,autoencoder,'
+               'rarity_federated,rarity_local')
     small = ['--config.data.min_rows=200', '--config.data.min_positives=2', '--config.federated.rounds=2',
              '--config.model.hidden_units=(8,)', '--config.federated.eval_every=0']
     done = subprocess.run(
@@ -146,6 +148,47 @@ class TreesOnReleaseTest(tf.test.TestCase):
     self.assertEqual(set(scored.thresholds[M.TREES_ON_RELEASE]), set(data.names))
 
 
+class TreesOnPublicTest(tf.test.TestCase):
+
+  def test_the_public_corpus_alone_trains_public_gbt_and_reaches_each_banks_trees_as_log_odds(self):
+    from sklearn import metrics  # pylint: disable=g-import-not-at-top
+    from tffaml.config import data as config_data  # pylint: disable=g-import-not-at-top
+    from tffaml.models import trees  # pylint: disable=g-import-not-at-top
+    root = tempfile.mkdtemp()
+    # 300 rows a bank: LightGBM's leaves hold at least 20 rows. The public corpus: other rows, other names.
+    base = helpers.smoke_config(root)
+    base.data.dir, _ = helpers.write_federation(root, rows=300)
+    public_dir, _ = helpers.write_federation(os.path.join(root, 'public'), institutions=('pub_x', 'pub_y'),
+                                             rows=600, seed=100)
+    base.model.alert_budget = 0.1
+    private = csv_config.get_config('')
+    private.public.path = public_dir
+    scored = compare.method_scores(base, [M.GBT_LOCAL, M.PUBLIC_GBT, M.GBT_LOCAL_PUBLIC], tempfile.mkdtemp(),
+                                   log=lambda _: None, configs={M.FEDAVG_RECORD_DP: private})
+    data, space = scored.data, config_data.feature_space(base, scored.data)
+    corpus = config_data.load_public(compare._run_config(base, M.FEDAVG_RECORD_DP, {M.FEDAVG_RECORD_DP: private}))
+    rows = pd.concat([corpus.pooled('train'), corpus.pooled('test')], ignore_index=True)
+    self.assertLen(rows, 2 * (600 + 300))  # Every public row, and no bank's.
+    label = lambda frame: frame[schema_lib.LABEL_COLUMN].to_numpy()
+    public = trees.fit_lightgbm(trees.forest_inputs(rows, space), label(rows), space, seed=base.seed)
+    public_score = lambda frame: public.predict_proba(trees.forest_inputs(frame, space))[:, 1]
+    for institution in data.institutions:
+      test = institution.test
+      np.testing.assert_allclose(scored.scores[M.PUBLIC_GBT][institution.name], public_score(test), atol=1e-12)
+      # The bank's own trees: its columns, then the public model's log-odds.
+      with_odds = lambda frame: np.column_stack([trees.forest_inputs(frame, space),
+                                                 np.log(public_score(frame) / (1 - public_score(frame)))])
+      own = trees.fit_lightgbm(with_odds(institution.train), label(institution.train), space, seed=base.seed)
+      np.testing.assert_allclose(scored.scores[M.GBT_LOCAL_PUBLIC][institution.name],
+                                 own.predict_proba(with_odds(test))[:, 1], atol=1e-9)
+      self.assertNotAlmostEqual(metrics.roc_auc_score(label(test), scored.scores[M.GBT_LOCAL_PUBLIC][institution.name]),
+                                metrics.roc_auc_score(label(test), scored.scores[M.GBT_LOCAL][institution.name]))
+    # Each alerts at its budget: of the public rows for the public model, of its own rows for a bank's trees.
+    threshold = scored.thresholds[M.PUBLIC_GBT][data.names[0]]
+    self.assertAllClose(np.mean(public_score(rows) >= threshold), 0.1, atol=0.01)
+    self.assertEqual(set(scored.thresholds[M.GBT_LOCAL_PUBLIC]), set(data.names))
+
+
 class CompareRunTest(tf.test.TestCase):
 
   def test_smoke_compare_every_method(self):
@@ -156,10 +199,10 @@ class CompareRunTest(tf.test.TestCase):
     base.aggregator.type, base.aggregator.noise_multiplier = 'mean', 0.0
     base.privacy.target_epsilon = 5.0
     out = os.path.join(root, 'compare')
-    # Every method but those for transactions (AmlCompareScriptTest runs them; public_only there too,
-    # with a public corpus).
+    # Every method but those for transactions (AmlCompareScriptTest runs them; those on a public
+    # corpus there too, and TreesOnPublicTest).
     methods = [m for m in M if m not in (M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL,
-                                         M.PUBLIC_ONLY)]
+                                         *_ON_PUBLIC)]
     lines = []
     with mock.patch.object(centralized, 'train', wraps=centralized.train) as train:
       summary, per_institution = compare.run(base, seeds=[0], methods=methods, output_dir=out, log=lines.append)
@@ -211,21 +254,25 @@ class CompareRunTest(tf.test.TestCase):
   def test_default_methods_are_those_that_apply(self):
     loans = schema_lib.Schema.from_dict(helpers.SCHEMA)
     unlabelled = {M.AUTOENCODER, M.RARITY_MODEL, M.RARITY_FEDERATED, M.RARITY_LOCAL}
-    self.assertEqual(compare.default_methods(loans, {}), [m for m in M if m not in unlabelled | {M.PUBLIC_ONLY}])
+    self.assertEqual(compare.default_methods(loans, {}), [m for m in M if m not in unlabelled | set(_ON_PUBLIC)])
     private = csv_config.get_config('')
     private.public.path = '/data/public'  # Only named here: default_methods reads no file.
-    self.assertIn(M.PUBLIC_ONLY, compare.default_methods(loans, {M.FEDAVG_RECORD_DP: private}))
+    with_public = compare.default_methods(loans, {M.FEDAVG_RECORD_DP: private})
+    self.assertEqual([m for m in with_public if m in _ON_PUBLIC], list(_ON_PUBLIC))
     with_autoencoder = compare.default_methods(loans, {M.AUTOENCODER: csv_config.get_config('smoke')})
     self.assertIn(M.AUTOENCODER, with_autoencoder)
     self.assertNotIn(M.RARITY_MODEL, with_autoencoder)
     transactions = helpers.payment_space().schema
     self.assertEqual(compare.default_methods(transactions, {}),
-                     [m for m in M if m not in CONFIGURED_METHODS and m is not M.PUBLIC_ONLY])
+                     [m for m in M if m not in CONFIGURED_METHODS and m not in _ON_PUBLIC])
 
   def test_public_only_without_a_public_corpus_is_refused(self):
     base = helpers.smoke_config(tempfile.mkdtemp())
     with self.assertRaisesRegex(errors.ConfigError, '^--methods: public_only scores the model pretrained on'):
       compare.method_scores(base, [M.PUBLIC_ONLY], tempfile.mkdtemp(), log=lambda _: None)
+    with self.assertRaisesRegex(errors.ConfigError, r'^--methods: public_gbt and gbt_local_public train LightGBM'
+                                r" on fedavg_record_dp's public corpus; set --private_config.public.path"):
+      compare.method_scores(base, [M.PUBLIC_GBT, M.GBT_LOCAL_PUBLIC], tempfile.mkdtemp(), log=lambda _: None)
 
 
 if __name__ == '__main__':

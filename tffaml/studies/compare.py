@@ -34,6 +34,11 @@ splits, trains and scores:
 * `public_only`, `personalized`: fedavg_record_dp's model as pretrained on
   its public corpus, before any private step; its release fine-tuned by
   each institution on its own rows;
+* `public_gbt`, `gbt_local_public`: LightGBM on fedavg_record_dp's public
+  corpus alone (every row of it; no private row, no privacy cost), scoring
+  every institution's test rows; and gbt_local's trees with its log-odds as
+  one more column: what an institution gets alone from its own rows and
+  the public corpus, the bar joining must clear where a public corpus exists;
 * `trees_on_release`: gbt_local's trees with two more columns, the
   log-odds of fedavg_record_dp's release and of the institution's
   personalized copy (the release reaches the trees only as a score: its DP
@@ -118,6 +123,11 @@ class Method(enum.Enum):
   # (config.public.path), scored as it starts, before any private step:
   # what the public data alone achieves, beside the private fine-tune.
   PUBLIC_ONLY = 'public_only'
+  # LightGBM on that public corpus alone, and each institution's own LightGBM
+  # with its log-odds as one more column (its rows and the public corpus: no
+  # federation, no privacy cost for anyone else).
+  PUBLIC_GBT = 'public_gbt'
+  GBT_LOCAL_PUBLIC = 'gbt_local_public'
   # fedavg_record_dp's released model, then fine-tuned by each institution on
   # its own rows without DP (its config.personalize), scoring its own test rows.
   PERSONALIZED = 'personalized'
@@ -259,7 +269,7 @@ def default_methods(schema: schema_lib.Schema, configs: dict[Method, ml_collecti
   public = config_data.public_corpus(configs.get(Method.FEDAVG_RECORD_DP, ml_collections.ConfigDict())) is not None
   return [m for m in Method
           if (m not in CONFIGURED or m in configs) and (m not in _RARITY_COUNTS or transactions)
-          and (m is not Method.PUBLIC_ONLY or public)]
+          and (m not in _PUBLIC or public)]
 
 
 def reference_epochs(base: ml_collections.ConfigDict, log: Callable[[str], None]) -> int:
@@ -313,6 +323,9 @@ def method_scores(
     _rarity_methods(scored, space, methods)
   if Method.PUBLIC_ONLY in methods:
     _public_only(scored, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), log)
+  if {Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC} & set(methods):
+    _public_trees(scored, space, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), methods,
+                  budget=budget, log=log)
   private = None
   for method in (Method.FEDAVG, Method.FEDAVG_CLIENT_DP, Method.FEDAVG_RECORD_DP, *CONFIGURED):
     if method in methods or (method is Method.FEDAVG_RECORD_DP and _ON_RELEASE & set(methods)):
@@ -335,6 +348,8 @@ def method_scores(
   return scored
 
 
+# The methods that read fedavg_record_dp's public corpus (config.public.path).
+_PUBLIC = {Method.PUBLIC_ONLY, Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC}
 # The methods built on fedavg_record_dp's release and each institution's copy of it.
 _ON_RELEASE = {Method.PERSONALIZED, Method.TREES_ON_RELEASE}
 
@@ -418,6 +433,36 @@ def _public_only(scored: Scored, config: ml_collections.ConfigDict, log) -> None
   if config.model.alert_budget:
     scored.thresholds[Method.PUBLIC_ONLY] = dict.fromkeys(
         scored.data.names, public.threshold(model, config.model.alert_budget))
+
+
+def _public_trees(scored: Scored, space, config: ml_collections.ConfigDict, methods, *, budget: float,
+                  log) -> None:
+  """LightGBM on every row of fedavg_record_dp's public corpus (`public_gbt`), and each institution's own
+  LightGBM with that model's log-odds as one more column (`gbt_local_public`)."""
+  if config_data.public_corpus(config) is None:
+    names = ' and '.join(m.value for m in (Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC) if m in methods)
+    raise errors.ConfigError(f'--methods: {names} train LightGBM on fedavg_record_dp\'s public corpus; set'
+                             f' --private_config.public.path, or leave {names} out of --methods.')
+  log('trees on the public corpus')
+  corpus = config_data.load_public(config)
+  rows = pd.concat([corpus.pooled('train'), corpus.pooled('test')], ignore_index=True)
+  public = _gbt(rows, space, config.seed)
+  score = lambda frame: public.predict_proba(trees.forest_inputs(frame, space))[:, 1]
+  data = scored.data
+  if Method.PUBLIC_GBT in methods:
+    scored.scores[Method.PUBLIC_GBT] = {i.name: score(i.test) for i in data.institutions}
+    if budget:
+      scored.thresholds[Method.PUBLIC_GBT] = dict.fromkeys(data.names, evaluation.budget_threshold(score(rows),
+                                                                                                   budget))
+  if Method.GBT_LOCAL_PUBLIC in methods:  # The public model's rows are not the institution's: no stacking leak.
+    inputs = lambda frame: np.column_stack([trees.forest_inputs(frame, space), trees.log_odds(score(frame)).numpy()])
+    owned = {i.name: trees.fit_lightgbm(inputs(i.train), i.train[schema_lib.LABEL_COLUMN].to_numpy(), space,
+                                        seed=config.seed) for i in data.institutions}
+    own_score = lambda i, frame: owned[i.name].predict_proba(inputs(frame))[:, 1]
+    scored.scores[Method.GBT_LOCAL_PUBLIC] = {i.name: own_score(i, i.test) for i in data.institutions}
+    if budget:
+      scored.thresholds[Method.GBT_LOCAL_PUBLIC] = {
+          i.name: evaluation.budget_threshold(own_score(i, i.train), budget) for i in data.institutions}
 
 
 def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:
