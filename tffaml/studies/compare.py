@@ -35,8 +35,9 @@ splits, trains and scores:
   its public corpus, before any private step; its release fine-tuned by
   each institution on its own rows;
 * `public_gbt`, `gbt_local_public`: LightGBM on fedavg_record_dp's public
-  corpus alone (every row of it; no private row, no privacy cost), scoring
-  every institution's test rows; and gbt_local's trees with its log-odds as
+  corpus alone (every row of it, no institution's; its categories indexed
+  by the comparison's vocabulary, as every method here), scoring every
+  institution's test rows; and gbt_local's trees with its log-odds as
   one more column: what an institution gets alone from its own rows and
   the public corpus, the bar joining must clear where a public corpus exists;
 * `trees_on_release`: gbt_local's trees with two more columns, the
