@@ -15,7 +15,8 @@ STEPS compositions of the Gaussian mechanism, σ calibrated by tffaml's accounti
   ensemble_average   gbt_local_public: each bank's trees with the public trees' log-odds;
   centralized        the leaves refit on every bank's rows pooled, no noise (a bound);
   fedavg_record_dp   the leaves refit under DP, ε = 1 per customer;
-  ensemble_vote      each bank's trees with the DP refit's log-odds.
+  ensemble_vote      each bank's trees with the DP refit's log-odds;
+  forest_vote        the DP refit's and ensemble_average's log-odds averaged (no alert threshold).
 A sketch to measure, not an API: the noise is drawn here with numpy (seeded), not by the
 federation's mechanisms.
 """
@@ -142,6 +143,11 @@ with runtime.local_runtime():
       scored.scores[method][i.name] = own.predict_proba(inputs(i.test))[:, 1]
       scored.thresholds[method][i.name] = evaluation.budget_threshold(own.predict_proba(inputs(i.train))[:, 1],
                                                                       budget)
+  # The DP leaves' ranking across banks with each bank's own trees' (on the public trees): their log-odds
+  # averaged, a threshold as each bank's trees set theirs.
+  logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+  scored.scores[M.FOREST_VOTE] = {n: sigmoid((logit(scored.scores[M.FEDAVG_RECORD_DP][n]) +
+                                              logit(scored.scores[M.ENSEMBLE_AVERAGE][n])) / 2) for n in data.names}
   per = pd.DataFrame(compare._seed_rows(scored, seed, budgets=tuple(base.evaluation.alert_budgets),  # pylint: disable=protected-access
                                         validation_fraction=base.evaluation.validation_fraction))
   os.makedirs(out, exist_ok=True)

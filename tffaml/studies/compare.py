@@ -457,13 +457,15 @@ def _public_trees(scored: Scored, space, config: ml_collections.ConfigDict, meth
                                                                                                    budget))
   if Method.GBT_LOCAL_PUBLIC in methods:  # The public model's rows are not the institution's: no stacking leak.
     inputs = lambda frame: np.column_stack([trees.forest_inputs(frame, space), trees.log_odds(score(frame)).numpy()])
-    owned = {i.name: trees.fit_lightgbm(inputs(i.train), i.train[schema_lib.LABEL_COLUMN].to_numpy(), space,
-                                        seed=config.seed) for i in data.institutions}
-    own_score = lambda i, frame: owned[i.name].predict_proba(inputs(frame))[:, 1]
-    scored.scores[Method.GBT_LOCAL_PUBLIC] = {i.name: own_score(i, i.test) for i in data.institutions}
+    own_scores, thresholds = {}, {}
+    for i in data.institutions:
+      train = inputs(i.train)
+      own = trees.fit_lightgbm(train, i.train[schema_lib.LABEL_COLUMN].to_numpy(), space, seed=config.seed)
+      own_scores[i.name] = own.predict_proba(inputs(i.test))[:, 1]
+      thresholds[i.name] = evaluation.budget_threshold(own.predict_proba(train)[:, 1], budget) if budget else None
+    scored.scores[Method.GBT_LOCAL_PUBLIC] = own_scores
     if budget:
-      scored.thresholds[Method.GBT_LOCAL_PUBLIC] = {
-          i.name: evaluation.budget_threshold(own_score(i, i.train), budget) for i in data.institutions}
+      scored.thresholds[Method.GBT_LOCAL_PUBLIC] = thresholds
 
 
 def _rarity_methods(scored: Scored, space: features.FeatureSpace, methods) -> None:
