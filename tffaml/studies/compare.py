@@ -324,7 +324,7 @@ def method_scores(
     _rarity_methods(scored, space, methods)
   if Method.PUBLIC_ONLY in methods:
     _public_only(scored, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), log)
-  if {Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC} & set(methods):
+  if set(_PUBLIC_TREES) & set(methods):
     _public_trees(scored, space, _run_config(base, Method.FEDAVG_RECORD_DP, configs or {}), methods,
                   budget=budget, log=log)
   private = None
@@ -349,8 +349,9 @@ def method_scores(
   return scored
 
 
-# The methods that read fedavg_record_dp's public corpus (config.public.path).
-_PUBLIC = {Method.PUBLIC_ONLY, Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC}
+# The methods that read fedavg_record_dp's public corpus (config.public.path); those that train trees on it.
+_PUBLIC_TREES = (Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC)
+_PUBLIC = {Method.PUBLIC_ONLY, *_PUBLIC_TREES}
 # The methods built on fedavg_record_dp's release and each institution's copy of it.
 _ON_RELEASE = {Method.PERSONALIZED, Method.TREES_ON_RELEASE}
 
@@ -441,7 +442,7 @@ def _public_trees(scored: Scored, space, config: ml_collections.ConfigDict, meth
   """LightGBM on every row of fedavg_record_dp's public corpus (`public_gbt`), and each institution's own
   LightGBM with that model's log-odds as one more column (`gbt_local_public`)."""
   if config_data.public_corpus(config) is None:
-    names = ' and '.join(m.value for m in (Method.PUBLIC_GBT, Method.GBT_LOCAL_PUBLIC) if m in methods)
+    names = ' and '.join(m.value for m in _PUBLIC_TREES if m in methods)
     raise errors.ConfigError(f'--methods: {names} train LightGBM on fedavg_record_dp\'s public corpus; set'
                              f' --private_config.public.path, or leave {names} out of --methods.')
   log('trees on the public corpus')
@@ -462,9 +463,10 @@ def _public_trees(scored: Scored, space, config: ml_collections.ConfigDict, meth
       train = inputs(i.train)
       own = trees.fit_lightgbm(train, i.train[schema_lib.LABEL_COLUMN].to_numpy(), space, seed=config.seed)
       own_scores[i.name] = own.predict_proba(inputs(i.test))[:, 1]
-      thresholds[i.name] = evaluation.budget_threshold(own.predict_proba(train)[:, 1], budget) if budget else None
+      if budget:
+        thresholds[i.name] = evaluation.budget_threshold(own.predict_proba(train)[:, 1], budget)
     scored.scores[Method.GBT_LOCAL_PUBLIC] = own_scores
-    if budget:
+    if thresholds:
       scored.thresholds[Method.GBT_LOCAL_PUBLIC] = thresholds
 
 
